@@ -1,0 +1,29 @@
+"""The `bus` command line: the admin's and the user's tool."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from bus.cli import platform
+from bus.service import configure_logging
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="bus",
+    help="idlecloud: run researchers' workers on the idle time of lab PCs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+platform.register(app)
+
+
+def main() -> None:
+    """Entry point of the `bus` console script."""
+    configure_logging("WARNING")
+    for library in ("aio_pika", "aiormq"):  # their connection errors are reported by `bus`
+        logging.getLogger(library).setLevel(logging.CRITICAL)
+    app(prog_name="bus")

@@ -1,0 +1,219 @@
+"""A robust connection to the broker, and publishing under publisher confirms.
+
+:class:`Bus` wraps aio-pika's robust connection: when the broker drops it, the connection
+is re-established, every channel, exchange, queue and binding declared through it is
+declared again, and consumers resume. :meth:`Bus.publish` waits for the broker's confirm
+and, if the connection is lost before the confirm arrives, publishes again once it is back
+(at-least-once: a consumer may see a message twice, never zero times).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from types import TracebackType
+from typing import Self
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+from pamqp.commands import Basic
+
+from bus import names
+from bus.codec import encode
+from bus.errors import BrokerUnavailable, Unroutable
+from schemas import Message
+
+__all__ = ["TRANSIENT_ERRORS", "Bus"]
+
+log = logging.getLogger(__name__)
+
+#: Errors that mean "the connection or channel went away": retry once it is back.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    aiormq.exceptions.ChannelClosed,
+    ConnectionError,
+)
+
+_RETRYABLE: tuple[type[BaseException], ...] = (TimeoutError, *TRANSIENT_ERRORS)
+
+
+def _redact(url: str) -> str:
+    head, at, tail = url.rpartition("@")
+    if not at:
+        return url
+    scheme, _, _credentials = head.partition("://")
+    return f"{scheme}://***@{tail}"
+
+
+class Bus:
+    """One robust connection to the platform's broker, with a confirmed publish channel."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        connection_name: str = "idlecloud",
+        heartbeat_s: int = 5,
+        reconnect_interval_s: float = 0.5,
+    ) -> None:
+        self.url = url
+        self.connection_name = connection_name
+        self._heartbeat_s = heartbeat_s
+        self._reconnect_interval_s = reconnect_interval_s
+        self._connection: AbstractRobustConnection | None = None
+        self._publish_channel: AbstractRobustChannel | None = None
+        self._reconnects = 0
+
+    @property
+    def reconnects(self) -> int:
+        """How many times the connection was lost and re-established."""
+        return self._reconnects
+
+    @property
+    def connection(self) -> AbstractRobustConnection:
+        """The underlying aio-pika connection (after :meth:`connect`)."""
+        if self._connection is None:
+            raise RuntimeError("Bus.connect() was not called")
+        return self._connection
+
+    async def connect(self, timeout_s: float = 10.0) -> Self:
+        """Connect and open the publish channel.
+
+        Raises:
+            BrokerUnavailable: the broker refused or did not answer within ``timeout_s``.
+        """
+        try:
+            connection = await aio_pika.connect_robust(
+                self.url,
+                timeout=timeout_s,
+                heartbeat=self._heartbeat_s,
+                reconnect_interval=self._reconnect_interval_s,
+                client_properties={"connection_name": self.connection_name},
+            )
+        except aiormq.exceptions.ProbableAuthenticationError as error:
+            raise BrokerUnavailable(
+                f"the broker at {_redact(self.url)} refused the credentials: {error}. "
+                "Check the user name, password or token in the URL."
+            ) from None
+        except (TimeoutError, ConnectionError, aiormq.exceptions.AMQPError) as error:
+            raise BrokerUnavailable(
+                f"cannot reach the broker at {_redact(self.url)}: {error!r}. "
+                "Is RabbitMQ running? (`make test` and `bus dev up` start one locally.)"
+            ) from None
+        connection.reconnect_callbacks.add(self._on_reconnect)
+        self._connection = connection
+        self._publish_channel = await self.channel(on_return_raises=True)
+        return self
+
+    def _on_reconnect(self, _connection: AbstractRobustConnection | None) -> None:
+        self._reconnects += 1
+        log.warning("reconnected to the broker (%d reconnects so far)", self._reconnects)
+
+    async def channel(
+        self, *, prefetch: int | None = None, on_return_raises: bool = False
+    ) -> AbstractRobustChannel:
+        """A new robust channel with publisher confirms, restored after reconnects."""
+        channel = self.connection.channel(on_return_raises=on_return_raises)
+        await channel.initialize()
+        if prefetch is not None:
+            await channel.set_qos(prefetch_count=prefetch)
+        return channel
+
+    async def close(self) -> None:
+        """Close the connection; unacked deliveries go back to their queues."""
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+
+    async def __aenter__(self) -> Self:
+        return await self.connect()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def publish(
+        self,
+        message: Message,
+        *,
+        route: names.Route | None = None,
+        mandatory: bool = False,
+        reply_to: str | None = None,
+        correlation_id: str | None = None,
+        timeout_s: float = 30.0,
+    ) -> None:
+        """Publish a message on its route (or ``route``) and wait for the broker's confirm.
+
+        Args:
+            message: the message; its route comes from :func:`bus.names.route`.
+            route: publish elsewhere (RPC replies go to the requester's reply queue).
+            mandatory: fail with :class:`Unroutable` when no queue receives the message.
+            reply_to: the requester's reply queue, for RPC requests.
+            correlation_id: ties an RPC reply to its request.
+            timeout_s: give up after this long without a confirm, across reconnects.
+
+        Raises:
+            Unroutable: ``mandatory`` and no queue is bound for the route.
+            BrokerUnavailable: no confirm within ``timeout_s``.
+        """
+        target = route or names.route(message)
+        body, properties = encode(message, correlation_id=correlation_id, reply_to=reply_to)
+        await self.publish_raw(target, body, properties, mandatory=mandatory, timeout_s=timeout_s)
+
+    async def publish_raw(
+        self,
+        route: names.Route,
+        body: bytes,
+        properties: Basic.Properties,
+        *,
+        mandatory: bool = False,
+        timeout_s: float = 30.0,
+    ) -> None:
+        """Publish bytes under confirms, retrying across reconnects until ``timeout_s``."""
+        if self._publish_channel is None:
+            raise RuntimeError("Bus.connect() was not called")
+        deadline = time.monotonic() + timeout_s
+        delay_s = 0.05
+        while True:
+            remaining_s = deadline - time.monotonic()
+            try:
+                if remaining_s <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout(remaining_s):
+                    channel = await self._publish_channel.get_underlay_channel()
+                    confirm = await channel.basic_publish(
+                        body,
+                        exchange=route.exchange,
+                        routing_key=route.routing_key,
+                        properties=properties,
+                        mandatory=mandatory,
+                    )
+            except aiormq.exceptions.PublishError:
+                raise Unroutable(
+                    f"no queue is bound to {route.exchange or '(default)'}/{route.routing_key}; "
+                    "is the service that consumes it running?"
+                ) from None
+            except aiormq.exceptions.DeliveryError as error:
+                raise BrokerUnavailable(
+                    f"the broker refused the message to {route.routing_key}: {error!r}"
+                ) from None
+            except _RETRYABLE as error:
+                if time.monotonic() + delay_s >= deadline:
+                    raise BrokerUnavailable(
+                        f"no publisher confirm from the broker within {timeout_s:g} s "
+                        f"({error!r}); the message to {route.routing_key} may not be stored"
+                    ) from None
+                log.debug("publish to %s failed (%r); retrying", route.routing_key, error)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 1.0)
+                continue
+            if not isinstance(confirm, Basic.Ack):  # pragma: no cover - confirms are always on
+                raise BrokerUnavailable(f"no confirm for the message to {route.routing_key}")
+            return

@@ -1,0 +1,209 @@
+"""Local services for development, tests, benchmarks and the demo.
+
+One helper brings up what the platform needs on this machine, so `make test`, every
+benchmark (`python bench/X.py`) and `make demo` start services the same way: RabbitMQ,
+installed from Debian's packages if missing (as root), configured to listen on 127.0.0.1
+only with the internal auth backend first (later backends never lock the platform's own
+users out), the management plugin enabled, and started if it is not running.
+
+:func:`scratch_vhost` gives a test session or a benchmark a fresh virtual host that it
+deletes afterwards, so runs never see each other's leftovers.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+__all__ = [
+    "AMQP_PORT",
+    "HOST",
+    "MANAGEMENT_PORT",
+    "BrokerInfo",
+    "DevServiceError",
+    "broker_url",
+    "create_vhost",
+    "delete_vhost",
+    "ensure_rabbitmq",
+    "management",
+    "rabbitmqctl",
+    "scratch_vhost",
+]
+
+HOST = "127.0.0.1"
+AMQP_PORT = 5672
+MANAGEMENT_PORT = 15672
+_DEV_USER = "guest"
+_DEV_PASSWORD = "guest"
+_CONF_PATH = Path("/etc/rabbitmq/conf.d/10-idlecloud.conf")
+_PLUGINS = ("rabbitmq_management",)
+_CONF_TEXT = f"""\
+# Written by idlecloud's bus.devservices: a broker on loopback for development and tests.
+listeners.tcp.1 = {HOST}:{AMQP_PORT}
+# The internal backend comes first so the platform's own users keep working whatever
+# backends (such as OAuth 2) are added after it.
+auth_backends.1 = internal
+management.tcp.ip = {HOST}
+management.tcp.port = {MANAGEMENT_PORT}
+"""
+
+
+class DevServiceError(RuntimeError):
+    """A local service could not be installed or started; the message says what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerInfo:
+    """A broker virtual host ready for use."""
+
+    url: str
+    vhost: str
+
+
+def broker_url(vhost: str = "/", user: str = _DEV_USER, password: str = _DEV_PASSWORD) -> str:
+    """The AMQP URL of the local broker's ``vhost``."""
+    return f"amqp://{user}:{password}@{HOST}:{AMQP_PORT}/{quote(vhost, safe='')}"
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((HOST, port)) == 0
+
+
+def _run(command: list[str], timeout_s: float = 300.0) -> str:
+    try:
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise DevServiceError(f"`{' '.join(command)}` failed: {error}") from None
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip()[-2000:]
+        raise DevServiceError(f"`{' '.join(command)}` exited with {done.returncode}:\n{tail}")
+    return done.stdout
+
+
+def _apt_install(*packages: str) -> None:
+    if os.geteuid() != 0:
+        raise DevServiceError(
+            f"{', '.join(packages)} not installed; install as root: "
+            f"apt-get install -y {' '.join(packages)}"
+        )
+    _run(["apt-get", "update", "-q"])
+    _run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages])
+
+
+def _wait_for(port: int, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not _port_open(port):
+        if time.monotonic() > deadline:
+            raise DevServiceError(
+                f"{what} did not open {HOST}:{port} within {timeout_s:g} s; "
+                "see /var/log/rabbitmq/ for the broker's log"
+            )
+        time.sleep(0.2)
+
+
+def ensure_rabbitmq(timeout_s: float = 180.0) -> None:
+    """Install, configure and start RabbitMQ on loopback unless it already runs.
+
+    Raises:
+        DevServiceError: it could not be installed or started (the message says why).
+    """
+    if _port_open(AMQP_PORT) and _port_open(MANAGEMENT_PORT):
+        return
+    if _port_open(AMQP_PORT):
+        _run(["rabbitmq-plugins", "enable", *_PLUGINS])
+        _wait_for(MANAGEMENT_PORT, timeout_s, "the RabbitMQ management plugin")
+        return
+    if shutil.which("rabbitmq-server") is None and not Path("/usr/sbin/rabbitmq-server").exists():
+        _apt_install("rabbitmq-server")
+    if not _CONF_PATH.exists() or _CONF_PATH.read_text() != _CONF_TEXT:
+        _CONF_PATH.parent.mkdir(parents=True, exist_ok=True)
+        _CONF_PATH.write_text(_CONF_TEXT)
+    _run(["rabbitmq-plugins", "enable", "--offline", *_PLUGINS])
+    init_script = Path("/etc/init.d/rabbitmq-server")
+    if init_script.exists():
+        _run([str(init_script), "start"], timeout_s)
+    else:
+        _run(["rabbitmq-server", "-detached"], timeout_s)
+    _wait_for(AMQP_PORT, timeout_s, "RabbitMQ")
+    _wait_for(MANAGEMENT_PORT, timeout_s, "the RabbitMQ management plugin")
+
+
+def management(method: str, path: str, body: object | None = None) -> object:
+    """Call the local broker's management HTTP API as the development user.
+
+    Raises:
+        DevServiceError: the API answered with an error.
+    """
+    credentials = base64.b64encode(f"{_DEV_USER}:{_DEV_PASSWORD}".encode()).decode()
+    request = urllib.request.Request(
+        f"http://{HOST}:{MANAGEMENT_PORT}/api/{path}",
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Basic {credentials}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            text = response.read()
+    except urllib.error.HTTPError as error:
+        detail = error.read().decode(errors="replace")[:500]
+        raise DevServiceError(
+            f"management API {method} /api/{path}: {error.code} {detail}"
+        ) from None
+    return json.loads(text) if text else None
+
+
+def create_vhost(vhost: str) -> BrokerInfo:
+    """Create a virtual host and give the development user every permission on it."""
+    name = quote(vhost, safe="")
+    management("PUT", f"vhosts/{name}", {"description": "idlecloud scratch vhost"})
+    management(
+        "PUT", f"permissions/{name}/{_DEV_USER}", {"configure": ".*", "write": ".*", "read": ".*"}
+    )
+    return BrokerInfo(url=broker_url(vhost), vhost=vhost)
+
+
+def delete_vhost(vhost: str) -> None:
+    """Delete a virtual host and everything in it."""
+    management("DELETE", f"vhosts/{quote(vhost, safe='')}")
+
+
+@contextmanager
+def scratch_vhost(prefix: str = "test") -> Iterator[BrokerInfo]:
+    """Start the broker if needed and lend a fresh virtual host, deleted afterwards."""
+    ensure_rabbitmq()
+    broker = create_vhost(f"{prefix}-{uuid.uuid4().hex[:10]}")
+    try:
+        yield broker
+    finally:
+        delete_vhost(broker.vhost)
+
+
+def rabbitmqctl(*arguments: str, timeout_s: float = 60.0) -> str:
+    """Run ``rabbitmqctl`` and return its output.
+
+    Raises:
+        DevServiceError: it failed.
+    """
+    return _run(["rabbitmqctl", *arguments], timeout_s)

@@ -1,0 +1,29 @@
+"""The exceptions the bus library raises, each saying what went wrong and what to do."""
+
+from __future__ import annotations
+
+__all__ = ["BrokerUnavailable", "BusError", "InvalidMessage", "RpcTimeout", "Unroutable"]
+
+
+class BusError(Exception):
+    """Base of every error the bus library raises."""
+
+
+class BrokerUnavailable(BusError):
+    """The broker could not be reached, or stayed unreachable past a deadline."""
+
+
+class Unroutable(BusError):
+    """A mandatory message matched no queue: nobody consumes what it was sent to."""
+
+
+class RpcTimeout(BusError):
+    """An RPC got no answer in time."""
+
+
+class InvalidMessage(BusError):
+    """A delivered message cannot be handled; ``reason`` says why, for the dead-letter queue."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

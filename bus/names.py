@@ -1,0 +1,200 @@
+"""Every exchange, queue and routing-key name on the bus, built by the ownership rule.
+
+A name starts with its owner's prefix: ``ns.<namespace>.…`` for what belongs to a user's
+namespace, ``node.<node>.…`` for what belongs to one PC, ``idlecloud.…`` for the
+platform's own. Namespace, node and app names are DNS labels (no dots), so a name can never
+reach into another owner's prefix. Because of that rule one scope pattern per owner lets the
+broker authorize everything (see :mod:`bus.scopes`).
+
+Nothing else in the code base spells a name inline: it calls a function here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from schemas import (
+    CordonRequest,
+    DeleteRequest,
+    DeploymentStatus,
+    DeployRequest,
+    Message,
+    MetricSample,
+    NodeHeartbeat,
+    NodePresence,
+    Owner,
+    OwnerKind,
+    PauseReplica,
+    QuotaSet,
+    RenewToken,
+    ReplicaStatus,
+    RequestResult,
+    ResumeReplica,
+    ScaleRequest,
+    StartReplica,
+    StopReplica,
+    TokenIssue,
+    TokenRevoke,
+)
+
+__all__ = [
+    "ADMIN_PREFIX",
+    "COMMANDS_EXCHANGE",
+    "DEAD_LETTER_EXCHANGE",
+    "DEAD_LETTER_QUEUE",
+    "DEFAULT_EXCHANGE",
+    "DEFAULT_EXCHANGE_RESOURCE",
+    "EVENTS_EXCHANGE",
+    "JOURNAL_STREAM",
+    "Route",
+    "leader_queue",
+    "node_commands_queue",
+    "ns_events_exchange",
+    "ns_results_exchange",
+    "owner_of",
+    "reply_queue",
+    "route",
+    "service_queue",
+    "task_queue",
+]
+
+_PLATFORM = OwnerKind.PLATFORM.value
+
+#: Facts that happened (heartbeats, presence, status): a topic exchange.
+EVENTS_EXCHANGE = f"{_PLATFORM}.events"
+#: Requests and commands addressed to one component or one node: a topic exchange.
+COMMANDS_EXCHANGE = f"{_PLATFORM}.commands"
+#: Where consumers republish what they cannot handle, routed by the source queue's name.
+DEAD_LETTER_EXCHANGE = f"{_PLATFORM}.dead-letter"
+#: Catch-all queue of the dead-letter exchange, bounded in length.
+DEAD_LETTER_QUEUE = f"{_PLATFORM}.dead-letter"
+#: The journal: a RabbitMQ stream of every admitted change to the desired state.
+JOURNAL_STREAM = f"{_PLATFORM}.journal"
+#: Prefix of the admins' own names and of the admin request routing keys.
+ADMIN_PREFIX = f"{_PLATFORM}.admin"
+#: AMQP's default exchange, through which only the platform may publish.
+DEFAULT_EXCHANGE = ""
+#: The resource name the broker checks for a publish to the default exchange.
+DEFAULT_EXCHANGE_RESOURCE = "amq.default"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a message is published: an exchange and a routing key."""
+
+    exchange: str
+    routing_key: str
+
+
+def service_queue(service: str, purpose: str) -> str:
+    """A platform service's own queue, e.g. ``idlecloud.quota.requests``."""
+    return f"{_PLATFORM}.{service}.{purpose}"
+
+
+def leader_queue(service: str) -> str:
+    """The exclusive queue whose owner is the service's leader."""
+    return service_queue(service, "leader")
+
+
+def reply_queue(owner: Owner, token: str) -> str:
+    """An RPC requester's own reply queue: ``ns.alice.reply.<token>``."""
+    return f"{owner.prefix}.reply.{token}"
+
+
+def task_queue(namespace: str, app: str) -> str:
+    """The quorum queue holding an application's tasks."""
+    return f"ns.{namespace}.tasks.{app}"
+
+
+def ns_events_exchange(namespace: str) -> str:
+    """A namespace's own view of ``idlecloud.events`` (bound with ``ns.<ns>.#``)."""
+    return f"ns.{namespace}.events"
+
+
+def ns_results_exchange(namespace: str) -> str:
+    """The exchange through which a namespace's task results travel to its clients."""
+    return f"ns.{namespace}.results"
+
+
+def node_commands_queue(node: str) -> str:
+    """The queue a PC's agent consumes its commands from."""
+    return f"node.{node}.commands"
+
+
+def _ns_key(namespace: str, *parts: str) -> str:
+    return ".".join(("ns", namespace, *parts))
+
+
+def _node_key(node: str, *parts: str) -> str:
+    return ".".join(("node", node, *parts))
+
+
+def _admin_key(*parts: str) -> str:
+    return ".".join((ADMIN_PREFIX, *parts))
+
+
+_NODE_VERBS: dict[type[Message], str] = {
+    StartReplica: "start",
+    PauseReplica: "pause",
+    ResumeReplica: "resume",
+    StopReplica: "stop",
+    RenewToken: "renew",
+}
+_NODE_EVENTS: dict[type[Message], str] = {
+    NodeHeartbeat: "heartbeat",
+    NodePresence: "presence",
+    ReplicaStatus: "replica",
+    MetricSample: "metrics",
+}
+RequestVerb = Literal["deploy", "scale", "delete"]
+_REQUEST_VERBS: dict[type[Message], RequestVerb] = {
+    DeployRequest: "deploy",
+    ScaleRequest: "scale",
+    DeleteRequest: "delete",
+}
+
+
+def route(message: Message) -> Route:
+    """The one exchange and routing key a message travels on.
+
+    Consumers compare a delivery's exchange and routing key with this: a body that names
+    another owner than its routing key does is refused.
+    """
+    kind = type(message)
+    match message:
+        case DeployRequest() | ScaleRequest() | DeleteRequest():
+            key = _ns_key(message.namespace, _REQUEST_VERBS[kind], message.app)
+            return Route(COMMANDS_EXCHANGE, key)
+        case StartReplica() | PauseReplica() | ResumeReplica() | StopReplica() | RenewToken():
+            return Route(COMMANDS_EXCHANGE, _node_key(message.node, _NODE_VERBS[kind]))
+        case NodeHeartbeat() | NodePresence() | ReplicaStatus() | MetricSample():
+            return Route(EVENTS_EXCHANGE, _node_key(message.node, _NODE_EVENTS[kind]))
+        case QuotaSet():
+            return Route(COMMANDS_EXCHANGE, _admin_key("quota", message.namespace))
+        case CordonRequest():
+            return Route(COMMANDS_EXCHANGE, _admin_key(message.action, message.node))
+        case TokenIssue():
+            return Route(COMMANDS_EXCHANGE, _admin_key("token", "issue"))
+        case TokenRevoke():
+            return Route(COMMANDS_EXCHANGE, _admin_key("token", "revoke"))
+        case DeploymentStatus():
+            return Route(EVENTS_EXCHANGE, _ns_key(message.namespace, "status", message.app))
+        case RequestResult():
+            return Route(EVENTS_EXCHANGE, f"{message.owner().prefix}.result")
+    raise TypeError(f"no route is defined for {kind.__name__}")  # pragma: no cover
+
+
+def owner_of(name: str) -> Owner | None:
+    """The owner a queue, exchange or routing key belongs to, or None for a foreign name."""
+    head, _, rest = name.partition(".")
+    if head == _PLATFORM and rest:
+        return Owner.platform()
+    subject, dot, tail = rest.partition(".")
+    if not (subject and dot and tail):
+        return None
+    if head == OwnerKind.NAMESPACE.value:
+        return Owner.namespace(subject)
+    if head == OwnerKind.NODE.value:
+        return Owner.node(subject)
+    return None

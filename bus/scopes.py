@@ -1,0 +1,149 @@
+"""The broker permissions of each role, as RabbitMQ OAuth 2 scopes, and a matcher for them.
+
+A scope is ``<permission>:<vhost>/<name pattern>[/<routing-key pattern>]`` (the broker
+prefixes it with its resource server id). ``*`` matches any characters; a scope with a
+routing-key part also authorizes topic publishes (write) and bindings (read) on matching
+keys. Because every name starts with its owner's prefix (:mod:`bus.names`), each role
+needs only a handful of patterns:
+
+- user ``alice``: everything named ``ns.alice.*``, and publishing ``ns.alice.*`` keys to
+  ``idlecloud.commands`` (deploy, scale, delete).
+- node ``edge``: everything named ``node.edge.*``, and publishing ``node.edge.*`` keys to
+  ``idlecloud.events`` (heartbeat, presence, replica status, metrics).
+- replica of ``alice``/``stereo``: reading its task queue and publishing to
+  ``ns.alice.results``; nothing else.
+- admin: every namespace, its own ``idlecloud.admin.*`` names, ``idlecloud.admin.*`` keys
+  on ``idlecloud.commands``, and reading ``idlecloud.events``.
+
+No role may write to the default exchange (``amq.default``): that would reach every queue.
+The platform's own services are internal broker users and do not use scopes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import quote, unquote
+
+from bus import names
+
+__all__ = ["Permission", "RoleName", "Scope", "permits", "scopes_for", "wildcard_match"]
+
+Permission = Literal["configure", "write", "read"]
+RoleName = Literal["user", "node", "replica", "admin"]
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """One permission on names (and, optionally, routing keys) matching a pattern."""
+
+    permission: Permission
+    vhost: str
+    name: str
+    routing_key: str | None = None
+
+    def __str__(self) -> str:
+        text = f"{self.permission}:{quote(self.vhost, safe='')}/{self.name}"
+        return text if self.routing_key is None else f"{text}/{self.routing_key}"
+
+    def with_prefix(self, resource_server_id: str) -> str:
+        """The scope as it appears in a token: ``<resource_server_id>.<scope>``."""
+        return f"{resource_server_id}.{self}"
+
+
+def wildcard_match(subject: str, pattern: str) -> bool:
+    """Match as RabbitMQ's OAuth 2 backend does: ``*`` is any run of characters.
+
+    The first part must match at the start; each later part is found left-most after the
+    previous one; parts are URL-decoded.
+    """
+    first, *parts = (unquote(part) for part in pattern.split("*"))
+    if not subject.startswith(first):
+        return False
+    position, length = len(first), len(subject)
+    while True:
+        if parts == [""]:
+            return True
+        if not parts:
+            return position == length
+        if position == length:
+            return False
+        part, *parts = parts
+        if part:
+            found = subject.find(part, position)
+            if found < 0:
+                return False
+            position = found + len(part)
+
+
+def scopes_for(role: RoleName, subject: str, vhost: str, *, app: str = "") -> tuple[Scope, ...]:
+    """The broker scopes of one credential.
+
+    Args:
+        role: ``user``, ``node``, ``replica`` or ``admin``.
+        subject: the namespace (user, replica), the node name, or the admin's name.
+        vhost: the platform's virtual host.
+        app: the application a replica serves (replica role only).
+
+    Raises:
+        ValueError: for a replica without an app.
+    """
+    if role == "user":
+        own = f"ns.{subject}.*"
+        return (
+            Scope("configure", vhost, own),
+            Scope("read", vhost, own, "*"),
+            Scope("write", vhost, own, "*"),
+            Scope("write", vhost, names.COMMANDS_EXCHANGE, own),
+        )
+    if role == "node":
+        own = f"node.{subject}.*"
+        return (
+            Scope("configure", vhost, own),
+            Scope("read", vhost, own, "*"),
+            Scope("write", vhost, own, "*"),
+            Scope("write", vhost, names.EVENTS_EXCHANGE, own),
+        )
+    if role == "replica":
+        if not app:
+            raise ValueError("a replica's scopes need the app it serves")
+        return (
+            Scope("read", vhost, names.task_queue(subject, app)),
+            Scope("write", vhost, names.ns_results_exchange(subject), "*"),
+        )
+    admin_own = f"{names.ADMIN_PREFIX}.*"
+    return (
+        Scope("configure", vhost, "ns.*"),
+        Scope("read", vhost, "ns.*", "*"),
+        Scope("write", vhost, "ns.*", "*"),
+        Scope("configure", vhost, admin_own),
+        Scope("read", vhost, admin_own, "*"),
+        Scope("write", vhost, admin_own, "*"),
+        Scope("read", vhost, names.EVENTS_EXCHANGE, "*"),
+        Scope("write", vhost, names.COMMANDS_EXCHANGE, "ns.*"),
+        Scope("write", vhost, names.COMMANDS_EXCHANGE, admin_own),
+    )
+
+
+def permits(
+    scopes: tuple[Scope, ...],
+    permission: Permission,
+    vhost: str,
+    name: str,
+    routing_key: str | None = None,
+) -> bool:
+    """Whether the broker would allow this access, given these scopes.
+
+    Without ``routing_key`` this is the resource check (declare, consume, publish to an
+    exchange); with it, the topic check the broker adds for topic exchanges.
+    """
+    return any(
+        scope.permission == permission
+        and wildcard_match(vhost, quote(scope.vhost, safe=""))
+        and wildcard_match(name, scope.name)
+        and (
+            routing_key is None
+            or (scope.routing_key is not None and wildcard_match(routing_key, scope.routing_key))
+        )
+        for scope in scopes
+    )

@@ -1,0 +1,90 @@
+"""Running services: one connection, graceful stop on SIGTERM/SIGINT, logging set up once.
+
+:func:`serve` connects, declares the platform topology, starts each service, and waits for
+SIGTERM or SIGINT. It then stops the services in reverse order, each finishing its
+in-flight messages within the grace period (what does not finish is requeued, never lost),
+and closes the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from bus.abc import Service
+from bus.connection import Bus
+from bus.topology import declare_platform
+
+__all__ = ["configure_logging", "run", "serve"]
+
+log = logging.getLogger(__name__)
+_configured = False
+
+
+def configure_logging(level: str | None = None) -> None:
+    """Configure the root logger once (level from ``IDLECLOUD_LOG_LEVEL``, default INFO)."""
+    global _configured
+    if _configured:
+        return
+    _configured = True
+    logging.basicConfig(
+        level=(level or os.environ.get("IDLECLOUD_LOG_LEVEL", "INFO")).upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("aio_pika").setLevel(logging.WARNING)
+    logging.getLogger("aiormq").setLevel(logging.WARNING)
+
+
+async def serve(
+    url: str,
+    services: Sequence[Service],
+    *,
+    name: str = "idlecloud",
+    grace_s: float = 30.0,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run services until SIGTERM/SIGINT (or ``stop`` is set), then stop them gracefully.
+
+    Args:
+        url: the broker URL.
+        services: started in order, stopped in reverse.
+        name: the connection name the broker shows.
+        grace_s: how long in-flight work may take to finish after the stop signal.
+        stop: an event that stops the services when set (for embedding and tests).
+
+    Raises:
+        BrokerUnavailable: the broker cannot be reached at start.
+    """
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with Bus(url, connection_name=name) as bus:
+            channel = await bus.channel()
+            await declare_platform(channel)
+            await channel.close()
+            for service in services:
+                await service.start(bus)
+                log.info("started %s", service.name)
+            await stop.wait()
+            log.info("stopping (grace %g s)", grace_s)
+            for service in reversed(services):
+                await service.stop(grace_s)
+                log.info("stopped %s", service.name)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+def run(
+    url: str, services: Sequence[Service], *, name: str = "idlecloud", grace_s: float = 30.0
+) -> None:
+    """Configure logging and :func:`serve` the services until a stop signal."""
+    configure_logging()
+    asyncio.run(serve(url, services, name=name, grace_s=grace_s))

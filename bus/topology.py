@@ -1,0 +1,76 @@
+"""The platform's exchanges and queues, declared in one place.
+
+:func:`declare_platform` declares what every component relies on: the events and commands
+exchanges, the dead-letter exchange and its catch-all queue, and the journal stream.
+Components declare their own queues from a :class:`QueueSpec`. Declarations are
+idempotent, and a robust channel repeats them after a reconnect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from aio_pika import ExchangeType
+from aio_pika.abc import AbstractChannel, AbstractQueue
+
+from bus import names
+
+__all__ = ["DEAD_LETTER_MAX_LENGTH", "JOURNAL_MAX_BYTES", "QueueSpec", "declare_platform"]
+
+#: The catch-all dead-letter queue keeps the newest this many messages.
+DEAD_LETTER_MAX_LENGTH = 100_000
+#: The journal keeps at most this many bytes (old segments are dropped past it).
+JOURNAL_MAX_BYTES = 1024**3
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    """A queue and the bindings that feed it."""
+
+    name: str
+    bindings: tuple[tuple[str, str], ...] = ()
+    durable: bool = True
+    exclusive: bool = False
+    auto_delete: bool = False
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def quorum(cls, name: str, *bindings: tuple[str, str], **arguments: Any) -> QueueSpec:
+        """A durable, replicated quorum queue."""
+        return cls(name, bindings, arguments={"x-queue-type": "quorum", **arguments})
+
+    @classmethod
+    def private(cls, name: str, *bindings: tuple[str, str]) -> QueueSpec:
+        """A queue owned by this connection alone, gone when it closes."""
+        return cls(name, bindings, durable=False, exclusive=True, auto_delete=True)
+
+    async def declare(self, channel: AbstractChannel) -> AbstractQueue:
+        """Declare the queue and its bindings on ``channel``."""
+        queue = await channel.declare_queue(
+            self.name,
+            durable=self.durable,
+            exclusive=self.exclusive,
+            auto_delete=self.auto_delete,
+            arguments=self.arguments or None,
+        )
+        for exchange, routing_key in self.bindings:
+            await queue.bind(exchange, routing_key)
+        return queue
+
+
+async def declare_platform(channel: AbstractChannel) -> None:
+    """Declare the exchanges, dead-letter queue and journal every component relies on."""
+    for exchange in (names.EVENTS_EXCHANGE, names.COMMANDS_EXCHANGE, names.DEAD_LETTER_EXCHANGE):
+        await channel.declare_exchange(exchange, ExchangeType.TOPIC, durable=True)
+    dead_letters = QueueSpec(
+        names.DEAD_LETTER_QUEUE,
+        ((names.DEAD_LETTER_EXCHANGE, "#"),),
+        arguments={"x-max-length": DEAD_LETTER_MAX_LENGTH, "x-overflow": "drop-head"},
+    )
+    await dead_letters.declare(channel)
+    journal = QueueSpec(
+        names.JOURNAL_STREAM,
+        arguments={"x-queue-type": "stream", "x-max-length-bytes": JOURNAL_MAX_BYTES},
+    )
+    await journal.declare(channel)

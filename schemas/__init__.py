@@ -1,0 +1,92 @@
+"""Every message that crosses the idlecloud bus, as frozen, versioned pydantic models."""
+
+from schemas.auth import Role, TokenIssue, TokenRevoke
+from schemas.base import (
+    AppId,
+    Message,
+    NamespaceName,
+    NodeName,
+    Owner,
+    OwnerKind,
+    ReplicaId,
+    RequestId,
+    WireModel,
+    utc_now,
+)
+from schemas.catalogue import (
+    MESSAGES,
+    SCHEMA_HEADER,
+    SCHEMA_VERSION_HEADER,
+    export_json_schemas,
+    json_schema,
+    lookup,
+)
+from schemas.commands import PauseReplica, RenewToken, ResumeReplica, StartReplica, StopReplica
+from schemas.events import DeploymentState, DeploymentStatus
+from schemas.node import (
+    MetricSample,
+    NodeHeartbeat,
+    NodePresence,
+    Presence,
+    PresenceCause,
+    PresenceState,
+    ReplicaReport,
+    ReplicaState,
+    ReplicaStatus,
+    ReplicaUsage,
+)
+from schemas.requests import (
+    CordonRequest,
+    DeleteRequest,
+    DeployRequest,
+    QuotaSet,
+    RequestResult,
+    ScaleRequest,
+)
+from schemas.resources import Resources
+
+__all__ = [
+    "MESSAGES",
+    "SCHEMA_HEADER",
+    "SCHEMA_VERSION_HEADER",
+    "AppId",
+    "CordonRequest",
+    "DeleteRequest",
+    "DeployRequest",
+    "DeploymentState",
+    "DeploymentStatus",
+    "Message",
+    "MetricSample",
+    "NamespaceName",
+    "NodeHeartbeat",
+    "NodeName",
+    "NodePresence",
+    "Owner",
+    "OwnerKind",
+    "PauseReplica",
+    "Presence",
+    "PresenceCause",
+    "PresenceState",
+    "QuotaSet",
+    "RenewToken",
+    "ReplicaId",
+    "ReplicaReport",
+    "ReplicaState",
+    "ReplicaStatus",
+    "ReplicaUsage",
+    "RequestId",
+    "RequestResult",
+    "Resources",
+    "ResumeReplica",
+    "Role",
+    "ScaleRequest",
+    "StartReplica",
+    "StopReplica",
+    "TokenIssue",
+    "TokenRevoke",
+    "WireModel",
+    "export_json_schemas",
+    "json_schema",
+    "lookup",
+    "utc_now",
+]

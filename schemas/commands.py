@@ -1,0 +1,93 @@
+"""Commands the placement leader sends to one PC's agent.
+
+Every command carries the sender's leader ``epoch``: an agent drops a command whose epoch is
+older than the newest it has seen, so a deposed leader can never undo its successor's work.
+Commands are idempotent by ``replica_id``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, StringConstraints
+
+from schemas.base import (
+    AppId,
+    EnvVars,
+    ImageRef,
+    Message,
+    NamespaceName,
+    NodeName,
+    Owner,
+    Reason,
+    ReplicaId,
+)
+from schemas.requests import Port
+from schemas.resources import Resources
+
+__all__ = [
+    "PauseReplica",
+    "RenewToken",
+    "ResumeReplica",
+    "StartReplica",
+    "StopReplica",
+]
+
+Epoch = Annotated[int, Field(ge=0, description="Journal offset at which the sender became leader.")]
+#: Kept out of ``repr`` so a token never lands in a log line.
+BrokerToken = Annotated[str, StringConstraints(max_length=16_384), Field(repr=False)]
+
+
+class _ReplicaCommand(Message):
+    node: NodeName
+    epoch: Epoch
+    replica_id: ReplicaId
+
+    def owner(self) -> Owner:
+        return Owner.node(self.node)
+
+
+class StartReplica(_ReplicaCommand):
+    """Start one replica of an application on this PC (no-op if it already runs)."""
+
+    schema_name = "StartReplica"
+
+    namespace: NamespaceName
+    app: AppId
+    image: ImageRef
+    command: tuple[Annotated[str, StringConstraints(max_length=4096)], ...] = Field(
+        default=(), max_length=64
+    )
+    env: EnvVars = Field(default_factory=dict)
+    ports: tuple[Port, ...] = Field(default=(), max_length=32)
+    reservation: Resources
+    token: BrokerToken
+
+
+class PauseReplica(_ReplicaCommand):
+    """Freeze a replica in place (its memory stays, it uses no CPU)."""
+
+    schema_name = "PauseReplica"
+
+
+class ResumeReplica(_ReplicaCommand):
+    """Thaw a paused replica."""
+
+    schema_name = "ResumeReplica"
+
+
+class StopReplica(_ReplicaCommand):
+    """Stop a replica: SIGTERM, then SIGKILL after ``grace_s`` (at once if it is paused)."""
+
+    schema_name = "StopReplica"
+
+    grace_s: Annotated[float, Field(ge=0, le=600)] = 10.0
+    reason: Reason = ""
+
+
+class RenewToken(_ReplicaCommand):
+    """Replace the broker token in a replica's mounted token file before it expires."""
+
+    schema_name = "RenewToken"
+
+    token: BrokerToken

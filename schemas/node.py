@@ -1,0 +1,171 @@
+"""What a PC's agent tells the platform: heartbeats, presence, replica status, metrics.
+
+A node publishes only under its own ``node.<node>.…`` routing keys, and every body names
+that node, so a consumer can refuse a body that pretends to come from another PC.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import AwareDatetime, Field, StringConstraints
+
+from schemas.base import (
+    AppId,
+    LabelKey,
+    LabelValue,
+    Message,
+    NamespaceName,
+    NodeName,
+    Owner,
+    Reason,
+    ReplicaId,
+    WireModel,
+)
+from schemas.resources import CpuMillicores, MemoryMib, Resources
+
+__all__ = [
+    "MetricSample",
+    "NodeHeartbeat",
+    "NodePresence",
+    "Presence",
+    "PresenceCause",
+    "PresenceState",
+    "ReplicaReport",
+    "ReplicaState",
+    "ReplicaStatus",
+    "ReplicaUsage",
+]
+
+MAX_REPLICAS_PER_NODE = 1024
+
+
+class PresenceState(StrEnum):
+    """Whether a person is using the PC."""
+
+    IDLE = "idle"
+    BUSY = "busy"
+
+
+class PresenceCause(StrEnum):
+    """The signal that decided the presence state."""
+
+    NONE = "none"
+    SESSION = "session"
+    INPUT = "input"
+    LOAD = "load"
+    TIMETABLE = "timetable"
+    STARTING = "starting"
+
+
+class ReplicaState(StrEnum):
+    """Where a replica is in its life on a PC."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPING = "stopping"
+    EXITED = "exited"
+    FAILED = "failed"
+
+
+class Presence(WireModel):
+    """A PC's presence state, the signal that caused it, and since when it holds."""
+
+    state: PresenceState
+    cause: PresenceCause
+    since: AwareDatetime
+    detail: Reason = ""
+
+
+class ReplicaReport(WireModel):
+    """One replica as its PC sees it, carried in every heartbeat."""
+
+    replica_id: ReplicaId
+    namespace: NamespaceName
+    app: AppId
+    state: ReplicaState
+    reservation: Resources
+    usage: Resources = Resources()
+
+
+class NodeHeartbeat(Message):
+    """Sent by every agent each second: capacity, what runs there, and the presence state."""
+
+    schema_name = "NodeHeartbeat"
+
+    node: NodeName
+    seq: Annotated[int, Field(ge=0)]
+    sent_at: AwareDatetime
+    capacity: Resources
+    allocatable: Resources
+    usage: Resources
+    presence: Presence
+    replicas: tuple[ReplicaReport, ...] = Field(default=(), max_length=MAX_REPLICAS_PER_NODE)
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=16)
+    runtime: Annotated[str, StringConstraints(pattern=r"^(docker|process)$")] = "process"
+
+    def owner(self) -> Owner:
+        return Owner.node(self.node)
+
+
+class NodePresence(Message):
+    """Published the moment a PC's presence changes (after its replicas were paused)."""
+
+    schema_name = "NodePresence"
+
+    node: NodeName
+    presence: Presence
+
+    def owner(self) -> Owner:
+        return Owner.node(self.node)
+
+
+class ReplicaStatus(Message):
+    """A replica changed state on a PC (started, paused, exited with a code, failed, ...)."""
+
+    schema_name = "ReplicaStatus"
+
+    node: NodeName
+    replica_id: ReplicaId
+    namespace: NamespaceName
+    app: AppId
+    state: ReplicaState
+    at: AwareDatetime
+    reason: Reason = ""
+    exit_code: Annotated[int, Field(ge=-255, le=255)] | None = None
+    log_tail: tuple[Annotated[str, StringConstraints(max_length=1024)], ...] = Field(
+        default=(), max_length=20
+    )
+
+    def owner(self) -> Owner:
+        return Owner.node(self.node)
+
+
+class ReplicaUsage(WireModel):
+    """Resources one replica used during a metrics interval."""
+
+    replica_id: ReplicaId
+    namespace: NamespaceName
+    app: AppId
+    cpu_millicores: CpuMillicores
+    memory_mib: MemoryMib
+
+
+class MetricSample(Message):
+    """Resource use of one PC and each of its replicas, every few seconds."""
+
+    schema_name = "MetricSample"
+
+    node: NodeName
+    at: AwareDatetime
+    cpu_millicores: CpuMillicores
+    memory_mib: MemoryMib
+    capacity: Resources
+    reserved: Resources
+    presence: PresenceState
+    replicas: tuple[ReplicaUsage, ...] = Field(default=(), max_length=MAX_REPLICAS_PER_NODE)
+
+    def owner(self) -> Owner:
+        return Owner.node(self.node)

@@ -1,0 +1,36 @@
+"""Fixtures shared by the tests: a real RabbitMQ on 127.0.0.1, one fresh vhost per session."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from bus.connection import Bus
+from bus.devservices import BrokerInfo, scratch_vhost
+from bus.topology import declare_platform
+
+
+@pytest.fixture(scope="session")
+async def broker() -> AsyncIterator[BrokerInfo]:
+    """A fresh vhost on the local broker (started if needed) with the platform topology."""
+    with scratch_vhost("test") as info:
+        async with Bus(info.url, connection_name="pytest setup") as bus:
+            channel = await bus.channel()
+            await declare_platform(channel)
+            await channel.close()
+        yield info
+
+
+@pytest.fixture
+async def bus(broker: BrokerInfo) -> AsyncIterator[Bus]:
+    """A connected bus on the session's vhost."""
+    async with Bus(broker.url, connection_name="pytest") as connected:
+        yield connected
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short DNS-label-safe suffix, so each test's names are its own."""
+    return uuid.uuid4().hex[:8]

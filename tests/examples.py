@@ -1,0 +1,156 @@
+"""One valid example of every message, for round trips and live tests."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from schemas import (
+    CordonRequest,
+    DeleteRequest,
+    DeploymentState,
+    DeploymentStatus,
+    DeployRequest,
+    Message,
+    MetricSample,
+    NodeHeartbeat,
+    NodePresence,
+    PauseReplica,
+    Presence,
+    PresenceCause,
+    PresenceState,
+    QuotaSet,
+    RenewToken,
+    ReplicaReport,
+    ReplicaState,
+    ReplicaStatus,
+    ReplicaUsage,
+    RequestResult,
+    Resources,
+    ResumeReplica,
+    ScaleRequest,
+    StartReplica,
+    StopReplica,
+    TokenIssue,
+    TokenRevoke,
+)
+
+AT = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+ONE_CPU = Resources(cpu_millicores=1000, memory_mib=512)
+BUSY = Presence(state=PresenceState.BUSY, cause=PresenceCause.SESSION, since=AT, detail="tty7")
+
+
+def deploy(
+    namespace: str = "alice", app: str = "stereo", request_id: str = "req-0001"
+) -> DeployRequest:
+    """A deploy request of the thesis's shape: 15 replicas of 1 CPU."""
+    return DeployRequest(
+        request_id=request_id,
+        namespace=namespace,
+        app=app,
+        image="idlecloud/stereo:1",
+        command=("python", "-m", "stereo.worker"),
+        env={"LOG_LEVEL": "info"},
+        ports=(8080,),
+        replicas=15,
+        cpu_millicores=1000,
+        memory_mib=512,
+        node_selector={"room": "lab3"},
+    )
+
+
+EXAMPLES: dict[type[Message], Message] = {
+    DeployRequest: deploy(),
+    ScaleRequest: ScaleRequest(request_id="req-0002", namespace="alice", app="stereo", replicas=3),
+    DeleteRequest: DeleteRequest(request_id="req-0003", namespace="alice", app="stereo"),
+    RequestResult: RequestResult(
+        request_id="req-0001", namespace="alice", accepted=False, reason="quota: 16000m > 6000m"
+    ),
+    QuotaSet: QuotaSet(
+        request_id="req-0004", namespace="alice", cpu_millicores=6000, memory_mib=8192
+    ),
+    CordonRequest: CordonRequest(
+        request_id="req-0005", node="edge", action="drain", reason="repair"
+    ),
+    NodeHeartbeat: NodeHeartbeat(
+        node="edge",
+        seq=42,
+        sent_at=AT,
+        capacity=Resources(cpu_millicores=8000, memory_mib=16384),
+        allocatable=Resources(cpu_millicores=7000, memory_mib=14336),
+        usage=Resources(cpu_millicores=2100, memory_mib=3000),
+        presence=BUSY,
+        replicas=(
+            ReplicaReport(
+                replica_id="stereo-1a2b3c",
+                namespace="alice",
+                app="stereo",
+                state=ReplicaState.PAUSED,
+                reservation=ONE_CPU,
+                usage=Resources(cpu_millicores=0, memory_mib=210),
+            ),
+        ),
+        labels={"room": "lab3"},
+        runtime="docker",
+    ),
+    NodePresence: NodePresence(node="edge", presence=BUSY),
+    ReplicaStatus: ReplicaStatus(
+        node="edge",
+        replica_id="stereo-1a2b3c",
+        namespace="alice",
+        app="stereo",
+        state=ReplicaState.EXITED,
+        at=AT,
+        reason="exited",
+        exit_code=1,
+        log_tail=("Traceback (most recent call last):", "ValueError: bad pair"),
+    ),
+    MetricSample: MetricSample(
+        node="edge",
+        at=AT,
+        cpu_millicores=2100,
+        memory_mib=3000,
+        capacity=Resources(cpu_millicores=8000, memory_mib=16384),
+        reserved=ONE_CPU,
+        presence=PresenceState.IDLE,
+        replicas=(
+            ReplicaUsage(
+                replica_id="stereo-1a2b3c",
+                namespace="alice",
+                app="stereo",
+                cpu_millicores=990,
+                memory_mib=200,
+            ),
+        ),
+    ),
+    StartReplica: StartReplica(
+        node="edge",
+        epoch=7,
+        replica_id="stereo-1a2b3c",
+        namespace="alice",
+        app="stereo",
+        image="idlecloud/stereo:1",
+        command=("python", "-m", "stereo.worker"),
+        reservation=ONE_CPU,
+        token="eyJhbGciOiJSUzI1NiJ9.secret-token-body.signature",
+    ),
+    PauseReplica: PauseReplica(node="edge", epoch=7, replica_id="stereo-1a2b3c"),
+    ResumeReplica: ResumeReplica(node="edge", epoch=7, replica_id="stereo-1a2b3c"),
+    StopReplica: StopReplica(
+        node="edge", epoch=7, replica_id="stereo-1a2b3c", grace_s=0, reason="replaced"
+    ),
+    RenewToken: RenewToken(node="edge", epoch=7, replica_id="stereo-1a2b3c", token="eyJ.new.sig"),
+    TokenIssue: TokenIssue(
+        request_id="req-0006", role="user", subject="alice", limits=ONE_CPU, ttl_s=86_400
+    ),
+    TokenRevoke: TokenRevoke(request_id="req-0007", key_id="key-0123456789", reason="left the lab"),
+    DeploymentStatus: DeploymentStatus(
+        namespace="alice",
+        app="stereo",
+        state=DeploymentState.DEGRADED,
+        desired=15,
+        running=11,
+        replicas_per_node={"edge": 7, "ninja": 4},
+        reason="not enough free CPU for 4 replicas",
+        at=AT,
+    ),
+}

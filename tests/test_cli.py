@@ -1,0 +1,103 @@
+"""The `bus` command as a user runs it: a real process against the real broker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bus import names
+from bus.codec import Delivery, encode
+from bus.connection import Bus
+from bus.consumer import Consumer
+from bus.devservices import BrokerInfo
+from bus.topology import QueueSpec
+from schemas import MESSAGES, DeployRequest
+
+from .examples import deploy
+from .helpers import wait_until
+
+
+def bus_cli(*arguments: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python -m bus ARGUMENTS` (optionally with IDLECLOUD_URL) and capture its output."""
+    env = {"PATH": "/usr/bin:/bin", "COLUMNS": "200"}
+    if url is not None:
+        env["IDLECLOUD_URL"] = url
+    return subprocess.run(
+        [sys.executable, "-m", "bus", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=Path(__file__).resolve().parent.parent,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    "command", [(), ("status",), ("dead-letters",), ("schemas", "export"), ("dev", "up")]
+)
+def test_every_command_has_help(command: tuple[str, ...]) -> None:
+    done = bus_cli(*command, "--help")
+    assert done.returncode == 0, done.stderr
+    assert "Usage: bus" in done.stdout
+
+
+def test_schemas_export_writes_every_schema(tmp_path: Path) -> None:
+    done = bus_cli("schemas", "export", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert len(list((tmp_path / "out").glob("*.v1.json"))) == len(MESSAGES)
+
+
+def test_status_reports_the_topology(broker: BrokerInfo) -> None:
+    done = bus_cli("status", "--json", url=broker.url)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["exchanges"] == {
+        names.EVENTS_EXCHANGE: "present",
+        names.COMMANDS_EXCHANGE: "present",
+        names.DEAD_LETTER_EXCHANGE: "present",
+    }
+    assert set(report["queues"]) == {names.DEAD_LETTER_QUEUE, names.JOURNAL_STREAM}
+
+
+def test_an_unreachable_broker_is_a_one_line_error() -> None:
+    done = bus_cli("status", "--url", "amqp://guest:guest@127.0.0.1:1/")
+    assert done.returncode == 2
+    assert "cannot reach the broker at amqp://***@127.0.0.1:1/" in done.stderr
+    assert "Is RabbitMQ running?" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_bad_credentials_are_named(broker: BrokerInfo) -> None:
+    done = bus_cli("status", "--url", broker.url.replace("guest:guest", "guest:wrong"))
+    assert done.returncode == 2
+    assert "refused the credentials" in done.stderr
+
+
+async def test_dead_letters_lists_reasons(broker: BrokerInfo, bus: Bus, unique: str) -> None:
+    async def never(_message: DeployRequest, _delivery: Delivery) -> None:
+        raise AssertionError("a mismatched body must not reach the handler")
+
+    queue = names.service_queue(f"cli-{unique}", "requests")
+    consumer = Consumer(
+        QueueSpec.quorum(queue, (names.COMMANDS_EXCHANGE, f"ns.t{unique}.#")),
+        [DeployRequest],
+        never,
+    )
+    await consumer.start(bus)
+    body, properties = encode(deploy("bob"))
+    await bus.publish_raw(
+        names.Route(names.COMMANDS_EXCHANGE, f"ns.t{unique}.deploy.x"), body, properties
+    )
+    await wait_until(lambda: consumer.dead_lettered == 1)
+    await consumer.stop()
+    done = bus_cli("dead-letters", "--json", "--limit", "10000", url=broker.url)
+    assert done.returncode == 0, done.stderr
+    mine = [item for item in json.loads(done.stdout) if item["queue"] == queue]
+    assert len(mine) == 1
+    assert "DeployRequest for ns.bob belongs on" in mine[0]["reason"]
+    assert mine[0]["routing_key"] == f"ns.t{unique}.deploy.x"

@@ -1,0 +1,113 @@
+"""The message catalogue: round trips, validation of names and bounds, JSON Schema export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+import schemas
+from schemas import MESSAGES, DeployRequest, Message, StartReplica, export_json_schemas
+from schemas.catalogue import json_schema
+
+from .examples import EXAMPLES
+from .jsonschema_strategy import documents
+
+
+def _concrete_messages(cls: type[Message]) -> set[type[Message]]:
+    found: set[type[Message]] = set()
+    for sub in cls.__subclasses__():
+        if "schema_name" in sub.__dict__:
+            found.add(sub)
+        found |= _concrete_messages(sub)
+    return found
+
+
+def test_catalogue_lists_every_message_once() -> None:
+    assert set(MESSAGES) == _concrete_messages(Message)
+    assert len({cls.schema_name for cls in MESSAGES}) == len(MESSAGES)
+    assert set(EXAMPLES) == set(MESSAGES), "every message needs an example in tests/examples.py"
+
+
+@pytest.mark.parametrize("cls", MESSAGES, ids=lambda cls: cls.schema_name)
+def test_example_round_trips_through_json(cls: type[Message]) -> None:
+    message = EXAMPLES[cls]
+    assert cls.model_validate_json(message.model_dump_json()) == message
+
+
+@pytest.mark.parametrize("cls", MESSAGES, ids=lambda cls: cls.schema_name)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_anything_the_json_schema_allows_round_trips(
+    cls: type[Message], data: st.DataObject
+) -> None:
+    """Instances generated from the exported JSON Schema are accepted and round-trip."""
+    document = data.draw(documents(json_schema(cls)))
+    message = cls.model_validate_json(json.dumps(document))
+    assert cls.model_validate_json(message.model_dump_json()) == message
+
+
+def _deploy(**changes: Any) -> dict[str, Any]:
+    return {**EXAMPLES[DeployRequest].model_dump(mode="json"), **changes}
+
+
+@pytest.mark.parametrize(
+    ("changes", "complaint"),
+    [
+        ({"namespace": "Alice"}, "namespace"),
+        ({"namespace": "alice.bob"}, "namespace"),
+        ({"namespace": "-alice"}, "namespace"),
+        ({"namespace": "a" * 64}, "namespace"),
+        ({"app": "stereo.#"}, "app"),
+        ({"image": "Bad Image!"}, "image"),
+        ({"replicas": -1}, "replicas"),
+        ({"replicas": 10_001}, "replicas"),
+        ({"cpu_millicores": 0}, "cpu_millicores"),
+        ({"memory_mib": 10**12}, "memory_mib"),
+        ({"env": {"IDLECLOUD_TOKEN_FILE": "/x"}}, "reserved"),
+        ({"env": {"1BAD": "x"}}, "env"),
+        ({"ports": [0]}, "ports"),
+        ({"command": ["x" * 5000]}, "command"),
+        ({"surprise": 1}, "surprise"),
+        ({"request_id": "short"}, "request_id"),
+        ({"replicas": 3.0}, "replicas"),
+        ({"replicas": True}, "replicas"),
+        ({"replicas": "3"}, "replicas"),
+    ],
+)
+def test_deploy_request_refuses_bad_fields(changes: dict[str, Any], complaint: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        DeployRequest.model_validate_json(json.dumps(_deploy(**changes)))
+    assert complaint in str(caught.value)
+
+
+def test_messages_are_frozen() -> None:
+    message = EXAMPLES[DeployRequest]
+    with pytest.raises(ValidationError):
+        message.replicas = 3  # type: ignore[misc]
+
+
+def test_a_token_never_appears_in_repr() -> None:
+    command = EXAMPLES[StartReplica]
+    assert isinstance(command, StartReplica)
+    assert command.token not in repr(command)
+    assert command.token in command.model_dump_json()
+
+
+def test_export_writes_a_schema_per_message_and_an_index(tmp_path: Path) -> None:
+    written = export_json_schemas(tmp_path)
+    index = json.loads((tmp_path / "index.json").read_text())
+    assert [entry["name"] for entry in index["messages"]] == [c.schema_name for c in MESSAGES]
+    assert len(written) == len(MESSAGES) + 1
+    deploy = json.loads((tmp_path / "DeployRequest.v1.json").read_text())
+    assert deploy["x-amqp-headers"] == {
+        schemas.SCHEMA_HEADER: "DeployRequest",
+        schemas.SCHEMA_VERSION_HEADER: 1,
+    }
+    assert deploy["additionalProperties"] is False
+    assert "namespace" in deploy["required"]
