@@ -25,7 +25,7 @@ from bus.codec import encode
 from bus.errors import BrokerUnavailable, Unroutable
 from schemas import Message
 
-__all__ = ["TRANSIENT_ERRORS", "Bus"]
+__all__ = ["PUBLISH_FAILURES", "TRANSIENT_ERRORS", "Bus"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 _RETRYABLE: tuple[type[BaseException], ...] = (TimeoutError, *TRANSIENT_ERRORS)
+#: What a publish raises when the broker could not take the message (retry later).
+PUBLISH_FAILURES: tuple[type[BaseException], ...] = (BrokerUnavailable, *TRANSIENT_ERRORS)
 
 
 def _redact(url: str) -> str:

@@ -35,7 +35,9 @@ __all__ = [
     "DEAD_REASON_HEADER",
     "Consumer",
     "Handler",
+    "QueueConsumer",
     "dead_letter_headers",
+    "settle",
 ]
 
 log = logging.getLogger(__name__)
@@ -70,34 +72,22 @@ def dead_letter_headers(delivery: Delivery, queue: str, reason: str) -> dict[str
     return kept
 
 
-class Consumer(Generic[M]):
-    """Consumes one queue with manual acks, handing valid messages of ``accepts`` to a handler."""
+class QueueConsumer:
+    """Consumes one queue with manual acks: in-flight tracking and graceful stop.
 
-    def __init__(
-        self,
-        spec: QueueSpec,
-        accepts: Sequence[type[M]],
-        handler: Handler[M],
-        *,
-        prefetch: int = 10,
-        max_body_bytes: int = MAX_BODY_BYTES,
-        check_route: bool = True,
-    ) -> None:
+    Subclasses implement :meth:`_process`, which must ack or nack the delivery.
+    """
+
+    def __init__(self, spec: QueueSpec, *, prefetch: int) -> None:
         self.spec = spec
         self.name = spec.name
-        self._accepts: dict[str, type[Message]] = {cls.schema_name: cls for cls in accepts}
-        self._handler = handler
         self._prefetch = prefetch
-        self._max_body_bytes = max_body_bytes
-        self._check_route = check_route
         self._bus: Bus | None = None
         self._channel: AbstractRobustChannel | None = None
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
         self._stopping = False
-        self.handled = 0
-        self.dead_lettered = 0
 
     @property
     def bus(self) -> Bus:
@@ -140,7 +130,7 @@ class Consumer(Generic[M]):
 
     async def _on_message(self, incoming: AbstractIncomingMessage) -> None:
         if self._stopping:
-            await _settle(incoming.nack(requeue=True))
+            await settle(incoming.nack(requeue=True))
             return
         task = asyncio.current_task()
         assert task is not None
@@ -149,6 +139,31 @@ class Consumer(Generic[M]):
             await self._process(incoming)
         finally:
             self._inflight.discard(task)
+
+    async def _process(self, incoming: AbstractIncomingMessage) -> None:
+        raise NotImplementedError
+
+
+class Consumer(QueueConsumer, Generic[M]):
+    """Hands valid messages of ``accepts`` to a handler; dead-letters everything else."""
+
+    def __init__(
+        self,
+        spec: QueueSpec,
+        accepts: Sequence[type[M]],
+        handler: Handler[M],
+        *,
+        prefetch: int = 10,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        check_route: bool = True,
+    ) -> None:
+        super().__init__(spec, prefetch=prefetch)
+        self._accepts: dict[str, type[Message]] = {cls.schema_name: cls for cls in accepts}
+        self._handler = handler
+        self._max_body_bytes = max_body_bytes
+        self._check_route = check_route
+        self.handled = 0
+        self.dead_lettered = 0
 
     async def _process(self, incoming: AbstractIncomingMessage) -> None:
         delivery = delivery_of(incoming)
@@ -167,11 +182,11 @@ class Consumer(Generic[M]):
             log.warning(
                 "%s: lost the broker while handling (%r); it will redeliver", self.name, error
             )
-            await _settle(incoming.nack(requeue=True))
+            await settle(incoming.nack(requeue=True))
             return
         except BrokerUnavailable as error:
             log.warning("%s: handler could not publish (%s); requeued", self.name, error)
-            await _settle(incoming.nack(requeue=True))
+            await settle(incoming.nack(requeue=True))
             return
         except Exception as error:
             log.exception("%s: handler failed; dead-lettering the message", self.name)
@@ -179,7 +194,7 @@ class Consumer(Generic[M]):
             await self._dead_letter(incoming, delivery, reason, traceback.format_exc())
             return
         self.handled += 1
-        await _settle(incoming.ack())
+        await settle(incoming.ack())
 
     async def _dead_letter(
         self,
@@ -204,14 +219,14 @@ class Consumer(Generic[M]):
             )
         except BrokerUnavailable as error:
             log.warning("%s: could not dead-letter (%s); requeued", self.name, error)
-            await _settle(incoming.nack(requeue=True))
+            await settle(incoming.nack(requeue=True))
             return
         log.info("%s: dead-lettered a message: %s", self.name, reason)
         self.dead_lettered += 1
-        await _settle(incoming.ack())
+        await settle(incoming.ack())
 
 
-async def _settle(settlement: Awaitable[None]) -> None:
+async def settle(settlement: Awaitable[None]) -> None:
     """Ack or nack; if the channel is gone the broker redelivers, which is what we want."""
     try:
         await settlement

@@ -50,12 +50,16 @@ __all__ = [
     "Route",
     "leader_queue",
     "node_commands_queue",
+    "ns_dead_exchange",
     "ns_events_exchange",
     "ns_results_exchange",
+    "ns_tasks_exchange",
     "owner_of",
     "reply_queue",
+    "result_queue",
     "route",
     "service_queue",
+    "task_dead_queue",
     "task_queue",
 ]
 
@@ -105,6 +109,26 @@ def reply_queue(owner: Owner, token: str) -> str:
 def task_queue(namespace: str, app: str) -> str:
     """The quorum queue holding an application's tasks."""
     return f"ns.{namespace}.tasks.{app}"
+
+
+def task_dead_queue(namespace: str, app: str) -> str:
+    """Where an application's tasks go after their last failed attempt, with the error."""
+    return f"ns.{namespace}.dead.{app}"
+
+
+def ns_tasks_exchange(namespace: str) -> str:
+    """The direct exchange clients submit tasks through (routing key: the app id)."""
+    return f"ns.{namespace}.tasks"
+
+
+def ns_dead_exchange(namespace: str) -> str:
+    """The direct exchange of a namespace's failed tasks (routing key: the app id)."""
+    return f"ns.{namespace}.dead"
+
+
+def result_queue(namespace: str, client_id: str) -> str:
+    """A client's own queue of task results, bound to the results exchange by its id."""
+    return f"ns.{namespace}.results.{client_id}"
 
 
 def ns_events_exchange(namespace: str) -> str:

@@ -10,8 +10,8 @@ needs only a handful of patterns:
   ``idlecloud.commands`` (deploy, scale, delete).
 - node ``edge``: everything named ``node.edge.*``, and publishing ``node.edge.*`` keys to
   ``idlecloud.events`` (heartbeat, presence, replica status, metrics).
-- replica of ``alice``/``stereo``: reading its task queue and publishing to
-  ``ns.alice.results``; nothing else.
+- replica of ``alice``/``stereo``: reading its task queue, publishing results to
+  ``ns.alice.results`` and failed tasks to ``ns.alice.dead``; nothing else.
 - admin: every namespace, its own ``idlecloud.admin.*`` names, ``idlecloud.admin.*`` keys
   on ``idlecloud.commands``, and reading ``idlecloud.events``.
 
@@ -110,6 +110,7 @@ def scopes_for(role: RoleName, subject: str, vhost: str, *, app: str = "") -> tu
         return (
             Scope("read", vhost, names.task_queue(subject, app)),
             Scope("write", vhost, names.ns_results_exchange(subject), "*"),
+            Scope("write", vhost, names.ns_dead_exchange(subject), app),
         )
     admin_own = f"{names.ADMIN_PREFIX}.*"
     return (

@@ -16,12 +16,23 @@ from aio_pika.abc import AbstractChannel, AbstractQueue
 
 from bus import names
 
-__all__ = ["DEAD_LETTER_MAX_LENGTH", "JOURNAL_MAX_BYTES", "QueueSpec", "declare_platform"]
+__all__ = [
+    "DEAD_LETTER_MAX_LENGTH",
+    "JOURNAL_MAX_BYTES",
+    "TASK_DELIVERY_LIMIT",
+    "QueueSpec",
+    "declare_app",
+    "declare_platform",
+    "task_queue_spec",
+]
 
 #: The catch-all dead-letter queue keeps the newest this many messages.
 DEAD_LETTER_MAX_LENGTH = 100_000
 #: The journal keeps at most this many bytes (old segments are dropped past it).
 JOURNAL_MAX_BYTES = 1024**3
+#: A task delivered this many times without an ack (its workers keep dying on it) is
+#: dead-lettered by the broker.
+TASK_DELIVERY_LIMIT = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,3 +85,36 @@ async def declare_platform(channel: AbstractChannel) -> None:
         arguments={"x-queue-type": "stream", "x-max-length-bytes": JOURNAL_MAX_BYTES},
     )
     await journal.declare(channel)
+
+
+def task_queue_spec(namespace: str, app: str) -> QueueSpec:
+    """An app's task queue: a quorum queue fed by ``ns.<ns>.tasks`` with the app id as key.
+
+    Declared identically by workers, clients and the platform (quorum queue arguments must
+    match on every declaration).
+    """
+    return QueueSpec.quorum(
+        names.task_queue(namespace, app),
+        (names.ns_tasks_exchange(namespace), app),
+        **{
+            "x-delivery-limit": TASK_DELIVERY_LIMIT,
+            "x-dead-letter-exchange": names.ns_dead_exchange(namespace),
+            "x-dead-letter-routing-key": app,
+        },
+    )
+
+
+async def declare_app(channel: AbstractChannel, namespace: str, app: str) -> QueueSpec:
+    """Declare an app's exchanges, task queue and dead-task queue; return the task queue."""
+    await channel.declare_exchange(names.ns_tasks_exchange(namespace), durable=True)
+    await channel.declare_exchange(names.ns_results_exchange(namespace), durable=True)
+    await channel.declare_exchange(
+        names.ns_dead_exchange(namespace), ExchangeType.TOPIC, durable=True
+    )
+    dead = QueueSpec.quorum(
+        names.task_dead_queue(namespace, app), (names.ns_dead_exchange(namespace), app)
+    )
+    await dead.declare(channel)
+    tasks = task_queue_spec(namespace, app)
+    await tasks.declare(channel)
+    return tasks

@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from bus.cli import platform
+from bus.cli import platform, worker
 from bus.service import configure_logging
 
 __all__ = ["app", "main"]
@@ -19,6 +19,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 platform.register(app)
+worker.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,68 @@
+"""`bus worker MODULE:APP`: serve an app's tasks."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from bus.cli._common import DEFAULT_URL, UrlOption, fail
+from bus.sdk.app import App
+from bus.sdk.contract import broker_url_with_token
+from bus.sdk.pool import load_target
+from bus.sdk.worker import Worker
+from bus.service import run
+
+__all__ = ["register"]
+
+
+def worker(
+    target: Annotated[str, typer.Argument(help="The app to serve, as MODULE:ATTRIBUTE.")],
+    url: UrlOption = DEFAULT_URL,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", min=1, max=1024, help="Processes/threads.")
+    ] = 1,
+    token_file: Annotated[
+        str | None,
+        typer.Option(
+            "--token-file",
+            envvar="IDLECLOUD_TOKEN_FILE",
+            help="File holding the broker token; re-read before it expires.",
+        ),
+    ] = None,
+    grace_s: Annotated[
+        float, typer.Option("--grace", help="Seconds in-flight tasks get after SIGTERM.")
+    ] = 30.0,
+) -> None:
+    """Serve an app's tasks until SIGTERM (in-flight tasks finish or are requeued)."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`, find modules where we stand
+    try:
+        app = load_target(target)
+    except (ValueError, ImportError, AttributeError) as error:
+        fail(f"cannot load {target!r}: {error}. Give MODULE:ATTRIBUTE, e.g. tasks:app")
+    if not isinstance(app, App):
+        fail(f"{target} is a {type(app).__name__}, not an idlecloud App")
+    if not app.tasks:
+        fail(f"app {app.app} in {target} has no tasks; decorate functions with @app.task")
+    try:
+        served = Worker(app, target=target, concurrency=concurrency)
+    except ValueError as error:
+        fail(str(error))
+    try:
+        connect_to = broker_url_with_token(url, token_file)
+    except ValueError as error:
+        fail(f"{error}; check --token-file or IDLECLOUD_TOKEN_FILE")
+    run(
+        connect_to,
+        [served],
+        name=f"worker {app.namespace}/{app.app}",
+        grace_s=grace_s,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add `bus worker` to the root app."""
+    app.command("worker")(worker)

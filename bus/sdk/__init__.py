@@ -1,0 +1,17 @@
+"""The worker SDK: turn functions into stateless services and submit work to them."""
+
+from bus.sdk.app import App, Executor, Task
+from bus.sdk.client import TaskClient, TaskFailed
+from bus.sdk.sync import SyncClient, SyncResult
+from bus.sdk.worker import Worker
+
+__all__ = [
+    "App",
+    "Executor",
+    "SyncClient",
+    "SyncResult",
+    "Task",
+    "TaskClient",
+    "TaskFailed",
+    "Worker",
+]

@@ -1,0 +1,166 @@
+"""A pool of worker processes for CPU-bound sync tasks, each killable on its own.
+
+The worker's event loop must keep answering AMQP heartbeats while a task computes, so sync
+tasks run in child processes. Unlike ``concurrent.futures``, this pool can kill one child
+(a task over its timeout) and notices when one dies (``kill -9``, out of memory): the child
+is replaced and the caller is told which, so the call can be retried.
+
+Children are spawned (not forked) and import the app from its ``module:attribute`` target.
+They ignore SIGINT/SIGTERM (the parent decides when they stop) and exit when the parent's
+end of their pipe closes, so a killed parent leaves no orphans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import multiprocessing
+import signal
+import traceback
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from bus.sdk.protocol import Call, Outcome
+
+__all__ = ["ChildDied", "ProcessPool", "load_target"]
+
+_CONTEXT = multiprocessing.get_context("spawn")
+
+
+class ChildDied(Exception):
+    """The process running a call died (killed, or out of memory) before answering."""
+
+
+def load_target(target: str) -> Any:
+    """Import ``module:attribute`` (attribute may be dotted).
+
+    Raises:
+        ValueError: the target is not of that form.
+        ImportError, AttributeError: it does not exist.
+    """
+    module_name, colon, attribute = target.partition(":")
+    if not (module_name and colon and attribute):
+        raise ValueError(f"expected MODULE:ATTRIBUTE, got {target!r}")
+    found: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        found = getattr(found, part)
+    return found
+
+
+def _child_main(connection: Connection, target: str) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    app = load_target(target)
+    while True:
+        try:
+            task_name, calls = connection.recv()
+        except (EOFError, OSError):
+            return
+        function = app.tasks[task_name].function
+        answers = []
+        for task_id, args, kwargs in calls:
+            try:
+                answers.append((task_id, True, function(*args, **kwargs), "", ""))
+            except Exception as error:  # the task's own failure, reported to the caller
+                detail = f"{type(error).__name__}: {error}"
+                answers.append((task_id, False, None, detail, traceback.format_exc()))
+        connection.send(answers)
+
+
+class _Child:
+    def __init__(self, target: str) -> None:
+        self.connection, child_end = _CONTEXT.Pipe(duplex=True)
+        self.process: BaseProcess = _CONTEXT.Process(
+            target=_child_main, args=(child_end, target), daemon=True
+        )
+        self.process.start()
+        child_end.close()
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=5)
+        self.connection.close()
+
+
+class ProcessPool:
+    """``size`` spawned processes, each running one batch of calls at a time."""
+
+    def __init__(self, target: str, size: int) -> None:
+        if size < 1:
+            raise ValueError("a process pool needs at least one process")
+        self._target = target
+        self._size = size
+        self._idle: asyncio.Queue[_Child] = asyncio.Queue()
+        self._children: set[_Child] = set()
+
+    @property
+    def pids(self) -> list[int]:
+        """The process ids of the current children."""
+        return [child.process.pid for child in self._children if child.process.pid is not None]
+
+    def start(self) -> None:
+        """Spawn the children."""
+        for _ in range(self._size):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        child = _Child(self._target)
+        self._children.add(child)
+        self._idle.put_nowait(child)
+
+    def _replace(self, child: _Child) -> None:
+        self._children.discard(child)
+        child.kill()
+        self._spawn()
+
+    async def run(
+        self, task_name: str, calls: Sequence[Call], timeout_s: float | None
+    ) -> list[Outcome]:
+        """Run calls of one task in one child; their outcomes in order.
+
+        Raises:
+            TimeoutError: the child took longer than ``timeout_s``; it was killed and replaced.
+            ChildDied: the child died; it was replaced.
+        """
+        child = await self._idle.get()
+        loop = asyncio.get_running_loop()
+        answered: asyncio.Future[list[Any]] = loop.create_future()
+
+        def on_readable() -> None:
+            loop.remove_reader(child.connection.fileno())
+            try:
+                answer = child.connection.recv()
+            except (EOFError, OSError) as error:
+                if not answered.done():
+                    answered.set_exception(ChildDied(f"worker process {child.process.pid} died"))
+                del error
+                return
+            if not answered.done():
+                answered.set_result(answer)
+
+        payload = [(c.task_id, c.args, dict(c.kwargs)) for c in calls]
+        try:
+            child.connection.send((task_name, payload))
+            loop.add_reader(child.connection.fileno(), on_readable)
+            async with asyncio.timeout(timeout_s):
+                answers = await answered
+        except BaseException:
+            with contextlib.suppress(ValueError, OSError):
+                loop.remove_reader(child.connection.fileno())
+            self._replace(child)
+            raise
+        self._idle.put_nowait(child)
+        return [
+            Outcome(task_id, ok, value, error, trace)
+            for task_id, ok, value, error, trace in answers
+        ]
+
+    def close(self) -> None:
+        """Kill every child."""
+        for child in self._children:
+            child.kill()
+        self._children.clear()

@@ -1,0 +1,186 @@
+"""Encoding task calls and their outcomes as AMQP messages (pure: no I/O).
+
+A task message goes to ``ns.<ns>.tasks`` with the app id as routing key. Its properties say
+which task (header ``idlecloud-task``), its id (``message_id``) and where the result goes
+(``reply_to``: the client's id, a routing key on ``ns.<ns>.results``). The body is one JSON
+call, raw bytes, or a batch of JSON calls (see :mod:`schemas.tasks`). The result message
+answers with ``correlation_id`` = the task (or batch) id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic_core
+from pamqp.commands import Basic
+from pydantic import ValidationError
+
+from bus.codec import summarize_validation_error
+from bus.errors import InvalidMessage
+from schemas.tasks import TaskBatch, TaskCall, TaskOutcomes
+
+__all__ = [
+    "BATCH",
+    "BYTES",
+    "JSON",
+    "MAX_TASK_BODY_BYTES",
+    "STATUS_HEADER",
+    "TASK_HEADER",
+    "Call",
+    "Outcome",
+    "decode_calls",
+    "decode_outcomes",
+    "encode_batch",
+    "encode_call",
+    "encode_outcomes",
+]
+
+JSON = "application/json"
+BYTES = "application/octet-stream"
+BATCH = "application/vnd.idlecloud.batch+json"
+TASK_HEADER = "idlecloud-task"
+STATUS_HEADER = "idlecloud-status"
+#: Task bodies may carry data (image tiles), so they may be larger than control messages.
+MAX_TASK_BODY_BYTES = 64 * 1024 * 1024
+_PERSISTENT = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One invocation of a task: JSON arguments, or raw bytes as the only argument."""
+
+    task_id: str
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The result of one call: a value, or an error with its traceback."""
+
+    task_id: str
+    ok: bool
+    value: Any = None
+    error: str = ""
+    traceback: str = ""
+
+
+def _properties(
+    content_type: str, message_id: str, headers: dict[str, Any], **more: Any
+) -> Basic.Properties:
+    return Basic.Properties(
+        content_type=content_type,
+        delivery_mode=_PERSISTENT,
+        message_id=message_id,
+        headers=headers,
+        **more,
+    )
+
+
+def encode_call(task: str, call: Call, reply_to: str | None) -> tuple[bytes, Basic.Properties]:
+    """A single call: raw bytes when its only argument is ``bytes``, else JSON.
+
+    Raises:
+        TypeError: an argument cannot be written as JSON.
+    """
+    if len(call.args) == 1 and not call.kwargs and isinstance(call.args[0], bytes | bytearray):
+        body, content_type = bytes(call.args[0]), BYTES
+    else:
+        body, content_type = _to_json({"args": call.args, "kwargs": call.kwargs}), JSON
+    return body, _properties(content_type, call.task_id, {TASK_HEADER: task}, reply_to=reply_to)
+
+
+def encode_batch(
+    task: str, batch_id: str, calls: Sequence[Call], reply_to: str | None
+) -> tuple[bytes, Basic.Properties]:
+    """Many JSON calls of one task in one message.
+
+    Raises:
+        TypeError: an argument is bytes or cannot be written as JSON.
+    """
+    items = [{"id": c.task_id, "args": c.args, "kwargs": c.kwargs} for c in calls]
+    body = _to_json({"items": items})
+    return body, _properties(BATCH, batch_id, {TASK_HEADER: task}, reply_to=reply_to)
+
+
+def _to_json(document: object) -> bytes:
+    try:
+        return pydantic_core.to_json(document)
+    except pydantic_core.PydanticSerializationError as error:
+        raise TypeError(f"task arguments and results must be JSON (or bytes): {error}") from None
+
+
+def decode_calls(body: bytes, content_type: str | None, message_id: str | None) -> list[Call]:
+    """The calls a task message carries.
+
+    Raises:
+        InvalidMessage: the body is too large, of an unknown content type, or malformed.
+    """
+    if len(body) > MAX_TASK_BODY_BYTES:
+        raise InvalidMessage(f"task body of {len(body)} bytes exceeds {MAX_TASK_BODY_BYTES}")
+    if content_type == BATCH:
+        try:
+            batch = TaskBatch.model_validate_json(body)
+        except ValidationError as error:
+            raise InvalidMessage(
+                f"invalid task batch: {summarize_validation_error(error)}"
+            ) from None
+        return [Call(item.id, item.args, item.kwargs) for item in batch.items]
+    if not message_id:
+        raise InvalidMessage("a task message needs a message_id (the task id)")
+    if content_type == BYTES:
+        return [Call(message_id, (body,))]
+    if content_type == JSON:
+        try:
+            call = TaskCall.model_validate_json(body)
+        except ValidationError as error:
+            raise InvalidMessage(
+                f"invalid task call: {summarize_validation_error(error)}"
+            ) from None
+        return [Call(message_id, call.args, call.kwargs)]
+    raise InvalidMessage(f"unknown task content type {str(content_type)[:64]!r}")
+
+
+def encode_outcomes(
+    outcomes: Sequence[Outcome], correlation_id: str, *, batch: bool
+) -> tuple[bytes, Basic.Properties]:
+    """The result message of a task message (raw bytes for a single bytes value)."""
+    status = "ok" if all(o.ok for o in outcomes) else "error"
+    headers = {STATUS_HEADER: status}
+    single = outcomes[0]
+    if not batch and single.ok and isinstance(single.value, bytes | bytearray):
+        return bytes(single.value), _properties(
+            BYTES, correlation_id, headers, correlation_id=correlation_id
+        )
+    documents = []
+    for outcome in outcomes:
+        document: dict[str, Any] = {"id": outcome.task_id, "ok": outcome.ok}
+        if outcome.ok:
+            document["value"] = outcome.value
+        else:
+            document["error"] = outcome.error[:4096]
+            document["traceback"] = outcome.traceback[-16_384:]
+        documents.append(document)
+    body = _to_json({"outcomes": documents})
+    return body, _properties(JSON, correlation_id, headers, correlation_id=correlation_id)
+
+
+def decode_outcomes(
+    body: bytes, content_type: str | None, correlation_id: str | None
+) -> list[Outcome]:
+    """The outcomes a result message carries.
+
+    Raises:
+        InvalidMessage: the result is malformed.
+    """
+    if content_type == BYTES:
+        if not correlation_id:
+            raise InvalidMessage("a raw result needs a correlation_id (the task id)")
+        return [Outcome(correlation_id, True, body)]
+    try:
+        outcomes = TaskOutcomes.model_validate_json(body).outcomes
+    except ValidationError as error:
+        raise InvalidMessage(f"invalid task result: {summarize_validation_error(error)}") from None
+    return [Outcome(o.id, o.ok, o.value, o.error, o.traceback) for o in outcomes]

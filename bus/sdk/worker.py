@@ -1,0 +1,233 @@
+"""The worker: consumes an app's task queue and publishes each call's outcome.
+
+A delivery is acked only after its result was published under a publisher confirm, so a
+worker that dies (``kill -9``, a PC's person logs in) loses nothing: the broker delivers
+the task again and the client keeps the first result it gets for each task id.
+
+A failing call is tried again in place up to its task's ``retries``; a call over its
+``timeout_s`` counts as a failure. After the last attempt the client gets the error with
+its traceback, and a copy of the call goes to the app's dead-task queue
+(``ns.<ns>.dead.<app>``). A pool process that dies under a call does not use up an
+attempt (the platform kills processes on purpose), up to :data:`MAX_CHILD_DEATHS` times.
+A malformed task message is answered with an error and dead-lettered, never a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from aio_pika.abc import AbstractIncomingMessage
+from pamqp.commands import Basic
+
+from bus import names
+from bus.connection import PUBLISH_FAILURES, Bus
+from bus.consumer import QueueConsumer, settle
+from bus.errors import InvalidMessage
+from bus.sdk.app import App, Task
+from bus.sdk.pool import ChildDied, ProcessPool
+from bus.sdk.protocol import (
+    BATCH,
+    TASK_HEADER,
+    Call,
+    Outcome,
+    decode_calls,
+    encode_call,
+    encode_outcomes,
+)
+from bus.topology import declare_app, task_queue_spec
+
+__all__ = ["MAX_CHILD_DEATHS", "Worker"]
+
+log = logging.getLogger(__name__)
+
+#: How often a call may lose its pool process before it is reported failed.
+MAX_CHILD_DEATHS = 3
+
+
+class Worker(QueueConsumer):
+    """Serves an app's tasks: at-least-once, results before acks, failures dead-lettered."""
+
+    def __init__(self, app: App, *, target: str | None = None, concurrency: int = 1) -> None:
+        """Create a worker.
+
+        Args:
+            app: the app whose tasks to serve.
+            target: ``module:attribute`` of the app, for the process pool to import;
+                needed when a task uses the ``process`` executor.
+            concurrency: processes in the pool, threads for ``thread`` tasks, and the
+                default prefetch.
+
+        Raises:
+            ValueError: a process task without a target, or concurrency below 1.
+        """
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        needs_pool = any(task.executor == "process" for task in app.tasks.values())
+        if needs_pool and target is None:
+            raise ValueError("tasks running in processes need the app's MODULE:ATTRIBUTE target")
+        super().__init__(
+            task_queue_spec(app.namespace, app.app), prefetch=app.prefetch or concurrency
+        )
+        self.app = app
+        self._pool = ProcessPool(target, concurrency) if needs_pool and target else None
+        self._threads = asyncio.Semaphore(concurrency)
+        self.calls_done = 0
+
+    @property
+    def pool_pids(self) -> list[int]:
+        """Process ids of the pool's children (empty without a pool)."""
+        return self._pool.pids if self._pool else []
+
+    async def start(self, bus: Bus) -> None:
+        """Declare the app's queues, start the pool, and consume tasks."""
+        channel = await bus.channel()
+        await declare_app(channel, self.app.namespace, self.app.app)
+        await channel.close()
+        if self._pool is not None:
+            self._pool.start()
+        await super().start(bus)
+
+    async def stop(self, grace_s: float = 30.0) -> None:
+        """Finish in-flight tasks within ``grace_s``, requeue the rest, stop the pool."""
+        await super().stop(grace_s)
+        if self._pool is not None:
+            self._pool.close()
+
+    async def _process(self, incoming: AbstractIncomingMessage) -> None:
+        headers = incoming.headers or {}
+        task_name = headers.get(TASK_HEADER)
+        try:
+            calls = decode_calls(incoming.body, incoming.content_type, incoming.message_id)
+            task = self.app.tasks.get(task_name) if isinstance(task_name, str) else None
+            if task is None:
+                raise InvalidMessage(
+                    f"unknown task {str(task_name)[:64]!r}; app {self.app.app} serves "
+                    f"{sorted(self.app.tasks)}"
+                )
+        except InvalidMessage as error:
+            await self._refuse(incoming, error.reason)
+            return
+        outcomes = await self._execute(task, calls)
+        try:
+            for call, outcome in zip(calls, outcomes, strict=True):
+                if not outcome.ok:
+                    await self._dead_letter(task.name, call, outcome, "failed")
+            await self._answer(incoming, outcomes)
+        except PUBLISH_FAILURES as error:
+            log.warning("could not publish a result (%r); the task will be redelivered", error)
+            await settle(incoming.nack(requeue=True))
+            return
+        self.calls_done += len(calls)
+        await settle(incoming.ack())
+
+    async def _execute(self, task: Task[Any, Any], calls: Sequence[Call]) -> list[Outcome]:
+        final: dict[str, Outcome] = {}
+        pending = list(calls)
+        attempts = deaths = 0
+        while pending:
+            try:
+                outcomes = await self._run(task, pending)
+            except ChildDied as error:
+                deaths += 1
+                if deaths <= MAX_CHILD_DEATHS:
+                    log.warning("%s; running its calls again", error)
+                    continue
+                outcomes = [_failure(c, f"{error} {deaths} times") for c in pending]
+            attempts += 1
+            retry = attempts <= task.retries
+            still_failing = []
+            for call, outcome in zip(pending, outcomes, strict=True):
+                if outcome.ok or not retry:
+                    final[call.task_id] = outcome
+                else:
+                    still_failing.append(call)
+            pending = still_failing
+        return [final[call.task_id] for call in calls]
+
+    async def _run(self, task: Task[Any, Any], calls: Sequence[Call]) -> list[Outcome]:
+        if task.executor == "process":
+            assert self._pool is not None
+            timeout_s = task.timeout_s * len(calls) if task.timeout_s else None
+            try:
+                return await self._pool.run(task.name, calls, timeout_s)
+            except TimeoutError:
+                return [_failure(c, f"timed out after {task.timeout_s:g} s") for c in calls]
+        return [await self._run_here(task, call) for call in calls]
+
+    async def _run_here(self, task: Task[Any, Any], call: Call) -> Outcome:
+        try:
+            async with asyncio.timeout(task.timeout_s):
+                if task.is_async:
+                    value = await task.function(*call.args, **call.kwargs)
+                elif task.executor == "thread":
+                    async with self._threads:
+                        value = await asyncio.to_thread(task.function, *call.args, **call.kwargs)
+                else:
+                    value = task.function(*call.args, **call.kwargs)
+        except TimeoutError:
+            return _failure(call, f"timed out after {task.timeout_s:g} s")
+        except Exception as error:
+            return _failure(call, f"{type(error).__name__}: {error}", traceback.format_exc())
+        return Outcome(call.task_id, True, value)
+
+    async def _answer(self, incoming: AbstractIncomingMessage, outcomes: list[Outcome]) -> None:
+        if not incoming.reply_to or not incoming.message_id:
+            return
+        batch = incoming.content_type == BATCH
+        try:
+            body, properties = encode_outcomes(outcomes, incoming.message_id, batch=batch)
+        except TypeError as error:
+            outcomes = [_jsonable(outcome, error) for outcome in outcomes]
+            body, properties = encode_outcomes(outcomes, incoming.message_id, batch=batch)
+        route = names.Route(names.ns_results_exchange(self.app.namespace), incoming.reply_to)
+        await self.bus.publish_raw(route, body, properties)
+
+    async def _refuse(self, incoming: AbstractIncomingMessage, reason: str) -> None:
+        """Answer a malformed task message with an error and dead-letter it."""
+        log.warning("%s: refused a task message: %s", self.name, reason)
+        call = Call(incoming.message_id or "unknown")
+        failure = _failure(call, f"refused: {reason}")
+        properties = Basic.Properties(
+            content_type=incoming.content_type, delivery_mode=2, headers=_dead_headers(failure)
+        )
+        route = names.Route(names.ns_dead_exchange(self.app.namespace), self.app.app)
+        try:
+            await self.bus.publish_raw(route, incoming.body[: 64 * 1024], properties)
+            await self._answer(incoming, [failure])
+        except PUBLISH_FAILURES:
+            await settle(incoming.nack(requeue=True))
+            return
+        await settle(incoming.ack())
+
+    async def _dead_letter(self, task: str, call: Call, outcome: Outcome, why: str) -> None:
+        body, properties = encode_call(task, call, reply_to=None)
+        properties.headers = {**(properties.headers or {}), **_dead_headers(outcome)}
+        log.info("%s: task %s %s: %s", self.name, call.task_id, why, outcome.error)
+        route = names.Route(names.ns_dead_exchange(self.app.namespace), self.app.app)
+        await self.bus.publish_raw(route, body, properties)
+
+
+def _failure(call: Call, error: str, trace: str = "") -> Outcome:
+    return Outcome(call.task_id, False, error=error, traceback=trace)
+
+
+def _jsonable(outcome: Outcome, error: TypeError) -> Outcome:
+    try:
+        encode_outcomes([outcome], outcome.task_id, batch=True)
+    except TypeError:
+        return _failure(
+            Call(outcome.task_id), f"the task returned a value that is not JSON: {error}"
+        )
+    return outcome
+
+
+def _dead_headers(outcome: Outcome) -> dict[str, Any]:
+    return {
+        "idlecloud-task-id": outcome.task_id,
+        "idlecloud-dead-reason": outcome.error[:1024],
+        "idlecloud-traceback": outcome.traceback[-8192:],
+    }

@@ -1,0 +1,198 @@
+"""The worker SDK against a real broker and real worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psutil
+import pytest
+from aio_pika.abc import AbstractIncomingMessage
+from pamqp.commands import Basic
+
+from bus import names
+from bus.connection import Bus
+from bus.devservices import BrokerInfo
+from bus.sdk import App, TaskClient, TaskFailed
+from bus.sdk.protocol import JSON, TASK_HEADER
+from tests.programs.sdk_tasks import make_app
+
+from .helpers import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = "tests.programs.sdk_app:app"
+
+
+class WorkerProcess:
+    """`bus worker` for the test app, as a real process."""
+
+    def __init__(self, broker: BrokerInfo, app: App, concurrency: int = 2) -> None:
+        self.broker, self.app, self.concurrency = broker, app, concurrency
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> WorkerProcess:
+        env = {
+            **os.environ,
+            "IDLECLOUD_NAMESPACE": self.app.namespace,
+            "IDLECLOUD_APP": self.app.app,
+            "IDLECLOUD_URL": self.broker.url,
+        }
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bus", "worker", TARGET, "-c", str(self.concurrency),
+            "--grace", "5", cwd=ROOT, env=env,
+        )  # fmt: skip
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def children(self) -> list[psutil.Process]:
+        return psutil.Process(self.pid).children()
+
+    async def stop(self, signum: int = signal.SIGTERM) -> int:
+        assert self.process is not None
+        if self.process.returncode is None:
+            self.process.send_signal(signum)
+        return await asyncio.wait_for(self.process.wait(), timeout=30)
+
+
+@pytest.fixture
+def app(unique: str) -> App:
+    return make_app(f"t{unique}", "sdk")
+
+
+@pytest.fixture
+async def client(bus: Bus, app: App) -> AsyncIterator[TaskClient]:
+    async with TaskClient(bus, app) as started:
+        yield started
+
+
+@pytest.fixture
+async def worker(broker: BrokerInfo, app: App, client: TaskClient) -> AsyncIterator[WorkerProcess]:
+    started = await WorkerProcess(broker, app).start()
+    yield started
+    await started.stop(signal.SIGKILL)
+
+
+async def test_calls_maps_and_batches_return_the_right_values(
+    client: TaskClient, app: App, worker: WorkerProcess
+) -> None:
+    assert await client.call(app.tasks["square"], 7) == 49
+    assert await client.call(app.tasks["add"], 1, 2, scale=10) == 30
+    assert await client.call(app.tasks["reverse"], b"\x00\x01tile") == b"elit\x01\x00"
+    mapped = dict([item async for item in client.map(app.tasks["square"], range(300))])
+    assert mapped == {i: i * i for i in range(300)}
+    batched = dict(
+        [
+            item
+            async for item in client.map(
+                app.tasks["add"], [(i, i) for i in range(1000)], batch_size=100
+            )
+        ]
+    )
+    assert batched == {i: 2 * i for i in range(1000)}
+    assert client.duplicates == 0
+
+
+async def test_a_poison_task_fails_with_its_traceback_and_is_dead_lettered(
+    bus: Bus, client: TaskClient, app: App, worker: WorkerProcess
+) -> None:
+    dead: list[AbstractIncomingMessage] = []
+    channel = await bus.channel()
+    queue = await channel.declare_queue(names.task_dead_queue(app.namespace, app.app), passive=True)
+    with pytest.raises(TaskFailed) as failed:
+        await client.call(app.tasks["poison"], 13)
+    assert failed.value.error == "ValueError: poisoned input 13"
+    assert "Traceback" in failed.value.traceback
+    assert "raise ValueError" in failed.value.traceback
+    await wait_until(lambda: queue is not None)
+    message = await queue.get(timeout=5)
+    dead.append(message)
+    headers = dead[0].headers or {}
+    assert headers[TASK_HEADER] == "poison"
+    assert headers["idlecloud-dead-reason"] == "ValueError: poisoned input 13"
+    assert "poisoned input 13" in str(headers["idlecloud-traceback"])
+    assert b"[13]" in dead[0].body
+    assert await client.call(app.tasks["square"], 3) == 9  # the worker goes on
+
+
+async def test_timeouts_unknown_tasks_and_bad_results_are_errors_not_crashes(
+    client: TaskClient, app: App, worker: WorkerProcess
+) -> None:
+    with pytest.raises(TaskFailed, match=r"timed out after 0\.5 s"):
+        await client.call(app.tasks["slow"], 5)
+    with pytest.raises(TaskFailed, match="not JSON"):
+        await client.call(app.tasks["not_json"])
+    stranger = make_app(app.namespace, app.app)
+
+    @stranger.task
+    def missing() -> None: ...
+
+    with pytest.raises(TaskFailed, match="unknown task 'missing'"):
+        await client.call(stranger.tasks["missing"])
+    assert await client.call(app.tasks["square"], 4) == 16
+
+
+async def test_a_malformed_task_body_is_answered_with_an_error(
+    bus: Bus, client: TaskClient, app: App, worker: WorkerProcess
+) -> None:
+    answers: list[AbstractIncomingMessage] = []
+    channel = await bus.channel()
+    mine = await channel.declare_queue(exclusive=True)
+    await mine.bind(names.ns_results_exchange(app.namespace), "prober")
+
+    async def collect(message: AbstractIncomingMessage) -> None:
+        answers.append(message)
+
+    await mine.consume(collect, no_ack=True)
+    for body in (b"{not json", b'{"args": 5}', b'{"args": [], "extra": 1}'):
+        properties = Basic.Properties(
+            content_type=JSON,
+            message_id="probe-1",
+            reply_to="prober",
+            headers={TASK_HEADER: "square"},
+        )
+        route = names.Route(names.ns_tasks_exchange(app.namespace), app.app)
+        await bus.publish_raw(route, body, properties)
+    await wait_until(lambda: len(answers) == 3, what="three error answers")
+    assert all(b"refused: invalid task call" in answer.body for answer in answers)
+    assert await client.call(app.tasks["square"], 5) == 25
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", ["main process", "pool child", "sigterm"])
+async def test_killing_a_worker_mid_map_loses_and_duplicates_nothing(
+    broker: BrokerInfo, client: TaskClient, app: App, victim: str
+) -> None:
+    """Kill -9 the worker (or one of its pool processes, or SIGTERM it) during a 10,000-task map.
+
+    Every task's result comes back exactly once, with the right value; a second worker
+    finishes what the first one held.
+    """
+    first = await WorkerProcess(broker, app).start()
+    replacement: WorkerProcess | None = None
+    results: dict[int, int] = {}
+    count = 0
+    try:
+        async for index, value in client.map(app.tasks["square"], range(10_000), progress=False):
+            assert index not in results
+            results[index] = value
+            count += 1
+            if count == 2_000:
+                if victim == "pool child":
+                    os.kill(first.children()[0].pid, signal.SIGKILL)
+                else:
+                    await first.stop(signal.SIGKILL if victim == "main process" else signal.SIGTERM)
+                    replacement = await WorkerProcess(broker, app).start()
+    finally:
+        await first.stop(signal.SIGKILL)
+        if replacement is not None:
+            await replacement.stop(signal.SIGKILL)
+    assert count == 10_000
+    assert results == {i: i * i for i in range(10_000)}
