@@ -18,7 +18,7 @@ from bus import names
 from bus.connection import Bus
 from bus.devservices import BrokerInfo
 from bus.sdk import App, TaskClient, TaskFailed
-from bus.sdk.protocol import JSON, TASK_HEADER
+from bus.sdk.protocol import JSON, TASK_HEADER, Outcome, decode_outcomes
 from tests.programs.sdk_tasks import make_app
 
 from .helpers import wait_until
@@ -160,8 +160,16 @@ async def test_a_malformed_task_body_is_answered_with_an_error(
         )
         route = names.Route(names.ns_tasks_exchange(app.namespace), app.app)
         await bus.publish_raw(route, body, properties)
-    await wait_until(lambda: len(answers) == 3, what="three error answers")
-    assert all(b"refused: invalid task call" in answer.body for answer in answers)
+
+    def refusals() -> list[Outcome]:
+        return [
+            outcome
+            for answer in answers
+            for outcome in decode_outcomes(answer.body, answer.content_type, answer.correlation_id)
+        ]
+
+    await wait_until(lambda: len(refusals()) == 3, what="three error answers")
+    assert all(not o.ok and o.error.startswith("refused: invalid task call") for o in refusals())
     assert await client.call(app.tasks["square"], 5) == 25
 
 

@@ -18,6 +18,7 @@ function may ask for ``executor="inline"`` to run on the loop itself.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -65,7 +66,7 @@ class _Decorator(Protocol):
     def __call__(self, function: Callable[P, R], /) -> Task[P, R]: ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Task(Generic[P, R]):
     """A function served by workers, still callable locally."""
 
@@ -79,7 +80,7 @@ class Task(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.function(*args, **kwargs)
 
-    @property
+    @functools.cached_property
     def is_async(self) -> bool:
         """True for ``async def`` tasks."""
         return inspect.iscoroutinefunction(self.function)

@@ -13,10 +13,13 @@ packs ``batch_size`` calls per message when asked.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
+import logging
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sized
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Sized
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
@@ -32,6 +35,8 @@ from bus.topology import QueueSpec, declare_app
 
 __all__ = ["TaskClient", "TaskFailed"]
 
+log = logging.getLogger(__name__)
+
 #: An idle client's result queue is deleted by the broker after this long.
 RESULT_QUEUE_EXPIRES_MS = 10 * 60 * 1000
 
@@ -46,37 +51,44 @@ class TaskFailed(BusError):
         self.traceback = traceback
 
 
+def _failure(outcome: Outcome) -> TaskFailed:
+    return TaskFailed(outcome.task_id, outcome.error, outcome.traceback)
+
+
 def _as_call_arguments(item: Any) -> tuple[Any, ...]:
     return item if isinstance(item, tuple) else (item,)
 
 
-class _MapState:
-    """Calls a map submitted, and their futures in the order they complete."""
+class _Sink:
+    """Where one map's outcomes land, in arrival order, drained in bulk."""
 
     def __init__(self) -> None:
+        self.arrived: deque[tuple[int, Outcome]] = deque()
+        self.wake = asyncio.Event()
         self.submitted = 0
         self.received = 0
-        self._completed: asyncio.Queue[tuple[int, asyncio.Future[Any]]] = asyncio.Queue()
 
-    def track(self, index: int, future: asyncio.Future[Any]) -> None:
-        self.submitted += 1
-        future.add_done_callback(lambda done: self._completed.put_nowait((index, done)))
+    def put(self, index: int, outcome: Outcome) -> None:
+        self.arrived.append((index, outcome))
+        self.wake.set()
 
-    async def next_completed(
-        self, publishing: asyncio.Task[None]
-    ) -> tuple[int, asyncio.Future[Any]]:
-        """The next completed call; raises what publishing raised, if it failed first."""
-        if self._completed.empty() and not publishing.done():
-            getter = asyncio.ensure_future(self._completed.get())
-            await asyncio.wait({getter, publishing}, return_when=asyncio.FIRST_COMPLETED)
-            if getter.done():
-                self.received += 1
-                return getter.result()
-            getter.cancel()
+    async def wait(self, publishing: asyncio.Task[None]) -> None:
+        """Until an outcome arrived or publishing finished; raises what publishing raised.
+
+        Returns at once when all submitted outcomes are in and publishing is done, even
+        if nothing new arrives: the last results may come before the last confirms.
+        """
+        if self.arrived:
+            return
+        if publishing.done():
             publishing.result()
-        item = await self._completed.get()
-        self.received += 1
-        return item
+            if self.received < self.submitted:
+                await self.wake.wait()
+        else:
+            waiter = asyncio.ensure_future(self.wake.wait())
+            await asyncio.wait({waiter, publishing}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+        self.wake.clear()
 
 
 class TaskClient:
@@ -87,7 +99,7 @@ class TaskClient:
         self.app = app
         self.client_id = uuid.uuid4().hex[:12]
         self._ids = itertools.count()
-        self._pending: dict[str, asyncio.Future[Any]] = {}
+        self._pending: dict[str, Callable[[Outcome], None]] = {}
         self._channel: AbstractRobustChannel | None = None
         self.duplicates = 0
 
@@ -106,9 +118,10 @@ class TaskClient:
         return self
 
     async def stop(self) -> None:
-        """Stop listening; tasks still pending are cancelled."""
-        for future in self._pending.values():
-            future.cancel()
+        """Stop listening; calls still pending fail with :class:`TaskFailed`."""
+        pending, self._pending = self._pending, {}
+        for task_id, deliver in pending.items():
+            deliver(Outcome(task_id, False, error="the client stopped before the result came"))
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
@@ -124,29 +137,26 @@ class TaskClient:
             outcomes = decode_outcomes(
                 incoming.body, incoming.content_type, incoming.correlation_id
             )
-        except InvalidMessage:
+        except InvalidMessage as error:
+            log.warning("dropped a malformed result message: %s", error.reason)
             outcomes = []
         for outcome in outcomes:
             self._resolve(outcome)
         await settle(incoming.ack())
 
     def _resolve(self, outcome: Outcome) -> None:
-        future = self._pending.pop(outcome.task_id, None)
-        if future is None:
+        deliver = self._pending.pop(outcome.task_id, None)
+        if deliver is None:
             self.duplicates += 1
-        elif not future.done():
-            if outcome.ok:
-                future.set_result(outcome.value)
-            else:
-                future.set_exception(TaskFailed(outcome.task_id, outcome.error, outcome.traceback))
+        else:
+            deliver(outcome)
 
     def _new_call(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[Call, asyncio.Future[Any]]:
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], deliver: Callable[[Outcome], None]
+    ) -> Call:
         call = Call(f"{self.client_id}.{next(self._ids)}", args, kwargs)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[call.task_id] = future
-        return call, future
+        self._pending[call.task_id] = deliver
+        return call
 
     async def _publish(self, task: Task[Any, Any], calls: list[Call]) -> None:
         if len(calls) == 1:
@@ -162,7 +172,17 @@ class TaskClient:
         Raises:
             TypeError: an argument is neither JSON nor bytes.
         """
-        call, future = self._new_call(args, kwargs)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def deliver(outcome: Outcome) -> None:
+            if future.done():
+                return
+            if outcome.ok:
+                future.set_result(outcome.value)
+            else:
+                future.set_exception(_failure(outcome))
+
+        call = self._new_call(args, kwargs, deliver)
         try:
             await self._publish(task, [call])
         except BaseException:
@@ -205,19 +225,25 @@ class TaskClient:
         if batch_size < 1 or window < 1:
             raise ValueError("batch_size and window must be at least 1")
         total = len(inputs) if isinstance(inputs, Sized) else None
-        state = _MapState()
-        publishing = asyncio.create_task(self._publish_all(task, inputs, batch_size, window, state))
+        sink = _Sink()
+        publishing = asyncio.create_task(self._publish_all(task, inputs, batch_size, window, sink))
         show = sys.stderr.isatty() if progress is None else progress
         with Progress(disable=not show) as bar:
             bar_task = bar.add_task(f"{self.app.app}.{task.name}", total=total)
             try:
-                while not (publishing.done() and state.received == state.submitted):
-                    index, future = await state.next_completed(publishing)
-                    bar.advance(bar_task)
-                    error = future.exception()
-                    if error is not None and not return_exceptions:
-                        raise error
-                    yield index, error if error is not None else future.result()
+                while not (publishing.done() and sink.received == sink.submitted):
+                    await sink.wait(publishing)
+                    drained = len(sink.arrived)
+                    sink.received += drained
+                    bar.advance(bar_task, drained)
+                    for _ in range(drained):
+                        index, outcome = sink.arrived.popleft()
+                        if outcome.ok:
+                            yield index, outcome.value
+                        elif return_exceptions:
+                            yield index, _failure(outcome)
+                        else:
+                            raise _failure(outcome)
                 publishing.result()
             finally:
                 publishing.cancel()
@@ -228,20 +254,36 @@ class TaskClient:
         inputs: Iterable[Any],
         batch_size: int,
         window: int,
-        state: _MapState,
+        sink: _Sink,
     ) -> None:
+        slots = asyncio.Semaphore(window)
         in_flight: set[asyncio.Task[None]] = set()
+        failures: list[BaseException] = []
+
+        def finished(publish: asyncio.Task[None]) -> None:
+            in_flight.discard(publish)
+            slots.release()
+            if not publish.cancelled() and publish.exception() is not None:
+                failures.append(publish.exception())  # type: ignore[arg-type]
+
         indexed = enumerate(inputs)
-        while batch := list(itertools.islice(indexed, batch_size)):
-            calls = []
-            for index, item in batch:
-                call, future = self._new_call(_as_call_arguments(item), {})
-                state.track(index, future)
-                calls.append(call)
-            if len(in_flight) >= window:
-                done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                for finished in done:
-                    finished.result()
-            in_flight.add(asyncio.create_task(self._publish(task, calls)))
-        for confirmed in asyncio.as_completed(in_flight):
-            await confirmed
+        try:
+            while batch := list(itertools.islice(indexed, batch_size)):
+                await slots.acquire()
+                if failures:
+                    raise failures[0]
+                calls = []
+                for index, item in batch:
+                    deliver = functools.partial(sink.put, index)
+                    calls.append(self._new_call(_as_call_arguments(item), {}, deliver))
+                sink.submitted += len(batch)
+                publish = asyncio.create_task(self._publish(task, calls))
+                in_flight.add(publish)
+                publish.add_done_callback(finished)
+            for _ in range(window):
+                await slots.acquire()
+            if failures:
+                raise failures[0]
+        finally:
+            for publish in list(in_flight):
+                publish.cancel()

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from bus.codec import summarize_validation_error
 from bus.errors import InvalidMessage
-from schemas.tasks import TaskBatch, TaskCall, TaskOutcomes
+from schemas.tasks import BATCH_ADAPTER, CALL_ADAPTER, OUTCOMES_ADAPTER
 
 __all__ = [
     "BATCH",
@@ -122,49 +122,75 @@ def decode_calls(body: bytes, content_type: str | None, message_id: str | None) 
         raise InvalidMessage(f"task body of {len(body)} bytes exceeds {MAX_TASK_BODY_BYTES}")
     if content_type == BATCH:
         try:
-            batch = TaskBatch.model_validate_json(body)
+            items = BATCH_ADAPTER.validate_json(body)["items"]
         except ValidationError as error:
             raise InvalidMessage(
                 f"invalid task batch: {summarize_validation_error(error)}"
             ) from None
-        return [Call(item.id, item.args, item.kwargs) for item in batch.items]
+        return [Call(i["id"], tuple(i.get("args", ())), i.get("kwargs", {})) for i in items]
     if not message_id:
         raise InvalidMessage("a task message needs a message_id (the task id)")
     if content_type == BYTES:
         return [Call(message_id, (body,))]
     if content_type == JSON:
         try:
-            call = TaskCall.model_validate_json(body)
+            call = CALL_ADAPTER.validate_json(body)
         except ValidationError as error:
             raise InvalidMessage(
                 f"invalid task call: {summarize_validation_error(error)}"
             ) from None
-        return [Call(message_id, call.args, call.kwargs)]
+        return [Call(message_id, tuple(call.get("args", ())), call.get("kwargs", {}))]
     raise InvalidMessage(f"unknown task content type {str(content_type)[:64]!r}")
 
 
 def encode_outcomes(
-    outcomes: Sequence[Outcome], correlation_id: str, *, batch: bool
+    outcomes: Sequence[Outcome], correlation_id: str
 ) -> tuple[bytes, Basic.Properties]:
-    """The result message of a task message (raw bytes for a single bytes value)."""
+    """The result message for ``outcomes``: raw bytes for one call that returned bytes.
+
+    A value that cannot be written as JSON (bytes among several outcomes included) turns
+    into a failure of its call saying so; this never raises.
+    """
     status = "ok" if all(o.ok for o in outcomes) else "error"
     headers = {STATUS_HEADER: status}
     single = outcomes[0]
-    if not batch and single.ok and isinstance(single.value, bytes | bytearray):
+    if len(outcomes) == 1 and single.ok and isinstance(single.value, bytes | bytearray):
         return bytes(single.value), _properties(
             BYTES, correlation_id, headers, correlation_id=correlation_id
         )
+    try:
+        body = _outcomes_json(outcomes)
+    except TypeError:
+        body = _outcomes_json([_jsonable(outcome) for outcome in outcomes])
+    return body, _properties(JSON, correlation_id, headers, correlation_id=correlation_id)
+
+
+def _outcomes_json(outcomes: Sequence[Outcome]) -> bytes:
     documents = []
     for outcome in outcomes:
         document: dict[str, Any] = {"id": outcome.task_id, "ok": outcome.ok}
         if outcome.ok:
+            if isinstance(outcome.value, bytes | bytearray):
+                raise TypeError("bytes")
             document["value"] = outcome.value
         else:
             document["error"] = outcome.error[:4096]
             document["traceback"] = outcome.traceback[-16_384:]
         documents.append(document)
-    body = _to_json({"outcomes": documents})
-    return body, _properties(JSON, correlation_id, headers, correlation_id=correlation_id)
+    return _to_json({"outcomes": documents})
+
+
+def _jsonable(outcome: Outcome) -> Outcome:
+    try:
+        _outcomes_json([outcome])
+    except TypeError as error:
+        reason = (
+            "bytes can be returned only by a single call, not in a batch"
+            if isinstance(outcome.value, bytes | bytearray)
+            else f"the task returned a value that is not JSON: {error}"
+        )
+        return Outcome(outcome.task_id, False, error=reason)
+    return outcome
 
 
 def decode_outcomes(
@@ -180,7 +206,10 @@ def decode_outcomes(
             raise InvalidMessage("a raw result needs a correlation_id (the task id)")
         return [Outcome(correlation_id, True, body)]
     try:
-        outcomes = TaskOutcomes.model_validate_json(body).outcomes
+        outcomes = OUTCOMES_ADAPTER.validate_json(body)["outcomes"]
     except ValidationError as error:
         raise InvalidMessage(f"invalid task result: {summarize_validation_error(error)}") from None
-    return [Outcome(o.id, o.ok, o.value, o.error, o.traceback) for o in outcomes]
+    return [
+        Outcome(o["id"], o["ok"], o.get("value"), o.get("error", ""), o.get("traceback", ""))
+        for o in outcomes
+    ]

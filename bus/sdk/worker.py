@@ -25,12 +25,12 @@ from pamqp.commands import Basic
 
 from bus import names
 from bus.connection import PUBLISH_FAILURES, Bus
-from bus.consumer import QueueConsumer, settle
+from bus.consumer import QueueConsumer
 from bus.errors import InvalidMessage
 from bus.sdk.app import App, Task
+from bus.sdk.batcher import AckBatcher, ResultBatcher
 from bus.sdk.pool import ChildDied, ProcessPool
 from bus.sdk.protocol import (
-    BATCH,
     TASK_HEADER,
     Call,
     Outcome,
@@ -75,6 +75,7 @@ class Worker(QueueConsumer):
         self.app = app
         self._pool = ProcessPool(target, concurrency) if needs_pool and target else None
         self._threads = asyncio.Semaphore(concurrency)
+        self._acks = AckBatcher()
         self.calls_done = 0
 
     @property
@@ -84,6 +85,7 @@ class Worker(QueueConsumer):
 
     async def start(self, bus: Bus) -> None:
         """Declare the app's queues, start the pool, and consume tasks."""
+        self._results = ResultBatcher(bus, self.app.namespace)
         channel = await bus.channel()
         await declare_app(channel, self.app.namespace, self.app.app)
         await channel.close()
@@ -98,6 +100,7 @@ class Worker(QueueConsumer):
             self._pool.close()
 
     async def _process(self, incoming: AbstractIncomingMessage) -> None:
+        self._acks.delivered(incoming)
         headers = incoming.headers or {}
         task_name = headers.get(TASK_HEADER)
         try:
@@ -119,10 +122,10 @@ class Worker(QueueConsumer):
             await self._answer(incoming, outcomes)
         except PUBLISH_FAILURES as error:
             log.warning("could not publish a result (%r); the task will be redelivered", error)
-            await settle(incoming.nack(requeue=True))
+            await self._acks.nack(incoming)
             return
         self.calls_done += len(calls)
-        await settle(incoming.ack())
+        self._acks.ack(incoming)
 
     async def _execute(self, task: Task[Any, Any], calls: Sequence[Call]) -> list[Outcome]:
         final: dict[str, Outcome] = {}
@@ -156,6 +159,8 @@ class Worker(QueueConsumer):
                 return await self._pool.run(task.name, calls, timeout_s)
             except TimeoutError:
                 return [_failure(c, f"timed out after {task.timeout_s:g} s") for c in calls]
+        if task.executor == "inline" and not task.is_async and task.timeout_s is None:
+            return [_run_inline(task, call) for call in calls]
         return [await self._run_here(task, call) for call in calls]
 
     async def _run_here(self, task: Task[Any, Any], call: Call) -> Outcome:
@@ -177,12 +182,11 @@ class Worker(QueueConsumer):
     async def _answer(self, incoming: AbstractIncomingMessage, outcomes: list[Outcome]) -> None:
         if not incoming.reply_to or not incoming.message_id:
             return
-        batch = incoming.content_type == BATCH
-        try:
-            body, properties = encode_outcomes(outcomes, incoming.message_id, batch=batch)
-        except TypeError as error:
-            outcomes = [_jsonable(outcome, error) for outcome in outcomes]
-            body, properties = encode_outcomes(outcomes, incoming.message_id, batch=batch)
+        single = outcomes[0]
+        if len(outcomes) > 1 or not single.ok or not isinstance(single.value, bytes | bytearray):
+            await self._results.send(incoming.reply_to, outcomes)
+            return
+        body, properties = encode_outcomes(outcomes, incoming.message_id)
         route = names.Route(names.ns_results_exchange(self.app.namespace), incoming.reply_to)
         await self.bus.publish_raw(route, body, properties)
 
@@ -199,9 +203,9 @@ class Worker(QueueConsumer):
             await self.bus.publish_raw(route, incoming.body[: 64 * 1024], properties)
             await self._answer(incoming, [failure])
         except PUBLISH_FAILURES:
-            await settle(incoming.nack(requeue=True))
+            await self._acks.nack(incoming)
             return
-        await settle(incoming.ack())
+        self._acks.ack(incoming)
 
     async def _dead_letter(self, task: str, call: Call, outcome: Outcome, why: str) -> None:
         body, properties = encode_call(task, call, reply_to=None)
@@ -211,18 +215,16 @@ class Worker(QueueConsumer):
         await self.bus.publish_raw(route, body, properties)
 
 
+def _run_inline(task: Task[Any, Any], call: Call) -> Outcome:
+    """A quick sync call on the event loop itself (``executor="inline"``, no timeout)."""
+    try:
+        return Outcome(call.task_id, True, task.function(*call.args, **call.kwargs))
+    except Exception as error:
+        return _failure(call, f"{type(error).__name__}: {error}", traceback.format_exc())
+
+
 def _failure(call: Call, error: str, trace: str = "") -> Outcome:
     return Outcome(call.task_id, False, error=error, traceback=trace)
-
-
-def _jsonable(outcome: Outcome, error: TypeError) -> Outcome:
-    try:
-        encode_outcomes([outcome], outcome.task_id, batch=True)
-    except TypeError:
-        return _failure(
-            Call(outcome.task_id), f"the task returned a value that is not JSON: {error}"
-        )
-    return outcome
 
 
 def _dead_headers(outcome: Outcome) -> dict[str, Any]:

@@ -1,0 +1,163 @@
+"""Coalescing results and acks, so a worker sends fewer frames than it gets tasks.
+
+Many small tasks finish in the same turn of the event loop. Instead of one result message
+(and one publisher confirm) per task, a worker hands each task's outcomes to a
+:class:`ResultBatcher`, which sends everything bound for the same client at the end of the
+loop turn, or as soon as ``max_outcomes`` have gathered, as one message. Each caller waits
+for the confirm of the message that carried its outcomes before it acks its delivery, so
+at-least-once holds exactly as with one message per task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from aio_pika.abc import AbstractIncomingMessage
+from aiormq.abc import AbstractChannel
+
+from bus import names
+from bus.connection import Bus
+from bus.consumer import settle
+from bus.sdk.protocol import Outcome, encode_outcomes
+
+__all__ = ["AckBatcher", "ResultBatcher"]
+
+
+class _Background:
+    """Keeps a reference to each task it starts until the task is done."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+@dataclass
+class _Gathering:
+    outcomes: list[Outcome] = field(default_factory=list)
+    sent: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class ResultBatcher:
+    """Sends the outcomes bound for each client together, once per loop turn."""
+
+    def __init__(self, bus: Bus, namespace: str, *, max_outcomes: int = 1000) -> None:
+        self._bus = bus
+        self._exchange = names.ns_results_exchange(namespace)
+        self._max_outcomes = max_outcomes
+        self._gathering: dict[str, _Gathering] = {}
+        self._background = _Background()
+        self.messages_sent = 0
+
+    async def send(self, reply_to: str, outcomes: list[Outcome]) -> None:
+        """Send ``outcomes`` to client ``reply_to``; return once the broker confirmed them.
+
+        Raises:
+            BrokerUnavailable: as :meth:`Bus.publish_raw` does, for every caller whose
+                outcomes were in the message.
+        """
+        gathering = self._gathering.get(reply_to)
+        if gathering is None:
+            gathering = self._gathering[reply_to] = _Gathering()
+            asyncio.get_running_loop().call_soon(self._flush, reply_to, gathering)
+        gathering.outcomes.extend(outcomes)
+        if len(gathering.outcomes) >= self._max_outcomes:
+            self._flush(reply_to, gathering)
+        await asyncio.shield(gathering.sent)
+
+    def _flush(self, reply_to: str, gathering: _Gathering) -> None:
+        if self._gathering.get(reply_to) is not gathering:
+            return  # already sent because it filled up
+        del self._gathering[reply_to]
+        self._background.start(self._publish(reply_to, gathering))
+
+    async def _publish(self, reply_to: str, gathering: _Gathering) -> None:
+        try:
+            body, properties = encode_outcomes(gathering.outcomes, gathering.outcomes[0].task_id)
+            await self._bus.publish_raw(names.Route(self._exchange, reply_to), body, properties)
+        except BaseException as error:
+            gathering.sent.set_exception(error)
+            if not isinstance(error, Exception):
+                raise
+        else:
+            self.messages_sent += 1
+            gathering.sent.set_result(None)
+
+
+class AckBatcher:
+    """Acks finished deliveries in runs: one ``basic.ack(multiple)`` per loop turn.
+
+    Delivery tags on a channel only grow, so once every delivery up to a tag has finished,
+    a single ack with ``multiple`` settles them all. A delivery that finishes behind one
+    still running is acked alone, so a long task never holds finished ones (and the
+    prefetch window) hostage. A nack is sent at once. Deliveries of a channel that closed
+    are forgotten: the broker requeues them.
+    """
+
+    def __init__(self) -> None:
+        self._order: dict[AbstractChannel, deque[int]] = {}
+        self._finished: dict[AbstractChannel, set[int]] = {}
+        self._scheduled = False
+        self._background = _Background()
+        self.acks_sent = 0
+
+    def delivered(self, message: AbstractIncomingMessage) -> None:
+        """Note a delivery as soon as it arrives (tags are noted in delivery order)."""
+        channel = message.channel
+        if channel not in self._order:
+            self._order[channel] = deque()
+            self._finished[channel] = set()
+        self._order[channel].append(_tag(message))
+
+    def ack(self, message: AbstractIncomingMessage) -> None:
+        """Mark a delivery done; it is acked with the run it completes."""
+        self._finish(message)
+
+    async def nack(self, message: AbstractIncomingMessage) -> None:
+        """Send it back to the queue now."""
+        await settle(message.channel.basic_nack(_tag(message), requeue=True))
+        self._finish(message)
+
+    def _finish(self, message: AbstractIncomingMessage) -> None:
+        finished = self._finished.get(message.channel)
+        if finished is None:
+            return
+        finished.add(_tag(message))
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        for channel in list(self._order):
+            order, finished = self._order[channel], self._finished[channel]
+            if channel.is_closed:
+                del self._order[channel], self._finished[channel]
+                continue
+            highest = None
+            while order and order[0] in finished:
+                highest = order.popleft()
+                finished.discard(highest)
+            if highest is not None:
+                self._background.start(settle(channel.basic_ack(highest, multiple=True)))
+                self.acks_sent += 1
+            for tag in finished:  # done, but behind a delivery still running: ack alone
+                order.remove(tag)
+                self._background.start(settle(channel.basic_ack(tag)))
+                self.acks_sent += 1
+            finished.clear()
+
+
+def _tag(message: AbstractIncomingMessage) -> int:
+    tag = message.delivery_tag
+    assert tag is not None, "a delivery without a tag cannot be settled"
+    return tag
