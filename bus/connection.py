@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from types import TracebackType
-from typing import Self
+from typing import Self, cast
 
 import aio_pika
 import aiormq
@@ -38,6 +38,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 _RETRYABLE: tuple[type[BaseException], ...] = (TimeoutError, *TRANSIENT_ERRORS)
+_SECRET_DEFERRED: tuple[type[BaseException], ...] = (RuntimeError, *TRANSIENT_ERRORS)
 #: What a publish raises when the broker could not take the message (retry later).
 PUBLISH_FAILURES: tuple[type[BaseException], ...] = (BrokerUnavailable, *TRANSIENT_ERRORS)
 
@@ -123,6 +124,22 @@ class Bus:
         if prefetch is not None:
             await channel.set_qos(prefetch_count=prefetch)
         return channel
+
+    def use_secret_on_reconnect(self, secret: str) -> None:
+        """Present ``secret`` (a password or broker token) on every later reconnect."""
+        connection = cast(aio_pika.RobustConnection, self.connection)
+        connection.url = connection.url.with_password(secret)
+
+    async def update_secret(self, secret: str) -> None:
+        """Swap ``secret`` into the open connection (AMQP update-secret) and for reconnects.
+
+        While the connection is down the new secret is kept for the reconnect.
+        """
+        self.use_secret_on_reconnect(secret)
+        try:
+            await self.connection.update_secret(secret, reason="secret renewed")
+        except _SECRET_DEFERRED as error:
+            log.info("update-secret deferred to the reconnect (%r)", error)
 
     async def close(self) -> None:
         """Close the connection; unacked deliveries go back to their queues."""

@@ -8,9 +8,10 @@ from typing import Annotated
 
 import typer
 
+from bus.abc import Service
 from bus.cli._common import DEFAULT_URL, UrlOption, fail
 from bus.sdk.app import App
-from bus.sdk.contract import broker_url_with_token
+from bus.sdk.contract import TokenFile, broker_url_with_token
 from bus.sdk.pool import load_target
 from bus.sdk.worker import Worker
 from bus.service import run
@@ -53,11 +54,12 @@ def worker(
         fail(str(error))
     try:
         connect_to = broker_url_with_token(url, token_file)
+        services: list[Service] = [TokenFile(token_file)] if token_file else []
     except ValueError as error:
         fail(f"{error}; check --token-file or IDLECLOUD_TOKEN_FILE")
     run(
         connect_to,
-        [served],
+        [*services, served],
         name=f"worker {app.namespace}/{app.app}",
         grace_s=grace_s,
     )

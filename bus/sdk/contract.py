@@ -8,11 +8,20 @@ matching flags of `bus worker`, let a researcher run a worker on her own machine
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
 from pathlib import Path
 
+import jwt
 from yarl import URL
 
-__all__ = ["broker_url_with_token", "read_token"]
+from bus.connection import Bus
+
+__all__ = ["TokenFile", "broker_url_with_token", "read_token", "token_expiry"]
+
+log = logging.getLogger(__name__)
 
 
 def read_token(token_file: str) -> str:
@@ -36,3 +45,87 @@ def broker_url_with_token(url: str, token_file: str | None) -> str:
         return url
     parsed = URL(url)
     return str(parsed.with_user(parsed.user or "idlecloud").with_password(read_token(token_file)))
+
+
+def token_expiry(token: str) -> float | None:
+    """The ``exp`` claim of a JWT as a Unix time, or None for anything else.
+
+    The signature is not checked: the broker does that. This only decides when to
+    re-read the token file.
+    """
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return None
+    expiry = claims.get("exp")
+    return float(expiry) if isinstance(expiry, int | float) else None
+
+
+class TokenFile:
+    """Keeps a connection's secret equal to the token in a file the platform rewrites.
+
+    The file is re-read at half the token's remaining lifetime (a JWT) or every
+    ``check_s`` seconds, whichever comes first; a new token is swapped into the open
+    connection with AMQP ``update-secret``. When the connection drops, the file is read
+    again so the reconnect presents the newest token.
+    """
+
+    name = "token-file"
+
+    def __init__(self, path: str, *, check_s: float = 30.0) -> None:
+        self.path = path
+        self.check_s = check_s
+        self.current = read_token(path)
+        self.renewals = 0
+        self._bus: Bus | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, bus: Bus) -> None:
+        """Watch the file for ``bus``'s connection."""
+        self._bus = bus
+        bus.connection.close_callbacks.add(self._on_close)
+        self._task = asyncio.create_task(self._watch())
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop watching."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def next_check_s(self, now: float | None = None) -> float:
+        """Seconds until the file should be read again."""
+        expiry = token_expiry(self.current)
+        if expiry is None:
+            return self.check_s
+        remaining_s = expiry - (time.time() if now is None else now)
+        return max(1.0, min(self.check_s, remaining_s / 2))
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.next_check_s())
+            try:
+                await self.refresh()
+            except ValueError as error:
+                log.warning("%s; keeping the current token", error)
+
+    async def refresh(self) -> bool:
+        """Read the file; swap a new token into the connection. True if it changed.
+
+        Raises:
+            ValueError: the file is missing or empty.
+        """
+        token = read_token(self.path)
+        if token == self.current or self._bus is None:
+            return False
+        self.current = token
+        await self._bus.update_secret(token)
+        self.renewals += 1
+        log.info("broker token renewed from %s", self.path)
+        return True
+
+    def _on_close(self, *_: object) -> None:
+        if self._bus is None:
+            return
+        with contextlib.suppress(ValueError):
+            self.current = read_token(self.path)
+            self._bus.use_secret_on_reconnect(self.current)
