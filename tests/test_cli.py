@@ -38,7 +38,8 @@ def bus_cli(*arguments: str, url: str | None = None) -> subprocess.CompletedProc
 
 
 @pytest.mark.parametrize(
-    "command", [(), ("status",), ("dead-letters",), ("schemas", "export"), ("dev", "up")]
+    "command",
+    [(), ("status",), ("dead-letters",), ("schemas", "export"), ("dev", "up"), ("worker",)],
 )
 def test_every_command_has_help(command: tuple[str, ...]) -> None:
     done = bus_cli(*command, "--help")
@@ -101,3 +102,12 @@ async def test_dead_letters_lists_reasons(broker: BrokerInfo, bus: Bus, unique: 
     assert len(mine) == 1
     assert "DeployRequest for ns.bob belongs on" in mine[0]["reason"]
     assert mine[0]["routing_key"] == f"ns.t{unique}.deploy.x"
+
+
+def test_a_worker_target_that_is_not_an_app_is_named() -> None:
+    done = bus_cli("worker", "examples.vector.tasks:add")
+    assert done.returncode == 2
+    assert "examples.vector.tasks:add is a Task, not an idlecloud App" in done.stderr
+    done = bus_cli("worker", "no.such.module:app")
+    assert done.returncode == 2
+    assert "cannot load 'no.such.module:app'" in done.stderr
