@@ -26,6 +26,7 @@ from typing import Literal
 from urllib.parse import quote, unquote
 
 from bus import names
+from schemas import Owner
 
 __all__ = ["Permission", "RoleName", "Scope", "permits", "scopes_for", "wildcard_match"]
 
@@ -76,6 +77,17 @@ def wildcard_match(subject: str, pattern: str) -> bool:
             position = found + len(part)
 
 
+def _owner_scopes(vhost: str, owner: Owner, publishes_to: str) -> tuple[Scope, ...]:
+    """Everything named for ``owner``, and its own routing keys on one platform exchange."""
+    own = f"{owner.prefix}.*"
+    return (
+        Scope("configure", vhost, own),
+        Scope("read", vhost, own, "*"),
+        Scope("write", vhost, own, "*"),
+        Scope("write", vhost, publishes_to, own),
+    )
+
+
 def scopes_for(role: RoleName, subject: str, vhost: str, *, app: str = "") -> tuple[Scope, ...]:
     """The broker scopes of one credential.
 
@@ -89,21 +101,9 @@ def scopes_for(role: RoleName, subject: str, vhost: str, *, app: str = "") -> tu
         ValueError: for a replica without an app.
     """
     if role == "user":
-        own = f"ns.{subject}.*"
-        return (
-            Scope("configure", vhost, own),
-            Scope("read", vhost, own, "*"),
-            Scope("write", vhost, own, "*"),
-            Scope("write", vhost, names.COMMANDS_EXCHANGE, own),
-        )
+        return _owner_scopes(vhost, Owner.namespace(subject), names.COMMANDS_EXCHANGE)
     if role == "node":
-        own = f"node.{subject}.*"
-        return (
-            Scope("configure", vhost, own),
-            Scope("read", vhost, own, "*"),
-            Scope("write", vhost, own, "*"),
-            Scope("write", vhost, names.EVENTS_EXCHANGE, own),
-        )
+        return _owner_scopes(vhost, Owner.node(subject), names.EVENTS_EXCHANGE)
     if role == "replica":
         if not app:
             raise ValueError("a replica's scopes need the app it serves")

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
-from schemas.base import DNS_LABEL_PATTERN, Message, Owner, Reason, RequestId
+from schemas.base import DNS_LABEL_PATTERN, PlatformMessage, Reason, RequestId
 from schemas.resources import Resources
 
 __all__ = ["Role", "TokenIssue", "TokenRevoke"]
@@ -15,7 +15,7 @@ Role = Literal["user", "node", "admin"]
 KeyId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
 
 
-class TokenIssue(Message):
+class TokenIssue(PlatformMessage):
     """Issue a long-lived API key for a user (namespace), a PC (node) or an admin."""
 
     schema_name = "TokenIssue"
@@ -31,11 +31,8 @@ class TokenIssue(Message):
         default=None, description="A user's quota; set through the journal when given."
     )
 
-    def owner(self) -> Owner:
-        return Owner.platform()
 
-
-class TokenRevoke(Message):
+class TokenRevoke(PlatformMessage):
     """Revoke an API key: no new broker tokens, and its open connections are closed."""
 
     schema_name = "TokenRevoke"
@@ -43,6 +40,3 @@ class TokenRevoke(Message):
     request_id: RequestId
     key_id: KeyId
     reason: Reason = ""
-
-    def owner(self) -> Owner:
-        return Owner.platform()

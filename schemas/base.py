@@ -23,10 +23,13 @@ __all__ = [
     "LabelKey",
     "LabelValue",
     "Message",
+    "NamespaceMessage",
     "NamespaceName",
+    "NodeMessage",
     "NodeName",
     "Owner",
     "OwnerKind",
+    "PlatformMessage",
     "Reason",
     "ReplicaId",
     "RequestId",
@@ -121,6 +124,31 @@ class Message(WireModel):
     def schema_id(cls) -> str:
         """``Name/version``, as written in the JSON Schema ``$id``."""
         return f"{cls.schema_name}/{cls.schema_version}"
+
+
+class NamespaceMessage(Message):
+    """A message that speaks for one namespace (``ns.<namespace>.…``)."""
+
+    namespace: NamespaceName
+
+    def owner(self) -> Owner:
+        return Owner.namespace(self.namespace)
+
+
+class NodeMessage(Message):
+    """A message that speaks for one PC (``node.<node>.…``)."""
+
+    node: NodeName
+
+    def owner(self) -> Owner:
+        return Owner.node(self.node)
+
+
+class PlatformMessage(Message):
+    """A request only an admin or the platform may make (``idlecloud.…``)."""
+
+    def owner(self) -> Owner:
+        return Owner.platform()
 
 
 def _no_reserved_prefix(env: dict[str, str]) -> dict[str, str]:

@@ -11,18 +11,8 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints
 
-from schemas.base import (
-    AppId,
-    EnvVars,
-    ImageRef,
-    Message,
-    NamespaceName,
-    NodeName,
-    Owner,
-    Reason,
-    ReplicaId,
-)
-from schemas.requests import Port
+from schemas.base import AppId, NamespaceName, NodeMessage, Reason, ReplicaId
+from schemas.requests import Workload
 from schemas.resources import Resources
 
 __all__ = [
@@ -38,28 +28,18 @@ Epoch = Annotated[int, Field(ge=0, description="Journal offset at which the send
 BrokerToken = Annotated[str, StringConstraints(max_length=16_384), Field(repr=False)]
 
 
-class _ReplicaCommand(Message):
-    node: NodeName
+class _ReplicaCommand(NodeMessage):
     epoch: Epoch
     replica_id: ReplicaId
 
-    def owner(self) -> Owner:
-        return Owner.node(self.node)
 
-
-class StartReplica(_ReplicaCommand):
+class StartReplica(Workload, _ReplicaCommand):
     """Start one replica of an application on this PC (no-op if it already runs)."""
 
     schema_name = "StartReplica"
 
     namespace: NamespaceName
     app: AppId
-    image: ImageRef
-    command: tuple[Annotated[str, StringConstraints(max_length=4096)], ...] = Field(
-        default=(), max_length=64
-    )
-    env: EnvVars = Field(default_factory=dict)
-    ports: tuple[Port, ...] = Field(default=(), max_length=32)
     reservation: Resources
     token: BrokerToken
 

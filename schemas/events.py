@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import AwareDatetime, Field
 
-from schemas.base import AppId, Message, NamespaceName, NodeName, Owner, Reason
+from schemas.base import AppId, NamespaceMessage, NodeName, Reason
 
 __all__ = ["DeploymentState", "DeploymentStatus"]
 
@@ -21,12 +21,11 @@ class DeploymentState(StrEnum):
     DELETED = "deleted"
 
 
-class DeploymentStatus(Message):
+class DeploymentStatus(NamespaceMessage):
     """An application's state, desired and running replica counts, and where they run."""
 
     schema_name = "DeploymentStatus"
 
-    namespace: NamespaceName
     app: AppId
     state: DeploymentState
     desired: Annotated[int, Field(ge=0)]
@@ -36,6 +35,3 @@ class DeploymentStatus(Message):
     )
     reason: Reason = ""
     at: AwareDatetime
-
-    def owner(self) -> Owner:
-        return Owner.namespace(self.namespace)

@@ -15,10 +15,8 @@ from schemas.base import (
     AppId,
     LabelKey,
     LabelValue,
-    Message,
     NamespaceName,
-    NodeName,
-    Owner,
+    NodeMessage,
     Reason,
     ReplicaId,
     WireModel,
@@ -90,12 +88,11 @@ class ReplicaReport(WireModel):
     usage: Resources = Resources()
 
 
-class NodeHeartbeat(Message):
+class NodeHeartbeat(NodeMessage):
     """Sent by every agent each second: capacity, what runs there, and the presence state."""
 
     schema_name = "NodeHeartbeat"
 
-    node: NodeName
     seq: Annotated[int, Field(ge=0)]
     sent_at: AwareDatetime
     capacity: Resources
@@ -106,28 +103,20 @@ class NodeHeartbeat(Message):
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=16)
     runtime: Annotated[str, StringConstraints(pattern=r"^(docker|process)$")] = "process"
 
-    def owner(self) -> Owner:
-        return Owner.node(self.node)
 
-
-class NodePresence(Message):
+class NodePresence(NodeMessage):
     """Published the moment a PC's presence changes (after its replicas were paused)."""
 
     schema_name = "NodePresence"
 
-    node: NodeName
     presence: Presence
 
-    def owner(self) -> Owner:
-        return Owner.node(self.node)
 
-
-class ReplicaStatus(Message):
+class ReplicaStatus(NodeMessage):
     """A replica changed state on a PC (started, paused, exited with a code, failed, ...)."""
 
     schema_name = "ReplicaStatus"
 
-    node: NodeName
     replica_id: ReplicaId
     namespace: NamespaceName
     app: AppId
@@ -138,9 +127,6 @@ class ReplicaStatus(Message):
     log_tail: tuple[Annotated[str, StringConstraints(max_length=1024)], ...] = Field(
         default=(), max_length=20
     )
-
-    def owner(self) -> Owner:
-        return Owner.node(self.node)
 
 
 class ReplicaUsage(WireModel):
@@ -153,12 +139,11 @@ class ReplicaUsage(WireModel):
     memory_mib: MemoryMib
 
 
-class MetricSample(Message):
+class MetricSample(NodeMessage):
     """Resource use of one PC and each of its replicas, every few seconds."""
 
     schema_name = "MetricSample"
 
-    node: NodeName
     at: AwareDatetime
     cpu_millicores: CpuMillicores
     memory_mib: MemoryMib
@@ -166,6 +151,3 @@ class MetricSample(Message):
     reserved: Resources
     presence: PresenceState
     replicas: tuple[ReplicaUsage, ...] = Field(default=(), max_length=MAX_REPLICAS_PER_NODE)
-
-    def owner(self) -> Owner:
-        return Owner.node(self.node)

@@ -18,11 +18,14 @@ from schemas.base import (
     LabelKey,
     LabelValue,
     Message,
+    NamespaceMessage,
     NamespaceName,
     NodeName,
     Owner,
+    PlatformMessage,
     Reason,
     RequestId,
+    WireModel,
 )
 from schemas.resources import CpuMillicores, MemoryMib
 
@@ -33,25 +36,15 @@ __all__ = [
     "QuotaSet",
     "RequestResult",
     "ScaleRequest",
+    "Workload",
 ]
 
 Replicas = Annotated[int, Field(ge=0, le=10_000)]
 Port = Annotated[int, Field(ge=1, le=65_535)]
 
 
-class _NamespaceRequest(Message):
-    request_id: RequestId
-    namespace: NamespaceName
-    app: AppId
-
-    def owner(self) -> Owner:
-        return Owner.namespace(self.namespace)
-
-
-class DeployRequest(_NamespaceRequest):
-    """Create or replace an application: run ``replicas`` copies of an image."""
-
-    schema_name = "DeployRequest"
+class Workload(WireModel):
+    """What to run: an image, its command, environment and ports."""
 
     image: ImageRef
     command: tuple[Annotated[str, StringConstraints(max_length=4096)], ...] = Field(
@@ -59,6 +52,18 @@ class DeployRequest(_NamespaceRequest):
     )
     env: EnvVars = Field(default_factory=dict)
     ports: tuple[Port, ...] = Field(default=(), max_length=32)
+
+
+class _NamespaceRequest(NamespaceMessage):
+    request_id: RequestId
+    app: AppId
+
+
+class DeployRequest(Workload, _NamespaceRequest):
+    """Create or replace an application: run ``replicas`` copies of an image."""
+
+    schema_name = "DeployRequest"
+
     replicas: Replicas = 1
     cpu_millicores: Annotated[CpuMillicores, Field(ge=1)] = 1000
     memory_mib: Annotated[MemoryMib, Field(ge=4)] = 256
@@ -94,7 +99,7 @@ class RequestResult(Message):
         return Owner.platform() if self.namespace is None else Owner.namespace(self.namespace)
 
 
-class QuotaSet(Message):
+class QuotaSet(PlatformMessage):
     """Set a namespace's maximum total reservation (admin only)."""
 
     schema_name = "QuotaSet"
@@ -104,11 +109,8 @@ class QuotaSet(Message):
     cpu_millicores: CpuMillicores
     memory_mib: MemoryMib
 
-    def owner(self) -> Owner:
-        return Owner.platform()
 
-
-class CordonRequest(Message):
+class CordonRequest(PlatformMessage):
     """Stop placing replicas on a PC (cordon), allow it again (uncordon), or empty it (drain)."""
 
     schema_name = "CordonRequest"
@@ -117,6 +119,3 @@ class CordonRequest(Message):
     node: NodeName
     action: Literal["cordon", "uncordon", "drain"]
     reason: Reason = ""
-
-    def owner(self) -> Owner:
-        return Owner.platform()
