@@ -18,7 +18,7 @@ import asyncio
 import logging
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 from pamqp.commands import Basic
@@ -174,7 +174,7 @@ class Consumer(QueueConsumer, Generic[M]):
                 max_body_bytes=self._max_body_bytes,
                 check_route=self._check_route,
             )
-            await self._handler(message, delivery)  # type: ignore[arg-type]
+            await self._handler(cast(M, message), delivery)  # decode returns an `accepts` type
         except InvalidMessage as error:
             await self._dead_letter(incoming, delivery, error.reason)
             return

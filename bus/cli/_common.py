@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
@@ -45,10 +45,10 @@ def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
 
 
-def run_async(factory: Callable[[], Awaitable[T]]) -> T:
+def run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a coroutine, turning the library's errors into a one-line message and exit 2."""
     try:
-        return asyncio.run(factory())  # type: ignore[arg-type]
+        return asyncio.run(factory())
     except (BusError, DevServiceError) as error:
         fail(str(error))
     except KeyboardInterrupt:

@@ -263,8 +263,9 @@ class TaskClient:
         def finished(publish: asyncio.Task[None]) -> None:
             in_flight.discard(publish)
             slots.release()
-            if not publish.cancelled() and publish.exception() is not None:
-                failures.append(publish.exception())  # type: ignore[arg-type]
+            error = None if publish.cancelled() else publish.exception()
+            if error is not None:
+                failures.append(error)
 
         indexed = enumerate(inputs)
         try:

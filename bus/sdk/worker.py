@@ -25,7 +25,7 @@ from pamqp.commands import Basic
 
 from bus import names
 from bus.connection import PUBLISH_FAILURES, Bus
-from bus.consumer import QueueConsumer
+from bus.consumer import DEAD_BODY_LIMIT_BYTES, DEAD_REASON_HEADER, QueueConsumer
 from bus.errors import InvalidMessage
 from bus.sdk.app import App, Task
 from bus.sdk.batcher import AckBatcher, ResultBatcher
@@ -118,7 +118,8 @@ class Worker(QueueConsumer):
         try:
             for call, outcome in zip(calls, outcomes, strict=True):
                 if not outcome.ok:
-                    await self._dead_letter(task.name, call, outcome, "failed")
+                    body, properties = encode_call(task.name, call, reply_to=None)
+                    await self._to_dead_queue(body, properties, outcome)
             await self._answer(incoming, outcomes)
         except PUBLISH_FAILURES as error:
             log.warning("could not publish a result (%r); the task will be redelivered", error)
@@ -193,24 +194,27 @@ class Worker(QueueConsumer):
     async def _refuse(self, incoming: AbstractIncomingMessage, reason: str) -> None:
         """Answer a malformed task message with an error and dead-letter it."""
         log.warning("%s: refused a task message: %s", self.name, reason)
-        call = Call(incoming.message_id or "unknown")
-        failure = _failure(call, f"refused: {reason}")
-        properties = Basic.Properties(
-            content_type=incoming.content_type, delivery_mode=2, headers=_dead_headers(failure)
-        )
-        route = names.Route(names.ns_dead_exchange(self.app.namespace), self.app.app)
+        failure = _failure(Call(incoming.message_id or "unknown"), f"refused: {reason}")
+        properties = Basic.Properties(content_type=incoming.content_type, delivery_mode=2)
         try:
-            await self.bus.publish_raw(route, incoming.body[: 64 * 1024], properties)
+            await self._to_dead_queue(incoming.body[:DEAD_BODY_LIMIT_BYTES], properties, failure)
             await self._answer(incoming, [failure])
         except PUBLISH_FAILURES:
             await self._acks.nack(incoming)
             return
         self._acks.ack(incoming)
 
-    async def _dead_letter(self, task: str, call: Call, outcome: Outcome, why: str) -> None:
-        body, properties = encode_call(task, call, reply_to=None)
-        properties.headers = {**(properties.headers or {}), **_dead_headers(outcome)}
-        log.info("%s: task %s %s: %s", self.name, call.task_id, why, outcome.error)
+    async def _to_dead_queue(
+        self, body: bytes, properties: Basic.Properties, outcome: Outcome
+    ) -> None:
+        """Put a failed or refused call in ``ns.<ns>.dead.<app>``, with why and the traceback."""
+        properties.headers = {
+            **(properties.headers or {}),
+            "idlecloud-task-id": outcome.task_id,
+            DEAD_REASON_HEADER: outcome.error[:1024],
+            "idlecloud-traceback": outcome.traceback[-8192:],
+        }
+        log.info("%s: task %s dead-lettered: %s", self.name, outcome.task_id, outcome.error)
         route = names.Route(names.ns_dead_exchange(self.app.namespace), self.app.app)
         await self.bus.publish_raw(route, body, properties)
 
@@ -225,11 +229,3 @@ def _run_inline(task: Task[Any, Any], call: Call) -> Outcome:
 
 def _failure(call: Call, error: str, trace: str = "") -> Outcome:
     return Outcome(call.task_id, False, error=error, traceback=trace)
-
-
-def _dead_headers(outcome: Outcome) -> dict[str, Any]:
-    return {
-        "idlecloud-task-id": outcome.task_id,
-        "idlecloud-dead-reason": outcome.error[:1024],
-        "idlecloud-traceback": outcome.traceback[-8192:],
-    }
