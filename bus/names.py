@@ -91,6 +91,18 @@ class Route:
     routing_key: str
 
 
+def _ns_key(namespace: str, *parts: str) -> str:
+    return ".".join(("ns", namespace, *parts))
+
+
+def _node_key(node: str, *parts: str) -> str:
+    return ".".join(("node", node, *parts))
+
+
+def _admin_key(*parts: str) -> str:
+    return ".".join((ADMIN_PREFIX, *parts))
+
+
 def service_queue(service: str, purpose: str) -> str:
     """A platform service's own queue, e.g. ``idlecloud.quota.requests``."""
     return f"{_PLATFORM}.{service}.{purpose}"
@@ -108,54 +120,42 @@ def reply_queue(owner: Owner, token: str) -> str:
 
 def task_queue(namespace: str, app: str) -> str:
     """The quorum queue holding an application's tasks."""
-    return f"ns.{namespace}.tasks.{app}"
+    return _ns_key(namespace, "tasks", app)
 
 
 def task_dead_queue(namespace: str, app: str) -> str:
     """Where an application's tasks go after their last failed attempt, with the error."""
-    return f"ns.{namespace}.dead.{app}"
+    return _ns_key(namespace, "dead", app)
 
 
 def ns_tasks_exchange(namespace: str) -> str:
     """The direct exchange clients submit tasks through (routing key: the app id)."""
-    return f"ns.{namespace}.tasks"
+    return _ns_key(namespace, "tasks")
 
 
 def ns_dead_exchange(namespace: str) -> str:
-    """The direct exchange of a namespace's failed tasks (routing key: the app id)."""
-    return f"ns.{namespace}.dead"
+    """The topic exchange of a namespace's failed tasks (routing key: the app id)."""
+    return _ns_key(namespace, "dead")
 
 
 def result_queue(namespace: str, client_id: str) -> str:
     """A client's own queue of task results, bound to the results exchange by its id."""
-    return f"ns.{namespace}.results.{client_id}"
+    return _ns_key(namespace, "results", client_id)
 
 
 def ns_events_exchange(namespace: str) -> str:
     """A namespace's own view of ``idlecloud.events`` (bound with ``ns.<ns>.#``)."""
-    return f"ns.{namespace}.events"
+    return _ns_key(namespace, "events")
 
 
 def ns_results_exchange(namespace: str) -> str:
     """The exchange through which a namespace's task results travel to its clients."""
-    return f"ns.{namespace}.results"
+    return _ns_key(namespace, "results")
 
 
 def node_commands_queue(node: str) -> str:
     """The queue a PC's agent consumes its commands from."""
-    return f"node.{node}.commands"
-
-
-def _ns_key(namespace: str, *parts: str) -> str:
-    return ".".join(("ns", namespace, *parts))
-
-
-def _node_key(node: str, *parts: str) -> str:
-    return ".".join(("node", node, *parts))
-
-
-def _admin_key(*parts: str) -> str:
-    return ".".join((ADMIN_PREFIX, *parts))
+    return _node_key(node, "commands")
 
 
 _NODE_VERBS: dict[type[Message], str] = {
