@@ -6,8 +6,9 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from bus.connection import Bus
+    from nodeagent.runtime.spec import ReplicaInfo, ReplicaSpec
 
-__all__ = ["Service"]
+__all__ = ["Runtime", "Service"]
 
 
 @runtime_checkable
@@ -21,3 +22,25 @@ class Service(Protocol):
 
     async def stop(self, grace_s: float) -> None:
         """Stop taking work; finish in-flight work within ``grace_s`` and requeue the rest."""
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """Runs a PC's replicas: the process runtime, or Docker. Every call is idempotent."""
+
+    name: str
+
+    async def start(self, spec: ReplicaSpec) -> None:
+        """Start a replica unless one with its id already exists."""
+
+    async def pause(self, replica_id: str) -> None:
+        """Freeze a replica in place: it keeps its memory and uses no CPU."""
+
+    async def resume(self, replica_id: str) -> None:
+        """Thaw a paused replica."""
+
+    async def stop(self, replica_id: str, grace_s: float) -> None:
+        """SIGTERM, then SIGKILL after ``grace_s``; a paused replica is killed at once."""
+
+    async def replicas(self) -> list[ReplicaInfo]:
+        """Every replica this runtime knows of on this PC, with its state."""

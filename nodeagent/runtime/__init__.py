@@ -1,0 +1,1 @@
+"""Container runtimes behind one Protocol (:class:`bus.abc.Runtime`)."""

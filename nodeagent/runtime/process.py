@@ -1,0 +1,244 @@
+"""The process runtime: replicas as local process groups, for PCs without Docker.
+
+Each replica runs in its own session (so its whole process tree is one process group),
+at nice 19 so the person's programs always come first, with its writable private memory
+capped by ``RLIMIT_DATA`` at its reservation. Pausing stops the whole group (SIGSTOP),
+resuming continues it (SIGCONT). Stopping sends SIGTERM and SIGKILL after the grace
+period; a paused replica gets SIGKILL at once, since a SIGTERM would need it to run first.
+
+A small JSON record per replica in the agent's state folder lets a restarted agent adopt
+the replicas still running (matched by pid and start time, so a recycled pid is never
+mistaken for a replica) instead of leaking or duplicating them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from nodeagent.runtime.spec import ReplicaInfo, ReplicaSpec
+from schemas import ReplicaState, Resources
+
+__all__ = ["ProcessRuntime"]
+
+_LOG_TAIL_LINES = 20
+
+
+@dataclass
+class _Replica:
+    spec: ReplicaSpec
+    pid: int
+    started_at: float
+    process: asyncio.subprocess.Process | None = None
+    paused: bool = False
+    exit_code: int | None = None
+    cpu_seen: tuple[float, float] | None = None  # (wall clock, cpu seconds) at last sample
+    usage: Resources = field(default_factory=Resources)
+    reaper: asyncio.Task[None] | None = None
+
+
+def _limit_child(memory_mib: int) -> None:
+    """Runs in the child between fork and exec: lowest CPU priority, bounded memory."""
+    os.nice(19)
+    limit = memory_mib * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+
+class ProcessRuntime:
+    """Replicas as process groups at nice 19; see the module's header."""
+
+    name = "process"
+
+    def __init__(self, state_dir: str | Path) -> None:
+        self._dir = Path(state_dir) / "replicas"
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._replicas: dict[str, _Replica] = {}
+
+    def _record_path(self, replica_id: str) -> Path:
+        return self._dir / f"{replica_id}.json"
+
+    def _log_path(self, replica_id: str) -> Path:
+        return self._dir / f"{replica_id}.log"
+
+    async def start(self, spec: ReplicaSpec) -> None:
+        """Start the replica unless it exists.
+
+        Raises:
+            OSError: its command could not be started (missing program, say).
+        """
+        if spec.replica_id in self._replicas:
+            return
+        with self._log_path(spec.replica_id).open("ab") as log:
+            process = await asyncio.create_subprocess_exec(
+                *spec.command,
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **spec.env},
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=lambda: _limit_child(spec.memory_mib),
+            )
+        started_at = psutil.Process(process.pid).create_time()
+        replica = _Replica(spec, process.pid, started_at, process)
+        self._replicas[spec.replica_id] = replica
+        self._save(replica)
+        replica.reaper = asyncio.create_task(self._reap(replica))
+
+    def _save(self, replica: _Replica) -> None:
+        spec = replica.spec
+        record = {
+            "replica_id": spec.replica_id,
+            "namespace": spec.namespace,
+            "app": spec.app,
+            "image": spec.image,
+            "command": list(spec.command),
+            "cpu_millicores": spec.cpu_millicores,
+            "memory_mib": spec.memory_mib,
+            "pid": replica.pid,
+            "started_at": replica.started_at,
+        }
+        staged = self._record_path(spec.replica_id).with_suffix(".tmp")
+        staged.write_text(json.dumps(record))
+        staged.replace(self._record_path(spec.replica_id))
+
+    async def _reap(self, replica: _Replica) -> None:
+        assert replica.process is not None
+        replica.exit_code = await replica.process.wait()
+        replica.paused = False
+
+    def adopt(self) -> list[ReplicaInfo]:
+        """After a restart: take back the replicas still running from the state records."""
+        for path in sorted(self._dir.glob("*.json")):
+            record: dict[str, Any] = json.loads(path.read_text())
+            spec = ReplicaSpec(
+                replica_id=record["replica_id"],
+                namespace=record["namespace"],
+                app=record["app"],
+                image=record["image"],
+                command=tuple(record["command"]),
+                cpu_millicores=record["cpu_millicores"],
+                memory_mib=record["memory_mib"],
+            )
+            replica = _Replica(spec, record["pid"], record["started_at"])
+            process = self._process(replica)
+            if process is None:
+                replica.exit_code = -1  # it ended while no agent watched; its code is lost
+            else:
+                replica.paused = process.status() == psutil.STATUS_STOPPED
+            self._replicas[spec.replica_id] = replica
+        return [self._info(replica) for replica in self._replicas.values()]
+
+    def _process(self, replica: _Replica) -> psutil.Process | None:
+        """The replica's leading process, if it still runs (and is not a recycled pid)."""
+        if replica.exit_code is not None:
+            return None
+        try:
+            process = psutil.Process(replica.pid)
+            if abs(process.create_time() - replica.started_at) > 0.01:
+                return None
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return None
+        except psutil.Error:
+            return None
+        return process
+
+    def _signal(self, replica_id: str, signum: signal.Signals) -> _Replica | None:
+        replica = self._replicas.get(replica_id)
+        if replica is None or self._process(replica) is None:
+            return None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(replica.pid, signum)
+        return replica
+
+    async def pause(self, replica_id: str) -> None:
+        """Stop every process of the replica (SIGSTOP to its group)."""
+        replica = self._signal(replica_id, signal.SIGSTOP)
+        if replica is not None:
+            replica.paused = True
+
+    async def resume(self, replica_id: str) -> None:
+        """Continue a paused replica (SIGCONT to its group)."""
+        replica = self._signal(replica_id, signal.SIGCONT)
+        if replica is not None:
+            replica.paused = False
+
+    async def stop(self, replica_id: str, grace_s: float) -> None:
+        """SIGTERM, SIGKILL after ``grace_s``; SIGKILL at once if paused. Forgets it."""
+        replica = self._replicas.get(replica_id)
+        if replica is None:
+            return
+        if self._process(replica) is not None:
+            first = signal.SIGKILL if replica.paused or grace_s <= 0 else signal.SIGTERM
+            self._signal(replica_id, first)
+            if not await self._gone_within(replica, grace_s):
+                self._signal(replica_id, signal.SIGKILL)
+                await self._gone_within(replica, 10.0)
+        del self._replicas[replica_id]
+        self._record_path(replica_id).unlink(missing_ok=True)
+
+    async def _gone_within(self, replica: _Replica, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while self._process(replica) is not None:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+    async def replicas(self) -> list[ReplicaInfo]:
+        """Every replica with its state and, while it runs, its CPU and memory use."""
+        return [self._info(replica, sample=True) for replica in self._replicas.values()]
+
+    def _info(self, replica: _Replica, *, sample: bool = False) -> ReplicaInfo:
+        spec = replica.spec
+        process = self._process(replica)
+        if process is not None and sample:
+            replica.usage = self._sample(replica, process)
+        if process is None:
+            state = ReplicaState.EXITED if replica.exit_code == 0 else ReplicaState.FAILED
+        else:
+            state = ReplicaState.PAUSED if replica.paused else ReplicaState.RUNNING
+        return ReplicaInfo(
+            replica_id=spec.replica_id,
+            namespace=spec.namespace,
+            app=spec.app,
+            state=state,
+            reservation=Resources(cpu_millicores=spec.cpu_millicores, memory_mib=spec.memory_mib),
+            usage=replica.usage if process is not None else Resources(),
+            exit_code=replica.exit_code,
+            log_tail=() if process is not None else self._log_tail(spec.replica_id),
+        )
+
+    @staticmethod
+    def _sample(replica: _Replica, process: psutil.Process) -> Resources:
+        cpu_s, rss = 0.0, 0
+        for member in [process, *process.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                times = member.cpu_times()
+                cpu_s += times.user + times.system
+                rss += member.memory_info().rss
+        now = time.monotonic()
+        millicores = 0
+        if replica.cpu_seen is not None:
+            wall_s = now - replica.cpu_seen[0]
+            if wall_s > 0:
+                millicores = max(0, round((cpu_s - replica.cpu_seen[1]) / wall_s * 1000))
+        replica.cpu_seen = (now, cpu_s)
+        return Resources(cpu_millicores=min(millicores, 1_024_000), memory_mib=rss // 2**20)
+
+    def _log_tail(self, replica_id: str) -> tuple[str, ...]:
+        try:
+            with self._log_path(replica_id).open(errors="replace") as log:
+                return tuple(line.rstrip("\n")[:1024] for line in deque(log, _LOG_TAIL_LINES))
+        except FileNotFoundError:
+            return ()

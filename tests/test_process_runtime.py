@@ -1,0 +1,146 @@
+"""The process runtime with real process groups: limits, pause, stop, exit, adoption."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from nodeagent.runtime.process import ProcessRuntime
+from nodeagent.runtime.spec import ReplicaInfo, ReplicaSpec
+from schemas import ReplicaState
+
+from .helpers import wait_until
+
+BUSY_LOOP = "while True: pass"
+
+
+def spec(replica_id: str, *command: str, memory_mib: int = 256) -> ReplicaSpec:
+    return ReplicaSpec(replica_id, "alice", "stereo", "local", command, memory_mib=memory_mib)
+
+
+def busy_tree(replica_id: str) -> ReplicaSpec:
+    """A replica whose process starts a second CPU-bound process: a whole tree to freeze."""
+    script = (
+        "import subprocess, sys; "
+        f"subprocess.Popen([sys.executable, '-c', {BUSY_LOOP!r}]); "
+        f"exec({BUSY_LOOP!r})"
+    )
+    return spec(replica_id, sys.executable, "-c", script)
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    leader = psutil.Process(pid)
+    return [leader, *leader.children(recursive=True)]
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(p.cpu_times().user + p.cpu_times().system for p in tree(pid))
+
+
+async def info(runtime: ProcessRuntime, replica_id: str) -> ReplicaInfo:
+    return next(r for r in await runtime.replicas() if r.replica_id == replica_id)
+
+
+@pytest.fixture
+async def runtime(tmp_path: Path) -> ProcessRuntime:
+    return ProcessRuntime(tmp_path / "state")
+
+
+async def test_a_replica_runs_in_its_own_group_at_nice_19_with_its_memory_cap(
+    runtime: ProcessRuntime,
+) -> None:
+    await runtime.start(busy_tree("r1"))
+    pid = runtime._replicas["r1"].pid
+    try:
+        await wait_until(lambda: len(tree(pid)) == 2, what="the child process")
+        assert os.getsid(pid) == pid and os.getpgid(pid) == pid
+        assert all(p.nice() == 19 for p in tree(pid))
+        limit = 256 * 1024 * 1024
+        assert psutil.Process(pid).rlimit(resource.RLIMIT_DATA) == (limit, limit)
+        await runtime.start(busy_tree("r1"))  # idempotent: no second replica
+        assert [r.replica_id for r in await runtime.replicas()] == ["r1"]
+        await asyncio.sleep(0.5)
+        running = await info(runtime, "r1")
+        assert running.state is ReplicaState.RUNNING
+        assert running.usage.cpu_millicores > 100  # two busy processes, even at nice 19
+    finally:
+        await runtime.stop("r1", grace_s=0)
+
+
+async def test_a_paused_replica_uses_no_cpu_and_a_stopped_paused_one_never_runs_again(
+    runtime: ProcessRuntime,
+) -> None:
+    await runtime.start(busy_tree("r2"))
+    pid = runtime._replicas["r2"].pid
+    await wait_until(lambda: len(tree(pid)) == 2, what="the child process")
+    await runtime.pause("r2")
+    await wait_until(lambda: all(p.status() == psutil.STATUS_STOPPED for p in tree(pid)))
+    frozen_at = cpu_seconds(pid)
+    await asyncio.sleep(0.5)
+    assert cpu_seconds(pid) == frozen_at
+    assert (await info(runtime, "r2")).state is ReplicaState.PAUSED
+    await runtime.resume("r2")
+    await asyncio.sleep(0.3)
+    assert cpu_seconds(pid) > frozen_at
+    await runtime.pause("r2")
+    await wait_until(lambda: all(p.status() == psutil.STATUS_STOPPED for p in tree(pid)))
+    members = tree(pid)
+    await runtime.stop("r2", grace_s=30)  # paused: SIGKILL at once, not after 30 s
+    await wait_until(lambda: not any(p.is_running() and p.status() != "zombie" for p in members))
+    assert await runtime.replicas() == []
+
+
+async def test_sigterm_first_and_sigkill_after_the_grace_period(runtime: ProcessRuntime) -> None:
+    polite = (
+        "import signal, sys, time; "
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); time.sleep(60)"
+    )
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    await runtime.start(spec("polite", sys.executable, "-c", polite))
+    await runtime.start(spec("stubborn", sys.executable, "-c", stubborn))
+    await asyncio.sleep(0.5)
+    await runtime.stop("polite", grace_s=10)
+    stubborn_pid = runtime._replicas["stubborn"].pid
+    await runtime.stop("stubborn", grace_s=0.3)
+    assert not psutil.pid_exists(stubborn_pid) or psutil.Process(stubborn_pid).status() == "zombie"
+    assert await runtime.replicas() == []
+
+
+async def test_an_exited_replica_reports_its_code_and_last_log_lines(
+    runtime: ProcessRuntime,
+) -> None:
+    script = (
+        "import sys; print('loading pair 17'); print('ValueError: bad pair', flush=True); "
+        "sys.exit(3)"
+    )
+    await runtime.start(spec("r3", sys.executable, "-c", script))
+    await wait_until(lambda: runtime._replicas["r3"].exit_code is not None, what="the exit")
+    exited = await info(runtime, "r3")
+    assert (exited.state, exited.exit_code) == (ReplicaState.FAILED, 3)
+    assert exited.log_tail[-2:] == ("loading pair 17", "ValueError: bad pair")
+
+
+async def test_a_restarted_agent_adopts_its_replicas_and_no_one_elses(tmp_path: Path) -> None:
+    first = ProcessRuntime(tmp_path / "edge")
+    await first.start(busy_tree("r4"))
+    other = ProcessRuntime(tmp_path / "ninja")
+    await other.start(busy_tree("r5"))
+    pid = first._replicas["r4"].pid
+    try:
+        restarted = ProcessRuntime(tmp_path / "edge")
+        adopted = restarted.adopt()
+        assert [(r.replica_id, r.state) for r in adopted] == [("r4", ReplicaState.RUNNING)]
+        await restarted.pause("r4")
+        await wait_until(lambda: psutil.Process(pid).status() == psutil.STATUS_STOPPED)
+        assert [r.state for r in ProcessRuntime(tmp_path / "edge").adopt()] == [ReplicaState.PAUSED]
+        await restarted.stop("r4", grace_s=0)
+        assert ProcessRuntime(tmp_path / "edge").adopt() == []
+    finally:
+        await first.stop("r4", grace_s=0)
+        await other.stop("r5", grace_s=0)
