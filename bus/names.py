@@ -49,6 +49,7 @@ __all__ = [
     "JOURNAL_STREAM",
     "Route",
     "leader_queue",
+    "node_command_keys",
     "node_commands_queue",
     "ns_dead_exchange",
     "ns_events_exchange",
@@ -156,6 +157,11 @@ def ns_results_exchange(namespace: str) -> str:
 def node_commands_queue(node: str) -> str:
     """The queue a PC's agent consumes its commands from."""
     return _node_key(node, "commands")
+
+
+def node_command_keys(node: str) -> str:
+    """The binding of a PC's command queue: every command addressed to that PC."""
+    return _node_key(node, "#")
 
 
 _NODE_VERBS: dict[type[Message], str] = {

@@ -1,0 +1,299 @@
+"""The agent on one PC: serves the person first, then runs the platform's replicas.
+
+It feeds the presence signals into the pure :class:`~nodeagent.policy.PresencePolicy` and
+carries out its decisions: on a login the replicas are paused *before* anyone is told,
+then ``NodePresence`` is published; they resume (or are evicted) as the policy says. It
+consumes its own command queue (``node.<node>.commands``), dropping commands whose leader
+epoch is older than the newest it has seen, so a deposed leader cannot undo its
+successor's work. Every ``heartbeat_s`` it publishes a ``NodeHeartbeat`` with capacity,
+allocatable resources, usage, replicas and presence. It publishes only under its own
+``node.<node>.…`` routing keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from bus import names
+from bus.abc import Runtime
+from bus.codec import Delivery
+from bus.connection import Bus
+from bus.consumer import Consumer
+from bus.topology import QueueSpec
+from nodeagent.policy import Action, Decision, Observation, PolicySettings, PresencePolicy
+from nodeagent.runtime.spec import ReplicaSpec
+from nodeagent.sessions import SessionSource
+from nodeagent.utmp import Session
+from schemas import (
+    Message,
+    NodeHeartbeat,
+    NodePresence,
+    PauseReplica,
+    Presence,
+    RenewToken,
+    ReplicaReport,
+    ReplicaState,
+    ReplicaStatus,
+    Resources,
+    ResumeReplica,
+    StartReplica,
+    StopReplica,
+    utc_now,
+)
+
+__all__ = ["Agent", "AgentSettings"]
+
+log = logging.getLogger(__name__)
+
+_COMMANDS: tuple[type[Message], ...] = (
+    StartReplica,
+    PauseReplica,
+    ResumeReplica,
+    StopReplica,
+    RenewToken,
+)
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """One PC's agent: its name, what it offers, where it watches, and its policy."""
+
+    node: str
+    capacity: Resources
+    reserved: Resources
+    utmp_path: Path
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    heartbeat_s: float = 1.0
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def allocatable(self) -> Resources:
+        """Capacity less what is kept for the person at the desk."""
+        return Resources(
+            cpu_millicores=max(0, self.capacity.cpu_millicores - self.reserved.cpu_millicores),
+            memory_mib=max(0, self.capacity.memory_mib - self.reserved.memory_mib),
+        )
+
+
+class Agent:
+    """A PC's agent as a service on the bus; see the module's header."""
+
+    name = "agent"
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        runtime: Runtime,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self._clock = clock
+        self._policy = PresencePolicy(settings.policy, clock())
+        self._sessions = SessionSource(settings.utmp_path, self._on_sessions)
+        self._decision: Decision | None = None
+        self._epoch = 0
+        self._seq = 0
+        self._bus: Bus | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._commands = Consumer(
+            QueueSpec.quorum(
+                names.node_commands_queue(settings.node),
+                (names.COMMANDS_EXCHANGE, names.node_command_keys(settings.node)),
+            ),
+            _COMMANDS,
+            self._on_command,
+            prefetch=20,
+        )
+
+    @property
+    def bus(self) -> Bus:
+        if self._bus is None:
+            raise RuntimeError("the agent was not started")
+        return self._bus
+
+    @property
+    def decision(self) -> Decision:
+        """The policy's latest verdict."""
+        assert self._decision is not None, "the agent was not started"
+        return self._decision
+
+    async def start(self, bus: Bus) -> None:
+        """Watch presence, take commands, and start heartbeating."""
+        self._bus = bus
+        sessions = self._sessions.start()
+        await self._carry_out(self._policy.observe(self._observation(sessions)))
+        await self._commands.start(bus)
+        self._spawn(self._heartbeats())
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop watching and heartbeating; replicas keep running for the next agent to adopt."""
+        self._sessions.stop()
+        if self._timer is not None:
+            self._timer.cancel()
+        await self._commands.stop(grace_s)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _observation(self, sessions: list[Session]) -> Observation:
+        return Observation(at=self._clock(), sessions=len(sessions))
+
+    def _on_sessions(self, sessions: list[Session]) -> None:
+        self._spawn(self._carry_out(self._policy.observe(self._observation(sessions))))
+
+    def _on_timer(self) -> None:
+        self._spawn(self._carry_out(self._policy.tick(self._clock())))
+
+    async def _carry_out(self, decision: Decision) -> None:
+        """Pause first, tell afterwards; then resume or evict as decided."""
+        previous, self._decision = self._decision, decision
+        replicas = await self.runtime.replicas()
+        for action in decision.actions:
+            if action is Action.PAUSE_ALL:
+                running = [r for r in replicas if r.state is ReplicaState.RUNNING]
+                await asyncio.gather(*(self.runtime.pause(r.replica_id) for r in running))
+            elif action is Action.RESUME_ALL:
+                paused = [r for r in replicas if r.state is ReplicaState.PAUSED]
+                await asyncio.gather(*(self.runtime.resume(r.replica_id) for r in paused))
+            else:
+                paused = [r for r in replicas if r.state is ReplicaState.PAUSED]
+                await asyncio.gather(*(self.runtime.stop(r.replica_id, 0) for r in paused))
+        if previous is None or previous.presence is not decision.presence:
+            await self.bus.publish(NodePresence(node=self.settings.node, presence=self._presence()))
+        self._schedule(decision.next_check_at)
+
+    def _schedule(self, at: float | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if at is not None:
+            delay_s = max(0.0, at - self._clock())
+            self._timer = asyncio.get_running_loop().call_later(delay_s, self._on_timer)
+
+    def _presence(self) -> Presence:
+        decision = self.decision
+        since = utc_now() - timedelta(seconds=max(0.0, self._clock() - decision.since))
+        return Presence(state=decision.presence, cause=decision.cause, since=since)
+
+    async def _on_command(self, command: Message, _delivery: Delivery) -> None:
+        epoch = getattr(command, "epoch", 0)
+        if epoch < self._epoch:
+            log.warning(
+                "dropped %s from a deposed leader (epoch %d < %d)",
+                command.schema_name,
+                epoch,
+                self._epoch,
+            )
+            return
+        self._epoch = epoch
+        match command:
+            case StartReplica():
+                await self._start(command)
+            case PauseReplica():
+                await self.runtime.pause(command.replica_id)
+            case ResumeReplica():
+                if self.decision.accepting:
+                    await self.runtime.resume(command.replica_id)
+            case StopReplica():
+                await self.runtime.stop(command.replica_id, command.grace_s)
+
+    async def _start(self, command: StartReplica) -> None:
+        replicas = await self.runtime.replicas()
+        if any(r.replica_id == command.replica_id for r in replicas):
+            return  # idempotent: it runs already
+        reason = ""
+        if not self.decision.accepting:
+            reason = f"this PC is {self.decision.phase} ({self.decision.cause})"
+        else:
+            used_cpu = sum(r.reservation.cpu_millicores for r in replicas)
+            used_mib = sum(r.reservation.memory_mib for r in replicas)
+            free = self.settings.allocatable
+            wanted = command.reservation
+            if (
+                used_cpu + wanted.cpu_millicores > free.cpu_millicores
+                or used_mib + wanted.memory_mib > free.memory_mib
+            ):
+                reason = (
+                    f"needs {wanted.cpu_millicores}m/{wanted.memory_mib}MiB, free "
+                    f"{free.cpu_millicores - used_cpu}m/{free.memory_mib - used_mib}MiB"
+                )
+        if not reason:
+            spec = ReplicaSpec(
+                command.replica_id,
+                command.namespace,
+                command.app,
+                command.image,
+                command.command,
+                dict(command.env),
+                command.reservation.cpu_millicores,
+                command.reservation.memory_mib,
+            )
+            try:
+                await self.runtime.start(spec)
+            except OSError as error:
+                reason = f"could not start {command.command[:1]}: {error.strerror or error}"
+        state = ReplicaState.FAILED if reason else ReplicaState.RUNNING
+        await self.bus.publish(
+            ReplicaStatus(
+                node=self.settings.node,
+                replica_id=command.replica_id,
+                namespace=command.namespace,
+                app=command.app,
+                state=state,
+                at=utc_now(),
+                reason=reason,
+            )
+        )
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await self._publish_heartbeat()
+            await asyncio.sleep(self.settings.heartbeat_s)
+
+    async def _publish_heartbeat(self) -> None:
+        replicas = await self.runtime.replicas()
+        reports = tuple(
+            ReplicaReport(
+                replica_id=r.replica_id,
+                namespace=r.namespace,
+                app=r.app,
+                state=r.state,
+                reservation=r.reservation,
+                usage=r.usage,
+            )
+            for r in replicas
+        )
+        usage = Resources(
+            cpu_millicores=sum(r.usage.cpu_millicores for r in replicas),
+            memory_mib=sum(r.usage.memory_mib for r in replicas),
+        )
+        self._seq += 1
+        await self.bus.publish(
+            NodeHeartbeat(
+                node=self.settings.node,
+                seq=self._seq,
+                sent_at=datetime.now(UTC),
+                capacity=self.settings.capacity,
+                allocatable=self.settings.allocatable,
+                usage=usage,
+                presence=self._presence(),
+                replicas=reports,
+                labels=self.settings.labels,
+                runtime=self.runtime.name,
+            )
+        )

@@ -1,0 +1,147 @@
+"""A PC's agent on the real broker: commands, heartbeats, and a person logging in and out.
+
+Real utmp records (libc pututxline) drive presence; replicas are real process groups.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psutil
+import pytest
+from aio_pika.abc import AbstractIncomingMessage
+
+from bus import names
+from bus.connection import Bus
+from bus.topology import QueueSpec
+from nodeagent.agent import Agent, AgentSettings
+from nodeagent.policy import PolicySettings
+from nodeagent.runtime.process import ProcessRuntime
+from nodeagent.utmp import write_login, write_logout
+from schemas import (
+    SCHEMA_HEADER,
+    NodeHeartbeat,
+    NodePresence,
+    PresenceCause,
+    PresenceState,
+    ReplicaState,
+    ReplicaStatus,
+    Resources,
+    StartReplica,
+    StopReplica,
+)
+
+from .helpers import wait_until
+
+ONE_CPU = Resources(cpu_millicores=1000, memory_mib=128)
+
+
+class Events:
+    """Everything the agent publishes under its own node.<node>.… keys."""
+
+    def __init__(self) -> None:
+        self.seen: list[NodeHeartbeat | NodePresence | ReplicaStatus] = []
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        kind = {"NodeHeartbeat": NodeHeartbeat, "NodePresence": NodePresence}.get(
+            str((message.headers or {}).get(SCHEMA_HEADER)), ReplicaStatus
+        )
+        self.seen.append(kind.model_validate_json(message.body))
+
+    def of(self, kind: type) -> list:  # type: ignore[type-arg]
+        return [event for event in self.seen if isinstance(event, kind)]
+
+
+@pytest.fixture
+async def rig(bus: Bus, unique: str, tmp_path: Path) -> AsyncIterator[tuple[Agent, Events]]:
+    node = f"pc{unique}"
+    events = Events()
+    channel = await bus.channel()
+    tap = await QueueSpec.private(
+        f"idlecloud.test.agent.{unique}", (names.EVENTS_EXCHANGE, f"node.{node}.#")
+    ).declare(channel)
+    await tap.consume(events.on_message, no_ack=True)
+    settings = AgentSettings(
+        node=node,
+        capacity=Resources(cpu_millicores=4000, memory_mib=4096),
+        reserved=Resources(cpu_millicores=1000, memory_mib=1024),
+        utmp_path=tmp_path / "utmp",
+        policy=PolicySettings(start_idle_s=0, continue_idle_s=0.5, max_suspend_s=60),
+        heartbeat_s=0.2,
+    )
+    agent = Agent(settings, ProcessRuntime(tmp_path / "state"))
+    await agent.start(bus)
+    yield agent, events
+    await agent.stop(1)
+    for replica in await agent.runtime.replicas():
+        await agent.runtime.stop(replica.replica_id, 0)
+
+
+def start(
+    agent: Agent, replica_id: str, epoch: int = 5, reservation: Resources = ONE_CPU
+) -> StartReplica:
+    return StartReplica(
+        node=agent.settings.node, epoch=epoch, replica_id=replica_id, namespace="alice",
+        app="stereo", image="local", command=(sys.executable, "-c", "while True: pass"),
+        reservation=reservation, token="not-used-by-the-process-runtime",
+    )  # fmt: skip
+
+
+def process_state(agent: Agent, replica_id: str) -> str:
+    runtime = agent.runtime
+    assert isinstance(runtime, ProcessRuntime)
+    return str(psutil.Process(runtime._replicas[replica_id].pid).status())
+
+
+async def test_the_agent_runs_replicas_and_gets_out_of_the_way_of_a_person(
+    bus: Bus, rig: tuple[Agent, Events]
+) -> None:
+    agent, events = rig
+    node = agent.settings.node
+    await wait_until(lambda: len(events.of(NodePresence)) == 1, what="the first presence")
+    assert events.of(NodePresence)[0].presence.state is PresenceState.IDLE
+
+    await bus.publish(start(agent, "r1"))
+    too_big = Resources(cpu_millicores=3000, memory_mib=128)  # 3 CPUs allocatable, 1 used
+    await bus.publish(start(agent, "r2", reservation=too_big))
+    await wait_until(lambda: len(events.of(ReplicaStatus)) == 2, what="two replica statuses")
+    by_id = {s.replica_id: s for s in events.of(ReplicaStatus)}
+    assert by_id["r1"].state is ReplicaState.RUNNING
+    assert (by_id["r2"].state, by_id["r2"].reason) == (
+        ReplicaState.FAILED, "needs 3000m/128MiB, free 2000m/2944MiB"
+    )  # fmt: skip
+    await wait_until(
+        lambda: any(
+            h.replicas and h.replicas[0].replica_id == "r1" for h in events.of(NodeHeartbeat)
+        ),
+        what="a heartbeat listing r1",
+    )
+    beat = events.of(NodeHeartbeat)[-1]
+    assert (beat.node, beat.allocatable, beat.runtime) == (
+        node, Resources(cpu_millicores=3000, memory_mib=3072), "process"
+    )  # fmt: skip
+
+    write_login(agent.settings.utmp_path, "student", "tty7")
+    await wait_until(lambda: process_state(agent, "r1") == psutil.STATUS_STOPPED, what="a pause")
+    await wait_until(lambda: len(events.of(NodePresence)) == 2, what="presence busy")
+    busy = events.of(NodePresence)[1].presence
+    assert (busy.state, busy.cause) == (PresenceState.BUSY, PresenceCause.SESSION)
+    await bus.publish(start(agent, "r3"))
+    await wait_until(lambda: len(events.of(ReplicaStatus)) == 3, what="a refusal")
+    assert events.of(ReplicaStatus)[2].reason == "this PC is occupied (session)"
+
+    write_logout(agent.settings.utmp_path, "tty7")
+    await wait_until(lambda: process_state(agent, "r1") != psutil.STATUS_STOPPED, what="a resume")
+    await wait_until(lambda: len(events.of(NodePresence)) == 3, what="presence idle again")
+    assert events.of(NodePresence)[2].presence.state is PresenceState.IDLE
+
+    stale = StopReplica(node=node, epoch=3, replica_id="r1", grace_s=0)
+    await bus.publish(stale)
+    await bus.publish(StopReplica(node=node, epoch=5, replica_id="r-unknown", grace_s=0))
+    await wait_until(lambda: agent._commands.handled >= 5, what="the commands handled")
+    assert [r.replica_id for r in await agent.runtime.replicas()] == ["r1"]  # stale one dropped
+    await bus.publish(StopReplica(node=node, epoch=6, replica_id="r1", grace_s=0))
+    await wait_until(lambda: agent._commands.handled >= 6, what="the stop")
+    assert await agent.runtime.replicas() == []
