@@ -42,5 +42,9 @@ class Runtime(Protocol):
     async def stop(self, replica_id: str, grace_s: float) -> None:
         """SIGTERM, then SIGKILL after ``grace_s``; a paused replica is killed at once."""
 
-    async def replicas(self) -> list[ReplicaInfo]:
-        """Every replica this runtime knows of on this PC, with its state."""
+    async def replicas(self, *, with_usage: bool = False) -> list[ReplicaInfo]:
+        """Every replica this runtime knows of on this PC, with its state.
+
+        ``with_usage`` also measures CPU and memory use (slower: heartbeats ask for it,
+        the pause on a person's arrival does not).
+        """

@@ -266,7 +266,7 @@ class Agent:
             await asyncio.sleep(self.settings.heartbeat_s)
 
     async def _publish_heartbeat(self) -> None:
-        replicas = await self.runtime.replicas()
+        replicas = await self.runtime.replicas(with_usage=True)
         reports = tuple(
             ReplicaReport(
                 replica_id=r.replica_id,

@@ -39,7 +39,15 @@ def bus_cli(*arguments: str, url: str | None = None) -> subprocess.CompletedProc
 
 @pytest.mark.parametrize(
     "command",
-    [(), ("status",), ("dead-letters",), ("schemas", "export"), ("dev", "up"), ("worker",)],
+    [
+        (),
+        ("status",),
+        ("dead-letters",),
+        ("schemas", "export"),
+        ("dev", "up"),
+        ("worker",),
+        ("agent", "run"),
+    ],
 )
 def test_every_command_has_help(command: tuple[str, ...]) -> None:
     done = bus_cli(*command, "--help")

@@ -44,7 +44,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def info(runtime: ProcessRuntime, replica_id: str) -> ReplicaInfo:
-    return next(r for r in await runtime.replicas() if r.replica_id == replica_id)
+    replicas = await runtime.replicas(with_usage=True)
+    return next(r for r in replicas if r.replica_id == replica_id)
 
 
 @pytest.fixture
@@ -65,6 +66,7 @@ async def test_a_replica_runs_in_its_own_group_at_nice_19_with_its_memory_cap(
         assert psutil.Process(pid).rlimit(resource.RLIMIT_DATA) == (limit, limit)
         await runtime.start(busy_tree("r1"))  # idempotent: no second replica
         assert [r.replica_id for r in await runtime.replicas()] == ["r1"]
+        await info(runtime, "r1")  # usage is a rate: the first sample sets the baseline
         await asyncio.sleep(0.5)
         running = await info(runtime, "r1")
         assert running.state is ReplicaState.RUNNING

@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from bus.cli import platform, worker
+from bus.cli import agent, platform, worker
 from bus.service import configure_logging
 
 __all__ = ["app", "main"]
@@ -20,6 +20,7 @@ app = typer.Typer(
 )
 platform.register(app)
 worker.register(app)
+app.add_typer(agent.agent_app, name="agent")
 
 
 def main() -> None:

@@ -195,9 +195,9 @@ class ProcessRuntime:
             await asyncio.sleep(0.02)
         return True
 
-    async def replicas(self) -> list[ReplicaInfo]:
-        """Every replica with its state and, while it runs, its CPU and memory use."""
-        return [self._info(replica, sample=True) for replica in self._replicas.values()]
+    async def replicas(self, *, with_usage: bool = False) -> list[ReplicaInfo]:
+        """Every replica with its state and, if asked, its CPU and memory use."""
+        return [self._info(replica, sample=with_usage) for replica in self._replicas.values()]
 
     def _info(self, replica: _Replica, *, sample: bool = False) -> ReplicaInfo:
         spec = replica.spec

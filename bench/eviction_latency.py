@@ -1,0 +1,146 @@
+"""Milliseconds from a person's login until every replica on the PC is frozen.
+
+Starts RabbitMQ with the helper the tests use (a scratch vhost), one real agent
+(`bus agent run`, process runtime) with 4 CPU-bound replicas keeping both cores busy, then
+for each trial writes a real login record into the agent's utmp file (libc pututxline) and
+times until every process of every replica is stopped; it also times the agent's
+NodePresence(busy) event. Then it logs out and waits for the replicas to resume.
+
+Usage: python bench/eviction_latency.py [--trials N]
+Prints p50 and p99; the last line is `eviction_p99_ms: X` (goal: <= 250).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+from aio_pika.abc import AbstractIncomingMessage
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bus import names  # noqa: E402
+from bus.connection import Bus  # noqa: E402
+from bus.devservices import scratch_vhost  # noqa: E402
+from bus.topology import QueueSpec, declare_platform  # noqa: E402
+from nodeagent.utmp import write_login, write_logout  # noqa: E402
+from schemas import NodePresence, PresenceState, Resources, StartReplica  # noqa: E402
+
+NODE, REPLICAS = "bench-pc", 4
+
+
+def _replica_processes(state_dir: Path) -> list[psutil.Process]:
+    found = []
+    for record in (state_dir / "replicas").glob("*.json"):
+        leader = psutil.Process(json.loads(record.read_text())["pid"])
+        found += [leader, *leader.children(recursive=True)]
+    return found
+
+
+def _all(processes: list[psutil.Process], stopped: bool) -> bool:
+    return all((p.status() == psutil.STATUS_STOPPED) is stopped for p in processes)
+
+
+def _percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+async def main(url: str, trials: int) -> None:
+    work = Path(tempfile.mkdtemp(prefix="eviction-"))
+    utmp, state_dir = work / "utmp", work / "state"
+    agent = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bus", "agent", "run", "--url", url, "--node", NODE,
+        "--utmp", str(utmp), "--state-dir", str(state_dir), "--cpu-millicores", "8000",
+        "--memory-mib", "8192", "--reserve-cpu-millicores", "0", "--reserve-memory-mib", "0",
+        "--start-idle-s", "0", "--continue-idle-s", "0.05", cwd=ROOT,
+        env={**os.environ, "IDLECLOUD_LOG_LEVEL": "WARNING"},
+    )  # fmt: skip
+    busy_events: list[float] = []
+
+    async def on_presence(message: AbstractIncomingMessage) -> None:
+        if NodePresence.model_validate_json(message.body).presence.state is PresenceState.BUSY:
+            busy_events.append(time.perf_counter())
+
+    freeze_ms: list[float] = []
+    event_ms: list[float] = []
+    try:
+        async with Bus(url, connection_name="eviction bench") as bus:
+            channel = await bus.channel()
+            await declare_platform(channel)
+            tap = await QueueSpec.private(
+                "idlecloud.bench.presence", (names.EVENTS_EXCHANGE, f"node.{NODE}.presence")
+            ).declare(channel)
+            await tap.consume(on_presence, no_ack=True)
+            await _wait(lambda: (state_dir / "replicas").is_dir(), 30, "the agent to start")
+            await asyncio.sleep(1.0)  # the agent's command queue exists once it consumes
+            for index in range(REPLICAS):
+                await bus.publish(
+                    StartReplica(
+                        node=NODE,
+                        epoch=1,
+                        replica_id=f"busy-{index}",
+                        namespace="bench",
+                        app="spin",
+                        image="local",
+                        command=(sys.executable, "-c", "while True: pass"),
+                        reservation=Resources(cpu_millicores=1000, memory_mib=64),
+                        token="-",
+                    )
+                )
+            await _wait(
+                lambda: len(list((state_dir / "replicas").glob("*.json"))) == REPLICAS,
+                30,
+                "4 replicas",
+            )
+            processes = _replica_processes(state_dir)
+            for _ in range(trials):
+                await _wait(lambda: _all(processes, stopped=False), 10, "the replicas to run")
+                await asyncio.sleep(0.2)
+                seen = len(busy_events)
+                started = time.perf_counter()
+                write_login(utmp, "student", "tty7")
+                await _wait(lambda: _all(processes, stopped=True), 10, "the freeze", 0.0005)
+                freeze_ms.append((time.perf_counter() - started) * 1000)
+                await _wait(lambda seen=seen: len(busy_events) > seen, 10, "the busy event")
+                event_ms.append((busy_events[seen] - started) * 1000)
+                write_logout(utmp, "tty7")
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        await agent.wait()
+        for process in _replica_processes(state_dir):
+            process.kill()
+    print(f"trials: {trials}, replicas: {REPLICAS} CPU-bound, agent: process runtime")
+    print(f"presence_event_p50_ms: {statistics.median(event_ms):.1f}")
+    print(f"presence_event_p99_ms: {_percentile(event_ms, 0.99):.1f}")
+    print(f"eviction_p50_ms: {statistics.median(freeze_ms):.1f}")
+    print(f"eviction_p99_ms: {_percentile(freeze_ms, 0.99):.1f}")
+
+
+async def _wait(
+    predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.01
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        await asyncio.sleep(interval_s)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=50, help="login/logout cycles (>= 50)")
+    arguments = parser.parse_args()
+    with scratch_vhost("bench") as broker:
+        asyncio.run(main(broker.url, arguments.trials))

@@ -1,0 +1,94 @@
+"""`bus agent run`: the agent of one lab PC."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Annotated
+
+import psutil
+import typer
+
+from bus.cli._common import DEFAULT_URL, UrlOption, fail
+from bus.service import run
+from nodeagent.agent import Agent, AgentSettings
+from nodeagent.policy import PolicySettings
+from nodeagent.runtime.process import ProcessRuntime
+from schemas import Resources
+from schemas.base import DNS_LABEL_PATTERN
+
+__all__ = ["agent_app"]
+
+agent_app = typer.Typer(help="The agent that runs on every lab PC.", no_args_is_help=True)
+
+
+def _default_node() -> str:
+    return socket.gethostname().split(".")[0].lower()
+
+
+def _option(help_text: str, env: str) -> typer.models.OptionInfo:
+    option: typer.models.OptionInfo = typer.Option(help=help_text, envvar=f"IDLECLOUD_AGENT_{env}")
+    return option
+
+
+@agent_app.command("run")
+def run_agent(
+    url: UrlOption = DEFAULT_URL,
+    node: Annotated[str | None, _option("This PC's name (default: the hostname).", "NODE")] = None,
+    utmp: Annotated[Path, _option("The utmp file to watch for logins.", "UTMP")] = Path(
+        "/var/run/utmp"
+    ),
+    state_dir: Annotated[Path, _option("Where the agent keeps its records.", "STATE_DIR")] = Path(
+        "/var/lib/idlecloud/agent"
+    ),
+    cpu_millicores: Annotated[
+        int | None, _option("CPU this PC offers (default: all cores).", "CPU_MILLICORES")
+    ] = None,
+    memory_mib: Annotated[
+        int | None, _option("Memory this PC offers (default: all of it).", "MEMORY_MIB")
+    ] = None,
+    reserve_cpu_millicores: Annotated[
+        int, _option("CPU kept for the person at the desk.", "RESERVE_CPU_MILLICORES")
+    ] = 1000,
+    reserve_memory_mib: Annotated[
+        int, _option("Memory kept for the person at the desk.", "RESERVE_MEMORY_MIB")
+    ] = 2048,
+    start_idle_s: Annotated[
+        float, _option("Idle seconds before the PC takes work.", "START_IDLE_S")
+    ] = 900.0,
+    continue_idle_s: Annotated[
+        float, _option("Idle seconds before paused replicas resume.", "CONTINUE_IDLE_S")
+    ] = 300.0,
+    max_suspend_s: Annotated[
+        float, _option("Seconds a replica may stay paused before eviction.", "MAX_SUSPEND_S")
+    ] = 600.0,
+    heartbeat_s: Annotated[float, _option("Seconds between heartbeats.", "HEARTBEAT_S")] = 1.0,
+) -> None:
+    """Run this PC's agent until SIGTERM (replicas keep running for the next agent to adopt)."""
+    name = node or _default_node()
+    if not re.match(DNS_LABEL_PATTERN, name):
+        fail(f"node name {name!r} is not a DNS label; pass --node with lower-case letters")
+    if not utmp.parent.is_dir():
+        fail(f"cannot watch {utmp}: {utmp.parent} is not a directory (see --utmp)")
+    try:
+        policy = PolicySettings(
+            start_idle_s=start_idle_s, continue_idle_s=continue_idle_s, max_suspend_s=max_suspend_s
+        )
+    except ValueError as error:
+        fail(str(error))
+    settings = AgentSettings(
+        node=name,
+        capacity=Resources(
+            cpu_millicores=cpu_millicores or (os.cpu_count() or 1) * 1000,
+            memory_mib=memory_mib or psutil.virtual_memory().total // 2**20,
+        ),
+        reserved=Resources(cpu_millicores=reserve_cpu_millicores, memory_mib=reserve_memory_mib),
+        utmp_path=utmp,
+        policy=policy,
+        heartbeat_s=heartbeat_s,
+    )
+    runtime = ProcessRuntime(state_dir)
+    runtime.adopt()
+    run(url, [Agent(settings, runtime)], name=f"agent {name}", grace_s=5)
