@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from bus.cli import agent, platform, worker
+from bus.cli import agent, platform, sim, worker
 from bus.service import configure_logging
 
 __all__ = ["app", "main"]
@@ -21,6 +21,7 @@ app = typer.Typer(
 platform.register(app)
 worker.register(app)
 app.add_typer(agent.agent_app, name="agent")
+app.add_typer(sim.sim_app, name="sim")
 
 
 def main() -> None:

@@ -1,0 +1,111 @@
+"""`bus sim`: simulated lab PCs (real agents on this machine)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from bus.cli._common import DEFAULT_URL, JsonOption, UrlOption, console, fail, print_json
+from nodeagent.sim import THESIS_PCS, SimPC, Simulation
+
+__all__ = ["sim_app"]
+
+sim_app = typer.Typer(help="Simulated lab PCs: real agents on this machine.", no_args_is_help=True)
+
+FolderOption = Annotated[
+    Path,
+    typer.Option("--dir", envvar="IDLECLOUD_SIM_DIR", help="Where the simulated PCs live."),
+]
+DEFAULT_DIR = Path("/tmp/idlecloud-sim")
+
+
+def _parse_pc(text: str) -> SimPC:
+    name, _, rest = text.partition(":")
+    cpu, _, memory = rest.partition(":")
+    try:
+        return SimPC(name, int(cpu or 4000), int(memory or 8192))
+    except ValueError:
+        fail(f"--pc {text!r}: expected NAME[:CPU_MILLICORES[:MEMORY_MIB]], e.g. edge:8000:16384")
+
+
+@sim_app.command("up")
+def up(
+    url: UrlOption = DEFAULT_URL,
+    folder: FolderOption = DEFAULT_DIR,
+    pc: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME[:CPU_MILLICORES[:MEMORY_MIB]]; default: the thesis's four PCs."),
+    ] = None,
+    start_idle_s: Annotated[float, typer.Option(help="Idle seconds before a PC takes work.")] = 0,
+    continue_idle_s: Annotated[float, typer.Option(help="Idle seconds before resuming.")] = 5,
+    max_suspend_s: Annotated[float, typer.Option(help="Paused seconds before eviction.")] = 60,
+) -> None:
+    """Start the simulated PCs (the ones already running are left alone)."""
+    pcs = tuple(_parse_pc(text) for text in pc) if pc else THESIS_PCS
+    policy = (
+        "--start-idle-s", str(start_idle_s), "--continue-idle-s", str(continue_idle_s),
+        "--max-suspend-s", str(max_suspend_s),
+    )  # fmt: skip
+    started = Simulation(folder).up(url, pcs, extra_args=policy)
+    console.print(f"started {', '.join(started) or 'nothing (all were running)'} in {folder}")
+
+
+@sim_app.command("status")
+def status(folder: FolderOption = DEFAULT_DIR, as_json: JsonOption = False) -> None:
+    """Show the simulated PCs, their agents and who is logged in."""
+    report = Simulation(folder).status()
+    if as_json:
+        print_json(report)
+        return
+    table = Table("PC", "CPU (m)", "memory (MiB)", "agent", "people")
+    for name, entry in report.items():
+        table.add_row(
+            name,
+            str(entry["cpu_millicores"]),
+            str(entry["memory_mib"]),
+            str(entry["agent"]),
+            str(entry["sessions"]),
+        )
+    console.print(table)
+
+
+def _act(action: str, folder: Path, name: str) -> None:
+    simulation = Simulation(folder)
+    try:
+        getattr(simulation, action)(name)
+    except KeyError as error:
+        fail(str(error.args[0]))
+
+
+@sim_app.command("login")
+def login(
+    name: Annotated[str, typer.Argument(help="The PC.")], folder: FolderOption = DEFAULT_DIR
+) -> None:
+    """A person sits down at a PC (writes a real utmp login record)."""
+    _act("login", folder, name)
+
+
+@sim_app.command("logout")
+def logout(
+    name: Annotated[str, typer.Argument(help="The PC.")], folder: FolderOption = DEFAULT_DIR
+) -> None:
+    """The person at a PC leaves."""
+    _act("logout", folder, name)
+
+
+@sim_app.command("kill")
+def kill(
+    name: Annotated[str, typer.Argument(help="The PC.")], folder: FolderOption = DEFAULT_DIR
+) -> None:
+    """Pull a PC's plug: its agent and all its replicas die at once."""
+    _act("kill", folder, name)
+
+
+@sim_app.command("down")
+def down(folder: FolderOption = DEFAULT_DIR) -> None:
+    """Stop every simulated PC and its replicas."""
+    Simulation(folder).down()
+    console.print("all simulated PCs stopped")

@@ -1,0 +1,201 @@
+"""Simulated lab PCs: real agents on one machine, for tests, benchmarks and the demo.
+
+Each simulated PC is a real `bus agent run` process (process runtime) with its own name,
+capacity, utmp file and state folder under one simulation folder. Logging a person in
+writes a real utmp record into that PC's file; killing a PC kills its agent and every
+replica it ran, as pulling the plug would. ``sim.json`` in the folder remembers the PCs so
+separate `bus sim` commands act on the same simulation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+
+from nodeagent.utmp import read_sessions, write_login, write_logout
+
+__all__ = ["THESIS_PCS", "SimPC", "Simulation"]
+
+
+@dataclass(frozen=True, slots=True)
+class SimPC:
+    """One simulated PC: its name and what it offers."""
+
+    name: str
+    cpu_millicores: int
+    memory_mib: int
+
+
+#: The four lab PCs of the thesis's experiments (Edge 8 cores, the others 4).
+THESIS_PCS = (
+    SimPC("edge", 8000, 16384),
+    SimPC("ninja", 4000, 8192),
+    SimPC("jonathan", 4000, 8192),
+    SimPC("penguin", 4000, 8192),
+)
+
+
+class Simulation:
+    """The simulated PCs living under one folder."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self._record = self.folder / "sim.json"
+        self._spawned: dict[str, subprocess.Popen[bytes]] = {}  # reaped by kill() and down()
+
+    def _load(self) -> dict[str, dict[str, object]]:
+        if not self._record.exists():
+            return {}
+        loaded: dict[str, dict[str, object]] = json.loads(self._record.read_text())
+        return loaded
+
+    def _save(self, pcs: dict[str, dict[str, object]]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        staged = self._record.with_suffix(".tmp")
+        staged.write_text(json.dumps(pcs, indent=2))
+        staged.replace(self._record)
+
+    def utmp(self, name: str) -> Path:
+        """The utmp file of PC ``name``."""
+        return self.folder / name / "utmp"
+
+    def state_dir(self, name: str) -> Path:
+        """The state folder of PC ``name``."""
+        return self.folder / name / "state"
+
+    def up(
+        self, url: str, pcs: tuple[SimPC, ...] = THESIS_PCS, *, extra_args: tuple[str, ...] = ()
+    ) -> list[str]:
+        """Start an agent for each PC not already running; return the names started.
+
+        Args:
+            url: the broker URL the agents connect to.
+            pcs: the PCs to simulate.
+            extra_args: more `bus agent run` options for every agent (policy values, say).
+        """
+        known = self._load()
+        started = []
+        for pc in pcs:
+            if pc.name in known and self._alive(known[pc.name]):
+                continue
+            (self.folder / pc.name).mkdir(parents=True, exist_ok=True)
+            self.utmp(pc.name).touch()
+            log = (self.folder / pc.name / "agent.log").open("ab")
+            process = subprocess.Popen(
+                [
+                    sys.executable, "-m", "bus", "agent", "run", "--url", url,
+                    "--node", pc.name, "--utmp", str(self.utmp(pc.name)),
+                    "--state-dir", str(self.state_dir(pc.name)),
+                    "--cpu-millicores", str(pc.cpu_millicores),
+                    "--memory-mib", str(pc.memory_mib),
+                    "--reserve-cpu-millicores", "0", "--reserve-memory-mib", "0",
+                    *extra_args,
+                ],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # fmt: skip
+            log.close()
+            self._spawned[pc.name] = process
+            known[pc.name] = {
+                **asdict(pc),
+                "pid": process.pid,
+                "started_at": psutil.Process(process.pid).create_time(),
+            }
+            started.append(pc.name)
+        self._save(known)
+        return started
+
+    @staticmethod
+    def _alive(entry: dict[str, object]) -> bool:
+        try:
+            process = psutil.Process(int(str(entry["pid"])))
+            started_at = float(str(entry["started_at"]))
+            return (
+                abs(process.create_time() - started_at) < 0.01
+                and process.status() != psutil.STATUS_ZOMBIE
+            )
+        except psutil.Error:
+            return False
+
+    def status(self) -> dict[str, dict[str, object]]:
+        """Every simulated PC with whether its agent runs and how many people are logged in."""
+        report = {}
+        for name, entry in self._load().items():
+            report[name] = {
+                **entry,
+                "agent": "running" if self._alive(entry) else "down",
+                "sessions": len(read_sessions(self.utmp(name))),
+            }
+        return report
+
+    def _entry(self, name: str) -> dict[str, object]:
+        known = self._load()
+        if name not in known:
+            raise KeyError(f"no simulated PC named {name!r}; known: {sorted(known)}")
+        return known[name]
+
+    def login(self, name: str, user: str = "student") -> None:
+        """A person sits down at PC ``name`` (a real utmp login record).
+
+        Raises:
+            KeyError: there is no such simulated PC.
+        """
+        self._entry(name)
+        write_login(self.utmp(name), user, "tty7")
+
+    def logout(self, name: str) -> None:
+        """The person at PC ``name`` leaves.
+
+        Raises:
+            KeyError: there is no such simulated PC.
+        """
+        self._entry(name)
+        write_logout(self.utmp(name), "tty7")
+
+    def kill(self, name: str) -> None:
+        """Pull the plug on PC ``name``: its agent and every replica die at once.
+
+        Raises:
+            KeyError: there is no such simulated PC.
+        """
+        entry = self._entry(name)
+        if self._alive(entry):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(str(entry["pid"])), signal.SIGKILL)
+        spawned = self._spawned.pop(name, None)
+        if spawned is not None:
+            spawned.wait(timeout=10)
+        self._kill_replicas(name)
+
+    def _kill_replicas(self, name: str) -> None:
+        for record in (self.state_dir(name) / "replicas").glob("*.json"):
+            pid = json.loads(record.read_text())["pid"]
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            record.unlink(missing_ok=True)
+
+    def down(self, grace_s: float = 10.0) -> None:
+        """Stop every simulated PC: agents get SIGTERM, then everything is killed."""
+        known = self._load()
+        for entry in known.values():
+            if self._alive(entry):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(str(entry["pid"])), signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for spawned in self._spawned.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                spawned.wait(timeout=max(0.0, deadline - time.monotonic()))
+        while any(self._alive(e) for e in known.values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for name in known:
+            self.kill(name)
+        self._record.unlink(missing_ok=True)

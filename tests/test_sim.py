@@ -1,0 +1,113 @@
+"""Simulated PCs: real agent processes on this machine, driven like a lab would be."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psutil
+import pytest
+from aio_pika.abc import AbstractIncomingMessage
+
+from bus import names
+from bus.connection import Bus
+from bus.devservices import BrokerInfo
+from bus.topology import QueueSpec
+from nodeagent.sim import SimPC, Simulation
+from schemas import (
+    SCHEMA_HEADER,
+    NodeHeartbeat,
+    NodePresence,
+    PresenceState,
+    Resources,
+    StartReplica,
+)
+
+from .helpers import wait_until
+from .test_cli import bus_cli
+
+
+@pytest.fixture
+async def lab(
+    broker: BrokerInfo, bus: Bus, unique: str, tmp_path: Path
+) -> AsyncIterator[tuple[Simulation, list[str], dict[str, list[object]]]]:
+    pcs = (SimPC(f"a{unique}", 2000, 2048), SimPC(f"b{unique}", 1000, 1024))
+    heard: dict[str, list[object]] = {pc.name: [] for pc in pcs}
+
+    async def on_event(message: AbstractIncomingMessage) -> None:
+        kind = {"NodeHeartbeat": NodeHeartbeat, "NodePresence": NodePresence}.get(
+            str((message.headers or {}).get(SCHEMA_HEADER))
+        )
+        if kind is not None:
+            event = kind.model_validate_json(message.body)
+            heard[event.node].append(event)
+
+    channel = await bus.channel()
+    for pc in pcs:
+        tap = await QueueSpec.private(
+            f"idlecloud.test.sim.{pc.name}", (names.EVENTS_EXCHANGE, f"node.{pc.name}.#")
+        ).declare(channel)
+        await tap.consume(on_event, no_ack=True)
+    simulation = Simulation(tmp_path / "sim")
+    simulation.up(
+        broker.url,
+        pcs,
+        extra_args=("--start-idle-s", "0", "--continue-idle-s", "0.5", "--heartbeat-s", "0.2"),
+    )
+    yield simulation, [pc.name for pc in pcs], heard
+    simulation.down()
+
+
+async def test_simulated_pcs_heartbeat_see_people_and_die_when_killed(
+    bus: Bus, lab: tuple[Simulation, list[str], dict[str, list[object]]]
+) -> None:
+    simulation, (a, b), heard = lab
+    beats = lambda name: [e for e in heard[name] if isinstance(e, NodeHeartbeat)]  # noqa: E731
+    await wait_until(lambda: beats(a) and beats(b), timeout_s=30, what="both PCs' heartbeats")
+    assert beats(a)[-1].capacity == Resources(cpu_millicores=2000, memory_mib=2048)
+
+    simulation.login(a)
+    await wait_until(
+        lambda: any(
+            isinstance(e, NodePresence) and e.presence.state is PresenceState.BUSY for e in heard[a]
+        ),
+        what="a busy PC",
+    )
+    shown = bus_cli("sim", "status", "--json", "--dir", str(simulation.folder))
+    assert shown.returncode == 0, shown.stderr
+    report = json.loads(shown.stdout)
+    assert (report[a]["agent"], report[a]["sessions"], report[b]["sessions"]) == ("running", 1, 0)
+
+    await bus.publish(
+        StartReplica(
+            node=b,
+            epoch=1,
+            replica_id="spin-1",
+            namespace="lab",
+            app="spin",
+            image="local",
+            command=(sys.executable, "-c", "import time; time.sleep(600)"),
+            reservation=Resources(cpu_millicores=500, memory_mib=64),
+            token="-",
+        )
+    )
+    records = simulation.state_dir(b) / "replicas"
+    await wait_until(lambda: len(list(records.glob("*.json"))) == 1, what="the replica")
+    replica_pid = json.loads(next(records.glob("*.json")).read_text())["pid"]
+    agent_pid = simulation.status()[b]["pid"]
+    simulation.kill(b)
+    await wait_until(
+        lambda: (
+            not psutil.pid_exists(replica_pid)
+            or psutil.Process(replica_pid).status() == psutil.STATUS_ZOMBIE
+        ),
+        what="the replica to die with its PC",
+    )
+    assert simulation.status()[b]["agent"] == "down"
+    assert not psutil.pid_exists(int(str(agent_pid))) or (
+        psutil.Process(int(str(agent_pid))).status() == psutil.STATUS_ZOMBIE
+    )
+    with pytest.raises(KeyError, match="no simulated PC named 'nope'"):
+        simulation.login("nope")
