@@ -30,6 +30,7 @@ from bus.topology import QueueSpec
 from nodeagent.policy import Action, Decision, Observation, PolicySettings, PresencePolicy
 from nodeagent.runtime.spec import ReplicaSpec
 from nodeagent.sessions import SessionSource
+from nodeagent.timetable import Timetable
 from nodeagent.utmp import Session
 from schemas import (
     Message,
@@ -72,6 +73,7 @@ class AgentSettings:
     policy: PolicySettings = field(default_factory=PolicySettings)
     heartbeat_s: float = 1.0
     labels: dict[str, str] = field(default_factory=dict)
+    timetable: Timetable = field(default_factory=Timetable)
 
     @property
     def allocatable(self) -> Resources:
@@ -151,13 +153,18 @@ class Agent:
         task.add_done_callback(self._tasks.discard)
 
     def _observation(self, sessions: list[Session]) -> Observation:
-        return Observation(at=self._clock(), sessions=len(sessions))
+        return Observation(
+            at=self._clock(),
+            sessions=len(sessions),
+            timetable_block=self.settings.timetable.blocked(datetime.now()),
+        )
 
     def _on_sessions(self, sessions: list[Session]) -> None:
         self._spawn(self._carry_out(self._policy.observe(self._observation(sessions))))
 
     def _on_timer(self) -> None:
-        self._spawn(self._carry_out(self._policy.tick(self._clock())))
+        observation = self._observation(self._sessions.sessions)
+        self._spawn(self._carry_out(self._policy.observe(observation)))
 
     async def _carry_out(self, decision: Decision) -> None:
         """Pause first, tell afterwards; then resume or evict as decided."""
@@ -178,9 +185,15 @@ class Agent:
         self._schedule(decision.next_check_at)
 
     def _schedule(self, at: float | None) -> None:
+        """Wake at the policy's next check, or when the timetable next flips if sooner."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        now_wall = datetime.now()
+        flips = self.settings.timetable.next_change(now_wall)
+        if flips is not None:
+            flips_at = self._clock() + (flips - now_wall).total_seconds()
+            at = flips_at if at is None else min(at, flips_at)
         if at is not None:
             delay_s = max(0.0, at - self._clock())
             self._timer = asyncio.get_running_loop().call_later(delay_s, self._on_timer)

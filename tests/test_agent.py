@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 
 import psutil
@@ -19,6 +20,7 @@ from bus.topology import QueueSpec
 from nodeagent.agent import Agent, AgentSettings
 from nodeagent.policy import PolicySettings
 from nodeagent.runtime.process import ProcessRuntime
+from nodeagent.timetable import Timetable
 from nodeagent.utmp import write_login, write_logout
 from schemas import (
     SCHEMA_HEADER,
@@ -145,3 +147,37 @@ async def test_the_agent_runs_replicas_and_gets_out_of_the_way_of_a_person(
     await bus.publish(StopReplica(node=node, epoch=6, replica_id="r1", grace_s=0))
     await wait_until(lambda: agent._commands.handled >= 6, what="the stop")
     assert await agent.runtime.replicas() == []
+
+
+async def test_class_hours_keep_the_pc_busy(bus: Bus, unique: str, tmp_path: Path) -> None:
+    """A timetable window covering today makes the agent report busy, cause timetable."""
+    today = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[datetime.now().weekday()]
+    node = f"pc{unique}"
+    presences: list[NodePresence] = []
+
+    async def on_presence(message: AbstractIncomingMessage) -> None:
+        presences.append(NodePresence.model_validate_json(message.body))
+
+    channel = await bus.channel()
+    tap = await QueueSpec.private(
+        f"idlecloud.test.tt.{unique}", (names.EVENTS_EXCHANGE, f"node.{node}.presence")
+    ).declare(channel)
+    await tap.consume(on_presence, no_ack=True)
+    settings = AgentSettings(
+        node=node,
+        capacity=Resources(cpu_millicores=2000, memory_mib=2048),
+        reserved=Resources(),
+        utmp_path=tmp_path / "utmp",
+        policy=PolicySettings(start_idle_s=0),
+        timetable=Timetable.parse([f"{today} 00:00-24:00"]),
+    )
+    agent = Agent(settings, ProcessRuntime(tmp_path / "state"))
+    await agent.start(bus)
+    try:
+        await wait_until(lambda: len(presences) == 1, what="the first presence")
+        assert (presences[0].presence.state, presences[0].presence.cause) == (
+            PresenceState.BUSY, PresenceCause.TIMETABLE
+        )  # fmt: skip
+        assert not agent.decision.accepting
+    finally:
+        await agent.stop(1)

@@ -119,3 +119,9 @@ def test_a_worker_target_that_is_not_an_app_is_named() -> None:
     done = bus_cli("worker", "no.such.module:app")
     assert done.returncode == 2
     assert "cannot load 'no.such.module:app'" in done.stderr
+
+
+def test_a_bad_timetable_entry_is_named(tmp_path: Path) -> None:
+    done = bus_cli("agent", "run", "--utmp", str(tmp_path / "utmp"), "--timetable", "weekdays 8-12")
+    assert done.returncode == 2
+    assert "'weekdays 8-12': expected DAYS HH:MM-HH:MM" in done.stderr

@@ -16,6 +16,7 @@ from bus.service import run
 from nodeagent.agent import Agent, AgentSettings
 from nodeagent.policy import PolicySettings
 from nodeagent.runtime.process import ProcessRuntime
+from nodeagent.timetable import Timetable
 from schemas import Resources
 from schemas.base import DNS_LABEL_PATTERN
 
@@ -65,6 +66,10 @@ def run_agent(
         float, _option("Seconds a replica may stay paused before eviction.", "MAX_SUSPEND_S")
     ] = 600.0,
     heartbeat_s: Annotated[float, _option("Seconds between heartbeats.", "HEARTBEAT_S")] = 1.0,
+    timetable: Annotated[
+        list[str] | None,
+        typer.Option(help="Class hours to leave the PC alone, e.g. 'mon-fri 08:00-12:00'."),
+    ] = None,
 ) -> None:
     """Run this PC's agent until SIGTERM (replicas keep running for the next agent to adopt)."""
     name = node or _default_node()
@@ -76,6 +81,7 @@ def run_agent(
         policy = PolicySettings(
             start_idle_s=start_idle_s, continue_idle_s=continue_idle_s, max_suspend_s=max_suspend_s
         )
+        hours = Timetable.parse(timetable or [])
     except ValueError as error:
         fail(str(error))
     settings = AgentSettings(
@@ -88,6 +94,7 @@ def run_agent(
         utmp_path=utmp,
         policy=policy,
         heartbeat_s=heartbeat_s,
+        timetable=hours,
     )
     runtime = ProcessRuntime(state_dir)
     runtime.adopt()
