@@ -50,7 +50,7 @@ async def info(runtime: ProcessRuntime, replica_id: str) -> ReplicaInfo:
 
 @pytest.fixture
 async def runtime(tmp_path: Path) -> ProcessRuntime:
-    return ProcessRuntime(tmp_path / "state")
+    return ProcessRuntime(tmp_path / "state", usage_interval_s=0)
 
 
 async def test_a_replica_runs_in_its_own_group_at_nice_19_with_its_memory_cap(

@@ -48,6 +48,16 @@ class _Replica:
     reaper: asyncio.Task[None] | None = None
 
 
+def _tree(pid: int, children: dict[int, list[int]]) -> list[int]:
+    """``pid`` and all its descendants, from one parent-to-children map."""
+    found, waiting = [], [pid]
+    while waiting:
+        current = waiting.pop()
+        found.append(current)
+        waiting.extend(children.get(current, ()))
+    return found
+
+
 def _limit_child(memory_mib: int) -> None:
     """Runs in the child between fork and exec: lowest CPU priority, bounded memory."""
     os.nice(19)
@@ -60,10 +70,13 @@ class ProcessRuntime:
 
     name = "process"
 
-    def __init__(self, state_dir: str | Path) -> None:
+    def __init__(self, state_dir: str | Path, *, usage_interval_s: float = 5.0) -> None:
+        """Keep replicas' records in ``state_dir``; measure their use every ``usage_interval_s``."""
         self._dir = Path(state_dir) / "replicas"
         self._dir.mkdir(parents=True, exist_ok=True)
         self._replicas: dict[str, _Replica] = {}
+        self._usage_interval_s = usage_interval_s
+        self._sampled_at = -float("inf")
 
     def _record_path(self, replica_id: str) -> Path:
         return self._dir / f"{replica_id}.json"
@@ -196,14 +209,27 @@ class ProcessRuntime:
         return True
 
     async def replicas(self, *, with_usage: bool = False) -> list[ReplicaInfo]:
-        """Every replica with its state and, if asked, its CPU and memory use."""
-        return [self._info(replica, sample=with_usage) for replica in self._replicas.values()]
+        """Every replica with its state and, if asked, its latest CPU and memory use.
 
-    def _info(self, replica: _Replica, *, sample: bool = False) -> ReplicaInfo:
+        Use is measured at most every ``usage_interval_s`` (one scan of the process table
+        for all replicas); in between the latest measurement is returned.
+        """
+        if with_usage and time.monotonic() - self._sampled_at >= self._usage_interval_s:
+            self._sample_all()
+        return [self._info(replica) for replica in self._replicas.values()]
+
+    def _sample_all(self) -> None:
+        self._sampled_at = time.monotonic()
+        children: dict[int, list[int]] = {}
+        for member in psutil.process_iter(["ppid"]):
+            children.setdefault(member.info["ppid"], []).append(member.pid)
+        for replica in self._replicas.values():
+            if self._process(replica) is not None:
+                replica.usage = self._sample(replica, _tree(replica.pid, children))
+
+    def _info(self, replica: _Replica) -> ReplicaInfo:
         spec = replica.spec
         process = self._process(replica)
-        if process is not None and sample:
-            replica.usage = self._sample(replica, process)
         if process is None:
             state = ReplicaState.EXITED if replica.exit_code == 0 else ReplicaState.FAILED
         else:
@@ -220,13 +246,15 @@ class ProcessRuntime:
         )
 
     @staticmethod
-    def _sample(replica: _Replica, process: psutil.Process) -> Resources:
+    def _sample(replica: _Replica, pids: list[int]) -> Resources:
         cpu_s, rss = 0.0, 0
-        for member in [process, *process.children(recursive=True)]:
+        for pid in pids:
             with contextlib.suppress(psutil.Error):
-                times = member.cpu_times()
-                cpu_s += times.user + times.system
-                rss += member.memory_info().rss
+                member = psutil.Process(pid)
+                with member.oneshot():
+                    times = member.cpu_times()
+                    cpu_s += times.user + times.system
+                    rss += member.memory_info().rss
         now = time.monotonic()
         millicores = 0
         if replica.cpu_seen is not None:
