@@ -5,6 +5,8 @@ Real utmp records (libc pututxline) drive presence; replicas are real process gr
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import sys
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -16,6 +18,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from bus import names
 from bus.connection import Bus
+from bus.devservices import BrokerInfo
 from bus.topology import QueueSpec
 from nodeagent.agent import Agent, AgentSettings
 from nodeagent.policy import PolicySettings
@@ -38,6 +41,7 @@ from schemas import (
 from .helpers import wait_until
 
 ONE_CPU = Resources(cpu_millicores=1000, memory_mib=128)
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class Events:
@@ -181,3 +185,36 @@ async def test_class_hours_keep_the_pc_busy(bus: Bus, unique: str, tmp_path: Pat
         assert not agent.decision.accepting
     finally:
         await agent.stop(1)
+
+
+async def test_bus_agent_run_takes_settings_from_toml_and_flags_win(
+    broker: BrokerInfo, bus: Bus, unique: str, tmp_path: Path
+) -> None:
+    node = f"toml{unique}"
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'node = "{node}"\ncpu_millicores = 1234\nmemory_mib = 999\n'
+        'timetable = ["mon 00:00-00:01"]\nheartbeat_s = 0.2\n'
+    )
+    beats: list[NodeHeartbeat] = []
+
+    async def on_beat(message: AbstractIncomingMessage) -> None:
+        beats.append(NodeHeartbeat.model_validate_json(message.body))
+
+    channel = await bus.channel()
+    tap = await QueueSpec.private(
+        f"idlecloud.test.toml.{unique}", (names.EVENTS_EXCHANGE, f"node.{node}.heartbeat")
+    ).declare(channel)
+    await tap.consume(on_beat, no_ack=True)
+    agent = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bus", "agent", "run", "--config", str(config),
+        "--memory-mib", "777", "--utmp", str(tmp_path / "utmp"),
+        "--state-dir", str(tmp_path / "state"), "--url", broker.url,
+        cwd=ROOT,
+    )  # fmt: skip
+    try:
+        await wait_until(lambda: bool(beats), timeout_s=30, what="a heartbeat")
+        assert beats[0].capacity == Resources(cpu_millicores=1234, memory_mib=777)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(agent.wait(), 30) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import tomllib
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +26,25 @@ __all__ = ["agent_app"]
 agent_app = typer.Typer(help="The agent that runs on every lab PC.", no_args_is_help=True)
 
 
+def _load_config(context: typer.Context, path: Path | None) -> Path | None:
+    """Read a TOML file of this command's settings into Click's defaults (flags and
+    environment variables still win)."""
+    if path is None:
+        return None
+    try:
+        settings = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise typer.BadParameter(f"cannot read {path}: {error}") from None
+    known = {parameter.name for parameter in context.command.params} - {"config"}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise typer.BadParameter(
+            f"{path}: unknown settings {unknown}; known: {sorted(k for k in known if k)}"
+        )
+    context.default_map = {**(context.default_map or {}), **settings}
+    return path
+
+
 def _default_node() -> str:
     return socket.gethostname().split(".")[0].lower()
 
@@ -36,6 +56,16 @@ def _option(help_text: str, env: str) -> typer.models.OptionInfo:
 
 @agent_app.command("run")
 def run_agent(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="A TOML file of these settings (e.g. cpu_millicores = 8000); flags and "
+            "IDLECLOUD_AGENT_* variables override it.",
+            envvar="IDLECLOUD_AGENT_CONFIG",
+            is_eager=True,
+            callback=_load_config,
+        ),
+    ] = None,
     url: UrlOption = DEFAULT_URL,
     node: Annotated[str | None, _option("This PC's name (default: the hostname).", "NODE")] = None,
     utmp: Annotated[Path, _option("The utmp file to watch for logins.", "UTMP")] = Path(
