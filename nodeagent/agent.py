@@ -33,12 +33,12 @@ from nodeagent.sessions import SessionSource
 from nodeagent.timetable import Timetable
 from nodeagent.utmp import Session
 from schemas import (
-    Message,
     NodeHeartbeat,
     NodePresence,
     PauseReplica,
     Presence,
     RenewToken,
+    ReplicaCommand,
     ReplicaReport,
     ReplicaState,
     ReplicaStatus,
@@ -51,9 +51,12 @@ from schemas import (
 
 __all__ = ["Agent", "AgentSettings"]
 
+#: Replicas in these states hold no resources (they wait only for their StopReplica).
+_ENDED = frozenset({ReplicaState.EXITED, ReplicaState.FAILED})
+
 log = logging.getLogger(__name__)
 
-_COMMANDS: tuple[type[Message], ...] = (
+_COMMANDS: tuple[type[ReplicaCommand], ...] = (
     StartReplica,
     PauseReplica,
     ResumeReplica,
@@ -203,17 +206,16 @@ class Agent:
         since = utc_now() - timedelta(seconds=max(0.0, self._clock() - decision.since))
         return Presence(state=decision.presence, cause=decision.cause, since=since)
 
-    async def _on_command(self, command: Message, _delivery: Delivery) -> None:
-        epoch = getattr(command, "epoch", 0)
-        if epoch < self._epoch:
+    async def _on_command(self, command: ReplicaCommand, _delivery: Delivery) -> None:
+        if command.epoch < self._epoch:
             log.warning(
                 "dropped %s from a deposed leader (epoch %d < %d)",
                 command.schema_name,
-                epoch,
+                command.epoch,
                 self._epoch,
             )
             return
-        self._epoch = epoch
+        self._epoch = command.epoch
         match command:
             case StartReplica():
                 await self._start(command)
@@ -233,8 +235,9 @@ class Agent:
         if not self.decision.accepting:
             reason = f"this PC is {self.decision.phase} ({self.decision.cause})"
         else:
-            used_cpu = sum(r.reservation.cpu_millicores for r in replicas)
-            used_mib = sum(r.reservation.memory_mib for r in replicas)
+            live = [r for r in replicas if r.state not in _ENDED]
+            used_cpu = sum(r.reservation.cpu_millicores for r in live)
+            used_mib = sum(r.reservation.memory_mib for r in live)
             free = self.settings.allocatable
             wanted = command.reservation
             if (

@@ -21,7 +21,14 @@ from schemas.catalogue import (
     json_schema,
     lookup,
 )
-from schemas.commands import PauseReplica, RenewToken, ResumeReplica, StartReplica, StopReplica
+from schemas.commands import (
+    PauseReplica,
+    RenewToken,
+    ReplicaCommand,
+    ResumeReplica,
+    StartReplica,
+    StopReplica,
+)
 from schemas.events import DeploymentState, DeploymentStatus
 from schemas.node import (
     MetricSample,
@@ -69,6 +76,7 @@ __all__ = [
     "PresenceState",
     "QuotaSet",
     "RenewToken",
+    "ReplicaCommand",
     "ReplicaId",
     "ReplicaReport",
     "ReplicaState",

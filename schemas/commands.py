@@ -18,6 +18,7 @@ from schemas.resources import Resources
 __all__ = [
     "PauseReplica",
     "RenewToken",
+    "ReplicaCommand",
     "ResumeReplica",
     "StartReplica",
     "StopReplica",
@@ -28,12 +29,14 @@ Epoch = Annotated[int, Field(ge=0, description="Journal offset at which the send
 BrokerToken = Annotated[str, StringConstraints(max_length=16_384), Field(repr=False)]
 
 
-class _ReplicaCommand(NodeMessage):
+class ReplicaCommand(NodeMessage):
+    """What every command to a PC carries: the sender's epoch and the replica it is about."""
+
     epoch: Epoch
     replica_id: ReplicaId
 
 
-class StartReplica(Workload, _ReplicaCommand):
+class StartReplica(Workload, ReplicaCommand):
     """Start one replica of an application on this PC (no-op if it already runs)."""
 
     schema_name = "StartReplica"
@@ -44,19 +47,19 @@ class StartReplica(Workload, _ReplicaCommand):
     token: BrokerToken
 
 
-class PauseReplica(_ReplicaCommand):
+class PauseReplica(ReplicaCommand):
     """Freeze a replica in place (its memory stays, it uses no CPU)."""
 
     schema_name = "PauseReplica"
 
 
-class ResumeReplica(_ReplicaCommand):
+class ResumeReplica(ReplicaCommand):
     """Thaw a paused replica."""
 
     schema_name = "ResumeReplica"
 
 
-class StopReplica(_ReplicaCommand):
+class StopReplica(ReplicaCommand):
     """Stop a replica: SIGTERM, then SIGKILL after ``grace_s`` (at once if it is paused)."""
 
     schema_name = "StopReplica"
@@ -65,7 +68,7 @@ class StopReplica(_ReplicaCommand):
     reason: Reason = ""
 
 
-class RenewToken(_ReplicaCommand):
+class RenewToken(ReplicaCommand):
     """Replace the broker token in a replica's mounted token file before it expires."""
 
     schema_name = "RenewToken"

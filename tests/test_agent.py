@@ -218,3 +218,21 @@ async def test_bus_agent_run_takes_settings_from_toml_and_flags_win(
     finally:
         agent.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(agent.wait(), 30) == 0
+
+
+async def test_an_exited_replica_holds_no_capacity(bus: Bus, rig: tuple[Agent, Events]) -> None:
+    agent, events = rig
+    most = Resources(cpu_millicores=2500, memory_mib=128)  # 3 CPUs allocatable
+    quick = start(agent, "quick", reservation=most)
+    await bus.publish(quick.model_copy(update={"command": (sys.executable, "-c", "pass")}))
+    await wait_until(lambda: len(events.of(ReplicaStatus)) == 1, what="the first start")
+    await wait_until(lambda: agent.runtime is not None and _exited(agent, "quick"), what="its exit")
+    await bus.publish(start(agent, "next", reservation=most))
+    await wait_until(lambda: len(events.of(ReplicaStatus)) == 2, what="the second start")
+    assert events.of(ReplicaStatus)[1].state is ReplicaState.RUNNING
+
+
+def _exited(agent: Agent, replica_id: str) -> bool:
+    runtime = agent.runtime
+    assert isinstance(runtime, ProcessRuntime)
+    return runtime._replicas[replica_id].exit_code is not None
