@@ -27,11 +27,11 @@ from bus.codec import Delivery
 from bus.connection import Bus
 from bus.consumer import Consumer
 from bus.topology import QueueSpec
+from nodeagent.load import ForeignLoadSource
 from nodeagent.policy import Action, Decision, Observation, PolicySettings, PresencePolicy
 from nodeagent.runtime.spec import ReplicaSpec
 from nodeagent.sessions import SessionSource
 from nodeagent.timetable import Timetable
-from nodeagent.utmp import Session
 from schemas import (
     NodeHeartbeat,
     NodePresence,
@@ -77,6 +77,8 @@ class AgentSettings:
     heartbeat_s: float = 1.0
     labels: dict[str, str] = field(default_factory=dict)
     timetable: Timetable = field(default_factory=Timetable)
+    load_sample_s: float = 5.0
+    platform_users: tuple[str, ...] = ()
 
     @property
     def allocatable(self) -> Resources:
@@ -103,7 +105,12 @@ class Agent:
         self.runtime = runtime
         self._clock = clock
         self._policy = PresencePolicy(settings.policy, clock())
-        self._sessions = SessionSource(settings.utmp_path, self._on_sessions)
+        self._sessions = SessionSource(settings.utmp_path, self._on_signal)
+        self._load = ForeignLoadSource(
+            self._on_signal,
+            sample_s=settings.load_sample_s,
+            platform_users=settings.platform_users,
+        )
         self._decision: Decision | None = None
         self._epoch = 0
         self._seq = 0
@@ -135,14 +142,16 @@ class Agent:
     async def start(self, bus: Bus) -> None:
         """Watch presence, take commands, and start heartbeating."""
         self._bus = bus
-        sessions = self._sessions.start()
-        await self._carry_out(self._policy.observe(self._observation(sessions)))
+        self._sessions.start()
+        self._load.start()
+        await self._carry_out(self._policy.observe(self._observation()))
         await self._commands.start(bus)
         self._spawn(self._heartbeats())
 
     async def stop(self, grace_s: float) -> None:
         """Stop watching and heartbeating; replicas keep running for the next agent to adopt."""
         self._sessions.stop()
+        self._load.stop()
         if self._timer is not None:
             self._timer.cancel()
         await self._commands.stop(grace_s)
@@ -155,19 +164,18 @@ class Agent:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _observation(self, sessions: list[Session]) -> Observation:
+    def _observation(self) -> Observation:
+        """What every signal source says now."""
         return Observation(
             at=self._clock(),
-            sessions=len(sessions),
+            sessions=len(self._sessions.sessions),
+            foreign_load=self._load.cores,
             timetable_block=self.settings.timetable.blocked(datetime.now()),
         )
 
-    def _on_sessions(self, sessions: list[Session]) -> None:
-        self._spawn(self._carry_out(self._policy.observe(self._observation(sessions))))
-
-    def _on_timer(self) -> None:
-        observation = self._observation(self._sessions.sessions)
-        self._spawn(self._carry_out(self._policy.observe(observation)))
+    def _on_signal(self, *_news: object) -> None:
+        """A source changed (sessions, a load sample) or a timer fired: observe everything."""
+        self._spawn(self._carry_out(self._policy.observe(self._observation())))
 
     async def _carry_out(self, decision: Decision) -> None:
         """Pause first, tell afterwards; then resume or evict as decided."""
@@ -199,7 +207,7 @@ class Agent:
             at = flips_at if at is None else min(at, flips_at)
         if at is not None:
             delay_s = max(0.0, at - self._clock())
-            self._timer = asyncio.get_running_loop().call_later(delay_s, self._on_timer)
+            self._timer = asyncio.get_running_loop().call_later(delay_s, self._on_signal)
 
     def _presence(self) -> Presence:
         decision = self.decision

@@ -98,6 +98,7 @@ class Simulation:
                     "--cpu-millicores", str(pc.cpu_millicores),
                     "--memory-mib", str(pc.memory_mib),
                     "--reserve-cpu-millicores", "0", "--reserve-memory-mib", "0",
+                    "--platform-user", "rabbitmq",  # the broker shares this machine
                     *extra_args,
                 ],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import typer
 
 from bus.cli import agent, platform, sim, worker
 from bus.service import configure_logging
+from nodeagent.load import PLATFORM_MARKER
 
 __all__ = ["app", "main"]
 
@@ -26,6 +28,7 @@ app.add_typer(sim.sim_app, name="sim")
 
 def main() -> None:
     """Entry point of the `bus` console script."""
+    os.environ.setdefault(PLATFORM_MARKER, "1")  # this process and its children: the platform's
     configure_logging("WARNING")
     for library in ("aio_pika", "aiormq"):  # their connection errors are reported by `bus`
         logging.getLogger(library).setLevel(logging.CRITICAL)

@@ -96,6 +96,19 @@ def run_agent(
         float, _option("Seconds a replica may stay paused before eviction.", "MAX_SUSPEND_S")
     ] = 600.0,
     heartbeat_s: Annotated[float, _option("Seconds between heartbeats.", "HEARTBEAT_S")] = 1.0,
+    busy_load: Annotated[
+        float, _option("Cores of foreign CPU load that mean someone uses the PC.", "BUSY_LOAD")
+    ] = 0.3,
+    busy_load_for_s: Annotated[
+        float, _option("Seconds that load must last to count.", "BUSY_LOAD_FOR_S")
+    ] = 60.0,
+    load_sample_s: Annotated[
+        float, _option("Seconds between foreign-load samples.", "LOAD_SAMPLE_S")
+    ] = 5.0,
+    platform_user: Annotated[
+        list[str] | None,
+        typer.Option(help="A user whose processes are the platform's (e.g. rabbitmq)."),
+    ] = None,
     timetable: Annotated[
         list[str] | None,
         typer.Option(help="Class hours to leave the PC alone, e.g. 'mon-fri 08:00-12:00'."),
@@ -109,7 +122,11 @@ def run_agent(
         fail(f"cannot watch {utmp}: {utmp.parent} is not a directory (see --utmp)")
     try:
         policy = PolicySettings(
-            start_idle_s=start_idle_s, continue_idle_s=continue_idle_s, max_suspend_s=max_suspend_s
+            start_idle_s=start_idle_s,
+            continue_idle_s=continue_idle_s,
+            max_suspend_s=max_suspend_s,
+            busy_load=busy_load,
+            busy_load_for_s=busy_load_for_s,
         )
         hours = Timetable.parse(timetable or [])
     except ValueError as error:
@@ -125,6 +142,8 @@ def run_agent(
         policy=policy,
         heartbeat_s=heartbeat_s,
         timetable=hours,
+        load_sample_s=load_sample_s,
+        platform_users=tuple(platform_user or ()),
     )
     runtime = ProcessRuntime(state_dir)
     runtime.adopt()

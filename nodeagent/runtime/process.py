@@ -27,6 +27,7 @@ from typing import Any
 
 import psutil
 
+from nodeagent.load import PLATFORM_MARKER
 from nodeagent.runtime.spec import ReplicaInfo, ReplicaSpec
 from schemas import ReplicaState, Resources
 
@@ -95,7 +96,11 @@ class ProcessRuntime:
         with self._log_path(spec.replica_id).open("ab") as log:
             process = await asyncio.create_subprocess_exec(
                 *spec.command,
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **spec.env},
+                env={
+                    "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                    **spec.env,
+                    PLATFORM_MARKER: "1",  # its CPU is never a person's
+                },
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
