@@ -229,13 +229,19 @@ class ProcessRuntime:
         for member in psutil.process_iter(["ppid"]):
             children.setdefault(member.info["ppid"], []).append(member.pid)
         for replica in self._replicas.values():
-            if self._process(replica) is not None:
+            if self._alive(replica):
                 replica.usage = self._sample(replica, _tree(replica.pid, children))
+
+    def _alive(self, replica: _Replica) -> bool:
+        """Our own children are reaped by their watcher; adopted ones are looked up."""
+        if replica.process is not None:
+            return replica.exit_code is None
+        return self._process(replica) is not None
 
     def _info(self, replica: _Replica) -> ReplicaInfo:
         spec = replica.spec
-        process = self._process(replica)
-        if process is None:
+        alive = self._alive(replica)
+        if not alive:
             state = ReplicaState.EXITED if replica.exit_code == 0 else ReplicaState.FAILED
         else:
             state = ReplicaState.PAUSED if replica.paused else ReplicaState.RUNNING
@@ -245,9 +251,9 @@ class ProcessRuntime:
             app=spec.app,
             state=state,
             reservation=Resources(cpu_millicores=spec.cpu_millicores, memory_mib=spec.memory_mib),
-            usage=replica.usage if process is not None else Resources(),
+            usage=replica.usage if alive else Resources(),
             exit_code=replica.exit_code,
-            log_tail=() if process is not None else self._log_tail(spec.replica_id),
+            log_tail=() if alive else self._log_tail(spec.replica_id),
         )
 
     @staticmethod
