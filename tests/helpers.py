@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from bus import names
 from bus.connection import Bus
 from bus.topology import QueueSpec
+from schemas import SCHEMA_HEADER, Message, lookup
 
 
 async def wait_until(
@@ -50,3 +52,30 @@ class DeadLetterTap:
 
     def header(self, index: int, key: str) -> Any:
         return (self.messages[index].headers or {}).get(key)
+
+
+async def collect_events(
+    bus: Bus, routing_key: str, parse: Callable[[AbstractIncomingMessage], Any]
+) -> list[Any]:
+    """Everything published on ``idlecloud.events`` under ``routing_key``, parsed, in order.
+
+    The list fills while the test runs (a private queue, gone with the connection).
+    """
+    found: list[Any] = []
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        found.append(parse(message))
+
+    channel = await bus.channel()
+    tap = await QueueSpec.private(
+        f"idlecloud.test.tap.{uuid.uuid4().hex[:12]}", (names.EVENTS_EXCHANGE, routing_key)
+    ).declare(channel)
+    await tap.consume(on_message, no_ack=True)
+    return found
+
+
+def parse_node_event(message: AbstractIncomingMessage) -> Message:
+    """A node's event (heartbeat, presence, replica status, metrics) by its schema header."""
+    cls = lookup(str((message.headers or {}).get(SCHEMA_HEADER)))
+    assert cls is not None, "an event without a known schema header"
+    return cls.model_validate_json(message.body)

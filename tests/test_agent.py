@@ -11,22 +11,21 @@ import sys
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
-from bus import names
 from bus.connection import Bus
 from bus.devservices import BrokerInfo
-from bus.topology import QueueSpec
 from nodeagent.agent import Agent, AgentSettings
 from nodeagent.policy import PolicySettings
 from nodeagent.runtime.process import ProcessRuntime
 from nodeagent.timetable import Timetable
 from nodeagent.utmp import write_login, write_logout
 from schemas import (
-    SCHEMA_HEADER,
+    Message,
     NodeHeartbeat,
     NodePresence,
     PresenceCause,
@@ -38,8 +37,14 @@ from schemas import (
     StopReplica,
 )
 
-from .helpers import wait_until
+from .helpers import collect_events, parse_node_event, wait_until
 
+
+def parse_presence(message: AbstractIncomingMessage) -> NodePresence:
+    return NodePresence.model_validate_json(message.body)
+
+
+M = TypeVar("M", bound=Message)
 ONE_CPU = Resources(cpu_millicores=1000, memory_mib=128)
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,28 +52,17 @@ ROOT = Path(__file__).resolve().parent.parent
 class Events:
     """Everything the agent publishes under its own node.<node>.… keys."""
 
-    def __init__(self) -> None:
-        self.seen: list[NodeHeartbeat | NodePresence | ReplicaStatus] = []
+    def __init__(self, seen: list[Message]) -> None:
+        self.seen = seen
 
-    async def on_message(self, message: AbstractIncomingMessage) -> None:
-        kind = {"NodeHeartbeat": NodeHeartbeat, "NodePresence": NodePresence}.get(
-            str((message.headers or {}).get(SCHEMA_HEADER)), ReplicaStatus
-        )
-        self.seen.append(kind.model_validate_json(message.body))
-
-    def of(self, kind: type) -> list:  # type: ignore[type-arg]
+    def of(self, kind: type[M]) -> list[M]:
         return [event for event in self.seen if isinstance(event, kind)]
 
 
 @pytest.fixture
 async def rig(bus: Bus, unique: str, tmp_path: Path) -> AsyncIterator[tuple[Agent, Events]]:
     node = f"pc{unique}"
-    events = Events()
-    channel = await bus.channel()
-    tap = await QueueSpec.private(
-        f"idlecloud.test.agent.{unique}", (names.EVENTS_EXCHANGE, f"node.{node}.#")
-    ).declare(channel)
-    await tap.consume(events.on_message, no_ack=True)
+    events = Events(await collect_events(bus, f"node.{node}.#", parse_node_event))
     settings = AgentSettings(
         node=node,
         capacity=Resources(cpu_millicores=4000, memory_mib=4096),
@@ -157,16 +151,7 @@ async def test_class_hours_keep_the_pc_busy(bus: Bus, unique: str, tmp_path: Pat
     """A timetable window covering today makes the agent report busy, cause timetable."""
     today = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[datetime.now().weekday()]
     node = f"pc{unique}"
-    presences: list[NodePresence] = []
-
-    async def on_presence(message: AbstractIncomingMessage) -> None:
-        presences.append(NodePresence.model_validate_json(message.body))
-
-    channel = await bus.channel()
-    tap = await QueueSpec.private(
-        f"idlecloud.test.tt.{unique}", (names.EVENTS_EXCHANGE, f"node.{node}.presence")
-    ).declare(channel)
-    await tap.consume(on_presence, no_ack=True)
+    presences = await collect_events(bus, f"node.{node}.presence", parse_presence)
     settings = AgentSettings(
         node=node,
         capacity=Resources(cpu_millicores=2000, memory_mib=2048),
@@ -196,16 +181,9 @@ async def test_bus_agent_run_takes_settings_from_toml_and_flags_win(
         f'node = "{node}"\ncpu_millicores = 1234\nmemory_mib = 999\n'
         'timetable = ["mon 00:00-00:01"]\nheartbeat_s = 0.2\n'
     )
-    beats: list[NodeHeartbeat] = []
-
-    async def on_beat(message: AbstractIncomingMessage) -> None:
-        beats.append(NodeHeartbeat.model_validate_json(message.body))
-
-    channel = await bus.channel()
-    tap = await QueueSpec.private(
-        f"idlecloud.test.toml.{unique}", (names.EVENTS_EXCHANGE, f"node.{node}.heartbeat")
-    ).declare(channel)
-    await tap.consume(on_beat, no_ack=True)
+    beats = await collect_events(
+        bus, f"node.{node}.heartbeat", lambda m: NodeHeartbeat.model_validate_json(m.body)
+    )
     agent = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bus", "agent", "run", "--config", str(config),
         "--memory-mib", "777", "--utmp", str(tmp_path / "utmp"),

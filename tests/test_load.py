@@ -10,18 +10,16 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from aio_pika.abc import AbstractIncomingMessage
 
-from bus import names
 from bus.connection import Bus
-from bus.topology import QueueSpec
 from nodeagent.agent import Agent, AgentSettings
 from nodeagent.load import PLATFORM_MARKER, ForeignLoadSource
 from nodeagent.policy import PolicySettings
 from nodeagent.runtime.process import ProcessRuntime
 from schemas import NodePresence, PresenceCause, PresenceState, Resources, StartReplica
 
-from .helpers import wait_until
+from .helpers import collect_events, wait_until
+from .test_agent import parse_presence
 
 SPIN = [sys.executable, "-c", "while True: pass"]
 
@@ -60,16 +58,7 @@ async def watched_agent(
     bus: Bus, unique: str, tmp_path: Path
 ) -> AsyncIterator[tuple[Agent, list[NodePresence]]]:
     node = f"load{unique}"
-    presences: list[NodePresence] = []
-
-    async def on_presence(message: AbstractIncomingMessage) -> None:
-        presences.append(NodePresence.model_validate_json(message.body))
-
-    channel = await bus.channel()
-    tap = await QueueSpec.private(
-        f"idlecloud.test.load.{unique}", (names.EVENTS_EXCHANGE, f"node.{node}.presence")
-    ).declare(channel)
-    await tap.consume(on_presence, no_ack=True)
+    presences = await collect_events(bus, f"node.{node}.presence", parse_presence)
     settings = AgentSettings(
         node=node,
         capacity=Resources(cpu_millicores=2000, memory_mib=2048),

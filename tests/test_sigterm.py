@@ -14,16 +14,14 @@ from pathlib import Path
 
 import aiormq
 import pytest
-from aio_pika.abc import AbstractIncomingMessage
 
 from bus import names
 from bus.connection import Bus
 from bus.devservices import BrokerInfo
-from bus.topology import QueueSpec
 from schemas import DeployRequest, RequestResult
 
 from .examples import deploy
-from .helpers import wait_until
+from .helpers import collect_events, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_FLIGHT = 3
@@ -34,16 +32,11 @@ async def _run_and_terminate(
 ) -> tuple[list[str], str]:
     """Start the service, give it 3 requests, SIGTERM it mid-handling; return results and queue."""
     namespace, queue = f"t{unique}", names.service_queue(f"sigterm-{unique}", "requests")
-    results: list[str] = []
-
-    async def on_result(message: AbstractIncomingMessage) -> None:
-        results.append(RequestResult.model_validate_json(message.body).request_id)
-
-    channel = await bus.channel()
-    tap = await QueueSpec.private(
-        f"idlecloud.test.results.{unique}", (names.EVENTS_EXCHANGE, f"ns.{namespace}.result")
-    ).declare(channel)
-    await tap.consume(on_result, no_ack=True)
+    results = await collect_events(
+        bus,
+        f"ns.{namespace}.result",
+        lambda m: RequestResult.model_validate_json(m.body).request_id,
+    )
 
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tests.programs.slow_service",

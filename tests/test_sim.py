@@ -9,15 +9,12 @@ from pathlib import Path
 
 import psutil
 import pytest
-from aio_pika.abc import AbstractIncomingMessage
 
-from bus import names
 from bus.connection import Bus
 from bus.devservices import BrokerInfo
-from bus.topology import QueueSpec
 from nodeagent.sim import SimPC, Simulation
 from schemas import (
-    SCHEMA_HEADER,
+    Message,
     NodeHeartbeat,
     NodePresence,
     PresenceState,
@@ -25,31 +22,18 @@ from schemas import (
     StartReplica,
 )
 
-from .helpers import wait_until
+from .helpers import collect_events, parse_node_event, wait_until
 from .test_cli import bus_cli
 
 
 @pytest.fixture
 async def lab(
     broker: BrokerInfo, bus: Bus, unique: str, tmp_path: Path
-) -> AsyncIterator[tuple[Simulation, list[str], dict[str, list[object]]]]:
+) -> AsyncIterator[tuple[Simulation, list[str], dict[str, list[Message]]]]:
     pcs = (SimPC(f"a{unique}", 2000, 2048), SimPC(f"b{unique}", 1000, 1024))
-    heard: dict[str, list[object]] = {pc.name: [] for pc in pcs}
-
-    async def on_event(message: AbstractIncomingMessage) -> None:
-        kind = {"NodeHeartbeat": NodeHeartbeat, "NodePresence": NodePresence}.get(
-            str((message.headers or {}).get(SCHEMA_HEADER))
-        )
-        if kind is not None:
-            event = kind.model_validate_json(message.body)
-            heard[event.node].append(event)
-
-    channel = await bus.channel()
-    for pc in pcs:
-        tap = await QueueSpec.private(
-            f"idlecloud.test.sim.{pc.name}", (names.EVENTS_EXCHANGE, f"node.{pc.name}.#")
-        ).declare(channel)
-        await tap.consume(on_event, no_ack=True)
+    heard = {
+        pc.name: await collect_events(bus, f"node.{pc.name}.#", parse_node_event) for pc in pcs
+    }
     simulation = Simulation(tmp_path / "sim")
     simulation.up(
         broker.url,
@@ -61,7 +45,7 @@ async def lab(
 
 
 async def test_simulated_pcs_heartbeat_see_people_and_die_when_killed(
-    bus: Bus, lab: tuple[Simulation, list[str], dict[str, list[object]]]
+    bus: Bus, lab: tuple[Simulation, list[str], dict[str, list[Message]]]
 ) -> None:
     simulation, (a, b), heard = lab
     beats = lambda name: [e for e in heard[name] if isinstance(e, NodeHeartbeat)]  # noqa: E731
