@@ -36,6 +36,7 @@ __all__ = [
     "DevServiceError",
     "broker_url",
     "create_vhost",
+    "delete_stale_scratch_vhosts",
     "delete_vhost",
     "ensure_rabbitmq",
     "management",
@@ -148,6 +149,8 @@ def ensure_rabbitmq(timeout_s: float = 180.0) -> None:
         _run(["rabbitmq-server", "-detached"], timeout_s)
     _wait_for(AMQP_PORT, timeout_s, "RabbitMQ")
     _wait_for(MANAGEMENT_PORT, timeout_s, "the RabbitMQ management plugin")
+    # The port opens before the node has finished booting (and recovering its queues).
+    _run(["rabbitmqctl", "await_startup", "--timeout", str(int(timeout_s))], timeout_s + 30)
 
 
 def management(method: str, path: str, body: object | None = None) -> object:
@@ -174,10 +177,15 @@ def management(method: str, path: str, body: object | None = None) -> object:
     return json.loads(text) if text else None
 
 
+_SCRATCH = "idlecloud scratch vhost, created at "
+#: Scratch vhosts older than this were left by a run that was killed: they are deleted.
+SCRATCH_MAX_AGE_S = 6 * 3600
+
+
 def create_vhost(vhost: str) -> BrokerInfo:
     """Create a virtual host and give the development user every permission on it."""
     name = quote(vhost, safe="")
-    management("PUT", f"vhosts/{name}", {"description": "idlecloud scratch vhost"})
+    management("PUT", f"vhosts/{name}", {"description": f"{_SCRATCH}{time.time():.0f}"})
     management(
         "PUT", f"permissions/{name}/{_DEV_USER}", {"configure": ".*", "write": ".*", "read": ".*"}
     )
@@ -189,10 +197,28 @@ def delete_vhost(vhost: str) -> None:
     management("DELETE", f"vhosts/{quote(vhost, safe='')}")
 
 
+def delete_stale_scratch_vhosts(max_age_s: float = SCRATCH_MAX_AGE_S) -> list[str]:
+    """Delete scratch vhosts left behind by killed runs; return their names."""
+    stale = []
+    listed = management("GET", "vhosts?columns=name,description")
+    for vhost in listed if isinstance(listed, list) else []:
+        description = str(vhost.get("description") or "")
+        if description.startswith(_SCRATCH):
+            created_at = float(description.removeprefix(_SCRATCH) or 0)
+            if time.time() - created_at > max_age_s:
+                delete_vhost(vhost["name"])
+                stale.append(vhost["name"])
+    return stale
+
+
 @contextmanager
 def scratch_vhost(prefix: str = "test") -> Iterator[BrokerInfo]:
-    """Start the broker if needed and lend a fresh virtual host, deleted afterwards."""
+    """Start the broker if needed and lend a fresh virtual host, deleted afterwards.
+
+    Scratch vhosts older than :data:`SCRATCH_MAX_AGE_S` (left by killed runs) go first.
+    """
     ensure_rabbitmq()
+    delete_stale_scratch_vhosts()
     broker = create_vhost(f"{prefix}-{uuid.uuid4().hex[:10]}")
     try:
         yield broker

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,13 @@ from bus import names
 from bus.codec import Delivery, encode
 from bus.connection import Bus
 from bus.consumer import Consumer
-from bus.devservices import BrokerInfo
+from bus.devservices import (
+    BrokerInfo,
+    create_vhost,
+    delete_stale_scratch_vhosts,
+    delete_vhost,
+    management,
+)
 from bus.topology import QueueSpec
 from schemas import MESSAGES, DeployRequest
 
@@ -125,3 +133,20 @@ def test_a_bad_timetable_entry_is_named(tmp_path: Path) -> None:
     done = bus_cli("agent", "run", "--utmp", str(tmp_path / "utmp"), "--timetable", "weekdays 8-12")
     assert done.returncode == 2
     assert "'weekdays 8-12': expected DAYS HH:MM-HH:MM" in done.stderr
+
+
+def test_scratch_vhosts_left_by_killed_runs_are_cleaned_up() -> None:
+    old = create_vhost(f"test-stale-{uuid.uuid4().hex[:8]}")
+    fresh = create_vhost(f"test-fresh-{uuid.uuid4().hex[:8]}")
+    try:
+        management(
+            "PUT",
+            f"vhosts/{old.vhost}",
+            {"description": f"idlecloud scratch vhost, created at {time.time() - 7 * 3600:.0f}"},
+        )
+        removed = delete_stale_scratch_vhosts()
+        assert old.vhost in removed and fresh.vhost not in removed
+        names_left = {v["name"] for v in management("GET", "vhosts")}  # type: ignore[union-attr]
+        assert old.vhost not in names_left and fresh.vhost in names_left
+    finally:
+        delete_vhost(fresh.vhost)
