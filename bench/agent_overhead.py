@@ -45,8 +45,7 @@ async def main(url: str, seconds: float) -> None:
     )  # fmt: skip
     try:
         async with Bus(url, connection_name="overhead bench") as bus:
-            channel = await bus.channel()
-            await declare_platform(channel)
+            await declare_platform(bus)
             await asyncio.sleep(3)  # the agent declares its command queue
             for index in range(REPLICAS):
                 command = StartReplica(

@@ -42,8 +42,8 @@ async def _timed(count: int, action: Callable[[], Awaitable[None]]) -> float:
 
 async def main(url: str, count: int) -> None:
     async with Bus(url, connection_name="bench") as bus:
+        await declare_platform(bus)
         channel = await bus.channel()
-        await declare_platform(channel)
         sink = QueueSpec.quorum(
             "idlecloud.bench.sink", (names.COMMANDS_EXCHANGE, "ns.bench.scale.*")
         )

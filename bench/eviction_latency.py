@@ -78,7 +78,7 @@ async def main(url: str, trials: int) -> None:
     try:
         async with Bus(url, connection_name="eviction bench") as bus:
             channel = await bus.channel()
-            await declare_platform(channel)
+            await declare_platform(bus)
             tap = await QueueSpec.private(
                 "idlecloud.bench.presence", (names.EVENTS_EXCHANGE, f"node.{NODE}.presence")
             ).declare(channel)

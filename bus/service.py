@@ -66,9 +66,7 @@ async def serve(
         loop.add_signal_handler(signum, stop.set)
     try:
         async with Bus(url, connection_name=name) as bus:
-            channel = await bus.channel()
-            await declare_platform(channel)
-            await channel.close()
+            await declare_platform(bus)
             for service in services:
                 await service.start(bus)
                 log.info("started %s", service.name)

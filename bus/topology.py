@@ -8,13 +8,20 @@ idempotent, and a robust channel repeats them after a reconnect.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import aiormq
 from aio_pika import ExchangeType
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
 from bus import names
+from bus.errors import BrokerUnavailable
+
+if TYPE_CHECKING:
+    from bus.connection import Bus
 
 __all__ = [
     "DEAD_LETTER_MAX_LENGTH",
@@ -70,8 +77,34 @@ class QueueSpec:
         return queue
 
 
-async def declare_platform(channel: AbstractChannel) -> None:
-    """Declare the exchanges, dead-letter queue and journal every component relies on."""
+async def declare_platform(bus: Bus, *, recovery_s: float = 60.0) -> None:
+    """Declare the exchanges, dead-letter queue and journal every component relies on.
+
+    After an unclean stop the broker accepts connections before its durable streams and
+    quorum queues are back ("home node ... is down or inaccessible"); such a declaration
+    is retried on a fresh channel for up to ``recovery_s``.
+
+    Raises:
+        BrokerUnavailable: a queue stayed unusable for ``recovery_s``.
+    """
+    deadline = time.monotonic() + recovery_s
+    while True:
+        channel = await bus.channel()
+        try:
+            await _declare_platform(channel)
+        except aiormq.exceptions.ChannelNotFoundEntity as error:
+            if "down or inaccessible" not in str(error) or time.monotonic() > deadline:
+                raise BrokerUnavailable(
+                    f"the platform's queues are not usable: {error}. "
+                    "Check the broker's log in /var/log/rabbitmq/"
+                ) from None
+            await asyncio.sleep(1.0)
+            continue
+        await channel.close()
+        return
+
+
+async def _declare_platform(channel: AbstractChannel) -> None:
     for exchange in (names.EVENTS_EXCHANGE, names.COMMANDS_EXCHANGE, names.DEAD_LETTER_EXCHANGE):
         await channel.declare_exchange(exchange, ExchangeType.TOPIC, durable=True)
     dead_letters = QueueSpec(

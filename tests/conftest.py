@@ -17,9 +17,7 @@ async def broker() -> AsyncIterator[BrokerInfo]:
     """A fresh vhost on the local broker (started if needed) with the platform topology."""
     with scratch_vhost("test") as info:
         async with Bus(info.url, connection_name="pytest setup") as bus:
-            channel = await bus.channel()
-            await declare_platform(channel)
-            await channel.close()
+            await declare_platform(bus)
         yield info
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,7 +14,6 @@ from bus.cli._common import DEFAULT_URL, JsonOption, UrlOption, console, print_j
 from bus.connection import Bus
 from bus.consumer import DEAD_REASON_HEADER
 from bus.devservices import ensure_rabbitmq
-from bus.errors import BrokerUnavailable
 from bus.topology import declare_platform
 from schemas import export_json_schemas
 
@@ -145,30 +142,10 @@ def dev_up(url: UrlOption = DEFAULT_URL) -> None:
     console.print(f"RabbitMQ is up; platform topology declared. IDLECLOUD_URL={url}")
 
 
-async def _ensure_and_declare(url: str, recovery_s: float = 60.0) -> None:
-    """Start the broker, then declare the topology, waiting while its queues recover.
-
-    After an unclean stop the broker accepts connections before its durable streams and
-    quorum queues are back ("home node ... is down or inaccessible"), so a declaration
-    that finds one recovering is retried for up to ``recovery_s``.
-    """
+async def _ensure_and_declare(url: str) -> None:
     ensure_rabbitmq()
     async with Bus(url, connection_name="bus dev up") as bus:
-        deadline = time.monotonic() + recovery_s
-        while True:
-            channel = await bus.channel()
-            try:
-                await declare_platform(channel)
-            except aiormq.exceptions.ChannelNotFoundEntity as error:
-                if "down or inaccessible" not in str(error) or time.monotonic() > deadline:
-                    raise BrokerUnavailable(
-                        f"the platform's queues are not usable: {error}. "
-                        "Check the broker's log in /var/log/rabbitmq/"
-                    ) from None
-                await asyncio.sleep(1.0)
-                continue
-            await channel.close()
-            return
+        await declare_platform(bus)
 
 
 def register(app: typer.Typer) -> None:
