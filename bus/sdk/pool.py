@@ -17,13 +17,12 @@ import contextlib
 import importlib
 import multiprocessing
 import signal
-import traceback
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from bus.sdk.protocol import Call, Outcome
+from bus.sdk.protocol import Call, Outcome, run_sync
 
 __all__ = ["ChildDied", "ProcessPool", "load_target"]
 
@@ -60,14 +59,7 @@ def _child_main(connection: Connection, target: str) -> None:
         except (EOFError, OSError):
             return
         function = app.tasks[task_name].function
-        answers = []
-        for task_id, args, kwargs in calls:
-            try:
-                answers.append((task_id, True, function(*args, **kwargs), "", ""))
-            except Exception as error:  # the task's own failure, reported to the caller
-                detail = f"{type(error).__name__}: {error}"
-                answers.append((task_id, False, None, detail, traceback.format_exc()))
-        connection.send(answers)
+        connection.send([run_sync(function, call) for call in calls])
 
 
 class _Child:
@@ -128,23 +120,19 @@ class ProcessPool:
         """
         child = await self._idle.get()
         loop = asyncio.get_running_loop()
-        answered: asyncio.Future[list[Any]] = loop.create_future()
+        answered: asyncio.Future[list[Outcome]] = loop.create_future()
 
         def on_readable() -> None:
             loop.remove_reader(child.connection.fileno())
-            try:
-                answer = child.connection.recv()
-            except (EOFError, OSError) as error:
-                if not answered.done():
-                    answered.set_exception(ChildDied(f"worker process {child.process.pid} died"))
-                del error
+            if answered.done():
                 return
-            if not answered.done():
-                answered.set_result(answer)
+            try:
+                answered.set_result(child.connection.recv())
+            except (EOFError, OSError):
+                answered.set_exception(ChildDied(f"worker process {child.process.pid} died"))
 
-        payload = [(c.task_id, c.args, dict(c.kwargs)) for c in calls]
         try:
-            child.connection.send((task_name, payload))
+            child.connection.send((task_name, list(calls)))
             loop.add_reader(child.connection.fileno(), on_readable)
             async with asyncio.timeout(timeout_s):
                 answers = await answered
@@ -154,10 +142,7 @@ class ProcessPool:
             self._replace(child)
             raise
         self._idle.put_nowait(child)
-        return [
-            Outcome(task_id, ok, value, error, trace)
-            for task_id, ok, value, error, trace in answers
-        ]
+        return answers
 
     def close(self) -> None:
         """Kill every child."""

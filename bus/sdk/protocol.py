@@ -9,7 +9,8 @@ answers with ``correlation_id`` = the task (or batch) id.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import traceback
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,9 @@ __all__ = [
     "encode_batch",
     "encode_call",
     "encode_outcomes",
+    "failure",
+    "raised",
+    "run_sync",
 ]
 
 JSON = "application/json"
@@ -65,6 +69,24 @@ class Outcome:
     value: Any = None
     error: str = ""
     traceback: str = ""
+
+
+def failure(call: Call, error: str, trace: str = "") -> Outcome:
+    """The outcome of a call that failed with ``error``."""
+    return Outcome(call.task_id, False, error=error, traceback=trace)
+
+
+def raised(call: Call, error: BaseException) -> Outcome:
+    """The outcome of a call that raised ``error`` (call from its ``except`` block)."""
+    return failure(call, f"{type(error).__name__}: {error}", traceback.format_exc())
+
+
+def run_sync(function: Callable[..., Any], call: Call) -> Outcome:
+    """Run one call of a sync function here and now; an exception becomes its outcome."""
+    try:
+        return Outcome(call.task_id, True, function(*call.args, **call.kwargs))
+    except Exception as error:
+        return raised(call, error)
 
 
 def _properties(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +36,9 @@ from bus.sdk.protocol import (
     decode_calls,
     encode_call,
     encode_outcomes,
+    failure,
+    raised,
+    run_sync,
 )
 from bus.topology import declare_app, task_queue_spec
 
@@ -140,7 +142,7 @@ class Worker(QueueConsumer):
                 if deaths <= MAX_CHILD_DEATHS:
                     log.warning("%s; running its calls again", error)
                     continue
-                outcomes = [_failure(c, f"{error} {deaths} times") for c in pending]
+                outcomes = [failure(c, f"{error} {deaths} times") for c in pending]
             attempts += 1
             retry = attempts <= task.retries
             still_failing = []
@@ -159,9 +161,9 @@ class Worker(QueueConsumer):
             try:
                 return await self._pool.run(task.name, calls, timeout_s)
             except TimeoutError:
-                return [_failure(c, f"timed out after {task.timeout_s:g} s") for c in calls]
+                return [failure(c, f"timed out after {task.timeout_s:g} s") for c in calls]
         if task.executor == "inline" and not task.is_async and task.timeout_s is None:
-            return [_run_inline(task, call) for call in calls]
+            return [run_sync(task.function, call) for call in calls]
         return [await self._run_here(task, call) for call in calls]
 
     async def _run_here(self, task: Task[Any, Any], call: Call) -> Outcome:
@@ -175,9 +177,9 @@ class Worker(QueueConsumer):
                 else:
                     value = task.function(*call.args, **call.kwargs)
         except TimeoutError:
-            return _failure(call, f"timed out after {task.timeout_s:g} s")
+            return failure(call, f"timed out after {task.timeout_s:g} s")
         except Exception as error:
-            return _failure(call, f"{type(error).__name__}: {error}", traceback.format_exc())
+            return raised(call, error)
         return Outcome(call.task_id, True, value)
 
     async def _answer(self, incoming: AbstractIncomingMessage, outcomes: list[Outcome]) -> None:
@@ -194,11 +196,11 @@ class Worker(QueueConsumer):
     async def _refuse(self, incoming: AbstractIncomingMessage, reason: str) -> None:
         """Answer a malformed task message with an error and dead-letter it."""
         log.warning("%s: refused a task message: %s", self.name, reason)
-        failure = _failure(Call(incoming.message_id or "unknown"), f"refused: {reason}")
+        refusal = failure(Call(incoming.message_id or "unknown"), f"refused: {reason}")
         properties = Basic.Properties(content_type=incoming.content_type, delivery_mode=2)
         try:
-            await self._to_dead_queue(incoming.body[:DEAD_BODY_LIMIT_BYTES], properties, failure)
-            await self._answer(incoming, [failure])
+            await self._to_dead_queue(incoming.body[:DEAD_BODY_LIMIT_BYTES], properties, refusal)
+            await self._answer(incoming, [refusal])
         except PUBLISH_FAILURES:
             await self._acks.nack(incoming)
             return
@@ -217,15 +219,3 @@ class Worker(QueueConsumer):
         log.info("%s: task %s dead-lettered: %s", self.name, outcome.task_id, outcome.error)
         route = names.Route(names.ns_dead_exchange(self.app.namespace), self.app.app)
         await self.bus.publish_raw(route, body, properties)
-
-
-def _run_inline(task: Task[Any, Any], call: Call) -> Outcome:
-    """A quick sync call on the event loop itself (``executor="inline"``, no timeout)."""
-    try:
-        return Outcome(call.task_id, True, task.function(*call.args, **call.kwargs))
-    except Exception as error:
-        return _failure(call, f"{type(error).__name__}: {error}", traceback.format_exc())
-
-
-def _failure(call: Call, error: str, trace: str = "") -> Outcome:
-    return Outcome(call.task_id, False, error=error, traceback=trace)
