@@ -25,7 +25,7 @@ from pamqp.commands import Basic
 
 from bus import names
 from bus.codec import MAX_BODY_BYTES, Delivery, decode, delivery_of
-from bus.connection import TRANSIENT_ERRORS, Bus
+from bus.connection import PUBLISH_FAILURES, TRANSIENT_ERRORS, Bus
 from bus.errors import BrokerUnavailable, InvalidMessage
 from bus.topology import QueueSpec
 from schemas import Message, utc_now
@@ -178,14 +178,8 @@ class Consumer(QueueConsumer, Generic[M]):
         except InvalidMessage as error:
             await self._dead_letter(incoming, delivery, error.reason)
             return
-        except TRANSIENT_ERRORS as error:
-            log.warning(
-                "%s: lost the broker while handling (%r); it will redeliver", self.name, error
-            )
-            await settle(incoming.nack(requeue=True))
-            return
-        except BrokerUnavailable as error:
-            log.warning("%s: handler could not publish (%s); requeued", self.name, error)
+        except PUBLISH_FAILURES as error:
+            log.warning("%s: lost the broker while handling (%r); requeued", self.name, error)
             await settle(incoming.nack(requeue=True))
             return
         except Exception as error:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
@@ -13,6 +15,8 @@ from aio_pika.abc import AbstractIncomingMessage
 from bus import names
 from bus.connection import Bus
 from bus.topology import QueueSpec
+from nodeagent.agent import Agent, AgentSettings
+from nodeagent.runtime.process import ProcessRuntime
 from schemas import SCHEMA_HEADER, Message, lookup
 
 
@@ -79,3 +83,16 @@ def parse_node_event(message: AbstractIncomingMessage) -> Message:
     cls = lookup(str((message.headers or {}).get(SCHEMA_HEADER)))
     assert cls is not None, "an event without a known schema header"
     return cls.model_validate_json(message.body)
+
+
+@asynccontextmanager
+async def running_agent(bus: Bus, settings: AgentSettings, state_dir: Path) -> AsyncIterator[Agent]:
+    """An agent with the process runtime, started on ``bus``; stopped with its replicas."""
+    agent = Agent(settings, ProcessRuntime(state_dir))
+    await agent.start(bus)
+    try:
+        yield agent
+    finally:
+        await agent.stop(1)
+        for replica in await agent.runtime.replicas():
+            await agent.runtime.stop(replica.replica_id, 0)

@@ -37,7 +37,7 @@ from schemas import (
     StopReplica,
 )
 
-from .helpers import collect_events, parse_node_event, wait_until
+from .helpers import collect_events, parse_node_event, running_agent, wait_until
 
 
 def parse_presence(message: AbstractIncomingMessage) -> NodePresence:
@@ -71,12 +71,8 @@ async def rig(bus: Bus, unique: str, tmp_path: Path) -> AsyncIterator[tuple[Agen
         policy=PolicySettings(start_idle_s=0, continue_idle_s=0.5, max_suspend_s=60),
         heartbeat_s=0.2,
     )
-    agent = Agent(settings, ProcessRuntime(tmp_path / "state"))
-    await agent.start(bus)
-    yield agent, events
-    await agent.stop(1)
-    for replica in await agent.runtime.replicas():
-        await agent.runtime.stop(replica.replica_id, 0)
+    async with running_agent(bus, settings, tmp_path / "state") as agent:
+        yield agent, events
 
 
 def start(
@@ -160,16 +156,12 @@ async def test_class_hours_keep_the_pc_busy(bus: Bus, unique: str, tmp_path: Pat
         policy=PolicySettings(start_idle_s=0),
         timetable=Timetable.parse([f"{today} 00:00-24:00"]),
     )
-    agent = Agent(settings, ProcessRuntime(tmp_path / "state"))
-    await agent.start(bus)
-    try:
+    async with running_agent(bus, settings, tmp_path / "state") as agent:
         await wait_until(lambda: len(presences) == 1, what="the first presence")
         assert (presences[0].presence.state, presences[0].presence.cause) == (
             PresenceState.BUSY, PresenceCause.TIMETABLE
         )  # fmt: skip
         assert not agent.decision.accepting
-    finally:
-        await agent.stop(1)
 
 
 async def test_bus_agent_run_takes_settings_from_toml_and_flags_win(

@@ -15,10 +15,9 @@ from bus.connection import Bus
 from nodeagent.agent import Agent, AgentSettings
 from nodeagent.load import PLATFORM_MARKER, ForeignLoadSource
 from nodeagent.policy import PolicySettings
-from nodeagent.runtime.process import ProcessRuntime
 from schemas import NodePresence, PresenceCause, PresenceState, Resources, StartReplica
 
-from .helpers import collect_events, wait_until
+from .helpers import collect_events, running_agent, wait_until
 from .test_agent import parse_presence
 
 SPIN = [sys.executable, "-c", "while True: pass"]
@@ -70,12 +69,8 @@ async def watched_agent(
         load_sample_s=0.2,
         platform_users=("rabbitmq",),
     )
-    agent = Agent(settings, ProcessRuntime(tmp_path / "state"))
-    await agent.start(bus)
-    yield agent, presences
-    await agent.stop(1)
-    for replica in await agent.runtime.replicas():
-        await agent.runtime.stop(replica.replica_id, 0)
+    async with running_agent(bus, settings, tmp_path / "state") as agent:
+        yield agent, presences
 
 
 async def test_sustained_foreign_load_makes_the_pc_busy_and_its_own_replicas_do_not(

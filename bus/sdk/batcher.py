@@ -56,7 +56,6 @@ class ResultBatcher:
         self._max_outcomes = max_outcomes
         self._gathering: dict[str, _Gathering] = {}
         self._background = _Background()
-        self.messages_sent = 0
 
     async def send(self, reply_to: str, outcomes: list[Outcome]) -> None:
         """Send ``outcomes`` to client ``reply_to``; return once the broker confirmed them.
@@ -89,7 +88,6 @@ class ResultBatcher:
             if not isinstance(error, Exception):
                 raise
         else:
-            self.messages_sent += 1
             gathering.sent.set_result(None)
 
 
@@ -108,7 +106,6 @@ class AckBatcher:
         self._finished: dict[AbstractChannel, set[int]] = {}
         self._scheduled = False
         self._background = _Background()
-        self.acks_sent = 0
 
     def delivered(self, message: AbstractIncomingMessage) -> None:
         """Note a delivery as soon as it arrives (tags are noted in delivery order)."""
@@ -149,11 +146,9 @@ class AckBatcher:
                 finished.discard(highest)
             if highest is not None:
                 self._background.start(settle(channel.basic_ack(highest, multiple=True)))
-                self.acks_sent += 1
             for tag in finished:  # done, but behind a delivery still running: ack alone
                 order.remove(tag)
                 self._background.start(settle(channel.basic_ack(tag)))
-                self.acks_sent += 1
             finished.clear()
 
 

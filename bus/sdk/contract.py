@@ -76,7 +76,6 @@ class TokenFile:
         self.path = path
         self.check_s = check_s
         self.current = read_token(path)
-        self.renewals = 0
         self._bus: Bus | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -119,7 +118,6 @@ class TokenFile:
             return False
         self.current = token
         await self._bus.update_secret(token)
-        self.renewals += 1
         log.info("broker token renewed from %s", self.path)
         return True
 

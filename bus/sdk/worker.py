@@ -78,12 +78,6 @@ class Worker(QueueConsumer):
         self._pool = ProcessPool(target, concurrency) if needs_pool and target else None
         self._threads = asyncio.Semaphore(concurrency)
         self._acks = AckBatcher()
-        self.calls_done = 0
-
-    @property
-    def pool_pids(self) -> list[int]:
-        """Process ids of the pool's children (empty without a pool)."""
-        return self._pool.pids if self._pool else []
 
     async def start(self, bus: Bus) -> None:
         """Declare the app's queues, start the pool, and consume tasks."""
@@ -127,7 +121,6 @@ class Worker(QueueConsumer):
             log.warning("could not publish a result (%r); the task will be redelivered", error)
             await self._acks.nack(incoming)
             return
-        self.calls_done += len(calls)
         self._acks.ack(incoming)
 
     async def _execute(self, task: Task[Any, Any], calls: Sequence[Call]) -> list[Outcome]:
