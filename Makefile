@@ -1,6 +1,7 @@
 # The README's two commands: `make demo` and `make test`. Both work on a fresh Debian
 # machine as root: they create the virtual environment in .venv, install the project,
-# and start the services they need (RabbitMQ on 127.0.0.1) through bus.devservices.
+# and start the services they need (RabbitMQ on 127.0.0.1; dockerd and a locally built
+# test image for the tests) through bus.devservices and bus.devdocker.
 
 PYTHON ?= python3
 VENV := .venv
@@ -26,6 +27,7 @@ demo: services
 	$(BIN)/bus status
 
 test: services
+	$(BIN)/bus dev up --docker
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

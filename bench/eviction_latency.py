@@ -1,12 +1,15 @@
 """Milliseconds from a person's login until every replica on the PC is frozen.
 
 Starts RabbitMQ with the helper the tests use (a scratch vhost), one real agent
-(`bus agent run`, process runtime) with 4 CPU-bound replicas keeping both cores busy, then
+(`bus agent run`, process runtime, or Docker with `--runtime docker`: dockerd and the
+busybox test image come from the same helper as the tests) with 4 CPU-bound replicas
+keeping both cores busy, then
 for each trial writes a real login record into the agent's utmp file (libc pututxline) and
-times until every process of every replica is stopped; it also times the agent's
+times until every process of every replica is frozen (its cgroup freezer FROZEN, or the
+process stopped where the agent has no cgroups); it also times the agent's
 NodePresence(busy) event. Then it logs out and waits for the replicas to resume.
 
-Usage: python bench/eviction_latency.py [--trials N]
+Usage: python bench/eviction_latency.py [--trials N] [--runtime process|docker]
 Prints p50 and p99; the last line is `eviction_p99_ms: X` (goal: <= 250).
 """
 
@@ -18,6 +21,7 @@ import json
 import os
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,24 +36,51 @@ sys.path.insert(0, str(ROOT))
 
 from bus import names  # noqa: E402
 from bus.connection import Bus  # noqa: E402
+from bus.devdocker import TEST_IMAGE, busybox_image, ensure_docker  # noqa: E402
 from bus.devservices import scratch_vhost  # noqa: E402
 from bus.topology import QueueSpec, declare_platform  # noqa: E402
+from nodeagent.runtime.cgroup import Mounts  # noqa: E402
+from nodeagent.runtime.process import frozen  # noqa: E402
 from nodeagent.utmp import write_login, write_logout  # noqa: E402
 from schemas import NodePresence, PresenceState, Resources, StartReplica  # noqa: E402
 
 NODE, REPLICAS = "bench-pc", 4
+MOUNTS = Mounts.read()
 
 
-def _replica_processes(state_dir: Path) -> list[psutil.Process]:
+def _containers() -> list[str]:
+    """The ids of the bench node's containers, running or not."""
+    return subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=org.idlecloud.node={NODE}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+
+
+def _leaders(state_dir: Path, runtime: str) -> list[int]:
+    """The first process of each replica: from the agent's records, or from dockerd."""
+    if runtime == "process":
+        records = (state_dir / "replicas").glob("*.json")
+        return [json.loads(record.read_text())["pid"] for record in records]
+    listed = _containers()
+    if not listed:
+        return []
+    pids = subprocess.run(
+        ["docker", "inspect", "-f", "{{if .State.Running}}{{.State.Pid}}{{end}}", *listed],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    return [int(pid) for pid in pids]
+
+
+def _replica_processes(state_dir: Path, runtime: str) -> list[psutil.Process]:
     found = []
-    for record in (state_dir / "replicas").glob("*.json"):
-        leader = psutil.Process(json.loads(record.read_text())["pid"])
+    for pid in _leaders(state_dir, runtime):
+        leader = psutil.Process(pid)
         found += [leader, *leader.children(recursive=True)]
     return found
 
 
 def _all(processes: list[psutil.Process], stopped: bool) -> bool:
-    return all((p.status() == psutil.STATUS_STOPPED) is stopped for p in processes)
+    return all(frozen(p.pid, MOUNTS) is stopped for p in processes)
 
 
 def _percentile(values: list[float], share: float) -> float:
@@ -57,14 +88,14 @@ def _percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
-async def main(url: str, trials: int) -> None:
+async def main(url: str, trials: int, runtime: str) -> None:
     work = Path(tempfile.mkdtemp(prefix="eviction-"))
     utmp, state_dir = work / "utmp", work / "state"
     agent = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bus", "agent", "run", "--url", url, "--node", NODE,
         "--utmp", str(utmp), "--state-dir", str(state_dir), "--cpu-millicores", "8000",
         "--memory-mib", "8192", "--reserve-cpu-millicores", "0", "--reserve-memory-mib", "0",
-        "--start-idle-s", "0", "--continue-idle-s", "0.05", cwd=ROOT,
+        "--start-idle-s", "0", "--continue-idle-s", "0.05", "--runtime", runtime, cwd=ROOT,
         env={**os.environ, "IDLECLOUD_LOG_LEVEL": "WARNING"},
     )  # fmt: skip
     busy_events: list[float] = []
@@ -73,6 +104,10 @@ async def main(url: str, trials: int) -> None:
         if NodePresence.model_validate_json(message.body).presence.state is PresenceState.BUSY:
             busy_events.append(time.perf_counter())
 
+    if runtime == "docker":
+        image, command = TEST_IMAGE, ("sh", "-c", "while :; do :; done")
+    else:
+        image, command = "local", (sys.executable, "-c", "while True: pass")
     freeze_ms: list[float] = []
     event_ms: list[float] = []
     try:
@@ -83,7 +118,7 @@ async def main(url: str, trials: int) -> None:
                 "idlecloud.bench.presence", (names.EVENTS_EXCHANGE, f"node.{NODE}.presence")
             ).declare(channel)
             await tap.consume(on_presence, no_ack=True)
-            await _wait(lambda: (state_dir / "replicas").is_dir(), 30, "the agent to start")
+            await _wait(lambda: (state_dir / "tokens").is_dir(), 30, "the agent to start")
             await asyncio.sleep(1.0)  # the agent's command queue exists once it consumes
             for index in range(REPLICAS):
                 await bus.publish(
@@ -93,18 +128,16 @@ async def main(url: str, trials: int) -> None:
                         replica_id=f"busy-{index}",
                         namespace="bench",
                         app="spin",
-                        image="local",
-                        command=(sys.executable, "-c", "while True: pass"),
+                        image=image,
+                        command=command,
                         reservation=Resources(cpu_millicores=1000, memory_mib=64),
                         token="-",
                     )
                 )
             await _wait(
-                lambda: len(list((state_dir / "replicas").glob("*.json"))) == REPLICAS,
-                30,
-                "4 replicas",
+                lambda: len(_leaders(state_dir, runtime)) == REPLICAS, 60, "4 replicas", 0.2
             )
-            processes = _replica_processes(state_dir)
+            processes = _replica_processes(state_dir, runtime)
             for _ in range(trials):
                 await _wait(lambda: _all(processes, stopped=False), 10, "the replicas to run")
                 await asyncio.sleep(0.2)
@@ -119,9 +152,9 @@ async def main(url: str, trials: int) -> None:
     finally:
         agent.send_signal(signal.SIGTERM)
         await agent.wait()
-        for process in _replica_processes(state_dir):
+        for process in _replica_processes(state_dir, runtime):
             process.kill()
-    print(f"trials: {trials}, replicas: {REPLICAS} CPU-bound, agent: process runtime")
+    print(f"trials: {trials}, replicas: {REPLICAS} CPU-bound, agent: {runtime} runtime")
     print(f"presence_event_p50_ms: {statistics.median(event_ms):.1f}")
     print(f"presence_event_p99_ms: {_percentile(event_ms, 0.99):.1f}")
     print(f"eviction_p50_ms: {statistics.median(freeze_ms):.1f}")
@@ -141,6 +174,14 @@ async def _wait(
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=50, help="login/logout cycles (>= 50)")
+    parser.add_argument("--runtime", choices=("process", "docker"), default="process")
     arguments = parser.parse_args()
-    with scratch_vhost("bench") as broker:
-        asyncio.run(main(broker.url, arguments.trials))
+    if arguments.runtime == "docker":
+        ensure_docker()
+        busybox_image()
+    try:
+        with scratch_vhost("bench") as broker:
+            asyncio.run(main(broker.url, arguments.trials, arguments.runtime))
+    finally:
+        if arguments.runtime == "docker" and _containers():
+            subprocess.run(["docker", "rm", "-f", *_containers()], capture_output=True, check=False)

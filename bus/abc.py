@@ -48,3 +48,6 @@ class Runtime(Protocol):
         ``with_usage`` also measures CPU and memory use (slower: heartbeats ask for it,
         the pause on a person's arrival does not).
         """
+
+    async def close(self) -> None:
+        """Release what the runtime holds (connections); replicas keep running."""

@@ -34,6 +34,7 @@ __all__ = [
     "MANAGEMENT_PORT",
     "BrokerInfo",
     "DevServiceError",
+    "apt_install",
     "broker_url",
     "create_vhost",
     "delete_stale_scratch_vhosts",
@@ -41,6 +42,7 @@ __all__ = [
     "ensure_rabbitmq",
     "management",
     "rabbitmqctl",
+    "run_command",
     "scratch_vhost",
 ]
 
@@ -85,32 +87,43 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex((HOST, port)) == 0
 
 
-def _run(command: list[str], timeout_s: float = 300.0) -> str:
+def run_command(command: list[str], timeout_s: float = 300.0, stdin: bytes | None = None) -> str:
+    """Run ``command`` and return what it printed.
+
+    Raises:
+        DevServiceError: it could not run or exited with an error (its output's tail).
+    """
     try:
         done = subprocess.run(
             command,
             capture_output=True,
-            text=True,
+            input=stdin,
             timeout=timeout_s,
             env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as error:
         raise DevServiceError(f"`{' '.join(command)}` failed: {error}") from None
+    stdout = done.stdout.decode(errors="replace")
     if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip()[-2000:]
+        tail = (done.stderr.decode(errors="replace") or stdout).strip()[-2000:]
         raise DevServiceError(f"`{' '.join(command)}` exited with {done.returncode}:\n{tail}")
-    return done.stdout
+    return stdout
 
 
-def _apt_install(*packages: str) -> None:
+def apt_install(*packages: str) -> None:
+    """Install Debian packages (as root).
+
+    Raises:
+        DevServiceError: not root, or apt failed.
+    """
     if os.geteuid() != 0:
         raise DevServiceError(
             f"{', '.join(packages)} not installed; install as root: "
             f"apt-get install -y {' '.join(packages)}"
         )
-    _run(["apt-get", "update", "-q"])
-    _run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages])
+    run_command(["apt-get", "update", "-q"])
+    run_command(["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages])
 
 
 def _wait_for(port: int, timeout_s: float, what: str) -> None:
@@ -133,24 +146,24 @@ def ensure_rabbitmq(timeout_s: float = 180.0) -> None:
     if _port_open(AMQP_PORT) and _port_open(MANAGEMENT_PORT):
         return
     if _port_open(AMQP_PORT):
-        _run(["rabbitmq-plugins", "enable", *_PLUGINS])
+        run_command(["rabbitmq-plugins", "enable", *_PLUGINS])
         _wait_for(MANAGEMENT_PORT, timeout_s, "the RabbitMQ management plugin")
         return
     if shutil.which("rabbitmq-server") is None and not Path("/usr/sbin/rabbitmq-server").exists():
-        _apt_install("rabbitmq-server")
+        apt_install("rabbitmq-server")
     if not _CONF_PATH.exists() or _CONF_PATH.read_text() != _CONF_TEXT:
         _CONF_PATH.parent.mkdir(parents=True, exist_ok=True)
         _CONF_PATH.write_text(_CONF_TEXT)
-    _run(["rabbitmq-plugins", "enable", "--offline", *_PLUGINS])
+    run_command(["rabbitmq-plugins", "enable", "--offline", *_PLUGINS])
     init_script = Path("/etc/init.d/rabbitmq-server")
     if init_script.exists():
-        _run([str(init_script), "start"], timeout_s)
+        run_command([str(init_script), "start"], timeout_s)
     else:
-        _run(["rabbitmq-server", "-detached"], timeout_s)
+        run_command(["rabbitmq-server", "-detached"], timeout_s)
     _wait_for(AMQP_PORT, timeout_s, "RabbitMQ")
     _wait_for(MANAGEMENT_PORT, timeout_s, "the RabbitMQ management plugin")
     # The port opens before the node has finished booting (and recovering its queues).
-    _run(["rabbitmqctl", "await_startup", "--timeout", str(int(timeout_s))], timeout_s + 30)
+    run_command(["rabbitmqctl", "await_startup", "--timeout", str(int(timeout_s))], timeout_s + 30)
 
 
 def management(method: str, path: str, body: object | None = None) -> object:
@@ -232,4 +245,4 @@ def rabbitmqctl(*arguments: str, timeout_s: float = 60.0) -> str:
     Raises:
         DevServiceError: it failed.
     """
-    return _run(["rabbitmqctl", *arguments], timeout_s)
+    return run_command(["rabbitmqctl", *arguments], timeout_s)

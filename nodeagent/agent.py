@@ -5,9 +5,12 @@ carries out its decisions: on a login the replicas are paused *before* anyone is
 then ``NodePresence`` is published; they resume (or are evicted) as the policy says. It
 consumes its own command queue (``node.<node>.commands``), dropping commands whose leader
 epoch is older than the newest it has seen, so a deposed leader cannot undo its
-successor's work. Every ``heartbeat_s`` it publishes a ``NodeHeartbeat`` with capacity,
-allocatable resources, usage, replicas and presence. It publishes only under its own
-``node.<node>.…`` routing keys.
+successor's work. Each replica gets the container contract in its environment (broker
+URL, namespace, app, and a token file the agent rewrites on ``RenewToken``). Every
+``heartbeat_s`` it publishes a ``NodeHeartbeat`` with capacity, allocatable resources,
+usage, replicas and presence, and a ``ReplicaStatus`` with the exit code and last log
+lines of each replica that ended since. It publishes only under its own ``node.<node>.…``
+routing keys.
 """
 
 from __future__ import annotations
@@ -27,11 +30,13 @@ from bus.codec import Delivery
 from bus.connection import Bus
 from bus.consumer import Consumer
 from bus.topology import QueueSpec
+from nodeagent.input import InputSource
 from nodeagent.load import ForeignLoadSource
 from nodeagent.policy import Action, Decision, Observation, PolicySettings, PresencePolicy
-from nodeagent.runtime.spec import ReplicaSpec
+from nodeagent.runtime.spec import ReplicaInfo, ReplicaSpec, StartFailed
 from nodeagent.sessions import SessionSource
 from nodeagent.timetable import Timetable
+from nodeagent.tokens import TokenFiles
 from schemas import (
     NodeHeartbeat,
     NodePresence,
@@ -79,6 +84,10 @@ class AgentSettings:
     timetable: Timetable = field(default_factory=Timetable)
     load_sample_s: float = 5.0
     platform_users: tuple[str, ...] = ()
+    #: Where input devices are (``event*``); unreadable or missing: no input signal.
+    input_dir: Path = Path("/dev/input")
+    #: The broker URL replicas are given (no credentials: they use their token).
+    replica_url: str = "amqp://127.0.0.1:5672/"
 
     @property
     def allocatable(self) -> Resources:
@@ -98,14 +107,18 @@ class Agent:
         self,
         settings: AgentSettings,
         runtime: Runtime,
+        tokens: TokenFiles,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.runtime = runtime
+        self.tokens = tokens
+        self._ended: set[str] = set()  # replicas whose end was reported
         self._clock = clock
         self._policy = PresencePolicy(settings.policy, clock())
         self._sessions = SessionSource(settings.utmp_path, self._on_signal)
+        self._input = InputSource(self._on_signal, folder=settings.input_dir, clock=clock)
         self._load = ForeignLoadSource(
             self._on_signal,
             sample_s=settings.load_sample_s,
@@ -143,6 +156,7 @@ class Agent:
         """Watch presence, take commands, and start heartbeating."""
         self._bus = bus
         self._sessions.start()
+        self._input.start()
         self._load.start()
         await self._carry_out(self._policy.observe(self._observation()))
         await self._commands.start(bus)
@@ -151,6 +165,7 @@ class Agent:
     async def stop(self, grace_s: float) -> None:
         """Stop watching and heartbeating; replicas keep running for the next agent to adopt."""
         self._sessions.stop()
+        self._input.stop()
         self._load.stop()
         if self._timer is not None:
             self._timer.cancel()
@@ -158,6 +173,7 @@ class Agent:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.runtime.close()
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -169,6 +185,7 @@ class Agent:
         return Observation(
             at=self._clock(),
             sessions=len(self._sessions.sessions),
+            last_input_at=self._input.last_input_at,
             foreign_load=self._load.cores,
             timetable_block=self.settings.timetable.blocked(datetime.now()),
         )
@@ -234,6 +251,11 @@ class Agent:
                     await self.runtime.resume(command.replica_id)
             case StopReplica():
                 await self.runtime.stop(command.replica_id, command.grace_s)
+                self.tokens.remove(command.replica_id)
+                self._ended.discard(command.replica_id)
+            case RenewToken():
+                if self.tokens.folder(command.replica_id).is_dir():
+                    self.tokens.write(command.replica_id, command.token)
 
     async def _start(self, command: StartReplica) -> None:
         replicas = await self.runtime.replicas()
@@ -257,32 +279,71 @@ class Agent:
                     f"{free.cpu_millicores - used_cpu}m/{free.memory_mib - used_mib}MiB"
                 )
         if not reason:
+            env = {
+                **command.env,
+                "IDLECLOUD_URL": self.settings.replica_url,
+                "IDLECLOUD_NAMESPACE": command.namespace,
+                "IDLECLOUD_APP": command.app,
+                "IDLECLOUD_REPLICA": command.replica_id,
+            }
             spec = ReplicaSpec(
                 command.replica_id,
                 command.namespace,
                 command.app,
                 command.image,
                 command.command,
-                dict(command.env),
+                env,
                 command.reservation.cpu_millicores,
                 command.reservation.memory_mib,
+                self.tokens.write(command.replica_id, command.token),
             )
             try:
                 await self.runtime.start(spec)
-            except OSError as error:
-                reason = f"could not start {command.command[:1]}: {error.strerror or error}"
+            except StartFailed as error:
+                reason = str(error)
+                self.tokens.remove(command.replica_id)
         state = ReplicaState.FAILED if reason else ReplicaState.RUNNING
+        await self._publish_status(
+            command.replica_id, command.namespace, command.app, state, reason
+        )
+
+    async def _publish_status(
+        self,
+        replica_id: str,
+        namespace: str,
+        app: str,
+        state: ReplicaState,
+        reason: str = "",
+        ended: ReplicaInfo | None = None,
+    ) -> None:
         await self.bus.publish(
             ReplicaStatus(
                 node=self.settings.node,
-                replica_id=command.replica_id,
-                namespace=command.namespace,
-                app=command.app,
+                replica_id=replica_id,
+                namespace=namespace,
+                app=app,
                 state=state,
                 at=utc_now(),
                 reason=reason,
+                exit_code=None if ended is None else ended.exit_code,
+                log_tail=() if ended is None else ended.log_tail,
             )
         )
+
+    async def _report_endings(self, replicas: list[ReplicaInfo]) -> None:
+        """One ReplicaStatus per replica that ended since the last heartbeat."""
+        for replica in replicas:
+            if replica.state in _ENDED and replica.replica_id not in self._ended:
+                self._ended.add(replica.replica_id)
+                reason = f"exited with code {replica.exit_code}"
+                await self._publish_status(
+                    replica.replica_id,
+                    replica.namespace,
+                    replica.app,
+                    replica.state,
+                    reason,
+                    ended=replica,
+                )
 
     async def _heartbeats(self) -> None:
         while True:
@@ -291,6 +352,7 @@ class Agent:
 
     async def _publish_heartbeat(self) -> None:
         replicas = await self.runtime.replicas(with_usage=True)
+        await self._report_endings(replicas)
         reports = tuple(
             ReplicaReport(
                 replica_id=r.replica_id,

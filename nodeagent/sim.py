@@ -87,7 +87,7 @@ class Simulation:
         for pc in pcs:
             if pc.name in known and self._alive(known[pc.name]):
                 continue
-            (self.folder / pc.name).mkdir(parents=True, exist_ok=True)
+            (self.folder / pc.name / "input").mkdir(parents=True, exist_ok=True)
             self.utmp(pc.name).touch()
             log = (self.folder / pc.name / "agent.log").open("ab")
             process = subprocess.Popen(
@@ -95,6 +95,8 @@ class Simulation:
                     sys.executable, "-m", "bus", "agent", "run", "--url", url,
                     "--node", pc.name, "--utmp", str(self.utmp(pc.name)),
                     "--state-dir", str(self.state_dir(pc.name)),
+                    # its own (empty) input folder: the host's keyboard is no PC's person
+                    "--input-dir", str(self.folder / pc.name / "input"),
                     "--cpu-millicores", str(pc.cpu_millicores),
                     "--memory-mib", str(pc.memory_mib),
                     "--reserve-cpu-millicores", "0", "--reserve-memory-mib", "0",

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bus.connection import Bus
+from bus.devdocker import busybox_image, ensure_docker
 from bus.devservices import BrokerInfo, scratch_vhost
 from bus.topology import declare_platform
 
@@ -32,3 +33,10 @@ async def bus(broker: BrokerInfo) -> AsyncIterator[Bus]:
 def unique() -> str:
     """A short DNS-label-safe suffix, so each test's names are its own."""
     return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="session")
+def docker_image() -> str:
+    """The locally built busybox test image, on a dockerd started if needed."""
+    ensure_docker()
+    return busybox_image()

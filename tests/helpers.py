@@ -8,16 +8,30 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aio_pika.abc import AbstractIncomingMessage
 
 from bus import names
+from bus.abc import Runtime
 from bus.connection import Bus
 from bus.topology import QueueSpec
 from nodeagent.agent import Agent, AgentSettings
 from nodeagent.runtime.process import ProcessRuntime
+from nodeagent.tokens import TokenFiles
 from schemas import SCHEMA_HEADER, Message, lookup
+
+M = TypeVar("M", bound=Message)
+
+
+class Events:
+    """Events collected by :func:`collect_events`, picked by kind."""
+
+    def __init__(self, seen: list[Message]) -> None:
+        self.seen = seen
+
+    def of(self, kind: type[M]) -> list[M]:
+        return [event for event in self.seen if isinstance(event, kind)]
 
 
 async def wait_until(
@@ -85,10 +99,19 @@ def parse_node_event(message: AbstractIncomingMessage) -> Message:
     return cls.model_validate_json(message.body)
 
 
+def process_runtime(state_dir: Path, node: str, **options: Any) -> ProcessRuntime:
+    """A process runtime whose cgroups live under a test-only parent named for ``node``."""
+    return ProcessRuntime(state_dir, cgroup_parent=f"idlecloud-test/{node}", **options)
+
+
 @asynccontextmanager
-async def running_agent(bus: Bus, settings: AgentSettings, state_dir: Path) -> AsyncIterator[Agent]:
-    """An agent with the process runtime, started on ``bus``; stopped with its replicas."""
-    agent = Agent(settings, ProcessRuntime(state_dir))
+async def running_agent(
+    bus: Bus, settings: AgentSettings, state_dir: Path, runtime: Runtime | None = None
+) -> AsyncIterator[Agent]:
+    """An agent (by default with the process runtime) started on ``bus``; stopped with its
+    replicas."""
+    runtime = runtime or process_runtime(state_dir, settings.node)
+    agent = Agent(settings, runtime, TokenFiles(state_dir))
     await agent.start(bus)
     try:
         yield agent
@@ -96,3 +119,4 @@ async def running_agent(bus: Bus, settings: AgentSettings, state_dir: Path) -> A
         await agent.stop(1)
         for replica in await agent.runtime.replicas():
             await agent.runtime.stop(replica.replica_id, 0)
+        await agent.runtime.close()

@@ -11,9 +11,7 @@ import sys
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
 
-import psutil
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
@@ -21,15 +19,16 @@ from bus.connection import Bus
 from bus.devservices import BrokerInfo
 from nodeagent.agent import Agent, AgentSettings
 from nodeagent.policy import PolicySettings
-from nodeagent.runtime.process import ProcessRuntime
+from nodeagent.runtime.cgroup import Mounts
+from nodeagent.runtime.process import ProcessRuntime, frozen
 from nodeagent.timetable import Timetable
 from nodeagent.utmp import write_login, write_logout
 from schemas import (
-    Message,
     NodeHeartbeat,
     NodePresence,
     PresenceCause,
     PresenceState,
+    RenewToken,
     ReplicaState,
     ReplicaStatus,
     Resources,
@@ -37,26 +36,15 @@ from schemas import (
     StopReplica,
 )
 
-from .helpers import collect_events, parse_node_event, running_agent, wait_until
+from .helpers import Events, collect_events, parse_node_event, running_agent, wait_until
 
 
 def parse_presence(message: AbstractIncomingMessage) -> NodePresence:
     return NodePresence.model_validate_json(message.body)
 
 
-M = TypeVar("M", bound=Message)
 ONE_CPU = Resources(cpu_millicores=1000, memory_mib=128)
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class Events:
-    """Everything the agent publishes under its own node.<node>.… keys."""
-
-    def __init__(self, seen: list[Message]) -> None:
-        self.seen = seen
-
-    def of(self, kind: type[M]) -> list[M]:
-        return [event for event in self.seen if isinstance(event, kind)]
 
 
 @pytest.fixture
@@ -85,10 +73,10 @@ def start(
     )  # fmt: skip
 
 
-def process_state(agent: Agent, replica_id: str) -> str:
+def is_frozen(agent: Agent, replica_id: str) -> bool:
     runtime = agent.runtime
     assert isinstance(runtime, ProcessRuntime)
-    return str(psutil.Process(runtime._replicas[replica_id].pid).status())
+    return frozen(runtime._replicas[replica_id].pid, Mounts.read())
 
 
 async def test_the_agent_runs_replicas_and_gets_out_of_the_way_of_a_person(
@@ -120,7 +108,7 @@ async def test_the_agent_runs_replicas_and_gets_out_of_the_way_of_a_person(
     )  # fmt: skip
 
     write_login(agent.settings.utmp_path, "student", "tty7")
-    await wait_until(lambda: process_state(agent, "r1") == psutil.STATUS_STOPPED, what="a pause")
+    await wait_until(lambda: is_frozen(agent, "r1"), what="a pause")
     await wait_until(lambda: len(events.of(NodePresence)) == 2, what="presence busy")
     busy = events.of(NodePresence)[1].presence
     assert (busy.state, busy.cause) == (PresenceState.BUSY, PresenceCause.SESSION)
@@ -129,7 +117,7 @@ async def test_the_agent_runs_replicas_and_gets_out_of_the_way_of_a_person(
     assert events.of(ReplicaStatus)[2].reason == "this PC is occupied (session)"
 
     write_logout(agent.settings.utmp_path, "tty7")
-    await wait_until(lambda: process_state(agent, "r1") != psutil.STATUS_STOPPED, what="a resume")
+    await wait_until(lambda: not is_frozen(agent, "r1"), what="a resume")
     await wait_until(lambda: len(events.of(NodePresence)) == 3, what="presence idle again")
     assert events.of(NodePresence)[2].presence.state is PresenceState.IDLE
 
@@ -190,19 +178,42 @@ async def test_bus_agent_run_takes_settings_from_toml_and_flags_win(
         assert await asyncio.wait_for(agent.wait(), 30) == 0
 
 
-async def test_an_exited_replica_holds_no_capacity(bus: Bus, rig: tuple[Agent, Events]) -> None:
+async def test_a_replica_gets_the_contract_reports_its_end_and_then_holds_no_capacity(
+    bus: Bus, rig: tuple[Agent, Events]
+) -> None:
+    """The replica reads its environment and token file, exits 3; the agent says so."""
     agent, events = rig
     most = Resources(cpu_millicores=2500, memory_mib=128)  # 3 CPUs allocatable
+    script = (
+        "import os, sys; e = os.environ; "
+        "print(e['IDLECLOUD_NAMESPACE'], e['IDLECLOUD_APP'], e['IDLECLOUD_REPLICA']); "
+        "print(open(e['IDLECLOUD_TOKEN_FILE']).read()); sys.exit(3)"
+    )
     quick = start(agent, "quick", reservation=most)
-    await bus.publish(quick.model_copy(update={"command": (sys.executable, "-c", "pass")}))
-    await wait_until(lambda: len(events.of(ReplicaStatus)) == 1, what="the first start")
-    await wait_until(lambda: agent.runtime is not None and _exited(agent, "quick"), what="its exit")
+    await bus.publish(quick.model_copy(update={"command": (sys.executable, "-c", script)}))
+    await wait_until(
+        lambda: any(s.exit_code is not None for s in events.of(ReplicaStatus)), what="its end"
+    )
+    started, ended = events.of(ReplicaStatus)
+    assert (started.state, ended.state, ended.exit_code) == (
+        ReplicaState.RUNNING, ReplicaState.FAILED, 3
+    )  # fmt: skip
+    assert ended.reason == "exited with code 3"
+    assert ended.log_tail == ("alice stereo quick", "not-used-by-the-process-runtime")
     await bus.publish(start(agent, "next", reservation=most))
-    await wait_until(lambda: len(events.of(ReplicaStatus)) == 2, what="the second start")
-    assert events.of(ReplicaStatus)[1].state is ReplicaState.RUNNING
+    await wait_until(lambda: len(events.of(ReplicaStatus)) == 3, what="the second start")
+    assert events.of(ReplicaStatus)[2].state is ReplicaState.RUNNING
+    assert len([s for s in events.of(ReplicaStatus) if s.exit_code is not None]) == 1  # once
 
 
-def _exited(agent: Agent, replica_id: str) -> bool:
-    runtime = agent.runtime
-    assert isinstance(runtime, ProcessRuntime)
-    return runtime._replicas[replica_id].exit_code is not None
+async def test_a_renewed_token_is_rewritten_in_place(bus: Bus, rig: tuple[Agent, Events]) -> None:
+    agent, events = rig
+    await bus.publish(start(agent, "renewed"))
+    await wait_until(lambda: len(events.of(ReplicaStatus)) == 1, what="the start")
+    token_file = agent.tokens.folder("renewed") / "token"
+    assert token_file.read_text() == "not-used-by-the-process-runtime"
+    node = agent.settings.node
+    await bus.publish(RenewToken(node=node, epoch=5, replica_id="renewed", token="fresh"))
+    await wait_until(lambda: token_file.read_text() == "fresh", what="the renewal")
+    await bus.publish(StopReplica(node=node, epoch=5, replica_id="renewed", grace_s=0))
+    await wait_until(lambda: not token_file.parent.exists(), what="the token's removal")

@@ -1,4 +1,8 @@
-"""The process runtime with real process groups: limits, pause, stop, exit, adoption."""
+"""The process runtime with real process groups: limits, pause, stop, exit, adoption.
+
+As root on this machine's cgroup v1 tree each replica gets its own control group (CPU
+quota, memory limit, freezer); one test also runs without cgroups (rlimits, SIGSTOP).
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from nodeagent.runtime.process import ProcessRuntime
+from nodeagent.runtime.cgroup import Cgroup, Mounts
+from nodeagent.runtime.process import ProcessRuntime, frozen
 from nodeagent.runtime.spec import ReplicaInfo, ReplicaSpec
 from schemas import ReplicaState
 
-from .helpers import wait_until
+from .helpers import process_runtime, wait_until
+
+MOUNTS = Mounts.read()
 
 BUSY_LOOP = "while True: pass"
 
@@ -43,6 +50,10 @@ def cpu_seconds(pid: int) -> float:
     return sum(p.cpu_times().user + p.cpu_times().system for p in tree(pid))
 
 
+def all_frozen(pid: int) -> bool:
+    return all(frozen(p.pid, MOUNTS) for p in tree(pid))
+
+
 async def info(runtime: ProcessRuntime, replica_id: str) -> ReplicaInfo:
     replicas = await runtime.replicas(with_usage=True)
     return next(r for r in replicas if r.replica_id == replica_id)
@@ -50,10 +61,10 @@ async def info(runtime: ProcessRuntime, replica_id: str) -> ReplicaInfo:
 
 @pytest.fixture
 async def runtime(tmp_path: Path) -> ProcessRuntime:
-    return ProcessRuntime(tmp_path / "state", usage_interval_s=0)
+    return process_runtime(tmp_path / "state", tmp_path.name, usage_interval_s=0)
 
 
-async def test_a_replica_runs_in_its_own_group_at_nice_19_with_its_memory_cap(
+async def test_a_replica_runs_in_its_own_cgroup_at_nice_19_with_its_limits(
     runtime: ProcessRuntime,
 ) -> None:
     await runtime.start(busy_tree("r1"))
@@ -62,17 +73,41 @@ async def test_a_replica_runs_in_its_own_group_at_nice_19_with_its_memory_cap(
         await wait_until(lambda: len(tree(pid)) == 2, what="the child process")
         assert os.getsid(pid) == pid and os.getpgid(pid) == pid
         assert all(p.nice() == 19 for p in tree(pid))
-        limit = 256 * 1024 * 1024
-        assert psutil.Process(pid).rlimit(resource.RLIMIT_DATA) == (limit, limit)
+        group = Cgroup.of_pid(pid, MOUNTS)
+        assert group == runtime._replicas["r1"].cgroup  # the child joined before exec
+        assert Cgroup.of_pid(tree(pid)[1].pid, MOUNTS) == group  # and its own child followed
+        cpu, memory = group.dirs["cpu"], group.dirs["memory"]
+        assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "100000"  # 1000m of 100 ms
+        assert (cpu / "cpu.shares").read_text().strip() == "2"
+        assert int((memory / "memory.limit_in_bytes").read_text()) == 256 * 2**20
+        assert psutil.Process(pid).rlimit(resource.RLIMIT_DATA)[0] == resource.RLIM_INFINITY
         await runtime.start(busy_tree("r1"))  # idempotent: no second replica
         assert [r.replica_id for r in await runtime.replicas()] == ["r1"]
         await info(runtime, "r1")  # usage is a rate: the first sample sets the baseline
         await asyncio.sleep(0.5)
         running = await info(runtime, "r1")
         assert running.state is ReplicaState.RUNNING
-        assert running.usage.cpu_millicores > 100  # two busy processes, even at nice 19
+        assert 100 < running.usage.cpu_millicores <= 1100  # two busy processes, 1 CPU quota
+        assert running.usage.memory_mib > 0
     finally:
         await runtime.stop("r1", grace_s=0)
+    assert not group.dirs["cpu"].exists()  # its cgroup went with it
+
+
+async def test_without_cgroups_rlimits_and_signals_do_the_work(tmp_path: Path) -> None:
+    runtime = ProcessRuntime(tmp_path / "state", cgroup_parent=None)
+    await runtime.start(busy_tree("plain"))
+    pid = runtime._replicas["plain"].pid
+    try:
+        await wait_until(lambda: len(tree(pid)) == 2, what="the child process")
+        limit = 256 * 1024 * 1024
+        assert psutil.Process(pid).rlimit(resource.RLIMIT_DATA) == (limit, limit)
+        await runtime.pause("plain")
+        await wait_until(lambda: all(p.status() == psutil.STATUS_STOPPED for p in tree(pid)))
+        await runtime.resume("plain")
+        await wait_until(lambda: not any(frozen(p.pid, MOUNTS) for p in tree(pid)))
+    finally:
+        await runtime.stop("plain", grace_s=0)
 
 
 async def test_a_paused_replica_uses_no_cpu_and_a_stopped_paused_one_never_runs_again(
@@ -82,7 +117,7 @@ async def test_a_paused_replica_uses_no_cpu_and_a_stopped_paused_one_never_runs_
     pid = runtime._replicas["r2"].pid
     await wait_until(lambda: len(tree(pid)) == 2, what="the child process")
     await runtime.pause("r2")
-    await wait_until(lambda: all(p.status() == psutil.STATUS_STOPPED for p in tree(pid)))
+    assert all_frozen(pid)  # pause returns once the freezer says FROZEN
     frozen_at = cpu_seconds(pid)
     await asyncio.sleep(0.5)
     assert cpu_seconds(pid) == frozen_at
@@ -91,7 +126,7 @@ async def test_a_paused_replica_uses_no_cpu_and_a_stopped_paused_one_never_runs_
     await asyncio.sleep(0.3)
     assert cpu_seconds(pid) > frozen_at
     await runtime.pause("r2")
-    await wait_until(lambda: all(p.status() == psutil.STATUS_STOPPED for p in tree(pid)))
+    assert all_frozen(pid)
     members = tree(pid)
     await runtime.stop("r2", grace_s=30)  # paused: SIGKILL at once, not after 30 s
     await wait_until(lambda: not any(p.is_running() and p.status() != "zombie" for p in members))
@@ -129,20 +164,23 @@ async def test_an_exited_replica_reports_its_code_and_last_log_lines(
 
 
 async def test_a_restarted_agent_adopts_its_replicas_and_no_one_elses(tmp_path: Path) -> None:
-    first = ProcessRuntime(tmp_path / "edge")
+    def edge() -> ProcessRuntime:
+        return process_runtime(tmp_path / "edge", f"edge{tmp_path.name}")
+
+    first = edge()
     await first.start(busy_tree("r4"))
-    other = ProcessRuntime(tmp_path / "ninja")
+    other = process_runtime(tmp_path / "ninja", f"ninja{tmp_path.name}")
     await other.start(busy_tree("r5"))
     pid = first._replicas["r4"].pid
     try:
-        restarted = ProcessRuntime(tmp_path / "edge")
+        restarted = edge()
         adopted = restarted.adopt()
         assert [(r.replica_id, r.state) for r in adopted] == [("r4", ReplicaState.RUNNING)]
         await restarted.pause("r4")
-        await wait_until(lambda: psutil.Process(pid).status() == psutil.STATUS_STOPPED)
-        assert [r.state for r in ProcessRuntime(tmp_path / "edge").adopt()] == [ReplicaState.PAUSED]
+        assert all_frozen(pid)
+        assert [r.state for r in edge().adopt()] == [ReplicaState.PAUSED]
         await restarted.stop("r4", grace_s=0)
-        assert ProcessRuntime(tmp_path / "edge").adopt() == []
+        assert edge().adopt() == []
     finally:
         await first.stop("r4", grace_s=0)
         await other.stop("r5", grace_s=0)

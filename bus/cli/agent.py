@@ -11,13 +11,17 @@ from typing import Annotated
 
 import psutil
 import typer
+from yarl import URL
 
+from bus.abc import Runtime
 from bus.cli._common import DEFAULT_URL, UrlOption, fail
 from bus.service import run
 from nodeagent.agent import Agent, AgentSettings
 from nodeagent.policy import PolicySettings
+from nodeagent.runtime.docker import DockerRuntime
 from nodeagent.runtime.process import ProcessRuntime
 from nodeagent.timetable import Timetable
+from nodeagent.tokens import TokenFiles
 from schemas import Resources
 from schemas.base import DNS_LABEL_PATTERN
 
@@ -71,6 +75,9 @@ def run_agent(
     utmp: Annotated[Path, _option("The utmp file to watch for logins.", "UTMP")] = Path(
         "/var/run/utmp"
     ),
+    input_dir: Annotated[
+        Path, _option("Where keyboards and mice are (event* devices).", "INPUT_DIR")
+    ] = Path("/dev/input"),
     state_dir: Annotated[Path, _option("Where the agent keeps its records.", "STATE_DIR")] = Path(
         "/var/lib/idlecloud/agent"
     ),
@@ -95,6 +102,9 @@ def run_agent(
     max_suspend_s: Annotated[
         float, _option("Seconds a replica may stay paused before eviction.", "MAX_SUSPEND_S")
     ] = 600.0,
+    input_active_s: Annotated[
+        float, _option("Seconds a key press or mouse move counts as presence.", "INPUT_ACTIVE_S")
+    ] = 60.0,
     heartbeat_s: Annotated[float, _option("Seconds between heartbeats.", "HEARTBEAT_S")] = 1.0,
     busy_load: Annotated[
         float, _option("Cores of foreign CPU load that mean someone uses the PC.", "BUSY_LOAD")
@@ -113,6 +123,21 @@ def run_agent(
         list[str] | None,
         typer.Option(help="Class hours to leave the PC alone, e.g. 'mon-fri 08:00-12:00'."),
     ] = None,
+    runtime: Annotated[
+        str, _option("How replicas run: 'process' or 'docker'.", "RUNTIME")
+    ] = "process",
+    docker_network: Annotated[
+        str, _option("Docker network mode for replicas' containers.", "DOCKER_NETWORK")
+    ] = "host",
+    docker_user: Annotated[
+        str, _option("The unprivileged uid:gid replicas' containers run as.", "DOCKER_USER")
+    ] = "65534:65534",
+    replica_url: Annotated[
+        str | None,
+        _option(
+            "Broker URL given to replicas (default: --url without credentials).", "REPLICA_URL"
+        ),
+    ] = None,
 ) -> None:
     """Run this PC's agent until SIGTERM (replicas keep running for the next agent to adopt)."""
     name = node or _default_node()
@@ -125,12 +150,15 @@ def run_agent(
             start_idle_s=start_idle_s,
             continue_idle_s=continue_idle_s,
             max_suspend_s=max_suspend_s,
+            input_active_s=input_active_s,
             busy_load=busy_load,
             busy_load_for_s=busy_load_for_s,
         )
         hours = Timetable.parse(timetable or [])
     except ValueError as error:
         fail(str(error))
+    if runtime not in ("process", "docker"):
+        fail(f"unknown runtime {runtime!r}; pass --runtime process or --runtime docker")
     settings = AgentSettings(
         node=name,
         capacity=Resources(
@@ -139,12 +167,20 @@ def run_agent(
         ),
         reserved=Resources(cpu_millicores=reserve_cpu_millicores, memory_mib=reserve_memory_mib),
         utmp_path=utmp,
+        input_dir=input_dir,
         policy=policy,
         heartbeat_s=heartbeat_s,
         timetable=hours,
         load_sample_s=load_sample_s,
         platform_users=tuple(platform_user or ()),
+        replica_url=replica_url or str(URL(url).with_user(None)),
     )
-    runtime = ProcessRuntime(state_dir)
-    runtime.adopt()
-    run(url, [Agent(settings, runtime)], name=f"agent {name}", grace_s=5)
+    replicas: Runtime
+    if runtime == "docker":
+        replicas = DockerRuntime(name, network_mode=docker_network, user=docker_user)
+    else:
+        process_runtime = ProcessRuntime(state_dir, cgroup_parent=f"idlecloud/{name}")
+        process_runtime.adopt()
+        replicas = process_runtime
+    agent = Agent(settings, replicas, TokenFiles(state_dir))
+    run(url, [agent], name=f"agent {name}", grace_s=5)

@@ -13,6 +13,7 @@ from bus import names
 from bus.cli._common import DEFAULT_URL, JsonOption, UrlOption, console, print_json, run_async
 from bus.connection import Bus
 from bus.consumer import DEAD_REASON_HEADER
+from bus.devdocker import busybox_image, ensure_docker
 from bus.devservices import ensure_rabbitmq
 from bus.topology import declare_platform
 from schemas import export_json_schemas
@@ -135,11 +136,21 @@ def export(
 
 
 @dev_app.command("up")
-def dev_up(url: UrlOption = DEFAULT_URL) -> None:
+def dev_up(
+    url: UrlOption = DEFAULT_URL,
+    docker: Annotated[
+        bool, typer.Option(help="Also start dockerd (no bridge) and build the test image.")
+    ] = False,
+) -> None:
     """Install (as root) and start RabbitMQ on 127.0.0.1, and declare the platform topology."""
     with console.status("starting RabbitMQ on 127.0.0.1 ..."):
         run_async(lambda: _ensure_and_declare(url))
     console.print(f"RabbitMQ is up; platform topology declared. IDLECLOUD_URL={url}")
+    if docker:
+        with console.status("starting dockerd and building the test image ..."):
+            ensure_docker()
+            image = busybox_image()
+        console.print(f"dockerd is up; test image {image} built")
 
 
 async def _ensure_and_declare(url: str) -> None:

@@ -1,9 +1,12 @@
 """The process runtime: replicas as local process groups, for PCs without Docker.
 
 Each replica runs in its own session (so its whole process tree is one process group),
-at nice 19 so the person's programs always come first, with its writable private memory
-capped by ``RLIMIT_DATA`` at its reservation. Pausing stops the whole group (SIGSTOP),
-resuming continues it (SIGCONT). Stopping sends SIGTERM and SIGKILL after the grace
+at nice 19 so the person's programs always come first. Where the cgroup tree is writable
+(root on v1 or v2) each replica gets its own control group, joined before ``exec``, with
+a CPU quota and memory limit equal to its reservation at the lowest CPU weight; pausing
+freezes the group (the kernel's freezer, which no child can escape) and waits until it is
+frozen. Elsewhere its writable private memory is capped by ``RLIMIT_DATA`` and pausing
+stops its process group (SIGSTOP). Stopping sends SIGTERM and SIGKILL after the grace
 period; a paused replica gets SIGKILL at once, since a SIGTERM would need it to run first.
 
 A small JSON record per replica in the agent's state folder lets a restarted agent adopt
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import resource
 import signal
@@ -28,12 +32,17 @@ from typing import Any
 import psutil
 
 from nodeagent.load import PLATFORM_MARKER
-from nodeagent.runtime.spec import ReplicaInfo, ReplicaSpec
+from nodeagent.runtime.cgroup import Cgroup, Mounts
+from nodeagent.runtime.spec import CpuMeter, ReplicaInfo, ReplicaSpec, StartFailed
+from nodeagent.tokens import TOKEN_FILE_ENV
 from schemas import ReplicaState, Resources
 
-__all__ = ["ProcessRuntime"]
+__all__ = ["ProcessRuntime", "frozen"]
+
+log = logging.getLogger(__name__)
 
 _LOG_TAIL_LINES = 20
+_FREEZE_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -41,10 +50,11 @@ class _Replica:
     spec: ReplicaSpec
     pid: int
     started_at: float
+    cgroup: Cgroup | None = None
     process: asyncio.subprocess.Process | None = None
     paused: bool = False
     exit_code: int | None = None
-    cpu_seen: tuple[float, float] | None = None  # (wall clock, cpu seconds) at last sample
+    meter: CpuMeter = field(default_factory=CpuMeter)
     usage: Resources = field(default_factory=Resources)
     reaper: asyncio.Task[None] | None = None
 
@@ -59,11 +69,26 @@ def _tree(pid: int, children: dict[int, list[int]]) -> list[int]:
     return found
 
 
-def _limit_child(memory_mib: int) -> None:
+def frozen(pid: int, mounts: Mounts) -> bool:
+    """True if ``pid`` cannot run: its freezer cgroup is frozen, or it is stopped by a signal.
+
+    Raises:
+        psutil.NoSuchProcess: it is gone.
+    """
+    with contextlib.suppress(OSError):
+        if Cgroup.of_pid(pid, mounts).frozen():
+            return True
+    return bool(psutil.Process(pid).status() == psutil.STATUS_STOPPED)
+
+
+def _limit_child(memory_mib: int, cgroup: Cgroup | None) -> None:
     """Runs in the child between fork and exec: lowest CPU priority, bounded memory."""
     os.nice(19)
-    limit = memory_mib * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    if cgroup is not None:
+        cgroup.join(os.getpid())
+    else:
+        limit = memory_mib * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 
 
 class ProcessRuntime:
@@ -71,13 +96,30 @@ class ProcessRuntime:
 
     name = "process"
 
-    def __init__(self, state_dir: str | Path, *, usage_interval_s: float = 5.0) -> None:
-        """Keep replicas' records in ``state_dir``; measure their use every ``usage_interval_s``."""
+    def __init__(
+        self,
+        state_dir: str | Path,
+        *,
+        usage_interval_s: float = 5.0,
+        cgroup_parent: str | None = "idlecloud",
+    ) -> None:
+        """Keep replicas' records in ``state_dir``; measure their use every ``usage_interval_s``.
+
+        Replicas' control groups go under ``cgroup_parent`` (None: use no cgroups).
+        """
         self._dir = Path(state_dir) / "replicas"
         self._dir.mkdir(parents=True, exist_ok=True)
         self._replicas: dict[str, _Replica] = {}
         self._usage_interval_s = usage_interval_s
         self._sampled_at = -float("inf")
+        self._cgroup_parent = cgroup_parent
+        self._mounts = Mounts.read()
+
+    def _cgroup(self, replica_id: str) -> Cgroup | None:
+        """The replica's control group (made if missing), or None where cgroups are unusable."""
+        if self._cgroup_parent is None:
+            return None
+        return Cgroup.create(f"{self._cgroup_parent}/{replica_id}", self._mounts)
 
     def _record_path(self, replica_id: str) -> Path:
         return self._dir / f"{replica_id}.json"
@@ -89,26 +131,40 @@ class ProcessRuntime:
         """Start the replica unless it exists.
 
         Raises:
-            OSError: its command could not be started (missing program, say).
+            StartFailed: its command could not be started (missing program, say).
         """
         if spec.replica_id in self._replicas:
             return
-        with self._log_path(spec.replica_id).open("ab") as log:
-            process = await asyncio.create_subprocess_exec(
-                *spec.command,
-                env={
-                    "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                    **spec.env,
-                    PLATFORM_MARKER: "1",  # its CPU is never a person's
-                },
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=lambda: _limit_child(spec.memory_mib),
-            )
+        cgroup = self._cgroup(spec.replica_id)
+        if cgroup is not None:
+            try:
+                cgroup.limit(spec.cpu_millicores, spec.memory_mib)
+            except OSError:
+                cgroup.remove()
+                cgroup = None
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **spec.env}
+        env[PLATFORM_MARKER] = "1"  # its CPU is never a person's
+        if spec.token_dir is not None:
+            env[TOKEN_FILE_ENV] = str(spec.token_dir / "token")
+        try:
+            with self._log_path(spec.replica_id).open("ab") as log:
+                process = await asyncio.create_subprocess_exec(
+                    *spec.command,
+                    env=env,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=lambda: _limit_child(spec.memory_mib, cgroup),
+                )
+        except OSError as error:
+            if cgroup is not None:
+                cgroup.remove()
+            raise StartFailed(
+                f"could not start {spec.command[:1]}: {error.strerror or error}"
+            ) from None
         started_at = psutil.Process(process.pid).create_time()
-        replica = _Replica(spec, process.pid, started_at, process)
+        replica = _Replica(spec, process.pid, started_at, cgroup, process)
         self._replicas[spec.replica_id] = replica
         self._save(replica)
         replica.reaper = asyncio.create_task(self._reap(replica))
@@ -125,6 +181,7 @@ class ProcessRuntime:
             "memory_mib": spec.memory_mib,
             "pid": replica.pid,
             "started_at": replica.started_at,
+            "cgroup": replica.cgroup is not None,
         }
         staged = self._record_path(spec.replica_id).with_suffix(".tmp")
         staged.write_text(json.dumps(record))
@@ -148,12 +205,14 @@ class ProcessRuntime:
                 cpu_millicores=record["cpu_millicores"],
                 memory_mib=record["memory_mib"],
             )
-            replica = _Replica(spec, record["pid"], record["started_at"])
+            cgroup = self._cgroup(spec.replica_id) if record.get("cgroup") else None
+            replica = _Replica(spec, record["pid"], record["started_at"], cgroup)
             process = self._process(replica)
             if process is None:
                 replica.exit_code = -1  # it ended while no agent watched; its code is lost
             else:
-                replica.paused = process.status() == psutil.STATUS_STOPPED
+                with contextlib.suppress(psutil.Error):
+                    replica.paused = frozen(process.pid, self._mounts)
             self._replicas[spec.replica_id] = replica
         return [self._info(replica) for replica in self._replicas.values()]
 
@@ -171,25 +230,48 @@ class ProcessRuntime:
             return None
         return process
 
-    def _signal(self, replica_id: str, signum: signal.Signals) -> _Replica | None:
+    def _live(self, replica_id: str) -> _Replica | None:
         replica = self._replicas.get(replica_id)
         if replica is None or self._process(replica) is None:
             return None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(replica.pid, signum)
         return replica
 
+    @staticmethod
+    def _signal(replica: _Replica, signum: signal.Signals) -> None:
+        """Signal its process group and, with a cgroup, every process in the group."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(replica.pid, signum)
+        for pid in replica.cgroup.pids() if replica.cgroup is not None else ():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
     async def pause(self, replica_id: str) -> None:
-        """Stop every process of the replica (SIGSTOP to its group)."""
-        replica = self._signal(replica_id, signal.SIGSTOP)
-        if replica is not None:
-            replica.paused = True
+        """Freeze every process of the replica; returns once they are frozen."""
+        replica = self._live(replica_id)
+        if replica is None:
+            return
+        if replica.cgroup is None:
+            self._signal(replica, signal.SIGSTOP)
+        else:
+            replica.cgroup.freeze()
+            deadline = time.monotonic() + _FREEZE_TIMEOUT_S
+            while not replica.cgroup.frozen():
+                if time.monotonic() > deadline:
+                    log.warning("replica %s is still freezing", replica_id)
+                    break
+                await asyncio.sleep(0.001)
+        replica.paused = True
 
     async def resume(self, replica_id: str) -> None:
-        """Continue a paused replica (SIGCONT to its group)."""
-        replica = self._signal(replica_id, signal.SIGCONT)
-        if replica is not None:
-            replica.paused = False
+        """Thaw a paused replica."""
+        replica = self._live(replica_id)
+        if replica is None:
+            return
+        if replica.cgroup is None:
+            self._signal(replica, signal.SIGCONT)
+        else:
+            replica.cgroup.thaw()
+        replica.paused = False
 
     async def stop(self, replica_id: str, grace_s: float) -> None:
         """SIGTERM, SIGKILL after ``grace_s``; SIGKILL at once if paused. Forgets it."""
@@ -198,10 +280,14 @@ class ProcessRuntime:
             return
         if self._process(replica) is not None:
             first = signal.SIGKILL if replica.paused or grace_s <= 0 else signal.SIGTERM
-            self._signal(replica_id, first)
+            self._signal(replica, first)
+            if replica.cgroup is not None and first is signal.SIGKILL:
+                replica.cgroup.thaw()  # frozen tasks die only once thawed
             if not await self._gone_within(replica, grace_s):
-                self._signal(replica_id, signal.SIGKILL)
+                self._signal(replica, signal.SIGKILL)
                 await self._gone_within(replica, 10.0)
+        if replica.cgroup is not None:
+            replica.cgroup.remove()
         del self._replicas[replica_id]
         self._record_path(replica_id).unlink(missing_ok=True)
 
@@ -226,11 +312,12 @@ class ProcessRuntime:
     def _sample_all(self) -> None:
         self._sampled_at = time.monotonic()
         children: dict[int, list[int]] = {}
-        for member in psutil.process_iter(["ppid"]):
-            children.setdefault(member.info["ppid"], []).append(member.pid)
+        if any(replica.cgroup is None for replica in self._replicas.values()):
+            for member in psutil.process_iter(["ppid"]):
+                children.setdefault(member.info["ppid"], []).append(member.pid)
         for replica in self._replicas.values():
             if self._alive(replica):
-                replica.usage = self._sample(replica, _tree(replica.pid, children))
+                replica.usage = self._sample(replica, children)
 
     def _alive(self, replica: _Replica) -> bool:
         """Our own children are reaped by their watcher; adopted ones are looked up."""
@@ -257,23 +344,27 @@ class ProcessRuntime:
         )
 
     @staticmethod
-    def _sample(replica: _Replica, pids: list[int]) -> Resources:
-        cpu_s, rss = 0.0, 0
-        for pid in pids:
-            with contextlib.suppress(psutil.Error):
-                member = psutil.Process(pid)
-                with member.oneshot():
-                    times = member.cpu_times()
-                    cpu_s += times.user + times.system
-                    rss += member.memory_info().rss
-        now = time.monotonic()
-        millicores = 0
-        if replica.cpu_seen is not None:
-            wall_s = now - replica.cpu_seen[0]
-            if wall_s > 0:
-                millicores = max(0, round((cpu_s - replica.cpu_seen[1]) / wall_s * 1000))
-        replica.cpu_seen = (now, cpu_s)
-        return Resources(cpu_millicores=min(millicores, 1_024_000), memory_mib=rss // 2**20)
+    def _sample(replica: _Replica, children: dict[int, list[int]]) -> Resources:
+        """CPU rate and memory of the replica: from its cgroup, else its process tree."""
+        cgroup = replica.cgroup
+        cpu_ns = cgroup.cpu_usage_ns() if cgroup is not None else None
+        memory = cgroup.memory_bytes() if cgroup is not None else None
+        if cpu_ns is not None and memory is not None:
+            cpu_s = cpu_ns / 1e9
+        else:
+            cpu_s, memory = 0.0, 0
+            for pid in _tree(replica.pid, children):
+                with contextlib.suppress(psutil.Error):
+                    member = psutil.Process(pid)
+                    with member.oneshot():
+                        times = member.cpu_times()
+                        cpu_s += times.user + times.system
+                        memory += member.memory_info().rss
+        millicores = replica.meter.millicores(cpu_s, time.monotonic())
+        return Resources(cpu_millicores=millicores, memory_mib=memory // 2**20)
+
+    async def close(self) -> None:
+        """Nothing to release: replicas are plain processes and keep running."""
 
     def _log_tail(self, replica_id: str) -> tuple[str, ...]:
         try:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from schemas import ReplicaState, Resources
 
-__all__ = ["ReplicaInfo", "ReplicaSpec"]
+__all__ = ["CpuMeter", "ReplicaInfo", "ReplicaSpec", "StartFailed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +23,8 @@ class ReplicaSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     cpu_millicores: int = 1000
     memory_mib: int = 256
+    #: A folder holding the replica's broker token as ``token`` (the agent rewrites it).
+    token_dir: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,3 +39,22 @@ class ReplicaInfo:
     usage: Resources = field(default_factory=Resources)
     exit_code: int | None = None
     log_tail: tuple[str, ...] = ()
+
+
+class StartFailed(Exception):
+    """A replica could not be started; the message says why, for its failed status."""
+
+
+@dataclass(slots=True)
+class CpuMeter:
+    """Turns a cumulative CPU-time counter into millicores between two readings."""
+
+    seen: tuple[float, float] | None = None  # (monotonic clock, CPU seconds) at the last reading
+
+    def millicores(self, cpu_s: float, now: float) -> int:
+        """The CPU rate since the previous reading (0 for the first one)."""
+        rate = 0
+        if self.seen is not None and now > self.seen[0]:
+            rate = max(0, round((cpu_s - self.seen[1]) / (now - self.seen[0]) * 1000))
+        self.seen = (now, cpu_s)
+        return min(rate, 1_024_000)

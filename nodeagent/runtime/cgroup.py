@@ -1,0 +1,202 @@
+"""Linux control groups, v1 and v2: find a process's groups, read use, set limits, freeze.
+
+One :class:`Cgroup` names a group in every hierarchy that matters here (``cpu``,
+``cpuacct``, ``memory`` and ``freezer`` on v1; the one unified tree on v2). The Docker
+runtime reads a container's use through it; the process runtime creates one group per
+replica with its CPU quota and memory limit, moves the replica into it before ``exec``,
+and freezes it to pause. Where the tree is not writable the process runtime falls back
+to rlimits and signals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["CPU_PERIOD_US", "Cgroup", "Mounts"]
+
+#: The CFS period our CPU quotas are expressed in.
+CPU_PERIOD_US = 100_000
+_V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "freezer")
+
+
+@dataclass(frozen=True, slots=True)
+class Mounts:
+    """Where each v1 controller and the v2 tree are mounted (from ``/proc/self/mounts``)."""
+
+    v1: dict[str, Path]
+    v2: Path | None
+
+    @classmethod
+    def read(cls, mounts_file: str = "/proc/self/mounts") -> Mounts:
+        """The cgroup mounts of this machine."""
+        v1: dict[str, Path] = {}
+        v2: Path | None = None
+        for line in Path(mounts_file).read_text().splitlines():
+            fields = line.split()
+            if len(fields) < 4:
+                continue
+            kind, where, options = fields[2], Path(fields[1]), fields[3].split(",")
+            if kind == "cgroup2":
+                v2 = where
+            elif kind == "cgroup":
+                v1.update({option: where for option in options if option in _V1_CONTROLLERS})
+        return cls(v1, v2)
+
+    @property
+    def unified(self) -> bool:
+        """True where the v1 controllers are absent and the v2 tree does everything."""
+        return not self.v1 and self.v2 is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Cgroup:
+    """One control group, as a folder per v1 controller or one v2 folder."""
+
+    dirs: dict[str, Path]  # controller -> folder; on v2 every controller maps to one folder
+    unified: bool
+
+    @classmethod
+    def of_pid(cls, pid: int, mounts: Mounts) -> Cgroup:
+        """The groups ``pid`` belongs to.
+
+        Raises:
+            OSError: the process is gone.
+        """
+        dirs: dict[str, Path] = {}
+        for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            relative = path.lstrip("/")
+            if controllers == "" and mounts.unified and mounts.v2 is not None:
+                dirs = dict.fromkeys(_V1_CONTROLLERS, mounts.v2 / relative)
+            for controller in controllers.split(","):
+                if controller in mounts.v1:
+                    dirs[controller] = mounts.v1[controller] / relative
+        return cls(dirs, mounts.unified)
+
+    @classmethod
+    def create(cls, relative: str, mounts: Mounts) -> Cgroup | None:
+        """Make the group ``relative`` (e.g. ``idlecloud/r1``) in every hierarchy we use.
+
+        Returns None where the tree is not writable (no root, a read-only mount).
+        """
+        if mounts.unified:
+            assert mounts.v2 is not None
+            group = cls(dict.fromkeys(_V1_CONTROLLERS, mounts.v2 / relative), unified=True)
+            parent = mounts.v2
+            try:
+                for part in Path(relative).parts:
+                    # the parent must hand its cpu and memory controllers down to us
+                    (parent / "cgroup.subtree_control").write_text("+cpu +memory")
+                    parent = parent / part
+                    parent.mkdir(exist_ok=True)
+            except OSError:
+                return None
+            return group
+        if not all(controller in mounts.v1 for controller in _V1_CONTROLLERS):
+            return None
+        group = cls({c: mounts.v1[c] / relative for c in _V1_CONTROLLERS}, unified=False)
+        try:
+            for folder in group.dirs.values():
+                folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return None
+        return group
+
+    def _file(self, controller: str, v1_name: str, v2_name: str) -> Path:
+        return self.dirs[controller] / (v2_name if self.unified else v1_name)
+
+    def limit(self, cpu_millicores: int, memory_mib: int) -> None:
+        """CPU quota and memory limit equal to a reservation, at the lowest CPU weight.
+
+        Raises:
+            OSError: the limits could not be written.
+        """
+        quota_us = max(1000, cpu_millicores * CPU_PERIOD_US // 1000)
+        memory_bytes = memory_mib * 2**20
+        if self.unified:
+            folder = self.dirs["cpu"]
+            (folder / "cpu.max").write_text(f"{quota_us} {CPU_PERIOD_US}")
+            (folder / "cpu.weight").write_text("1")
+            (folder / "memory.max").write_text(str(memory_bytes))
+            (folder / "memory.swap.max").write_text("0")
+            return
+        (self.dirs["cpu"] / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+        (self.dirs["cpu"] / "cpu.cfs_quota_us").write_text(str(quota_us))
+        (self.dirs["cpu"] / "cpu.shares").write_text("2")
+        (self.dirs["memory"] / "memory.limit_in_bytes").write_text(str(memory_bytes))
+
+    def join(self, pid: int) -> None:
+        """Move ``pid`` into this group (children it forks later follow it).
+
+        Raises:
+            OSError: the group is gone or not writable.
+        """
+        for folder in set(self.dirs.values()):
+            (folder / "cgroup.procs").write_text(str(pid))
+
+    def cpu_usage_ns(self) -> int | None:
+        """CPU time used by the whole group, or None if it cannot be read."""
+        try:
+            if self.unified:
+                for line in (self.dirs["cpuacct"] / "cpu.stat").read_text().splitlines():
+                    key, value = line.split()
+                    if key == "usage_usec":
+                        return int(value) * 1000
+                return None
+            return int((self.dirs["cpuacct"] / "cpuacct.usage").read_text())
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def memory_bytes(self) -> int | None:
+        """Memory charged to the group now, or None if it cannot be read."""
+        try:
+            return int(self._file("memory", "memory.usage_in_bytes", "memory.current").read_text())
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def freeze(self) -> None:
+        """Ask the kernel to freeze every task of the group (see :meth:`frozen`).
+
+        Raises:
+            OSError: the freezer is not writable.
+        """
+        self._file("freezer", "freezer.state", "cgroup.freeze").write_text(
+            "1" if self.unified else "FROZEN"
+        )
+
+    def thaw(self) -> None:
+        """Let every task of the group run again.
+
+        Raises:
+            OSError: the freezer is not writable.
+        """
+        self._file("freezer", "freezer.state", "cgroup.freeze").write_text(
+            "0" if self.unified else "THAWED"
+        )
+
+    def frozen(self) -> bool:
+        """True once every task is frozen (FREEZING is not yet frozen)."""
+        try:
+            if self.unified:
+                events = (self.dirs["freezer"] / "cgroup.events").read_text()
+                return "frozen 1" in events.splitlines()
+            return (self.dirs["freezer"] / "freezer.state").read_text().strip() == "FROZEN"
+        except (OSError, KeyError):
+            return False
+
+    def pids(self) -> list[int]:
+        """Every process in the group."""
+        try:
+            text = (self.dirs["freezer"] / "cgroup.procs").read_text()
+        except (OSError, KeyError):
+            return []
+        return [int(pid) for pid in text.split()]
+
+    def remove(self) -> None:
+        """Delete the group's folders (they must hold no process)."""
+        for folder in set(self.dirs.values()):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)

@@ -1,0 +1,296 @@
+"""The Docker runtime: replicas as containers, confined, labelled and adopted by node.
+
+Every container is created with labels naming its node, namespace, app and replica (and
+its reservation), a CPU quota and memory limit equal to the reservation (no swap), a pids
+limit, every capability dropped, ``no-new-privileges``, an unprivileged user, the lowest
+CPU weight, an OOM score that sacrifices it before the person's programs, the configured
+network mode, and the replica's token folder mounted read-only. Its name,
+``idlecloud-<node>-<replica>``, makes a second start of the same replica a no-op.
+
+Pausing uses the cgroup freezer through ``docker pause`` (freezing the cgroup behind
+dockerd's back would be faster, but runc then refuses to pause or unpause it, and dockerd
+would show a frozen container as running). Stopping a running container sends
+SIGTERM, then SIGKILL after the grace period; a paused one gets SIGKILL at once, since
+``docker stop`` would thaw it first and let it run. A stopped replica's container is
+removed. Use is read from the container's cgroup, not from ``docker stats`` (which waits
+a second per container). The runtime only ever lists, touches or adopts containers
+labelled with its own node's name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiodocker
+
+from nodeagent.load import PLATFORM_MARKER
+from nodeagent.runtime.cgroup import CPU_PERIOD_US, Cgroup, Mounts
+from nodeagent.runtime.spec import CpuMeter, ReplicaInfo, ReplicaSpec, StartFailed
+from nodeagent.tokens import MOUNT_POINT, TOKEN_FILE_ENV
+from schemas import ReplicaState, Resources
+
+__all__ = ["LABEL_PREFIX", "DockerRuntime"]
+
+log = logging.getLogger(__name__)
+
+LABEL_PREFIX = "org.idlecloud."
+_LOG_TAIL_LINES = 20
+_STATES = {"running": ReplicaState.RUNNING, "paused": ReplicaState.PAUSED}
+
+
+def _label(key: str) -> str:
+    return LABEL_PREFIX + key
+
+
+@dataclass
+class _Seen:
+    """What the runtime keeps of one container between heartbeats."""
+
+    cgroup: Cgroup | None = None
+    meter: CpuMeter = field(default_factory=CpuMeter)
+    usage: Resources = field(default_factory=Resources)
+    ended: tuple[int, tuple[str, ...]] | None = None  # (exit code, log tail) once it ended
+
+
+class DockerRuntime:
+    """Replicas as Docker containers; see the module's header."""
+
+    name = "docker"
+
+    def __init__(
+        self,
+        node: str,
+        *,
+        network_mode: str = "host",
+        user: str = "65534:65534",
+        pids_limit: int = 512,
+        usage_interval_s: float = 5.0,
+        docker_url: str | None = None,
+    ) -> None:
+        """Run ``node``'s replicas as ``user`` on ``network_mode`` through the local dockerd."""
+        self.node = node
+        self.network_mode = network_mode
+        self.user = user
+        self.pids_limit = pids_limit
+        self._docker_url = docker_url
+        self._docker: aiodocker.Docker | None = None
+        self._usage_interval_s = usage_interval_s
+        self._sampled_at = -float("inf")
+        self._seen: dict[str, _Seen] = {}  # replica id -> what we know of its container
+        self._mounts = Mounts.read()
+
+    @property
+    def docker(self) -> aiodocker.Docker:
+        """The Docker client, made on first use (it needs a running event loop)."""
+        if self._docker is None:
+            self._docker = aiodocker.Docker(url=self._docker_url)
+        return self._docker
+
+    async def close(self) -> None:
+        """Close the connection to dockerd; containers keep running."""
+        if self._docker is not None:
+            await self._docker.close()
+            self._docker = None
+
+    def container_name(self, replica_id: str) -> str:
+        """The container's name: unique per node and replica."""
+        return f"idlecloud-{self.node}-{replica_id}"
+
+    async def _ensure_image(self, image: str) -> None:
+        """Pull ``image`` unless it is present, logging progress every few seconds."""
+        with contextlib.suppress(aiodocker.DockerError):
+            await self.docker.images.inspect(image)
+            return
+        log.info("pulling %s", image)
+        last_report = time.monotonic()
+        try:
+            async for progress in self.docker.images.pull(image, stream=True):
+                if "error" in progress:
+                    raise StartFailed(f"cannot pull {image}: {progress['error']}")
+                if time.monotonic() - last_report > 2.0:
+                    last_report = time.monotonic()
+                    log.info("pulling %s: %s", image, progress.get("progress", progress))
+        except aiodocker.DockerError as error:
+            raise StartFailed(f"cannot pull {image}: {error.message}") from None
+
+    def _config(self, spec: ReplicaSpec) -> dict[str, Any]:
+        env = {**spec.env, PLATFORM_MARKER: "1"}
+        binds = []
+        if spec.token_dir is not None:
+            binds.append(f"{spec.token_dir}:{MOUNT_POINT}:ro")
+            env[TOKEN_FILE_ENV] = f"{MOUNT_POINT}/token"
+        memory_bytes = spec.memory_mib * 2**20
+        return {
+            "Image": spec.image,
+            "Cmd": list(spec.command) or None,
+            "Env": [f"{key}={value}" for key, value in env.items()],
+            "User": self.user,
+            "Labels": {
+                _label("node"): self.node,
+                _label("namespace"): spec.namespace,
+                _label("app"): spec.app,
+                _label("replica"): spec.replica_id,
+                _label("cpu-millicores"): str(spec.cpu_millicores),
+                _label("memory-mib"): str(spec.memory_mib),
+            },
+            "HostConfig": {
+                "CpuPeriod": CPU_PERIOD_US,
+                "CpuQuota": max(1000, spec.cpu_millicores * CPU_PERIOD_US // 1000),
+                "CpuShares": 2,
+                "Memory": memory_bytes,
+                "MemorySwap": memory_bytes,
+                "OomScoreAdj": 1000,
+                "PidsLimit": self.pids_limit,
+                "CapDrop": ["ALL"],
+                "SecurityOpt": ["no-new-privileges"],
+                "NetworkMode": self.network_mode,
+                "Binds": binds,
+                "RestartPolicy": {"Name": "no"},
+                "LogConfig": {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "2"}},
+            },
+        }
+
+    async def start(self, spec: ReplicaSpec) -> None:
+        """Create and start the replica's container unless it exists.
+
+        Raises:
+            StartFailed: the image cannot be had or dockerd refused the container.
+        """
+        name = self.container_name(spec.replica_id)
+        with contextlib.suppress(aiodocker.DockerError):
+            await self.docker.containers.get(name)
+            return  # idempotent: it exists already
+        await self._ensure_image(spec.image)
+        try:
+            container = await self.docker.containers.create(self._config(spec), name=name)
+            await container.start()
+        except aiodocker.DockerError as error:
+            if error.status == 409:
+                return  # a concurrent start of the same replica won
+            with contextlib.suppress(aiodocker.DockerError):
+                await self.docker.containers.container(name).delete(force=True)
+            raise StartFailed(f"docker refused {spec.image}: {error.message}") from None
+
+    async def _own(self, replica_id: str) -> Any | None:
+        """The replica's container, only if it is labelled with this node's name."""
+        try:
+            container = await self.docker.containers.get(self.container_name(replica_id))
+        except aiodocker.DockerError:
+            return None
+        if container["Config"]["Labels"].get(_label("node")) != self.node:
+            return None
+        return container
+
+    async def pause(self, replica_id: str) -> None:
+        """Freeze the container (idempotent).
+
+        A replica already listed under this node's label is paused by name at once,
+        without a look-up first: on a person's arrival every round trip counts.
+        """
+        container: Any
+        if replica_id in self._seen:
+            container = self.docker.containers.container(self.container_name(replica_id))
+        else:
+            container = await self._own(replica_id)
+            if container is None or not container["State"]["Running"]:
+                return
+        with contextlib.suppress(aiodocker.DockerError):  # 409: paused or ended already
+            await container.pause()
+
+    async def resume(self, replica_id: str) -> None:
+        """Thaw the container (idempotent)."""
+        container = await self._own(replica_id)
+        if container is not None and container["State"]["Paused"]:
+            with contextlib.suppress(aiodocker.DockerError):
+                await container.unpause()
+
+    async def stop(self, replica_id: str, grace_s: float) -> None:
+        """SIGTERM, SIGKILL after ``grace_s`` (at once if paused), then remove it."""
+        container = await self._own(replica_id)
+        if container is None:
+            return
+        state = container["State"]
+        with contextlib.suppress(aiodocker.DockerError):  # 409: it ended meanwhile
+            if state["Paused"] or (state["Running"] and grace_s <= 0):
+                await container.kill(signal="SIGKILL")
+            elif state["Running"]:
+                await container.stop(t=max(1, round(grace_s)))
+        with contextlib.suppress(aiodocker.DockerError):  # 404: removed meanwhile
+            await container.delete(force=True)
+        self._seen.pop(replica_id, None)
+
+    async def replicas(self, *, with_usage: bool = False) -> list[ReplicaInfo]:
+        """Every container labelled with this node, with its state and, if asked, its use.
+
+        Use is read from the cgroups at most every ``usage_interval_s``; in between the
+        latest reading is returned.
+        """
+        listed = await self.docker.containers.list(
+            all=True, filters={"label": [f"{_label('node')}={self.node}"]}
+        )
+        sample = with_usage and time.monotonic() - self._sampled_at >= self._usage_interval_s
+        if sample:
+            self._sampled_at = time.monotonic()
+        current = {container["Labels"][_label("replica")] for container in listed}
+        for gone in set(self._seen) - current:
+            del self._seen[gone]
+        return [await self._info(container, sample) for container in listed]
+
+    async def _info(self, container: Any, sample: bool) -> ReplicaInfo:
+        labels: dict[str, str] = container["Labels"]
+        seen = self._seen.setdefault(labels[_label("replica")], _Seen())
+        state = _STATES.get(container["State"])
+        if state is None and container["State"] in ("created", "restarting"):
+            state = ReplicaState.STARTING
+        exit_code: int | None = None
+        log_tail: tuple[str, ...] = ()
+        if state is None:  # exited or dead: its code and last lines never change again
+            if seen.ended is None:
+                seen.ended = await self._ending(container)
+            exit_code, log_tail = seen.ended
+            state = ReplicaState.EXITED if exit_code == 0 else ReplicaState.FAILED
+        elif sample:
+            await self._sample(container, seen)
+        return ReplicaInfo(
+            replica_id=labels[_label("replica")],
+            namespace=labels[_label("namespace")],
+            app=labels[_label("app")],
+            state=state,
+            reservation=Resources(
+                cpu_millicores=int(labels[_label("cpu-millicores")]),
+                memory_mib=int(labels[_label("memory-mib")]),
+            ),
+            usage=seen.usage if exit_code is None else Resources(),
+            exit_code=exit_code,
+            log_tail=log_tail,
+        )
+
+    async def _ending(self, container: Any) -> tuple[int, tuple[str, ...]]:
+        details = await container.show()
+        lines = await container.log(stdout=True, stderr=True, tail=_LOG_TAIL_LINES)
+        tail = "".join(lines).splitlines()[-_LOG_TAIL_LINES:]
+        code = max(-255, min(255, int(details["State"]["ExitCode"])))
+        return code, tuple(line[:1024] for line in tail)
+
+    async def _find_cgroup(self, container: Any, seen: _Seen) -> None:
+        """Look up the cgroup of a running container's first process."""
+        details = await container.show()
+        with contextlib.suppress(OSError):  # it ended already
+            seen.cgroup = Cgroup.of_pid(details["State"]["Pid"], self._mounts)
+
+    async def _sample(self, container: Any, seen: _Seen) -> None:
+        if seen.cgroup is None:
+            await self._find_cgroup(container, seen)
+        if seen.cgroup is None:
+            return
+        cpu_ns = seen.cgroup.cpu_usage_ns()
+        memory = seen.cgroup.memory_bytes()
+        if cpu_ns is None or memory is None:
+            seen.cgroup = None  # it restarted or ended: look it up again next time
+            return
+        millicores = seen.meter.millicores(cpu_ns / 1e9, time.monotonic())
+        seen.usage = Resources(cpu_millicores=millicores, memory_mib=memory // 2**20)
