@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,46 +31,30 @@ from aio_pika.abc import AbstractIncomingMessage
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.agent_rig import (  # noqa: E402
+    RUNTIMES,
+    prepare,
+    remove_containers,
+    replica_pids,
+    start_agent,
+    starts,
+)
 from bus import names  # noqa: E402
 from bus.connection import Bus  # noqa: E402
-from bus.devdocker import TEST_IMAGE, busybox_image, ensure_docker  # noqa: E402
 from bus.devservices import scratch_vhost  # noqa: E402
 from bus.topology import QueueSpec, declare_platform  # noqa: E402
 from nodeagent.runtime.cgroup import Mounts  # noqa: E402
 from nodeagent.runtime.process import frozen  # noqa: E402
 from nodeagent.utmp import write_login, write_logout  # noqa: E402
-from schemas import NodePresence, PresenceState, Resources, StartReplica  # noqa: E402
+from schemas import NodePresence, PresenceState  # noqa: E402
 
 NODE, REPLICAS = "bench-pc", 4
 MOUNTS = Mounts.read()
 
 
-def _containers() -> list[str]:
-    """The ids of the bench node's containers, running or not."""
-    return subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label=org.idlecloud.node={NODE}"],
-        capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
-
-
-def _leaders(state_dir: Path, runtime: str) -> list[int]:
-    """The first process of each replica: from the agent's records, or from dockerd."""
-    if runtime == "process":
-        records = (state_dir / "replicas").glob("*.json")
-        return [json.loads(record.read_text())["pid"] for record in records]
-    listed = _containers()
-    if not listed:
-        return []
-    pids = subprocess.run(
-        ["docker", "inspect", "-f", "{{if .State.Running}}{{.State.Pid}}{{end}}", *listed],
-        capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
-    return [int(pid) for pid in pids]
-
-
-def _replica_processes(state_dir: Path, runtime: str) -> list[psutil.Process]:
+def _replica_processes(work: Path, runtime: str) -> list[psutil.Process]:
     found = []
-    for pid in _leaders(state_dir, runtime):
+    for pid in replica_pids(NODE, work, runtime):
         leader = psutil.Process(pid)
         found += [leader, *leader.children(recursive=True)]
     return found
@@ -90,13 +71,11 @@ def _percentile(values: list[float], share: float) -> float:
 
 async def main(url: str, trials: int, runtime: str) -> None:
     work = Path(tempfile.mkdtemp(prefix="eviction-"))
-    utmp, state_dir = work / "utmp", work / "state"
-    agent = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bus", "agent", "run", "--url", url, "--node", NODE,
-        "--utmp", str(utmp), "--state-dir", str(state_dir), "--cpu-millicores", "8000",
-        "--memory-mib", "8192", "--reserve-cpu-millicores", "0", "--reserve-memory-mib", "0",
-        "--start-idle-s", "0", "--continue-idle-s", "0.05", "--runtime", runtime, cwd=ROOT,
-        env={**os.environ, "IDLECLOUD_LOG_LEVEL": "WARNING"},
+    utmp = work / "utmp"
+    agent = await start_agent(
+        url, NODE, work, runtime, "--cpu-millicores", "8000", "--memory-mib", "8192",
+        "--reserve-cpu-millicores", "0", "--reserve-memory-mib", "0",
+        "--start-idle-s", "0", "--continue-idle-s", "0.05",
     )  # fmt: skip
     busy_events: list[float] = []
 
@@ -104,10 +83,6 @@ async def main(url: str, trials: int, runtime: str) -> None:
         if NodePresence.model_validate_json(message.body).presence.state is PresenceState.BUSY:
             busy_events.append(time.perf_counter())
 
-    if runtime == "docker":
-        image, command = TEST_IMAGE, ("sh", "-c", "while :; do :; done")
-    else:
-        image, command = "local", (sys.executable, "-c", "while True: pass")
     freeze_ms: list[float] = []
     event_ms: list[float] = []
     try:
@@ -118,26 +93,14 @@ async def main(url: str, trials: int, runtime: str) -> None:
                 "idlecloud.bench.presence", (names.EVENTS_EXCHANGE, f"node.{NODE}.presence")
             ).declare(channel)
             await tap.consume(on_presence, no_ack=True)
-            await _wait(lambda: (state_dir / "tokens").is_dir(), 30, "the agent to start")
+            await _wait(lambda: (work / "state" / "tokens").is_dir(), 30, "the agent to start")
             await asyncio.sleep(1.0)  # the agent's command queue exists once it consumes
-            for index in range(REPLICAS):
-                await bus.publish(
-                    StartReplica(
-                        node=NODE,
-                        epoch=1,
-                        replica_id=f"busy-{index}",
-                        namespace="bench",
-                        app="spin",
-                        image=image,
-                        command=command,
-                        reservation=Resources(cpu_millicores=1000, memory_mib=64),
-                        token="-",
-                    )
-                )
+            for command in starts(NODE, runtime, REPLICAS, busy=True, cpu_millicores=1000):
+                await bus.publish(command)
             await _wait(
-                lambda: len(_leaders(state_dir, runtime)) == REPLICAS, 60, "4 replicas", 0.2
+                lambda: len(replica_pids(NODE, work, runtime)) == REPLICAS, 60, "4 replicas", 0.2
             )
-            processes = _replica_processes(state_dir, runtime)
+            processes = _replica_processes(work, runtime)
             for _ in range(trials):
                 await _wait(lambda: _all(processes, stopped=False), 10, "the replicas to run")
                 await asyncio.sleep(0.2)
@@ -152,7 +115,7 @@ async def main(url: str, trials: int, runtime: str) -> None:
     finally:
         agent.send_signal(signal.SIGTERM)
         await agent.wait()
-        for process in _replica_processes(state_dir, runtime):
+        for process in _replica_processes(work, runtime):
             process.kill()
     print(f"trials: {trials}, replicas: {REPLICAS} CPU-bound, agent: {runtime} runtime")
     print(f"presence_event_p50_ms: {statistics.median(event_ms):.1f}")
@@ -174,14 +137,12 @@ async def _wait(
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=50, help="login/logout cycles (>= 50)")
-    parser.add_argument("--runtime", choices=("process", "docker"), default="process")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="process")
     arguments = parser.parse_args()
-    if arguments.runtime == "docker":
-        ensure_docker()
-        busybox_image()
+    prepare(arguments.runtime)
     try:
         with scratch_vhost("bench") as broker:
             asyncio.run(main(broker.url, arguments.trials, arguments.runtime))
     finally:
-        if arguments.runtime == "docker" and _containers():
-            subprocess.run(["docker", "rm", "-f", *_containers()], capture_output=True, check=False)
+        if arguments.runtime == "docker":
+            remove_containers(NODE)

@@ -156,10 +156,14 @@ class Consumer(QueueConsumer, Generic[M]):
         prefetch: int = 10,
         max_body_bytes: int = MAX_BODY_BYTES,
         check_route: bool = True,
+        on_invalid: Callable[[Delivery, str], Awaitable[None]] | None = None,
     ) -> None:
+        """Consume ``spec`` with ``handler``; ``on_invalid`` also hears of each refused body
+        (after it was dead-lettered), to answer its sender where it can be named."""
         super().__init__(spec, prefetch=prefetch)
         self._accepts: dict[str, type[Message]] = {cls.schema_name: cls for cls in accepts}
         self._handler = handler
+        self._on_invalid = on_invalid
         self._max_body_bytes = max_body_bytes
         self._check_route = check_route
         self.handled = 0
@@ -177,6 +181,8 @@ class Consumer(QueueConsumer, Generic[M]):
             await self._handler(cast(M, message), delivery)  # decode returns an `accepts` type
         except InvalidMessage as error:
             await self._dead_letter(incoming, delivery, error.reason)
+            if self._on_invalid is not None:
+                await self._on_invalid(delivery, error.reason)
             return
         except PUBLISH_FAILURES as error:
             log.warning("%s: lost the broker while handling (%r); requeued", self.name, error)

@@ -16,6 +16,7 @@ routing keys.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -138,6 +139,7 @@ class Agent:
             _COMMANDS,
             self._on_command,
             prefetch=20,
+            on_invalid=self._on_invalid_command,
         )
 
     @property
@@ -256,6 +258,24 @@ class Agent:
             case RenewToken():
                 if self.tokens.folder(command.replica_id).is_dir():
                     self.tokens.write(command.replica_id, command.token)
+
+    async def _on_invalid_command(self, delivery: Delivery, reason: str) -> None:
+        """A refused command (dead-lettered already) that names its replica gets a failed
+        status, so the sender learns why instead of waiting."""
+        try:
+            body = json.loads(delivery.body)
+            status = ReplicaStatus(
+                node=self.settings.node,
+                replica_id=body["replica_id"],
+                namespace=body["namespace"],
+                app=body["app"],
+                state=ReplicaState.FAILED,
+                at=utc_now(),
+                reason=f"refused a malformed command: {reason}"[:1024],
+            )
+        except (ValueError, TypeError, KeyError):  # not even that much can be read
+            return
+        await self.bus.publish(status)
 
     async def _start(self, command: StartReplica) -> None:
         replicas = await self.runtime.replicas()

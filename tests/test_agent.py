@@ -6,6 +6,7 @@ Real utmp records (libc pututxline) drive presence; replicas are real process gr
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -15,8 +16,10 @@ from pathlib import Path
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
+from bus.codec import encode
 from bus.connection import Bus
 from bus.devservices import BrokerInfo
+from bus.names import route
 from nodeagent.agent import Agent, AgentSettings
 from nodeagent.policy import PolicySettings
 from nodeagent.runtime.cgroup import Mounts
@@ -217,3 +220,23 @@ async def test_a_renewed_token_is_rewritten_in_place(bus: Bus, rig: tuple[Agent,
     await wait_until(lambda: token_file.read_text() == "fresh", what="the renewal")
     await bus.publish(StopReplica(node=node, epoch=5, replica_id="renewed", grace_s=0))
     await wait_until(lambda: not token_file.parent.exists(), what="the token's removal")
+
+
+async def test_a_malformed_command_gets_a_failed_status_and_the_agent_goes_on(
+    bus: Bus, rig: tuple[Agent, Events]
+) -> None:
+    agent, events = rig
+    good = start(agent, "good")
+    body, properties = encode(start(agent, "bad"))
+    broken = json.loads(body)
+    broken["reservation"]["cpu_millicores"] = -5  # out of range: refused by the schema
+    await bus.publish_raw(route(good), json.dumps(broken).encode(), properties)
+    await bus.publish_raw(route(good), b"\xff not json", properties)  # names nothing
+    await bus.publish(good)
+    await wait_until(lambda: len(events.of(ReplicaStatus)) == 2, what="two statuses")
+    by_id = {status.replica_id: status for status in events.of(ReplicaStatus)}
+    assert by_id["bad"].state is ReplicaState.FAILED
+    assert by_id["bad"].reason.startswith("refused a malformed command: ")
+    assert "cpu_millicores" in by_id["bad"].reason
+    assert by_id["good"].state is ReplicaState.RUNNING
+    assert agent._commands.dead_lettered == 2

@@ -18,7 +18,6 @@ from bus.cli._common import DEFAULT_URL, UrlOption, fail
 from bus.service import run
 from nodeagent.agent import Agent, AgentSettings
 from nodeagent.policy import PolicySettings
-from nodeagent.runtime.docker import DockerRuntime
 from nodeagent.runtime.process import ProcessRuntime
 from nodeagent.timetable import Timetable
 from nodeagent.tokens import TokenFiles
@@ -177,6 +176,8 @@ def run_agent(
     )
     replicas: Runtime
     if runtime == "docker":
+        from nodeagent.runtime.docker import DockerRuntime  # aiohttp: only for Docker PCs
+
         replicas = DockerRuntime(name, network_mode=docker_network, user=docker_user)
     else:
         process_runtime = ProcessRuntime(state_dir, cgroup_parent=f"idlecloud/{name}")

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from bus.abc import Service
 from bus.cli._common import DEFAULT_URL, UrlOption, fail
-from bus.sdk.app import App
-from bus.sdk.contract import TokenFile, broker_url_with_token
-from bus.sdk.pool import load_target
-from bus.sdk.worker import Worker
 from bus.service import run
+
+if TYPE_CHECKING:
+    from bus.abc import Service
 
 __all__ = ["register"]
 
@@ -38,6 +36,13 @@ def worker(
     ] = 30.0,
 ) -> None:
     """Serve an app's tasks until SIGTERM (in-flight tasks finish or are requeued)."""
+    # Imported here, not at the top: every `bus` process (a PC's agent among them) loads
+    # this module, and only a worker needs the SDK.
+    from bus.sdk.app import App
+    from bus.sdk.contract import TokenFile, broker_url_with_token
+    from bus.sdk.pool import load_target
+    from bus.sdk.worker import Worker
+
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # like `python -m`, find modules where we stand
     try:

@@ -1,0 +1,90 @@
+"""What the agent benchmarks share: one real `bus agent run` and its replicas, either runtime.
+
+The Docker runtime's engine and test image come from the same helper the tests use
+(`bus.devdocker`); the process runtime needs nothing more than the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bus.devdocker import TEST_IMAGE, busybox_image, ensure_docker
+from schemas import Resources, StartReplica
+
+__all__ = ["RUNTIMES", "prepare", "remove_containers", "replica_pids", "start_agent", "starts"]
+
+RUNTIMES = ("process", "docker")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def prepare(runtime: str) -> None:
+    """Start dockerd and build the test image if the Docker runtime is measured."""
+    if runtime == "docker":
+        ensure_docker()
+        busybox_image()
+
+
+async def start_agent(
+    url: str, node: str, work: Path, runtime: str, *options: str
+) -> asyncio.subprocess.Process:
+    """A real agent for ``node`` keeping its files in ``work``, logging warnings only."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bus", "agent", "run", "--url", url, "--node", node,
+        "--utmp", str(work / "utmp"), "--state-dir", str(work / "state"),
+        "--input-dir", str(work / "input"), "--runtime", runtime, *options,
+        cwd=ROOT, env={**os.environ, "IDLECLOUD_LOG_LEVEL": "WARNING"},
+    )  # fmt: skip
+
+
+def starts(
+    node: str, runtime: str, count: int, *, busy: bool, cpu_millicores: int
+) -> list[StartReplica]:
+    """``count`` start commands for CPU-bound (``busy``) or sleeping replicas."""
+    if runtime == "docker":
+        image = TEST_IMAGE
+        command = ("sh", "-c", "while :; do :; done") if busy else ("sleep", "3600")
+    else:
+        image = "local"
+        body = "while True: pass" if busy else "import time; time.sleep(3600)"
+        command = (sys.executable, "-c", body)
+    return [
+        StartReplica(
+            node=node, epoch=1, replica_id=f"r{index}", namespace="bench", app="bench",
+            image=image, command=command, token="-",
+            reservation=Resources(cpu_millicores=cpu_millicores, memory_mib=64),
+        )
+        for index in range(count)
+    ]  # fmt: skip
+
+
+def _containers(node: str) -> list[str]:
+    return subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=org.idlecloud.node={node}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+
+
+def replica_pids(node: str, work: Path, runtime: str) -> list[int]:
+    """The first process of each running replica: from the agent's records, or dockerd."""
+    if runtime == "process":
+        records = (work / "state" / "replicas").glob("*.json")
+        return [json.loads(record.read_text())["pid"] for record in records]
+    listed = _containers(node)
+    if not listed:
+        return []
+    pids = subprocess.run(
+        ["docker", "inspect", "-f", "{{if .State.Running}}{{.State.Pid}}{{end}}", *listed],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    return [int(pid) for pid in pids]
+
+
+def remove_containers(node: str) -> None:
+    """Remove the node's containers (the Docker runtime's replicas outlive their agent)."""
+    if listed := _containers(node):
+        subprocess.run(["docker", "rm", "-f", *listed], capture_output=True, check=False)
