@@ -97,8 +97,9 @@ class QueueConsumer:
         return self._bus
 
     async def start(self, bus: Bus) -> None:
-        """Declare the queue and its bindings, and start consuming."""
+        """Declare the queue and its bindings, and start consuming (again, after a stop)."""
         self._bus = bus
+        self._stopping = False
         self._channel = await bus.channel(prefetch=self._prefetch)
         self._queue = await self.spec.declare(self._channel)
         self._consumer_tag = await self._queue.consume(self._on_message)

@@ -19,6 +19,8 @@ from schemas import (
     DeleteRequest,
     DeploymentStatus,
     DeployRequest,
+    JournalMarker,
+    LeaderTookOver,
     Message,
     MetricSample,
     NodeHeartbeat,
@@ -51,12 +53,14 @@ __all__ = [
     "leader_queue",
     "node_command_keys",
     "node_commands_queue",
+    "node_event_keys",
     "ns_dead_exchange",
     "ns_events_exchange",
     "ns_results_exchange",
     "ns_tasks_exchange",
     "owner_of",
     "reply_queue",
+    "request_keys",
     "result_queue",
     "route",
     "service_queue",
@@ -185,6 +189,22 @@ _REQUEST_VERBS: dict[type[Message], RequestVerb] = {
 }
 
 
+def request_keys() -> tuple[str, ...]:
+    """The routing-key patterns of every request the quota manager admits."""
+    return (
+        *(_ns_key("*", verb, "*") for verb in _REQUEST_VERBS.values()),
+        _admin_key("quota", "*"),
+        *(_admin_key(action, "*") for action in ("cordon", "uncordon", "drain")),
+    )
+
+
+def node_event_keys() -> tuple[str, ...]:
+    """The routing-key patterns of every PC's heartbeats, presence and replica events."""
+    return tuple(
+        _node_key("*", _NODE_EVENTS[kind]) for kind in (NodeHeartbeat, NodePresence, ReplicaStatus)
+    )
+
+
 def route(message: Message) -> Route:
     """The one exchange and routing key a message travels on.
 
@@ -212,6 +232,8 @@ def route(message: Message) -> Route:
             return Route(EVENTS_EXCHANGE, _ns_key(message.namespace, "status", message.app))
         case RequestResult():
             return Route(EVENTS_EXCHANGE, f"{message.owner().prefix}.result")
+        case LeaderTookOver() | JournalMarker():
+            return Route(DEFAULT_EXCHANGE, JOURNAL_STREAM)  # the control plane's own
     raise TypeError(f"no route is defined for {kind.__name__}")  # pragma: no cover
 
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEAD_LETTER_MAX_LENGTH",
+    "JOURNAL",
     "JOURNAL_MAX_BYTES",
     "TASK_DELIVERY_LIMIT",
     "QueueSpec",
@@ -77,6 +78,13 @@ class QueueSpec:
         return queue
 
 
+#: The journal stream (see bus.journal).
+JOURNAL = QueueSpec(
+    names.JOURNAL_STREAM,
+    arguments={"x-queue-type": "stream", "x-max-length-bytes": JOURNAL_MAX_BYTES},
+)
+
+
 async def declare_platform(bus: Bus, *, recovery_s: float = 60.0) -> None:
     """Declare the exchanges, dead-letter queue and journal every component relies on.
 
@@ -113,11 +121,7 @@ async def _declare_platform(channel: AbstractChannel) -> None:
         arguments={"x-max-length": DEAD_LETTER_MAX_LENGTH, "x-overflow": "drop-head"},
     )
     await dead_letters.declare(channel)
-    journal = QueueSpec(
-        names.JOURNAL_STREAM,
-        arguments={"x-queue-type": "stream", "x-max-length-bytes": JOURNAL_MAX_BYTES},
-    )
-    await journal.declare(channel)
+    await JOURNAL.declare(channel)
 
 
 def task_queue_spec(namespace: str, app: str) -> QueueSpec:

@@ -30,6 +30,7 @@ from schemas.commands import (
     StopReplica,
 )
 from schemas.events import DeploymentState, DeploymentStatus
+from schemas.journal import JournalMarker, LeaderTookOver
 from schemas.node import (
     MetricSample,
     NodeHeartbeat,
@@ -62,6 +63,8 @@ __all__ = [
     "DeployRequest",
     "DeploymentState",
     "DeploymentStatus",
+    "JournalMarker",
+    "LeaderTookOver",
     "Message",
     "MetricSample",
     "NamespaceName",

@@ -10,6 +10,7 @@ from schemas.auth import TokenIssue, TokenRevoke
 from schemas.base import Message
 from schemas.commands import PauseReplica, RenewToken, ResumeReplica, StartReplica, StopReplica
 from schemas.events import DeploymentStatus
+from schemas.journal import JournalMarker, LeaderTookOver
 from schemas.node import MetricSample, NodeHeartbeat, NodePresence, ReplicaStatus
 from schemas.requests import (
     CordonRequest,
@@ -53,6 +54,8 @@ MESSAGES: tuple[type[Message], ...] = (
     TokenIssue,
     TokenRevoke,
     DeploymentStatus,
+    LeaderTookOver,
+    JournalMarker,
 )
 
 _BY_NAME: dict[str, type[Message]] = {cls.schema_name: cls for cls in MESSAGES}

@@ -10,6 +10,8 @@ from schemas import (
     DeploymentState,
     DeploymentStatus,
     DeployRequest,
+    JournalMarker,
+    LeaderTookOver,
     Message,
     MetricSample,
     NodeHeartbeat,
@@ -153,4 +155,6 @@ EXAMPLES: dict[type[Message], Message] = {
         reason="not enough free CPU for 4 replicas",
         at=AT,
     ),
+    LeaderTookOver: LeaderTookOver(service="placement", instance="a1b2c3d4e5f6"),
+    JournalMarker: JournalMarker(instance="a1b2c3d4e5f6", seq=3),
 }

@@ -1,0 +1,155 @@
+"""The journal: every admitted change, in one RabbitMQ stream, replayed by every reader.
+
+Writers append with publisher confirms (a retried publish may land twice: readers skip a
+request id they have applied). Readers consume the stream from the first entry, apply
+each entry in order through a synchronous callback, and remember the next offset. The
+offset lives in the very ``arguments`` mapping the robust channel re-consumes with after
+a reconnect, so a reader resumes exactly after the last entry it applied: no replay, no
+skip. AMQP 0-9-1 has no end-of-stream signal, so :meth:`Journal.catch_up` appends a
+marker of its own and waits to read it back: once it has, everything written before is
+applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aio_pika.abc import AbstractIncomingMessage
+
+from bus import names
+from bus.codec import decode, delivery_of
+from bus.connection import Bus
+from bus.errors import InvalidMessage
+from bus.topology import JOURNAL
+from schemas import (
+    CordonRequest,
+    DeleteRequest,
+    DeployRequest,
+    Message,
+    QuotaSet,
+    ScaleRequest,
+)
+from schemas.journal import JournalMarker, LeaderTookOver
+
+__all__ = ["ENTRIES", "JOURNAL_ROUTE", "Entry", "Journal"]
+
+log = logging.getLogger(__name__)
+
+#: What the journal holds: admitted requests and the control plane's bookkeeping.
+ENTRIES: tuple[type[Message], ...] = (
+    DeployRequest,
+    ScaleRequest,
+    DeleteRequest,
+    QuotaSet,
+    CordonRequest,
+    LeaderTookOver,
+    JournalMarker,
+)
+#: Appends go through the default exchange straight into the stream.
+JOURNAL_ROUTE = names.Route(names.DEFAULT_EXCHANGE, names.JOURNAL_STREAM)
+_PREFETCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One journal entry and its offset in the stream."""
+
+    offset: int
+    message: Message
+
+
+class Journal:
+    """Appends to the journal and replays it into ``apply``; see the module's header."""
+
+    def __init__(self, apply: Callable[[Entry], None], *, instance: str | None = None) -> None:
+        """Call ``apply`` with every entry, in order, once each."""
+        self.instance = instance or uuid.uuid4().hex[:16]
+        self.next_offset = 0
+        self._apply = apply
+        self._accepts = {cls.schema_name: cls for cls in ENTRIES}
+        self._arguments: dict[str, Any] = {"x-stream-offset": "first"}
+        self._waiters: list[tuple[Callable[[Entry], bool], asyncio.Future[Entry]]] = []
+        self._seq = itertools.count()
+        self._bus: Bus | None = None
+
+    async def start(self, bus: Bus) -> None:
+        """Start reading from the first entry (or from where a restart left off)."""
+        self._bus = bus
+        channel = await bus.channel(prefetch=_PREFETCH)
+        queue = await JOURNAL.declare(channel)
+        await queue.consume(self._on_message, arguments=self._arguments)
+
+    async def append(self, message: Message, *, timeout_s: float = 30.0) -> None:
+        """Append ``message`` under publisher confirms.
+
+        Raises:
+            BrokerUnavailable: no confirm within ``timeout_s``.
+        """
+        if self._bus is None:
+            raise RuntimeError("Journal.start() was not called")
+        await self._bus.publish(message, route=JOURNAL_ROUTE, timeout_s=timeout_s)
+
+    async def wait_for(self, matches: Callable[[Entry], bool], timeout_s: float = 30.0) -> Entry:
+        """The next entry read that ``matches`` (read from now on).
+
+        Raises:
+            TimeoutError: none within ``timeout_s``.
+        """
+        future: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
+        waiter = (matches, future)
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await future
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    async def append_and_read(self, message: Message, timeout_s: float = 30.0) -> Entry:
+        """Append ``message`` and return it once read back (and applied)."""
+        reading = asyncio.ensure_future(
+            self.wait_for(lambda entry: entry.message == message, timeout_s)
+        )
+        await asyncio.sleep(0)  # the waiter is registered before the append can be read
+        try:
+            await self.append(message, timeout_s=timeout_s)
+        except BaseException:
+            reading.cancel()
+            raise
+        return await reading
+
+    async def catch_up(self, timeout_s: float = 30.0) -> int:
+        """Wait until every entry appended before this call is applied; the marker's offset.
+
+        Raises:
+            TimeoutError: the marker was not read back within ``timeout_s``.
+        """
+        marker = JournalMarker(instance=self.instance, seq=next(self._seq))
+        return (await self.append_and_read(marker, timeout_s)).offset
+
+    async def _on_message(self, incoming: AbstractIncomingMessage) -> None:
+        offset = (incoming.headers or {}).get("x-stream-offset")
+        if not isinstance(offset, int):
+            await incoming.ack()
+            return
+        try:
+            message = decode(delivery_of(incoming), self._accepts, check_route=False)
+        except InvalidMessage as error:  # written by something that is not the platform
+            log.error("journal entry %d skipped: %s", offset, error.reason)
+            message = None
+        if offset >= self.next_offset and message is not None:
+            entry = Entry(offset, message)
+            self._apply(entry)
+            for waiter in list(self._waiters):
+                matches, future = waiter
+                if not future.done() and matches(entry):
+                    future.set_result(entry)
+        self.next_offset = max(self.next_offset, offset + 1)
+        self._arguments["x-stream-offset"] = self.next_offset  # where a re-consume resumes
+        await incoming.ack()

@@ -1,0 +1,73 @@
+"""What every control-plane service shares: the journal replayed into a desired state,
+and leadership (one active instance, the others hot standbys)."""
+
+from __future__ import annotations
+
+from bus.connection import Bus
+from bus.journal import Entry, Journal
+from bus.leader import Leadership
+from services.state import DesiredState
+
+__all__ = ["ControlService"]
+
+
+class ControlService:
+    """A service that follows the journal always and acts only while it leads.
+
+    Subclasses set ``name`` and override the hooks: :meth:`applied` (after each entry),
+    :meth:`follow` / :meth:`unfollow` (what every instance does, leader or not) and
+    :meth:`lead` / :meth:`step_down` (what only the leader does).
+    """
+
+    name = "control"
+
+    def __init__(self, *, retry_s: float = 0.5) -> None:
+        self.state = DesiredState()
+        self.journal = Journal(self._apply)
+        self.leadership = Leadership(
+            self.name, self.journal, self._elected, self.step_down, retry_s=retry_s
+        )
+        self._bus: Bus | None = None
+
+    @property
+    def bus(self) -> Bus:
+        """The bus the service was started on."""
+        if self._bus is None:
+            raise RuntimeError(f"{self.name} was not started")
+        return self._bus
+
+    async def start(self, bus: Bus) -> None:
+        """Replay the journal, start following, and compete for leadership."""
+        self._bus = bus
+        await self.journal.start(bus)
+        await self.journal.catch_up()
+        await self.follow(bus)
+        self.leadership.start(bus)
+
+    async def stop(self, grace_s: float) -> None:
+        """Give up leadership (if held) and stop following."""
+        await self.leadership.stop()
+        await self.unfollow(grace_s)
+
+    def _apply(self, entry: Entry) -> None:
+        self.state.apply(entry)
+        self.applied(entry)
+
+    async def _elected(self, epoch: int) -> None:
+        await self.journal.catch_up()  # act on everything the previous leader wrote
+        await self.lead(epoch)
+
+    def applied(self, entry: Entry) -> None:
+        """An entry was applied to :attr:`state`."""
+
+    async def follow(self, bus: Bus) -> None:
+        """Start what every instance does (consume events, say)."""
+
+    async def unfollow(self, grace_s: float) -> None:
+        """Stop what :meth:`follow` started."""
+
+    async def lead(self, epoch: int) -> None:
+        """Start acting as the leader with this epoch."""
+
+    async def step_down(self) -> None:
+        """Stop acting as the leader."""

@@ -1,0 +1,1 @@
+"""The quota manager: the only consumer of deploy, scale and delete requests."""

@@ -1,0 +1,76 @@
+"""Admission: whether a request may change the desired state (pure: no I/O).
+
+A namespace's deployments may reserve in all, replicas x (CPU, memory), no more than its
+quota. A deploy or scale is admitted only if the total after the change stays within it;
+the reason for a refusal gives the numbers. A namespace without a quota has none to
+spend. Deletes and an admin's quota and cordon requests are always admitted (a delete
+of an app that does not exist is refused, so a typo is not a silent success).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas import (
+    CordonRequest,
+    DeleteRequest,
+    DeployRequest,
+    Message,
+    QuotaSet,
+    ScaleRequest,
+)
+from services.state import DesiredState
+
+__all__ = ["Verdict", "admit"]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Admitted, or refused with a reason a person can act on."""
+
+    accepted: bool
+    reason: str = ""
+
+
+def admit(state: DesiredState, request: Message) -> Verdict:
+    """Decide on one request against the desired state."""
+    match request:
+        case DeployRequest():
+            return _within_quota(state, request.namespace, request.app, request.replicas,
+                                 request.cpu_millicores, request.memory_mib)  # fmt: skip
+        case ScaleRequest():
+            spec = state.deployments.get((request.namespace, request.app))
+            if spec is None:
+                return Verdict(False, f"{request.namespace} has no app {request.app!r} to scale")
+            return _within_quota(state, request.namespace, request.app, request.replicas,
+                                 spec.request.cpu_millicores, spec.request.memory_mib)  # fmt: skip
+        case DeleteRequest():
+            if (request.namespace, request.app) not in state.deployments:
+                return Verdict(False, f"{request.namespace} has no app {request.app!r} to delete")
+            return Verdict(True)
+        case QuotaSet() | CordonRequest():
+            return Verdict(True)
+    return Verdict(False, f"{request.schema_name} is not a request the quota manager admits")
+
+
+def _within_quota(
+    state: DesiredState, namespace: str, app: str, replicas: int, cpu: int, memory: int
+) -> Verdict:
+    quota = state.quotas.get(namespace)
+    if quota is None:
+        return Verdict(
+            False,
+            f"{namespace} has no quota; an admin sets one with "
+            f"`bus quota set {namespace} --cpu-millicores N --memory-mib M`",
+        )
+    other_cpu, other_memory = state.reserved(namespace, without=app)
+    total_cpu, total_memory = other_cpu + replicas * cpu, other_memory + replicas * memory
+    if total_cpu > quota.cpu_millicores or total_memory > quota.memory_mib:
+        return Verdict(
+            False,
+            f"{namespace} would reserve {total_cpu}m CPU and {total_memory} MiB "
+            f"({replicas} x {cpu}m/{memory} MiB for {app}, {other_cpu}m/{other_memory} MiB "
+            f"for its other apps); its quota is {quota.cpu_millicores}m CPU and "
+            f"{quota.memory_mib} MiB",
+        )
+    return Verdict(True)

@@ -1,0 +1,78 @@
+"""The quota manager as a service: while it leads, it admits requests into the journal.
+
+Only the leader consumes ``idlecloud.quota.requests`` (one request at a time, so each is
+judged against every change before it). An admitted request is appended to the journal
+and read back before it is answered: the next request sees it. A request id already in
+the journal (a redelivery) is answered as admitted again and not appended twice. The
+requester gets a ``RequestResult`` by RPC, and the same result is published as an event
+either way.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from bus import names
+from bus.codec import Delivery
+from bus.rpc import RpcServer
+from bus.topology import QueueSpec
+from schemas import (
+    CordonRequest,
+    DeleteRequest,
+    DeployRequest,
+    QuotaSet,
+    RequestResult,
+    ScaleRequest,
+)
+from schemas.base import NamespaceMessage
+from services.base import ControlService
+from services.quota.admission import admit
+
+__all__ = ["QuotaManager"]
+
+log = logging.getLogger(__name__)
+
+Request = DeployRequest | ScaleRequest | DeleteRequest | QuotaSet | CordonRequest
+_REQUESTS: tuple[type[Request], ...] = (
+    DeployRequest,
+    ScaleRequest,
+    DeleteRequest,
+    QuotaSet,
+    CordonRequest,
+)
+
+
+class QuotaManager(ControlService):
+    """Admits or refuses deploy, scale, delete, quota and cordon requests; see the header."""
+
+    name = "quota"
+
+    def __init__(self, *, retry_s: float = 0.5) -> None:
+        super().__init__(retry_s=retry_s)
+        spec = QueueSpec.quorum(
+            names.service_queue(self.name, "requests"),
+            *((names.COMMANDS_EXCHANGE, key) for key in names.request_keys()),
+        )
+        self._server: RpcServer[Request] = RpcServer(spec, _REQUESTS, self._handle, prefetch=1)
+
+    async def lead(self, epoch: int) -> None:
+        await self._server.start(self.bus)
+
+    async def step_down(self) -> None:
+        await self._server.stop(5.0)
+
+    async def _handle(self, request: Request, _delivery: Delivery) -> RequestResult:
+        if request.request_id in self.state.applied:
+            accepted, reason = True, "already admitted"
+        else:
+            verdict = admit(self.state, request)
+            accepted, reason = verdict.accepted, verdict.reason
+            if accepted:
+                await self.journal.append_and_read(request)
+        namespace = request.namespace if isinstance(request, NamespaceMessage) else None
+        result = RequestResult(
+            request_id=request.request_id, namespace=namespace, accepted=accepted, reason=reason
+        )
+        log.info("%s %s: %s", request.schema_name, request.request_id, reason or "admitted")
+        await self.bus.publish(result)
+        return result

@@ -1,0 +1,204 @@
+"""The reconciler and the registry, pure: desired and actual state in, commands out."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime
+
+from bus.journal import Entry
+from schemas import (
+    CordonRequest,
+    DeploymentState,
+    Message,
+    NodeHeartbeat,
+    NodePresence,
+    Presence,
+    PresenceCause,
+    PresenceState,
+    QuotaSet,
+    ReplicaReport,
+    ReplicaState,
+    ReplicaStatus,
+    Resources,
+    ScaleRequest,
+)
+from services.placement.reconciler import Plan, Reconciler, ReconcilerSettings, generation_of
+from services.placement.registry import Registry
+from services.state import DesiredState
+
+from .examples import deploy
+
+AT = datetime(2026, 11, 26, tzinfo=UTC)
+IDLE = Presence(state=PresenceState.IDLE, cause=PresenceCause.NONE, since=AT)
+BUSY = Presence(state=PresenceState.BUSY, cause=PresenceCause.SESSION, since=AT)
+THESIS = {"edge": 8000, "ninja": 4000, "jonathan": 4000, "penguin": 4000}
+
+
+class World:
+    """Desired state, a registry, and PCs that do exactly what they are told."""
+
+    def __init__(self, **settings: float) -> None:
+        self.desired = DesiredState()
+        self.registry = Registry(node_timeout_s=3.0)
+        self.reconciler = Reconciler(ReconcilerSettings(**settings))
+        self.running: dict[str, dict[str, ReplicaReport]] = {name: {} for name in THESIS}
+        self.presence = dict.fromkeys(THESIS, IDLE)
+        self.seq = 0
+        self.offset = 0
+        self.now = 0.0
+        self.dead: set[str] = set()
+
+    def journal(self, message: Message) -> None:
+        self.offset += 1
+        self.desired.apply(Entry(self.offset, message))
+
+    def beat(self, *nodes: str) -> None:
+        self.seq += 1
+        for node in nodes or tuple(self.running):
+            self.registry.heartbeat(NodeHeartbeat(
+                node=node, seq=self.seq, sent_at=AT,
+                capacity=Resources(cpu_millicores=THESIS[node], memory_mib=16_384),
+                allocatable=Resources(cpu_millicores=THESIS[node], memory_mib=16_384),
+                usage=Resources(), presence=self.presence[node],
+                replicas=tuple(self.running[node].values()),
+            ), self.now)  # fmt: skip
+
+    def tick(self, seconds: float = 1.0) -> Plan:
+        """Time passes, every PC heartbeats, the reconciler runs and the PCs obey."""
+        self.now += seconds
+        self.beat(*(n for n in self.running if n not in self.dead))
+        plan = self.reconciler.reconcile(self.desired, self.registry, self.now)
+        for start in plan.starts:
+            request = start.spec.request
+            self.running[start.node][start.replica_id] = ReplicaReport(
+                replica_id=start.replica_id, namespace=request.namespace, app=request.app,
+                state=ReplicaState.RUNNING,
+                reservation=Resources(cpu_millicores=request.cpu_millicores,
+                                      memory_mib=request.memory_mib),
+            )  # fmt: skip
+        for stop in plan.stops:
+            self.running[stop.node].pop(stop.replica_id, None)
+        return plan
+
+    def login(self, node: str) -> None:
+        self.presence[node] = BUSY
+        self.registry.presence(NodePresence(node=node, presence=BUSY))
+        for replica_id, report in self.running[node].items():
+            self.running[node][replica_id] = report.model_copy(
+                update={"state": ReplicaState.PAUSED}
+            )
+
+    def per_node(self, app: str = "stereo") -> Counter[str]:
+        return Counter(
+            node for node, replicas in self.running.items() for r in replicas.values()
+            if r.app == app and r.state is ReplicaState.RUNNING
+        )  # fmt: skip
+
+
+def thesis_job(replicas: int = 15, cpu: int = 1000) -> World:
+    world = World()
+    world.journal(QuotaSet(request_id="req-quota-01", namespace="alice", cpu_millicores=20_000,
+                           memory_mib=65_536))  # fmt: skip
+    world.journal(deploy("alice", "stereo", "req-dep-0001").model_copy(
+        update={"replicas": replicas, "cpu_millicores": cpu, "memory_mib": 512,
+                "node_selector": {}}))  # fmt: skip
+    return world
+
+
+def test_fifteen_replicas_start_once_each_and_the_status_says_running() -> None:
+    world = thesis_job()
+    first = world.tick()
+    assert (
+        len(first.starts) == 15
+        and first.statuses[("alice", "stereo")].state is DeploymentState.PENDING
+    )
+    assert all(generation_of(start.replica_id) == 2 for start in first.starts)
+    assert world.per_node() == {"edge": 6, "ninja": 3, "jonathan": 3, "penguin": 3}
+    second = world.tick()
+    assert not second.starts and not second.stops
+    status = second.statuses[("alice", "stereo")]
+    assert (status.state, status.running, status.desired) == (DeploymentState.RUNNING, 15, 15)
+
+
+def test_a_person_at_a_pc_gets_replacements_elsewhere_then_the_paused_ones_are_evicted() -> None:
+    world = thesis_job(replicas=12)
+    world.tick()
+    on_edge = set(world.running["edge"])
+    world.login("edge")
+    plan = world.reconciler.reconcile(world.desired, world.registry, world.now)
+    assert len(plan.starts) == len(on_edge)
+    assert {start.node for start in plan.starts} <= {"ninja", "jonathan", "penguin"}
+    assert not plan.stops  # the paused ones stay until their replacements run
+    world.now += 1
+    for start in plan.starts:
+        request = start.spec.request
+        world.running[start.node][start.replica_id] = ReplicaReport(
+            replica_id=start.replica_id, namespace="alice", app=request.app,
+            state=ReplicaState.RUNNING, reservation=Resources(cpu_millicores=1000, memory_mib=512),
+        )  # fmt: skip
+    evicting = world.tick()
+    assert {stop.replica_id for stop in evicting.stops} == on_edge
+    assert all(stop.grace_s == 0 for stop in evicting.stops)
+    assert world.tick().statuses[("alice", "stereo")].running == 12
+
+
+def test_a_lost_pc_is_replaced_and_its_survivors_are_stopped_when_it_returns() -> None:
+    world = thesis_job(replicas=8)
+    world.tick()
+    lost = dict(world.running["ninja"])
+    world.dead = {"ninja"}
+    world.tick(seconds=4.0)  # no heartbeat from ninja for more than node_timeout_s
+    assert world.tick().statuses[("alice", "stereo")].running == 8
+    world.dead = set()
+    world.running["ninja"] = lost  # it comes back with its old replicas still running
+    plan = world.tick()
+    assert len(plan.stops) == len(lost)
+    assert all(stop.reason == "more replicas run than asked" for stop in plan.stops)
+    assert sum(world.per_node().values()) == 8
+
+
+def test_scale_down_drain_and_redeploy() -> None:
+    world = thesis_job(replicas=6)
+    world.tick()
+    world.journal(
+        ScaleRequest(request_id="req-scale-01", namespace="alice", app="stereo", replicas=2)
+    )
+    assert len(world.tick().stops) == 4 and sum(world.per_node().values()) == 2
+    world.journal(CordonRequest(request_id="req-drain-01", node="edge", action="drain"))
+    world.tick()
+    world.tick()
+    assert world.per_node()["edge"] == 0 and sum(world.per_node().values()) == 2
+    world.journal(deploy("alice", "stereo", "req-dep-0002").model_copy(
+        update={"replicas": 2, "cpu_millicores": 1000, "memory_mib": 512,
+                "node_selector": {}}))  # fmt: skip
+    plan = world.tick()
+    assert {s.reason for s in plan.stops} == {"its app was redeployed"} and len(plan.starts) == 2
+
+
+def test_a_crashing_app_backs_off_and_node_refusals_do_not_count() -> None:
+    world = thesis_job(replicas=1)
+    start = world.tick().starts[0]
+    failed = ReplicaStatus(node=start.node, replica_id=start.replica_id, namespace="alice",
+                           app="stereo", state=ReplicaState.FAILED, at=AT, exit_code=1)  # fmt: skip
+    world.reconciler.observe(failed, world.now)
+    world.running[start.node].clear()
+    waiting = world.tick(seconds=0.5)
+    assert not waiting.starts
+    assert waiting.statuses[("alice", "stereo")].reason.startswith("crashed 1 times")
+    assert len(world.tick(seconds=2.0).starts) == 1
+    refused = failed.model_copy(
+        update={"exit_code": None, "reason": "this PC is occupied (session)"}
+    )
+    world.reconciler.observe(refused, world.now)
+    assert world.reconciler._backoff[("alice", "stereo")].failures == 1
+
+
+def test_a_namespace_over_a_lowered_quota_loses_its_newest_replicas() -> None:
+    world = thesis_job(replicas=6)
+    world.tick()
+    world.journal(QuotaSet(request_id="req-quota-02", namespace="alice", cpu_millicores=4000,
+                           memory_mib=65_536))  # fmt: skip
+    plan = world.tick()
+    assert [stop.reason for stop in plan.stops] == ["its namespace is over its quota"] * 2
+    assert sum(world.per_node().values()) == 4
+    assert world.tick().statuses[("alice", "stereo")].reason == "alice runs its whole quota already"
