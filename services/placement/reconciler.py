@@ -18,8 +18,9 @@ and the surplus is stopped. Starts already sent but not yet reported (``in fligh
 to ``start_timeout_s``, while their PC stays idle and live) count as healthy and hold
 their PC's resources, so a tick never starts a replica twice. Per app: surplus healthy
 replicas are stopped (from the PC with most of them, newest first); missing ones become
-a :class:`~.scheduler.Want` for the scheduler, unless the app is backing off after crashes (``backoff_base_s`` doubling per
-failure up to ``backoff_max_s``, forgotten after ``backoff_reset_s`` without one). A
+a :class:`~.scheduler.Want` for the scheduler, unless the app is backing off after
+crashes (``backoff_base_s`` doubling per failure up to ``backoff_max_s``, forgotten
+after ``backoff_reset_s`` without one). A
 namespace running beyond its quota (an admin lowered it) loses its newest replicas. When
 capacity is short, at most one replica per ``preempt_interval_s`` is stopped for fair
 share (see :func:`~.scheduler.preemption`). Every tick also yields each app's status:
