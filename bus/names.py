@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from schemas import (
+    AppsQuery,
+    AppsReply,
     CordonRequest,
     DeleteRequest,
     DeploymentStatus,
@@ -25,6 +27,8 @@ from schemas import (
     MetricSample,
     NodeHeartbeat,
     NodePresence,
+    NodesQuery,
+    NodesReply,
     Owner,
     OwnerKind,
     PauseReplica,
@@ -59,6 +63,7 @@ __all__ = [
     "ns_results_exchange",
     "ns_tasks_exchange",
     "owner_of",
+    "query_keys",
     "reply_queue",
     "request_keys",
     "result_queue",
@@ -198,6 +203,11 @@ def request_keys() -> tuple[str, ...]:
     )
 
 
+def query_keys() -> tuple[str, ...]:
+    """The routing-key patterns of every question the placement leader answers."""
+    return (_ns_key("*", "query", "apps"), _admin_key("query", "nodes"))
+
+
 def node_event_keys() -> tuple[str, ...]:
     """The routing-key patterns of every PC's heartbeats, presence and replica events."""
     return tuple(
@@ -232,6 +242,14 @@ def route(message: Message) -> Route:
             return Route(EVENTS_EXCHANGE, _ns_key(message.namespace, "status", message.app))
         case RequestResult():
             return Route(EVENTS_EXCHANGE, f"{message.owner().prefix}.result")
+        case AppsQuery():
+            return Route(COMMANDS_EXCHANGE, _ns_key(message.namespace, "query", "apps"))
+        case NodesQuery():
+            return Route(COMMANDS_EXCHANGE, _admin_key("query", "nodes"))
+        case AppsReply():  # normally an RPC reply; as an event, a namespace's overview
+            return Route(EVENTS_EXCHANGE, _ns_key(message.namespace, "apps"))
+        case NodesReply():
+            return Route(EVENTS_EXCHANGE, f"{_PLATFORM}.nodes")
         case LeaderTookOver() | JournalMarker():
             return Route(DEFAULT_EXCHANGE, JOURNAL_STREAM)  # the control plane's own
     raise TypeError(f"no route is defined for {kind.__name__}")  # pragma: no cover

@@ -315,7 +315,8 @@ class Agent:
                 env,
                 command.reservation.cpu_millicores,
                 command.reservation.memory_mib,
-                self.tokens.write(command.replica_id, command.token),
+                # no token (a platform without the auth service): the URL's credentials serve
+                self.tokens.write(command.replica_id, command.token) if command.token else None,
             )
             try:
                 await self.runtime.start(spec)

@@ -101,6 +101,7 @@ class Simulation:
                     "--memory-mib", str(pc.memory_mib),
                     "--reserve-cpu-millicores", "0", "--reserve-memory-mib", "0",
                     "--platform-user", "rabbitmq",  # the broker shares this machine
+                    "--replica-url", url,  # replicas use the simulation's own credentials
                     *extra_args,
                 ],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -43,6 +43,15 @@ from schemas.node import (
     ReplicaStatus,
     ReplicaUsage,
 )
+from schemas.queries import (
+    AppsQuery,
+    AppsReply,
+    AppView,
+    NodesQuery,
+    NodesReply,
+    NodeView,
+    ReplicaView,
+)
 from schemas.requests import (
     CordonRequest,
     DeleteRequest,
@@ -58,6 +67,9 @@ __all__ = [
     "SCHEMA_HEADER",
     "SCHEMA_VERSION_HEADER",
     "AppId",
+    "AppView",
+    "AppsQuery",
+    "AppsReply",
     "CordonRequest",
     "DeleteRequest",
     "DeployRequest",
@@ -71,6 +83,9 @@ __all__ = [
     "NodeHeartbeat",
     "NodeName",
     "NodePresence",
+    "NodeView",
+    "NodesQuery",
+    "NodesReply",
     "Owner",
     "OwnerKind",
     "PauseReplica",
@@ -85,6 +100,7 @@ __all__ = [
     "ReplicaState",
     "ReplicaStatus",
     "ReplicaUsage",
+    "ReplicaView",
     "RequestId",
     "RequestResult",
     "Resources",

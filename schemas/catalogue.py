@@ -12,6 +12,7 @@ from schemas.commands import PauseReplica, RenewToken, ResumeReplica, StartRepli
 from schemas.events import DeploymentStatus
 from schemas.journal import JournalMarker, LeaderTookOver
 from schemas.node import MetricSample, NodeHeartbeat, NodePresence, ReplicaStatus
+from schemas.queries import AppsQuery, AppsReply, NodesQuery, NodesReply
 from schemas.requests import (
     CordonRequest,
     DeleteRequest,
@@ -56,6 +57,10 @@ MESSAGES: tuple[type[Message], ...] = (
     DeploymentStatus,
     LeaderTookOver,
     JournalMarker,
+    AppsQuery,
+    AppsReply,
+    NodesQuery,
+    NodesReply,
 )
 
 _BY_NAME: dict[str, type[Message]] = {cls.schema_name: cls for cls in MESSAGES}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from bus.connection import Bus
 from bus.journal import Entry, Journal
 from bus.leader import Leadership
+from bus.topology import QueueSpec
 from services.state import DesiredState
 
 __all__ = ["ControlService"]
@@ -14,7 +15,8 @@ __all__ = ["ControlService"]
 class ControlService:
     """A service that follows the journal always and acts only while it leads.
 
-    Subclasses set ``name`` and override the hooks: :meth:`applied` (after each entry),
+    Subclasses set ``name`` and override the hooks: :meth:`leader_queues`,
+    :meth:`applied` (after each entry),
     :meth:`follow` / :meth:`unfollow` (what every instance does, leader or not) and
     :meth:`lead` / :meth:`step_down` (what only the leader does).
     """
@@ -37,8 +39,16 @@ class ControlService:
         return self._bus
 
     async def start(self, bus: Bus) -> None:
-        """Replay the journal, start following, and compete for leadership."""
+        """Declare the leader's queues, replay the journal, follow, compete for leadership.
+
+        The queues only the leader consumes are declared by every instance, so requests
+        wait there (durably) while no instance leads yet or leadership changes hands.
+        """
         self._bus = bus
+        channel = await bus.channel()
+        for spec in self.leader_queues():
+            await spec.declare(channel)
+        await channel.close()
         await self.journal.start(bus)
         await self.journal.catch_up()
         await self.follow(bus)
@@ -56,6 +66,10 @@ class ControlService:
     async def _elected(self, epoch: int) -> None:
         await self.journal.catch_up()  # act on everything the previous leader wrote
         await self.lead(epoch)
+
+    def leader_queues(self) -> tuple[QueueSpec, ...]:
+        """The queues only the leader consumes."""
+        return ()
 
     def applied(self, entry: Entry) -> None:
         """An entry was applied to :attr:`state`."""

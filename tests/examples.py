@@ -5,6 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from schemas import (
+    AppsQuery,
+    AppsReply,
+    AppView,
     CordonRequest,
     DeleteRequest,
     DeploymentState,
@@ -16,6 +19,9 @@ from schemas import (
     MetricSample,
     NodeHeartbeat,
     NodePresence,
+    NodesQuery,
+    NodesReply,
+    NodeView,
     PauseReplica,
     Presence,
     PresenceCause,
@@ -26,6 +32,7 @@ from schemas import (
     ReplicaState,
     ReplicaStatus,
     ReplicaUsage,
+    ReplicaView,
     RequestResult,
     Resources,
     ResumeReplica,
@@ -157,4 +164,48 @@ EXAMPLES: dict[type[Message], Message] = {
     ),
     LeaderTookOver: LeaderTookOver(service="placement", instance="a1b2c3d4e5f6"),
     JournalMarker: JournalMarker(instance="a1b2c3d4e5f6", seq=3),
+    AppsQuery: AppsQuery(namespace="alice", app="stereo"),
+    AppsReply: AppsReply(
+        namespace="alice",
+        apps=(
+            AppView(
+                app="stereo",
+                image="idlecloud/stereo:1",
+                state=DeploymentState.DEGRADED,
+                desired=15,
+                running=11,
+                reservation=Resources(cpu_millicores=1000, memory_mib=512),
+                replicas_per_node={"edge": 7, "ninja": 4},
+                replicas=(
+                    ReplicaView(
+                        replica_id="stereo-2-0a1b2c3d", node="edge", state=ReplicaState.RUNNING
+                    ),
+                ),
+                reason="no PC can take a replica (2 x not enough free CPU)",
+            ),
+        ),
+        quota=Resources(cpu_millicores=20_000, memory_mib=65_536),
+        reserved=Resources(cpu_millicores=15_000, memory_mib=7680),
+        running=Resources(cpu_millicores=11_000, memory_mib=5632),
+        at=AT,
+    ),
+    NodesQuery: NodesQuery(),
+    NodesReply: NodesReply(
+        nodes=(
+            NodeView(
+                node="edge",
+                state="busy",
+                presence=PresenceState.BUSY,
+                cause="session",
+                capacity=Resources(cpu_millicores=8000, memory_mib=16_384),
+                allocatable=Resources(cpu_millicores=7000, memory_mib=14_336),
+                reserved=Resources(cpu_millicores=6000, memory_mib=3072),
+                usage=Resources(cpu_millicores=10, memory_mib=900),
+                replicas=6,
+                runtime="process",
+                seconds_since_heartbeat=0.4,
+            ),
+        ),
+        at=AT,
+    ),
 }

@@ -7,7 +7,7 @@ import os
 
 import typer
 
-from bus.cli import agent, platform, sim, worker
+from bus.cli import agent, control, platform, sim, worker
 from bus.service import configure_logging
 from nodeagent.load import PLATFORM_MARKER
 
@@ -21,6 +21,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 platform.register(app)
+control.register(app)
 worker.register(app)
 app.add_typer(agent.agent_app, name="agent")
 app.add_typer(sim.sim_app, name="sim")

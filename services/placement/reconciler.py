@@ -10,8 +10,9 @@ reports falls in one bucket:
   carries the deploy's generation): stop it;
 * **healthy**: running on an idle PC that is not being drained;
 * **displaced**: paused on a busy PC, or on a PC being drained. It does not count as
-  running. Once its app has as many healthy replicas as desired (its replacements
-  run), it is stopped: a busy PC's agent then evicts it at once.
+  running. As soon as a replacement runs elsewhere, one displaced replica is stopped
+  (healthy + displaced never exceeds desired for long): a busy PC's agent evicts it at
+  once.
 
 Replicas on lost PCs count for nothing; if their PC comes back they are healthy again,
 and the surplus is stopped. Starts already sent but not yet reported (``in flight``, up
@@ -293,9 +294,9 @@ class Reconciler:
                     rid, node = tally.healthy.pop(index)
                     counts[node] -= 1
                     self._stop(plan, rid, node, "more replicas run than asked", now)
-            if len(tally.healthy) >= spec.replicas:
-                for rid, node in tally.displaced:  # their replacements run
-                    self._stop(plan, rid, node, "its replacement runs elsewhere", now, grace_s=0)
+            replaced = len(tally.healthy) + len(tally.displaced) - spec.replicas
+            for rid, node in tally.displaced[: max(0, replaced)]:  # their replacements run
+                self._stop(plan, rid, node, "its replacement runs elsewhere", now, grace_s=0)
             missing = spec.replicas - len(tally.healthy) - tally.starting
             backoff = self._backoff.get(key)
             if backoff is not None and now - backoff.last_at > self.settings.backoff_reset_s:

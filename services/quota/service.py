@@ -55,6 +55,9 @@ class QuotaManager(ControlService):
         )
         self._server: RpcServer[Request] = RpcServer(spec, _REQUESTS, self._handle, prefetch=1)
 
+    def leader_queues(self) -> tuple[QueueSpec, ...]:
+        return (self._server.spec,)
+
     async def lead(self, epoch: int) -> None:
         await self._server.start(self.bus)
 

@@ -1,0 +1,293 @@
+"""`bus up`, `bus deploy|apps|app|scale|delete` and the admin's `bus nodes|cordon|...|quota`.
+
+Every request goes to the quota manager by RPC and every question to the placement leader;
+the answer is printed as a table, or as JSON with ``--json``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import uuid
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.table import Table
+
+from bus.cli._common import DEFAULT_URL, JsonOption, UrlOption, console, fail, print_json, run_async
+from bus.connection import Bus
+from bus.rpc import RpcClient
+from bus.service import run
+from schemas import (
+    AppsQuery,
+    AppsReply,
+    CordonRequest,
+    DeleteRequest,
+    DeployRequest,
+    Message,
+    NodesQuery,
+    NodesReply,
+    Owner,
+    QuotaSet,
+    RequestResult,
+    ScaleRequest,
+)
+
+__all__ = ["register"]
+
+R = TypeVar("R", bound=Message)
+
+NamespaceOption = Annotated[
+    str, typer.Option("--namespace", "-n", envvar="IDLECLOUD_NAMESPACE", help="Your namespace.")
+]
+
+
+def _request_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+async def _call(url: str, owner: Owner, request: Message, expect: type[R]) -> R:
+    async with Bus(url, connection_name=f"bus {request.schema_name}") as bus:
+        client = await RpcClient(bus, owner).start()
+        try:
+            return await client.call(request, expect, timeout_s=15.0)
+        finally:
+            await client.stop()
+
+
+def _ask(url: str, owner: Owner, request: Message, expect: type[R]) -> R:
+    return run_async(lambda: _call(url, owner, request, expect))
+
+
+def _submit(url: str, owner: Owner, request: Message, as_json: bool, done: str) -> None:
+    """Send a request to the quota manager; print its verdict; exit 1 if refused."""
+    result = _ask(url, owner, request, RequestResult)
+    if as_json:
+        print_json(result.model_dump(mode="json"))
+    elif result.accepted:
+        console.print(f"[green]{done}[/]")
+    if not result.accepted:
+        fail(f"refused: {result.reason}", code=1)
+
+
+def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
+    pairs = {}
+    for value in values or []:
+        key, sep, item = value.partition("=")
+        if not sep or not key:
+            fail(f"{what} {value!r} is not KEY=VALUE")
+        pairs[key] = item
+    return pairs
+
+
+def deploy(
+    app: Annotated[str | None, typer.Argument(help="The app's id (a DNS label).")] = None,
+    image: Annotated[str | None, typer.Option(help="The image (or program) to run.")] = None,
+    command: Annotated[
+        list[str] | None, typer.Option(help="One argument of the command; repeat.")
+    ] = None,
+    replicas: Annotated[int, typer.Option(min=0)] = 1,
+    cpu_millicores: Annotated[int, typer.Option(min=1, help="CPU per replica.")] = 1000,
+    memory_mib: Annotated[int, typer.Option(min=4, help="Memory per replica.")] = 256,
+    env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE; repeat.")] = None,
+    port: Annotated[
+        list[int] | None, typer.Option(help="A port the app listens on; repeat.")
+    ] = None,
+    selector: Annotated[list[str] | None, typer.Option(help="Only PCs labelled KEY=VALUE.")] = None,
+    file: Annotated[Path | None, typer.Option(help="A TOML file of these fields.")] = None,
+    namespace: NamespaceOption = "default",
+    url: UrlOption = DEFAULT_URL,
+    as_json: JsonOption = False,
+) -> None:
+    """Create or replace an app: run REPLICAS copies of IMAGE within your quota."""
+    fields: dict[str, Any] = {}
+    if file is not None:
+        try:
+            fields = tomllib.loads(file.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            fail(f"cannot read {file}: {error}")
+    flags = {"app": app, "image": image, "command": tuple(command) if command else None}
+    fields.update({key: value for key, value in flags.items() if value is not None})
+    fields.setdefault("replicas", replicas)
+    fields.setdefault("cpu_millicores", cpu_millicores)
+    fields.setdefault("memory_mib", memory_mib)
+    fields.setdefault("env", _pairs(env, "--env"))
+    fields.setdefault("ports", tuple(port or ()))
+    fields.setdefault("node_selector", _pairs(selector, "--selector"))
+    for key in ("command", "ports"):
+        if isinstance(fields.get(key), list):
+            fields[key] = tuple(fields[key])
+    try:
+        request = DeployRequest(request_id=_request_id(), namespace=namespace, **fields)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        fail(f"invalid deployment: {problems}")
+    owner = Owner.namespace(namespace)
+    _submit(url, owner, request, as_json, f"{request.app}: {request.replicas} replicas admitted")
+
+
+def _apps(url: str, namespace: str, app: str | None) -> AppsReply:
+    return _ask(url, Owner.namespace(namespace), AppsQuery(namespace=namespace, app=app), AppsReply)
+
+
+def apps(namespace: NamespaceOption = "default", url: UrlOption = DEFAULT_URL,
+         as_json: JsonOption = False) -> None:  # fmt: skip
+    """Your apps: state, replicas running against desired, and your quota's use."""
+    reply = _apps(url, namespace, None)
+    if as_json:
+        print_json(reply.model_dump(mode="json"))
+        return
+    table = Table("app", "state", "running", "per PC", "reason")
+    for view in reply.apps:
+        per_pc = ", ".join(f"{node} {n}" for node, n in sorted(view.replicas_per_node.items()))
+        table.add_row(view.app, view.state.value, f"{view.running}/{view.desired}", per_pc,
+                      view.reason)  # fmt: skip
+    console.print(table)
+    quota = reply.quota
+    limit = f"{quota.cpu_millicores}m / {quota.memory_mib} MiB" if quota else "none"
+    reserved, running = reply.reserved, reply.running
+    console.print(
+        f"quota {limit}; reserved {reserved.cpu_millicores}m / {reserved.memory_mib} MiB; "
+        f"running {running.cpu_millicores}m / {running.memory_mib} MiB"
+    )
+
+
+def app_detail(
+    app: Annotated[str, typer.Argument(help="The app's id.")],
+    namespace: NamespaceOption = "default",
+    url: UrlOption = DEFAULT_URL,
+    as_json: JsonOption = False,
+) -> None:
+    """One app: its replicas, on which PC, in what state."""
+    reply = _apps(url, namespace, app)
+    if not reply.apps:
+        fail(f"{namespace} has no app {app!r}; `bus apps` lists them", code=1)
+    view = reply.apps[0]
+    if as_json:
+        print_json(view.model_dump(mode="json"))
+        return
+    console.print(f"{view.app}: {view.state.value}, {view.running}/{view.desired} running, "
+                  f"image {view.image}" + (f" ({view.reason})" if view.reason else ""))  # fmt: skip
+    table = Table("replica", "PC", "state")
+    for replica in view.replicas:
+        table.add_row(replica.replica_id, replica.node, replica.state.value)
+    console.print(table)
+
+
+def scale(
+    app: Annotated[str, typer.Argument(help="The app's id.")],
+    replicas: Annotated[int, typer.Argument(min=0, help="How many should run.")],
+    namespace: NamespaceOption = "default",
+    url: UrlOption = DEFAULT_URL,
+    as_json: JsonOption = False,
+) -> None:
+    """Change how many replicas of an app run."""
+    request = ScaleRequest(
+        request_id=_request_id(), namespace=namespace, app=app, replicas=replicas
+    )
+    _submit(url, Owner.namespace(namespace), request, as_json, f"{app}: scaled to {replicas}")
+
+
+def delete(
+    app: Annotated[str, typer.Argument(help="The app's id.")],
+    namespace: NamespaceOption = "default",
+    url: UrlOption = DEFAULT_URL,
+    as_json: JsonOption = False,
+) -> None:
+    """Remove an app and stop its replicas."""
+    request = DeleteRequest(request_id=_request_id(), namespace=namespace, app=app)
+    _submit(url, Owner.namespace(namespace), request, as_json, f"{app}: deleted")
+
+
+def nodes(url: UrlOption = DEFAULT_URL, as_json: JsonOption = False) -> None:
+    """Every PC: free, busy with a person, lost, cordoned; capacity, reserved, replicas."""
+    reply = _ask(url, Owner.platform(), NodesQuery(), NodesReply)
+    if as_json:
+        print_json(reply.model_dump(mode="json"))
+        return
+    table = Table("PC", "state", "cause", "CPU reserved/allocatable", "memory MiB", "replicas")
+    for view in reply.nodes:
+        table.add_row(
+            view.node,
+            view.state,
+            view.cause,
+            f"{view.reserved.cpu_millicores}/{view.allocatable.cpu_millicores}m",
+            f"{view.reserved.memory_mib}/{view.allocatable.memory_mib}",
+            str(view.replicas),
+        )
+    console.print(table)
+
+
+def _cordon_command(action: Literal["cordon", "uncordon", "drain"], done: str) -> Any:
+    def command(
+        node: Annotated[str, typer.Argument(help="The PC's name.")],
+        reason: Annotated[str, typer.Option(help="Why, for the record.")] = "",
+        url: UrlOption = DEFAULT_URL,
+        as_json: JsonOption = False,
+    ) -> None:
+        request = CordonRequest(request_id=_request_id(), node=node, action=action, reason=reason)
+        _submit(url, Owner.platform(), request, as_json, f"{node}: {done}")
+
+    return command
+
+
+quota_app = typer.Typer(help="Namespaces' quotas (admin).", no_args_is_help=True)
+
+
+@quota_app.command("set")
+def quota_set(
+    namespace: Annotated[str, typer.Argument(help="The namespace.")],
+    cpu_millicores: Annotated[int, typer.Option(min=0, help="CPU it may reserve in all.")],
+    memory_mib: Annotated[int, typer.Option(min=0, help="Memory it may reserve in all.")],
+    url: UrlOption = DEFAULT_URL,
+    as_json: JsonOption = False,
+) -> None:
+    """Set how much a namespace's apps may reserve in all."""
+    request = QuotaSet(request_id=_request_id(), namespace=namespace,
+                       cpu_millicores=cpu_millicores, memory_mib=memory_mib)  # fmt: skip
+    _submit(url, Owner.platform(), request, as_json, f"{namespace}: quota set")
+
+
+@quota_app.command("show")
+def quota_show(namespace: NamespaceOption = "default", url: UrlOption = DEFAULT_URL,
+               as_json: JsonOption = False) -> None:  # fmt: skip
+    """A namespace's quota and what it reserves and runs."""
+    reply = _apps(url, namespace, None)
+    if as_json:
+        print_json(
+            reply.model_dump(mode="json", include={"namespace", "quota", "reserved", "running"})
+        )
+        return
+    if reply.quota is None:
+        console.print(f"{namespace} has no quota")
+        return
+    for label, used in (("reserved", reply.reserved), ("running", reply.running)):
+        console.print(f"{label}: {used.cpu_millicores}/{reply.quota.cpu_millicores}m CPU, "
+                      f"{used.memory_mib}/{reply.quota.memory_mib} MiB")  # fmt: skip
+
+
+def up(url: UrlOption = DEFAULT_URL) -> None:
+    """Run every control-plane service in one process (small sites, demos) until SIGTERM."""
+    from services.placement.service import Placement
+    from services.quota.service import QuotaManager
+
+    run(url, [QuotaManager(), Placement()], name="bus up", grace_s=5.0)
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the root `bus` app."""
+    app.command("up")(up)
+    app.command("deploy")(deploy)
+    app.command("apps")(apps)
+    app.command("app")(app_detail)
+    app.command("scale")(scale)
+    app.command("delete")(delete)
+    app.command("nodes")(nodes)
+    app.command("cordon", help="Place nothing new on a PC (admin).")(
+        _cordon_command("cordon", "cordoned"))  # fmt: skip
+    app.command("uncordon", help="Let a PC take work again (admin).")(
+        _cordon_command("uncordon", "uncordoned"))  # fmt: skip
+    app.command("drain", help="Move every replica off a PC (admin).")(
+        _cordon_command("drain", "draining"))  # fmt: skip
+    app.add_typer(quota_app, name="quota")

@@ -1,0 +1,109 @@
+"""Questions to the control plane and their answers (RPC): apps, PCs, quotas.
+
+A user asks about her own namespace only (the routing key says whose question it is); the
+PC list is an admin's question.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AwareDatetime, Field
+
+from schemas.base import (
+    AppId,
+    NamespaceMessage,
+    NodeName,
+    PlatformMessage,
+    Reason,
+    ReplicaId,
+    WireModel,
+)
+from schemas.events import DeploymentState
+from schemas.node import PresenceState, ReplicaState
+from schemas.resources import Resources
+
+__all__ = [
+    "AppView",
+    "AppsQuery",
+    "AppsReply",
+    "NodeView",
+    "NodesQuery",
+    "NodesReply",
+    "ReplicaView",
+]
+
+Count = Annotated[int, Field(ge=0)]
+
+
+class AppsQuery(NamespaceMessage):
+    """How are my apps doing (all of them, or one)?"""
+
+    schema_name = "AppsQuery"
+
+    app: AppId | None = None
+
+
+class ReplicaView(WireModel):
+    """One replica: where it runs and in what state."""
+
+    replica_id: ReplicaId
+    node: NodeName
+    state: ReplicaState
+
+
+class AppView(WireModel):
+    """One app against what its owner asked for."""
+
+    app: AppId
+    image: str
+    state: DeploymentState
+    desired: Count
+    running: Count
+    reservation: Resources
+    replicas_per_node: dict[NodeName, Count] = Field(default_factory=dict, max_length=10_000)
+    replicas: tuple[ReplicaView, ...] = Field(default=(), max_length=10_000)
+    reason: Reason = ""
+
+
+class AppsReply(NamespaceMessage):
+    """A namespace's apps, its quota and what it reserves and runs."""
+
+    schema_name = "AppsReply"
+
+    apps: tuple[AppView, ...] = Field(default=(), max_length=10_000)
+    quota: Resources | None = None
+    reserved: Resources
+    running: Resources
+    at: AwareDatetime
+
+
+class NodesQuery(PlatformMessage):
+    """Every PC the platform knows (an admin's question)."""
+
+    schema_name = "NodesQuery"
+
+
+class NodeView(WireModel):
+    """A PC as placement sees it."""
+
+    node: NodeName
+    state: Annotated[str, Field(pattern=r"^(idle|busy|lost|cordoned|draining)$")]
+    presence: PresenceState
+    cause: str
+    capacity: Resources
+    allocatable: Resources
+    reserved: Resources
+    usage: Resources
+    replicas: Count
+    runtime: str
+    seconds_since_heartbeat: Annotated[float, Field(ge=0)]
+
+
+class NodesReply(PlatformMessage):
+    """Every PC, and when the answer was made."""
+
+    schema_name = "NodesReply"
+
+    nodes: tuple[NodeView, ...] = Field(default=(), max_length=10_000)
+    at: AwareDatetime

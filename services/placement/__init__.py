@@ -1,0 +1,1 @@
+"""The placement service: PC registry, scheduling core, reconciler, and their shell."""

@@ -1,0 +1,201 @@
+"""The placement service: the thin shell around the registry, the reconciler and the core.
+
+Every instance follows the journal (desired state) and the PCs' events (registry), so a
+standby is warm. The leader also runs the reconcile loop: at every change it hears of, and
+at least every ``tick_s``, it asks the reconciler for a plan and carries it out: start and
+stop commands to the agents, all carrying its epoch, and a ``DeploymentStatus`` event
+whenever an app's status changes. A new leader first waits ``settle_s`` so that starts
+its predecessor sent just before dying show up in the agents' reports. The leader also
+answers the apps and PCs questions of the CLI and the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bus import names
+from bus.codec import Delivery
+from bus.connection import PUBLISH_FAILURES, Bus
+from bus.consumer import Consumer
+from bus.journal import Entry
+from bus.rpc import RpcServer
+from bus.topology import QueueSpec
+from schemas import (
+    AppsQuery,
+    AppsReply,
+    DeploymentState,
+    DeploymentStatus,
+    Message,
+    NodeHeartbeat,
+    NodePresence,
+    NodesQuery,
+    NodesReply,
+    ReplicaStatus,
+    StartReplica,
+    StopReplica,
+    utc_now,
+)
+from services.base import ControlService
+from services.placement.reconciler import AppStatus, Plan, Reconciler, ReconcilerSettings
+from services.placement.registry import Registry
+from services.placement.views import apps_reply, nodes_reply
+from services.state import AppKey
+
+__all__ = ["Placement", "PlacementSettings"]
+
+log = logging.getLogger(__name__)
+
+NodeEvent = NodeHeartbeat | NodePresence | ReplicaStatus
+Query = AppsQuery | NodesQuery
+
+
+@dataclass(frozen=True)
+class PlacementSettings:
+    """How often the leader reconciles, and how long it trusts a silent PC."""
+
+    tick_s: float = 0.5
+    node_timeout_s: float = 3.0
+    settle_s: float = 1.5
+    reconciler: ReconcilerSettings = field(default_factory=ReconcilerSettings)
+
+
+class Placement(ControlService):
+    """Keeps every deployment's replicas running on free PCs; see the module's header."""
+
+    name = "placement"
+
+    def __init__(
+        self,
+        settings: PlacementSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        retry_s: float = 0.5,
+    ) -> None:
+        super().__init__(retry_s=retry_s)
+        self.settings = settings or PlacementSettings()
+        self.registry = Registry(self.settings.node_timeout_s)
+        self.reconciler = Reconciler(self.settings.reconciler)
+        self._clock = clock
+        self._epoch = 0
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._statuses: dict[AppKey, AppStatus] = {}
+        self._events: Consumer[NodeEvent] = Consumer(
+            QueueSpec.private(
+                names.service_queue(self.name, f"events.{self.journal.instance}"),
+                *((names.EVENTS_EXCHANGE, key) for key in names.node_event_keys()),
+            ),
+            (NodeHeartbeat, NodePresence, ReplicaStatus),
+            self._on_event,
+            prefetch=500,
+        )
+        self._queries: RpcServer[Query] = RpcServer(
+            QueueSpec.quorum(
+                names.service_queue(self.name, "queries"),
+                *((names.COMMANDS_EXCHANGE, key) for key in names.query_keys()),
+            ),
+            (AppsQuery, NodesQuery),
+            self._answer,
+            prefetch=20,
+        )
+
+    async def follow(self, bus: Bus) -> None:
+        await self._events.start(bus)
+
+    async def unfollow(self, grace_s: float) -> None:
+        await self._events.stop(grace_s)
+
+    def leader_queues(self) -> tuple[QueueSpec, ...]:
+        return (self._queries.spec,)
+
+    async def lead(self, epoch: int) -> None:
+        self._epoch = epoch
+        self._statuses = {}
+        self._loop_task = asyncio.get_running_loop().create_task(self._reconcile_loop())
+        await self._queries.start(self.bus)
+
+    async def step_down(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+        await self._queries.stop(5.0)
+
+    def applied(self, _entry: Entry) -> None:
+        self._wake.set()
+
+    async def _on_event(self, event: NodeEvent, _delivery: Delivery) -> None:
+        match event:
+            case NodeHeartbeat():
+                known = event.node in self.registry.nodes
+                self.registry.heartbeat(event, self._clock())
+                if known:
+                    return  # a heartbeat changes little; the next tick takes it in
+            case NodePresence():
+                self.registry.presence(event)
+            case ReplicaStatus():
+                self.registry.status(event)
+                self.reconciler.observe(event, self._clock())
+        self._wake.set()
+
+    async def _reconcile_loop(self) -> None:
+        await asyncio.sleep(self.settings.settle_s)
+        while True:
+            self._wake.clear()
+            plan = self.reconciler.reconcile(self.state, self.registry, self._clock())
+            try:
+                await self._carry_out(plan)
+            except PUBLISH_FAILURES as error:
+                log.warning("placement: could not send every command (%r); retrying", error)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.tick_s):
+                    await self._wake.wait()
+
+    async def _carry_out(self, plan: Plan) -> None:
+        commands: list[Message] = []
+        for start in plan.starts:
+            request = start.spec.request
+            commands.append(StartReplica(
+                node=start.node, epoch=self._epoch, replica_id=start.replica_id,
+                namespace=request.namespace, app=request.app, image=request.image,
+                command=request.command, env=request.env, ports=request.ports,
+                reservation=start.spec.reservation, token="",
+            ))  # fmt: skip
+        for stop in plan.stops:
+            commands.append(StopReplica(
+                node=stop.node, epoch=self._epoch, replica_id=stop.replica_id,
+                grace_s=stop.grace_s, reason=stop.reason,
+            ))  # fmt: skip
+        for key, status in plan.statuses.items():
+            if self._statuses.get(key) != status:
+                commands.append(_status_event(status))
+        for key in set(self._statuses) - set(plan.statuses):
+            gone = AppStatus(key, DeploymentState.DELETED, 0, 0, {}, "deleted")
+            commands.append(_status_event(gone))
+        await asyncio.gather(*(self.bus.publish(command) for command in commands))
+        self._statuses = dict(plan.statuses)
+
+    async def _answer(self, query: Query, _delivery: Delivery) -> AppsReply | NodesReply:
+        now = self._clock()
+        if isinstance(query, AppsQuery):
+            return apps_reply(query, self.state, self.registry, self._statuses, now)
+        return nodes_reply(self.state, self.registry, now)
+
+
+def _status_event(status: AppStatus) -> DeploymentStatus:
+    return DeploymentStatus(
+        namespace=status.key[0],
+        app=status.key[1],
+        state=status.state,
+        desired=status.desired,
+        running=status.running,
+        replicas_per_node=status.per_node,
+        reason=status.reason[:1024],
+        at=utc_now(),
+    )

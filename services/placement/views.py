@@ -1,0 +1,116 @@
+"""The answers to the apps and PCs questions, built from the desired state and the registry."""
+
+from __future__ import annotations
+
+from schemas import (
+    AppsQuery,
+    AppsReply,
+    AppView,
+    DeploymentState,
+    NodesReply,
+    NodeView,
+    PresenceState,
+    ReplicaState,
+    ReplicaView,
+    Resources,
+    utc_now,
+)
+from services.placement.reconciler import AppStatus
+from services.placement.registry import Registry
+from services.state import AppKey, DesiredState
+
+__all__ = ["apps_reply", "nodes_reply"]
+
+_MAX_CPU = 1_024_000
+_ENDED = (ReplicaState.EXITED, ReplicaState.FAILED)
+
+
+def _resources(cpu_millicores: int, memory_mib: int) -> Resources:
+    return Resources(cpu_millicores=min(cpu_millicores, _MAX_CPU), memory_mib=memory_mib)
+
+
+def apps_reply(
+    query: AppsQuery,
+    state: DesiredState,
+    registry: Registry,
+    statuses: dict[AppKey, AppStatus],
+    now: float,
+) -> AppsReply:
+    """One namespace's apps (or one of them), its quota, and what it reserves and runs."""
+    namespace = query.namespace
+    replicas: dict[AppKey, list[ReplicaView]] = {}
+    running_cpu = running_memory = 0
+    for node in registry.nodes.values():
+        if registry.lost(node, now):
+            continue
+        for replica in node.replicas.values():
+            if replica.namespace != namespace:
+                continue
+            replicas.setdefault(replica.key, []).append(
+                ReplicaView(replica_id=replica.replica_id, node=node.name, state=replica.state)
+            )
+            if replica.state is ReplicaState.RUNNING and node.presence is PresenceState.IDLE:
+                running_cpu += replica.cpu_millicores
+                running_memory += replica.memory_mib
+    apps = []
+    for key, spec in sorted(state.deployments.items()):
+        if key[0] != namespace or query.app not in (None, key[1]):
+            continue
+        status = statuses.get(key) or AppStatus(key, DeploymentState.PENDING, spec.replicas, 0, {})
+        apps.append(
+            AppView(
+                app=key[1],
+                image=spec.request.image,
+                state=status.state,
+                desired=spec.replicas,
+                running=status.running,
+                reservation=spec.reservation,
+                replicas_per_node=status.per_node,
+                replicas=tuple(sorted(replicas.get(key, ()), key=lambda r: (r.node, r.replica_id))),
+                reason=status.reason[:1024],
+            )
+        )
+    reserved = state.reserved(namespace)
+    return AppsReply(
+        namespace=namespace,
+        apps=tuple(apps),
+        quota=state.quotas.get(namespace),
+        reserved=_resources(*reserved),
+        running=_resources(running_cpu, running_memory),
+        at=utc_now(),
+    )
+
+
+def nodes_reply(state: DesiredState, registry: Registry, now: float) -> NodesReply:
+    """Every PC: free, busy with a person, lost, cordoned or draining; and what it holds."""
+    views = []
+    for name, node in sorted(registry.nodes.items()):
+        if registry.lost(node, now):
+            label = "lost"
+        elif name in state.cordons:
+            label = "draining" if state.cordons[name] == "drain" else "cordoned"
+        else:
+            label = "busy" if node.presence is PresenceState.BUSY else "idle"
+        live = [
+            r
+            for r in node.replicas.values()
+            if r.state not in (ReplicaState.EXITED, ReplicaState.FAILED)
+        ]
+        views.append(
+            NodeView(
+                node=name,
+                state=label,
+                presence=node.presence,
+                cause=node.cause,
+                capacity=_resources(*node.capacity),
+                allocatable=_resources(*node.allocatable),
+                reserved=_resources(
+                    sum(r.cpu_millicores for r in live), sum(r.memory_mib for r in live)
+                ),
+                usage=_resources(*node.usage),
+                replicas=len(live),
+                runtime=node.runtime,
+                seconds_since_heartbeat=max(0.0, now - node.last_seen),
+            )
+        )
+    return NodesReply(nodes=tuple(views), at=utc_now())

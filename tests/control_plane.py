@@ -1,0 +1,147 @@
+"""A whole control plane for a test or a benchmark: its own vhost, the services, real agents.
+
+Each rig gets a fresh vhost, because the journal outlives its readers: a later rig on the
+same vhost would replay an earlier one's deployments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bus.connection import Bus
+from bus.devservices import create_vhost, delete_vhost
+from bus.rpc import RpcClient
+from bus.topology import declare_platform
+from nodeagent.sim import SimPC, Simulation
+from schemas import (
+    AppsQuery,
+    AppsReply,
+    DeployRequest,
+    Message,
+    NodesQuery,
+    NodesReply,
+    Owner,
+    QuotaSet,
+    RequestResult,
+)
+from services.placement.reconciler import ReconcilerSettings
+from services.placement.registry import Registry
+from services.placement.service import Placement, PlacementSettings
+from services.quota.service import QuotaManager
+
+#: What a simulated replica runs: a process that sleeps (the process runtime).
+SLEEPER = (sys.executable, "-c", "import time; time.sleep(3600)")
+FAST = PlacementSettings(
+    tick_s=0.3, node_timeout_s=2.0, settle_s=0.8,
+    reconciler=ReconcilerSettings(preempt_interval_s=2.0),
+)  # fmt: skip
+AGENT_ARGS = ("--start-idle-s", "0", "--continue-idle-s", "0.5", "--heartbeat-s", "0.3",
+              "--load-sample-s", "60")  # fmt: skip
+
+
+def thesis_pcs(suffix: str) -> tuple[SimPC, ...]:
+    """Edge (8 cores), Ninja, Jonathan and Penguin (4 each), named for one test."""
+    return tuple(
+        SimPC(f"{name}{suffix}", cpu, memory)
+        for name, cpu, memory in (("edge", 8000, 16384), ("ninja", 4000, 8192),
+                                  ("jonathan", 4000, 8192), ("penguin", 4000, 8192))
+    )  # fmt: skip
+
+
+@dataclass
+class Plane:
+    """A running control plane with simulated PCs."""
+
+    url: str
+    bus: Bus
+    simulation: Simulation
+    pcs: tuple[SimPC, ...]
+    services: list[QuotaManager | Placement] = field(default_factory=list)
+    _clients: dict[Owner, RpcClient] = field(default_factory=dict)
+
+    async def client(self, owner: Owner) -> RpcClient:
+        if owner not in self._clients:
+            self._clients[owner] = await RpcClient(self.bus, owner).start()
+        return self._clients[owner]
+
+    async def request(self, owner: Owner, message: Message) -> RequestResult:
+        client = await self.client(owner)
+        return await client.call(message, RequestResult, timeout_s=20)
+
+    async def quota(self, namespace: str, cpu_millicores: int, memory_mib: int = 65_536) -> None:
+        result = await self.request(Owner.platform(), QuotaSet(
+            request_id=uuid.uuid4().hex[:16], namespace=namespace,
+            cpu_millicores=cpu_millicores, memory_mib=memory_mib,
+        ))  # fmt: skip
+        assert result.accepted, result.reason
+
+    async def deploy(
+        self, namespace: str, app: str, replicas: int, cpu_millicores: int = 1000
+    ) -> RequestResult:
+        return await self.request(Owner.namespace(namespace), DeployRequest(
+            request_id=uuid.uuid4().hex[:16], namespace=namespace, app=app, image="local",
+            command=SLEEPER, replicas=replicas, cpu_millicores=cpu_millicores, memory_mib=32,
+        ))  # fmt: skip
+
+    async def apps(self, namespace: str) -> AppsReply:
+        client = await self.client(Owner.namespace(namespace))
+        return await client.call(AppsQuery(namespace=namespace), AppsReply, timeout_s=20)
+
+    async def nodes(self) -> NodesReply:
+        client = await self.client(Owner.platform())
+        return await client.call(NodesQuery(), NodesReply, timeout_s=20)
+
+    async def running(self, namespace: str) -> int:
+        return sum(view.running for view in (await self.apps(namespace)).apps)
+
+    async def registry_ready(self, registry: Registry, timeout_s: float = 30.0) -> None:
+        """Wait until ``registry`` has heard every simulated PC say it is idle."""
+        wanted = {pc.name for pc in self.pcs}
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while {n for n, node in registry.nodes.items() if node.presence.value == "idle"} < wanted:
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"not every PC heartbeats: {sorted(registry.nodes)}")
+            await asyncio.sleep(0.1)
+
+
+@asynccontextmanager
+async def control_plane(
+    work: Path,
+    pcs: tuple[SimPC, ...],
+    *,
+    settings: PlacementSettings = FAST,
+    placement: bool = True,
+) -> AsyncIterator[Plane]:
+    """A fresh vhost, the quota manager and (unless the test brings its own) placement in
+    this process, and real agents."""
+    broker = create_vhost(f"plane-{uuid.uuid4().hex[:10]}")
+    simulation = Simulation(work / "sim")
+    try:
+        async with Bus(broker.url, connection_name="control plane") as bus:
+            await declare_platform(bus)
+            plane = Plane(broker.url, bus, simulation, pcs)
+            plane.services = [QuotaManager(retry_s=0.2)]
+            if placement:
+                plane.services.append(Placement(settings, retry_s=0.2))
+            for service in plane.services:
+                await service.start(bus)
+            simulation.up(broker.url, pcs, extra_args=AGENT_ARGS)
+            try:
+                for service in plane.services:
+                    if isinstance(service, Placement):
+                        await plane.registry_ready(service.registry)
+                yield plane
+            finally:
+                simulation.down()
+                for client in plane._clients.values():
+                    await client.stop()
+                for service in reversed(plane.services):
+                    await service.stop(1.0)
+    finally:
+        await asyncio.to_thread(delete_vhost, broker.vhost)

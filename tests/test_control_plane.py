@@ -1,0 +1,145 @@
+"""The control plane with real agents: the thesis's experiments in compressed time.
+
+A fresh vhost per test, the quota manager and placement in this process, and four
+simulated PCs (real `bus agent run` processes, process runtime) sized like the thesis's.
+A watcher samples every namespace's apps every 0.3 s and records any moment when one
+ran more replicas than it asked or reserved more than its quota.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from bus.connection import Bus
+from bus.devservices import BrokerInfo
+from services.placement.service import Placement
+
+from .control_plane import FAST, Plane, control_plane, thesis_pcs
+from .helpers import wait_until
+
+
+class Watcher:
+    """Samples namespaces' apps; remembers every breach of desired count or quota."""
+
+    def __init__(self, plane: Plane, namespaces: tuple[str, ...]) -> None:
+        self.plane = plane
+        self.namespaces = namespaces
+        self.breaches: list[str] = []
+        self.running: dict[str, int] = dict.fromkeys(namespaces, 0)
+        self.samples = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _watch(self) -> None:
+        while True:
+            for namespace in self.namespaces:
+                reply = await self.plane.apps(namespace)
+                self.running[namespace] = sum(view.running for view in reply.apps)
+                for view in reply.apps:
+                    if view.running > view.desired:
+                        self.breaches.append(
+                            f"{namespace}/{view.app} {view.running}>{view.desired}"
+                        )
+                if reply.quota and reply.running.cpu_millicores > reply.quota.cpu_millicores:
+                    self.breaches.append(f"{namespace} runs {reply.running.cpu_millicores}m")
+            self.samples += 1
+            await asyncio.sleep(0.3)
+
+    def __enter__(self) -> Watcher:
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
+async def until(predicate: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    await wait_until(predicate, timeout_s=timeout_s, what=what)
+
+
+@contextlib.asynccontextmanager
+async def watched(plane: Plane, *namespaces: str) -> AsyncIterator[Watcher]:
+    with Watcher(plane, namespaces) as watcher:
+        yield watcher
+        await asyncio.sleep(0.4)  # one more sample after the last step
+    assert watcher.samples > 0
+    assert watcher.breaches == []
+
+
+async def test_fifteen_replicas_on_the_thesis_pcs_survive_a_person_and_a_lost_pc(
+    broker: BrokerInfo, unique: str, tmp_path: Path
+) -> None:
+    pcs = thesis_pcs(unique)
+    edge, ninja = pcs[0].name, pcs[1].name
+    async with control_plane(tmp_path, pcs) as plane:
+        await plane.quota("alice", 20_000)
+        assert (await plane.deploy("alice", "stereo", 15)).accepted
+        async with watched(plane, "alice") as watcher:
+            await until(lambda: watcher.running["alice"] == 15, "15 replicas running")
+            per_pc = (await plane.apps("alice")).apps[0].replicas_per_node
+            assert per_pc == {edge: 6, **{pc.name: 3 for pc in pcs[1:]}}
+
+            plane.simulation.login(edge)  # a person sits down at Edge: 12 CPUs are left
+            await until(lambda: watcher.running["alice"] == 12, "12 running elsewhere")
+            view = (await plane.apps("alice")).apps[0]
+            assert edge not in view.replicas_per_node
+            assert view.state.value == "degraded" and "not enough free CPU" in view.reason
+
+            plane.simulation.logout(edge)  # the person leaves: Edge's paused replicas resume
+            await until(lambda: watcher.running["alice"] == 15, "15 again")
+
+            plane.simulation.kill(ninja)  # Ninja's plug is pulled
+            await until(lambda: watcher.running["alice"] < 15, "Ninja's replicas lost", 10)
+            await until(lambda: watcher.running["alice"] == 15, "15 again without Ninja")
+            per_pc = (await plane.apps("alice")).apps[0].replicas_per_node
+            assert ninja not in per_pc and sum(per_pc.values()) == 15
+
+
+async def test_two_users_with_quotas_share_scarce_pcs_fairly(
+    broker: BrokerInfo, unique: str, tmp_path: Path
+) -> None:
+    pcs = thesis_pcs(unique)
+    async with control_plane(tmp_path, pcs) as plane:
+        await plane.quota("alice", 6000)
+        await plane.quota("bob", 6000)
+        refused = await plane.deploy("alice", "big", 7)
+        assert not refused.accepted and "its quota is 6000m CPU" in refused.reason
+        async with watched(plane, "alice", "bob") as watcher:
+            assert (await plane.deploy("alice", "a", 6)).accepted
+            assert (await plane.deploy("bob", "b", 6)).accepted
+            await until(lambda: watcher.running == {"alice": 6, "bob": 6}, "both at quota")
+            for pc in pcs[:3]:  # only Penguin's 4 CPUs are left
+                plane.simulation.kill(pc.name)
+            await until(lambda: sum(watcher.running.values()) == 4, "capacity short", 20)
+            await until(lambda: watcher.running == {"alice": 2, "bob": 2}, "equal shares", 30)
+
+
+async def test_the_standby_takes_over_when_the_leader_dies_and_nothing_runs_twice(
+    broker: BrokerInfo, unique: str, tmp_path: Path
+) -> None:
+    pcs = thesis_pcs(unique)[1:]  # 12 CPUs
+    async with control_plane(tmp_path, pcs, placement=False) as plane:
+        first_bus = await Bus(plane.url, connection_name="placement a").connect()
+        second_bus = await Bus(plane.url, connection_name="placement b").connect()
+        first, second = Placement(FAST, retry_s=0.2), Placement(FAST, retry_s=0.2)
+        await first.start(first_bus)
+        await until(lambda: first.leadership.leading, "the first placement to lead")
+        await second.start(second_bus)
+        await plane.registry_ready(first.registry)
+        try:
+            await plane.quota("alice", 20_000)
+            assert (await plane.deploy("alice", "stereo", 10)).accepted
+            async with watched(plane, "alice") as watcher:
+                await until(lambda: watcher.running["alice"] == 10, "10 running")
+                assert not second.leadership.leading
+                await first_bus.close()  # the leader's connection dies, its queue with it
+                await until(lambda: second.leadership.leading, "the standby to lead", 5)
+                assert (await plane.deploy("alice", "stereo", 11)).accepted
+                await until(lambda: watcher.running["alice"] == 11, "the new leader's work")
+            assert second.leadership.epoch is not None
+        finally:
+            await second.stop(1.0)
+            await second_bus.close()
