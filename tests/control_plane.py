@@ -82,11 +82,16 @@ class Plane:
         assert result.accepted, result.reason
 
     async def deploy(
-        self, namespace: str, app: str, replicas: int, cpu_millicores: int = 1000
+        self,
+        namespace: str,
+        app: str,
+        replicas: int,
+        cpu_millicores: int = 1000,
+        command: tuple[str, ...] = SLEEPER,
     ) -> RequestResult:
         return await self.request(Owner.namespace(namespace), DeployRequest(
             request_id=uuid.uuid4().hex[:16], namespace=namespace, app=app, image="local",
-            command=SLEEPER, replicas=replicas, cpu_millicores=cpu_millicores, memory_mib=32,
+            command=command, replicas=replicas, cpu_millicores=cpu_millicores, memory_mib=128,
         ))  # fmt: skip
 
     async def apps(self, namespace: str) -> AppsReply:
@@ -117,6 +122,7 @@ async def control_plane(
     *,
     settings: PlacementSettings = FAST,
     placement: bool = True,
+    agent_args: tuple[str, ...] = AGENT_ARGS,
 ) -> AsyncIterator[Plane]:
     """A fresh vhost, the quota manager and (unless the test brings its own) placement in
     this process, and real agents."""
@@ -131,7 +137,7 @@ async def control_plane(
                 plane.services.append(Placement(settings, retry_s=0.2))
             for service in plane.services:
                 await service.start(bus)
-            simulation.up(broker.url, pcs, extra_args=AGENT_ARGS)
+            simulation.up(broker.url, pcs, extra_args=agent_args)
             try:
                 for service in plane.services:
                     if isinstance(service, Placement):

@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from bus.connection import Bus
 from bus.devservices import BrokerInfo
+from bus.sdk.client import TaskClient
 from services.placement.service import Placement
 
-from .control_plane import FAST, Plane, control_plane, thesis_pcs
+from .control_plane import AGENT_ARGS, FAST, SLEEPER, Plane, control_plane, thesis_pcs
 from .helpers import wait_until
+from .programs.sdk_tasks import make_app
+from .test_cli import bus_cli
 
 
 class Watcher:
@@ -143,3 +149,82 @@ async def test_the_standby_takes_over_when_the_leader_dies_and_nothing_runs_twic
         finally:
             await second.stop(1.0)
             await second_bus.close()
+
+
+async def test_a_job_finishes_while_pcs_go_down_and_come_back(
+    broker: BrokerInfo, unique: str, tmp_path: Path
+) -> None:
+    """18 real worker replicas (`bus worker`) on 20 CPUs; every few seconds one 4-CPU PC
+    is killed (its replicas die, 2 cannot be placed) and comes back (it takes them)."""
+    pcs = thesis_pcs(unique)
+    async with control_plane(tmp_path, pcs) as plane:
+        await plane.quota("alice", 20_000)
+        worker = (sys.executable, "-m", "bus", "worker", "tests.programs.sdk_app:app")
+        assert (await plane.deploy("alice", "sdk", 18, command=worker)).accepted
+        async with watched(plane, "alice") as watcher:
+            await until(lambda: watcher.running["alice"] == 18, "18 workers", 60)
+            async with TaskClient(plane.bus, make_app("alice", "sdk")) as client:
+                job = asyncio.create_task(collect(client.map(client.app.tasks["nap"], [0.4] * 400)))
+                for pc in pcs[1:]:
+                    plane.simulation.kill(pc.name)
+                    await until(lambda: watcher.running["alice"] == 16, "2 replicas short", 20)
+                    plane.simulation.up(plane.url, (pc,), extra_args=AGENT_ARGS)
+                    await until(lambda: watcher.running["alice"] == 18, "18 again", 30)
+                    view = (await plane.apps("alice")).apps[0]
+                    assert view.replicas_per_node.get(pc.name, 0) >= 2  # the returning PC
+                results = await asyncio.wait_for(job, 120)
+        assert sorted(results) == list(range(400))  # every task done, none lost
+
+
+async def collect(results: AsyncIterator[tuple[int, object]]) -> list[int]:
+    return [index async for index, _value in results]
+
+
+async def test_the_bus_commands_drive_the_control_plane(
+    broker: BrokerInfo, unique: str, tmp_path: Path
+) -> None:
+    """Real `bus` processes: deploy, refusal, apps, app, scale, nodes, cordon, events, delete."""
+    pcs = thesis_pcs(unique)[1:3]  # 8 CPUs
+
+    async def bus(*arguments: str) -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(bus_cli, *arguments, url=plane.url)
+
+    async with control_plane(tmp_path, pcs) as plane:
+        assert (await bus("quota", "set", "alice", "--cpu-millicores", "4000",
+                          "--memory-mib", "4096")).returncode == 0  # fmt: skip
+        listening = asyncio.create_task(bus("events", "-n", "alice", "--seconds", "6", "--json"))
+        await asyncio.sleep(1.5)  # the listener's queue is bound
+        command = [f"--command={part}" for part in SLEEPER]
+        deployed = await bus(
+            "deploy", "spin", "-n", "alice", "--image", "local", "--replicas", "3", *command
+        )
+        assert deployed.returncode == 0, deployed.stderr
+        assert "spin: 3 replicas admitted" in deployed.stdout
+        refused = await bus("deploy", "huge", "-n", "alice", "--image", "local", "--command",
+                            "true", "--replicas", "5")  # fmt: skip
+        assert refused.returncode == 1
+        assert "refused: alice would reserve 8000m CPU" in " ".join(refused.stderr.split())
+        for _ in range(50):
+            apps = json.loads((await bus("apps", "-n", "alice", "--json")).stdout)
+            if apps["apps"] and apps["apps"][0]["running"] == 3:
+                break
+            await asyncio.sleep(0.3)
+        assert apps["quota"] == {"cpu_millicores": 4000, "memory_mib": 4096}
+        assert apps["apps"][0]["state"] == "running"
+        detail = await bus("app", "spin", "-n", "alice")
+        assert detail.returncode == 0 and "3/3 running" in detail.stdout
+        assert (await bus("app", "ghost", "-n", "alice")).returncode == 1
+        scaled = await bus("scale", "spin", "1", "-n", "alice")
+        assert scaled.returncode == 0 and "spin: scaled to 1" in scaled.stdout
+        cordoned = await bus("cordon", pcs[0].name, "--reason", "exam week")
+        assert cordoned.returncode == 0
+        states = {
+            n["node"]: n["state"]
+            for n in json.loads((await bus("nodes", "--json")).stdout)["nodes"]
+        }
+        assert states == {pcs[0].name: "cordoned", pcs[1].name: "idle"}
+        heard = [json.loads(line) for line in (await listening).stdout.splitlines()]
+        statuses = [e for e in heard if e["schema"] == "DeploymentStatus" and e["app"] == "spin"]
+        assert statuses and statuses[-1]["state"] == "running"
+        assert all(e.get("namespace") == "alice" for e in heard)  # only alice's events
+        assert (await bus("delete", "spin", "-n", "alice")).returncode == 0

@@ -34,6 +34,11 @@ def make_app(namespace: str | None = None, app_id: str | None = None) -> App:
         time.sleep(seconds)
         return seconds
 
+    @app.task(executor="thread")
+    def nap(seconds: float) -> float:
+        time.sleep(seconds)  # one at a time per worker (its concurrency): work that takes time
+        return seconds
+
     @app.task(executor="inline")
     def not_json() -> object:
         return object()
