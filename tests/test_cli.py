@@ -55,12 +55,50 @@ def bus_cli(*arguments: str, url: str | None = None) -> subprocess.CompletedProc
         ("dev", "up"),
         ("worker",),
         ("agent", "run"),
+        ("up",),
+        ("deploy",),
+        ("apps",),
+        ("app",),
+        ("scale",),
+        ("delete",),
+        ("events",),
+        ("nodes",),
+        ("cordon",),
+        ("drain",),
+        ("quota", "set"),
+        ("quota", "show"),
     ],
 )
 def test_every_command_has_help(command: tuple[str, ...]) -> None:
     done = bus_cli(*command, "--help")
     assert done.returncode == 0, done.stderr
     assert "Usage: bus" in done.stdout
+
+
+@pytest.mark.parametrize("service", ["quota", "placement"])
+def test_each_service_runs_alone_and_says_how(service: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", f"services.{service}", "--help"],
+        capture_output=True, text=True, timeout=60, check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"python -m services.{service}" in done.stdout and "--url" in done.stdout
+
+
+def test_a_deployment_file_with_a_mistake_is_refused_before_anything_is_sent(
+    tmp_path: Path,
+) -> None:
+    app = tmp_path / "app.toml"
+    app.write_text('app = "stereo"\nimage = "local"\nreplicas = -2\ncpu_millicores = 500\n')
+    done = bus_cli("deploy", "--file", str(app), "-n", "alice", url="amqp://nobody@127.0.0.1:1/")
+    assert done.returncode == 2
+    assert "invalid deployment: replicas: Input should be greater than or equal to 0" in (
+        " ".join(done.stderr.split())
+    )
+    app.write_text("app = [\n")
+    broken = bus_cli("deploy", "--file", str(app), url="amqp://nobody@127.0.0.1:1/")
+    assert broken.returncode == 2 and f"cannot read {app}" in " ".join(broken.stderr.split())
 
 
 def test_schemas_export_writes_every_schema(tmp_path: Path) -> None:
