@@ -104,23 +104,39 @@ async def test_fifteen_replicas_on_the_thesis_pcs_survive_a_person_and_a_lost_pc
             assert ninja not in per_pc and sum(per_pc.values()) == 15
 
 
-async def test_two_users_with_quotas_share_scarce_pcs_fairly(
+async def test_two_users_with_quotas_share_scarce_pcs_fairly_and_both_jobs_finish(
     broker: BrokerInfo, unique: str, tmp_path: Path
 ) -> None:
+    """Alice and Bob, 6 CPUs of quota each, each run a job on worker replicas; three of
+    the four PCs fail, leaving Penguin's 4 CPUs: they share them 2 and 2, and both jobs
+    finish."""
     pcs = thesis_pcs(unique)
+    worker = (sys.executable, "-m", "bus", "worker", "tests.programs.sdk_app:app")
     async with control_plane(tmp_path, pcs) as plane:
         await plane.quota("alice", 6000)
         await plane.quota("bob", 6000)
         refused = await plane.deploy("alice", "big", 7)
         assert not refused.accepted and "its quota is 6000m CPU" in refused.reason
         async with watched(plane, "alice", "bob") as watcher:
-            assert (await plane.deploy("alice", "a", 6)).accepted
-            assert (await plane.deploy("bob", "b", 6)).accepted
-            await until(lambda: watcher.running == {"alice": 6, "bob": 6}, "both at quota")
-            for pc in pcs[:3]:  # only Penguin's 4 CPUs are left
-                plane.simulation.kill(pc.name)
-            await until(lambda: sum(watcher.running.values()) == 4, "capacity short", 20)
-            await until(lambda: watcher.running == {"alice": 2, "bob": 2}, "equal shares", 30)
+            assert (await plane.deploy("alice", "sdk", 6, command=worker)).accepted
+            assert (await plane.deploy("bob", "sdk", 6, command=worker)).accepted
+            await until(lambda: watcher.running == {"alice": 6, "bob": 6}, "both at quota", 60)
+            async with (
+                TaskClient(plane.bus, make_app("alice", "sdk")) as alice,
+                TaskClient(plane.bus, make_app("bob", "sdk")) as bob,
+            ):
+                jobs = [
+                    asyncio.create_task(collect(client.map(client.app.tasks["nap"], [0.3] * 120)))
+                    for client in (alice, bob)
+                ]
+                await asyncio.sleep(1.0)
+                for pc in pcs[:3]:  # only Penguin's 4 CPUs are left
+                    plane.simulation.kill(pc.name)
+                assert not any(job.done() for job in jobs)  # the failure hits both jobs
+                await until(lambda: sum(watcher.running.values()) == 4, "capacity short", 20)
+                await until(lambda: watcher.running == {"alice": 2, "bob": 2}, "fair shares", 30)
+                for job in jobs:
+                    assert sorted(await asyncio.wait_for(job, 120)) == list(range(120))
 
 
 async def test_the_standby_takes_over_when_the_leader_dies_and_nothing_runs_twice(
