@@ -32,8 +32,10 @@ __all__ = [
     "AMQP_PORT",
     "HOST",
     "MANAGEMENT_PORT",
+    "RESOURCE_SERVER_ID",
     "BrokerInfo",
     "DevServiceError",
+    "add_signing_key",
     "apt_install",
     "broker_url",
     "create_vhost",
@@ -52,13 +54,17 @@ MANAGEMENT_PORT = 15672
 _DEV_USER = "guest"
 _DEV_PASSWORD = "guest"
 _CONF_PATH = Path("/etc/rabbitmq/conf.d/10-idlecloud.conf")
-_PLUGINS = ("rabbitmq_management",)
+#: The audience of broker tokens and the prefix of their scopes.
+RESOURCE_SERVER_ID = "idlecloud"
+_PLUGINS = ("rabbitmq_management", "rabbitmq_auth_backend_oauth2")
 _CONF_TEXT = f"""\
 # Written by idlecloud's bus.devservices: a broker on loopback for development and tests.
 listeners.tcp.1 = {HOST}:{AMQP_PORT}
-# The internal backend comes first so the platform's own users keep working whatever
-# backends (such as OAuth 2) are added after it.
+# The internal backend comes first so the platform's own users keep working; then the
+# broker tokens of users, PCs and replicas (JWTs signed by the auth service).
 auth_backends.1 = internal
+auth_backends.2 = rabbit_auth_backend_oauth2
+auth_oauth2.resource_server_id = {RESOURCE_SERVER_ID}
 management.tcp.ip = {HOST}
 management.tcp.port = {MANAGEMENT_PORT}
 """
@@ -138,32 +144,48 @@ def _wait_for(port: int, timeout_s: float, what: str) -> None:
 
 
 def ensure_rabbitmq(timeout_s: float = 180.0) -> None:
-    """Install, configure and start RabbitMQ on loopback unless it already runs.
+    """Install, configure and start RabbitMQ on loopback unless it already runs so.
+
+    A broker running with an older configuration is restarted (it reads it at boot).
 
     Raises:
         DevServiceError: it could not be installed or started (the message says why).
     """
-    if _port_open(AMQP_PORT) and _port_open(MANAGEMENT_PORT):
-        return
-    if _port_open(AMQP_PORT):
-        run_command(["rabbitmq-plugins", "enable", *_PLUGINS])
-        _wait_for(MANAGEMENT_PORT, timeout_s, "the RabbitMQ management plugin")
+    configured = _CONF_PATH.exists() and _CONF_PATH.read_text() == _CONF_TEXT
+    running = _port_open(AMQP_PORT)
+    if running and configured and _port_open(MANAGEMENT_PORT):
         return
     if shutil.which("rabbitmq-server") is None and not Path("/usr/sbin/rabbitmq-server").exists():
         apt_install("rabbitmq-server")
-    if not _CONF_PATH.exists() or _CONF_PATH.read_text() != _CONF_TEXT:
+    if not configured:
         _CONF_PATH.parent.mkdir(parents=True, exist_ok=True)
         _CONF_PATH.write_text(_CONF_TEXT)
     run_command(["rabbitmq-plugins", "enable", "--offline", *_PLUGINS])
+    action = "restart" if running else "start"
     init_script = Path("/etc/init.d/rabbitmq-server")
     if init_script.exists():
-        run_command([str(init_script), "start"], timeout_s)
+        run_command([str(init_script), action], timeout_s)
+    elif running:
+        run_command(["rabbitmqctl", "stop_app"], timeout_s)
+        run_command(["rabbitmqctl", "start_app"], timeout_s)
     else:
         run_command(["rabbitmq-server", "-detached"], timeout_s)
     _wait_for(AMQP_PORT, timeout_s, "RabbitMQ")
     _wait_for(MANAGEMENT_PORT, timeout_s, "the RabbitMQ management plugin")
     # The port opens before the node has finished booting (and recovering its queues).
     run_command(["rabbitmqctl", "await_startup", "--timeout", str(int(timeout_s))], timeout_s + 30)
+
+
+def add_signing_key(kid: str, public_pem: bytes) -> None:
+    """Tell the running broker to trust broker tokens signed by this key (until it restarts).
+
+    The key is passed inline: rabbitmqctl runs as the rabbitmq user, which may not read
+    the file.
+
+    Raises:
+        DevServiceError: rabbitmqctl failed.
+    """
+    run_command(["rabbitmqctl", "add_uaa_key", kid, f"--pem={public_pem.decode()}"])
 
 
 def management(method: str, path: str, body: object | None = None) -> object:

@@ -1,0 +1,1 @@
+"""The auth service: API keys, short-lived broker tokens, revocation."""

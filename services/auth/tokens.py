@@ -1,0 +1,188 @@
+"""Keys and tokens: the signing key, API keys, and the broker tokens RabbitMQ checks.
+
+An **API key** is a long-lived JWT (audience ``idlecloud-auth``) naming a role, a subject
+(a namespace, a PC or an admin), a name and, for a user, limits; its ``jti`` is the key
+id, by which it is listed and revoked. Only the auth service accepts it. A **broker token**
+is a short-lived JWT (at most :data:`MAX_BROKER_TOKEN_S`) with the broker's audience and
+the role's scopes (:func:`bus.scopes.scopes_for`); RabbitMQ's OAuth 2 backend checks its
+signature, audience, expiry and scopes. Both are signed RS256 with one private key that
+only the auth service holds; the broker and everyone else see its public half. Tokens
+with any other algorithm (``none`` included) are refused.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from bus.scopes import RoleName, scopes_for
+
+__all__ = [
+    "API_KEY_AUDIENCE",
+    "ISSUER",
+    "MAX_BROKER_TOKEN_S",
+    "ApiKey",
+    "InvalidKey",
+    "SigningKey",
+    "broker_token",
+    "mint_api_key",
+    "read_api_key",
+]
+
+ISSUER = "idlecloud"
+API_KEY_AUDIENCE = "idlecloud-auth"
+MAX_BROKER_TOKEN_S = 600
+_ALGORITHM = "RS256"
+
+
+class InvalidKey(ValueError):
+    """An API key or token was refused; the message says why (never the token itself)."""
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """The auth service's RSA key: its id (``kid``) and private half."""
+
+    kid: str
+    private_pem: bytes
+
+    @classmethod
+    def generate(cls, kid: str | None = None) -> SigningKey:
+        """A new 2048-bit RSA key."""
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return cls(kid or f"idlecloud-{uuid.uuid4().hex[:8]}", pem)
+
+    @classmethod
+    def load(cls, path: Path) -> SigningKey:
+        """Read a key written by :meth:`save` (its id is the file's stem).
+
+        Raises:
+            OSError: it cannot be read.
+        """
+        return cls(path.stem, path.read_bytes())
+
+    def save(self, folder: Path) -> tuple[Path, Path]:
+        """Write ``<kid>.pem`` (private, mode 0600) and ``<kid>.pub.pem``; their paths."""
+        folder.mkdir(parents=True, exist_ok=True)
+        private, public = folder / f"{self.kid}.pem", folder / f"{self.kid}.pub.pem"
+        descriptor = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "wb") as out:
+            out.write(self.private_pem)
+        public.write_bytes(self.public_pem)
+        return private, public
+
+    @property
+    def public_pem(self) -> bytes:
+        """The public half, for the broker and the services that check API keys."""
+        key = serialization.load_pem_private_key(self.private_pem, password=None)
+        return key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        """A JWT of ``claims`` signed with this key."""
+        return jwt.encode(claims, self.private_pem, algorithm=_ALGORITHM, headers={"kid": self.kid})
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """What an API key says about its holder."""
+
+    key_id: str
+    role: RoleName
+    subject: str
+    name: str
+    expires_at: int
+    cpu_millicores: int | None = None
+    memory_mib: int | None = None
+
+
+def mint_api_key(
+    key: SigningKey,
+    role: RoleName,
+    subject: str,
+    *,
+    name: str = "",
+    ttl_s: int = 365 * 86_400,
+    limits: tuple[int, int] | None = None,
+    now: float | None = None,
+) -> tuple[ApiKey, str]:
+    """A new API key: what it says, and the key itself (a JWT to hand to its holder)."""
+    issued = int(now if now is not None else time.time())
+    api_key = ApiKey(uuid.uuid4().hex[:16], role, subject, name, issued + ttl_s,
+                     *(limits or (None, None)))  # fmt: skip
+    claims: dict[str, Any] = {
+        "iss": ISSUER, "aud": API_KEY_AUDIENCE, "sub": subject, "role": role, "name": name,
+        "iat": issued, "exp": api_key.expires_at, "jti": api_key.key_id,
+    }  # fmt: skip
+    if limits is not None:
+        claims["limits"] = {"cpu_millicores": limits[0], "memory_mib": limits[1]}
+    return api_key, key.sign(claims)
+
+
+def read_api_key(token: str, public_pem: bytes) -> ApiKey:
+    """Check an API key's signature, audience, issuer and expiry; what it says.
+
+    Raises:
+        InvalidKey: forged, expired, of another audience, or not an API key at all.
+    """
+    try:
+        claims = jwt.decode(
+            token, public_pem, algorithms=[_ALGORITHM], audience=API_KEY_AUDIENCE,
+            issuer=ISSUER, options={"require": ["exp", "jti", "sub", "aud", "iss"]},
+        )  # fmt: skip
+    except jwt.ExpiredSignatureError:
+        raise InvalidKey("the API key has expired; ask an admin for a new one") from None
+    except jwt.PyJWTError as error:
+        raise InvalidKey(f"not a valid API key: {error}") from None
+    role = claims.get("role")
+    if role not in ("user", "node", "admin"):
+        raise InvalidKey(f"not a valid API key: unknown role {role!r}")
+    limits = claims.get("limits") or {}
+    return ApiKey(
+        claims["jti"], role, claims["sub"], str(claims.get("name", "")), int(claims["exp"]),
+        limits.get("cpu_millicores"), limits.get("memory_mib"),
+    )  # fmt: skip
+
+
+def broker_token(
+    key: SigningKey,
+    resource_server_id: str,
+    role: RoleName,
+    subject: str,
+    vhost: str,
+    *,
+    key_id: str,
+    app: str = "",
+    ttl_s: int = MAX_BROKER_TOKEN_S,
+    now: float | None = None,
+) -> tuple[str, int]:
+    """A broker token for one credential's scopes; the token and its expiry (Unix time).
+
+    Raises:
+        ValueError: ``ttl_s`` above :data:`MAX_BROKER_TOKEN_S`, or a replica without an app.
+    """
+    if not 0 < ttl_s <= MAX_BROKER_TOKEN_S:
+        raise ValueError(f"a broker token lives at most {MAX_BROKER_TOKEN_S} s")
+    issued = int(now if now is not None else time.time())
+    scopes = [scope.with_prefix(resource_server_id)
+              for scope in scopes_for(role, subject, vhost, app=app)]  # fmt: skip
+    claims = {
+        "iss": ISSUER, "aud": [resource_server_id], "sub": subject, "scope": scopes,
+        "iat": issued, "exp": issued + ttl_s, "jti": uuid.uuid4().hex[:16],
+        "idlecloud_key": key_id, "idlecloud_role": role,
+    }  # fmt: skip
+    return key.sign(claims), issued + ttl_s

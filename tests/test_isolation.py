@@ -1,0 +1,236 @@
+"""Namespace isolation enforced by RabbitMQ itself: every case is a real attempt.
+
+The broker runs with its OAuth 2 backend (configured by `bus dev up`); this session's
+signing key is added with `rabbitmqctl add_uaa_key`. Alice, Bob, a PC and a replica
+connect with broker tokens minted by the auth service's code, and try things.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import aiormq
+import jwt
+import pytest
+from aio_pika.abc import AbstractRobustChannel
+
+from bus import names
+from bus.codec import encode
+from bus.connection import Bus
+from bus.devservices import RESOURCE_SERVER_ID, BrokerInfo, add_signing_key
+from bus.rpc import RpcClient
+from bus.scopes import RoleName
+from bus.topology import QueueSpec, declare_app
+from schemas import NodePresence, Owner
+from services.auth.tokens import SigningKey, broker_token
+from services.quota.service import QuotaManager
+
+from .examples import BUSY, deploy
+from .helpers import DeadLetterTap, wait_until
+
+REFUSED = (aiormq.exceptions.ChannelAccessRefused, aiormq.exceptions.ChannelClosed)
+
+
+@pytest.fixture(scope="session")
+def signing_key() -> SigningKey:
+    """This session's signing key, trusted by the broker."""
+    key = SigningKey.generate()
+    add_signing_key(key.kid, key.public_pem)
+    return key
+
+
+class Login:
+    """Mints tokens for one vhost and opens connections with them."""
+
+    def __init__(self, broker: BrokerInfo, key: SigningKey) -> None:
+        self.broker = broker
+        self.key = key
+
+    def url(self, token: str, user: str = "key") -> str:
+        return f"amqp://{user}:{token}@127.0.0.1:5672/{self.broker.vhost}"
+
+    def token(self, role: RoleName, subject: str, app: str = "") -> str:
+        token, _expiry = broker_token(self.key, RESOURCE_SERVER_ID, role, subject,
+                                      self.broker.vhost, key_id="k" * 16, app=app)  # fmt: skip
+        return token
+
+    async def connect(self, role: RoleName, subject: str, app: str = "") -> Bus:
+        return await Bus(self.url(self.token(role, subject, app))).connect()
+
+
+@pytest.fixture
+async def login(broker: BrokerInfo, signing_key: SigningKey) -> Login:
+    return Login(broker, signing_key)
+
+
+@pytest.fixture
+async def bob_queue(bus: Bus, unique: str) -> str:
+    """Bob's app queues, declared by the platform (which may)."""
+    channel = await bus.channel()
+    await declare_app(channel, "bob", f"x{unique}")
+    await channel.declare_exchange(names.ns_events_exchange("bob"), "topic", durable=True)
+    await channel.close()
+    return names.task_queue("bob", f"x{unique}")
+
+
+async def refused(bus: Bus, attempt: Callable[[AbstractRobustChannel], Awaitable[Any]]) -> bool:
+    """True if the broker refuses ``attempt`` (on a fresh channel of ``bus``)."""
+    channel = await bus.channel()
+    try:
+        await attempt(channel)
+    except REFUSED as error:
+        assert "ACCESS_REFUSED" in str(error) or "access" in str(error).lower(), error
+        return True
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+    return False
+
+
+async def publish(channel: AbstractRobustChannel, exchange: str, key: str, body: bytes) -> None:
+    target = (
+        channel.default_exchange
+        if exchange == ""
+        else await channel.get_exchange(exchange, ensure=False)
+    )
+    await target.publish(aio_pika.Message(body), routing_key=key)
+
+
+async def ignore(_message: object) -> None:
+    """A consumer that takes nothing in."""
+
+
+async def consume(channel: AbstractRobustChannel, queue: str) -> None:
+    await (await channel.get_queue(queue, ensure=False)).consume(ignore)
+
+
+async def purge(channel: AbstractRobustChannel, queue: str) -> None:
+    await (await channel.get_queue(queue, ensure=False)).purge()
+
+
+async def bind(channel: AbstractRobustChannel, queue: str, exchange: str) -> None:
+    await (await channel.get_queue(queue, ensure=False)).bind(exchange, "#")
+
+
+@pytest.fixture
+async def alice(login: Login) -> AsyncIterator[Bus]:
+    connected = await login.connect("user", "alice")
+    yield connected
+    await connected.close()
+
+
+async def test_alice_reaches_her_own_names_and_nothing_of_bobs(
+    alice: Bus, bob_queue: str, unique: str
+) -> None:
+    own = QueueSpec(f"ns.alice.mine{unique}", auto_delete=True)
+    assert not await refused(alice, lambda ch: own.declare(ch))
+    assert not await refused(alice, lambda ch: consume(ch, own.name))
+    body, _props = encode(deploy("alice", "stereo", f"req-{unique}"))
+    assert not await refused(alice, lambda ch: publish(ch, names.COMMANDS_EXCHANGE,
+                                                       "ns.alice.deploy.stereo", body))  # fmt: skip
+
+    bob_events = names.ns_events_exchange("bob")
+    attempts = {
+        "consume bob's queue": lambda ch: consume(ch, bob_queue),
+        "purge bob's queue": lambda ch: purge(ch, bob_queue),
+        "declare a name of bob's": lambda ch: QueueSpec(f"ns.bob.sneaky{unique}").declare(ch),
+        "bind her queue to bob's events": lambda ch: bind(ch, own.name, bob_events),
+        "bind her queue to the platform's events": lambda ch: bind(
+            ch, own.name, names.EVENTS_EXCHANGE),
+        "deploy into bob's namespace": lambda ch: publish(ch, names.COMMANDS_EXCHANGE,
+                                                          "ns.bob.deploy.stereo", body),
+        "reach bob's queue through the default exchange": lambda ch: publish(ch, "", bob_queue,
+                                                                             body),
+        "publish presence as a PC": lambda ch: publish(ch, names.EVENTS_EXCHANGE,
+                                                       "node.edge.presence", body),
+    }  # fmt: skip
+    allowed = [what for what, attempt in attempts.items() if not await refused(alice, attempt)]
+    assert allowed == []
+
+
+async def test_a_body_naming_bob_under_alices_key_is_dead_lettered_by_the_platform(
+    bus: Bus, alice: Bus, unique: str
+) -> None:
+    quota = QuotaManager()
+    tap = await DeadLetterTap(quota._server.name).start(bus)
+    await quota.start(bus)
+    try:
+        await wait_until(lambda: quota.leadership.leading, what="the quota manager to lead")
+        client = await RpcClient(alice, Owner.namespace("alice")).start()
+        forged = deploy("bob", "stereo", f"req-{unique}")  # bob's body...
+        body, properties = encode(forged, reply_to=client.reply_queue, correlation_id="c1")
+        channel = await alice.channel()  # ...under alice's own routing key: allowed to send
+        await publish_with(channel, "ns.alice.deploy.stereo", body, properties)
+        await wait_until(lambda: bool(tap.messages), what="the dead letter")
+        assert tap.reasons()[0] == (
+            "DeployRequest for ns.bob belongs on idlecloud.commands/ns.bob.deploy.stereo, "
+            "but arrived on idlecloud.commands/ns.alice.deploy.stereo"
+        )
+        assert ("bob", "stereo") not in quota.state.deployments
+        await client.stop()
+    finally:
+        await quota.stop(1.0)
+
+
+async def publish_with(
+    channel: AbstractRobustChannel, key: str, body: bytes, properties: Any
+) -> None:
+    exchange = await channel.get_exchange(names.COMMANDS_EXCHANGE, ensure=False)
+    await exchange.publish(
+        aio_pika.Message(body, headers=properties.headers, reply_to=properties.reply_to,
+                         correlation_id=properties.correlation_id, content_type="application/json"),
+        routing_key=key,
+    )  # fmt: skip
+
+
+async def test_a_pc_speaks_only_for_itself_and_a_replica_reads_only_its_task_queue(
+    login: Login, bus: Bus, unique: str
+) -> None:
+    edge = await login.connect("node", "edge")
+    try:
+        body, _props = encode(NodePresence(node="edge", presence=BUSY))
+        assert not await refused(edge, lambda ch: publish(ch, names.EVENTS_EXCHANGE,
+                                                          "node.edge.presence", body))  # fmt: skip
+        assert await refused(edge, lambda ch: publish(ch, names.EVENTS_EXCHANGE,
+                                                      "node.ninja.presence", body))  # fmt: skip
+    finally:
+        await edge.close()
+    channel = await bus.channel()
+    await declare_app(channel, "alice", f"s{unique}")
+    await declare_app(channel, "alice", f"o{unique}")
+    await channel.close()
+    replica = await login.connect("replica", "alice", app=f"s{unique}")
+    try:
+        own, other = (
+            names.task_queue("alice", f"s{unique}"),
+            names.task_queue("alice", f"o{unique}"),
+        )
+        assert not await refused(replica, lambda ch: consume(ch, own))
+        assert await refused(replica, lambda ch: consume(ch, other))
+        assert await refused(replica, lambda ch: QueueSpec(f"ns.alice.q{unique}").declare(ch))
+        assert await refused(replica, lambda ch: publish(ch, names.COMMANDS_EXCHANGE,
+                                                         "ns.alice.deploy.x", b"{}"))  # fmt: skip
+    finally:
+        await replica.close()
+
+
+@pytest.mark.parametrize("flaw", ["expired", "forged", "wrong audience", "alg none"])
+async def test_a_bad_token_is_refused_at_login(login: Login, flaw: str, tmp_path: Path) -> None:
+    now = int(time.time())
+    claims = {"sub": "alice", "aud": [RESOURCE_SERVER_ID], "iat": now, "exp": now + 300,
+              "scope": [f"{RESOURCE_SERVER_ID}.read:*/*"], "jti": uuid.uuid4().hex}  # fmt: skip
+    if flaw == "expired":
+        token = login.key.sign({**claims, "iat": now - 900, "exp": now - 300})
+    elif flaw == "forged":
+        token = SigningKey.generate(login.key.kid).sign(claims)  # same kid, another key
+    elif flaw == "wrong audience":
+        token = login.key.sign({**claims, "aud": ["someone-else"]})
+    else:
+        token = jwt.encode(claims, None, algorithm="none", headers={"kid": login.key.kid})
+    with pytest.raises(aio_pika.exceptions.ProbableAuthenticationError):
+        await aio_pika.connect(login.url(token), timeout=10)
