@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["BrokerUnavailable", "BusError", "InvalidMessage", "RpcTimeout", "Unroutable"]
+__all__ = [
+    "BrokerUnavailable",
+    "BusError",
+    "CredentialsRefused",
+    "InvalidMessage",
+    "RpcTimeout",
+    "Unroutable",
+]
 
 
 class BusError(Exception):
@@ -27,3 +34,7 @@ class InvalidMessage(BusError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class CredentialsRefused(BusError):
+    """The auth service would not trade the API key for a broker token; the message says why."""

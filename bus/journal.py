@@ -31,9 +31,11 @@ from schemas import (
     CordonRequest,
     DeleteRequest,
     DeployRequest,
+    KeyIssued,
     Message,
     QuotaSet,
     ScaleRequest,
+    TokenRevoke,
 )
 from schemas.journal import JournalMarker, LeaderTookOver
 
@@ -41,13 +43,15 @@ __all__ = ["ENTRIES", "JOURNAL_ROUTE", "Entry", "Journal"]
 
 log = logging.getLogger(__name__)
 
-#: What the journal holds: admitted requests and the control plane's bookkeeping.
+#: What the journal holds: admitted requests, issued and revoked keys, and bookkeeping.
 ENTRIES: tuple[type[Message], ...] = (
     DeployRequest,
     ScaleRequest,
     DeleteRequest,
     QuotaSet,
     CordonRequest,
+    KeyIssued,
+    TokenRevoke,
     LeaderTookOver,
     JournalMarker,
 )

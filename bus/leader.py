@@ -56,7 +56,7 @@ class Leadership:
 
     @property
     def leading(self) -> bool:
-        """True while this instance leads."""
+        """True while this instance leads (from the moment ``on_elected`` returned)."""
         return self.epoch is not None
 
     def start(self, bus: Bus) -> None:
@@ -100,10 +100,10 @@ class Leadership:
             entry = await self._journal.append_and_read(took_over)
         except _GIVE_UP:
             return
-        self.epoch = entry.offset
-        log.warning("%s: this instance leads now (epoch %d)", self.service, self.epoch)
         try:
-            await self._on_elected(self.epoch)
+            await self._on_elected(entry.offset)
+            self.epoch = entry.offset  # leading, and ready: on_elected has done its work
+            log.warning("%s: this instance leads now (epoch %d)", self.service, self.epoch)
             await self._lost.wait()
             log.warning("%s: lost the broker connection; no longer leading", self.service)
         finally:

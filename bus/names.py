@@ -22,6 +22,10 @@ from schemas import (
     DeploymentStatus,
     DeployRequest,
     JournalMarker,
+    KeyIssued,
+    KeyReply,
+    KeysQuery,
+    KeysReply,
     LeaderTookOver,
     Message,
     MetricSample,
@@ -54,6 +58,7 @@ __all__ = [
     "EVENTS_EXCHANGE",
     "JOURNAL_STREAM",
     "Route",
+    "auth_request_keys",
     "leader_queue",
     "node_command_keys",
     "node_commands_queue",
@@ -124,7 +129,10 @@ def leader_queue(service: str) -> str:
 
 
 def reply_queue(owner: Owner, token: str) -> str:
-    """An RPC requester's own reply queue: ``ns.alice.reply.<token>``."""
+    """An RPC requester's own reply queue: ``ns.alice.reply.<token>``; an admin's (and the
+    platform's) is ``idlecloud.admin.reply.<token>``, a name an admin's scopes cover."""
+    if owner.kind is OwnerKind.PLATFORM:
+        return _admin_key("reply", token)
     return f"{owner.prefix}.reply.{token}"
 
 
@@ -203,6 +211,15 @@ def request_keys() -> tuple[str, ...]:
     )
 
 
+def auth_request_keys() -> tuple[str, ...]:
+    """The routing keys of the requests and questions the auth service answers."""
+    return (
+        _admin_key("token", "issue"),
+        _admin_key("token", "revoke"),
+        _admin_key("query", "keys"),
+    )
+
+
 def query_keys() -> tuple[str, ...]:
     """The routing-key patterns of every question the placement leader answers."""
     return (_ns_key("*", "query", "apps"), _admin_key("query", "nodes"))
@@ -250,7 +267,11 @@ def route(message: Message) -> Route:
             return Route(EVENTS_EXCHANGE, _ns_key(message.namespace, "apps"))
         case NodesReply():
             return Route(EVENTS_EXCHANGE, f"{_PLATFORM}.nodes")
-        case LeaderTookOver() | JournalMarker():
+        case KeysQuery():
+            return Route(COMMANDS_EXCHANGE, _admin_key("query", "keys"))
+        case KeyReply() | KeysReply():  # RPC replies; as events, the admin's own
+            return Route(EVENTS_EXCHANGE, _admin_key("keys"))
+        case LeaderTookOver() | JournalMarker() | KeyIssued():
             return Route(DEFAULT_EXCHANGE, JOURNAL_STREAM)  # the control plane's own
     raise TypeError(f"no route is defined for {kind.__name__}")  # pragma: no cover
 

@@ -1,6 +1,15 @@
 """Every message that crosses the idlecloud bus, as frozen, versioned pydantic models."""
 
-from schemas.auth import Role, TokenIssue, TokenRevoke
+from schemas.auth import (
+    KeyIssued,
+    KeyReply,
+    KeysQuery,
+    KeysReply,
+    KeyView,
+    Role,
+    TokenIssue,
+    TokenRevoke,
+)
 from schemas.base import (
     AppId,
     Message,
@@ -76,6 +85,11 @@ __all__ = [
     "DeploymentState",
     "DeploymentStatus",
     "JournalMarker",
+    "KeyIssued",
+    "KeyReply",
+    "KeyView",
+    "KeysQuery",
+    "KeysReply",
     "LeaderTookOver",
     "Message",
     "MetricSample",

@@ -1,15 +1,24 @@
-"""Requests to the auth service: issue and revoke API keys (admin only)."""
+"""Requests to the auth service (admin only) and what it records and answers."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import AwareDatetime, Field, StringConstraints
 
-from schemas.base import DNS_LABEL_PATTERN, PlatformMessage, Reason, RequestId
+from schemas.base import DNS_LABEL_PATTERN, PlatformMessage, Reason, RequestId, WireModel
 from schemas.resources import Resources
 
-__all__ = ["Role", "TokenIssue", "TokenRevoke"]
+__all__ = [
+    "KeyIssued",
+    "KeyReply",
+    "KeyView",
+    "KeysQuery",
+    "KeysReply",
+    "Role",
+    "TokenIssue",
+    "TokenRevoke",
+]
 
 Role = Literal["user", "node", "admin"]
 KeyId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
@@ -40,3 +49,52 @@ class TokenRevoke(PlatformMessage):
     request_id: RequestId
     key_id: KeyId
     reason: Reason = ""
+
+
+Subject = Annotated[str, StringConstraints(pattern=DNS_LABEL_PATTERN)]
+
+
+class KeyView(WireModel):
+    """An API key as the platform remembers it (never the key itself)."""
+
+    key_id: KeyId
+    role: Role
+    subject: Subject
+    name: Annotated[str, StringConstraints(max_length=128)] = ""
+    expires_at: AwareDatetime
+    revoked: bool = False
+
+
+class KeyIssued(PlatformMessage):
+    """Journal entry: an API key was issued (its secret went only to the admin)."""
+
+    schema_name = "KeyIssued"
+
+    request_id: RequestId
+    key: KeyView
+
+
+class KeyReply(PlatformMessage):
+    """The answer to a TokenIssue: the new API key, shown once."""
+
+    schema_name = "KeyReply"
+
+    request_id: RequestId
+    accepted: bool
+    reason: Reason = ""
+    key: KeyView | None = None
+    api_key: Annotated[str, StringConstraints(max_length=16_384), Field(repr=False)] = ""
+
+
+class KeysQuery(PlatformMessage):
+    """Which API keys exist (admin)."""
+
+    schema_name = "KeysQuery"
+
+
+class KeysReply(PlatformMessage):
+    """Every API key issued, revoked ones included."""
+
+    schema_name = "KeysReply"
+
+    keys: tuple[KeyView, ...] = Field(default=(), max_length=100_000)

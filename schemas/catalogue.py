@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from schemas.auth import TokenIssue, TokenRevoke
+from schemas.auth import KeyIssued, KeyReply, KeysQuery, KeysReply, TokenIssue, TokenRevoke
 from schemas.base import Message
 from schemas.commands import PauseReplica, RenewToken, ResumeReplica, StartReplica, StopReplica
 from schemas.events import DeploymentStatus
@@ -61,6 +61,10 @@ MESSAGES: tuple[type[Message], ...] = (
     AppsReply,
     NodesQuery,
     NodesReply,
+    KeyIssued,
+    KeyReply,
+    KeysQuery,
+    KeysReply,
 )
 
 _BY_NAME: dict[str, type[Message]] = {cls.schema_name: cls for cls in MESSAGES}

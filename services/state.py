@@ -1,4 +1,5 @@
-"""The desired state: what the journal says should be, rebuilt by applying its entries.
+"""The desired state: what the journal says should be, rebuilt by applying its entries
+(deployments, quotas, cordons, leaders' epochs, API keys and their revocations).
 
 Pure: no I/O. Every control-plane service keeps one, fed by its journal reader. An entry
 whose request id was applied before (a publish retried across a reconnect can land twice)
@@ -14,10 +15,13 @@ from schemas import (
     CordonRequest,
     DeleteRequest,
     DeployRequest,
+    KeyIssued,
+    KeyView,
     LeaderTookOver,
     QuotaSet,
     Resources,
     ScaleRequest,
+    TokenRevoke,
 )
 
 __all__ = ["AppKey", "DesiredState", "Spec"]
@@ -58,6 +62,8 @@ class DesiredState:
     quotas: dict[str, Resources] = field(default_factory=dict)
     cordons: dict[str, str] = field(default_factory=dict)  # node -> "cordon" | "drain"
     leaders: dict[str, int] = field(default_factory=dict)  # service -> its epoch
+    keys: dict[str, KeyView] = field(default_factory=dict)  # API keys issued, by key id
+    revoked: dict[str, int] = field(default_factory=dict)  # key id -> offset of its revocation
     applied: set[str] = field(default_factory=set)  # request ids
     offset: int = -1  # the last entry applied
 
@@ -94,6 +100,10 @@ class DesiredState:
                     self.cordons[message.node] = message.action
             case LeaderTookOver():
                 self.leaders[message.service] = entry.offset
+            case KeyIssued():
+                self.keys[message.key.key_id] = message.key
+            case TokenRevoke():
+                self.revoked.setdefault(message.key_id, entry.offset)
 
     def reserved(self, namespace: str, *, without: str | None = None) -> tuple[int, int]:
         """(CPU millicores, MiB) the namespace's deployments reserve in all, optionally

@@ -14,6 +14,11 @@ from schemas import (
     DeploymentStatus,
     DeployRequest,
     JournalMarker,
+    KeyIssued,
+    KeyReply,
+    KeysQuery,
+    KeysReply,
+    KeyView,
     LeaderTookOver,
     Message,
     MetricSample,
@@ -66,6 +71,9 @@ def deploy(
         node_selector={"room": "lab3"},
     )
 
+
+KEY = KeyView(key_id="0123456789abcdef", role="user", subject="alice", name="Alice",
+              expires_at=AT)  # fmt: skip
 
 EXAMPLES: dict[type[Message], Message] = {
     DeployRequest: deploy(),
@@ -189,6 +197,10 @@ EXAMPLES: dict[type[Message], Message] = {
         running=Resources(cpu_millicores=11_000, memory_mib=5632),
         at=AT,
     ),
+    KeyIssued: KeyIssued(request_id="req-0008", key=KEY),
+    KeyReply: KeyReply(request_id="req-0008", accepted=True, key=KEY, api_key="eyJ.secret.sig"),
+    KeysQuery: KeysQuery(),
+    KeysReply: KeysReply(keys=(KEY,)),
     NodesQuery: NodesQuery(),
     NodesReply: NodesReply(
         nodes=(

@@ -29,9 +29,12 @@ from .examples import deploy
 from .helpers import wait_until
 
 
-def bus_cli(*arguments: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `python -m bus ARGUMENTS` (optionally with IDLECLOUD_URL) and capture its output."""
-    env = {"PATH": "/usr/bin:/bin", "COLUMNS": "200"}
+def bus_cli(
+    *arguments: str, url: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m bus ARGUMENTS` (optionally with IDLECLOUD_URL and more variables) and
+    capture its output."""
+    env = {"PATH": "/usr/bin:/bin", "COLUMNS": "200", **(env or {})}
     if url is not None:
         env["IDLECLOUD_URL"] = url
     return subprocess.run(

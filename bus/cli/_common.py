@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, NoReturn, TypeVar
 
+import aiormq
 import typer
 from rich.console import Console
 
@@ -51,5 +52,10 @@ def run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return asyncio.run(factory())
     except (BusError, DevServiceError) as error:
         fail(str(error))
+    except aiormq.exceptions.ChannelAccessRefused as error:
+        fail(f"the broker refused: {error.args[0] if error.args else error} "
+             "(your credentials do not allow this)", code=1)  # fmt: skip
+    except aiormq.exceptions.ProbableAuthenticationError:
+        fail("the broker refused the credentials (a wrong password, or an expired token)")
     except KeyboardInterrupt:
         raise typer.Exit(130) from None

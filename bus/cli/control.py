@@ -19,11 +19,12 @@ import typer
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 from rich.table import Table
+from yarl import URL
 
 from bus import names
+from bus.abc import Service
 from bus.cli._common import DEFAULT_URL, JsonOption, UrlOption, console, fail, print_json, run_async
-from bus.connection import Bus
-from bus.rpc import RpcClient
+from bus.cli.session import ask, connect
 from bus.service import run
 from bus.topology import QueueSpec
 from schemas import (
@@ -56,22 +57,9 @@ def _request_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
-async def _call(url: str, owner: Owner, request: Message, expect: type[R]) -> R:
-    async with Bus(url, connection_name=f"bus {request.schema_name}") as bus:
-        client = await RpcClient(bus, owner).start()
-        try:
-            return await client.call(request, expect, timeout_s=15.0)
-        finally:
-            await client.stop()
-
-
-def _ask(url: str, owner: Owner, request: Message, expect: type[R]) -> R:
-    return run_async(lambda: _call(url, owner, request, expect))
-
-
 def _submit(url: str, owner: Owner, request: Message, as_json: bool, done: str) -> None:
     """Send a request to the quota manager; print its verdict; exit 1 if refused."""
-    result = _ask(url, owner, request, RequestResult)
+    result = ask(url, owner, request, RequestResult)
     if as_json:
         print_json(result.model_dump(mode="json"))
     elif result.accepted:
@@ -137,7 +125,7 @@ def deploy(
 
 
 def _apps(url: str, namespace: str, app: str | None) -> AppsReply:
-    return _ask(url, Owner.namespace(namespace), AppsQuery(namespace=namespace, app=app), AppsReply)
+    return ask(url, Owner.namespace(namespace), AppsQuery(namespace=namespace, app=app), AppsReply)
 
 
 def apps(namespace: NamespaceOption = "default", url: UrlOption = DEFAULT_URL,
@@ -211,7 +199,7 @@ def delete(
 
 def nodes(url: UrlOption = DEFAULT_URL, as_json: JsonOption = False) -> None:
     """Every PC: free, busy with a person, lost, cordoned; capacity, reserved, replicas."""
-    reply = _ask(url, Owner.platform(), NodesQuery(), NodesReply)
+    reply = ask(url, Owner.platform(), NodesQuery(), NodesReply)
     if as_json:
         print_json(reply.model_dump(mode="json"))
         return
@@ -285,7 +273,7 @@ def _summary(message: Message) -> str:
 
 
 async def _follow(url: str, key: str, seconds: float | None, as_json: bool, noisy: bool) -> None:
-    async with Bus(url, connection_name="bus events") as bus:
+    async with connect(url, "events") as bus:
         channel = await bus.channel()
         spec = QueueSpec.private(
             names.reply_queue(Owner.platform(), f"events-{uuid.uuid4().hex[:8]}"),
@@ -333,12 +321,29 @@ def events(
         run_async(lambda: _follow(url, key, None if follow else seconds, as_json, heartbeats))
 
 
-def up(url: UrlOption = DEFAULT_URL) -> None:
+def up(
+    url: UrlOption = DEFAULT_URL,
+    auth_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="IDLECLOUD_AUTH_KEY_FILE",
+            help="The signing key: also run the auth service (`bus token init`).",
+        ),
+    ] = None,
+    auth_port: Annotated[int, typer.Option(envvar="IDLECLOUD_AUTH_PORT")] = 8470,
+) -> None:
     """Run every control-plane service in one process (small sites, demos) until SIGTERM."""
+    from services.auth.service import AuthService, AuthSettings
     from services.placement.service import Placement
     from services.quota.service import QuotaManager
 
-    run(url, [QuotaManager(), Placement()], name="bus up", grace_s=5.0)
+    services: list[Service] = [QuotaManager(), Placement()]
+    if auth_key_file is not None:
+        if not auth_key_file.is_file():
+            fail(f"no signing key at {auth_key_file}; make one with `bus token init`")
+        vhost = URL(url).path.lstrip("/") or "/"
+        services.append(AuthService(AuthSettings(auth_key_file, vhost=vhost, http_port=auth_port)))
+    run(url, services, name="bus up", grace_s=5.0)
 
 
 def register(app: typer.Typer) -> None:

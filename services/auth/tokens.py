@@ -17,7 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -31,6 +31,7 @@ __all__ = [
     "MAX_BROKER_TOKEN_S",
     "ApiKey",
     "InvalidKey",
+    "KeyRole",
     "SigningKey",
     "broker_token",
     "mint_api_key",
@@ -41,6 +42,8 @@ ISSUER = "idlecloud"
 API_KEY_AUDIENCE = "idlecloud-auth"
 MAX_BROKER_TOKEN_S = 600
 _ALGORITHM = "RS256"
+#: The roles an API key may have (replicas get broker tokens only, never a key).
+KeyRole = Literal["user", "node", "admin"]
 
 
 class InvalidKey(ValueError):
@@ -102,7 +105,7 @@ class ApiKey:
     """What an API key says about its holder."""
 
     key_id: str
-    role: RoleName
+    role: KeyRole
     subject: str
     name: str
     expires_at: int
@@ -112,7 +115,7 @@ class ApiKey:
 
 def mint_api_key(
     key: SigningKey,
-    role: RoleName,
+    role: KeyRole,
     subject: str,
     *,
     name: str = "",
@@ -180,9 +183,9 @@ def broker_token(
     issued = int(now if now is not None else time.time())
     scopes = [scope.with_prefix(resource_server_id)
               for scope in scopes_for(role, subject, vhost, app=app)]  # fmt: skip
-    claims = {
-        "iss": ISSUER, "aud": [resource_server_id], "sub": subject, "scope": scopes,
+    claims = {  # the broker names the connection's user after ``sub``: the key, not a person
+        "iss": ISSUER, "aud": [resource_server_id], "sub": key_id, "scope": scopes,
         "iat": issued, "exp": issued + ttl_s, "jti": uuid.uuid4().hex[:16],
-        "idlecloud_key": key_id, "idlecloud_role": role,
+        "idlecloud_subject": subject, "idlecloud_role": role,
     }  # fmt: skip
     return key.sign(claims), issued + ttl_s

@@ -1,0 +1,192 @@
+"""`bus token init|issue|revoke|list`, `bus whoami` and `bus broker config`.
+
+Admins issue and revoke API keys through the auth service; the very first admin key is
+minted offline from the signing key file (`bus token issue --key-file`), which is also
+what `bus token init` makes and `bus broker config` teaches the broker to trust.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+import aiohttp
+import typer
+from rich.table import Table
+
+from bus.cli._common import DEFAULT_URL, JsonOption, UrlOption, console, fail, print_json, run_async
+from bus.cli.session import ask
+from bus.credentials import DEFAULT_AUTH_URL, api_key_from_env
+from bus.devservices import RESOURCE_SERVER_ID
+from schemas import (
+    KeyReply,
+    KeysQuery,
+    KeysReply,
+    Owner,
+    RequestResult,
+    Resources,
+    TokenIssue,
+    TokenRevoke,
+)
+
+__all__ = ["register"]
+
+token_app = typer.Typer(help="API keys (admin).", no_args_is_help=True)
+broker_app = typer.Typer(help="The broker's configuration.", no_args_is_help=True)
+
+AuthUrlOption = Annotated[
+    str, typer.Option("--auth-url", envvar="IDLECLOUD_AUTH_URL", help="The auth service.")
+]
+
+
+@token_app.command("init")
+def token_init(
+    folder: Annotated[Path, typer.Argument(help="Where to write the signing key.")] = Path(
+        "/etc/idlecloud/keys"
+    ),
+) -> None:
+    """Make the auth service's signing key (private, 0600) and its public half."""
+    from services.auth.tokens import SigningKey
+
+    private, public = SigningKey.generate().save(folder)
+    console.print(f"signing key {private}\npublic key  {public}\n"
+                  f"next: bus broker config --public-key {public}")  # fmt: skip
+
+
+@token_app.command("issue")
+def token_issue(
+    role: Annotated[str, typer.Option(help="user, node or admin.")],
+    subject: Annotated[str, typer.Option(help="The namespace, PC or admin name.")],
+    name: Annotated[str, typer.Option(help="Who holds it, for the record.")] = "",
+    ttl_days: Annotated[int, typer.Option(min=1, max=5 * 365, help="Lifetime.")] = 365,
+    cpu_millicores: Annotated[int | None, typer.Option(help="A user's quota: CPU.")] = None,
+    memory_mib: Annotated[int | None, typer.Option(help="A user's quota: memory.")] = None,
+    key_file: Annotated[
+        Path | None, typer.Option(help="Mint offline with this signing key (the first admin).")
+    ] = None,
+    url: UrlOption = DEFAULT_URL,
+    as_json: JsonOption = False,
+) -> None:
+    """Issue an API key; it is shown once. A user's key with limits sets her quota."""
+    if role not in ("user", "node", "admin"):
+        fail(f"unknown role {role!r}; pass --role user, node or admin")
+    if (cpu_millicores is None) != (memory_mib is None):
+        fail("give both --cpu-millicores and --memory-mib, or neither")
+    limits = None
+    if cpu_millicores is not None and memory_mib is not None:
+        limits = Resources(cpu_millicores=cpu_millicores, memory_mib=memory_mib)
+    if key_file is not None:
+        from services.auth.service import key_view
+        from services.auth.tokens import SigningKey, mint_api_key
+
+        try:
+            signing = SigningKey.load(key_file)
+        except OSError as error:
+            fail(f"cannot read the signing key {key_file}: {error.strerror}")
+        pair = (limits.cpu_millicores, limits.memory_mib) if limits else None
+        issued, api_key = mint_api_key(signing, role, subject, name=name,  # type: ignore[arg-type]
+                                       ttl_s=ttl_days * 86_400, limits=pair)  # fmt: skip
+        reply = KeyReply(request_id=uuid.uuid4().hex[:16], accepted=True, key=key_view(issued),
+                         api_key=api_key)  # fmt: skip
+    else:
+        request = TokenIssue(request_id=uuid.uuid4().hex[:16], role=role, subject=subject,  # type: ignore[arg-type]
+                             name=name, ttl_s=ttl_days * 86_400, limits=limits)  # fmt: skip
+        reply = ask(url, Owner.platform(), request, KeyReply)
+    if not reply.accepted or reply.key is None:
+        fail(f"refused: {reply.reason}", code=1)
+    if as_json:
+        print_json({**reply.key.model_dump(mode="json"), "api_key": reply.api_key})
+        return
+    console.print(
+        f"key {reply.key.key_id} for {role} {subject}, until {reply.key.expires_at:%Y-%m-%d}"
+    )
+    console.print("keep it secret; it is not shown again:")
+    console.print(reply.api_key, soft_wrap=True, highlight=False)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (see `bus token list`).")],
+    reason: Annotated[str, typer.Option(help="Why, for the record.")] = "",
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Revoke an API key: no new broker tokens, and its open connections are closed."""
+    request = TokenRevoke(request_id=uuid.uuid4().hex[:16], key_id=key_id, reason=reason)
+    result = ask(url, Owner.platform(), request, RequestResult)
+    if not result.accepted:
+        fail(f"refused: {result.reason}", code=1)
+    console.print(f"{key_id}: {result.reason}")
+
+
+@token_app.command("list")
+def token_list(url: UrlOption = DEFAULT_URL, as_json: JsonOption = False) -> None:
+    """Every API key issued (never the keys themselves)."""
+    reply = ask(url, Owner.platform(), KeysQuery(), KeysReply)
+    if as_json:
+        print_json(reply.model_dump(mode="json")["keys"])
+        return
+    table = Table("key", "role", "subject", "name", "expires", "revoked")
+    for key in sorted(reply.keys, key=lambda k: (k.role, k.subject)):
+        table.add_row(key.key_id, key.role, key.subject, key.name,
+                      f"{key.expires_at:%Y-%m-%d}", "yes" if key.revoked else "")  # fmt: skip
+    console.print(table)
+
+
+def whoami(auth_url: AuthUrlOption = DEFAULT_AUTH_URL, as_json: JsonOption = False) -> None:
+    """What your API key (IDLECLOUD_API_KEY or IDLECLOUD_API_KEY_FILE) says you are."""
+    api_key = api_key_from_env()
+    if api_key is None:
+        fail("no API key: set IDLECLOUD_API_KEY (or IDLECLOUD_API_KEY_FILE); ask an admin")
+
+    async def call() -> tuple[int, dict[str, object]]:
+        headers = {"Authorization": f"Bearer {api_key}"}
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
+            http.get(f"{auth_url.rstrip('/')}/v1/whoami", headers=headers) as answer,
+        ):
+            return answer.status, await answer.json(content_type=None)
+
+    try:
+        status, body = run_async(call)
+    except aiohttp.ClientError as error:
+        fail(f"the auth service at {auth_url} cannot be reached ({error}); set IDLECLOUD_AUTH_URL")
+    if status != 200:
+        fail(f"the auth service refused the key: {body.get('error')}", code=1)
+    if as_json:
+        print_json(body)
+    else:
+        console.print(f"{body['role']} {body['subject']} (key {body['key_id']}, "
+                      f"until {str(body['expires_at'])[:10]})")  # fmt: skip
+
+
+@broker_app.command("config")
+def broker_config(
+    public_key: Annotated[Path, typer.Option(help="The signing key's public half (.pub.pem).")],
+    out: Annotated[Path, typer.Option(help="Where to write the files.")] = Path("/etc/rabbitmq"),
+) -> None:
+    """Write the rabbitmq.conf fragment and plugins that make the broker check our tokens."""
+    kid = public_key.name.removesuffix(".pub.pem")
+    if not public_key.is_file():
+        fail(f"{public_key} is not a file; make one with `bus token init`")
+    (out / "conf.d").mkdir(parents=True, exist_ok=True)
+    fragment = out / "conf.d" / "20-idlecloud-auth.conf"
+    fragment.write_text(
+        "# Written by `bus broker config`: the platform's own services use internal users;\n"
+        "# users, PCs and replicas present broker tokens signed by the auth service.\n"
+        "auth_backends.1 = internal\n"
+        "auth_backends.2 = rabbit_auth_backend_oauth2\n"
+        f"auth_oauth2.resource_server_id = {RESOURCE_SERVER_ID}\n"
+        f"auth_oauth2.default_key = {kid}\n"
+        f"auth_oauth2.signing_keys.{kid} = {public_key.resolve()}\n"
+    )
+    plugins = out / "enabled_plugins"
+    plugins.write_text("[rabbitmq_management,rabbitmq_auth_backend_oauth2].\n")
+    console.print(f"wrote {fragment} and {plugins}; restart RabbitMQ to apply them")
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the root `bus` app."""
+    app.add_typer(token_app, name="token")
+    app.add_typer(broker_app, name="broker")
+    app.command("whoami")(whoami)

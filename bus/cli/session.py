@@ -1,0 +1,51 @@
+"""How a `bus` command talks to the platform: as the development user, or with an API key.
+
+With ``IDLECLOUD_API_KEY`` (or ``IDLECLOUD_API_KEY_FILE``) set, the command trades the key
+for a broker token at ``IDLECLOUD_AUTH_URL`` and connects as that key; otherwise it uses
+the credentials in ``--url`` (the local development broker by default).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+from bus.cli._common import run_async
+from bus.connection import Bus
+from bus.credentials import DEFAULT_AUTH_URL, api_key_from_env, fetch_broker_token, url_with_token
+from bus.rpc import RpcClient
+from schemas import Message, Owner
+
+__all__ = ["ask", "connect"]
+
+R = TypeVar("R", bound=Message)
+
+
+@asynccontextmanager
+async def connect(url: str, purpose: str) -> AsyncIterator[Bus]:
+    """A connection for one command, authenticated by the API key if there is one."""
+    name = f"bus {purpose}"
+    api_key = api_key_from_env()
+    if api_key is not None:
+        token = await fetch_broker_token(
+            api_key, os.environ.get("IDLECLOUD_AUTH_URL", DEFAULT_AUTH_URL)
+        )
+        url, name = url_with_token(url, token), token.connection_name(name)
+    async with Bus(url, connection_name=name) as bus:
+        yield bus
+
+
+async def _call(url: str, owner: Owner, request: Message, expect: type[R]) -> R:
+    async with connect(url, request.schema_name) as bus:
+        client = await RpcClient(bus, owner).start()
+        try:
+            return await client.call(request, expect, timeout_s=15.0)
+        finally:
+            await client.stop()
+
+
+def ask(url: str, owner: Owner, request: Message, expect: type[R]) -> R:
+    """Send one RPC request as ``owner`` and return the reply (errors end the command)."""
+    return run_async(lambda: _call(url, owner, request, expect))

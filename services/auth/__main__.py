@@ -1,0 +1,12 @@
+"""`python -m services.auth`: run the auth service alone (see `bus up` for all in one).
+
+Its settings come from the environment: IDLECLOUD_AUTH_KEY_FILE (the signing key, see
+`bus token init`), IDLECLOUD_AUTH_PORT (8470), IDLECLOUD_VHOST ("/") and
+IDLECLOUD_MANAGEMENT_URL.
+"""
+
+from services.auth.service import AuthService, settings_from_env
+from services.cli import run_services
+
+if __name__ == "__main__":
+    run_services("auth", lambda: AuthService(settings_from_env()))

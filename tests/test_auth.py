@@ -1,0 +1,245 @@
+"""The auth service on the real broker: keys issued and revoked, tokens for the broker.
+
+The broker checks every broker token with its OAuth 2 backend; the service's signing key
+is added with `rabbitmqctl add_uaa_key`. Connections are real, and a revoked key's
+connection is really closed by the broker through the management API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aio_pika
+import aiohttp
+import pytest
+
+from bus.connection import Bus
+from bus.credentials import fetch_broker_token, url_with_token
+from bus.devservices import BrokerInfo, add_signing_key
+from bus.errors import CredentialsRefused
+from bus.rpc import RpcClient
+from schemas import (
+    DeployRequest,
+    KeyReply,
+    KeysQuery,
+    KeysReply,
+    Owner,
+    QuotaSet,
+    RequestResult,
+    Resources,
+    TokenIssue,
+    TokenRevoke,
+)
+from services.auth.service import AuthService, AuthSettings
+from services.auth.tokens import SigningKey, mint_api_key
+from services.quota.service import QuotaManager
+
+from .examples import deploy
+from .helpers import wait_until
+from .test_cli import bus_cli
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Authority:
+    """A running auth service and an admin's RPC client to it."""
+
+    def __init__(self, service: AuthService, admin: RpcClient, auth_url: str) -> None:
+        self.service = service
+        self.admin = admin
+        self.auth_url = auth_url
+
+    async def issue(self, role: str, subject: str, limits: Resources | None = None) -> KeyReply:
+        request = TokenIssue(
+            request_id=uuid.uuid4().hex[:16],
+            role=role,
+            subject=subject,
+            name=f"{subject} (test)",
+            limits=limits,
+        )  # type: ignore[arg-type]
+        return await self.admin.call(request, KeyReply, timeout_s=20)
+
+    async def revoke(self, key_id: str) -> RequestResult:
+        request = TokenRevoke(request_id=uuid.uuid4().hex[:16], key_id=key_id, reason="test")
+        return await self.admin.call(request, RequestResult, timeout_s=20)
+
+
+@pytest.fixture
+async def authority(broker: BrokerInfo, bus: Bus, tmp_path: Path) -> AsyncIterator[Authority]:
+    key = SigningKey.generate()
+    private, _public = key.save(tmp_path / "keys")
+    add_signing_key(key.kid, key.public_pem)
+    port = free_port()
+    service = AuthService(AuthSettings(private, vhost=broker.vhost, http_port=port, sweep_s=0.5),
+                          retry_s=0.2)  # fmt: skip
+    await service.start(bus)
+    await wait_until(lambda: service.leadership.leading, what="the auth service to lead")
+    admin = await RpcClient(bus, Owner.platform()).start()
+    yield Authority(service, admin, f"http://127.0.0.1:{port}")
+    await admin.stop()
+    await service.stop(1.0)
+
+
+async def test_a_users_key_gets_broker_tokens_for_her_namespace_and_sets_her_quota(
+    authority: Authority, broker: BrokerInfo, unique: str
+) -> None:
+    namespace = f"al{unique}"
+    reply = await authority.issue(
+        "user", namespace, Resources(cpu_millicores=6000, memory_mib=8192)
+    )
+    assert reply.accepted and reply.key is not None and reply.api_key
+    assert "api_key" not in repr(reply) or reply.api_key not in repr(reply)  # never logged
+    state = authority.service.state
+    assert state.quotas[namespace] == Resources(cpu_millicores=6000, memory_mib=8192)
+    assert state.keys[reply.key.key_id].subject == namespace
+
+    token = await fetch_broker_token(reply.api_key, authority.auth_url)
+    assert (token.role, token.subject, token.key_id) == ("user", namespace, reply.key.key_id)
+    assert token.expires_at - time.time() <= 600
+    async with Bus(
+        url_with_token(broker.url, token), connection_name=token.connection_name("t")
+    ) as mine:
+        channel = await mine.channel()
+        await channel.declare_queue(f"ns.{namespace}.mine", auto_delete=True)
+    async with aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {reply.api_key}"}
+        async with http.get(f"{authority.auth_url}/v1/whoami", headers=headers) as answer:
+            assert (await answer.json())["subject"] == namespace
+    listed = await authority.admin.call(KeysQuery(), KeysReply)
+    assert reply.key.key_id in {key.key_id for key in listed.keys}
+
+
+async def test_a_revoked_key_gets_no_token_and_its_connections_close_within_5_s(
+    authority: Authority, broker: BrokerInfo, unique: str
+) -> None:
+    reply = await authority.issue("user", f"rv{unique}")
+    token = await fetch_broker_token(reply.api_key, authority.auth_url)
+    connection = await aio_pika.connect(
+        url_with_token(broker.url, token),
+        client_properties={"connection_name": token.connection_name("t")},
+    )
+    closed = asyncio.Event()
+    connection.close_callbacks.add(lambda *_args: closed.set())
+    await asyncio.sleep(5.5)  # the management API lists a connection after its stats tick
+    assert reply.key is not None
+    started = time.monotonic()
+    result = await authority.revoke(reply.key.key_id)
+    assert result.accepted
+    await asyncio.wait_for(closed.wait(), 5.0)
+    assert time.monotonic() - started < 5.0
+    with pytest.raises(CredentialsRefused, match="the API key was revoked"):
+        await fetch_broker_token(reply.api_key, authority.auth_url)
+
+
+@pytest.mark.parametrize("flaw", ["forged", "expired", "no header"])
+async def test_a_bad_api_key_is_refused_with_the_reason(authority: Authority, flaw: str) -> None:
+    if flaw == "forged":
+        _key, api_key = mint_api_key(
+            SigningKey.generate(authority.service.key.kid), "admin", "root"
+        )
+        expected = "not a valid API key: Signature verification failed"
+    elif flaw == "expired":
+        _key, api_key = mint_api_key(authority.service.key, "admin", "root", ttl_s=60,
+                                     now=time.time() - 3600)  # fmt: skip
+        expected = "the API key has expired"
+    else:
+        api_key, expected = "", "send the API key as `Authorization: Bearer <key>`"
+    async with aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        async with http.post(f"{authority.auth_url}/v1/token", headers=headers) as answer:
+            assert answer.status == 401
+            assert (await answer.json())["error"].startswith(expected)
+
+
+async def test_two_users_deploying_at_once_up_to_their_quotas_never_exceed_them(
+    bus: Bus, unique: str
+) -> None:
+    quota = QuotaManager(retry_s=0.2)
+    await quota.start(bus)
+    try:
+        await wait_until(lambda: quota.leadership.leading, what="the quota manager to lead")
+        admin = await RpcClient(bus, Owner.platform()).start()
+        users = (f"ua{unique}", f"ub{unique}")
+        for user in users:
+            quota_set = QuotaSet(request_id=uuid.uuid4().hex[:16], namespace=user,
+                                 cpu_millicores=6000, memory_mib=65_536)  # fmt: skip
+            assert (await admin.call(quota_set, RequestResult)).accepted
+        clients = {user: await RpcClient(bus, Owner.namespace(user)).start() for user in users}
+
+        async def one(user: str, index: int) -> bool:
+            request: DeployRequest = deploy(user, f"app{index}", uuid.uuid4().hex[:16]).model_copy(
+                update={"replicas": 1, "cpu_millicores": 1000, "memory_mib": 512}
+            )
+            return (await clients[user].call(request, RequestResult, timeout_s=30)).accepted
+
+        verdicts = await asyncio.gather(*(one(user, i) for user in users for i in range(10)))
+        assert sum(verdicts[:10]) == 6 and sum(verdicts[10:]) == 6
+        for user in users:
+            assert quota.state.reserved(user) == (6000, 3072)
+            await clients[user].stop()
+        await admin.stop()
+    finally:
+        await quota.stop(1.0)
+
+
+async def test_an_admin_and_a_user_work_with_api_keys_through_the_bus_command(
+    broker: BrokerInfo, bus: Bus, tmp_path: Path, unique: str
+) -> None:
+    """Real `bus` processes: the first admin key minted offline, a user's key issued with
+    limits, her deploy admitted, bob's namespace refused by the broker, her key revoked."""
+    init = await asyncio.to_thread(bus_cli, "token", "init", str(tmp_path / "keys"))
+    assert init.returncode == 0, init.stderr
+    private = next((tmp_path / "keys").glob("*[!b].pem"))
+    signing = SigningKey.load(private)
+    add_signing_key(signing.kid, signing.public_pem)
+    port = free_port()
+    services = [AuthService(AuthSettings(private, vhost=broker.vhost, http_port=port),
+                            retry_s=0.2), QuotaManager(retry_s=0.2)]  # fmt: skip
+    for service in services:
+        await service.start(bus)
+        await wait_until(lambda s=service: s.leadership.leading, what=f"{service.name} leading")
+    env = {"IDLECLOUD_AUTH_URL": f"http://127.0.0.1:{port}"}
+
+    async def run(*arguments: str, key: str = "") -> subprocess.CompletedProcess[str]:
+        extra = {**env, "IDLECLOUD_API_KEY": key} if key else env
+        return await asyncio.to_thread(bus_cli, *arguments, url=broker.url, env=extra)
+
+    try:
+        minted = await run("token", "issue", "--role", "admin", "--subject", "root",
+                           "--key-file", str(private), "--json")  # fmt: skip
+        admin = json.loads(minted.stdout)["api_key"]
+        assert "admin root" in (await run("whoami", key=admin)).stdout
+        user = f"u{unique}"
+        limits = ("--cpu-millicores", "2000", "--memory-mib", "2048")
+        issued = await run("token", "issue", "--role", "user", "--subject", user, *limits,
+                           "--json", key=admin)  # fmt: skip
+        assert issued.returncode == 0, issued.stderr
+        alice = json.loads(issued.stdout)
+        deployed = await run("deploy", "x", "-n", user, "--image", "local", "--command", "true",
+                             "--replicas", "2", key=alice["api_key"])  # fmt: skip
+        assert deployed.returncode == 0, deployed.stderr
+        over = await run("deploy", "y", "-n", user, "--image", "local", "--command", "true",
+                         key=alice["api_key"])  # fmt: skip
+        assert over.returncode == 1 and "its quota is 2000m CPU" in " ".join(over.stderr.split())
+        sneaky = await run("deploy", "x", "-n", f"bob{unique}", "--image", "local", "--command",
+                           "true", key=alice["api_key"])  # fmt: skip
+        assert sneaky.returncode == 1 and "the broker refused" in sneaky.stderr
+        listed = json.loads((await run("token", "list", "--json", key=admin)).stdout)
+        assert alice["key_id"] in {key["key_id"] for key in listed}
+        assert (await run("token", "revoke", alice["key_id"], key=admin)).returncode == 0
+        refused = await run("whoami", key=alice["api_key"])
+        assert refused.returncode == 1 and "the API key was revoked" in refused.stderr
+    finally:
+        for service in reversed(services):
+            await service.stop(1.0)
