@@ -8,8 +8,9 @@ needs only a handful of patterns:
 
 - user ``alice``: everything named ``ns.alice.*``, and publishing ``ns.alice.*`` keys to
   ``idlecloud.commands`` (deploy, scale, delete).
-- node ``edge``: everything named ``node.edge.*``, and publishing ``node.edge.*`` keys to
-  ``idlecloud.events`` (heartbeat, presence, replica status, metrics).
+- node ``edge``: everything named ``node.edge.*``, publishing ``node.edge.*`` keys to
+  ``idlecloud.events`` (heartbeat, presence, replica status, metrics), and binding its
+  queue to ``node.edge.*`` commands.
 - replica of ``alice``/``stereo``: reading its task queue, publishing results to
   ``ns.alice.results`` and failed tasks to ``ns.alice.dead``; nothing else.
 - admin: every namespace, its own ``idlecloud.admin.*`` names, ``idlecloud.admin.*`` keys
@@ -103,7 +104,12 @@ def scopes_for(role: RoleName, subject: str, vhost: str, *, app: str = "") -> tu
     if role == "user":
         return _owner_scopes(vhost, Owner.namespace(subject), names.COMMANDS_EXCHANGE)
     if role == "node":
-        return _owner_scopes(vhost, Owner.node(subject), names.EVENTS_EXCHANGE)
+        own = f"{Owner.node(subject).prefix}.*"
+        return (
+            *_owner_scopes(vhost, Owner.node(subject), names.EVENTS_EXCHANGE),
+            # bind its command queue to the commands addressed to it (and only those)
+            Scope("read", vhost, names.COMMANDS_EXCHANGE, own),
+        )
     if role == "replica":
         if not app:
             raise ValueError("a replica's scopes need the app it serves")

@@ -47,6 +47,7 @@ async def serve(
     name: str = "idlecloud",
     grace_s: float = 30.0,
     stop: asyncio.Event | None = None,
+    declare: bool = True,
 ) -> None:
     """Run services until SIGTERM/SIGINT (or ``stop`` is set), then stop them gracefully.
 
@@ -56,6 +57,8 @@ async def serve(
         name: the connection name the broker shows.
         grace_s: how long in-flight work may take to finish after the stop signal.
         stop: an event that stops the services when set (for embedding and tests).
+        declare: declare the platform's topology first (the platform's own services); a
+            PC or a user holding scopes may not, and relies on the platform having done it.
 
     Raises:
         BrokerUnavailable: the broker cannot be reached at start.
@@ -66,7 +69,8 @@ async def serve(
         loop.add_signal_handler(signum, stop.set)
     try:
         async with Bus(url, connection_name=name) as bus:
-            await declare_platform(bus)
+            if declare:  # a credential with scopes may not; the platform has declared it
+                await declare_platform(bus)
             for service in services:
                 await service.start(bus)
                 log.info("started %s", service.name)
@@ -81,8 +85,13 @@ async def serve(
 
 
 def run(
-    url: str, services: Sequence[Service], *, name: str = "idlecloud", grace_s: float = 30.0
+    url: str,
+    services: Sequence[Service],
+    *,
+    name: str = "idlecloud",
+    grace_s: float = 30.0,
+    declare: bool = True,
 ) -> None:
     """Configure logging and :func:`serve` the services until a stop signal."""
     configure_logging()
-    asyncio.run(serve(url, services, name=name, grace_s=grace_s))
+    asyncio.run(serve(url, services, name=name, grace_s=grace_s, declare=declare))

@@ -9,7 +9,7 @@ import pytest
 
 from bus.connection import Bus
 from bus.devdocker import busybox_image, ensure_docker
-from bus.devservices import BrokerInfo, scratch_vhost
+from bus.devservices import BrokerInfo, create_vhost, delete_vhost, scratch_vhost
 from bus.topology import declare_platform
 
 
@@ -40,3 +40,16 @@ def docker_image() -> str:
     """The locally built busybox test image, on a dockerd started if needed."""
     ensure_docker()
     return busybox_image()
+
+
+@pytest.fixture
+async def scratch() -> AsyncIterator[tuple[BrokerInfo, Bus]]:
+    """A vhost of this test's own, with the platform declared: for tests that run
+    control-plane services, whose durable queues and journal would outlive them."""
+    info = create_vhost(f"scratch-{uuid.uuid4().hex[:10]}")
+    try:
+        async with Bus(info.url, connection_name="pytest scratch") as connected:
+            await declare_platform(connected)
+            yield info, connected
+    finally:
+        delete_vhost(info.vhost)

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -30,10 +33,14 @@ from schemas import (
     KeyReply,
     KeysQuery,
     KeysReply,
+    NodeHeartbeat,
     Owner,
     QuotaSet,
+    ReplicaStatus,
     RequestResult,
     Resources,
+    StartReplica,
+    StopReplica,
     TokenIssue,
     TokenRevoke,
 )
@@ -42,7 +49,7 @@ from services.auth.tokens import SigningKey, mint_api_key
 from services.quota.service import QuotaManager
 
 from .examples import deploy
-from .helpers import wait_until
+from .helpers import Events, collect_events, parse_node_event, wait_until
 from .test_cli import bus_cli
 
 
@@ -55,7 +62,10 @@ def free_port() -> int:
 class Authority:
     """A running auth service and an admin's RPC client to it."""
 
-    def __init__(self, service: AuthService, admin: RpcClient, auth_url: str) -> None:
+    def __init__(
+        self, broker: BrokerInfo, service: AuthService, admin: RpcClient, auth_url: str
+    ) -> None:
+        self.broker = broker
         self.service = service
         self.admin = admin
         self.auth_url = auth_url
@@ -76,7 +86,8 @@ class Authority:
 
 
 @pytest.fixture
-async def authority(broker: BrokerInfo, bus: Bus, tmp_path: Path) -> AsyncIterator[Authority]:
+async def authority(scratch: tuple[BrokerInfo, Bus], tmp_path: Path) -> AsyncIterator[Authority]:
+    broker, bus = scratch
     key = SigningKey.generate()
     private, _public = key.save(tmp_path / "keys")
     add_signing_key(key.kid, key.public_pem)
@@ -86,14 +97,15 @@ async def authority(broker: BrokerInfo, bus: Bus, tmp_path: Path) -> AsyncIterat
     await service.start(bus)
     await wait_until(lambda: service.leadership.leading, what="the auth service to lead")
     admin = await RpcClient(bus, Owner.platform()).start()
-    yield Authority(service, admin, f"http://127.0.0.1:{port}")
+    yield Authority(broker, service, admin, f"http://127.0.0.1:{port}")
     await admin.stop()
     await service.stop(1.0)
 
 
 async def test_a_users_key_gets_broker_tokens_for_her_namespace_and_sets_her_quota(
-    authority: Authority, broker: BrokerInfo, unique: str
+    authority: Authority, unique: str
 ) -> None:
+    broker = authority.broker
     namespace = f"al{unique}"
     reply = await authority.issue(
         "user", namespace, Resources(cpu_millicores=6000, memory_mib=8192)
@@ -121,8 +133,9 @@ async def test_a_users_key_gets_broker_tokens_for_her_namespace_and_sets_her_quo
 
 
 async def test_a_revoked_key_gets_no_token_and_its_connections_close_within_5_s(
-    authority: Authority, broker: BrokerInfo, unique: str
+    authority: Authority, unique: str
 ) -> None:
+    broker = authority.broker
     reply = await authority.issue("user", f"rv{unique}")
     token = await fetch_broker_token(reply.api_key, authority.auth_url)
     connection = await aio_pika.connect(
@@ -163,8 +176,9 @@ async def test_a_bad_api_key_is_refused_with_the_reason(authority: Authority, fl
 
 
 async def test_two_users_deploying_at_once_up_to_their_quotas_never_exceed_them(
-    bus: Bus, unique: str
+    scratch: tuple[BrokerInfo, Bus], unique: str
 ) -> None:
+    _broker, bus = scratch
     quota = QuotaManager(retry_s=0.2)
     await quota.start(bus)
     try:
@@ -194,10 +208,11 @@ async def test_two_users_deploying_at_once_up_to_their_quotas_never_exceed_them(
 
 
 async def test_an_admin_and_a_user_work_with_api_keys_through_the_bus_command(
-    broker: BrokerInfo, bus: Bus, tmp_path: Path, unique: str
+    scratch: tuple[BrokerInfo, Bus], tmp_path: Path, unique: str
 ) -> None:
     """Real `bus` processes: the first admin key minted offline, a user's key issued with
     limits, her deploy admitted, bob's namespace refused by the broker, her key revoked."""
+    broker, bus = scratch
     init = await asyncio.to_thread(bus_cli, "token", "init", str(tmp_path / "keys"))
     assert init.returncode == 0, init.stderr
     private = next((tmp_path / "keys").glob("*[!b].pem"))
@@ -243,3 +258,37 @@ async def test_an_admin_and_a_user_work_with_api_keys_through_the_bus_command(
     finally:
         for service in reversed(services):
             await service.stop(1.0)
+
+
+async def test_a_pc_runs_its_agent_with_its_own_key(
+    authority: Authority, tmp_path: Path, unique: str
+) -> None:
+    """`bus agent run` with a PC's API key: it heartbeats and takes its commands with
+    broker tokens limited to its own names; a key for another PC is refused."""
+    node = f"pc{unique}"
+    bus = authority.service.bus
+    reply = await authority.issue("node", node)
+    heard = Events(await collect_events(bus, f"node.{node}.#", parse_node_event))
+    env = {**os.environ, "IDLECLOUD_API_KEY": reply.api_key,
+           "IDLECLOUD_AUTH_URL": authority.auth_url}  # fmt: skip
+    command = [sys.executable, "-m", "bus", "agent", "run", "--url", authority.broker.url,
+               "--utmp", str(tmp_path / "utmp"), "--state-dir", str(tmp_path / "state"),
+               "--input-dir", str(tmp_path / "input"), "--start-idle-s", "0",
+               "--heartbeat-s", "0.3"]  # fmt: skip
+    wrong = await asyncio.to_thread(subprocess.run, [*command, "--node", f"x{node}"], env=env,
+                                    capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert wrong.returncode == 2 and f"not for PC x{node}" in " ".join(wrong.stderr.split())
+    agent = await asyncio.create_subprocess_exec(*command, "--node", node, env=env)
+    try:
+        await wait_until(lambda: bool(heard.of(NodeHeartbeat)), timeout_s=30, what="heartbeats")
+        await bus.publish(StartReplica(
+            node=node, epoch=1, replica_id="r1", namespace="alice", app="spin", image="local",
+            command=(sys.executable, "-c", "import time; time.sleep(60)"), token="",
+            reservation=Resources(cpu_millicores=100, memory_mib=64),
+        ))  # fmt: skip
+        await wait_until(lambda: bool(heard.of(ReplicaStatus)), timeout_s=30, what="a status")
+        assert heard.of(ReplicaStatus)[0].state.value == "running"
+        await bus.publish(StopReplica(node=node, epoch=1, replica_id="r1", grace_s=0))
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(agent.wait(), 30) == 0

@@ -154,8 +154,10 @@ async def test_alice_reaches_her_own_names_and_nothing_of_bobs(
 
 
 async def test_a_body_naming_bob_under_alices_key_is_dead_lettered_by_the_platform(
-    bus: Bus, alice: Bus, unique: str
+    scratch: tuple[BrokerInfo, Bus], signing_key: SigningKey, unique: str
 ) -> None:
+    broker, bus = scratch
+    alice = await Login(broker, signing_key).connect("user", "alice")
     quota = QuotaManager()
     tap = await DeadLetterTap(quota._server.name).start(bus)
     await quota.start(bus)
@@ -175,6 +177,7 @@ async def test_a_body_naming_bob_under_alices_key_is_dead_lettered_by_the_platfo
         await client.stop()
     finally:
         await quota.stop(1.0)
+        await alice.close()
 
 
 async def publish_with(

@@ -87,8 +87,10 @@ def test_no_role_may_configure_or_read_platform_internals(credential: str) -> No
                 credential,
                 platform_name,
             )
-    # Commands to PCs come from the placement leader only.
+    # Commands to PCs come from the placement leader only; only the PC itself may hear them.
     assert not permits(scopes, "write", VHOST, names.COMMANDS_EXCHANGE, "node.edge.start")
+    may_hear = permits(scopes, "read", VHOST, names.COMMANDS_EXCHANGE, "node.edge.start")
+    assert may_hear == (credential in EDGE), credential
 
 
 def test_a_replica_reads_its_own_task_queue_and_publishes_results_only() -> None:

@@ -13,8 +13,15 @@ import psutil
 import typer
 from yarl import URL
 
-from bus.abc import Runtime
-from bus.cli._common import DEFAULT_URL, UrlOption, fail
+from bus.abc import Runtime, Service
+from bus.cli._common import DEFAULT_URL, UrlOption, fail, run_async
+from bus.credentials import (
+    DEFAULT_AUTH_URL,
+    KeyRefresher,
+    api_key_from_env,
+    fetch_broker_token,
+    url_with_token,
+)
 from bus.service import run
 from nodeagent.agent import Agent, AgentSettings
 from nodeagent.policy import PolicySettings
@@ -131,6 +138,9 @@ def run_agent(
     docker_user: Annotated[
         str, _option("The unprivileged uid:gid replicas' containers run as.", "DOCKER_USER")
     ] = "65534:65534",
+    auth_url: Annotated[
+        str, typer.Option(envvar="IDLECLOUD_AUTH_URL", help="The auth service (with a PC key).")
+    ] = DEFAULT_AUTH_URL,
     replica_url: Annotated[
         str | None,
         _option(
@@ -138,7 +148,11 @@ def run_agent(
         ),
     ] = None,
 ) -> None:
-    """Run this PC's agent until SIGTERM (replicas keep running for the next agent to adopt)."""
+    """Run this PC's agent until SIGTERM (replicas keep running for the next agent to adopt).
+
+    With a PC's API key (IDLECLOUD_API_KEY or IDLECLOUD_API_KEY_FILE) it connects with
+    broker tokens from the auth service, limited to its own node.<name>.* names.
+    """
     name = node or _default_node()
     if not re.match(DNS_LABEL_PATTERN, name):
         fail(f"node name {name!r} is not a DNS label; pass --node with lower-case letters")
@@ -184,4 +198,13 @@ def run_agent(
         process_runtime.adopt()
         replicas = process_runtime
     agent = Agent(settings, replicas, TokenFiles(state_dir))
-    run(url, [agent], name=f"agent {name}", grace_s=5)
+    services: list[Service] = [agent]
+    connection = f"agent {name}"
+    api_key = api_key_from_env()
+    if api_key is not None:  # a PC's own key: connect with a broker token, kept fresh
+        token = run_async(lambda: fetch_broker_token(api_key, auth_url))
+        if (token.role, token.subject) != ("node", name):
+            fail(f"the API key is for {token.role} {token.subject}, not for PC {name}")
+        url, connection = url_with_token(url, token), token.connection_name(connection)
+        services.append(KeyRefresher(api_key, token, auth_url))
+    run(url, services, name=connection, grace_s=5, declare=api_key is None)
