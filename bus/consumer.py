@@ -88,6 +88,8 @@ class QueueConsumer:
         self._consumer_tag: str | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        #: Only check that the queue exists (a credential that may read but not configure).
+        self.passive = False
 
     @property
     def bus(self) -> Bus:
@@ -101,7 +103,7 @@ class QueueConsumer:
         self._bus = bus
         self._stopping = False
         self._channel = await bus.channel(prefetch=self._prefetch)
-        self._queue = await self.spec.declare(self._channel)
+        self._queue = await self.spec.declare(self._channel, passive=self.passive)
         self._consumer_tag = await self._queue.consume(self._on_message)
 
     async def stop(self, grace_s: float = 30.0) -> None:

@@ -39,6 +39,8 @@ from schemas import (
     QuotaSet,
     RenewToken,
     ReplicaStatus,
+    ReplicaTokenReply,
+    ReplicaTokenRequest,
     RequestResult,
     ResumeReplica,
     ScaleRequest,
@@ -216,6 +218,7 @@ def auth_request_keys() -> tuple[str, ...]:
     return (
         _admin_key("token", "issue"),
         _admin_key("token", "revoke"),
+        _admin_key("token", "replica"),
         _admin_key("query", "keys"),
     )
 
@@ -269,7 +272,9 @@ def route(message: Message) -> Route:
             return Route(EVENTS_EXCHANGE, f"{_PLATFORM}.nodes")
         case KeysQuery():
             return Route(COMMANDS_EXCHANGE, _admin_key("query", "keys"))
-        case KeyReply() | KeysReply():  # RPC replies; as events, the admin's own
+        case ReplicaTokenRequest():
+            return Route(COMMANDS_EXCHANGE, _admin_key("token", "replica"))
+        case KeyReply() | KeysReply() | ReplicaTokenReply():  # RPC replies; as events, admin's
             return Route(EVENTS_EXCHANGE, _admin_key("keys"))
         case LeaderTookOver() | JournalMarker() | KeyIssued():
             return Route(DEFAULT_EXCHANGE, JOURNAL_STREAM)  # the control plane's own

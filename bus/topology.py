@@ -64,17 +64,23 @@ class QueueSpec:
         """A queue owned by this connection alone, gone when it closes."""
         return cls(name, bindings, durable=False, exclusive=True, auto_delete=True)
 
-    async def declare(self, channel: AbstractChannel) -> AbstractQueue:
-        """Declare the queue and its bindings on ``channel``."""
+    async def declare(self, channel: AbstractChannel, *, passive: bool = False) -> AbstractQueue:
+        """Declare the queue and its bindings on ``channel``.
+
+        ``passive`` only checks that the queue exists (someone else declared it): what a
+        credential that may read a queue but not configure it can do.
+        """
         queue = await channel.declare_queue(
             self.name,
             durable=self.durable,
             exclusive=self.exclusive,
             auto_delete=self.auto_delete,
             arguments=self.arguments or None,
+            passive=passive,
         )
-        for exchange, routing_key in self.bindings:
-            await queue.bind(exchange, routing_key)
+        if not passive:
+            for exchange, routing_key in self.bindings:
+                await queue.bind(exchange, routing_key)
         return queue
 
 

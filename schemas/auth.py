@@ -15,6 +15,8 @@ __all__ = [
     "KeyView",
     "KeysQuery",
     "KeysReply",
+    "ReplicaTokenReply",
+    "ReplicaTokenRequest",
     "Role",
     "TokenIssue",
     "TokenRevoke",
@@ -98,3 +100,23 @@ class KeysReply(PlatformMessage):
     schema_name = "KeysReply"
 
     keys: tuple[KeyView, ...] = Field(default=(), max_length=100_000)
+
+
+class ReplicaTokenRequest(PlatformMessage):
+    """The placement service asks for a replica's broker token (to start or renew it)."""
+
+    schema_name = "ReplicaTokenRequest"
+
+    namespace: Subject
+    app: Subject
+    replica_id: Subject
+
+
+class ReplicaTokenReply(PlatformMessage):
+    """A replica's broker token: its namespace's task and result traffic only."""
+
+    schema_name = "ReplicaTokenReply"
+
+    replica_id: Subject
+    token: Annotated[str, StringConstraints(max_length=16_384), Field(repr=False)]
+    expires_at: AwareDatetime

@@ -6,7 +6,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from schemas.auth import KeyIssued, KeyReply, KeysQuery, KeysReply, TokenIssue, TokenRevoke
+from schemas.auth import (
+    KeyIssued,
+    KeyReply,
+    KeysQuery,
+    KeysReply,
+    ReplicaTokenReply,
+    ReplicaTokenRequest,
+    TokenIssue,
+    TokenRevoke,
+)
 from schemas.base import Message
 from schemas.commands import PauseReplica, RenewToken, ResumeReplica, StartReplica, StopReplica
 from schemas.events import DeploymentStatus
@@ -65,6 +74,8 @@ MESSAGES: tuple[type[Message], ...] = (
     KeyReply,
     KeysQuery,
     KeysReply,
+    ReplicaTokenRequest,
+    ReplicaTokenReply,
 )
 
 _BY_NAME: dict[str, type[Message]] = {cls.schema_name: cls for cls in MESSAGES}

@@ -97,7 +97,7 @@ class NodeView(WireModel):
     usage: Resources
     replicas: Count
     runtime: str
-    seconds_since_heartbeat: Annotated[float, Field(ge=0)]
+    seconds_since_heartbeat: Annotated[float, Field(ge=0, le=1e9)]
 
 
 class NodesReply(PlatformMessage):

@@ -7,15 +7,16 @@ same vhost would replay an earlier one's deployments.
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bus.connection import Bus
-from bus.devservices import create_vhost, delete_vhost
+from bus.devservices import add_signing_key, create_vhost, delete_vhost
 from bus.rpc import RpcClient
 from bus.topology import declare_platform
 from nodeagent.sim import SimPC, Simulation
@@ -30,6 +31,8 @@ from schemas import (
     QuotaSet,
     RequestResult,
 )
+from services.auth.service import AuthService, AuthSettings
+from services.auth.tokens import SigningKey
 from services.placement.reconciler import ReconcilerSettings
 from services.placement.registry import Registry
 from services.placement.service import Placement, PlacementSettings
@@ -43,6 +46,13 @@ FAST = PlacementSettings(
 )  # fmt: skip
 AGENT_ARGS = ("--start-idle-s", "0", "--continue-idle-s", "0.5", "--heartbeat-s", "0.3",
               "--load-sample-s", "60")  # fmt: skip
+
+
+def free_port() -> int:
+    """A TCP port on loopback nobody listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def thesis_pcs(suffix: str) -> tuple[SimPC, ...]:
@@ -62,7 +72,7 @@ class Plane:
     bus: Bus
     simulation: Simulation
     pcs: tuple[SimPC, ...]
-    services: list[QuotaManager | Placement] = field(default_factory=list)
+    services: list[QuotaManager | Placement | AuthService] = field(default_factory=list)
     _clients: dict[Owner, RpcClient] = field(default_factory=dict)
 
     async def client(self, owner: Owner) -> RpcClient:
@@ -123,9 +133,11 @@ async def control_plane(
     settings: PlacementSettings = FAST,
     placement: bool = True,
     agent_args: tuple[str, ...] = AGENT_ARGS,
+    token_s: int | None = None,
 ) -> AsyncIterator[Plane]:
     """A fresh vhost, the quota manager and (unless the test brings its own) placement in
-    this process, and real agents."""
+    this process, and real agents. With ``token_s``, also the auth service (its key
+    trusted by the broker), and replicas get broker tokens that live ``token_s``."""
     broker = create_vhost(f"plane-{uuid.uuid4().hex[:10]}")
     simulation = Simulation(work / "sim")
     try:
@@ -133,6 +145,14 @@ async def control_plane(
             await declare_platform(bus)
             plane = Plane(broker.url, bus, simulation, pcs)
             plane.services = [QuotaManager(retry_s=0.2)]
+            if token_s is not None:
+                key = SigningKey.generate()
+                private, _public = key.save(work / "keys")
+                add_signing_key(key.kid, key.public_pem)
+                auth = AuthSettings(private, vhost=broker.vhost, http_port=free_port(),
+                                    broker_token_s=token_s)  # fmt: skip
+                plane.services.append(AuthService(auth, retry_s=0.2))
+                settings = replace(settings, replica_tokens=True)
             if placement:
                 plane.services.append(Placement(settings, retry_s=0.2))
             for service in plane.services:

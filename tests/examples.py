@@ -36,6 +36,8 @@ from schemas import (
     ReplicaReport,
     ReplicaState,
     ReplicaStatus,
+    ReplicaTokenReply,
+    ReplicaTokenRequest,
     ReplicaUsage,
     ReplicaView,
     RequestResult,
@@ -201,6 +203,12 @@ EXAMPLES: dict[type[Message], Message] = {
     KeyReply: KeyReply(request_id="req-0008", accepted=True, key=KEY, api_key="eyJ.secret.sig"),
     KeysQuery: KeysQuery(),
     KeysReply: KeysReply(keys=(KEY,)),
+    ReplicaTokenRequest: ReplicaTokenRequest(
+        namespace="alice", app="stereo", replica_id="stereo-2-0a1b2c3d"
+    ),
+    ReplicaTokenReply: ReplicaTokenReply(
+        replica_id="stereo-2-0a1b2c3d", token="eyJ.t.s", expires_at=AT
+    ),
     NodesQuery: NodesQuery(),
     NodesReply: NodesReply(
         nodes=(

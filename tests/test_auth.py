@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -48,15 +47,10 @@ from services.auth.service import AuthService, AuthSettings
 from services.auth.tokens import SigningKey, mint_api_key
 from services.quota.service import QuotaManager
 
+from .control_plane import free_port
 from .examples import deploy
 from .helpers import Events, collect_events, parse_node_event, wait_until
 from .test_cli import bus_cli
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Authority:

@@ -16,6 +16,8 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import jwt
+
 from bus.connection import Bus
 from bus.devservices import BrokerInfo
 from bus.sdk.client import TaskClient
@@ -244,3 +246,33 @@ async def test_the_bus_commands_drive_the_control_plane(
         assert statuses and statuses[-1]["state"] == "running"
         assert all(e.get("namespace") == "alice" for e in heard)  # only alice's events
         assert (await bus("delete", "spin", "-n", "alice")).returncode == 0
+
+
+async def test_replicas_work_with_their_own_tokens_renewed_before_they_expire(
+    broker: BrokerInfo, unique: str, tmp_path: Path
+) -> None:
+    """With the auth service, each replica gets a broker token living 8 s in its token
+    file; `bus worker` connects with it (its only rights: its task and result traffic),
+    and placement renews it through the agent, so a job after the first token expired
+    still runs."""
+    pcs = thesis_pcs(unique)[1:2]  # Ninja alone
+    async with control_plane(tmp_path, pcs, token_s=8) as plane:
+        await plane.quota("alice", 4000)
+        worker = (sys.executable, "-m", "bus", "worker", "tests.programs.sdk_app:app")
+        assert (await plane.deploy("alice", "sdk", 2, command=worker)).accepted
+        async with watched(plane, "alice") as watcher:
+            await until(lambda: watcher.running["alice"] == 2, "2 workers", 60)
+            token_files = list((tmp_path / "sim").glob("*/state/tokens/*/token"))
+            assert len(token_files) == 2
+            first = {path: path.read_text() for path in token_files}
+            claims = jwt.decode(next(iter(first.values())), options={"verify_signature": False})
+            assert claims["idlecloud_role"] == "replica" and claims["exp"] - claims["iat"] == 8
+            async with TaskClient(plane.bus, make_app("alice", "sdk")) as client:
+                assert sorted(await collect(client.map(client.app.tasks["nap"], [0.01] * 20))) == (
+                    list(range(20))
+                )
+                await asyncio.sleep(10)  # the first tokens have expired
+                assert all(path.read_text() != token for path, token in first.items())
+                assert sorted(await collect(client.map(client.app.tasks["nap"], [0.01] * 20))) == (
+                    list(range(20))
+                )

@@ -334,10 +334,14 @@ def up(
 ) -> None:
     """Run every control-plane service in one process (small sites, demos) until SIGTERM."""
     from services.auth.service import AuthService, AuthSettings
-    from services.placement.service import Placement
+    from services.placement.service import Placement, PlacementSettings
     from services.quota.service import QuotaManager
 
-    services: list[Service] = [QuotaManager(), Placement()]
+    with_keys = auth_key_file is not None
+    services: list[Service] = [
+        QuotaManager(),
+        Placement(PlacementSettings(replica_tokens=with_keys)),
+    ]
     if auth_key_file is not None:
         if not auth_key_file.is_file():
             fail(f"no signing key at {auth_key_file}; make one with `bus token init`")

@@ -67,6 +67,7 @@ def worker(
         [*services, served],
         name=f"worker {app.namespace}/{app.app}",
         grace_s=grace_s,
+        declare=token_file is None,  # a replica's token may not; the platform has declared it
     )
 
 

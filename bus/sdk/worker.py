@@ -19,6 +19,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import aiormq
 from aio_pika.abc import AbstractIncomingMessage
 from pamqp.commands import Basic
 
@@ -80,11 +81,20 @@ class Worker(QueueConsumer):
         self._acks = AckBatcher()
 
     async def start(self, bus: Bus) -> None:
-        """Declare the app's queues, start the pool, and consume tasks."""
+        """Declare the app's queues, start the pool, and consume tasks.
+
+        A replica's token may read its task queue but not declare it: then the platform
+        has declared it, and the worker only checks that it exists.
+        """
         self._results = ResultBatcher(bus, self.app.namespace)
         channel = await bus.channel()
-        await declare_app(channel, self.app.namespace, self.app.app)
-        await channel.close()
+        try:
+            await declare_app(channel, self.app.namespace, self.app.app)
+        except aiormq.exceptions.ChannelAccessRefused:
+            self.passive = True
+        finally:
+            if not channel.is_closed:
+                await channel.close()
         if self._pool is not None:
             self._pool.start()
         await super().start(bus)

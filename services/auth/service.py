@@ -10,6 +10,8 @@ answers admins' requests over the bus:
   the management API. The sweep repeats every ``sweep_s`` for as long as a token minted
   before the revocation could still be valid.
 * ``KeysQuery``: every key, revoked ones included.
+* ``ReplicaTokenRequest`` (from the placement service): a replica's broker token, for its
+  namespace's task and result traffic only.
 
 The leader also runs the token endpoint over HTTP. ``POST /v1/token`` with
 ``Authorization: Bearer <API key>`` returns a broker token with the key's scopes for at
@@ -47,6 +49,8 @@ from schemas import (
     KeysReply,
     KeyView,
     QuotaSet,
+    ReplicaTokenReply,
+    ReplicaTokenRequest,
     RequestResult,
     TokenIssue,
     TokenRevoke,
@@ -66,8 +70,8 @@ __all__ = ["AuthService", "AuthSettings", "key_view", "settings_from_env"]
 
 log = logging.getLogger(__name__)
 
-Request = TokenIssue | TokenRevoke | KeysQuery
-Reply = KeyReply | RequestResult | KeysReply
+Request = TokenIssue | TokenRevoke | KeysQuery | ReplicaTokenRequest
+Reply = KeyReply | RequestResult | KeysReply | ReplicaTokenReply
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,7 @@ class AuthService(ControlService):
                 names.service_queue(self.name, "requests"),
                 *((names.COMMANDS_EXCHANGE, key) for key in names.auth_request_keys()),
             ),
-            (TokenIssue, TokenRevoke, KeysQuery),
+            (TokenIssue, TokenRevoke, KeysQuery, ReplicaTokenRequest),
             self._handle,
             prefetch=1,
         )
@@ -164,6 +168,16 @@ class AuthService(ControlService):
                 keys = [k.model_copy(update={"revoked": k.key_id in self.state.revoked})
                         for k in self.state.keys.values()]  # fmt: skip
                 return KeysReply(keys=tuple(keys))
+            case ReplicaTokenRequest():
+                token, expires_at = broker_token(
+                    self.key, self.settings.resource_server_id, "replica", request.namespace,
+                    self.settings.vhost, key_id=request.replica_id, app=request.app,
+                    ttl_s=self.settings.broker_token_s,
+                )  # fmt: skip
+                until = datetime.fromtimestamp(expires_at, UTC)
+                return ReplicaTokenReply(
+                    replica_id=request.replica_id, token=token, expires_at=until
+                )
 
     async def _issue(self, request: TokenIssue) -> KeyReply:
         if request.limits is not None and request.role != "user":

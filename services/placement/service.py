@@ -4,9 +4,11 @@ Every instance follows the journal (desired state) and the PCs' events (registry
 standby is warm. The leader also runs the reconcile loop: at every change it hears of, and
 at least every ``tick_s``, it asks the reconciler for a plan and carries it out: start and
 stop commands to the agents, all carrying its epoch, and a ``DeploymentStatus`` event
-whenever an app's status changes. A new leader first waits ``settle_s`` so that starts
-its predecessor sent just before dying show up in the agents' reports. The leader also
-answers the apps and PCs questions of the CLI and the gateway.
+whenever an app's status changes. It declares each app's queues before its first start,
+and on a site with keys gives each replica a broker token (see ``tokens.py``). A new
+leader first waits ``settle_s`` so that starts its predecessor sent just before dying show
+up in the agents' reports. The leader also answers the apps and PCs questions of the CLI
+and the gateway.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from bus import names
 from bus.codec import Delivery
 from bus.connection import PUBLISH_FAILURES, Bus
 from bus.consumer import Consumer
+from bus.errors import BusError
 from bus.journal import Entry
-from bus.rpc import RpcServer
-from bus.topology import QueueSpec
+from bus.rpc import RpcClient, RpcServer
+from bus.topology import QueueSpec, declare_app
 from schemas import (
     AppsQuery,
     AppsReply,
@@ -35,14 +38,23 @@ from schemas import (
     NodePresence,
     NodesQuery,
     NodesReply,
+    Owner,
+    RenewToken,
     ReplicaStatus,
     StartReplica,
     StopReplica,
     utc_now,
 )
 from services.base import ControlService
-from services.placement.reconciler import AppStatus, Plan, Reconciler, ReconcilerSettings
+from services.placement.reconciler import (
+    AppStatus,
+    Plan,
+    Reconciler,
+    ReconcilerSettings,
+    Start,
+)
 from services.placement.registry import Registry
+from services.placement.tokens import ReplicaTokens
 from services.placement.views import apps_reply, nodes_reply
 from services.state import AppKey
 
@@ -61,6 +73,8 @@ class PlacementSettings:
     tick_s: float = 0.5
     node_timeout_s: float = 3.0
     settle_s: float = 1.5
+    #: Give every replica a broker token from the auth service (a site with keys).
+    replica_tokens: bool = False
     reconciler: ReconcilerSettings = field(default_factory=ReconcilerSettings)
 
 
@@ -85,6 +99,8 @@ class Placement(ControlService):
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._statuses: dict[AppKey, AppStatus] = {}
+        self._declared: set[AppKey] = set()  # apps whose queues this leader declared
+        self._tokens: ReplicaTokens | None = None
         self._events: Consumer[NodeEvent] = Consumer(
             QueueSpec.private(
                 names.service_queue(self.name, f"events.{self.journal.instance}"),
@@ -116,6 +132,9 @@ class Placement(ControlService):
     async def lead(self, epoch: int) -> None:
         self._epoch = epoch
         self._statuses = {}
+        self._declared = set()
+        if self.settings.replica_tokens:
+            self._tokens = ReplicaTokens(await RpcClient(self.bus, Owner.platform()).start())
         self._loop_task = asyncio.get_running_loop().create_task(self._reconcile_loop())
         await self._queries.start(self.bus)
 
@@ -125,6 +144,9 @@ class Placement(ControlService):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
             self._loop_task = None
+        if self._tokens is not None:
+            await self._tokens.stop()
+            self._tokens = None
         await self._queries.stop(5.0)
 
     def applied(self, _entry: Entry) -> None:
@@ -157,15 +179,57 @@ class Placement(ControlService):
                 async with asyncio.timeout(self.settings.tick_s):
                     await self._wake.wait()
 
+    async def _declare_apps(self, plan: Plan) -> None:
+        """Declare the queues of apps about to start: a replica's token may not."""
+        new = {start.spec.key for start in plan.starts} - self._declared
+        if new:
+            channel = await self.bus.channel()
+            for namespace, app in sorted(new):
+                await declare_app(channel, namespace, app)
+            await channel.close()
+            self._declared |= new
+
+    async def _token(self, start: Start) -> str | None:
+        """The replica's broker token ("" without the auth service; None if it failed)."""
+        if self._tokens is None:
+            return ""
+        try:
+            return await self._tokens.fetch(*start.spec.key, start.replica_id)
+        except BusError as error:
+            log.warning("placement: no token for %s (%s); retrying", start.replica_id, error)
+            self.reconciler.in_flight.pop(start.replica_id, None)
+            return None
+
+    async def _renewals(self) -> list[Message]:
+        """RenewToken for every live replica whose token is due."""
+        if self._tokens is None:
+            return []
+        now = self._clock()
+        live = [node for node in self.registry.nodes.values() if not self.registry.lost(node, now)]
+        where = {rid: (node.name, replica.key) for node in live
+                 for rid, replica in node.replicas.items()}  # fmt: skip
+        renewals: list[Message] = []
+        for rid in self._tokens.due(where):
+            node, key = where[rid]
+            with contextlib.suppress(BusError):
+                token = await self._tokens.fetch(*key, rid)
+                renewals.append(RenewToken(node=node, epoch=self._epoch, replica_id=rid,
+                                           token=token))  # fmt: skip
+        return renewals
+
     async def _carry_out(self, plan: Plan) -> None:
-        commands: list[Message] = []
-        for start in plan.starts:
+        await self._declare_apps(plan)
+        tokens = await asyncio.gather(*(self._token(start) for start in plan.starts))
+        commands: list[Message] = await self._renewals()
+        for start, token in zip(plan.starts, tokens, strict=True):
+            if token is None:
+                continue
             request = start.spec.request
             commands.append(StartReplica(
                 node=start.node, epoch=self._epoch, replica_id=start.replica_id,
                 namespace=request.namespace, app=request.app, image=request.image,
                 command=request.command, env=request.env, ports=request.ports,
-                reservation=start.spec.reservation, token="",
+                reservation=start.spec.reservation, token=token,
             ))  # fmt: skip
         for stop in plan.stops:
             commands.append(StopReplica(

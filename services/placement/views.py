@@ -110,7 +110,7 @@ def nodes_reply(state: DesiredState, registry: Registry, now: float) -> NodesRep
                 usage=_resources(*node.usage),
                 replicas=len(live),
                 runtime=node.runtime,
-                seconds_since_heartbeat=max(0.0, now - node.last_seen),
+                seconds_since_heartbeat=min(1e9, max(0.0, now - node.last_seen)),
             )
         )
     return NodesReply(nodes=tuple(views), at=utc_now())
