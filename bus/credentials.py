@@ -32,6 +32,7 @@ __all__ = [
     "KeyRefresher",
     "api_key_from_env",
     "fetch_broker_token",
+    "key_holder",
     "url_with_token",
 ]
 
@@ -135,3 +136,23 @@ class KeyRefresher:
                 log.error("cannot refresh the broker token: %s", error)
             except TRANSIENT_ERRORS:
                 bus.use_secret_on_reconnect(self.token.access_token)
+
+
+async def key_holder(
+    url: str, purpose: str, auth_url: str | None = None
+) -> tuple[str, str, KeyRefresher | None]:
+    """Where and as whom to connect: with the configured API key, if any.
+
+    Returns the URL to connect to, the connection's name and, with a key, the refresher
+    that keeps its token fresh (run it as a service, or start it on the bus).
+
+    Raises:
+        CredentialsRefused: the key was refused or the auth service cannot be reached.
+    """
+    api_key = api_key_from_env()
+    if api_key is None:
+        return url, purpose, None
+    auth_url = auth_url or os.environ.get("IDLECLOUD_AUTH_URL", DEFAULT_AUTH_URL)
+    token = await fetch_broker_token(api_key, auth_url)
+    refresher = KeyRefresher(api_key, token, auth_url)
+    return url_with_token(url, token), token.connection_name(purpose), refresher

@@ -23,10 +23,11 @@ import aiohttp
 import pytest
 
 from bus.connection import Bus
-from bus.credentials import fetch_broker_token, url_with_token
+from bus.credentials import fetch_broker_token, key_holder, url_with_token
 from bus.devservices import BrokerInfo, add_signing_key
 from bus.errors import CredentialsRefused
 from bus.rpc import RpcClient
+from bus.sdk.client import TaskClient
 from schemas import (
     DeployRequest,
     KeyReply,
@@ -50,6 +51,7 @@ from services.quota.service import QuotaManager
 from .control_plane import free_port
 from .examples import deploy
 from .helpers import Events, collect_events, parse_node_event, wait_until
+from .programs.sdk_tasks import make_app
 from .test_cli import bus_cli
 
 
@@ -209,7 +211,7 @@ async def test_an_admin_and_a_user_work_with_api_keys_through_the_bus_command(
     broker, bus = scratch
     init = await asyncio.to_thread(bus_cli, "token", "init", str(tmp_path / "keys"))
     assert init.returncode == 0, init.stderr
-    private = next((tmp_path / "keys").glob("*[!b].pem"))
+    private = next(p for p in (tmp_path / "keys").glob("*.pem") if not p.name.endswith(".pub.pem"))
     signing = SigningKey.load(private)
     add_signing_key(signing.kid, signing.public_pem)
     port = free_port()
@@ -244,6 +246,26 @@ async def test_an_admin_and_a_user_work_with_api_keys_through_the_bus_command(
         sneaky = await run("deploy", "x", "-n", f"bob{unique}", "--image", "local", "--command",
                            "true", key=alice["api_key"])  # fmt: skip
         assert sneaky.returncode == 1 and "the broker refused" in sneaky.stderr
+        # her own worker and her own script, on her own machine, with her key
+        worker_env = {**os.environ, **env, "IDLECLOUD_API_KEY": alice["api_key"],
+                      "IDLECLOUD_URL": broker.url, "IDLECLOUD_NAMESPACE": user,
+                      "IDLECLOUD_APP": "w"}  # fmt: skip
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bus", "worker", "tests.programs.sdk_app:app", env=worker_env
+        )
+        try:
+            os.environ.update({"IDLECLOUD_API_KEY": alice["api_key"], **env})
+            url, name, _refresher = await key_holder(broker.url, "alice's script")
+            async with (
+                Bus(url, connection_name=name) as mine,
+                TaskClient(mine, make_app(user, "w")) as client,
+            ):
+                squares = [v async for _i, v in client.map(client.app.tasks["square"], range(10))]
+            assert sorted(squares) == [n * n for n in range(10)]
+        finally:
+            os.environ.pop("IDLECLOUD_API_KEY")
+            worker.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(worker.wait(), 30)
         listed = json.loads((await run("token", "list", "--json", key=admin)).stdout)
         assert alice["key_id"] in {key["key_id"] for key in listed}
         assert (await run("token", "revoke", alice["key_id"], key=admin)).returncode == 0

@@ -15,13 +15,7 @@ from yarl import URL
 
 from bus.abc import Runtime, Service
 from bus.cli._common import DEFAULT_URL, UrlOption, fail, run_async
-from bus.credentials import (
-    DEFAULT_AUTH_URL,
-    KeyRefresher,
-    api_key_from_env,
-    fetch_broker_token,
-    url_with_token,
-)
+from bus.credentials import DEFAULT_AUTH_URL, key_holder
 from bus.service import run
 from nodeagent.agent import Agent, AgentSettings
 from nodeagent.policy import PolicySettings
@@ -199,12 +193,10 @@ def run_agent(
         replicas = process_runtime
     agent = Agent(settings, replicas, TokenFiles(state_dir))
     services: list[Service] = [agent]
-    connection = f"agent {name}"
-    api_key = api_key_from_env()
-    if api_key is not None:  # a PC's own key: connect with a broker token, kept fresh
-        token = run_async(lambda: fetch_broker_token(api_key, auth_url))
+    url, connection, refresher = run_async(lambda: key_holder(url, f"agent {name}", auth_url))
+    if refresher is not None:  # a PC's own key: connect with a broker token, kept fresh
+        token = refresher.token
         if (token.role, token.subject) != ("node", name):
             fail(f"the API key is for {token.role} {token.subject}, not for PC {name}")
-        url, connection = url_with_token(url, token), token.connection_name(connection)
-        services.append(KeyRefresher(api_key, token, auth_url))
-    run(url, services, name=connection, grace_s=5, declare=api_key is None)
+        services.append(refresher)
+    run(url, services, name=connection, grace_s=5, declare=refresher is None)

@@ -7,14 +7,13 @@ the credentials in ``--url`` (the local development broker by default).
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
 from bus.cli._common import run_async
 from bus.connection import Bus
-from bus.credentials import DEFAULT_AUTH_URL, api_key_from_env, fetch_broker_token, url_with_token
+from bus.credentials import key_holder
 from bus.rpc import RpcClient
 from schemas import Message, Owner
 
@@ -26,13 +25,7 @@ R = TypeVar("R", bound=Message)
 @asynccontextmanager
 async def connect(url: str, purpose: str) -> AsyncIterator[Bus]:
     """A connection for one command, authenticated by the API key if there is one."""
-    name = f"bus {purpose}"
-    api_key = api_key_from_env()
-    if api_key is not None:
-        token = await fetch_broker_token(
-            api_key, os.environ.get("IDLECLOUD_AUTH_URL", DEFAULT_AUTH_URL)
-        )
-        url, name = url_with_token(url, token), token.connection_name(name)
+    url, name, _refresher = await key_holder(url, f"bus {purpose}")  # short-lived: no refresh
     async with Bus(url, connection_name=name) as bus:
         yield bus
 

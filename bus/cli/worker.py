@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from bus.cli._common import DEFAULT_URL, UrlOption, fail
+from bus.cli._common import DEFAULT_URL, UrlOption, fail, run_async
+from bus.credentials import key_holder
 from bus.service import run
 
 if TYPE_CHECKING:
@@ -57,17 +58,23 @@ def worker(
         served = Worker(app, target=target, concurrency=concurrency)
     except ValueError as error:
         fail(str(error))
+    name = f"worker {app.namespace}/{app.app}"
+    services: list[Service] = []
     try:
-        connect_to = broker_url_with_token(url, token_file)
-        services: list[Service] = [TokenFile(token_file)] if token_file else []
+        if token_file:  # a replica: the platform keeps its token file fresh
+            connect_to = broker_url_with_token(url, token_file)
+            services.append(TokenFile(token_file))
+        else:  # a researcher's own machine: her API key, if she has one
+            connect_to, name, refresher = run_async(lambda: key_holder(url, name))
+            services.extend([refresher] if refresher is not None else [])
     except ValueError as error:
         fail(f"{error}; check --token-file or IDLECLOUD_TOKEN_FILE")
     run(
         connect_to,
         [*services, served],
-        name=f"worker {app.namespace}/{app.app}",
+        name=name,
         grace_s=grace_s,
-        declare=token_file is None,  # a replica's token may not; the platform has declared it
+        declare=not services,  # a token's scopes do not allow it; the platform has declared it
     )
 
 

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from bus.connection import Bus
+from bus.credentials import key_holder
 from bus.devservices import broker_url
 from bus.sdk.client import TaskClient
 
@@ -63,7 +64,10 @@ class SyncClient:
 
     async def _connect(self) -> TaskClient:
         url = self._app.url or os.environ.get("IDLECLOUD_URL") or broker_url()
-        self._bus = await Bus(url, connection_name=f"client {self._app.app}").connect()
+        url, name, refresher = await key_holder(url, f"client {self._app.app}")
+        self._bus = await Bus(url, connection_name=name).connect()
+        if refresher is not None:  # a long-lived script: keep its broker token fresh
+            await refresher.start(self._bus)
         return await TaskClient(self._bus, self._app).start()
 
     def submit(
