@@ -18,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import aiormq
+from aio_pika.abc import AbstractChannel
 
 from bus import names
 from bus.connection import PUBLISH_FAILURES, TRANSIENT_ERRORS, Bus
@@ -28,6 +29,13 @@ __all__ = ["Leadership"]
 
 log = logging.getLogger(__name__)
 
+#: The connection is down or being restored: no channel can be opened now.
+_RECONNECTING: tuple[type[BaseException], ...] = (RuntimeError, *TRANSIENT_ERRORS)
+#: Someone else holds the leader queue, or the connection dropped meanwhile.
+_REFUSED: tuple[type[BaseException], ...] = (
+    aiormq.exceptions.ChannelLockedResource,
+    *TRANSIENT_ERRORS,
+)
 #: Failing to write or read back the "took over" entry: compete again later.
 _GIVE_UP: tuple[type[BaseException], ...] = (TimeoutError, *PUBLISH_FAILURES)
 
@@ -77,22 +85,23 @@ class Leadership:
     async def _compete(self, bus: Bus) -> None:
         while True:
             self._lost.clear()
-            channel = await bus.connection.channel()  # robust=False below: never restored
+            try:
+                channel = await bus.connection.channel()  # robust=False below: never restored
+            except _RECONNECTING:  # try again shortly
+                await asyncio.sleep(self._retry_s)
+                continue
             try:
                 await channel.declare_queue(
                     names.leader_queue(self.service), exclusive=True, robust=False
                 )
-            except aiormq.exceptions.ChannelLockedResource:
-                await asyncio.sleep(self._retry_s)  # someone else leads
-                continue
-            except TRANSIENT_ERRORS:
+            except _REFUSED:
+                await _close(channel)  # someone else leads, or the connection dropped
                 await asyncio.sleep(self._retry_s)
                 continue
             try:
                 await self._lead()
             finally:
-                with contextlib.suppress(*TRANSIENT_ERRORS):
-                    await channel.close()
+                await _close(channel)
 
     async def _lead(self) -> None:
         took_over = LeaderTookOver(service=self.service, instance=self._journal.instance)
@@ -109,3 +118,9 @@ class Leadership:
         finally:
             self.epoch = None
             await self._on_deposed()
+
+
+async def _close(channel: AbstractChannel) -> None:
+    """Close a channel for good (a robust channel closed by the broker would reopen)."""
+    with contextlib.suppress(*_RECONNECTING):
+        await channel.close()

@@ -110,3 +110,30 @@ async def test_a_standby_takes_over_when_the_leader_dies_with_a_later_epoch(
     assert first_epoch is not None and second_epoch is not None
     assert second_epoch > first_epoch
     assert [name for name, _ in events] == ["a elected", "a deposed", "b elected", "b deposed"]
+
+
+async def test_a_leader_cut_off_by_the_broker_steps_down_and_leads_again_after_reconnecting(
+    broker: BrokerInfo, unique: str
+) -> None:
+    epochs: list[int | None] = []
+
+    async def elected(epoch: int) -> None:
+        epochs.append(epoch)
+
+    async def deposed() -> None:
+        epochs.append(None)
+
+    async with Bus(broker.url, connection_name=f"lonely leader {unique}") as lonely:
+        journal = Journal(lambda _entry: None)
+        await journal.start(lonely)
+        leadership = Leadership(f"solo{unique}", journal, elected, deposed, retry_s=0.2)
+        leadership.start(lonely)
+        await wait_until(lambda: leadership.leading, what="the first term")
+        first = leadership.epoch
+        await asyncio.to_thread(
+            rabbitmqctl, "close_all_connections", "-p", broker.vhost, "test: cut off"
+        )
+        await wait_until(lambda: len(epochs) >= 3, timeout_s=30, what="a second term")
+        assert epochs[:2] == [first, None]
+        assert epochs[2] is not None and first is not None and epochs[2] > first
+        await leadership.stop()
