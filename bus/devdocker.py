@@ -14,10 +14,9 @@ import io
 import shutil
 import subprocess
 import tarfile
-import time
 from pathlib import Path
 
-from bus.devservices import DevServiceError, apt_install, run_command
+from bus.devservices import DevServiceError, apt_install, ensure_daemon, run_command
 
 __all__ = ["TEST_IMAGE", "busybox_image", "docker_running", "ensure_docker"]
 
@@ -55,23 +54,8 @@ def ensure_docker(timeout_s: float = 60.0) -> None:
     Raises:
         DevServiceError: it could not be installed or did not start in ``timeout_s``.
     """
-    if docker_running():
-        return
-    if shutil.which("dockerd") is None:
-        apt_install("docker.io")
-    with _DOCKERD_LOG.open("ab") as log:
-        subprocess.Popen(
-            ["dockerd", *_DOCKERD_FLAGS],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # it outlives this process, like a system service
-        )
-    deadline = time.monotonic() + timeout_s
-    while not docker_running():
-        if time.monotonic() > deadline:
-            raise DevServiceError(f"dockerd did not start in {timeout_s:g} s; see {_DOCKERD_LOG}")
-        time.sleep(0.5)
+    ensure_daemon(["dockerd", *_DOCKERD_FLAGS], package="docker.io", log_path=_DOCKERD_LOG,
+                  up=docker_running, what="dockerd", timeout_s=timeout_s)  # fmt: skip
 
 
 def _busybox_root() -> bytes:

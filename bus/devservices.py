@@ -22,7 +22,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +41,7 @@ __all__ = [
     "create_vhost",
     "delete_stale_scratch_vhosts",
     "delete_vhost",
+    "ensure_daemon",
     "ensure_rabbitmq",
     "management",
     "rabbitmqctl",
@@ -115,6 +116,47 @@ def run_command(command: list[str], timeout_s: float = 300.0, stdin: bytes | Non
         tail = (done.stderr.decode(errors="replace") or stdout).strip()[-2000:]
         raise DevServiceError(f"`{' '.join(command)}` exited with {done.returncode}:\n{tail}")
     return stdout
+
+
+#: Daemons started here: kept referenced, as they outlive any one caller.
+_DAEMONS: list[subprocess.Popen[bytes]] = []
+
+
+def ensure_daemon(
+    command: list[str],
+    *,
+    package: str,
+    log_path: Path,
+    up: Callable[[], bool],
+    what: str,
+    timeout_s: float,
+) -> None:
+    """Unless ``up()`` says it answers already: install ``package`` if the program is
+    missing (as root), start the server in its own session (it outlives this process,
+    like a system service) logging to ``log_path``, and wait until it answers.
+
+    Raises:
+        DevServiceError: it could not be installed or did not answer within ``timeout_s``.
+    """
+    if up():
+        return
+    if shutil.which(command[0]) is None:
+        apt_install(package)
+    with log_path.open("ab") as log:
+        _DAEMONS.append(
+            subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
+    deadline = time.monotonic() + timeout_s
+    while not up():
+        if time.monotonic() > deadline:
+            raise DevServiceError(f"{what} did not start in {timeout_s:g} s; see {log_path}")
+        time.sleep(0.2)
 
 
 def apt_install(*packages: str) -> None:

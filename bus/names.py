@@ -62,6 +62,7 @@ __all__ = [
     "Route",
     "auth_request_keys",
     "leader_queue",
+    "metrics_event_keys",
     "node_command_keys",
     "node_commands_queue",
     "node_event_keys",
@@ -226,6 +227,17 @@ def auth_request_keys() -> tuple[str, ...]:
 def query_keys() -> tuple[str, ...]:
     """The routing-key patterns of every question the placement leader answers."""
     return (_ns_key("*", "query", "apps"), _admin_key("query", "nodes"))
+
+
+def metrics_event_keys() -> tuple[str, ...]:
+    """The routing-key patterns of every event the metrics writer keeps."""
+    return (
+        *(
+            _node_key("*", _NODE_EVENTS[kind])
+            for kind in (MetricSample, NodePresence, ReplicaStatus)
+        ),
+        _ns_key("*", "status", "*"),
+    )
 
 
 def node_event_keys() -> tuple[str, ...]:

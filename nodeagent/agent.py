@@ -21,9 +21,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from bus import names
 from bus.abc import Runtime
@@ -34,18 +36,17 @@ from bus.topology import QueueSpec
 from nodeagent.input import InputSource
 from nodeagent.load import ForeignLoadSource
 from nodeagent.policy import Action, Decision, Observation, PolicySettings, PresencePolicy
+from nodeagent.reports import heartbeat, metric_sample
 from nodeagent.runtime.spec import ReplicaInfo, ReplicaSpec, StartFailed
 from nodeagent.sessions import SessionSource
 from nodeagent.timetable import Timetable
 from nodeagent.tokens import TokenFiles
 from schemas import (
-    NodeHeartbeat,
     NodePresence,
     PauseReplica,
     Presence,
     RenewToken,
     ReplicaCommand,
-    ReplicaReport,
     ReplicaState,
     ReplicaStatus,
     Resources,
@@ -81,6 +82,8 @@ class AgentSettings:
     utmp_path: Path
     policy: PolicySettings = field(default_factory=PolicySettings)
     heartbeat_s: float = 1.0
+    #: Seconds between metric samples (the PC's and each replica's use), for the metrics writer.
+    metrics_s: float = 5.0
     labels: dict[str, str] = field(default_factory=dict)
     timetable: Timetable = field(default_factory=Timetable)
     load_sample_s: float = 5.0
@@ -163,6 +166,7 @@ class Agent:
         await self._carry_out(self._policy.observe(self._observation()))
         await self._commands.start(bus)
         self._spawn(self._heartbeats())
+        self._spawn(self._samples())
 
     async def stop(self, grace_s: float) -> None:
         """Stop watching and heartbeating; replicas keep running for the next agent to adopt."""
@@ -366,41 +370,29 @@ class Agent:
                     ended=replica,
                 )
 
+    async def _samples(self) -> None:
+        psutil.cpu_percent()  # the first reading only sets the baseline
+        cores = psutil.cpu_count() or 1
+        while True:
+            await asyncio.sleep(self.settings.metrics_s)
+            replicas = await self.runtime.replicas(with_usage=True)
+            used = Resources(
+                cpu_millicores=min(1_024_000, round(psutil.cpu_percent() / 100 * cores * 1000)),
+                memory_mib=psutil.virtual_memory().used // 2**20,
+            )
+            live = [r for r in replicas if r.state not in _ENDED]
+            settings = self.settings
+            sample = metric_sample(settings.node, used, settings.capacity, self._presence(), live)
+            await self.bus.publish(sample)
+
     async def _heartbeats(self) -> None:
         while True:
-            await self._publish_heartbeat()
-            await asyncio.sleep(self.settings.heartbeat_s)
-
-    async def _publish_heartbeat(self) -> None:
-        replicas = await self.runtime.replicas(with_usage=True)
-        await self._report_endings(replicas)
-        reports = tuple(
-            ReplicaReport(
-                replica_id=r.replica_id,
-                namespace=r.namespace,
-                app=r.app,
-                state=r.state,
-                reservation=r.reservation,
-                usage=r.usage,
-            )
-            for r in replicas
-        )
-        usage = Resources(
-            cpu_millicores=sum(r.usage.cpu_millicores for r in replicas),
-            memory_mib=sum(r.usage.memory_mib for r in replicas),
-        )
-        self._seq += 1
-        await self.bus.publish(
-            NodeHeartbeat(
-                node=self.settings.node,
-                seq=self._seq,
-                sent_at=datetime.now(UTC),
-                capacity=self.settings.capacity,
-                allocatable=self.settings.allocatable,
-                usage=usage,
-                presence=self._presence(),
-                replicas=reports,
-                labels=self.settings.labels,
-                runtime=self.runtime.name,
-            )
-        )
+            replicas = await self.runtime.replicas(with_usage=True)
+            await self._report_endings(replicas)
+            self._seq += 1
+            settings = self.settings
+            await self.bus.publish(heartbeat(
+                settings.node, self._seq, settings.capacity, settings.allocatable,
+                self._presence(), replicas, settings.labels, self.runtime.name,
+            ))  # fmt: skip
+            await asyncio.sleep(settings.heartbeat_s)

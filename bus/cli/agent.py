@@ -106,6 +106,7 @@ def run_agent(
         float, _option("Seconds a key press or mouse move counts as presence.", "INPUT_ACTIVE_S")
     ] = 60.0,
     heartbeat_s: Annotated[float, _option("Seconds between heartbeats.", "HEARTBEAT_S")] = 1.0,
+    metrics_s: Annotated[float, _option("Seconds between metric samples.", "METRICS_S")] = 5.0,
     busy_load: Annotated[
         float, _option("Cores of foreign CPU load that mean someone uses the PC.", "BUSY_LOAD")
     ] = 0.3,
@@ -177,6 +178,7 @@ def run_agent(
         input_dir=input_dir,
         policy=policy,
         heartbeat_s=heartbeat_s,
+        metrics_s=metrics_s,
         timetable=hours,
         load_sample_s=load_sample_s,
         platform_users=tuple(platform_user or ()),

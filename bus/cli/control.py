@@ -331,6 +331,15 @@ def up(
         ),
     ] = None,
     auth_port: Annotated[int, typer.Option(envvar="IDLECLOUD_AUTH_PORT")] = 8470,
+    influx_db: Annotated[
+        str | None,
+        typer.Option(
+            envvar="IDLECLOUD_INFLUX_DB", help="Also write metrics to this InfluxDB 1.x database."
+        ),
+    ] = None,
+    influx_url: Annotated[
+        str, typer.Option(envvar="IDLECLOUD_INFLUX_URL")
+    ] = "http://127.0.0.1:8086",
 ) -> None:
     """Run every control-plane service in one process (small sites, demos) until SIGTERM."""
     from services.auth.service import AuthService, AuthSettings
@@ -347,6 +356,11 @@ def up(
             fail(f"no signing key at {auth_key_file}; make one with `bus token init`")
         vhost = URL(url).path.lstrip("/") or "/"
         services.append(AuthService(AuthSettings(auth_key_file, vhost=vhost, http_port=auth_port)))
+    if influx_db is not None:
+        from services.metrics.influx import InfluxV1
+        from services.metrics.writer import MetricsWriter
+
+        services.append(MetricsWriter(InfluxV1(influx_url, influx_db)))
     run(url, services, name="bus up", grace_s=5.0)
 
 

@@ -14,6 +14,7 @@ from bus.cli._common import DEFAULT_URL, JsonOption, UrlOption, console, print_j
 from bus.connection import Bus
 from bus.consumer import DEAD_REASON_HEADER
 from bus.devdocker import busybox_image, ensure_docker
+from bus.devinflux import INFLUX_URL, ensure_influxdb
 from bus.devservices import ensure_rabbitmq
 from bus.topology import declare_platform
 from schemas import export_json_schemas
@@ -141,6 +142,9 @@ def dev_up(
     docker: Annotated[
         bool, typer.Option(help="Also start dockerd (no bridge) and build the test image.")
     ] = False,
+    influxdb: Annotated[
+        bool, typer.Option(help="Also start InfluxDB 1.x on 127.0.0.1:8086 (for metrics).")
+    ] = False,
 ) -> None:
     """Install (as root) and start RabbitMQ on 127.0.0.1, and declare the platform topology."""
     with console.status("starting RabbitMQ on 127.0.0.1 ..."):
@@ -151,6 +155,10 @@ def dev_up(
             ensure_docker()
             image = busybox_image()
         console.print(f"dockerd is up; test image {image} built")
+    if influxdb:
+        with console.status("starting InfluxDB on 127.0.0.1:8086 ..."):
+            ensure_influxdb()
+        console.print(f"InfluxDB is up at {INFLUX_URL}")
 
 
 async def _ensure_and_declare(url: str) -> None:

@@ -1,0 +1,1 @@
+"""The metrics writer: samples and lifecycle events into InfluxDB."""
