@@ -7,6 +7,8 @@ and writes to a scratch database; an InfluxDB stopped mid-run loses no point.
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +24,7 @@ from schemas import (
     PresenceState,
     ReplicaUsage,
     Resources,
+    StartReplica,
 )
 from services.metrics.influx import InfluxV1
 from services.metrics.lineprotocol import line, points
@@ -30,6 +33,7 @@ from services.metrics.writer import MetricsWriter
 from .helpers import wait_until
 
 AT = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def sample(node: str, index: int, at: datetime = AT) -> MetricSample:
@@ -115,3 +119,47 @@ async def test_an_influxdb_outage_loses_no_sample(
     await publish(10)
     query = f"SELECT count(cpu_millicores) FROM node WHERE node =~ /^o{unique}/"
     await wait_until(lambda: count(database, query) == 8 * 80, timeout_s=60, what="every sample")
+
+
+async def test_every_dashboard_panel_query_returns_series_from_a_live_run(
+    broker: BrokerInfo,
+    bus: Bus,
+    writer: MetricsWriter,
+    database: str,
+    unique: str,
+    tmp_path: Path,
+) -> None:
+    """Grafana cannot run here: its provisioned dashboard's InfluxQL queries (panels and
+    annotations) run straight against InfluxDB, with Grafana's macros substituted, after
+    a short run of two simulated PCs, one with a replica and a person at the other."""
+    simulation = Simulation(tmp_path / "sim")
+    pcs = (SimPC(f"d{unique}", 2000, 2048), SimPC(f"e{unique}", 2000, 2048))
+    simulation.up(broker.url, pcs, extra_args=("--metrics-s", "0.3", "--start-idle-s", "0",
+                                               "--heartbeat-s", "0.3"))  # fmt: skip
+    try:
+        await asyncio.sleep(2.0)  # the agents consume their command queues
+        await bus.publish(StartReplica(
+            node=pcs[0].name, epoch=1, replica_id="spin-1-aa", namespace="alice", app="spin",
+            image="local", command=(sys.executable, "-c", "import time; time.sleep(60)"),
+            token="", reservation=Resources(cpu_millicores=500, memory_mib=64),
+        ))  # fmt: skip
+        simulation.login(pcs[1].name)
+        replicas = "SELECT count(cpu_millicores) FROM replica"
+        await wait_until(lambda: count(database, replicas) >= 3, timeout_s=30, what="samples")
+        await asyncio.sleep(1.0)
+        dashboard = json.loads((ROOT / "compose/grafana/dashboards/idlecloud.json").read_text())
+        queries = [t["query"] for p in dashboard["panels"] for t in p["targets"]]
+        queries += [a["query"] for a in dashboard["annotations"]["list"]]
+        assert len(queries) == 7
+        empty = []
+        for query in queries:
+            grafana = query.replace("$timeFilter", "time > now() - 10m").replace(
+                "$__interval", "1s"
+            )
+            result = influx_query(grafana, database)["results"]
+            assert isinstance(result, list) and "error" not in result[0], (query, result)
+            if not result[0].get("series"):
+                empty.append(query)
+        assert empty == []
+    finally:
+        simulation.down()

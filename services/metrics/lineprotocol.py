@@ -9,6 +9,8 @@ event                     measurement                   tags; fields
                                                         capacity, reserved, replicas
 ``MetricSample``          ``replica`` (one per replica) node, namespace, app, replica;
                                                         cpu_millicores, memory_mib
+``MetricSample``          ``namespace_usage`` (one per  node, namespace; replicas,
+                          namespace on the PC)          cpu_millicores, memory_mib
 ``NodePresence``          ``presence``                  node, state, cause; busy (0/1)
 ``ReplicaStatus``         ``replica_event``             node, namespace, app, state;
                                                         replica, exit_code, reason
@@ -81,12 +83,24 @@ def points(event: Message) -> list[str]:
                 "replicas": len(event.replicas),
                 "busy": int(event.presence is PresenceState.BUSY),
             }, event.at)]  # fmt: skip
-            return node + [
+            per_namespace: dict[str, list[int]] = {}
+            for r in event.replicas:
+                totals = per_namespace.setdefault(r.namespace, [0, 0, 0])
+                totals[0] += 1
+                totals[1] += r.cpu_millicores
+                totals[2] += r.memory_mib
+            replicas = [
                 line("replica", {"node": event.node, "namespace": r.namespace, "app": r.app,
                                  "replica": r.replica_id},
                      {"cpu_millicores": r.cpu_millicores, "memory_mib": r.memory_mib}, event.at)
                 for r in event.replicas
             ]  # fmt: skip
+            namespaces = [
+                line("namespace_usage", {"node": event.node, "namespace": namespace},
+                     {"replicas": n, "cpu_millicores": cpu, "memory_mib": memory}, event.at)
+                for namespace, (n, cpu, memory) in sorted(per_namespace.items())
+            ]  # fmt: skip
+            return node + replicas + namespaces
         case NodePresence():
             presence = event.presence
             tags = {
