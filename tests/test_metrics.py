@@ -26,8 +26,9 @@ from schemas import (
     Resources,
     StartReplica,
 )
-from services.metrics.influx import InfluxV1
+from services.metrics.influx import InfluxV1, query_v1
 from services.metrics.lineprotocol import line, points
+from services.metrics.report import render
 from services.metrics.writer import MetricsWriter
 
 from .helpers import wait_until
@@ -161,5 +162,13 @@ async def test_every_dashboard_panel_query_returns_series_from_a_live_run(
             if not result[0].get("series"):
                 empty.append(query)
         assert empty == []
+        written = render(lambda q: query_v1(INFLUX_URL, database, q), tmp_path / "report", 600)
+        assert [p.name for p in written] == [
+            "cpu-used-by-each-app-per-pc.png", "replicas-per-pc-by-user.png",
+            "reserved-cpu-over-capacity-per-pc.png", "cpu-in-use-by-each-namespace.png",
+            "cluster-cpu-capacity-against-reserved.png",
+        ]  # fmt: skip
+        assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
+                   for p in written)  # fmt: skip
     finally:
         simulation.down()

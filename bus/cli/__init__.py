@@ -7,7 +7,7 @@ import os
 
 import typer
 
-from bus.cli import agent, auth, control, platform, sim, worker
+from bus.cli import agent, auth, control, platform, report, sim, worker
 from bus.service import configure_logging
 from nodeagent.load import PLATFORM_MARKER
 
@@ -23,6 +23,7 @@ app = typer.Typer(
 platform.register(app)
 control.register(app)
 auth.register(app)
+report.register(app)
 worker.register(app)
 app.add_typer(agent.agent_app, name="agent")
 app.add_typer(sim.sim_app, name="sim")

@@ -6,9 +6,14 @@ influxdb-client cannot write to it; the v1 endpoint takes the same line protocol
 
 from __future__ import annotations
 
+import json
+import urllib.parse
+import urllib.request
+from typing import Any
+
 import aiohttp
 
-__all__ = ["InfluxUnavailable", "InfluxV1"]
+__all__ = ["InfluxUnavailable", "InfluxV1", "query_v1"]
 
 
 class InfluxUnavailable(Exception):
@@ -48,3 +53,15 @@ class InfluxV1:
         if self._http is not None:
             await self._http.close()
             self._http = None
+
+
+def query_v1(url: str, database: str, query: str) -> dict[str, Any]:
+    """Run InfluxQL on InfluxDB 1.x (``/query``) and return its JSON answer.
+
+    Raises:
+        OSError: InfluxDB cannot be reached or answered with an error status.
+    """
+    parameters = urllib.parse.urlencode({"q": query, "db": database})
+    with urllib.request.urlopen(f"{url.rstrip('/')}/query?{parameters}", timeout=30) as answer:
+        result: dict[str, Any] = json.loads(answer.read())
+    return result
