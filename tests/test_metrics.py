@@ -26,7 +26,7 @@ from schemas import (
     Resources,
     StartReplica,
 )
-from services.metrics.influx import InfluxV1, query_v1
+from services.metrics.influx import InfluxUnavailable, InfluxV1, InfluxV2, query_v1
 from services.metrics.lineprotocol import line, points
 from services.metrics.report import render
 from services.metrics.writer import MetricsWriter
@@ -172,3 +172,15 @@ async def test_every_dashboard_panel_query_returns_series_from_a_live_run(
                    for p in written)  # fmt: skip
     finally:
         simulation.down()
+
+
+async def test_the_influxdb_2_sink_speaks_api_v2_and_reports_a_refusal() -> None:
+    """No InfluxDB 2.x server can run here. Debian's 1.6.7 has no /api/v2, so a write
+    through influxdb-client reaches it and is refused: the sink reports that clearly."""
+    ensure_influxdb()
+    sink = InfluxV2(INFLUX_URL, token="t", org="lab", bucket="idlecloud")
+    try:
+        with pytest.raises(InfluxUnavailable, match="did not take the batch: \\(404\\)"):
+            await sink.write(points(sample("edge", 0)))
+    finally:
+        await sink.close()

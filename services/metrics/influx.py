@@ -1,7 +1,8 @@
-"""Writing line protocol to InfluxDB 1.x over its v1 HTTP API (``/write``).
+"""Writing line protocol to InfluxDB: 1.x over its v1 HTTP API, 2.x/3.x with influxdb-client.
 
 InfluxDB 1.6.7, the one Debian ships, has no ``/api/v2`` (it arrived in 1.8), so
-influxdb-client cannot write to it; the v1 endpoint takes the same line protocol.
+influxdb-client cannot write to it; the v1 endpoint (``/write``) takes the same line
+protocol. Both sinks take the lines :mod:`services.metrics.lineprotocol` builds.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import urllib.request
 from typing import Any
 
 import aiohttp
+from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
+from influxdb_client.rest import ApiException
 
-__all__ = ["InfluxUnavailable", "InfluxV1", "query_v1"]
+__all__ = ["InfluxUnavailable", "InfluxV1", "InfluxV2", "query_v1"]
 
 
 class InfluxUnavailable(Exception):
@@ -53,6 +56,36 @@ class InfluxV1:
         if self._http is not None:
             await self._http.close()
             self._http = None
+
+
+class InfluxV2:
+    """One bucket of InfluxDB 2.x or 3.x, written through influxdb-client (``/api/v2``)."""
+
+    def __init__(self, url: str, token: str, org: str, bucket: str) -> None:
+        self.url = url
+        self.bucket = bucket
+        self._settings = {"url": url, "token": token, "org": org}
+        self._client: InfluxDBClientAsync | None = None
+
+    async def write(self, lines: list[str]) -> None:
+        """Write the lines (nanosecond timestamps).
+
+        Raises:
+            InfluxUnavailable: InfluxDB cannot be reached or refused the batch.
+        """
+        if self._client is None:
+            self._client = InfluxDBClientAsync(**self._settings)
+        try:
+            await self._client.write_api().write(bucket=self.bucket, record=lines)
+        except (ApiException, aiohttp.ClientError, TimeoutError) as error:
+            reason = f"InfluxDB at {self.url} did not take the batch: {error}"
+            raise InfluxUnavailable(reason[:500]) from None
+
+    async def close(self) -> None:
+        """Close the client."""
+        if self._client is not None:
+            await self._client.close()  # type: ignore[no-untyped-call]
+            self._client = None
 
 
 def query_v1(url: str, database: str, query: str) -> dict[str, Any]:
