@@ -17,6 +17,7 @@ from typing import Literal
 from schemas import (
     AppsQuery,
     AppsReply,
+    CordonChanged,
     CordonRequest,
     DeleteRequest,
     DeploymentStatus,
@@ -36,6 +37,7 @@ from schemas import (
     Owner,
     OwnerKind,
     PauseReplica,
+    QuotaChanged,
     QuotaSet,
     RenewToken,
     ReplicaStatus,
@@ -237,6 +239,8 @@ def metrics_event_keys() -> tuple[str, ...]:
             for kind in (MetricSample, NodePresence, ReplicaStatus)
         ),
         _ns_key("*", "status", "*"),
+        f"{_PLATFORM}.quota.*",
+        f"{_PLATFORM}.cordon.*",
     )
 
 
@@ -274,6 +278,10 @@ def route(message: Message) -> Route:
             return Route(EVENTS_EXCHANGE, _ns_key(message.namespace, "status", message.app))
         case RequestResult():
             return Route(EVENTS_EXCHANGE, f"{message.owner().prefix}.result")
+        case QuotaChanged():
+            return Route(EVENTS_EXCHANGE, f"{_PLATFORM}.quota.{message.namespace}")
+        case CordonChanged():
+            return Route(EVENTS_EXCHANGE, f"{_PLATFORM}.cordon.{message.node}")
         case AppsQuery():
             return Route(COMMANDS_EXCHANGE, _ns_key(message.namespace, "query", "apps"))
         case NodesQuery():

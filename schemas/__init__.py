@@ -40,7 +40,7 @@ from schemas.commands import (
     StartReplica,
     StopReplica,
 )
-from schemas.events import DeploymentState, DeploymentStatus
+from schemas.events import CordonChanged, DeploymentState, DeploymentStatus, QuotaChanged
 from schemas.journal import JournalMarker, LeaderTookOver
 from schemas.node import (
     MetricSample,
@@ -81,6 +81,7 @@ __all__ = [
     "AppView",
     "AppsQuery",
     "AppsReply",
+    "CordonChanged",
     "CordonRequest",
     "DeleteRequest",
     "DeployRequest",
@@ -108,6 +109,7 @@ __all__ = [
     "Presence",
     "PresenceCause",
     "PresenceState",
+    "QuotaChanged",
     "QuotaSet",
     "RenewToken",
     "ReplicaCommand",

@@ -18,7 +18,7 @@ from schemas.auth import (
 )
 from schemas.base import Message
 from schemas.commands import PauseReplica, RenewToken, ResumeReplica, StartReplica, StopReplica
-from schemas.events import DeploymentStatus
+from schemas.events import CordonChanged, DeploymentStatus, QuotaChanged
 from schemas.journal import JournalMarker, LeaderTookOver
 from schemas.node import MetricSample, NodeHeartbeat, NodePresence, ReplicaStatus
 from schemas.queries import AppsQuery, AppsReply, NodesQuery, NodesReply
@@ -76,6 +76,8 @@ MESSAGES: tuple[type[Message], ...] = (
     KeysReply,
     ReplicaTokenRequest,
     ReplicaTokenReply,
+    QuotaChanged,
+    CordonChanged,
 )
 
 _BY_NAME: dict[str, type[Message]] = {cls.schema_name: cls for cls in MESSAGES}

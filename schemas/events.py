@@ -1,15 +1,23 @@
-"""Facts the control plane publishes about a namespace's applications."""
+"""Facts the control plane publishes: apps' statuses, quotas and cordons as they change."""
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, Field
 
-from schemas.base import AppId, NamespaceMessage, NodeName, Reason
+from schemas.base import (
+    AppId,
+    NamespaceMessage,
+    NamespaceName,
+    NodeName,
+    PlatformMessage,
+    Reason,
+)
+from schemas.resources import Resources
 
-__all__ = ["DeploymentState", "DeploymentStatus"]
+__all__ = ["CordonChanged", "DeploymentState", "DeploymentStatus", "QuotaChanged"]
 
 
 class DeploymentState(StrEnum):
@@ -33,5 +41,26 @@ class DeploymentStatus(NamespaceMessage):
     replicas_per_node: dict[NodeName, Annotated[int, Field(ge=0)]] = Field(
         default_factory=dict, max_length=10_000
     )
+    reason: Reason = ""
+    at: AwareDatetime
+
+
+class QuotaChanged(PlatformMessage):
+    """A namespace's quota was set (after the journal recorded it)."""
+
+    schema_name = "QuotaChanged"
+
+    namespace: NamespaceName
+    quota: Resources
+    at: AwareDatetime
+
+
+class CordonChanged(PlatformMessage):
+    """An admin cordoned, drained or uncordoned a PC (after the journal recorded it)."""
+
+    schema_name = "CordonChanged"
+
+    node: NodeName
+    action: Literal["cordon", "uncordon", "drain"]
     reason: Reason = ""
     at: AwareDatetime

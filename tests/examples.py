@@ -8,6 +8,7 @@ from schemas import (
     AppsQuery,
     AppsReply,
     AppView,
+    CordonChanged,
     CordonRequest,
     DeleteRequest,
     DeploymentState,
@@ -31,6 +32,7 @@ from schemas import (
     Presence,
     PresenceCause,
     PresenceState,
+    QuotaChanged,
     QuotaSet,
     RenewToken,
     ReplicaReport,
@@ -209,6 +211,10 @@ EXAMPLES: dict[type[Message], Message] = {
     ReplicaTokenReply: ReplicaTokenReply(
         replica_id="stereo-2-0a1b2c3d", token="eyJ.t.s", expires_at=AT
     ),
+    QuotaChanged: QuotaChanged(
+        namespace="alice", quota=Resources(cpu_millicores=20_000, memory_mib=65_536), at=AT
+    ),
+    CordonChanged: CordonChanged(node="edge", action="drain", reason="exam week", at=AT),
     NodesQuery: NodesQuery(),
     NodesReply: NodesReply(
         nodes=(

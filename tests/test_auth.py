@@ -35,6 +35,7 @@ from schemas import (
     KeysReply,
     NodeHeartbeat,
     Owner,
+    QuotaChanged,
     QuotaSet,
     ReplicaStatus,
     RequestResult,
@@ -180,6 +181,9 @@ async def test_two_users_deploying_at_once_up_to_their_quotas_never_exceed_them(
     try:
         await wait_until(lambda: quota.leadership.leading, what="the quota manager to lead")
         admin = await RpcClient(bus, Owner.platform()).start()
+        announced = await collect_events(
+            bus, "idlecloud.quota.*", lambda m: QuotaChanged.model_validate_json(m.body)
+        )
         users = (f"ua{unique}", f"ub{unique}")
         for user in users:
             quota_set = QuotaSet(request_id=uuid.uuid4().hex[:16], namespace=user,
@@ -193,6 +197,10 @@ async def test_two_users_deploying_at_once_up_to_their_quotas_never_exceed_them(
             )
             return (await clients[user].call(request, RequestResult, timeout_s=30)).accepted
 
+        await wait_until(lambda: len(announced) == 2, what="the quotas announced")
+        assert {q.namespace: q.quota.cpu_millicores for q in announced} == dict.fromkeys(
+            users, 6000
+        )
         verdicts = await asyncio.gather(*(one(user, i) for user in users for i in range(10)))
         assert sum(verdicts[:10]) == 6 and sum(verdicts[10:]) == 6
         for user in users:

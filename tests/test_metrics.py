@@ -20,8 +20,10 @@ from bus.devinflux import INFLUX_URL, ensure_influxdb, influx_query, scratch_dat
 from bus.devservices import BrokerInfo
 from nodeagent.sim import SimPC, Simulation
 from schemas import (
+    CordonChanged,
     MetricSample,
     PresenceState,
+    QuotaChanged,
     ReplicaUsage,
     Resources,
     StartReplica,
@@ -145,13 +147,16 @@ async def test_every_dashboard_panel_query_returns_series_from_a_live_run(
             token="", reservation=Resources(cpu_millicores=500, memory_mib=64),
         ))  # fmt: skip
         simulation.login(pcs[1].name)
+        quota = Resources(cpu_millicores=4000, memory_mib=4096)
+        await bus.publish(QuotaChanged(namespace="alice", quota=quota, at=datetime.now(UTC)))
+        await bus.publish(CordonChanged(node=pcs[0].name, action="cordon", at=datetime.now(UTC)))
         replicas = "SELECT count(cpu_millicores) FROM replica"
         await wait_until(lambda: count(database, replicas) >= 3, timeout_s=30, what="samples")
         await asyncio.sleep(1.0)
         dashboard = json.loads((ROOT / "compose/grafana/dashboards/idlecloud.json").read_text())
         queries = [t["query"] for p in dashboard["panels"] for t in p["targets"]]
         queries += [a["query"] for a in dashboard["annotations"]["list"]]
-        assert len(queries) == 7
+        assert len(queries) == 8
         empty = []
         for query in queries:
             grafana = query.replace("$timeFilter", "time > now() - 10m").replace(
@@ -162,10 +167,13 @@ async def test_every_dashboard_panel_query_returns_series_from_a_live_run(
             if not result[0].get("series"):
                 empty.append(query)
         assert empty == []
+        cordons = f"SELECT count(cordoned) FROM cordon WHERE node = '{pcs[0].name}'"
+        assert count(database, cordons) == 1
         written = render(lambda q: query_v1(INFLUX_URL, database, q), tmp_path / "report", 600)
         assert [p.name for p in written] == [
             "cpu-used-by-each-app-per-pc.png", "replicas-per-pc-by-user.png",
-            "reserved-cpu-over-capacity-per-pc.png", "cpu-in-use-by-each-namespace.png",
+            "reserved-cpu-over-capacity-per-pc.png",
+            "each-namespace-s-cpu-in-use-against-its-quota.png",
             "cluster-cpu-capacity-against-reserved.png",
         ]  # fmt: skip
         assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000

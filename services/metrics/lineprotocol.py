@@ -16,6 +16,10 @@ event                     measurement                   tags; fields
                                                         replica, exit_code, reason
 ``DeploymentStatus``      ``deployment``                namespace, app, state; desired,
                                                         running, reason
+``QuotaChanged``          ``quota``                     namespace; cpu_millicores,
+                                                        memory_mib
+``CordonChanged``         ``cordon``                    node, action; cordoned (0/1),
+                                                        reason
 ========================  ============================  ==================================
 
 Timestamps are the event's own (nanoseconds), so a point written late lands where it
@@ -28,11 +32,13 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from schemas import (
+    CordonChanged,
     DeploymentStatus,
     Message,
     MetricSample,
     NodePresence,
     PresenceState,
+    QuotaChanged,
     ReplicaStatus,
 )
 
@@ -121,4 +127,13 @@ def points(event: Message) -> list[str]:
             tags = {"namespace": event.namespace, "app": event.app, "state": event.state.value}
             return [line("deployment", tags, {"desired": event.desired, "running": event.running,
                                              "reason": event.reason}, event.at)]  # fmt: skip
+        case QuotaChanged():
+            quota = event.quota
+            return [line("quota", {"namespace": event.namespace},
+                         {"cpu_millicores": quota.cpu_millicores,
+                          "memory_mib": quota.memory_mib}, event.at)]  # fmt: skip
+        case CordonChanged():
+            return [line("cordon", {"node": event.node, "action": event.action},
+                         {"cordoned": int(event.action != "uncordon"), "reason": event.reason},
+                         event.at)]  # fmt: skip
     return []

@@ -60,10 +60,13 @@ PANELS: tuple[Panel, ...] = (
           (Query('SELECT last("reserved_cpu_millicores") / last("capacity_cpu_millicores") '
                  'FROM "node" WHERE $timeFilter GROUP BY time($__interval), "node" '
                  "fill(previous)", "$tag_node"),)),
-    Panel("CPU in use by each namespace", "millicores",
-          "Each namespace's CPU across all PCs, to set against its quota.",
+    Panel("Each namespace's CPU in use against its quota", "millicores",
+          "Each namespace's CPU across all PCs, and its quota when it was set.",
           (Query(_sum_of_last("cpu_millicores", "namespace_usage", "namespace"),
-                 "$tag_namespace"),)),
+                 "$tag_namespace in use"),
+           Query('SELECT last("cpu_millicores") FROM "quota" WHERE $timeFilter '
+                 'GROUP BY time($__interval), "namespace" fill(previous)',
+                 "$tag_namespace quota"))),
     Panel("Cluster CPU: capacity against reserved", "millicores",
           "The thesis's Figure 41: what the lab offers and what is used.",
           (Query(_sum_of_last("capacity_cpu_millicores", "node"), "capacity"),

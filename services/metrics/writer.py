@@ -1,12 +1,12 @@
 """The metrics writer: PCs' samples and lifecycle events into InfluxDB, losing nothing.
 
 It consumes a durable quorum queue bound to the events it keeps (PCs' metric samples,
-presence changes, replica statuses, deployment statuses). Each event's points wait in a
-batch; a delivery is acknowledged only once its batch is written, so while InfluxDB is
-down the broker keeps every event and the writer holds at most ``prefetch`` of them in
-memory. A batch is written when ``batch_lines`` are waiting or ``flush_s`` has passed; a
-failed write is retried with backoff (doubling up to ``backoff_max_s``). Several writers
-may share the queue.
+presence changes, replica statuses, deployment statuses, quotas and cordons). Each
+event's points wait in a batch; a delivery is acknowledged only once its batch is
+written, so while InfluxDB is down the broker keeps every event and the writer holds at
+most ``prefetch`` of them in memory. A batch is written when ``batch_lines`` are waiting
+or ``flush_s`` has passed; a failed write is retried with backoff (doubling up to
+``backoff_max_s``). Several writers may share the queue.
 """
 
 from __future__ import annotations
@@ -21,7 +21,14 @@ from bus.codec import Delivery
 from bus.connection import Bus
 from bus.consumer import Consumer
 from bus.topology import QueueSpec
-from schemas import DeploymentStatus, MetricSample, NodePresence, ReplicaStatus
+from schemas import (
+    CordonChanged,
+    DeploymentStatus,
+    MetricSample,
+    NodePresence,
+    QuotaChanged,
+    ReplicaStatus,
+)
 from services.metrics.influx import InfluxUnavailable
 from services.metrics.lineprotocol import points
 
@@ -29,7 +36,17 @@ __all__ = ["LineSink", "MetricsWriter"]
 
 log = logging.getLogger(__name__)
 
-Event = MetricSample | NodePresence | ReplicaStatus | DeploymentStatus
+Event = (
+    MetricSample | NodePresence | ReplicaStatus | DeploymentStatus | QuotaChanged | CordonChanged
+)
+_EVENTS: tuple[type[Event], ...] = (
+    MetricSample,
+    NodePresence,
+    ReplicaStatus,
+    DeploymentStatus,
+    QuotaChanged,
+    CordonChanged,
+)
 
 
 class LineSink(Protocol):
@@ -58,8 +75,7 @@ class MetricsWriter(Consumer[Event]):
             names.service_queue("metrics", "events"),
             *((names.EVENTS_EXCHANGE, key) for key in names.metrics_event_keys()),
         )
-        super().__init__(spec, (MetricSample, NodePresence, ReplicaStatus, DeploymentStatus),
-                         self._keep, prefetch=prefetch)  # fmt: skip
+        super().__init__(spec, _EVENTS, self._keep, prefetch=prefetch)
         self.name = "metrics"
         self.sink = sink
         self.batch_lines = batch_lines

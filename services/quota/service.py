@@ -5,7 +5,8 @@ judged against every change before it). An admitted request is appended to the j
 and read back before it is answered: the next request sees it. A request id already in
 the journal (a redelivery) is answered as admitted again and not appended twice. The
 requester gets a ``RequestResult`` by RPC, and the same result is published as an event
-either way.
+either way; an admitted quota or cordon is also announced (``QuotaChanged``,
+``CordonChanged``) for the metrics writer and dashboards.
 """
 
 from __future__ import annotations
@@ -17,12 +18,16 @@ from bus.codec import Delivery
 from bus.rpc import RpcServer
 from bus.topology import QueueSpec
 from schemas import (
+    CordonChanged,
     CordonRequest,
     DeleteRequest,
     DeployRequest,
+    QuotaChanged,
     QuotaSet,
     RequestResult,
+    Resources,
     ScaleRequest,
+    utc_now,
 )
 from schemas.base import NamespaceMessage
 from services.base import ControlService
@@ -64,6 +69,19 @@ class QuotaManager(ControlService):
     async def step_down(self) -> None:
         await self._server.stop(5.0)
 
+    async def _announce(self, request: Request) -> None:
+        """Quotas and cordons, once journaled, are also events (for metrics, dashboards)."""
+        match request:
+            case QuotaSet():
+                quota = Resources(cpu_millicores=request.cpu_millicores,
+                                  memory_mib=request.memory_mib)  # fmt: skip
+                await self.bus.publish(QuotaChanged(namespace=request.namespace, quota=quota,
+                                                    at=utc_now()))  # fmt: skip
+            case CordonRequest():
+                change = CordonChanged(node=request.node, action=request.action,
+                                       reason=request.reason, at=utc_now())  # fmt: skip
+                await self.bus.publish(change)
+
     async def _handle(self, request: Request, _delivery: Delivery) -> RequestResult:
         if request.request_id in self.state.applied:
             accepted, reason = True, "already admitted"
@@ -72,6 +90,7 @@ class QuotaManager(ControlService):
             accepted, reason = verdict.accepted, verdict.reason
             if accepted:
                 await self.journal.append_and_read(request)
+                await self._announce(request)
         namespace = request.namespace if isinstance(request, NamespaceMessage) else None
         result = RequestResult(
             request_id=request.request_id, namespace=namespace, accepted=accepted, reason=reason
