@@ -175,6 +175,8 @@ class Placement(ControlService):
                 await self._carry_out(plan)
             except PUBLISH_FAILURES as error:
                 log.warning("placement: could not send every command (%r); retrying", error)
+            except Exception:  # a leader that stops reconciling silently strands every app
+                log.exception("placement: a tick failed; the next one tries again")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.tick_s):
                     await self._wake.wait()
