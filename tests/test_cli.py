@@ -78,7 +78,7 @@ def test_every_command_has_help(command: tuple[str, ...]) -> None:
     assert "Usage: bus" in done.stdout
 
 
-@pytest.mark.parametrize("service", ["quota", "placement", "auth", "metrics"])
+@pytest.mark.parametrize("service", ["quota", "placement", "auth", "metrics", "gateway"])
 def test_each_service_runs_alone_and_says_how(service: str) -> None:
     done = subprocess.run(
         [sys.executable, "-m", f"services.{service}", "--help"],

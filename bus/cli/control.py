@@ -331,6 +331,13 @@ def up(
         ),
     ] = None,
     auth_port: Annotated[int, typer.Option(envvar="IDLECLOUD_AUTH_PORT")] = 8470,
+    gateway_port: Annotated[
+        int,
+        typer.Option(
+            envvar="IDLECLOUD_GATEWAY_PORT",
+            help="With --auth-key-file, serve the REST API here (0: no gateway).",
+        ),
+    ] = 8480,
     influx_db: Annotated[
         str | None,
         typer.Option(
@@ -356,6 +363,14 @@ def up(
             fail(f"no signing key at {auth_key_file}; make one with `bus token init`")
         vhost = URL(url).path.lstrip("/") or "/"
         services.append(AuthService(AuthSettings(auth_key_file, vhost=vhost, http_port=auth_port)))
+    if auth_key_file is not None and gateway_port:
+        from services.auth.tokens import SigningKey
+        from services.gateway.service import Gateway, GatewaySettings
+
+        public = auth_key_file.with_name(f"{auth_key_file.stem}.pub.pem")
+        if not public.exists():
+            public.write_bytes(SigningKey.load(auth_key_file).public_pem)
+        services.append(Gateway(GatewaySettings(public, http_port=gateway_port)))
     if influx_db is not None:
         from services.metrics.influx import InfluxV1
         from services.metrics.writer import MetricsWriter

@@ -1,0 +1,121 @@
+"""The gateway's OpenAPI 3.0 document, served at ``/openapi.json``.
+
+Request bodies come from the same pydantic models the bus uses, so the HTTP API and the
+bus cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from schemas import AppsReply, AppView, DeployRequest, NodeView
+from schemas.base import DNS_LABEL_PATTERN, WireModel
+
+__all__ = ["openapi"]
+
+_REF = "#/components/schemas/{model}"
+
+
+class ScaleBody(WireModel):
+    """How many replicas should run."""
+
+    replicas: int = Field(ge=0, le=10_000)
+
+
+def _schemas(*models: type[BaseModel]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for model in models:
+        schema = model.model_json_schema(ref_template=_REF)
+        found.update(schema.pop("$defs", {}))
+        found[model.__name__] = schema
+    return found
+
+
+def _deployment_body() -> dict[str, Any]:
+    schema = DeployRequest.model_json_schema(ref_template=_REF)
+    schema.pop("$defs", None)
+    for filled in ("request_id", "namespace"):
+        schema["properties"].pop(filled, None)
+        if filled in schema.get("required", []):
+            schema["required"].remove(filled)
+    schema["title"] = "DeploymentBody"
+    return schema
+
+
+def _responses(ok: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    responses: dict[str, Any] = {
+        "200": {"description": ok, **({"content": {"application/json": {"schema": schema}}}
+                                      if schema else {})},
+    }  # fmt: skip
+    for status, why in (
+        ("401", "no credential, or a bad one"),
+        ("403", "not your namespace"),
+        ("404", "no such app"),
+        ("409", "refused (quota)"),
+        ("422", "invalid body"),
+        ("503", "the control plane did not answer"),
+    ):
+        responses[status] = {"description": why, **error}
+    return responses
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json_body(name: str) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+def openapi() -> dict[str, Any]:
+    """The document."""
+    label = {"type": "string", "pattern": DNS_LABEL_PATTERN}
+    namespace = {"name": "namespace", "in": "path", "required": True, "schema": label}
+    app = {**namespace, "name": "app"}
+    node = {**namespace, "name": "node"}
+    action = {"name": "action", "in": "path", "required": True,
+              "schema": {"type": "string", "enum": ["cordon", "uncordon", "drain"]}}  # fmt: skip
+    deployments = "/v1/namespaces/{namespace}/deployments"
+    paths = {
+        deployments: {
+            "get": {"summary": "Your apps", "parameters": [namespace],
+                    "responses": _responses("apps", {"type": "array", "items": _ref("AppView")})},
+            "post": {"summary": "Deploy an app", "parameters": [namespace],
+                     "requestBody": _json_body("DeploymentBody"),
+                     "responses": {**_responses("admitted"), "201": {"description": "admitted"}}},
+        },
+        deployments + "/{app}": {
+            "get": {"summary": "One app", "parameters": [namespace, app],
+                    "responses": _responses("the app", _ref("AppView"))},
+            "patch": {"summary": "Scale an app", "parameters": [namespace, app],
+                      "requestBody": _json_body("ScaleBody"), "responses": _responses("scaled")},
+            "delete": {"summary": "Delete an app", "parameters": [namespace, app],
+                       "responses": _responses("deleted")},
+        },
+        "/v1/namespaces/{namespace}/quota": {
+            "get": {"summary": "Your quota and its use", "parameters": [namespace],
+                    "responses": _responses("quota")},
+        },
+        "/v1/pcs": {"get": {"summary": "The PCs", "responses": _responses(
+            "PCs", {"type": "array", "items": _ref("NodeView")})}},
+        "/v1/pcs/{node}/{action}": {"post": {"summary": "Cordon, uncordon or drain a PC (admin)",
+                                             "parameters": [node, action],
+                                             "responses": _responses("done")}},
+    }  # fmt: skip
+    schemas = _schemas(AppView, NodeView, AppsReply, ScaleBody)
+    schemas["DeploymentBody"] = _deployment_body()
+    schemas["Error"] = {"type": "object", "required": ["error"],
+                        "properties": {"error": {"type": "string"}}}  # fmt: skip
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "idlecloud gateway", "version": "1",
+                 "description": "Deployments, quotas and PCs over HTTP; events as SSE at "
+                                "/v1/namespaces/{namespace}/events."},
+        "paths": paths,
+        "components": {"schemas": schemas, "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
+        "security": [{"bearer": []}],
+    }  # fmt: skip

@@ -1,0 +1,279 @@
+"""The gateway: a REST API over the bus for people who prefer HTTP to AMQP.
+
+Every request is authenticated (an API key or a broker token as a bearer header, checked
+with the auth service's public key; revoked keys are known from the journal), allowed
+only for the caller's own namespace (admins: every one), and turned into the very bus
+messages the CLI sends: deploys, scales and deletes go to the quota manager, questions
+to the placement leader. The gateway never decides anything itself. Errors are JSON
+(``{"error": "..."}``): 401 for a missing or bad credential, 403 for another namespace,
+404 for an unknown app, 409 for a refusal (the quota's numbers in the message), 422 for
+an invalid body (one message per field), 503 when the control plane does not answer.
+``GET /v1/namespaces/{ns}/events`` streams the namespace's events (server-sent events).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from bus import names
+from bus.connection import Bus
+from bus.errors import BusError
+from bus.journal import Journal
+from bus.rpc import RpcClient
+from bus.topology import QueueSpec
+from schemas import (
+    AppsQuery,
+    AppsReply,
+    CordonRequest,
+    DeleteRequest,
+    DeployRequest,
+    Message,
+    NodesQuery,
+    NodesReply,
+    Owner,
+    RequestResult,
+    ScaleRequest,
+    lookup,
+)
+from schemas.catalogue import SCHEMA_HEADER
+from services.auth.tokens import InvalidKey
+from services.gateway.auth import Caller, identify
+from services.gateway.openapi import openapi
+from services.state import DesiredState
+
+__all__ = ["Gateway", "GatewaySettings"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """The auth service's public key, and where to listen."""
+
+    public_key_file: Path
+    http_host: str = "127.0.0.1"
+    http_port: int = 8480
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+class Gateway:
+    """The REST API; see the module's header."""
+
+    name = "gateway"
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self._public = settings.public_key_file.read_bytes()
+        self.state = DesiredState()
+        self._journal = Journal(self.state.apply)
+        self._bus: Bus | None = None
+        self._rpc: dict[Owner, RpcClient] = {}  # a reply queue per owner the gateway speaks for
+        self._rpc_lock = asyncio.Lock()
+        self._http: web.AppRunner | None = None
+
+    async def start(self, bus: Bus) -> None:
+        """Follow the journal (for revocations) and serve HTTP."""
+        self._bus = bus
+        await self._journal.start(bus)
+        await self._journal.catch_up()
+        app = web.Application(middlewares=[self._authenticate])
+        app.router.add_get("/openapi.json", self._openapi)
+        ns = "/v1/namespaces/{namespace}"
+        app.router.add_get(f"{ns}/deployments", self._list)
+        app.router.add_post(f"{ns}/deployments", self._deploy)
+        app.router.add_get(f"{ns}/deployments/{{app}}", self._show)
+        app.router.add_patch(f"{ns}/deployments/{{app}}", self._scale)
+        app.router.add_delete(f"{ns}/deployments/{{app}}", self._delete)
+        app.router.add_get(f"{ns}/quota", self._quota)
+        app.router.add_get(f"{ns}/events", self._events)
+        app.router.add_get("/v1/pcs", self._pcs)
+        app.router.add_post("/v1/pcs/{node}/{action}", self._cordon)
+        self._http = web.AppRunner(app, access_log=None)
+        await self._http.setup()
+        await web.TCPSite(self._http, self.settings.http_host, self.settings.http_port).start()
+
+    async def stop(self, _grace_s: float) -> None:
+        """Stop serving."""
+        if self._http is not None:
+            await self._http.cleanup()
+        for client in self._rpc.values():
+            await client.stop()
+
+    @web.middleware
+    async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == "/openapi.json":
+            return await handler(request)
+        try:
+            caller = self._caller(request)
+        except InvalidKey as error:
+            return _error(401, str(error))
+        namespace = request.match_info.get("namespace")
+        if namespace is not None and not caller.may_act_for(namespace):
+            return _error(403, f"{caller.role} {caller.subject} may not act for {namespace}")
+        try:
+            return await handler(request)
+        except BusError as error:
+            return _error(503, f"the control plane did not answer: {error}")
+
+    def _caller(self, request: web.Request) -> Caller:
+        """Who sent ``request`` (see :func:`~services.gateway.auth.identify`).
+
+        Raises:
+            InvalidKey: no credential, or a bad one.
+        """
+        header = request.headers.get("Authorization", "")
+        return identify(header, self._public, self.state.revoked)
+
+    async def _ask(self, message: Message, expect: type[Any]) -> Any:
+        """Send ``message`` by RPC as its owner (the reply must go to a queue of the owner's)."""
+        owner = message.owner()
+        async with self._rpc_lock:  # one reply queue per owner, even under concurrent calls
+            if owner not in self._rpc:
+                assert self._bus is not None
+                self._rpc[owner] = await RpcClient(self._bus, owner).start()
+        return await self._rpc[owner].call(message, expect, timeout_s=15.0)
+
+    async def _submit(self, message: Message, created: bool = False) -> web.Response:
+        result: RequestResult = await self._ask(message, RequestResult)
+        if not result.accepted:
+            status = 404 if "has no app" in result.reason else 409
+            return _error(status, result.reason)
+        return web.json_response({"accepted": True, "request_id": result.request_id},
+                                 status=201 if created else 200)  # fmt: skip
+
+    async def _apps(self, namespace: str, app: str | None = None) -> AppsReply:
+        reply: AppsReply = await self._ask(AppsQuery(namespace=namespace, app=app), AppsReply)
+        return reply
+
+    async def _openapi(self, _request: web.Request) -> web.Response:
+        return web.json_response(openapi())
+
+    async def _list(self, request: web.Request) -> web.Response:
+        reply = await self._apps(request.match_info["namespace"])
+        return web.json_response([view.model_dump(mode="json") for view in reply.apps])
+
+    async def _show(self, request: web.Request) -> web.Response:
+        namespace, app = request.match_info["namespace"], request.match_info["app"]
+        reply = await self._apps(namespace, app)
+        if not reply.apps:
+            return _error(404, f"{namespace} has no app {app!r}")
+        return web.json_response(reply.apps[0].model_dump(mode="json"))
+
+    async def _body(self, request: web.Request) -> dict[str, Any] | web.Response:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(422, "the body is not JSON")
+        if not isinstance(body, dict):
+            return _error(422, "the body must be a JSON object")
+        return body
+
+    async def _deploy(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
+        for key in ("command", "ports"):
+            if isinstance(body.get(key), list):
+                body[key] = tuple(body[key])
+        try:
+            deploy = DeployRequest(request_id=uuid.uuid4().hex[:16],
+                                   namespace=request.match_info["namespace"], **body)  # fmt: skip
+        except (ValidationError, TypeError) as error:
+            return _invalid(error)
+        return await self._submit(deploy, created=True)
+
+    async def _scale(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            scale = ScaleRequest(request_id=uuid.uuid4().hex[:16], app=request.match_info["app"],
+                                 namespace=request.match_info["namespace"],
+                                 replicas=body.get("replicas", -1))  # fmt: skip
+        except ValidationError as error:
+            return _invalid(error)
+        return await self._submit(scale)
+
+    async def _delete(self, request: web.Request) -> web.Response:
+        try:
+            delete = DeleteRequest(request_id=uuid.uuid4().hex[:16], app=request.match_info["app"],
+                                   namespace=request.match_info["namespace"])  # fmt: skip
+        except ValidationError as error:
+            return _invalid(error)
+        return await self._submit(delete)
+
+    async def _quota(self, request: web.Request) -> web.Response:
+        reply = await self._apps(request.match_info["namespace"])
+        shown = {"namespace", "quota", "reserved", "running"}
+        return web.json_response(reply.model_dump(mode="json", include=shown))
+
+    async def _pcs(self, _request: web.Request) -> web.Response:
+        reply: NodesReply = await self._ask(NodesQuery(), NodesReply)
+        return web.json_response([view.model_dump(mode="json") for view in reply.nodes])
+
+    async def _cordon(self, request: web.Request) -> web.Response:
+        caller = self._caller(request)
+        if caller.role != "admin":
+            return _error(403, "only an admin cordons, drains or uncordons a PC")
+        action = request.match_info["action"]
+        if action not in ("cordon", "uncordon", "drain"):
+            return _error(404, f"no action {action!r}; use cordon, uncordon or drain")
+        typed: Literal["cordon", "uncordon", "drain"] = action  # type: ignore[assignment]
+        try:
+            cordon = CordonRequest(request_id=uuid.uuid4().hex[:16],
+                                   node=request.match_info["node"], action=typed)  # fmt: skip
+        except ValidationError as error:
+            return _invalid(error)
+        return await self._submit(cordon)
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        """The namespace's events as server-sent events, until the client goes away."""
+        assert self._bus is not None
+        namespace = request.match_info["namespace"]
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                               "Cache-Control": "no-cache"})  # fmt: skip
+        await response.prepare(request)
+        channel = await self._bus.channel()
+        try:
+            spec = QueueSpec.private(
+                names.service_queue("gateway", f"sse.{uuid.uuid4().hex[:12]}"),
+                (names.EVENTS_EXCHANGE, f"{Owner.namespace(namespace).prefix}.#"),
+            )
+            queue = await spec.declare(channel)
+            await response.write(b": connected\n\n")
+            async with queue.iterator(no_ack=True) as deliveries:
+                async for delivery in deliveries:
+                    schema = lookup(str((delivery.headers or {}).get(SCHEMA_HEADER)))
+                    if schema is None:
+                        continue
+                    event = schema.model_validate_json(delivery.body)
+                    data = json.dumps(event.model_dump(mode="json"))
+                    await response.write(f"event: {schema.schema_name}\ndata: {data}\n\n".encode())
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            await channel.close()
+        return response
+
+
+def _invalid(error: ValidationError | TypeError) -> web.Response:
+    if isinstance(error, TypeError):
+        return _error(422, str(error))
+    fields = {".".join(map(str, e["loc"])) or "body": e["msg"] for e in error.errors()}
+    message = "; ".join(f"{field}: {msg}" for field, msg in fields.items())
+    return web.json_response({"error": f"invalid: {message}", "fields": fields}, status=422)
