@@ -69,6 +69,7 @@ __all__ = [
     "node_commands_queue",
     "node_event_keys",
     "ns_dead_exchange",
+    "ns_events_binding",
     "ns_events_exchange",
     "ns_results_exchange",
     "ns_tasks_exchange",
@@ -169,6 +170,11 @@ def result_queue(namespace: str, client_id: str) -> str:
 def ns_events_exchange(namespace: str) -> str:
     """A namespace's own view of ``idlecloud.events`` (bound with ``ns.<ns>.#``)."""
     return _ns_key(namespace, "events")
+
+
+def ns_events_binding(namespace: str) -> str:
+    """The binding from ``idlecloud.events`` that feeds a namespace's own view: ``ns.<ns>.#``."""
+    return _ns_key(namespace, "#")
 
 
 def ns_results_exchange(namespace: str) -> str:

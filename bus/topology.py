@@ -30,6 +30,7 @@ __all__ = [
     "TASK_DELIVERY_LIMIT",
     "QueueSpec",
     "declare_app",
+    "declare_namespace_events",
     "declare_platform",
     "task_queue_spec",
 ]
@@ -128,6 +129,16 @@ async def _declare_platform(channel: AbstractChannel) -> None:
     )
     await dead_letters.declare(channel)
     await JOURNAL.declare(channel)
+
+
+async def declare_namespace_events(channel: AbstractChannel, namespace: str) -> None:
+    """Give a namespace its own view of the platform's events: ``ns.<ns>.events``, bound to
+    ``idlecloud.events`` with ``ns.<ns>.#``. Its users may bind their queues to it, never
+    to ``idlecloud.events`` itself."""
+    own = await channel.declare_exchange(
+        names.ns_events_exchange(namespace), ExchangeType.TOPIC, durable=True
+    )
+    await own.bind(names.EVENTS_EXCHANGE, names.ns_events_binding(namespace))
 
 
 def task_queue_spec(namespace: str, app: str) -> QueueSpec:

@@ -245,9 +245,16 @@ async def test_an_admin_and_a_user_work_with_api_keys_through_the_bus_command(
                            "--json", key=admin)  # fmt: skip
         assert issued.returncode == 0, issued.stderr
         alice = json.loads(issued.stdout)
+        listening = asyncio.create_task(
+            run("events", "-n", user, "--seconds", "6", "--json", key=alice["api_key"])
+        )
+        await asyncio.sleep(2.5)  # her listener's queue is bound to her namespace's events
         deployed = await run("deploy", "x", "-n", user, "--image", "local", "--command", "true",
                              "--replicas", "2", key=alice["api_key"])  # fmt: skip
         assert deployed.returncode == 0, deployed.stderr
+        heard = [json.loads(line) for line in (await listening).stdout.splitlines()]
+        assert any(e["schema"] == "RequestResult" and e["accepted"] for e in heard), heard
+        assert all(e.get("namespace") == user for e in heard)
         over = await run("deploy", "y", "-n", user, "--image", "local", "--command", "true",
                          key=alice["api_key"])  # fmt: skip
         assert over.returncode == 1 and "its quota is 2000m CPU" in " ".join(over.stderr.split())

@@ -7,7 +7,7 @@ import os
 
 import typer
 
-from bus.cli import agent, auth, control, platform, report, sim, worker
+from bus.cli import agent, auth, control, events, platform, report, sim, worker
 from bus.service import configure_logging
 from nodeagent.load import PLATFORM_MARKER
 
@@ -22,6 +22,7 @@ app = typer.Typer(
 )
 platform.register(app)
 control.register(app)
+events.register(app)
 auth.register(app)
 report.register(app)
 worker.register(app)

@@ -6,27 +6,20 @@ the answer is printed as a table, or as JSON with ``--json``.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import sys
 import tomllib
 import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import typer
-from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 from rich.table import Table
 from yarl import URL
 
-from bus import names
 from bus.abc import Service
-from bus.cli._common import DEFAULT_URL, JsonOption, UrlOption, console, fail, print_json, run_async
-from bus.cli.session import ask, connect
+from bus.cli._common import DEFAULT_URL, JsonOption, UrlOption, console, fail, print_json
+from bus.cli.session import ask
 from bus.service import run
-from bus.topology import QueueSpec
 from schemas import (
     AppsQuery,
     AppsReply,
@@ -40,9 +33,7 @@ from schemas import (
     QuotaSet,
     RequestResult,
     ScaleRequest,
-    lookup,
 )
-from schemas.catalogue import SCHEMA_HEADER
 
 __all__ = ["register"]
 
@@ -264,63 +255,6 @@ def quota_show(namespace: NamespaceOption = "default", url: UrlOption = DEFAULT_
                       f"{used.memory_mib}/{reply.quota.memory_mib} MiB")  # fmt: skip
 
 
-_QUIET = ("NodeHeartbeat", "MetricSample")
-
-
-def _summary(message: Message) -> str:
-    fields = message.model_dump(mode="json", exclude={"replicas", "at", "sent_at"})
-    return " ".join(f"{key}={value}" for key, value in fields.items() if value not in ("", None))
-
-
-async def _follow(url: str, key: str, seconds: float | None, as_json: bool, noisy: bool) -> None:
-    async with connect(url, "events") as bus:
-        channel = await bus.channel()
-        spec = QueueSpec.private(
-            names.reply_queue(Owner.platform(), f"events-{uuid.uuid4().hex[:8]}"),
-            (names.EVENTS_EXCHANGE, key),
-        )
-        queue = await spec.declare(channel)
-        async with queue.iterator(no_ack=True) as incoming, asyncio.timeout(seconds):
-            async for delivery in incoming:
-                _show(delivery, as_json, noisy)
-
-
-def _show(delivery: AbstractIncomingMessage, as_json: bool, noisy: bool) -> None:
-    schema = lookup(str((delivery.headers or {}).get(SCHEMA_HEADER)))
-    if schema is None or (schema.schema_name in _QUIET and not noisy):
-        return
-    message = schema.model_validate_json(delivery.body)
-    if as_json:  # one JSON object per line, as it arrives
-        line = json.dumps({"schema": schema.schema_name, **message.model_dump(mode="json")})
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
-    else:
-        line = f"{delivery.routing_key} {schema.schema_name} {_summary(message)}"
-        console.print(line, highlight=False, markup=False)
-
-
-def events(
-    namespace: Annotated[
-        str | None,
-        typer.Option(
-            "--namespace",
-            "-n",
-            envvar="IDLECLOUD_NAMESPACE",
-            help="Your namespace's events; without it, every event (admin).",
-        ),
-    ] = None,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Until Ctrl-C.")] = False,
-    seconds: Annotated[float, typer.Option(help="How long to listen without --follow.")] = 5.0,
-    heartbeats: Annotated[bool, typer.Option(help="Show heartbeats and metrics too.")] = False,
-    url: UrlOption = DEFAULT_URL,
-    as_json: JsonOption = False,
-) -> None:
-    """Print the platform's events as they happen (statuses, presence, replicas, results)."""
-    key = f"{Owner.namespace(namespace).prefix}.#" if namespace else "#"
-    with contextlib.suppress(TimeoutError):
-        run_async(lambda: _follow(url, key, None if follow else seconds, as_json, heartbeats))
-
-
 def up(
     url: UrlOption = DEFAULT_URL,
     auth_key_file: Annotated[
@@ -388,7 +322,6 @@ def register(app: typer.Typer) -> None:
     app.command("scale")(scale)
     app.command("delete")(delete)
     app.command("nodes")(nodes)
-    app.command("events")(events)
     app.command("cordon", help="Place nothing new on a PC (admin).")(
         _cordon_command("cordon", "cordoned"))  # fmt: skip
     app.command("uncordon", help="Let a PC take work again (admin).")(

@@ -252,7 +252,7 @@ class Gateway:
         try:
             spec = QueueSpec.private(
                 names.service_queue("gateway", f"sse.{uuid.uuid4().hex[:12]}"),
-                (names.EVENTS_EXCHANGE, f"{Owner.namespace(namespace).prefix}.#"),
+                (names.EVENTS_EXCHANGE, names.ns_events_binding(namespace)),
             )
             queue = await spec.declare(channel)
             await response.write(b": connected\n\n")

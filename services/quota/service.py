@@ -6,17 +6,20 @@ and read back before it is answered: the next request sees it. A request id alre
 the journal (a redelivery) is answered as admitted again and not appended twice. The
 requester gets a ``RequestResult`` by RPC, and the same result is published as an event
 either way; an admitted quota or cordon is also announced (``QuotaChanged``,
-``CordonChanged``) for the metrics writer and dashboards.
+``CordonChanged``) for the metrics writer and dashboards. A namespace with a quota gets
+its own view of the events (``ns.<ns>.events``), the only place its users may listen.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from bus import names
 from bus.codec import Delivery
+from bus.journal import Entry
 from bus.rpc import RpcServer
-from bus.topology import QueueSpec
+from bus.topology import QueueSpec, declare_namespace_events
 from schemas import (
     CordonChanged,
     CordonRequest,
@@ -59,20 +62,36 @@ class QuotaManager(ControlService):
             *((names.COMMANDS_EXCHANGE, key) for key in names.request_keys()),
         )
         self._server: RpcServer[Request] = RpcServer(spec, _REQUESTS, self._handle, prefetch=1)
+        self._announcing: set[asyncio.Task[None]] = set()
 
     def leader_queues(self) -> tuple[QueueSpec, ...]:
         return (self._server.spec,)
 
     async def lead(self, epoch: int) -> None:
+        channel = await self.bus.channel()
+        for namespace in sorted(self.state.quotas):  # idempotent: after a takeover too
+            await declare_namespace_events(channel, namespace)
+        await channel.close()
         await self._server.start(self.bus)
 
     async def step_down(self) -> None:
         await self._server.stop(5.0)
 
-    async def _announce(self, request: Request) -> None:
+    def applied(self, entry: Entry) -> None:
+        """The leader announces each quota and cordon the journal records, whoever wrote it
+        (the auth service sets a quota when it issues a user's key with limits)."""
+        if self.leadership.leading and isinstance(entry.message, QuotaSet | CordonRequest):
+            task = asyncio.get_running_loop().create_task(self._announce(entry.message))
+            self._announcing.add(task)
+            task.add_done_callback(self._announcing.discard)
+
+    async def _announce(self, request: QuotaSet | CordonRequest) -> None:
         """Quotas and cordons, once journaled, are also events (for metrics, dashboards)."""
         match request:
             case QuotaSet():
+                channel = await self.bus.channel()  # a new namespace gets its events view
+                await declare_namespace_events(channel, request.namespace)
+                await channel.close()
                 quota = Resources(cpu_millicores=request.cpu_millicores,
                                   memory_mib=request.memory_mib)  # fmt: skip
                 await self.bus.publish(QuotaChanged(namespace=request.namespace, quota=quota,
@@ -90,7 +109,6 @@ class QuotaManager(ControlService):
             accepted, reason = verdict.accepted, verdict.reason
             if accepted:
                 await self.journal.append_and_read(request)
-                await self._announce(request)
         namespace = request.namespace if isinstance(request, NamespaceMessage) else None
         result = RequestResult(
             request_id=request.request_id, namespace=namespace, accepted=accepted, reason=reason

@@ -1,0 +1,88 @@
+"""`bus events`: the platform's events as they happen, for people and scripts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import uuid
+from typing import Annotated
+
+import typer
+from aio_pika.abc import AbstractIncomingMessage
+
+from bus import names
+from bus.cli._common import DEFAULT_URL, JsonOption, UrlOption, console, run_async
+from bus.cli.session import connect
+from bus.topology import QueueSpec
+from schemas import Message, Owner, lookup
+from schemas.catalogue import SCHEMA_HEADER
+
+__all__ = ["register"]
+
+
+_QUIET = ("NodeHeartbeat", "MetricSample")
+
+
+def _summary(message: Message) -> str:
+    fields = message.model_dump(mode="json", exclude={"replicas", "at", "sent_at"})
+    return " ".join(f"{key}={value}" for key, value in fields.items() if value not in ("", None))
+
+
+async def _follow(
+    url: str, namespace: str | None, seconds: float | None, as_json: bool, noisy: bool
+) -> None:
+    """A namespace's events come from its own view (all its users may read); an admin's
+    without a namespace from ``idlecloud.events`` itself."""
+    owner = Owner.namespace(namespace) if namespace else Owner.platform()
+    source = (
+        (names.ns_events_exchange(namespace), "#") if namespace else (names.EVENTS_EXCHANGE, "#")
+    )
+    async with connect(url, "events") as bus:
+        channel = await bus.channel()
+        spec = QueueSpec.private(names.reply_queue(owner, f"events-{uuid.uuid4().hex[:8]}"), source)
+        queue = await spec.declare(channel)
+        async with queue.iterator(no_ack=True) as incoming, asyncio.timeout(seconds):
+            async for delivery in incoming:
+                _show(delivery, as_json, noisy)
+
+
+def _show(delivery: AbstractIncomingMessage, as_json: bool, noisy: bool) -> None:
+    schema = lookup(str((delivery.headers or {}).get(SCHEMA_HEADER)))
+    if schema is None or (schema.schema_name in _QUIET and not noisy):
+        return
+    message = schema.model_validate_json(delivery.body)
+    if as_json:  # one JSON object per line, as it arrives
+        line = json.dumps({"schema": schema.schema_name, **message.model_dump(mode="json")})
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    else:
+        line = f"{delivery.routing_key} {schema.schema_name} {_summary(message)}"
+        console.print(line, highlight=False, markup=False)
+
+
+def events(
+    namespace: Annotated[
+        str | None,
+        typer.Option(
+            "--namespace",
+            "-n",
+            envvar="IDLECLOUD_NAMESPACE",
+            help="Your namespace's events; without it, every event (admin).",
+        ),
+    ] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Until Ctrl-C.")] = False,
+    seconds: Annotated[float, typer.Option(help="How long to listen without --follow.")] = 5.0,
+    heartbeats: Annotated[bool, typer.Option(help="Show heartbeats and metrics too.")] = False,
+    url: UrlOption = DEFAULT_URL,
+    as_json: JsonOption = False,
+) -> None:
+    """Print the platform's events as they happen (statuses, presence, replicas, results)."""
+    with contextlib.suppress(TimeoutError):
+        run_async(lambda: _follow(url, namespace, None if follow else seconds, as_json, heartbeats))
+
+
+def register(app: typer.Typer) -> None:
+    """Add `bus events` to the root app."""
+    app.command("events")(events)
