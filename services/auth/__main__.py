@@ -5,8 +5,16 @@ Its settings come from the environment: IDLECLOUD_AUTH_KEY_FILE (the signing key
 IDLECLOUD_MANAGEMENT_URL.
 """
 
-from services.auth.service import AuthService, settings_from_env
+import sys
+
+from services.auth.service import AuthService, AuthSettings, settings_from_env
 from services.cli import run_services
 
 if __name__ == "__main__":
-    run_services("auth", lambda: AuthService(settings_from_env()))
+    settings: AuthSettings | None = None
+    if "--help" not in sys.argv and "-h" not in sys.argv:
+        try:
+            settings = settings_from_env()
+        except ValueError as error:
+            sys.exit(f"python -m services.auth: {error}")
+    run_services("auth", lambda: AuthService(settings or settings_from_env()))
