@@ -264,8 +264,8 @@ class Gateway:
                     event = schema.model_validate_json(delivery.body)
                     data = json.dumps(event.model_dump(mode="json"))
                     await response.write(f"event: {schema.schema_name}\ndata: {data}\n\n".encode())
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except ConnectionResetError:
+            pass  # the client went away: the stream ends here
         finally:
             await channel.close()
         return response
