@@ -184,3 +184,26 @@ async def test_a_restarted_agent_adopts_its_replicas_and_no_one_elses(tmp_path: 
     finally:
         await first.stop("r4", grace_s=0)
         await other.stop("r5", grace_s=0)
+
+
+async def test_a_replica_is_not_born_frozen_in_a_group_left_frozen(tmp_path: Path) -> None:
+    """A killed agent may leave a replica's cgroup frozen; a new start under the same id
+    must run, not hang at birth."""
+    first = process_runtime(tmp_path / "a", tmp_path.name)
+    await first.start(busy_tree("again"))
+    await first.pause("again")
+    group = first._replicas["again"].cgroup
+    assert group is not None and group.frozen()
+    for pid in group.pids():  # the agent dies; its replica is killed, the group stays frozen
+        os.kill(pid, 9)
+    group.thaw()
+    await wait_until(lambda: not group.pids(), what="the group to empty")
+    group.freeze()
+    second = process_runtime(tmp_path / "b", tmp_path.name)
+    await second.start(busy_tree("again"))
+    try:
+        pid = second._replicas["again"].pid
+        await wait_until(lambda: cpu_seconds(pid) > 0.05, what="the new replica to run")
+        assert not all_frozen(pid)
+    finally:
+        await second.stop("again", grace_s=0)

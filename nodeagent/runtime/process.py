@@ -138,6 +138,7 @@ class ProcessRuntime:
         cgroup = self._cgroup(spec.replica_id)
         if cgroup is not None:
             try:
+                cgroup.thaw()  # a group left frozen by a killed agent would freeze it at birth
                 cgroup.limit(spec.cpu_millicores, spec.memory_mib)
             except OSError:
                 cgroup.remove()
