@@ -22,7 +22,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -47,6 +46,7 @@ from nodeagent.runtime.cgroup import Mounts  # noqa: E402
 from nodeagent.runtime.process import frozen  # noqa: E402
 from nodeagent.utmp import write_login, write_logout  # noqa: E402
 from schemas import NodePresence, PresenceState  # noqa: E402
+from tests.helpers import wait_until  # noqa: E402
 
 NODE, REPLICAS = "bench-pc", 4
 MOUNTS = Mounts.read()
@@ -93,23 +93,28 @@ async def main(url: str, trials: int, runtime: str) -> None:
                 "idlecloud.bench.presence", (names.EVENTS_EXCHANGE, f"node.{NODE}.presence")
             ).declare(channel)
             await tap.consume(on_presence, no_ack=True)
-            await _wait(lambda: (work / "state" / "tokens").is_dir(), 30, "the agent to start")
+            await wait_until(lambda: (work / "state" / "tokens").is_dir(), 30, "the agent to start")
             await asyncio.sleep(1.0)  # the agent's command queue exists once it consumes
             for command in starts(NODE, runtime, REPLICAS, busy=True, cpu_millicores=1000):
                 await bus.publish(command)
-            await _wait(
-                lambda: len(replica_pids(NODE, work, runtime)) == REPLICAS, 60, "4 replicas", 0.2
+            await wait_until(
+                lambda: len(replica_pids(NODE, work, runtime)) == REPLICAS,
+                60,
+                "4 replicas",
+                interval_s=0.2,
             )
             processes = _replica_processes(work, runtime)
             for _ in range(trials):
-                await _wait(lambda: _all(processes, stopped=False), 10, "the replicas to run")
+                await wait_until(lambda: _all(processes, stopped=False), 10, "the replicas to run")
                 await asyncio.sleep(0.2)
                 seen = len(busy_events)
                 started = time.perf_counter()
                 write_login(utmp, "student", "tty7")
-                await _wait(lambda: _all(processes, stopped=True), 10, "the freeze", 0.0005)
+                await wait_until(
+                    lambda: _all(processes, stopped=True), 10, "the freeze", interval_s=0.0005
+                )
                 freeze_ms.append((time.perf_counter() - started) * 1000)
-                await _wait(lambda seen=seen: len(busy_events) > seen, 10, "the busy event")
+                await wait_until(lambda seen=seen: len(busy_events) > seen, 10, "the busy event")
                 event_ms.append((busy_events[seen] - started) * 1000)
                 write_logout(utmp, "tty7")
     finally:
@@ -122,16 +127,6 @@ async def main(url: str, trials: int, runtime: str) -> None:
     print(f"presence_event_p99_ms: {_percentile(event_ms, 0.99):.1f}")
     print(f"eviction_p50_ms: {statistics.median(freeze_ms):.1f}")
     print(f"eviction_p99_ms: {_percentile(freeze_ms, 0.99):.1f}")
-
-
-async def _wait(
-    predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.01
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        await asyncio.sleep(interval_s)
 
 
 if __name__ == "__main__":

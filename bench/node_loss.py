@@ -20,7 +20,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from aio_pika.abc import AbstractIncomingMessage
@@ -32,18 +31,10 @@ from bus.devservices import ensure_rabbitmq  # noqa: E402
 from schemas import ReplicaState, ReplicaStatus  # noqa: E402
 from services.placement.service import PlacementSettings  # noqa: E402
 from tests.control_plane import control_plane, thesis_pcs  # noqa: E402
-from tests.helpers import collect_events  # noqa: E402
+from tests.helpers import collect_events, wait_until  # noqa: E402
 
 REPLICAS = 12
 AGENT_ARGS = ("--start-idle-s", "0", "--continue-idle-s", "1", "--load-sample-s", "60")
-
-
-async def _wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def main(trials: int) -> None:
@@ -76,7 +67,7 @@ async def main(trials: int) -> None:
             before = len(started)
             killed_at = time.perf_counter()
             plane.simulation.kill(victim)
-            await _wait(
+            await wait_until(
                 lambda before=before, lost=lost: len(started) - before >= lost, 60, "replacements"
             )
             seconds.append(started[before + lost - 1][0] - killed_at)

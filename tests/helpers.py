@@ -35,14 +35,17 @@ class Events:
 
 
 async def wait_until(
-    predicate: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition"
+    predicate: Callable[[], bool],
+    timeout_s: float = 10.0,
+    what: str = "condition",
+    interval_s: float = 0.01,
 ) -> None:
-    """Poll ``predicate`` until it holds; fail the test after ``timeout_s``."""
+    """Poll ``predicate`` every ``interval_s`` until it holds; fail after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(interval_s)
 
 
 class DeadLetterTap:
