@@ -74,6 +74,7 @@ __all__ = [
     "ns_results_exchange",
     "ns_tasks_exchange",
     "owner_of",
+    "pc_view_keys",
     "query_keys",
     "reply_queue",
     "request_keys",
@@ -255,6 +256,11 @@ def node_event_keys() -> tuple[str, ...]:
     return tuple(
         _node_key("*", _NODE_EVENTS[kind]) for kind in (NodeHeartbeat, NodePresence, ReplicaStatus)
     )
+
+
+def pc_view_keys() -> tuple[str, ...]:
+    """The routing-key patterns of what anyone may watch of the PCs: presence and cordons."""
+    return (_node_key("*", _NODE_EVENTS[NodePresence]), f"{_PLATFORM}.cordon.*")
 
 
 def route(message: Message) -> Route:

@@ -12,6 +12,8 @@ from bus.devdocker import busybox_image, ensure_docker
 from bus.devservices import BrokerInfo, create_vhost, delete_vhost, scratch_vhost
 from bus.topology import declare_platform
 
+from .gateway_rig import rig  # noqa: F401  (a fixture: the gateway on a control plane)
+
 
 @pytest.fixture(scope="session")
 async def broker() -> AsyncIterator[BrokerInfo]:

@@ -8,65 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import jwt
-import pytest
 
 from schemas import TokenRevoke
 from services.auth.tokens import SigningKey, mint_api_key
-from services.gateway.service import Gateway, GatewaySettings
 
-from .control_plane import SLEEPER, Plane, control_plane, free_port, thesis_pcs
+from .gateway_rig import Api, Rig, deployment
 from .helpers import wait_until
-
-
-class Api:
-    """HTTP calls to the gateway with one credential."""
-
-    def __init__(self, http: aiohttp.ClientSession, base: str, key: str) -> None:
-        self.http, self.base, self.key = http, base, key
-
-    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
-        async with self.http.request(method, self.base + path, json=body, headers=headers) as r:
-            return r.status, await r.json(content_type=None)
-
-
-class Rig:
-    """The control plane, the gateway, and keys for alice, bob and an admin."""
-
-    def __init__(self, plane: Plane, gateway: Gateway, base: str, key: SigningKey) -> None:
-        self.plane, self.gateway, self.base, self.key = plane, gateway, base, key
-
-    def mint(self, role: str, subject: str, **options: Any) -> str:
-        return mint_api_key(self.key, role, subject, **options)[1]  # type: ignore[arg-type]
-
-
-@pytest.fixture
-async def rig(tmp_path: Path, unique: str) -> AsyncIterator[Rig]:
-    key = SigningKey.generate()
-    _private, public = key.save(tmp_path / "keys")
-    async with control_plane(tmp_path, thesis_pcs(unique)[1:3]) as plane:
-        await plane.quota("alice", 3000)
-        await plane.quota("bob", 3000)
-        port = free_port()
-        gateway = Gateway(GatewaySettings(public, http_port=port))
-        await gateway.start(plane.bus)
-        try:
-            yield Rig(plane, gateway, f"http://127.0.0.1:{port}", key)
-        finally:
-            await gateway.stop(1.0)
-
-
-def deployment(app: str, replicas: int = 2) -> dict[str, Any]:
-    return {"app": app, "image": "local", "command": list(SLEEPER), "replicas": replicas,
-            "cpu_millicores": 1000, "memory_mib": 64}  # fmt: skip
 
 
 async def test_credentials_are_checked_and_namespaces_kept_apart(rig: Rig) -> None:
@@ -161,7 +117,33 @@ async def test_the_openapi_document_is_served_and_names_every_route(rig: Rig) ->
     assert document["openapi"] == "3.0.3"
     assert set(document["paths"]) == {
         "/v1/namespaces/{namespace}/deployments", "/v1/namespaces/{namespace}/deployments/{app}",
-        "/v1/namespaces/{namespace}/quota", "/v1/pcs", "/v1/pcs/{node}/{action}",
+        "/v1/namespaces/{namespace}/quota", "/v1/namespaces/{namespace}/events", "/v1/pcs",
+        "/v1/pcs/events", "/v1/pcs/{node}/{action}", "/v1/session",
     }  # fmt: skip
     body = document["components"]["schemas"]["DeploymentBody"]
     assert "request_id" not in body["properties"] and "image" in body["required"]
+
+
+async def test_schemathesis_finds_no_server_error_in_the_served_openapi_document(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """Schemathesis generates requests, valid and invalid, from /openapi.json and checks
+    that no answer is a 5xx: as an admin over any namespace, and as alice over her own (so
+    requests reach the control plane). The event streams never end, so they are left out."""
+    pinned = tmp_path / "alice.toml"
+    pinned.write_text('[parameters]\n"path.namespace" = "alice"\n')
+    for key, config in ((rig.mint("admin", "root"), ()),
+                        (rig.mint("user", "alice"), ("--config-file", str(pinned)))):  # fmt: skip
+        process = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).with_name("schemathesis")), *config, "run",
+            f"{rig.base}/openapi.json", "--checks", "not_a_server_error",
+            "--exclude-path-regex", "/events$", "--header", f"Authorization: Bearer {key}",
+            "--max-examples", "40", "--seed", "7", "--request-timeout", "20", "--workers", "1",
+            "--no-color", "--report", "junit", "--report-dir", str(tmp_path), cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        output, _ = await process.communicate()
+        text = output.decode(errors="replace")
+        assert process.returncode == 0, text[-6000:]
+        tested = re.search(r"(\d+) generated, (\d+) passed", text)
+        assert tested and int(tested[1]) > 100 and tested[1] == tested[2], text[-3000:]

@@ -60,6 +60,7 @@ from services.auth.tokens import (
     ApiKey,
     InvalidKey,
     SigningKey,
+    bearer_credential,
     broker_token,
     mint_api_key,
     read_api_key,
@@ -198,11 +199,8 @@ class AuthService(ControlService):
         return KeyReply(request_id=request.request_id, accepted=True, key=view, api_key=api_key)
 
     def _read_key(self, request: web.Request) -> ApiKey:
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise InvalidKey("send the API key as `Authorization: Bearer <key>`")
-        api_key = read_api_key(token.strip(), self._public)
+        token = bearer_credential(request.headers.get("Authorization", ""))
+        api_key = read_api_key(token, self._public)
         if api_key.key_id in self.state.revoked:
             raise InvalidKey("the API key was revoked")
         return api_key

@@ -33,6 +33,7 @@ __all__ = [
     "InvalidKey",
     "KeyRole",
     "SigningKey",
+    "bearer_credential",
     "broker_token",
     "mint_api_key",
     "read_api_key",
@@ -134,6 +135,19 @@ def mint_api_key(
     if limits is not None:
         claims["limits"] = {"cpu_millicores": limits[0], "memory_mib": limits[1]}
     return api_key, key.sign(claims)
+
+
+def bearer_credential(header: str, what: str = "the API key") -> str:
+    """The credential of an ``Authorization: Bearer <it>`` header.
+
+    Raises:
+        InvalidKey: the header is missing or of another scheme; the message names ``what``.
+    """
+    scheme, _, credential = header.partition(" ")
+    credential = credential.strip()
+    if scheme.lower() != "bearer" or not credential:
+        raise InvalidKey(f"send {what} as `Authorization: Bearer <key>`")
+    return credential
 
 
 def read_api_key(token: str, public_pem: bytes) -> ApiKey:

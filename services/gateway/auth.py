@@ -30,16 +30,12 @@ class Caller:
         return self.role == "admin" or (self.role == "user" and self.subject == namespace)
 
 
-def identify(header: str, public_pem: bytes, revoked: set[str] | dict[str, int]) -> Caller:
-    """The caller an ``Authorization`` header names.
+def identify(credential: str, public_pem: bytes, revoked: set[str] | dict[str, int]) -> Caller:
+    """The caller an API key or a broker token names.
 
     Raises:
-        InvalidKey: no bearer credential, or a forged, expired, revoked or unknown one.
+        InvalidKey: a forged, expired, revoked or unknown credential.
     """
-    scheme, _, credential = header.partition(" ")
-    credential = credential.strip()
-    if scheme.lower() != "bearer" or not credential:
-        raise InvalidKey("send an API key or a broker token as `Authorization: Bearer <it>`")
     try:
         audience = jwt.decode(credential, options={"verify_signature": False}).get("aud")
     except jwt.PyJWTError:

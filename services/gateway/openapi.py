@@ -62,6 +62,17 @@ def _responses(ok: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     return responses
 
 
+def _stream() -> dict[str, Any]:
+    events = {"text/event-stream": {"schema": {"type": "string"}}}
+    return {
+        **_responses("events"),
+        "200": {
+            "description": "`event: <schema>` and `data: <JSON>` per event, until you hang up",
+            "content": events,
+        },
+    }
+
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -99,21 +110,45 @@ def openapi() -> dict[str, Any]:
             "get": {"summary": "Your quota and its use", "parameters": [namespace],
                     "responses": _responses("quota")},
         },
+        "/v1/namespaces/{namespace}/events": {
+            "get": {"summary": "Your namespace's events, live (server-sent events)",
+                    "parameters": [namespace], "responses": _stream()},
+        },
         "/v1/pcs": {"get": {"summary": "The PCs", "responses": _responses(
             "PCs", {"type": "array", "items": _ref("NodeView")})}},
+        "/v1/pcs/events": {"get": {"summary": "PCs' presence and cordons, live (SSE)",
+                                   "responses": _stream()}},
+        "/v1/session": {
+            "post": {"summary": "Log the page in with an API key (sets an HttpOnly cookie)",
+                     "security": [], "requestBody": _json_body("SessionBody"),
+                     "responses": _responses("who you are", _ref("Session"))},
+            "get": {"summary": "Who is logged in", "responses": _responses("who", _ref("Session"))},
+            "delete": {"summary": "Log out (clears the cookie)", "security": [],
+                       "responses": _responses("logged out")},
+        },
         "/v1/pcs/{node}/{action}": {"post": {"summary": "Cordon, uncordon or drain a PC (admin)",
                                              "parameters": [node, action],
                                              "responses": _responses("done")}},
     }  # fmt: skip
     schemas = _schemas(AppView, NodeView, AppsReply, ScaleBody)
     schemas["DeploymentBody"] = _deployment_body()
+    schemas["SessionBody"] = {
+        "type": "object",
+        "required": ["api_key"],
+        "properties": {"api_key": {"type": "string"}},
+    }
+    schemas["Session"] = {
+        "type": "object",
+        "required": ["role", "subject", "key_id"],
+        "properties": {name: {"type": "string"} for name in ("role", "subject", "key_id")},
+    }
     schemas["Error"] = {"type": "object", "required": ["error"],
                         "properties": {"error": {"type": "string"}}}  # fmt: skip
     return {
         "openapi": "3.0.3",
         "info": {"title": "idlecloud gateway", "version": "1",
-                 "description": "Deployments, quotas and PCs over HTTP; events as SSE at "
-                                "/v1/namespaces/{namespace}/events."},
+                 "description": "Deployments, quotas and PCs over HTTP, their events as "
+                                "server-sent events, and the web page's session."},
         "paths": paths,
         "components": {"schemas": schemas, "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -30,7 +31,6 @@ from bus.connection import Bus
 from bus.errors import BusError
 from bus.journal import Journal
 from bus.rpc import RpcClient
-from bus.topology import QueueSpec
 from schemas import (
     AppsQuery,
     AppsReply,
@@ -43,18 +43,28 @@ from schemas import (
     Owner,
     RequestResult,
     ScaleRequest,
-    lookup,
 )
-from schemas.catalogue import SCHEMA_HEADER
+from schemas.base import DNS_LABEL_PATTERN
 from services.auth.tokens import InvalidKey
 from services.gateway.auth import Caller, identify
 from services.gateway.openapi import openapi
+from services.gateway.page import (
+    CALLER,
+    PAGE_HEADER,
+    SECURITY_HEADERS,
+    add_page_routes,
+    credential,
+    cross_site,
+    is_public,
+)
+from services.gateway.stream import stream_events
 from services.state import DesiredState
 
 __all__ = ["Gateway", "GatewaySettings"]
 
 log = logging.getLogger(__name__)
 
+_LABEL = re.compile(DNS_LABEL_PATTERN)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -92,6 +102,8 @@ class Gateway:
         await self._journal.start(bus)
         await self._journal.catch_up()
         app = web.Application(middlewares=[self._authenticate])
+        app.on_response_prepare.append(_secure)
+        add_page_routes(app, self._login)
         app.router.add_get("/openapi.json", self._openapi)
         ns = "/v1/namespaces/{namespace}"
         app.router.add_get(f"{ns}/deployments", self._list)
@@ -102,6 +114,7 @@ class Gateway:
         app.router.add_get(f"{ns}/quota", self._quota)
         app.router.add_get(f"{ns}/events", self._events)
         app.router.add_get("/v1/pcs", self._pcs)
+        app.router.add_get("/v1/pcs/events", self._pc_events)
         app.router.add_post("/v1/pcs/{node}/{action}", self._cordon)
         self._http = web.AppRunner(app, access_log=None)
         await self._http.setup()
@@ -116,28 +129,35 @@ class Gateway:
 
     @web.middleware
     async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path == "/openapi.json":
+        if is_public(request):
             return await handler(request)
         try:
-            caller = self._caller(request)
+            caller = identify(credential(request), self._public, self.state.revoked)
         except InvalidKey as error:
             return _error(401, str(error))
+        if cross_site(request):
+            return _error(403, f"a change made from the page must carry {PAGE_HEADER}: 1")
+        for part in ("namespace", "app", "node"):
+            value = request.match_info.get(part)
+            if value is not None and not _LABEL.fullmatch(value):
+                return _error(404, f"no {part} is named {value!r}: names are DNS labels "
+                                   "(lower-case letters, digits and dashes)")  # fmt: skip
         namespace = request.match_info.get("namespace")
         if namespace is not None and not caller.may_act_for(namespace):
             return _error(403, f"{caller.role} {caller.subject} may not act for {namespace}")
+        request[CALLER] = caller
         try:
             return await handler(request)
         except BusError as error:
             return _error(503, f"the control plane did not answer: {error}")
 
-    def _caller(self, request: web.Request) -> Caller:
-        """Who sent ``request`` (see :func:`~services.gateway.auth.identify`).
+    def _login(self, api_key: str) -> Caller:
+        """Who an API key (or broker token) pasted into the page's login form is.
 
         Raises:
-            InvalidKey: no credential, or a bad one.
+            InvalidKey: a bad or revoked credential.
         """
-        header = request.headers.get("Authorization", "")
-        return identify(header, self._public, self.state.revoked)
+        return identify(api_key, self._public, self.state.revoked)
 
     async def _ask(self, message: Message, expect: type[Any]) -> Any:
         """Send ``message`` by RPC as its owner (the reply must go to a queue of the owner's)."""
@@ -151,8 +171,10 @@ class Gateway:
     async def _submit(self, message: Message, created: bool = False) -> web.Response:
         result: RequestResult = await self._ask(message, RequestResult)
         if not result.accepted:
-            status = 404 if "has no app" in result.reason else 409
-            return _error(status, result.reason)
+            unknown = isinstance(message, ScaleRequest | DeleteRequest) and (
+                (message.namespace, message.app) not in self.state.deployments
+            )
+            return _error(404 if unknown else 409, result.reason)
         return web.json_response({"accepted": True, "request_id": result.request_id},
                                  status=201 if created else 200)  # fmt: skip
 
@@ -227,8 +249,7 @@ class Gateway:
         return web.json_response([view.model_dump(mode="json") for view in reply.nodes])
 
     async def _cordon(self, request: web.Request) -> web.Response:
-        caller = self._caller(request)
-        if caller.role != "admin":
+        if request[CALLER].role != "admin":
             return _error(403, "only an admin cordons, drains or uncordons a PC")
         action = request.match_info["action"]
         if action not in ("cordon", "uncordon", "drain"):
@@ -244,31 +265,17 @@ class Gateway:
     async def _events(self, request: web.Request) -> web.StreamResponse:
         """The namespace's events as server-sent events, until the client goes away."""
         assert self._bus is not None
-        namespace = request.match_info["namespace"]
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                               "Cache-Control": "no-cache"})  # fmt: skip
-        await response.prepare(request)
-        channel = await self._bus.channel()
-        try:
-            spec = QueueSpec.private(
-                names.service_queue("gateway", f"sse.{uuid.uuid4().hex[:12]}"),
-                (names.EVENTS_EXCHANGE, names.ns_events_binding(namespace)),
-            )
-            queue = await spec.declare(channel)
-            await response.write(b": connected\n\n")
-            async with queue.iterator(no_ack=True) as deliveries:
-                async for delivery in deliveries:
-                    schema = lookup(str((delivery.headers or {}).get(SCHEMA_HEADER)))
-                    if schema is None:
-                        continue
-                    event = schema.model_validate_json(delivery.body)
-                    data = json.dumps(event.model_dump(mode="json"))
-                    await response.write(f"event: {schema.schema_name}\ndata: {data}\n\n".encode())
-        except ConnectionResetError:
-            pass  # the client went away: the stream ends here
-        finally:
-            await channel.close()
-        return response
+        keys = (names.ns_events_binding(request.match_info["namespace"]),)
+        return await stream_events(request, self._bus, keys)
+
+    async def _pc_events(self, request: web.Request) -> web.StreamResponse:
+        """PCs' presence and cordons as server-sent events (what anyone may see of them)."""
+        assert self._bus is not None
+        return await stream_events(request, self._bus, names.pc_view_keys())
+
+
+async def _secure(_request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.update(SECURITY_HEADERS)
 
 
 def _invalid(error: ValidationError | TypeError) -> web.Response:

@@ -1,0 +1,136 @@
+"""The web page: log in with an API key, deploy, watch the apps, the quota and the PCs.
+
+Plain HTML, CSS and one script (``static/``), no build step. The page talks to the same
+REST API as everyone else and stays live through its server-sent event streams.
+
+Its credential is the API key itself, kept in an HttpOnly, SameSite=Strict cookie: the
+page's script cannot read it and other sites cannot make the browser send it. A request
+authenticated by the cookie that changes something must also carry the
+``X-Idlecloud-Page`` header, which another site cannot add without a CORS preflight the
+gateway never grants. Every answer carries a strict Content-Security-Policy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from services.auth.tokens import InvalidKey, bearer_credential
+from services.gateway.auth import Caller
+
+__all__ = [
+    "CALLER",
+    "PAGE_HEADER",
+    "SECURITY_HEADERS",
+    "SESSION_COOKIE",
+    "add_page_routes",
+    "credential",
+    "cross_site",
+    "is_public",
+]
+
+SESSION_COOKIE = "idlecloud_session"
+PAGE_HEADER = "X-Idlecloud-Page"
+#: The authenticated caller, set on every request by the gateway's middleware.
+CALLER = web.RequestKey("caller", Caller)
+STATIC = Path(__file__).with_name("static")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_SESSION = "/v1/session"
+
+
+def is_public(request: web.Request) -> bool:
+    """Whether ``request`` needs no credential: the page itself, the API's description,
+    logging in and out."""
+    path = request.path
+    return (
+        path in ("/", "/openapi.json")
+        or path.startswith("/static/")
+        or (path == _SESSION and request.method in ("POST", "DELETE"))
+    )
+
+
+def credential(request: web.Request) -> str:
+    """The API key or broker token a request carries: its bearer header, else the page's
+    cookie.
+
+    Raises:
+        InvalidKey: neither is there.
+    """
+    header = request.headers.get("Authorization")
+    if header is not None:
+        return bearer_credential(header, "an API key or a broker token")
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        return cookie
+    raise InvalidKey(
+        "send an API key or a broker token as `Authorization: Bearer <key>`, or log in at /"
+    )
+
+
+def cross_site(request: web.Request) -> bool:
+    """True for a change authenticated only by the cookie and lacking the page's header:
+    what a forged cross-site request looks like."""
+    return (
+        request.method not in _SAFE_METHODS
+        and "Authorization" not in request.headers
+        and request.headers.get(PAGE_HEADER) != "1"
+    )
+
+
+def _caller_json(caller: Caller) -> dict[str, str]:
+    return {"role": caller.role, "subject": caller.subject, "key_id": caller.key_id}
+
+
+def add_page_routes(app: web.Application, login: Callable[[str], Caller]) -> None:
+    """Serve the page and its session routes on ``app``; ``login`` checks an API key.
+
+    ``POST /v1/session`` takes ``{"api_key": ...}`` and sets the cookie, ``GET`` says who
+    is logged in, ``DELETE`` logs out.
+    """
+
+    async def index(_request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "index.html")
+
+    async def log_in(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = None
+        key = body.get("api_key") if isinstance(body, dict) else None
+        if not isinstance(key, str) or not key.strip():
+            return web.json_response({"error": "paste your API key"}, status=422)
+        try:
+            caller = login(key.strip())
+        except InvalidKey as error:
+            return web.json_response({"error": str(error)}, status=401)
+        if caller.role not in ("user", "admin"):
+            return web.json_response(
+                {"error": f"a {caller.role}'s key cannot log in; use a user's or admin's key"},
+                status=403,
+            )
+        response = web.json_response(_caller_json(caller))
+        response.set_cookie(SESSION_COOKIE, key.strip(), httponly=True, samesite="Strict",
+                            secure=request.secure, path="/")  # fmt: skip
+        return response
+
+    async def who(request: web.Request) -> web.Response:
+        return web.json_response(_caller_json(request[CALLER]))
+
+    async def log_out(_request: web.Request) -> web.Response:
+        response = web.json_response({"logged_out": True})
+        response.del_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    app.router.add_get("/", index)
+    app.router.add_static("/static/", STATIC, follow_symlinks=False)
+    app.router.add_post(_SESSION, log_in)
+    app.router.add_get(_SESSION, who)
+    app.router.add_delete(_SESSION, log_out)

@@ -1,0 +1,59 @@
+"""The gateway with the real control plane and simulated PCs, and keys for alice, bob and
+an admin: shared by the REST API's tests and the page's."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from services.auth.tokens import SigningKey, mint_api_key
+from services.gateway.service import Gateway, GatewaySettings
+
+from .control_plane import SLEEPER, Plane, control_plane, free_port, thesis_pcs
+
+
+class Api:
+    """HTTP calls to the gateway with one credential."""
+
+    def __init__(self, http: aiohttp.ClientSession, base: str, key: str) -> None:
+        self.http, self.base, self.key = http, base, key
+
+    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
+        async with self.http.request(method, self.base + path, json=body, headers=headers) as r:
+            return r.status, await r.json(content_type=None)
+
+
+class Rig:
+    """The control plane, the gateway, and keys for alice, bob and an admin."""
+
+    def __init__(self, plane: Plane, gateway: Gateway, base: str, key: SigningKey) -> None:
+        self.plane, self.gateway, self.base, self.key = plane, gateway, base, key
+
+    def mint(self, role: str, subject: str, **options: Any) -> str:
+        return mint_api_key(self.key, role, subject, **options)[1]  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def rig(tmp_path: Path, unique: str) -> AsyncIterator[Rig]:
+    key = SigningKey.generate()
+    _private, public = key.save(tmp_path / "keys")
+    async with control_plane(tmp_path, thesis_pcs(unique)[1:3]) as plane:
+        await plane.quota("alice", 3000)
+        await plane.quota("bob", 3000)
+        port = free_port()
+        gateway = Gateway(GatewaySettings(public, http_port=port))
+        await gateway.start(plane.bus)
+        try:
+            yield Rig(plane, gateway, f"http://127.0.0.1:{port}", key)
+        finally:
+            await gateway.stop(1.0)
+
+
+def deployment(app: str, replicas: int = 2) -> dict[str, Any]:
+    return {"app": app, "image": "local", "command": list(SLEEPER), "replicas": replicas,
+            "cpu_millicores": 1000, "memory_mib": 64}  # fmt: skip
