@@ -1,7 +1,8 @@
 # The README's two commands: `make demo` and `make test`. Both work on a fresh Debian
 # machine as root: they create the virtual environment in .venv, install the project,
 # and start the services they need (RabbitMQ on 127.0.0.1; for the tests also dockerd
-# with a locally built image, and InfluxDB) through bus.devservices, devdocker, devinflux.
+# with a locally built image, InfluxDB and Chromium) through bus.devservices, devdocker
+# and devinflux.
 
 PYTHON ?= python3
 VENV := .venv
@@ -27,7 +28,7 @@ demo: services
 	$(BIN)/bus status
 
 test: services
-	$(BIN)/bus dev up --docker --influxdb
+	$(BIN)/bus dev up --docker --influxdb --chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

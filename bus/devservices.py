@@ -30,6 +30,7 @@ from urllib.parse import quote
 
 __all__ = [
     "AMQP_PORT",
+    "CHROMIUM",
     "HOST",
     "MANAGEMENT_PORT",
     "RESOURCE_SERVER_ID",
@@ -41,6 +42,7 @@ __all__ = [
     "create_vhost",
     "delete_stale_scratch_vhosts",
     "delete_vhost",
+    "ensure_chromium",
     "ensure_daemon",
     "ensure_rabbitmq",
     "management",
@@ -159,6 +161,10 @@ def ensure_daemon(
         time.sleep(0.2)
 
 
+#: Where Debian puts Chromium.
+CHROMIUM = Path("/usr/bin/chromium")
+
+
 def apt_install(*packages: str) -> None:
     """Install Debian packages (as root).
 
@@ -172,6 +178,18 @@ def apt_install(*packages: str) -> None:
         )
     run_command(["apt-get", "update", "-q"])
     run_command(["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages])
+
+
+def ensure_chromium() -> str:
+    """Debian's Chromium (installed as root if missing), for the page's browser tests;
+    its path.
+
+    Raises:
+        DevServiceError: it could not be installed.
+    """
+    if not CHROMIUM.exists():
+        apt_install("chromium")
+    return str(CHROMIUM)
 
 
 def _wait_for(port: int, timeout_s: float, what: str) -> None:

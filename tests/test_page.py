@@ -6,9 +6,9 @@ Screenshots are saved under ``artifacts/page/`` (or ``$IDLECLOUD_ARTIFACTS/page`
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shlex
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,12 +16,11 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from bus.devservices import apt_install
+from bus.devservices import ensure_chromium
 
 from .control_plane import SLEEPER
 from .gateway_rig import Api, Rig, deployment
 
-CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ("--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run",
                   "--disable-quic")  # fmt: skip
@@ -32,10 +31,9 @@ LIVE_S = 30_000  # ms: how long the page may take to show what the platform did
 @pytest.fixture(scope="session")
 async def browser() -> AsyncIterator[Browser]:
     """Debian's Chromium (installed if missing), headless, driven by Playwright."""
-    if shutil.which(CHROMIUM) is None:
-        apt_install("chromium")
+    executable = await asyncio.to_thread(ensure_chromium)
     async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+        launched = await playwright.chromium.launch(executable_path=executable, headless=True,
                                                     args=list(CHROMIUM_FLAGS))  # fmt: skip
         yield launched
         await launched.close()

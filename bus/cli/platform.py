@@ -15,7 +15,7 @@ from bus.connection import Bus
 from bus.consumer import DEAD_REASON_HEADER
 from bus.devdocker import busybox_image, ensure_docker
 from bus.devinflux import INFLUX_URL, ensure_influxdb
-from bus.devservices import ensure_rabbitmq
+from bus.devservices import ensure_chromium, ensure_rabbitmq
 from bus.topology import declare_platform
 from schemas import export_json_schemas
 
@@ -145,6 +145,9 @@ def dev_up(
     influxdb: Annotated[
         bool, typer.Option(help="Also start InfluxDB 1.x on 127.0.0.1:8086 (for metrics).")
     ] = False,
+    chromium: Annotated[
+        bool, typer.Option(help="Also install Debian's Chromium (for the page's browser tests).")
+    ] = False,
 ) -> None:
     """Install (as root) and start RabbitMQ on 127.0.0.1, and declare the platform topology."""
     with console.status("starting RabbitMQ on 127.0.0.1 ..."):
@@ -159,6 +162,9 @@ def dev_up(
         with console.status("starting InfluxDB on 127.0.0.1:8086 ..."):
             ensure_influxdb()
         console.print(f"InfluxDB is up at {INFLUX_URL}")
+    if chromium:
+        with console.status("installing Chromium ..."):
+            console.print(f"Chromium is at {ensure_chromium()}")
 
 
 async def _ensure_and_declare(url: str) -> None:
