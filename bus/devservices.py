@@ -45,6 +45,7 @@ __all__ = [
     "ensure_chromium",
     "ensure_daemon",
     "ensure_rabbitmq",
+    "free_port",
     "management",
     "rabbitmqctl",
     "run_command",
@@ -88,6 +89,13 @@ class BrokerInfo:
 def broker_url(vhost: str = "/", user: str = _DEV_USER, password: str = _DEV_PASSWORD) -> str:
     """The AMQP URL of the local broker's ``vhost``."""
     return f"amqp://{user}:{password}@{HOST}:{AMQP_PORT}/{quote(vhost, safe='')}"
+
+
+def free_port() -> int:
+    """A TCP port on loopback nobody listens on (for a service of a test or the demo)."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
 
 
 def _port_open(port: int) -> bool:

@@ -7,7 +7,6 @@ same vhost would replay an earlier one's deployments.
 from __future__ import annotations
 
 import asyncio
-import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bus.connection import Bus
-from bus.devservices import add_signing_key, create_vhost, delete_vhost
+from bus.devservices import add_signing_key, create_vhost, delete_vhost, free_port
 from bus.rpc import RpcClient
 from bus.topology import declare_platform
 from nodeagent.sim import SimPC, Simulation
@@ -46,13 +45,6 @@ FAST = PlacementSettings(
 )  # fmt: skip
 AGENT_ARGS = ("--start-idle-s", "0", "--continue-idle-s", "0.5", "--heartbeat-s", "0.3",
               "--load-sample-s", "60")  # fmt: skip
-
-
-def free_port() -> int:
-    """A TCP port on loopback nobody listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def thesis_pcs(suffix: str) -> tuple[SimPC, ...]:

@@ -10,10 +10,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bus.devservices import free_port
 from services.auth.tokens import SigningKey, mint_api_key
 from services.gateway.service import Gateway, GatewaySettings
 
-from .control_plane import SLEEPER, Plane, control_plane, free_port, thesis_pcs
+from .control_plane import SLEEPER, Plane, control_plane, thesis_pcs
 
 
 class Api:

@@ -24,7 +24,7 @@ import pytest
 
 from bus.connection import Bus
 from bus.credentials import fetch_broker_token, key_holder, url_with_token
-from bus.devservices import BrokerInfo, add_signing_key
+from bus.devservices import BrokerInfo, add_signing_key, free_port
 from bus.errors import CredentialsRefused
 from bus.rpc import RpcClient
 from bus.sdk.client import TaskClient
@@ -49,7 +49,6 @@ from services.auth.service import AuthService, AuthSettings
 from services.auth.tokens import SigningKey, mint_api_key
 from services.quota.service import QuotaManager
 
-from .control_plane import free_port
 from .examples import deploy
 from .helpers import Events, collect_events, parse_node_event, wait_until
 from .programs.sdk_tasks import make_app

@@ -1,7 +1,7 @@
 """The worker SDK: turn functions into stateless services and submit work to them."""
 
 from bus.sdk.app import App, Executor, Task
-from bus.sdk.client import TaskClient, TaskFailed
+from bus.sdk.client import TaskClient, TaskFailed, connect_app
 from bus.sdk.sync import SyncClient, SyncResult
 from bus.sdk.worker import Worker
 
@@ -14,4 +14,5 @@ __all__ = [
     "TaskClient",
     "TaskFailed",
     "Worker",
+    "connect_app",
 ]

@@ -16,6 +16,7 @@ import asyncio
 import functools
 import itertools
 import logging
+import os
 import sys
 import uuid
 from collections import deque
@@ -28,17 +29,34 @@ from rich.progress import Progress
 from bus import names
 from bus.connection import Bus
 from bus.consumer import settle
+from bus.credentials import key_holder
+from bus.devservices import broker_url
 from bus.errors import BusError, InvalidMessage
 from bus.sdk.app import App, Task
 from bus.sdk.protocol import Call, Outcome, decode_outcomes, encode_batch, encode_call
 from bus.topology import QueueSpec, declare_app
 
-__all__ = ["TaskClient", "TaskFailed"]
+__all__ = ["TaskClient", "TaskFailed", "connect_app"]
 
 log = logging.getLogger(__name__)
 
 #: An idle client's result queue is deleted by the broker after this long.
 RESULT_QUEUE_EXPIRES_MS = 10 * 60 * 1000
+
+
+async def connect_app(app: App, purpose: str) -> Bus:
+    """A connection for a client of ``app``: to its URL (else ``IDLECLOUD_URL``, else the
+    local broker), with the configured API key's broker token kept fresh, if there is one.
+
+    Raises:
+        CredentialsRefused: the key was refused or the auth service cannot be reached.
+    """
+    url = app.url or os.environ.get("IDLECLOUD_URL") or broker_url()
+    url, name, refresher = await key_holder(url, purpose)
+    bus = await Bus(url, connection_name=name).connect()
+    if refresher is not None:  # a long-lived client: keep its broker token fresh
+        await refresher.start(bus)
+    return bus
 
 
 class TaskFailed(BusError):

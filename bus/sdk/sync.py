@@ -10,16 +10,13 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
-import os
 import queue
 import threading
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from bus.connection import Bus
-from bus.credentials import key_holder
-from bus.devservices import broker_url
-from bus.sdk.client import TaskClient
+from bus.sdk.client import TaskClient, connect_app
 
 if TYPE_CHECKING:
     from bus.sdk.app import App, Task
@@ -63,11 +60,7 @@ class SyncClient:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     async def _connect(self) -> TaskClient:
-        url = self._app.url or os.environ.get("IDLECLOUD_URL") or broker_url()
-        url, name, refresher = await key_holder(url, f"client {self._app.app}")
-        self._bus = await Bus(url, connection_name=name).connect()
-        if refresher is not None:  # a long-lived script: keep its broker token fresh
-            await refresher.start(self._bus)
+        self._bus = await connect_app(self._app, f"client {self._app.app}")
         return await TaskClient(self._bus, self._app).start()
 
     def submit(
