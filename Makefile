@@ -1,6 +1,7 @@
 # The README's two commands: `make demo` and `make test`. Both work on a fresh Debian
 # machine as root: they create the virtual environment in .venv, install the project,
-# and start the services they need (RabbitMQ on 127.0.0.1; for the tests also dockerd
+# and start the services they need (RabbitMQ on 127.0.0.1 and InfluxDB; for the demo with
+# RUNTIME=docker, dockerd and the worker image; for the tests also dockerd
 # with a locally built image, InfluxDB and Chromium) through bus.devservices, devdocker
 # and devinflux.
 
@@ -9,6 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+RUNTIME ?= process
 
 .PHONY: demo test lint format install services clean
 
@@ -24,8 +26,8 @@ install: $(STAMP)
 services: $(STAMP)
 	$(BIN)/bus dev up
 
-demo: services
-	$(BIN)/bus status
+demo: $(STAMP)
+	$(BIN)/python -m examples.stereo.demo --runtime $(RUNTIME)
 
 test: services
 	$(BIN)/bus dev up --docker --influxdb --chromium

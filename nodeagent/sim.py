@@ -44,6 +44,25 @@ THESIS_PCS = (
 )
 
 
+def _runtime(agent_args: tuple[str, ...]) -> str:
+    """The runtime ``bus agent run`` gets from these arguments."""
+    given = [agent_args[i + 1] for i, arg in enumerate(agent_args[:-1]) if arg == "--runtime"]
+    return given[-1] if given else "process"
+
+
+def _remove_containers(node: str) -> None:
+    """Kill and remove the containers a simulated PC's Docker runtime left (by its label)."""
+    from nodeagent.runtime.docker import LABEL_PREFIX  # aiodocker only where Docker is used
+
+    found = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label={LABEL_PREFIX}node={node}"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    if found.stdout.split():
+        subprocess.run(["docker", "rm", "-f", *found.stdout.split()], capture_output=True,
+                       timeout=120, check=False)  # fmt: skip
+
+
 class Simulation:
     """The simulated PCs living under one folder."""
 
@@ -111,6 +130,7 @@ class Simulation:
             self._spawned[pc.name] = process
             known[pc.name] = {
                 **asdict(pc),
+                "runtime": _runtime(extra_args),
                 "pid": process.pid,
                 "started_at": psutil.Process(process.pid).create_time(),
             }
@@ -179,6 +199,8 @@ class Simulation:
         if spawned is not None:
             spawned.wait(timeout=10)
         self._kill_replicas(name)
+        if entry.get("runtime") == "docker":
+            _remove_containers(name)
 
     def _kill_replicas(self, name: str) -> None:
         for record in (self.state_dir(name) / "replicas").glob("*.json"):

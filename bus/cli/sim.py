@@ -42,12 +42,17 @@ def up(
     start_idle_s: Annotated[float, typer.Option(help="Idle seconds before a PC takes work.")] = 0,
     continue_idle_s: Annotated[float, typer.Option(help="Idle seconds before resuming.")] = 5,
     max_suspend_s: Annotated[float, typer.Option(help="Paused seconds before eviction.")] = 60,
+    runtime: Annotated[
+        str, typer.Option(help="How replicas run: 'process' or 'docker' (containers).")
+    ] = "process",
 ) -> None:
     """Start the simulated PCs (the ones already running are left alone)."""
+    if runtime not in ("process", "docker"):
+        fail(f"--runtime {runtime!r}: use 'process' or 'docker'")
     pcs = tuple(_parse_pc(text) for text in pc) if pc else THESIS_PCS
     policy = (
         "--start-idle-s", str(start_idle_s), "--continue-idle-s", str(continue_idle_s),
-        "--max-suspend-s", str(max_suspend_s),
+        "--max-suspend-s", str(max_suspend_s), "--runtime", runtime,
     )  # fmt: skip
     started = Simulation(folder).up(url, pcs, extra_args=policy)
     console.print(f"started {', '.join(started) or 'nothing (all were running)'} in {folder}")

@@ -118,6 +118,10 @@ class Demo:
         self.step("starting RabbitMQ and InfluxDB")
         ensure_rabbitmq()
         ensure_influxdb()
+        if self.settings.runtime == "docker":
+            from bus.devdocker import ensure_docker
+
+            ensure_docker()
         influx_query(f'DROP DATABASE "{DATABASE}"')
         influx_query(f'CREATE DATABASE "{DATABASE}"')
         self.broker: BrokerInfo = create_vhost(f"demo-{uuid.uuid4().hex[:8]}")
@@ -158,7 +162,7 @@ class Demo:
 
     def deploy(self) -> None:
         if self.settings.runtime == "docker":
-            from bus.devdocker import WORKER_APP_DIR, worker_image
+            from bus.devimage import WORKER_APP_DIR, worker_image
 
             image, pythonpath = worker_image(ROOT / "examples"), str(WORKER_APP_DIR)
             command = ["bus", "worker", "examples.stereo.tasks:app", "-c", "1"]

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from aio_pika.abc import AbstractIncomingMessage
 from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
-from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
@@ -185,7 +184,7 @@ def _node_row(node: NodeView, view: AppView | None) -> tuple[str, ...]:
 
 def screen(watch: Watch) -> RenderableType:
     """One frame of the live view."""
-    pcs = Table("PC", "state", "cores reserved", "stereo replicas", "replicas", expand=True)
+    pcs = Table("PC", "state", "cores reserved", "stereo replicas", "all replicas")
     for node in sorted(watch.nodes, key=lambda n: n.node):
         pcs.add_row(*_node_row(node, watch.view))
     view = watch.view
@@ -194,8 +193,9 @@ def screen(watch: Watch) -> RenderableType:
         app = Text.from_markup(f"[bold]{view.app}[/]: {view.state.value}, "
                                f"{view.running}/{view.desired} replicas running"
                                + (f" - {view.reason}" if view.reason else ""))  # fmt: skip
-    bar = ProgressBar(total=watch.total_tasks, completed=watch.done, width=50)
-    progress = Group(Text(f"tasks {watch.done}/{watch.total_tasks}"), bar)
+    filled = round(40 * watch.done / max(1, watch.total_tasks))
+    progress = Text.from_markup(f"tasks [green]{'█' * filled}[/][dim]{'░' * (40 - filled)}[/] "
+                                f"{watch.done}/{watch.total_tasks}")  # fmt: skip
     happenings = Text("\n".join(watch.log) or "-")
     elapsed = time.monotonic() - watch.started
     return Panel(Group(Text.from_markup(f"[bold]{watch.phase}[/]  ({elapsed:.0f} s)"), pcs, app,
