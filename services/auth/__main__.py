@@ -1,8 +1,8 @@
 """`python -m services.auth`: run the auth service alone (see `bus up` for all in one).
 
 Its settings come from the environment: IDLECLOUD_AUTH_KEY_FILE (the signing key, see
-`bus token init`), IDLECLOUD_AUTH_PORT (8470), IDLECLOUD_VHOST ("/") and
-IDLECLOUD_MANAGEMENT_URL.
+`bus token init`), IDLECLOUD_AUTH_HOST (127.0.0.1) and IDLECLOUD_AUTH_PORT (8470),
+IDLECLOUD_VHOST ("/") and IDLECLOUD_MANAGEMENT_URL.
 """
 
 import sys

@@ -103,6 +103,7 @@ def settings_from_env() -> AuthSettings:
     return AuthSettings(
         key_file=Path(key_file),
         vhost=os.environ.get("IDLECLOUD_VHOST", "/"),
+        http_host=os.environ.get("IDLECLOUD_AUTH_HOST", AuthSettings.http_host),
         http_port=int(os.environ.get("IDLECLOUD_AUTH_PORT", "8470")),
         management_url=os.environ.get("IDLECLOUD_MANAGEMENT_URL", AuthSettings.management_url),
     )

@@ -1,7 +1,14 @@
-"""`python -m services.placement`: run the placement service alone (see `bus up`)."""
+"""`python -m services.placement`: run the placement service alone (see `bus up`).
+
+With IDLECLOUD_REPLICA_TOKENS=1 (a site with keys and the auth service) every replica
+gets a broker token of its own.
+"""
+
+import os
 
 from services.cli import run_services
-from services.placement.service import Placement
+from services.placement.service import Placement, PlacementSettings
 
 if __name__ == "__main__":
-    run_services("placement", Placement)
+    tokens = os.environ.get("IDLECLOUD_REPLICA_TOKENS", "") in ("1", "true", "yes")
+    run_services("placement", lambda: Placement(PlacementSettings(replica_tokens=tokens)))
