@@ -17,6 +17,7 @@ from typing import Literal
 from schemas import (
     AppsQuery,
     AppsReply,
+    BridgeStatus,
     CordonChanged,
     CordonRequest,
     DeleteRequest,
@@ -75,6 +76,7 @@ __all__ = [
     "ns_tasks_exchange",
     "owner_of",
     "pc_view_keys",
+    "presence_keys",
     "query_keys",
     "reply_queue",
     "request_keys",
@@ -248,6 +250,7 @@ def metrics_event_keys() -> tuple[str, ...]:
         _ns_key("*", "status", "*"),
         f"{_PLATFORM}.quota.*",
         f"{_PLATFORM}.cordon.*",
+        f"{_PLATFORM}.kubebridge.status",
     )
 
 
@@ -256,6 +259,11 @@ def node_event_keys() -> tuple[str, ...]:
     return tuple(
         _node_key("*", _NODE_EVENTS[kind]) for kind in (NodeHeartbeat, NodePresence, ReplicaStatus)
     )
+
+
+def presence_keys() -> tuple[str, ...]:
+    """Every PC's heartbeats and presence changes: all that says whether a person is there."""
+    return tuple(_node_key("*", _NODE_EVENTS[kind]) for kind in (NodeHeartbeat, NodePresence))
 
 
 def pc_view_keys() -> tuple[str, ...]:
@@ -294,6 +302,8 @@ def route(message: Message) -> Route:
             return Route(EVENTS_EXCHANGE, f"{_PLATFORM}.quota.{message.namespace}")
         case CordonChanged():
             return Route(EVENTS_EXCHANGE, f"{_PLATFORM}.cordon.{message.node}")
+        case BridgeStatus():
+            return Route(EVENTS_EXCHANGE, f"{_PLATFORM}.kubebridge.status")
         case AppsQuery():
             return Route(COMMANDS_EXCHANGE, _ns_key(message.namespace, "query", "apps"))
         case NodesQuery():

@@ -40,7 +40,13 @@ from schemas.commands import (
     StartReplica,
     StopReplica,
 )
-from schemas.events import CordonChanged, DeploymentState, DeploymentStatus, QuotaChanged
+from schemas.events import (
+    BridgeStatus,
+    CordonChanged,
+    DeploymentState,
+    DeploymentStatus,
+    QuotaChanged,
+)
 from schemas.journal import JournalMarker, LeaderTookOver
 from schemas.node import (
     MetricSample,
@@ -81,6 +87,7 @@ __all__ = [
     "AppView",
     "AppsQuery",
     "AppsReply",
+    "BridgeStatus",
     "CordonChanged",
     "CordonRequest",
     "DeleteRequest",

@@ -18,7 +18,7 @@ from schemas.auth import (
 )
 from schemas.base import Message
 from schemas.commands import PauseReplica, RenewToken, ResumeReplica, StartReplica, StopReplica
-from schemas.events import CordonChanged, DeploymentStatus, QuotaChanged
+from schemas.events import BridgeStatus, CordonChanged, DeploymentStatus, QuotaChanged
 from schemas.journal import JournalMarker, LeaderTookOver
 from schemas.node import MetricSample, NodeHeartbeat, NodePresence, ReplicaStatus
 from schemas.queries import AppsQuery, AppsReply, NodesQuery, NodesReply
@@ -78,6 +78,7 @@ MESSAGES: tuple[type[Message], ...] = (
     ReplicaTokenReply,
     QuotaChanged,
     CordonChanged,
+    BridgeStatus,
 )
 
 _BY_NAME: dict[str, type[Message]] = {cls.schema_name: cls for cls in MESSAGES}

@@ -17,7 +17,18 @@ from schemas.base import (
 )
 from schemas.resources import Resources
 
-__all__ = ["CordonChanged", "DeploymentState", "DeploymentStatus", "QuotaChanged"]
+__all__ = [
+    "BridgeStatus",
+    "CordonChanged",
+    "DeploymentState",
+    "DeploymentStatus",
+    "QuotaChanged",
+]
+
+#: A Kubernetes node's name: a DNS subdomain (dots allowed), at most 253 characters.
+KubeNodeName = Annotated[
+    str, Field(pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$", max_length=253)
+]
 
 
 class DeploymentState(StrEnum):
@@ -63,4 +74,19 @@ class CordonChanged(PlatformMessage):
     node: NodeName
     action: Literal["cordon", "uncordon", "drain"]
     reason: Reason = ""
+    at: AwareDatetime
+
+
+class BridgeStatus(PlatformMessage):
+    """How the Kubernetes bridge is doing: the API server, the nodes it cordoned, evictions."""
+
+    schema_name = "BridgeStatus"
+
+    api_reachable: bool
+    nodes_mapped: Annotated[int, Field(ge=0)]
+    cordoned: tuple[KubeNodeName, ...] = Field(default=(), max_length=10_000)
+    evicted_total: Annotated[int, Field(ge=0)] = 0
+    refused_total: Annotated[int, Field(ge=0)] = 0
+    pending_evictions: Annotated[int, Field(ge=0)] = 0
+    last_error: Reason = ""
     at: AwareDatetime

@@ -8,6 +8,7 @@ from schemas import (
     AppsQuery,
     AppsReply,
     AppView,
+    BridgeStatus,
     CordonChanged,
     CordonRequest,
     DeleteRequest,
@@ -215,6 +216,15 @@ EXAMPLES: dict[type[Message], Message] = {
         namespace="alice", quota=Resources(cpu_millicores=20_000, memory_mib=65_536), at=AT
     ),
     CordonChanged: CordonChanged(node="edge", action="drain", reason="exam week", at=AT),
+    BridgeStatus: BridgeStatus(
+        api_reachable=True,
+        nodes_mapped=4,
+        cordoned=("edge.lab.example",),
+        evicted_total=3,
+        refused_total=1,
+        pending_evictions=0,
+        at=AT,
+    ),
     NodesQuery: NodesQuery(),
     NodesReply: NodesReply(
         nodes=(

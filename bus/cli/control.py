@@ -281,6 +281,17 @@ def up(
     influx_url: Annotated[
         str, typer.Option(envvar="IDLECLOUD_INFLUX_URL")
     ] = "http://127.0.0.1:8086",
+    kube_namespace: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Also mirror presence to Kubernetes, evicting this namespace's "
+            "pods from a busy PC's node; repeat. Uses $KUBECONFIG or in-cluster."
+        ),
+    ] = None,
+    kube_node_label: Annotated[
+        str | None,
+        typer.Option(help="Map a PC to the Kubernetes node whose label of this name names it."),
+    ] = None,
 ) -> None:
     """Run every control-plane service in one process (small sites, demos) until SIGTERM."""
     from services.auth.service import AuthService, AuthSettings
@@ -310,6 +321,10 @@ def up(
         from services.metrics.writer import MetricsWriter
 
         services.append(MetricsWriter(InfluxV1(influx_url, influx_db)))
+    if kube_namespace:
+        from services.kubebridge.service import BridgeSettings, KubeBridge
+
+        services.append(KubeBridge(BridgeSettings(frozenset(kube_namespace), kube_node_label)))
     run(url, services, name="bus up", grace_s=5.0)
 
 

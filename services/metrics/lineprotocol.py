@@ -20,6 +20,9 @@ event                     measurement                   tags; fields
                                                         memory_mib
 ``CordonChanged``         ``cordon``                    node, action; cordoned (0/1),
                                                         reason
+``BridgeStatus``          ``kubebridge``                -; api_reachable (0/1),
+                                                        nodes_mapped, cordoned, evicted,
+                                                        refused, pending, last_error
 ========================  ============================  ==================================
 
 Timestamps are the event's own (nanoseconds), so a point written late lands where it
@@ -32,6 +35,7 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from schemas import (
+    BridgeStatus,
     CordonChanged,
     DeploymentStatus,
     Message,
@@ -136,4 +140,11 @@ def points(event: Message) -> list[str]:
             return [line("cordon", {"node": event.node, "action": event.action},
                          {"cordoned": int(event.action != "uncordon"), "reason": event.reason},
                          event.at)]  # fmt: skip
+        case BridgeStatus():
+            return [line("kubebridge", {}, {
+                "api_reachable": int(event.api_reachable), "nodes_mapped": event.nodes_mapped,
+                "cordoned": len(event.cordoned), "evicted": event.evicted_total,
+                "refused": event.refused_total, "pending": event.pending_evictions,
+                "last_error": event.last_error,
+            }, event.at)]  # fmt: skip
     return []

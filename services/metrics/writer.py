@@ -22,6 +22,7 @@ from bus.connection import Bus
 from bus.consumer import Consumer
 from bus.topology import QueueSpec
 from schemas import (
+    BridgeStatus,
     CordonChanged,
     DeploymentStatus,
     MetricSample,
@@ -37,7 +38,13 @@ __all__ = ["LineSink", "MetricsWriter"]
 log = logging.getLogger(__name__)
 
 Event = (
-    MetricSample | NodePresence | ReplicaStatus | DeploymentStatus | QuotaChanged | CordonChanged
+    MetricSample
+    | NodePresence
+    | ReplicaStatus
+    | DeploymentStatus
+    | QuotaChanged
+    | CordonChanged
+    | BridgeStatus
 )
 _EVENTS: tuple[type[Event], ...] = (
     MetricSample,
@@ -46,6 +53,7 @@ _EVENTS: tuple[type[Event], ...] = (
     DeploymentStatus,
     QuotaChanged,
     CordonChanged,
+    BridgeStatus,
 )
 
 

@@ -1,0 +1,216 @@
+"""The Kubernetes bridge: the shell around :mod:`services.kubebridge.plan`.
+
+Every instance follows the journal (admins' cordons and drains) and every PC's heartbeats
+and presence changes, so a standby is warm; the leader runs the passes against the API
+server: on every change it hears of, at least every ``resync_s``, every ``retry_s`` while
+a PodDisruptionBudget holds an eviction back, and with backoff (``retry_s`` doubling up to
+``backoff_max_s``) while the API server cannot be reached. After each pass it publishes a
+:class:`~schemas.BridgeStatus` (the metrics writer keeps it). It touches only the nodes
+that map to PCs and the pods of ``namespaces``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bus import names
+from bus.abc import KubeApi
+from bus.codec import Delivery
+from bus.connection import PUBLISH_FAILURES, Bus
+from bus.consumer import Consumer
+from bus.journal import Entry
+from bus.topology import QueueSpec
+from schemas import (
+    BridgeStatus,
+    CordonRequest,
+    NodeHeartbeat,
+    NodePresence,
+    PresenceState,
+    utc_now,
+)
+from services.base import ControlService
+from services.kubebridge.kube import KubeUnavailable
+from services.kubebridge.plan import Intent, intent, plan
+
+__all__ = ["BridgeSettings", "KubeBridge", "settings_from_env"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BridgeSettings:
+    """Which namespaces' pods the bridge may evict, how PCs map to nodes, and its pace."""
+
+    namespaces: frozenset[str]
+    node_label: str | None = None  # map a PC to the node labelled with its name; else by name
+    kubeconfig: Path | None = None  # else in-cluster credentials, or $KUBECONFIG
+    resync_s: float = 10.0
+    retry_s: float = 1.0
+    backoff_max_s: float = 30.0
+    settle_s: float = 1.5  # a new leader first hears every PC's heartbeat
+
+
+def settings_from_env() -> BridgeSettings:
+    """The bridge's settings from IDLECLOUD_KUBE_* variables (see ``python -m
+    services.kubebridge --help``).
+
+    Raises:
+        ValueError: no namespace was named.
+    """
+    namespaces = frozenset(
+        name.strip() for name in os.environ.get("IDLECLOUD_KUBE_NAMESPACES", "").split(",")
+        if name.strip()
+    )  # fmt: skip
+    if not namespaces:
+        raise ValueError("set IDLECLOUD_KUBE_NAMESPACES to the namespaces whose pods it may "
+                         "evict, e.g. research,batch")  # fmt: skip
+    return BridgeSettings(namespaces, os.environ.get("IDLECLOUD_KUBE_NODE_LABEL") or None)
+
+
+async def _kubernetes(settings: BridgeSettings) -> KubeApi:
+    from services.kubebridge.kube import Kubernetes, connect
+
+    return Kubernetes(await connect(settings.kubeconfig), settings.node_label)
+
+
+class KubeBridge(ControlService):
+    """Mirrors presence, cordons and drains to a Kubernetes cluster; see the module's header."""
+
+    name = "kubebridge"
+
+    def __init__(
+        self,
+        settings: BridgeSettings,
+        api: Callable[[], Awaitable[KubeApi]] | None = None,
+        *,
+        retry_s: float = 0.5,
+    ) -> None:
+        super().__init__(retry_s=retry_s)
+        self.settings = settings
+        self._connect = api or (lambda: _kubernetes(settings))
+        self.presence: dict[str, tuple[bool, str]] = {}  # PC -> (busy, cause)
+        self._admin_named: set[str] = set()  # PCs an admin's request named, ever
+        self.status = BridgeStatus(api_reachable=False, nodes_mapped=0, at=utc_now())
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._events: Consumer[NodeHeartbeat | NodePresence] = Consumer(
+            QueueSpec.private(
+                names.service_queue(self.name, f"events.{self.journal.instance}"),
+                *((names.EVENTS_EXCHANGE, key) for key in names.presence_keys()),
+            ),
+            (NodeHeartbeat, NodePresence),
+            self._on_event,
+            prefetch=500,
+        )
+
+    async def follow(self, bus: Bus) -> None:
+        await self._events.start(bus)
+
+    async def unfollow(self, grace_s: float) -> None:
+        await self._events.stop(grace_s)
+
+    async def lead(self, _epoch: int) -> None:
+        self._loop_task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def step_down(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+
+    def applied(self, entry: Entry) -> None:
+        if isinstance(entry.message, CordonRequest):  # an admin's cordon, drain or uncordon
+            self._admin_named.add(entry.message.node)
+            self._wake.set()
+
+    async def _on_event(self, event: NodeHeartbeat | NodePresence, _delivery: Delivery) -> None:
+        seen = (event.presence.state == PresenceState.BUSY, event.presence.cause.value)
+        if self.presence.get(event.node) != seen:
+            self.presence[event.node] = seen
+            self._wake.set()
+
+    def intents(self) -> dict[str, Intent]:
+        """Every PC the bus has described (by its heartbeats or an admin's request), and
+        what its node should be."""
+        found = {}
+        for pc in set(self.presence) | self._admin_named:
+            busy, cause = self.presence.get(pc, (False, ""))
+            found[pc] = intent(busy, self.state.cordons.get(pc), cause)
+        return found
+
+    async def _loop(self) -> None:
+        await asyncio.sleep(self.settings.settle_s)
+        api: KubeApi | None = None
+        backoff_s = self.settings.retry_s
+        try:
+            while True:
+                self._wake.clear()
+                try:
+                    api = api or await self._connect()
+                    refused = await self._pass(api)
+                    backoff_s = self.settings.retry_s
+                    wait_s = self.settings.retry_s if refused else self.settings.resync_s
+                    woken_early = True
+                except KubeUnavailable as error:
+                    log.warning("kubebridge: %s; again in %.1f s", error, backoff_s)
+                    self.status = self.status.model_copy(
+                        update={
+                            "api_reachable": False,
+                            "last_error": str(error)[:1024],
+                            "at": utc_now(),
+                        }
+                    )
+                    wait_s, woken_early = backoff_s, False  # changes wait for the server
+                    backoff_s = min(2 * backoff_s, self.settings.backoff_max_s)
+                await self._publish_status()
+                if woken_early:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait_s):
+                            await self._wake.wait()
+                else:
+                    await asyncio.sleep(wait_s)
+        finally:
+            if api is not None:
+                await api.close()
+
+    async def _pass(self, api: KubeApi) -> int:
+        """One pass (see :mod:`~services.kubebridge.plan`); how many evictions were refused."""
+        namespaces = self.settings.namespaces
+        intents = self.intents()
+        nodes = await api.nodes()
+        pods = {node.name: await api.pods(node.name, namespaces) for node in nodes
+                if node.pc in intents and intents[node.pc].empty}  # fmt: skip
+        calls = plan(intents, nodes, pods, namespaces)
+        for node, why in calls.cordon:
+            log.warning("kubebridge: cordoned node %s: %s", node, why)
+            await api.cordon(node, why)
+        for node in calls.uncordon:
+            log.warning("kubebridge: uncordoned node %s", node)
+            await api.uncordon(node)
+        evicted = refused = 0
+        for pod in calls.evict:
+            if await api.evict(pod):
+                evicted += 1
+                log.warning("kubebridge: evicted %s/%s from %s", pod.namespace, pod.name, pod.node)
+            else:
+                refused += 1
+        cordoned = {n.name for n in nodes if n.unschedulable and n.ours} - set(calls.uncordon)
+        cordoned |= {node for node, _why in calls.cordon}
+        self.status = BridgeStatus(
+            api_reachable=True, nodes_mapped=len(nodes), cordoned=tuple(sorted(cordoned)),
+            evicted_total=self.status.evicted_total + evicted,
+            refused_total=self.status.refused_total + refused, pending_evictions=refused,
+            at=utc_now(),
+        )  # fmt: skip
+        return refused
+
+    async def _publish_status(self) -> None:
+        with contextlib.suppress(*PUBLISH_FAILURES):
+            await self.bus.publish(self.status)
