@@ -8,7 +8,6 @@ database of its own, dropped afterwards.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 import urllib.error
@@ -85,14 +84,12 @@ def influx_query(query: str, database: str = "") -> dict[str, object]:
     Raises:
         DevServiceError: InfluxDB refused the query.
     """
-    parameters = urllib.parse.urlencode({"q": query, **({"db": database} if database else {})})
-    request = urllib.request.Request(f"{INFLUX_URL}/query", data=parameters.encode())
+    from services.metrics.influx import query_v1  # the one InfluxQL client
+
     try:
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            result: dict[str, object] = json.loads(answer.read())
+        return query_v1(INFLUX_URL, database, query, change=True)
     except urllib.error.HTTPError as error:
         raise DevServiceError(f"InfluxDB refused {query!r}: {error.read()[:300]!r}") from None
-    return result
 
 
 @contextmanager

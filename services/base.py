@@ -3,6 +3,11 @@ and leadership (one active instance, the others hot standbys)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Coroutine
+from typing import Any
+
 from bus.connection import Bus
 from bus.journal import Entry, Journal
 from bus.leader import Leadership
@@ -18,7 +23,8 @@ class ControlService:
     Subclasses set ``name`` and override the hooks: :meth:`leader_queues`,
     :meth:`applied` (after each entry),
     :meth:`follow` / :meth:`unfollow` (what every instance does, leader or not) and
-    :meth:`lead` / :meth:`step_down` (what only the leader does).
+    :meth:`lead` / :meth:`step_down` (what only the leader does). Work started with
+    :meth:`while_leading` is cancelled before :meth:`step_down` runs.
     """
 
     name = "control"
@@ -27,9 +33,10 @@ class ControlService:
         self.state = DesiredState()
         self.journal = Journal(self._apply)
         self.leadership = Leadership(
-            self.name, self.journal, self._elected, self.step_down, retry_s=retry_s
+            self.name, self.journal, self._elected, self._deposed, retry_s=retry_s
         )
         self._bus: Bus | None = None
+        self._leader_tasks: list[asyncio.Task[None]] = []
 
     @property
     def bus(self) -> Bus:
@@ -66,6 +73,19 @@ class ControlService:
     async def _elected(self, epoch: int) -> None:
         await self.journal.catch_up()  # act on everything the previous leader wrote
         await self.lead(epoch)
+
+    async def _deposed(self) -> None:
+        tasks, self._leader_tasks = self._leader_tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.step_down()
+
+    def while_leading(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` (a loop, say) until this instance stops leading."""
+        self._leader_tasks.append(asyncio.get_running_loop().create_task(work))
 
     def leader_queues(self) -> tuple[QueueSpec, ...]:
         """The queues only the leader consumes."""

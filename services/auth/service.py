@@ -129,7 +129,6 @@ class AuthService(ControlService):
             prefetch=1,
         )
         self._http: web.AppRunner | None = None
-        self._sweeper: asyncio.Task[None] | None = None
         self._revoked_at: dict[str, float] = {}  # key id -> when this leader learned of it
 
     def leader_queues(self) -> tuple[QueueSpec, ...]:
@@ -144,13 +143,9 @@ class AuthService(ControlService):
         await self._http.setup()
         site = web.TCPSite(self._http, self.settings.http_host, self.settings.http_port)
         await site.start()
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        self.while_leading(self._sweep())
 
     async def step_down(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
         if self._http is not None:
             await self._http.cleanup()
             self._http = None

@@ -98,7 +98,6 @@ class KubeBridge(ControlService):
         self._admin_named: set[str] = set()  # PCs an admin's request named, ever
         self.status = BridgeStatus(api_reachable=False, nodes_mapped=0, at=utc_now())
         self._wake = asyncio.Event()
-        self._loop_task: asyncio.Task[None] | None = None
         self._events: Consumer[NodeHeartbeat | NodePresence] = Consumer(
             QueueSpec.private(
                 names.service_queue(self.name, f"events.{self.journal.instance}"),
@@ -116,14 +115,7 @@ class KubeBridge(ControlService):
         await self._events.stop(grace_s)
 
     async def lead(self, _epoch: int) -> None:
-        self._loop_task = asyncio.get_running_loop().create_task(self._loop())
-
-    async def step_down(self) -> None:
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-            self._loop_task = None
+        self.while_leading(self._loop())
 
     def applied(self, entry: Entry) -> None:
         if isinstance(entry.message, CordonRequest):  # an admin's cordon, drain or uncordon

@@ -88,13 +88,23 @@ class InfluxV2:
             self._client = None
 
 
-def query_v1(url: str, database: str, query: str) -> dict[str, Any]:
+def query_v1(url: str, database: str, query: str, *, change: bool = False) -> dict[str, Any]:
     """Run InfluxQL on InfluxDB 1.x (``/query``) and return its JSON answer.
 
+    Args:
+        url: InfluxDB's base URL.
+        database: the database the query reads ("" for none, as CREATE DATABASE needs).
+        query: the InfluxQL.
+        change: the query changes something (CREATE, DROP): 1.x takes those only by POST.
+
     Raises:
-        OSError: InfluxDB cannot be reached or answered with an error status.
+        OSError: InfluxDB cannot be reached or answered with an error status
+            (:class:`urllib.error.HTTPError`, whose body says why).
     """
-    parameters = urllib.parse.urlencode({"q": query, "db": database})
-    with urllib.request.urlopen(f"{url.rstrip('/')}/query?{parameters}", timeout=30) as answer:
+    parameters = urllib.parse.urlencode({"q": query, **({"db": database} if database else {})})
+    endpoint = f"{url.rstrip('/')}/query"
+    request = (urllib.request.Request(endpoint, data=parameters.encode()) if change
+               else urllib.request.Request(f"{endpoint}?{parameters}"))  # fmt: skip
+    with urllib.request.urlopen(request, timeout=30) as answer:
         result: dict[str, Any] = json.loads(answer.read())
     return result

@@ -97,7 +97,6 @@ class Placement(ControlService):
         self._clock = clock
         self._epoch = 0
         self._wake = asyncio.Event()
-        self._loop_task: asyncio.Task[None] | None = None
         self._statuses: dict[AppKey, AppStatus] = {}
         self._declared: set[AppKey] = set()  # apps whose queues this leader declared
         self._tokens: ReplicaTokens | None = None
@@ -135,15 +134,10 @@ class Placement(ControlService):
         self._declared = set()
         if self.settings.replica_tokens:
             self._tokens = ReplicaTokens(await RpcClient(self.bus, Owner.platform()).start())
-        self._loop_task = asyncio.get_running_loop().create_task(self._reconcile_loop())
+        self.while_leading(self._reconcile_loop())
         await self._queries.start(self.bus)
 
     async def step_down(self) -> None:
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-            self._loop_task = None
         if self._tokens is not None:
             await self._tokens.stop()
             self._tokens = None
