@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from bus.devdocker import TEST_IMAGE, busybox_image, ensure_docker
+from nodeagent.sim import node_containers, remove_containers
 from schemas import Resources, StartReplica
 
 __all__ = ["RUNTIMES", "prepare", "remove_containers", "replica_pids", "start_agent", "starts"]
@@ -62,19 +63,12 @@ def starts(
     ]  # fmt: skip
 
 
-def _containers(node: str) -> list[str]:
-    return subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label=org.idlecloud.node={node}"],
-        capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
-
-
 def replica_pids(node: str, work: Path, runtime: str) -> list[int]:
     """The first process of each running replica: from the agent's records, or dockerd."""
     if runtime == "process":
         records = (work / "state" / "replicas").glob("*.json")
         return [json.loads(record.read_text())["pid"] for record in records]
-    listed = _containers(node)
+    listed = node_containers(node)
     if not listed:
         return []
     pids = subprocess.run(
@@ -82,9 +76,3 @@ def replica_pids(node: str, work: Path, runtime: str) -> list[int]:
         capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
     return [int(pid) for pid in pids]
-
-
-def remove_containers(node: str) -> None:
-    """Remove the node's containers (the Docker runtime's replicas outlive their agent)."""
-    if listed := _containers(node):
-        subprocess.run(["docker", "rm", "-f", *listed], capture_output=True, check=False)

@@ -38,6 +38,7 @@ from bench.agent_rig import (  # noqa: E402
     start_agent,
     starts,
 )
+from bench.figures import percentile  # noqa: E402
 from bus import names  # noqa: E402
 from bus.connection import Bus  # noqa: E402
 from bus.devservices import scratch_vhost  # noqa: E402
@@ -62,11 +63,6 @@ def _replica_processes(work: Path, runtime: str) -> list[psutil.Process]:
 
 def _all(processes: list[psutil.Process], stopped: bool) -> bool:
     return all(frozen(p.pid, MOUNTS) is stopped for p in processes)
-
-
-def _percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
 async def main(url: str, trials: int, runtime: str) -> None:
@@ -124,9 +120,9 @@ async def main(url: str, trials: int, runtime: str) -> None:
             process.kill()
     print(f"trials: {trials}, replicas: {REPLICAS} CPU-bound, agent: {runtime} runtime")
     print(f"presence_event_p50_ms: {statistics.median(event_ms):.1f}")
-    print(f"presence_event_p99_ms: {_percentile(event_ms, 0.99):.1f}")
+    print(f"presence_event_p99_ms: {percentile(event_ms, 0.99):.1f}")
     print(f"eviction_p50_ms: {statistics.median(freeze_ms):.1f}")
-    print(f"eviction_p99_ms: {_percentile(freeze_ms, 0.99):.1f}")
+    print(f"eviction_p99_ms: {percentile(freeze_ms, 0.99):.1f}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from aio_pika.abc import AbstractIncomingMessage
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.figures import percentile  # noqa: E402
 from bus.devservices import ensure_rabbitmq  # noqa: E402
 from schemas import ReplicaState, ReplicaStatus  # noqa: E402
 from services.placement.service import PlacementSettings  # noqa: E402
@@ -75,8 +76,7 @@ async def main(trials: int) -> None:
             plane.simulation.up(plane.url, tuple(pc for pc in pcs if pc.name == victim),
                                 extra_args=AGENT_ARGS)  # fmt: skip
             await asyncio.sleep(2.0)  # it heartbeats again before the next trial
-    ordered = sorted(seconds)
-    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    p99 = percentile(seconds, 0.99)
     print(f"trials: {trials}, replicas: {REPLICAS}, node_timeout_s: 3, heartbeat 1 s")
     print(f"replacement_p50_s: {statistics.median(seconds):.2f}")
     print(f"replacement_p99_s: {p99:.2f}")

@@ -23,7 +23,7 @@ import psutil
 
 from nodeagent.utmp import read_sessions, write_login, write_logout
 
-__all__ = ["THESIS_PCS", "SimPC", "Simulation"]
+__all__ = ["THESIS_PCS", "SimPC", "Simulation", "node_containers", "remove_containers"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,17 +50,21 @@ def _runtime(agent_args: tuple[str, ...]) -> str:
     return given[-1] if given else "process"
 
 
-def _remove_containers(node: str) -> None:
-    """Kill and remove the containers a simulated PC's Docker runtime left (by its label)."""
+def node_containers(node: str) -> list[str]:
+    """The ids of the containers a PC's Docker runtime made (found by their node label)."""
     from nodeagent.runtime.docker import LABEL_PREFIX  # aiodocker only where Docker is used
 
-    found = subprocess.run(
+    return subprocess.run(
         ["docker", "ps", "-aq", "--filter", f"label={LABEL_PREFIX}node={node}"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    if found.stdout.split():
-        subprocess.run(["docker", "rm", "-f", *found.stdout.split()], capture_output=True,
-                       timeout=120, check=False)  # fmt: skip
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.split()  # fmt: skip
+
+
+def remove_containers(node: str) -> None:
+    """Kill and remove a PC's containers (the Docker runtime's replicas outlive an agent)."""
+    if listed := node_containers(node):
+        subprocess.run(["docker", "rm", "-f", *listed], capture_output=True, timeout=120,
+                       check=False)  # fmt: skip
 
 
 class Simulation:
@@ -200,7 +204,7 @@ class Simulation:
             spawned.wait(timeout=10)
         self._kill_replicas(name)
         if entry.get("runtime") == "docker":
-            _remove_containers(name)
+            remove_containers(name)
 
     def _kill_replicas(self, name: str) -> None:
         for record in (self.state_dir(name) / "replicas").glob("*.json"):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from nodeagent.policy import PolicySettings
 from nodeagent.runtime.cgroup import Cgroup, Mounts
 from nodeagent.runtime.docker import DockerRuntime
 from nodeagent.runtime.spec import ReplicaInfo, ReplicaSpec, StartFailed
+from nodeagent.sim import remove_containers
 from nodeagent.tokens import TokenFiles
 from nodeagent.utmp import write_login, write_logout
 from schemas import (
@@ -61,15 +61,6 @@ def proc_status(pid: int) -> dict[str, str]:
     return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
 
 
-def remove_node_containers(node: str) -> None:
-    listed = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label=org.idlecloud.node={node}"],
-        capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
-    if listed:
-        subprocess.run(["docker", "rm", "-f", *listed], capture_output=True, check=False)
-
-
 def spec(image: str, replica_id: str, command: tuple[str, ...] = SPIN, **extra: Any) -> ReplicaSpec:
     return ReplicaSpec(replica_id, "alice", "stereo", image, command, **extra)
 
@@ -88,7 +79,7 @@ def cpu_ns(pid: int) -> int:
 async def node(docker_image: str, unique: str) -> AsyncIterator[str]:
     name = f"dk{unique}"
     yield name
-    remove_node_containers(name)
+    remove_containers(name)
 
 
 @pytest.fixture
@@ -217,7 +208,7 @@ async def test_a_restarted_runtime_adopts_its_containers_and_leaves_another_node
             await restarted.close()
     finally:
         await other.close()
-        remove_node_containers(f"{node}-other")
+        remove_containers(f"{node}-other")
 
 
 async def test_the_agent_pauses_containers_before_saying_busy_and_adopts_them_after_a_restart(

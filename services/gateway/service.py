@@ -95,6 +95,7 @@ class Gateway:
         self._rpc: dict[Owner, RpcClient] = {}  # a reply queue per owner the gateway speaks for
         self._rpc_lock = asyncio.Lock()
         self._http: web.AppRunner | None = None
+        self._streams: set[asyncio.Task[object]] = set()
 
     async def start(self, bus: Bus) -> None:
         """Follow the journal (for revocations) and serve HTTP."""
@@ -121,7 +122,9 @@ class Gateway:
         await web.TCPSite(self._http, self.settings.http_host, self.settings.http_port).start()
 
     async def stop(self, _grace_s: float) -> None:
-        """Stop serving."""
+        """Stop serving: end the event streams, let other requests finish."""
+        for stream in list(self._streams):
+            stream.cancel()
         if self._http is not None:
             await self._http.cleanup()
         for client in self._rpc.values():
@@ -264,14 +267,24 @@ class Gateway:
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         """The namespace's events as server-sent events, until the client goes away."""
-        assert self._bus is not None
-        keys = (names.ns_events_binding(request.match_info["namespace"]),)
-        return await stream_events(request, self._bus, keys)
+        return await self._stream(
+            request, (names.ns_events_binding(request.match_info["namespace"]),)
+        )
 
     async def _pc_events(self, request: web.Request) -> web.StreamResponse:
         """PCs' presence and cordons as server-sent events (what anyone may see of them)."""
+        return await self._stream(request, names.pc_view_keys())
+
+    async def _stream(self, request: web.Request, keys: tuple[str, ...]) -> web.StreamResponse:
+        """An event stream, ended by the gateway's stop (streams never finish by themselves)."""
         assert self._bus is not None
-        return await stream_events(request, self._bus, names.pc_view_keys())
+        task = asyncio.current_task()
+        assert task is not None
+        self._streams.add(task)
+        try:
+            return await stream_events(request, self._bus, keys)
+        finally:
+            self._streams.discard(task)
 
 
 async def _secure(_request: web.Request, response: web.StreamResponse) -> None:

@@ -1,0 +1,99 @@
+"""Milliseconds from a PC's busy event on the bus until its Kubernetes node is cordoned
+and its managed pod evicted, and from the idle event until the node is schedulable again.
+
+Starts RabbitMQ with the helper the tests use, the Kubernetes bridge with its production
+defaults on a fresh vhost, and the tests' stand-in for the API server (no Kubernetes API
+server can run here: `tests/kube_standin.py` speaks the endpoints the bridge calls), with
+one node and one managed pod per PC. Each trial publishes a PC's presence as its agent
+would and polls the stand-in every millisecond.
+
+Usage: python bench/kube_cordon.py [--trials 30] [--pcs 4]
+Prints p50 and p99 of each; the last line is `cordon_and_evict_p99_ms: X`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.figures import percentile  # noqa: E402
+from bus.connection import Bus  # noqa: E402
+from bus.devservices import create_vhost, delete_vhost, ensure_rabbitmq  # noqa: E402
+from bus.topology import declare_platform  # noqa: E402
+from schemas import NodePresence, Presence, PresenceCause, PresenceState, utc_now  # noqa: E402
+from services.kubebridge.service import BridgeSettings, KubeBridge  # noqa: E402
+from tests.helpers import wait_until  # noqa: E402
+from tests.kube_standin import StandIn  # noqa: E402
+
+
+def percentiles(values: list[float]) -> tuple[float, float]:
+    ordered = sorted(values)
+    return statistics.median(ordered), ordered[
+        min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))
+    ]
+
+
+async def main(trials: int, pc_count: int) -> None:
+    broker = create_vhost(f"bench-kube-{uuid.uuid4().hex[:8]}")
+    api = await StandIn().start()
+    pcs = [f"pc{i}" for i in range(pc_count)]
+    for pc in pcs:
+        api.add_node(pc)
+    settings = BridgeSettings(
+        frozenset({"lab"}), kubeconfig=api.kubeconfig(Path(tempfile.mkdtemp()))
+    )
+    cordon_ms: list[float] = []
+    uncordon_ms: list[float] = []
+    try:
+        async with Bus(broker.url, connection_name="bench") as bus:
+            await declare_platform(bus)
+            bridge = KubeBridge(settings)
+            await bridge.start(bus)
+
+            async def presence(pc: str, state: PresenceState) -> None:
+                await bus.publish(NodePresence(node=pc, presence=Presence(
+                    state=state, cause=PresenceCause.SESSION, since=utc_now())))  # fmt: skip
+
+            for pc in pcs:
+                await presence(pc, PresenceState.IDLE)
+            await wait_until(lambda: bridge.status.nodes_mapped == pc_count, 30, "the bridge")
+            for trial in range(trials):
+                pc = pcs[trial % pc_count]
+                api.add_pod("lab", f"web-{trial}", pc)
+                began = time.perf_counter()
+                await presence(pc, PresenceState.BUSY)
+                await wait_until(lambda pc=pc, trial=trial: api.unschedulable(pc)
+                                 and ("lab", f"web-{trial}") not in api.pods, 30, "cordon",
+                                 interval_s=0.001)  # fmt: skip
+                cordon_ms.append(1000 * (time.perf_counter() - began))
+                began = time.perf_counter()
+                await presence(pc, PresenceState.IDLE)
+                await wait_until(lambda pc=pc: not api.unschedulable(pc), 30, "uncordon",
+                                 interval_s=0.001)  # fmt: skip
+                uncordon_ms.append(1000 * (time.perf_counter() - began))
+            await bridge.stop(1.0)
+    finally:
+        await api.stop()
+        delete_vhost(broker.vhost)
+    print(f"trials: {trials}, PCs and nodes: {pc_count}, resync_s: {settings.resync_s}")
+    for name, values in (("uncordon", uncordon_ms), ("cordon_and_evict", cordon_ms)):
+        print(f"{name}_p50_ms: {statistics.median(values):.1f}")
+        print(f"{name}_p99_ms: {percentile(values, 0.99):.1f}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--pcs", type=int, default=4)
+    arguments = parser.parse_args()
+    ensure_rabbitmq()
+    asyncio.run(main(arguments.trials, arguments.pcs))
