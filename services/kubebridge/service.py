@@ -181,18 +181,20 @@ class KubeBridge(ControlService):
                 if node.pc in intents and intents[node.pc].empty}  # fmt: skip
         calls = plan(intents, nodes, pods, namespaces)
         for node, why in calls.cordon:
-            log.warning("kubebridge: cordoned node %s: %s", node, why)
+            log.info("kubebridge: cordoned node %s: %s", node, why)
             await api.cordon(node, why)
         for node in calls.uncordon:
-            log.warning("kubebridge: uncordoned node %s", node)
+            log.info("kubebridge: uncordoned node %s", node)
             await api.uncordon(node)
         evicted = refused = 0
         for pod in calls.evict:
             if await api.evict(pod):
                 evicted += 1
-                log.warning("kubebridge: evicted %s/%s from %s", pod.namespace, pod.name, pod.node)
+                log.info("kubebridge: evicted %s/%s from %s", pod.namespace, pod.name, pod.node)
             else:
                 refused += 1
+                log.info("kubebridge: a disruption budget holds %s/%s back; trying again",
+                         pod.namespace, pod.name)  # fmt: skip
         cordoned = {n.name for n in nodes if n.unschedulable and n.ours} - set(calls.uncordon)
         cordoned |= {node for node, _why in calls.cordon}
         self.status = BridgeStatus(
