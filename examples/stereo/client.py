@@ -40,7 +40,7 @@ class Job:
     """How much work: pairs of ``height`` x ``width`` pixels, disparities 0 .. max_d - 1,
     cut into strips of ``rows`` rows (one task each)."""
 
-    pairs: int = 64
+    pairs: int = 72
     height: int = 480
     width: int = 640
     max_d: int = 128
