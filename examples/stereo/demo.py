@@ -38,6 +38,7 @@ from bus.connection import Bus
 from bus.devinflux import ensure_influxdb, influx_query
 from bus.devservices import (
     BrokerInfo,
+    DevServiceError,
     add_signing_key,
     create_vhost,
     delete_vhost,
@@ -218,7 +219,10 @@ class Demo:
             await bus.close()
 
     async def run(self) -> int:
-        """The whole demo; its exit status."""
+        """The whole demo; its exit status. SIGTERM, like Ctrl-C, stops what it started."""
+        main = asyncio.current_task()
+        assert main is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
         started = time.monotonic()
         with self.view():
             try:
@@ -332,18 +336,30 @@ def run_demo(settings: DemoSettings) -> int:
     return asyncio.run(Demo(settings).run())
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
 def main() -> None:
     """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", type=int, default=Job.pairs, help="stereo pairs (4 tasks each)")
-    parser.add_argument("--replicas", type=int, default=DemoSettings.replicas)
+    parser.add_argument("--pairs", type=_positive, default=Job.pairs,
+                        help="stereo pairs (4 tasks each)")  # fmt: skip
+    parser.add_argument("--replicas", type=_positive, default=DemoSettings.replicas)
     parser.add_argument("--runtime", choices=("process", "docker"),
                         default=os.environ.get("RUNTIME") or "process")  # fmt: skip
     parser.add_argument("--out", type=Path, default=DemoSettings.out)
     arguments = parser.parse_args()
     settings = DemoSettings(Job(pairs=arguments.pairs), arguments.replicas, arguments.runtime,
                             arguments.out)  # fmt: skip
-    raise SystemExit(run_demo(settings))
+    try:
+        raise SystemExit(run_demo(settings))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        raise SystemExit("demo: interrupted; everything it started was stopped") from None
+    except (DevServiceError, RuntimeError) as error:
+        raise SystemExit(f"demo: {error}\n(the logs are in {settings.out / 'logs'})") from None
 
 
 if __name__ == "__main__":
