@@ -158,3 +158,19 @@ async def test_a_cookie_alone_cannot_change_anything(rig: Rig) -> None:
         node_key = rig.mint("node", "edge")
         async with http.post(f"{rig.base}/v1/session", json={"api_key": node_key}) as r:
             assert r.status == 403 and "cannot log in" in (await r.json())["error"]
+
+
+async def test_an_admin_chooses_whose_apps_to_see(rig: Rig, page: Page) -> None:
+    """Admins see every namespace: the page asks which one."""
+    assert (await rig.plane.deploy("bob", "bobs-app", 1)).accepted
+    await log_in(page, rig.base, rig.mint("admin", "root"))
+    await expect(page.locator("#who-name")).to_have_text("admin root")
+    chooser = page.get_by_role("textbox", name="namespace")
+    await expect(chooser).to_be_visible()
+    await expect(page.locator("#deploy")).to_be_hidden()  # no namespace chosen yet
+    await expect(page.locator("tr[data-pc]")).to_have_count(len(rig.plane.pcs))
+    await chooser.fill("bob")
+    await chooser.press("Enter")
+    await expect(page.locator('tr[data-app="bobs-app"]')).to_be_visible(timeout=LIVE_S)
+    await expect(page.locator("#quota-ns")).to_have_text("bob")
+    await snapshot(page, "5-an-admin-looks-at-bob")
