@@ -147,27 +147,25 @@ class KubeBridge(ControlService):
                 try:
                     api = api or await self._connect()
                     refused = await self._pass(api)
-                    backoff_s = self.settings.retry_s
-                    wait_s = self.settings.retry_s if refused else self.settings.resync_s
-                    woken_early = True
-                except KubeUnavailable as error:
-                    log.warning("kubebridge: %s; again in %.1f s", error, backoff_s)
-                    self.status = self.status.model_copy(
-                        update={
-                            "api_reachable": False,
-                            "last_error": str(error)[:1024],
-                            "at": utc_now(),
-                        }
-                    )
-                    wait_s, woken_early = backoff_s, False  # changes wait for the server
+                except Exception as error:
+                    if isinstance(error, KubeUnavailable):
+                        log.warning("kubebridge: %s; again in %.1f s", error, backoff_s)
+                    else:
+                        log.exception("kubebridge: a pass failed; again in %.1f s", backoff_s)
+                    self.status = self.status.model_copy(update={
+                        "api_reachable": False, "last_error": str(error)[:1024], "at": utc_now(),
+                    })  # fmt: skip
+                    await self._publish_status()
+                    await asyncio.sleep(backoff_s)  # changes wait for the server to answer
                     backoff_s = min(2 * backoff_s, self.settings.backoff_max_s)
+                    continue
+                backoff_s = self.settings.retry_s
                 await self._publish_status()
-                if woken_early:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(wait_s):
-                            await self._wake.wait()
-                else:
-                    await asyncio.sleep(wait_s)
+                with contextlib.suppress(TimeoutError):  # until a change, or the next resync
+                    async with asyncio.timeout(
+                        self.settings.retry_s if refused else self.settings.resync_s
+                    ):
+                        await self._wake.wait()
         finally:
             if api is not None:
                 await api.close()
