@@ -2,8 +2,9 @@
 
 No registry is reachable, so the image is made from a root file system that
 ``debootstrap --variant=minbase --include=python3,python3-venv bookworm`` builds (once,
-cached under :data:`CACHE`), into which the project and its dependencies are installed
-from wheels made on the host (``pip wheel``), with no network inside. An app's own code
+cached under :data:`CACHE`), into which the project and what a worker needs of its
+dependencies are installed from wheels made on the host (``pip wheel``), with no network
+inside. An app's own code
 is copied to :data:`WORKER_APP_DIR`. The tag carries a hash of everything that went in,
 so a changed source makes a new image and an unchanged one is reused at once.
 """
@@ -29,6 +30,9 @@ _VENV = PurePosixPath("/opt/idlecloud/venv")
 _ROOT = Path(__file__).resolve().parents[1]
 _SOURCES = ("pyproject.toml", "bus", "schemas", "services", "nodeagent")
 _EXTRA_WHEELS = ("numpy",)  # what the example apps import beyond the SDK
+#: What a worker needs of the project's dependencies (not the control plane's, the agent's
+#: or the report's): the image installs only these.
+_WORKER_NEEDS = ("aio-pika", "pydantic", "pyjwt[crypto]", "psutil", "typer", "rich", "aiohttp")
 _MIRROR = "http://deb.debian.org/debian"
 
 
@@ -91,9 +95,10 @@ def worker_image(app_dir: Path, name: str = "idlecloud/worker") -> str:
         run_command([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels),
                      str(_ROOT), *_EXTRA_WHEELS], timeout_s=900)  # fmt: skip
         run_command(["chroot", str(root), "python3", "-m", "venv", str(_VENV)])
-        run_command(["chroot", str(root), f"{_VENV}/bin/pip", "install", "--quiet", "--no-index",
-                     "--find-links", "/tmp/wheels", "idlecloud", *_EXTRA_WHEELS],
-                    timeout_s=900)  # fmt: skip
+        pip = ["chroot", str(root), f"{_VENV}/bin/pip", "install", "--quiet", "--no-index",
+               "--find-links", "/tmp/wheels"]  # fmt: skip
+        run_command([*pip, "--no-deps", "idlecloud"], timeout_s=300)
+        run_command([*pip, *_WORKER_NEEDS, *_EXTRA_WHEELS], timeout_s=900)
         shutil.rmtree(wheels)
         shutil.copytree(app_dir, root / str(WORKER_APP_DIR).lstrip("/") / app_dir.name,
                         ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
