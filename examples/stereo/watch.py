@@ -129,7 +129,10 @@ class Watch:
         kind = lookup(str((message.headers or {}).get(SCHEMA_HEADER)))
         if kind is None:
             return
-        event = kind.model_validate_json(message.body)
+        try:
+            event = kind.model_validate_json(message.body)
+        except ValueError:
+            return  # the platform's consumers dead-letter it; the console just looks away
         now = time.time()
         self.changed.set()
         if isinstance(event, NodePresence) and event.node == self.person_at:
