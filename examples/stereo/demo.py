@@ -187,11 +187,13 @@ class Demo:
         watch.login_at = time.time()
         self.simulation.login(settings.person_at)
         self.step(f"a person logs in at {settings.person_at} (a utmp record)")
-        await watch.until(lambda: watch.done >= 0.8 * watch.total_tasks and bool(watch.rescheduled),
-                          timeout_s=settings.stay_s)  # fmt: skip
-        watch.logout_at = time.time()
-        self.simulation.logout(settings.person_at)
-        self.step(f"the person leaves {settings.person_at}")
+        try:
+            await watch.until(lambda: watch.done >= 0.8 * watch.total_tasks
+                              and bool(watch.rescheduled), timeout_s=settings.stay_s)  # fmt: skip
+        finally:  # also when the job ends first
+            watch.logout_at = time.time()
+            self.simulation.logout(settings.person_at)
+            self.step(f"the person leaves {settings.person_at}")
 
     async def job(self) -> JobReport:
         os.environ.update(IDLECLOUD_API_KEY=self.alice_key, IDLECLOUD_AUTH_URL=self.auth_url)
@@ -211,9 +213,9 @@ class Demo:
                 ply = self.out / "cloud.ply"
                 report = await reconstruct(client, self.settings.job, ply, on_result=on_result,
                                            progress=False)  # fmt: skip
-                if not person.done():
-                    person.cancel()
-                    self.simulation.logout(self.settings.person_at)
+                person.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await person
                 return report
         finally:
             await bus.close()
