@@ -19,19 +19,22 @@ from pydantic import ValidationError
 
 from bus import names
 from bus.errors import InvalidMessage
-from schemas import SCHEMA_HEADER, SCHEMA_VERSION_HEADER, Message
+from schemas import MESSAGES, SCHEMA_HEADER, SCHEMA_VERSION_HEADER, Message
 
 __all__ = [
     "CONTENT_TYPE",
     "MAX_BODY_BYTES",
     "Delivery",
     "decode",
+    "decode_event",
     "delivery_of",
     "encode",
     "summarize_validation_error",
 ]
 
 CONTENT_TYPE = "application/json"
+#: Every message of the catalogue, by schema name: what an onlooker of the events accepts.
+_ANY: Mapping[str, type[Message]] = {cls.schema_name: cls for cls in MESSAGES}
 #: Bodies above this size are refused unread (the broker's own limit is far higher).
 MAX_BODY_BYTES = 1024 * 1024
 _PERSISTENT = 2
@@ -160,3 +163,14 @@ def decode(
                 f"{actual.exchange}/{actual.routing_key[:255]}"
             )
     return message
+
+
+def decode_event(message: AbstractIncomingMessage) -> Message:
+    """Any catalogue message a delivery carries, checked as :func:`decode` checks it: for
+    onlookers of the events (an event stream, a console, ``bus events``) that refuse
+    nothing to the dead-letter queue but must not show what is not what it claims.
+
+    Raises:
+        InvalidMessage: with the reason.
+    """
+    return decode(delivery_of(message), _ANY)

@@ -14,12 +14,13 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from bus import names
 from bus.abc import Runtime
+from bus.codec import decode_event
 from bus.connection import Bus
 from bus.topology import QueueSpec
 from nodeagent.agent import Agent, AgentSettings
 from nodeagent.runtime.process import ProcessRuntime
 from nodeagent.tokens import TokenFiles
-from schemas import SCHEMA_HEADER, Message, lookup
+from schemas import Message
 
 M = TypeVar("M", bound=Message)
 
@@ -76,9 +77,12 @@ class DeadLetterTap:
 
 
 async def collect_events(
-    bus: Bus, routing_key: str, parse: Callable[[AbstractIncomingMessage], Any]
+    bus: Bus,
+    routing_key: str,
+    parse: Callable[[AbstractIncomingMessage], Any] = decode_event,
 ) -> list[Any]:
-    """Everything published on ``idlecloud.events`` under ``routing_key``, parsed, in order.
+    """Everything published on ``idlecloud.events`` under ``routing_key``, parsed (by
+    default: the message it carries, checked), in order.
 
     The list fills while the test runs (a private queue, gone with the connection).
     """
@@ -93,13 +97,6 @@ async def collect_events(
     ).declare(channel)
     await tap.consume(on_message, no_ack=True)
     return found
-
-
-def parse_node_event(message: AbstractIncomingMessage) -> Message:
-    """A node's event (heartbeat, presence, replica status, metrics) by its schema header."""
-    cls = lookup(str((message.headers or {}).get(SCHEMA_HEADER)))
-    assert cls is not None, "an event without a known schema header"
-    return cls.model_validate_json(message.body)
 
 
 def process_runtime(state_dir: Path, node: str, **options: Any) -> ProcessRuntime:

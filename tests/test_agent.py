@@ -39,7 +39,7 @@ from schemas import (
     StopReplica,
 )
 
-from .helpers import Events, collect_events, parse_node_event, running_agent, wait_until
+from .helpers import Events, collect_events, running_agent, wait_until
 
 
 def parse_presence(message: AbstractIncomingMessage) -> NodePresence:
@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 async def rig(bus: Bus, unique: str, tmp_path: Path) -> AsyncIterator[tuple[Agent, Events]]:
     node = f"pc{unique}"
-    events = Events(await collect_events(bus, f"node.{node}.#", parse_node_event))
+    events = Events(await collect_events(bus, f"node.{node}.#"))
     settings = AgentSettings(
         node=node,
         capacity=Resources(cpu_millicores=4000, memory_mib=4096),

@@ -50,7 +50,7 @@ from services.auth.tokens import SigningKey, mint_api_key
 from services.quota.service import QuotaManager
 
 from .examples import deploy
-from .helpers import Events, collect_events, parse_node_event, wait_until
+from .helpers import Events, collect_events, wait_until
 from .programs.sdk_tasks import make_app
 from .test_cli import bus_cli
 
@@ -298,7 +298,7 @@ async def test_a_pc_runs_its_agent_with_its_own_key(
     node = f"pc{unique}"
     bus = authority.service.bus
     reply = await authority.issue("node", node)
-    heard = Events(await collect_events(bus, f"node.{node}.#", parse_node_event))
+    heard = Events(await collect_events(bus, f"node.{node}.#"))
     env = {**os.environ, "IDLECLOUD_API_KEY": reply.api_key,
            "IDLECLOUD_AUTH_URL": authority.auth_url}  # fmt: skip
     command = [sys.executable, "-m", "bus", "agent", "run", "--url", authority.broker.url,

@@ -36,7 +36,7 @@ from schemas import (
     StartReplica,
 )
 
-from .helpers import Events, collect_events, parse_node_event, running_agent, wait_until
+from .helpers import Events, collect_events, running_agent, wait_until
 
 SPIN = ("sh", "-c", "while :; do :; done")
 MOUNTS = Mounts.read()
@@ -214,7 +214,7 @@ async def test_a_restarted_runtime_adopts_its_containers_and_leaves_another_node
 async def test_the_agent_pauses_containers_before_saying_busy_and_adopts_them_after_a_restart(
     bus: Bus, node: str, docker_image: str, tmp_path: Path
 ) -> None:
-    events = Events(await collect_events(bus, f"node.{node}.#", parse_node_event))
+    events = Events(await collect_events(bus, f"node.{node}.#"))
     settings = AgentSettings(
         node=node,
         capacity=Resources(cpu_millicores=2000, memory_mib=2048),

@@ -32,7 +32,7 @@ from schemas import (
     StartReplica,
 )
 
-from .helpers import Events, collect_events, parse_node_event, running_agent, wait_until
+from .helpers import Events, collect_events, running_agent, wait_until
 
 KEY_A = struct.pack("llHHi", int(time.time()), 0, 1, 30, 1)  # EV_KEY, KEY_A, pressed
 
@@ -105,7 +105,7 @@ async def test_a_key_press_pauses_the_replicas_and_quiet_resumes_them(
     bus: Bus, unique: str, tmp_path: Path, keyboard: FakeKeyboard
 ) -> None:
     node = f"kb{unique}"
-    events = Events(await collect_events(bus, f"node.{node}.#", parse_node_event))
+    events = Events(await collect_events(bus, f"node.{node}.#"))
     settings = AgentSettings(
         node=node,
         capacity=Resources(cpu_millicores=2000, memory_mib=2048),

@@ -25,7 +25,7 @@ from services.kubebridge.plan import CORDON_ANNOTATION
 from services.kubebridge.service import BridgeSettings, KubeBridge
 
 from .examples import EXAMPLES
-from .helpers import collect_events, parse_node_event, running_agent, wait_until
+from .helpers import collect_events, running_agent, wait_until
 from .kube_standin import StandIn
 
 FAST = dict(resync_s=1.0, retry_s=0.2, backoff_max_s=0.8, settle_s=0.3)
@@ -60,7 +60,7 @@ async def rig(
     options = getattr(request, "param", {})
     settings = BridgeSettings(frozenset({"lab"}), kubeconfig=api.kubeconfig(tmp_path),
                               **{**FAST, **options})  # fmt: skip
-    statuses = await collect_events(bus, "idlecloud.kubebridge.status", parse_node_event)
+    statuses = await collect_events(bus, "idlecloud.kubebridge.status")
     bridge = KubeBridge(settings, retry_s=0.2)
     await bridge.start(bus)
     try:

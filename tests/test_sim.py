@@ -22,7 +22,7 @@ from schemas import (
     StartReplica,
 )
 
-from .helpers import collect_events, parse_node_event, wait_until
+from .helpers import collect_events, wait_until
 from .test_cli import bus_cli
 
 
@@ -31,9 +31,7 @@ async def lab(
     broker: BrokerInfo, bus: Bus, unique: str, tmp_path: Path
 ) -> AsyncIterator[tuple[Simulation, list[str], dict[str, list[Message]]]]:
     pcs = (SimPC(f"a{unique}", 2000, 2048), SimPC(f"b{unique}", 1000, 1024))
-    heard = {
-        pc.name: await collect_events(bus, f"node.{pc.name}.#", parse_node_event) for pc in pcs
-    }
+    heard = {pc.name: await collect_events(bus, f"node.{pc.name}.#") for pc in pcs}
     simulation = Simulation(tmp_path / "sim")
     simulation.up(
         broker.url,

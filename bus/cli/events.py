@@ -15,9 +15,10 @@ from aio_pika.abc import AbstractIncomingMessage
 from bus import names
 from bus.cli._common import DEFAULT_URL, JsonOption, UrlOption, console, run_async
 from bus.cli.session import connect
+from bus.codec import decode_event
+from bus.errors import InvalidMessage
 from bus.topology import QueueSpec
-from schemas import Message, Owner, lookup
-from schemas.catalogue import SCHEMA_HEADER
+from schemas import Message, Owner
 
 __all__ = ["register"]
 
@@ -49,16 +50,18 @@ async def _follow(
 
 
 def _show(delivery: AbstractIncomingMessage, as_json: bool, noisy: bool) -> None:
-    schema = lookup(str((delivery.headers or {}).get(SCHEMA_HEADER)))
-    if schema is None or (schema.schema_name in _QUIET and not noisy):
+    try:
+        message = decode_event(delivery)
+    except InvalidMessage:
+        return  # not what it claims to be (the platform's consumers dead-letter it)
+    if message.schema_name in _QUIET and not noisy:
         return
-    message = schema.model_validate_json(delivery.body)
     if as_json:  # one JSON object per line, as it arrives
-        line = json.dumps({"schema": schema.schema_name, **message.model_dump(mode="json")})
+        line = json.dumps({"schema": message.schema_name, **message.model_dump(mode="json")})
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
     else:
-        line = f"{delivery.routing_key} {schema.schema_name} {_summary(message)}"
+        line = f"{delivery.routing_key} {message.schema_name} {_summary(message)}"
         console.print(line, highlight=False, markup=False)
 
 

@@ -23,12 +23,12 @@ from rich.table import Table
 from rich.text import Text
 
 from bus import names
+from bus.codec import decode_event
 from bus.connection import Bus
-from bus.errors import BusError
+from bus.errors import BusError, InvalidMessage
 from bus.rpc import RpcClient
 from bus.topology import QueueSpec
 from schemas import (
-    SCHEMA_HEADER,
     AppsQuery,
     AppsReply,
     AppView,
@@ -39,7 +39,6 @@ from schemas import (
     NodeView,
     Owner,
     ReplicaStatus,
-    lookup,
 )
 
 __all__ = ["Watch", "screen"]
@@ -126,12 +125,9 @@ class Watch:
             self.console.print(stamped, highlight=False)
 
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
-        kind = lookup(str((message.headers or {}).get(SCHEMA_HEADER)))
-        if kind is None:
-            return
         try:
-            event = kind.model_validate_json(message.body)
-        except ValueError:
+            event = decode_event(message)
+        except InvalidMessage:
             return  # the platform's consumers dead-letter it; the console just looks away
         now = time.time()
         self.changed.set()

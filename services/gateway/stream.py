@@ -16,9 +16,10 @@ from aio_pika.abc import AbstractIncomingMessage
 from aiohttp import web
 
 from bus import names
+from bus.codec import decode_event
 from bus.connection import Bus
+from bus.errors import InvalidMessage
 from bus.topology import QueueSpec
-from schemas import SCHEMA_HEADER, lookup
 
 __all__ = ["stream_events"]
 
@@ -27,16 +28,13 @@ _BACKLOG = 1000
 
 
 def _frame(message: AbstractIncomingMessage) -> bytes | None:
-    """One SSE frame for a delivery, or None for a body that is not a known event."""
-    schema = lookup(str((message.headers or {}).get(SCHEMA_HEADER)))
-    if schema is None:
-        return None
+    """One SSE frame for a delivery, or None for a body that is not a valid event."""
     try:
-        event = schema.model_validate_json(message.body)
-    except ValueError:
+        event = decode_event(message)
+    except InvalidMessage:
         return None  # the platform's own consumers dead-letter it; a viewer just skips it
     data = json.dumps(event.model_dump(mode="json"))
-    return f"event: {schema.schema_name}\ndata: {data}\n\n".encode()
+    return f"event: {event.schema_name}\ndata: {data}\n\n".encode()
 
 
 async def stream_events(
