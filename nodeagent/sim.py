@@ -44,12 +44,6 @@ THESIS_PCS = (
 )
 
 
-def _runtime(agent_args: tuple[str, ...]) -> str:
-    """The runtime ``bus agent run`` gets from these arguments."""
-    given = [agent_args[i + 1] for i, arg in enumerate(agent_args[:-1]) if arg == "--runtime"]
-    return given[-1] if given else "process"
-
-
 def node_containers(node: str) -> list[str]:
     """The ids of the containers a PC's Docker runtime made (found by their node label)."""
     from nodeagent.runtime.docker import LABEL_PREFIX  # aiodocker only where Docker is used
@@ -96,13 +90,19 @@ class Simulation:
         return self.folder / name / "state"
 
     def up(
-        self, url: str, pcs: tuple[SimPC, ...] = THESIS_PCS, *, extra_args: tuple[str, ...] = ()
+        self,
+        url: str,
+        pcs: tuple[SimPC, ...] = THESIS_PCS,
+        *,
+        runtime: str = "process",
+        extra_args: tuple[str, ...] = (),
     ) -> list[str]:
         """Start an agent for each PC not already running; return the names started.
 
         Args:
             url: the broker URL the agents connect to.
             pcs: the PCs to simulate.
+            runtime: how their replicas run, ``process`` or ``docker``.
             extra_args: more `bus agent run` options for every agent (policy values, say).
         """
         known = self._load()
@@ -125,7 +125,7 @@ class Simulation:
                     "--reserve-cpu-millicores", "0", "--reserve-memory-mib", "0",
                     "--platform-user", "rabbitmq",  # the broker shares this machine
                     "--replica-url", url,  # replicas use the simulation's own credentials
-                    *extra_args,
+                    "--runtime", runtime, *extra_args,
                 ],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,
@@ -134,7 +134,7 @@ class Simulation:
             self._spawned[pc.name] = process
             known[pc.name] = {
                 **asdict(pc),
-                "runtime": _runtime(extra_args),
+                "runtime": runtime,
                 "pid": process.pid,
                 "started_at": psutil.Process(process.pid).create_time(),
             }

@@ -52,9 +52,9 @@ def up(
     pcs = tuple(_parse_pc(text) for text in pc) if pc else THESIS_PCS
     policy = (
         "--start-idle-s", str(start_idle_s), "--continue-idle-s", str(continue_idle_s),
-        "--max-suspend-s", str(max_suspend_s), "--runtime", runtime,
+        "--max-suspend-s", str(max_suspend_s),
     )  # fmt: skip
-    started = Simulation(folder).up(url, pcs, extra_args=policy)
+    started = Simulation(folder).up(url, pcs, runtime=runtime, extra_args=policy)
     console.print(f"started {', '.join(started) or 'nothing (all were running)'} in {folder}")
 
 

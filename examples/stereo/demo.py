@@ -139,10 +139,10 @@ class Demo:
         self.admin_key = mint_api_key(key, "admin", "root", name="the demo")[1]
         self.alice_key = self._issue_alice()
         self.step(f"bus sim: {', '.join(pc.name for pc in self.settings.pcs)} as real agents")
-        self.simulation.up(self.broker.url, self.settings.pcs, extra_args=(
-            "--start-idle-s", "0", "--continue-idle-s", str(self.settings.continue_idle_s),
-            "--max-suspend-s", "120", "--metrics-s", "2", "--runtime", self.settings.runtime,
-        ))  # fmt: skip
+        self.simulation.up(self.broker.url, self.settings.pcs, runtime=self.settings.runtime,
+                           extra_args=("--start-idle-s", "0", "--continue-idle-s",
+                                       str(self.settings.continue_idle_s), "--max-suspend-s",
+                                       "120", "--metrics-s", "2"))  # fmt: skip
 
     def _issue_alice(self) -> str:
         quota_cpu = 1000 * (self.settings.replicas + 1)
