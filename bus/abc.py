@@ -7,9 +7,8 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from bus.connection import Bus
     from nodeagent.runtime.spec import ReplicaInfo, ReplicaSpec
-    from services.kubebridge.plan import KubeNode, KubePod
 
-__all__ = ["KubeApi", "Runtime", "Service"]
+__all__ = ["Runtime", "Service"]
 
 
 @runtime_checkable
@@ -52,30 +51,3 @@ class Runtime(Protocol):
 
     async def close(self) -> None:
         """Release what the runtime holds (connections); replicas keep running."""
-
-
-@runtime_checkable
-class KubeApi(Protocol):
-    """The few calls the Kubernetes bridge makes of an API server.
-
-    Each raises :class:`~services.kubebridge.kube.KubeUnavailable` when the server cannot
-    be reached or answers with a server error.
-    """
-
-    async def nodes(self) -> list[KubeNode]:
-        """Every node that maps to a PC (by name or by the configured label)."""
-
-    async def pods(self, node: str, namespaces: frozenset[str]) -> list[KubePod]:
-        """The pods of ``namespaces`` on ``node``."""
-
-    async def cordon(self, node: str, why: str) -> None:
-        """Mark ``node`` unschedulable, noting that idlecloud did and why."""
-
-    async def uncordon(self, node: str) -> None:
-        """Mark ``node`` schedulable again and drop idlecloud's note."""
-
-    async def evict(self, pod: KubePod) -> bool:
-        """Ask the Eviction API to evict ``pod``; False if a PodDisruptionBudget refused."""
-
-    async def close(self) -> None:
-        """Release the connection."""

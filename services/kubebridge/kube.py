@@ -1,4 +1,4 @@
-"""The API server, through kubernetes-asyncio: the bridge's few calls (:class:`bus.abc.KubeApi`).
+"""The API server, through kubernetes-asyncio: the few calls the bridge makes.
 
 Credentials come from the pod's service account when the bridge runs in the cluster
 (``KUBERNETES_SERVICE_HOST`` is set and no kubeconfig was named), else from a kubeconfig

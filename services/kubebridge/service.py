@@ -15,12 +15,10 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from bus import names
-from bus.abc import KubeApi
 from bus.codec import Delivery
 from bus.connection import PUBLISH_FAILURES, Bus
 from bus.consumer import Consumer
@@ -35,7 +33,7 @@ from schemas import (
     utc_now,
 )
 from services.base import ControlService
-from services.kubebridge.kube import KubeUnavailable
+from services.kubebridge.kube import Kubernetes, KubeUnavailable, connect
 from services.kubebridge.plan import Intent, intent, plan
 
 __all__ = ["BridgeSettings", "KubeBridge", "settings_from_env"]
@@ -73,27 +71,14 @@ def settings_from_env() -> BridgeSettings:
     return BridgeSettings(namespaces, os.environ.get("IDLECLOUD_KUBE_NODE_LABEL") or None)
 
 
-async def _kubernetes(settings: BridgeSettings) -> KubeApi:
-    from services.kubebridge.kube import Kubernetes, connect
-
-    return Kubernetes(await connect(settings.kubeconfig), settings.node_label)
-
-
 class KubeBridge(ControlService):
     """Mirrors presence, cordons and drains to a Kubernetes cluster; see the module's header."""
 
     name = "kubebridge"
 
-    def __init__(
-        self,
-        settings: BridgeSettings,
-        api: Callable[[], Awaitable[KubeApi]] | None = None,
-        *,
-        retry_s: float = 0.5,
-    ) -> None:
+    def __init__(self, settings: BridgeSettings, *, retry_s: float = 0.5) -> None:
         super().__init__(retry_s=retry_s)
         self.settings = settings
-        self._connect = api or (lambda: _kubernetes(settings))
         self.presence: dict[str, tuple[bool, str]] = {}  # PC -> (busy, cause)
         self._admin_named: set[str] = set()  # PCs an admin's request named, ever
         self.status = BridgeStatus(api_reachable=False, nodes_mapped=0, at=utc_now())
@@ -139,13 +124,15 @@ class KubeBridge(ControlService):
 
     async def _loop(self) -> None:
         await asyncio.sleep(self.settings.settle_s)
-        api: KubeApi | None = None
+        api: Kubernetes | None = None
         backoff_s = self.settings.retry_s
         try:
             while True:
                 self._wake.clear()
                 try:
-                    api = api or await self._connect()
+                    if api is None:
+                        api = Kubernetes(await connect(self.settings.kubeconfig),
+                                         self.settings.node_label)  # fmt: skip
                     refused = await self._pass(api)
                 except Exception as error:
                     if isinstance(error, KubeUnavailable):
@@ -170,7 +157,7 @@ class KubeBridge(ControlService):
             if api is not None:
                 await api.close()
 
-    async def _pass(self, api: KubeApi) -> int:
+    async def _pass(self, api: Kubernetes) -> int:
         """One pass (see :mod:`~services.kubebridge.plan`); how many evictions were refused."""
         namespaces = self.settings.namespaces
         intents = self.intents()
