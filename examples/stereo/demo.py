@@ -26,7 +26,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,10 +83,17 @@ class Demo:
         self.out = settings.out.resolve()
         self.logs = self.out / "logs"
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.broker: BrokerInfo | None = None
         self.simulation = Simulation(self.out / "sim")
         self.live = self.console.is_terminal if settings.live is None else settings.live
         self.watch = Watch(NAMESPACE, APP, settings.person_at, settings.job.tasks, self.console,
                            self.live)  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        """The demo's vhost on the broker."""
+        assert self.broker is not None, "the platform is not up yet"
+        return self.broker.url
 
     def step(self, what: str) -> None:
         self.watch.phase = what
@@ -95,11 +101,11 @@ class Demo:
 
     # ---- bringing the platform up --------------------------------------------------
 
-    def spawn(self, name: str, *command: str, env: dict[str, str] | None = None) -> None:
+    def spawn(self, name: str, *command: str) -> None:
         log = (self.logs / f"{name}.log").open("ab")
         self.processes.append(subprocess.Popen(
             [sys.executable, "-m", "bus", *command], stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})}, cwd=ROOT,
+            stdin=subprocess.DEVNULL, cwd=ROOT,
         ))  # fmt: skip
         log.close()
 
@@ -108,7 +114,7 @@ class Demo:
         done = subprocess.run(
             [sys.executable, "-m", "bus", *command], capture_output=True, text=True, cwd=ROOT,
             env={**os.environ, "IDLECLOUD_API_KEY": key, "IDLECLOUD_AUTH_URL": self.auth_url,
-                 "IDLECLOUD_URL": self.broker.url}, timeout=60, check=False,
+                 "IDLECLOUD_URL": self.url}, timeout=60, check=False,
         )  # fmt: skip
         if done.returncode != 0:
             raise RuntimeError(f"bus {' '.join(command[:2])} failed: {done.stderr.strip()}")
@@ -125,21 +131,21 @@ class Demo:
             ensure_docker()
         influx_query(f'DROP DATABASE "{DATABASE}"')
         influx_query(f'CREATE DATABASE "{DATABASE}"')
-        self.broker: BrokerInfo = create_vhost(f"demo-{uuid.uuid4().hex[:8]}")
+        self.broker = create_vhost(f"demo-{uuid.uuid4().hex[:8]}")
         key = SigningKey.generate()
         private, _public = key.save(self.out / "keys")
         add_signing_key(key.kid, key.public_pem)
         self.auth_url = f"http://127.0.0.1:{free_port()}"
         self.gateway_url = f"http://127.0.0.1:{free_port()}"
         self.step("bus up: quota manager, placement, auth service, gateway, metrics writer")
-        self.spawn("bus-up", "up", "--url", self.broker.url, "--auth-key-file", str(private),
+        self.spawn("bus-up", "up", "--url", self.url, "--auth-key-file", str(private),
                    "--auth-port", self.auth_url.rsplit(":", 1)[1],
                    "--gateway-port", self.gateway_url.rsplit(":", 1)[1],
                    "--influx-db", DATABASE)  # fmt: skip
         self.admin_key = mint_api_key(key, "admin", "root", name="the demo")[1]
         self.alice_key = self._issue_alice()
         self.step(f"bus sim: {', '.join(pc.name for pc in self.settings.pcs)} as real agents")
-        self.simulation.up(self.broker.url, self.settings.pcs, runtime=self.settings.runtime,
+        self.simulation.up(self.url, self.settings.pcs, runtime=self.settings.runtime,
                            extra_args=("--start-idle-s", "0", "--continue-idle-s",
                                        str(self.settings.continue_idle_s), "--max-suspend-s",
                                        "120", "--metrics-s", "2"))  # fmt: skip
@@ -197,7 +203,7 @@ class Demo:
 
     async def job(self) -> JobReport:
         os.environ.update(IDLECLOUD_API_KEY=self.alice_key, IDLECLOUD_AUTH_URL=self.auth_url)
-        app = App(NAMESPACE, APP, url=self.broker.url)
+        app = App(NAMESPACE, APP, url=self.url)
         bus = await connect_app(app, "alice's stereo job")
         try:
             async with TaskClient(bus, app) as client:
@@ -229,7 +235,7 @@ class Demo:
         with self.view():
             try:
                 await asyncio.to_thread(self.platform_up)
-                async with Bus(self.broker.url, connection_name="demo console") as bus:
+                async with Bus(self.url, connection_name="demo console") as bus:
                     await declare_platform(bus)
                     await self.watch.start(bus)
                     await asyncio.to_thread(self.deploy)
@@ -243,18 +249,12 @@ class Demo:
                 await asyncio.to_thread(self.down)
         return self.summary(report, time.monotonic() - started)
 
-    @contextlib.contextmanager
-    def view(self) -> Iterator[None]:
+    def view(self) -> contextlib.AbstractContextManager[object]:
+        """The live view, redrawn four times a second, on a terminal; nothing elsewhere."""
         if not self.live:
-            yield
-            return
-        with Live(screen(self.watch), console=self.console, refresh_per_second=4) as live:
-            refresher = _Refresher(live, self.watch)
-            refresher.start()
-            try:
-                yield
-            finally:
-                refresher.stop()
+            return contextlib.nullcontext()
+        return Live(get_renderable=lambda: screen(self.watch), console=self.console,
+                    refresh_per_second=4)  # fmt: skip
 
     def report(self, elapsed_s: float) -> None:
         minutes = int(elapsed_s // 60) + 2
@@ -270,7 +270,7 @@ class Demo:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
-        if hasattr(self, "broker"):
+        if self.broker is not None:
             delete_vhost(self.broker.vhost)
 
     # ---- the end -------------------------------------------------------------------
@@ -310,27 +310,6 @@ class Demo:
             table.add_row(name, "[green]yes[/]" if ok else "[red]NO[/]")
         self.console.print(table)
         return 0 if all(checks.values()) else 1
-
-
-class _Refresher:
-    """Redraws the live view a few times a second from the event loop."""
-
-    def __init__(self, live: Live, watch: Watch) -> None:
-        self.live, self.watch = live, watch
-        self.task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._run())
-
-    def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-        self.live.update(screen(self.watch))
-
-    async def _run(self) -> None:
-        while True:
-            self.live.update(screen(self.watch))
-            await asyncio.sleep(0.25)
 
 
 def run_demo(settings: DemoSettings) -> int:

@@ -104,7 +104,7 @@ class Gateway:
         await self._journal.catch_up()
         app = web.Application(middlewares=[self._authenticate])
         app.on_response_prepare.append(_secure)
-        add_page_routes(app, self._login)
+        add_page_routes(app, self._identify)
         app.router.add_get("/openapi.json", self._openapi)
         ns = "/v1/namespaces/{namespace}"
         app.router.add_get(f"{ns}/deployments", self._list)
@@ -135,7 +135,7 @@ class Gateway:
         if is_public(request):
             return await handler(request)
         try:
-            caller = identify(credential(request), self._public, self.state.revoked)
+            caller = self._identify(credential(request))
         except InvalidKey as error:
             return _error(401, str(error))
         if cross_site(request):
@@ -154,13 +154,13 @@ class Gateway:
         except BusError as error:
             return _error(503, f"the control plane did not answer: {error}")
 
-    def _login(self, api_key: str) -> Caller:
-        """Who an API key (or broker token) pasted into the page's login form is.
+    def _identify(self, credential: str) -> Caller:
+        """Who an API key or broker token (a request's, or one pasted into the login form) is.
 
         Raises:
             InvalidKey: a bad or revoked credential.
         """
-        return identify(api_key, self._public, self.state.revoked)
+        return identify(credential, self._public, self.state.revoked)
 
     async def _ask(self, message: Message, expect: type[Any]) -> Any:
         """Send ``message`` by RPC as its owner (the reply must go to a queue of the owner's)."""
