@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bus.devservices import DevServiceError, apt_install, ensure_daemon, run_command
 
-__all__ = ["TEST_IMAGE", "busybox_image", "docker_running", "ensure_docker"]
+__all__ = ["TEST_IMAGE", "busybox_image", "docker_running", "ensure_docker", "image_present"]
 
 #: The image tests and benchmarks run: busybox's shell and tools as /bin/*.
 TEST_IMAGE = "idlecloud/busybox:test"
@@ -46,6 +46,14 @@ def docker_running() -> bool:
         check=False,
     )
     return probe.returncode == 0
+
+
+def image_present(tag: str) -> bool:
+    """True if the Docker engine holds an image of this tag."""
+    present = subprocess.run(
+        [_docker(), "image", "inspect", tag], capture_output=True, timeout=30, check=False
+    )
+    return present.returncode == 0
 
 
 def ensure_docker(timeout_s: float = 60.0) -> None:
@@ -80,10 +88,7 @@ def busybox_image(tag: str = TEST_IMAGE) -> str:
     Raises:
         DevServiceError: dockerd is not running or busybox-static cannot be installed.
     """
-    present = subprocess.run(
-        [_docker(), "image", "inspect", tag], capture_output=True, timeout=30, check=False
-    )
-    if present.returncode == 0:
+    if image_present(tag):
         return tag
     static = subprocess.run(
         ["dpkg-query", "-W", "-f=${Status}", "busybox-static"],

@@ -4,9 +4,9 @@ No registry is reachable, so the image is made from a root file system that
 ``debootstrap --variant=minbase --include=python3,python3-venv bookworm`` builds (once,
 cached under :data:`CACHE`), into which the project and what a worker needs of its
 dependencies are installed from wheels made on the host (``pip wheel``), with no network
-inside. An app's own code
-is copied to :data:`WORKER_APP_DIR`. The tag carries a hash of everything that went in,
-so a changed source makes a new image and an unchanged one is reused at once.
+inside. An app's own code is copied to :data:`WORKER_APP_DIR`. The tag carries a hash of
+everything that went in, so a changed source makes a new image and an unchanged one is
+reused at once.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from bus.devdocker import docker_running
+from bus.devdocker import docker_running, image_present
 from bus.devservices import DevServiceError, apt_install, run_command
 
 __all__ = ["CACHE", "WORKER_APP_DIR", "worker_image"]
@@ -83,9 +83,7 @@ def worker_image(app_dir: Path, name: str = "idlecloud/worker") -> str:
     if not docker_running():
         raise DevServiceError("dockerd is not running; start it with `bus dev up --docker`")
     tag = f"{name}:{_digest(app_dir)}"
-    present = subprocess.run(["docker", "image", "inspect", tag], capture_output=True,
-                             timeout=30, check=False)  # fmt: skip
-    if present.returncode == 0:
+    if image_present(tag):
         return tag
     base = _base_root()
     with tempfile.TemporaryDirectory(prefix="idlecloud-image-") as folder:
