@@ -12,7 +12,6 @@ gateway never grants. Every answer carries a strict Content-Security-Policy.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from aiohttp import web
 
 from services.auth.tokens import InvalidKey, bearer_credential
 from services.gateway.auth import Caller
+from services.gateway.bodies import json_error, json_object
 
 __all__ = [
     "CALLER",
@@ -100,21 +100,17 @@ def add_page_routes(app: web.Application, login: Callable[[str], Caller]) -> Non
         return web.FileResponse(STATIC / "index.html")
 
     async def log_in(request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            body = None
+        body = await json_object(request)
         key = body.get("api_key") if isinstance(body, dict) else None
         if not isinstance(key, str) or not key.strip():
-            return web.json_response({"error": "paste your API key"}, status=422)
+            return json_error(422, "paste your API key")
         try:
             caller = login(key.strip())
-        except InvalidKey as error:
-            return web.json_response({"error": str(error)}, status=401)
+        except InvalidKey as refused:
+            return json_error(401, str(refused))
         if caller.role not in ("user", "admin"):
-            return web.json_response(
-                {"error": f"a {caller.role}'s key cannot log in; use a user's or admin's key"},
-                status=403,
+            return json_error(
+                403, f"a {caller.role}'s key cannot log in; use a user's or admin's key"
             )
         response = web.json_response(_caller_json(caller))
         response.set_cookie(SESSION_COOKIE, key.strip(), httponly=True, samesite="Strict",

@@ -14,7 +14,6 @@ an invalid body (one message per field), 503 when the control plane does not ans
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import uuid
@@ -47,6 +46,7 @@ from schemas import (
 from schemas.base import DNS_LABEL_PATTERN
 from services.auth.tokens import InvalidKey
 from services.gateway.auth import Caller, identify
+from services.gateway.bodies import json_error, json_object
 from services.gateway.openapi import openapi
 from services.gateway.page import (
     CALLER,
@@ -75,10 +75,6 @@ class GatewaySettings:
     public_key_file: Path
     http_host: str = "127.0.0.1"
     http_port: int = 8480
-
-
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
 
 
 class Gateway:
@@ -137,22 +133,22 @@ class Gateway:
         try:
             caller = self._identify(credential(request))
         except InvalidKey as error:
-            return _error(401, str(error))
+            return json_error(401, str(error))
         if cross_site(request):
-            return _error(403, f"a change made from the page must carry {PAGE_HEADER}: 1")
+            return json_error(403, f"a change made from the page must carry {PAGE_HEADER}: 1")
         for part in ("namespace", "app", "node"):
             value = request.match_info.get(part)
             if value is not None and not _LABEL.fullmatch(value):
-                return _error(404, f"no {part} is named {value!r}: names are DNS labels "
+                return json_error(404, f"no {part} is named {value!r}: names are DNS labels "
                                    "(lower-case letters, digits and dashes)")  # fmt: skip
         namespace = request.match_info.get("namespace")
         if namespace is not None and not caller.may_act_for(namespace):
-            return _error(403, f"{caller.role} {caller.subject} may not act for {namespace}")
+            return json_error(403, f"{caller.role} {caller.subject} may not act for {namespace}")
         request[CALLER] = caller
         try:
             return await handler(request)
         except BusError as error:
-            return _error(503, f"the control plane did not answer: {error}")
+            return json_error(503, f"the control plane did not answer: {error}")
 
     def _identify(self, credential: str) -> Caller:
         """Who an API key or broker token (a request's, or one pasted into the login form) is.
@@ -177,7 +173,7 @@ class Gateway:
             unknown = isinstance(message, ScaleRequest | DeleteRequest) and (
                 (message.namespace, message.app) not in self.state.deployments
             )
-            return _error(404 if unknown else 409, result.reason)
+            return json_error(404 if unknown else 409, result.reason)
         return web.json_response({"accepted": True, "request_id": result.request_id},
                                  status=201 if created else 200)  # fmt: skip
 
@@ -196,20 +192,11 @@ class Gateway:
         namespace, app = request.match_info["namespace"], request.match_info["app"]
         reply = await self._apps(namespace, app)
         if not reply.apps:
-            return _error(404, f"{namespace} has no app {app!r}")
+            return json_error(404, f"{namespace} has no app {app!r}")
         return web.json_response(reply.apps[0].model_dump(mode="json"))
 
-    async def _body(self, request: web.Request) -> dict[str, Any] | web.Response:
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error(422, "the body is not JSON")
-        if not isinstance(body, dict):
-            return _error(422, "the body must be a JSON object")
-        return body
-
     async def _deploy(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
+        body = await json_object(request)
         if isinstance(body, web.Response):
             return body
         for key in ("command", "ports"):
@@ -223,7 +210,7 @@ class Gateway:
         return await self._submit(deploy, created=True)
 
     async def _scale(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
+        body = await json_object(request)
         if isinstance(body, web.Response):
             return body
         try:
@@ -253,10 +240,10 @@ class Gateway:
 
     async def _cordon(self, request: web.Request) -> web.Response:
         if request[CALLER].role != "admin":
-            return _error(403, "only an admin cordons, drains or uncordons a PC")
+            return json_error(403, "only an admin cordons, drains or uncordons a PC")
         action = request.match_info["action"]
         if action not in ("cordon", "uncordon", "drain"):
-            return _error(404, f"no action {action!r}; use cordon, uncordon or drain")
+            return json_error(404, f"no action {action!r}; use cordon, uncordon or drain")
         typed: Literal["cordon", "uncordon", "drain"] = action  # type: ignore[assignment]
         try:
             cordon = CordonRequest(request_id=uuid.uuid4().hex[:16],
@@ -293,7 +280,7 @@ async def _secure(_request: web.Request, response: web.StreamResponse) -> None:
 
 def _invalid(error: ValidationError | TypeError) -> web.Response:
     if isinstance(error, TypeError):
-        return _error(422, str(error))
+        return json_error(422, str(error))
     fields = {".".join(map(str, e["loc"])) or "body": e["msg"] for e in error.errors()}
     message = "; ".join(f"{field}: {msg}" for field, msg in fields.items())
     return web.json_response({"error": f"invalid: {message}", "fields": fields}, status=422)
