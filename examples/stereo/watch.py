@@ -73,21 +73,20 @@ class Watch:
     used_again_at: float | None = None
     _at_person: set[str] = field(default_factory=set)  # our replicas on the person's PC
     changed: asyncio.Event = field(default_factory=asyncio.Event)
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _asking: asyncio.Task[None] | None = None
 
     def progress(self, done: int) -> None:
         """The job has ``done`` tasks done."""
         self.done = done
         self.changed.set()
 
-    async def until(self, predicate: Callable[[], bool], timeout_s: float | None = None) -> bool:
-        """Wait until ``predicate`` holds (re-checked at every change); False on time-out."""
+    async def until(self, predicate: Callable[[], bool], timeout_s: float | None = None) -> None:
+        """Wait until ``predicate`` holds (re-checked at every change), or ``timeout_s``."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 while not predicate():
                     self.changed.clear()
                     await self.changed.wait()
-        return predicate()
 
     async def start(self, bus: Bus) -> None:
         """Tap the events and start asking placement."""
@@ -99,12 +98,12 @@ class Watch:
         await tap.consume(self._on_event, no_ack=True)
         nodes = await RpcClient(bus, Owner.platform()).start()
         apps = await RpcClient(bus, Owner.namespace(self.namespace)).start()
-        self._tasks.append(asyncio.create_task(self._ask(nodes, apps)))
+        self._asking = asyncio.create_task(self._ask(nodes, apps))
 
     async def stop(self) -> None:
         """Stop asking."""
-        for task in self._tasks:
-            task.cancel()
+        if self._asking is not None:
+            self._asking.cancel()
 
     async def _ask(self, nodes: RpcClient, apps: RpcClient) -> None:
         while True:
