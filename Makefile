@@ -5,7 +5,9 @@
 # with a locally built image, InfluxDB and Chromium) through bus.devservices, devdocker
 # and devinflux.
 
-PYTHON ?= python3
+# Replicas run under uids of their own and must be able to run the virtual environment's
+# interpreter: Debian's /usr/bin/python3, not one in a private folder such as /root/.pyenv.
+PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
@@ -14,9 +16,9 @@ RUNTIME ?= process
 
 .PHONY: demo test lint format install services clean
 
-$(STAMP): pyproject.toml
-	@$(PYTHON) -m venv --help >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q python3-venv; }
-	$(PYTHON) -m venv $(VENV)
+$(STAMP): pyproject.toml Makefile
+	@$(PYTHON) -c 'import ensurepip' >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q python3-venv; }
+	$(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $@

@@ -8,14 +8,14 @@ one node and one managed pod per PC. Each trial publishes a PC's presence as its
 would and polls the stand-in every millisecond.
 
 Usage: python bench/kube_cordon.py [--trials 30] [--pcs 4]
-Prints p50 and p99 of each; the last line is `cordon_and_evict_p99_ms: X`.
+Prints the sample count, p50, p99 (with 100 trials or more) and max of each; the last
+line is `cordon_and_evict_max_ms: X`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 import tempfile
 import time
@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.figures import percentile  # noqa: E402
+from bench.figures import summary  # noqa: E402
 from bus.connection import Bus  # noqa: E402
 from bus.devservices import create_vhost, delete_vhost, ensure_rabbitmq  # noqa: E402
 from bus.topology import declare_platform  # noqa: E402
@@ -33,13 +33,6 @@ from schemas import NodePresence, Presence, PresenceCause, PresenceState, utc_no
 from services.kubebridge.service import BridgeSettings, KubeBridge  # noqa: E402
 from tests.helpers import wait_until  # noqa: E402
 from tests.kube_standin import StandIn  # noqa: E402
-
-
-def percentiles(values: list[float]) -> tuple[float, float]:
-    ordered = sorted(values)
-    return statistics.median(ordered), ordered[
-        min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))
-    ]
 
 
 async def main(trials: int, pc_count: int) -> None:
@@ -85,9 +78,7 @@ async def main(trials: int, pc_count: int) -> None:
         await api.stop()
         delete_vhost(broker.vhost)
     print(f"trials: {trials}, PCs and nodes: {pc_count}, resync_s: {settings.resync_s}")
-    for name, values in (("uncordon", uncordon_ms), ("cordon_and_evict", cordon_ms)):
-        print(f"{name}_p50_ms: {statistics.median(values):.1f}")
-        print(f"{name}_p99_ms: {percentile(values, 0.99):.1f}")
+    print("\n".join(summary("uncordon", uncordon_ms) + summary("cordon_and_evict", cordon_ms)))
 
 
 if __name__ == "__main__":

@@ -9,14 +9,14 @@ most replicas (`bus sim kill`: its agent and replicas die at once) and times unt
 comes back for the next trial.
 
 Usage: python bench/node_loss.py [--trials 10]
-Prints p50 and p99; the last line is `replacement_p99_s: X` (goal: <= 5).
+Prints the sample count, p50, p99 (with 100 trials or more) and max; the last line is
+`replacement_max_s: X` (goal: <= 5).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 import tempfile
 import time
@@ -27,7 +27,7 @@ from aio_pika.abc import AbstractIncomingMessage
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.figures import percentile  # noqa: E402
+from bench.figures import summary  # noqa: E402
 from bus.devservices import ensure_rabbitmq  # noqa: E402
 from schemas import ReplicaState, ReplicaStatus  # noqa: E402
 from services.placement.service import PlacementSettings  # noqa: E402
@@ -76,10 +76,8 @@ async def main(trials: int) -> None:
             plane.simulation.up(plane.url, tuple(pc for pc in pcs if pc.name == victim),
                                 extra_args=AGENT_ARGS)  # fmt: skip
             await asyncio.sleep(2.0)  # it heartbeats again before the next trial
-    p99 = percentile(seconds, 0.99)
     print(f"trials: {trials}, replicas: {REPLICAS}, node_timeout_s: 3, heartbeat 1 s")
-    print(f"replacement_p50_s: {statistics.median(seconds):.2f}")
-    print(f"replacement_p99_s: {p99:.2f}")
+    print("\n".join(summary("replacement", seconds, unit="s", digits=2)))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from bus.connection import Bus
     from nodeagent.runtime.spec import ReplicaInfo, ReplicaSpec
 
@@ -30,8 +32,13 @@ class Runtime(Protocol):
 
     name: str
 
-    async def start(self, spec: ReplicaSpec) -> None:
-        """Start a replica unless one with its id already exists."""
+    async def start(self, spec: ReplicaSpec, *, may_run: Callable[[], bool]) -> None:
+        """Start a replica unless one with its id already exists.
+
+        ``may_run`` is asked at the last moment before the replica's process would begin;
+        if it says no, nothing runs and :class:`~nodeagent.runtime.spec.StartCancelled`
+        is raised.
+        """
 
     async def pause(self, replica_id: str) -> None:
         """Freeze a replica in place: it keeps its memory and uses no CPU."""

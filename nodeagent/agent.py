@@ -2,7 +2,11 @@
 
 It feeds the presence signals into the pure :class:`~nodeagent.policy.PresencePolicy` and
 carries out its decisions: on a login the replicas are paused *before* anyone is told,
-then ``NodePresence`` is published; they resume (or are evicted) as the policy says. It
+then ``NodePresence`` is published; they resume (or are evicted) as the policy says. A
+start never outruns presence: the policy's verdict holds from the instant a signal
+arrives, the runtime asks it once more just before a replica's process would begin, a
+replica whose start finishes after a person arrived is paused at once, and the pause on
+arrival waits for the starts in flight before the platform is told. It
 consumes its own command queue (``node.<node>.commands``), dropping commands whose leader
 epoch is older than the newest it has seen, so a deposed leader cannot undo its
 successor's work. Each replica gets the container contract in its environment (broker
@@ -37,7 +41,7 @@ from nodeagent.input import InputSource
 from nodeagent.load import ForeignLoadSource
 from nodeagent.policy import Action, Decision, Observation, PolicySettings, PresencePolicy
 from nodeagent.reports import heartbeat, metric_sample
-from nodeagent.runtime.spec import ReplicaInfo, ReplicaSpec, StartFailed
+from nodeagent.runtime.spec import ReplicaInfo, ReplicaSpec, StartCancelled, StartFailed
 from nodeagent.sessions import SessionSource
 from nodeagent.timetable import Timetable
 from nodeagent.tokens import TokenFiles
@@ -60,6 +64,9 @@ __all__ = ["Agent", "AgentSettings"]
 
 #: Replicas in these states hold no resources (they wait only for their StopReplica).
 _ENDED = frozenset({ReplicaState.EXITED, ReplicaState.FAILED})
+#: How long a person's arrival waits for starts in flight to pause before it is announced
+#: (a start still pulling an image then pauses itself, or is cancelled, when it ends).
+_STARTS_SETTLE_S = 2.0
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +136,10 @@ class Agent:
             platform_users=settings.platform_users,
         )
         self._decision: Decision | None = None
+        self._announced: Presence | None = None
+        self._acting = asyncio.Lock()  # decisions are carried out one at a time, in order
+        #: Starts in flight: their reservation, and a future done once each settled.
+        self._starting: dict[str, tuple[Resources, asyncio.Future[None]]] = {}
         self._epoch = 0
         self._seq = 0
         self._bus: Bus | None = None
@@ -163,7 +174,7 @@ class Agent:
         self._sessions.start()
         self._input.start()
         self._load.start()
-        await self._carry_out(self._policy.observe(self._observation()))
+        await self._carry_out(self._decide())
         await self._commands.start(bus)
         self._spawn(self._heartbeats())
         self._spawn(self._samples())
@@ -198,25 +209,36 @@ class Agent:
 
     def _on_signal(self, *_news: object) -> None:
         """A source changed (sessions, a load sample) or a timer fired: observe everything."""
-        self._spawn(self._carry_out(self._policy.observe(self._observation())))
+        self._spawn(self._carry_out(self._decide()))
+
+    def _decide(self) -> Decision:
+        """Observe every signal now; the verdict holds from this instant, for starts too."""
+        self._decision = self._policy.observe(self._observation())
+        return self._decision
 
     async def _carry_out(self, decision: Decision) -> None:
-        """Pause first, tell afterwards; then resume or evict as decided."""
-        previous, self._decision = self._decision, decision
-        replicas = await self.runtime.replicas()
-        for action in decision.actions:
-            if action is Action.PAUSE_ALL:
-                running = [r for r in replicas if r.state is ReplicaState.RUNNING]
-                await asyncio.gather(*(self.runtime.pause(r.replica_id) for r in running))
-            elif action is Action.RESUME_ALL:
-                paused = [r for r in replicas if r.state is ReplicaState.PAUSED]
-                await asyncio.gather(*(self.runtime.resume(r.replica_id) for r in paused))
-            else:
-                paused = [r for r in replicas if r.state is ReplicaState.PAUSED]
-                await asyncio.gather(*(self.runtime.stop(r.replica_id, 0) for r in paused))
-        if previous is None or previous.presence is not decision.presence:
-            await self.bus.publish(NodePresence(node=self.settings.node, presence=self._presence()))
-        self._schedule(decision.next_check_at)
+        """Pause first, tell afterwards; then resume or evict as decided. Decisions are
+        carried out in the order they were made, so the last one told is the latest."""
+        async with self._acting:
+            replicas = await self.runtime.replicas()
+            for action in decision.actions:
+                if action is Action.PAUSE_ALL:
+                    running = [r for r in replicas if r.state is ReplicaState.RUNNING]
+                    await asyncio.gather(*(self.runtime.pause(r.replica_id) for r in running))
+                    if settling := [done for _, done in self._starting.values()]:
+                        await asyncio.wait(settling, timeout=_STARTS_SETTLE_S)
+                elif action is Action.RESUME_ALL:
+                    paused = [r for r in replicas if r.state is ReplicaState.PAUSED]
+                    await asyncio.gather(*(self.runtime.resume(r.replica_id) for r in paused))
+                else:
+                    paused = [r for r in replicas if r.state is ReplicaState.PAUSED]
+                    await asyncio.gather(*(self.runtime.stop(r.replica_id, 0) for r in paused))
+            # its own verdict: a newer one waits for the lock, and is told after its actions
+            presence = self._presence(decision)
+            if self._announced is None or self._announced.state is not presence.state:
+                self._announced = presence
+                await self.bus.publish(NodePresence(node=self.settings.node, presence=presence))
+            self._schedule(decision.next_check_at)
 
     def _schedule(self, at: float | None) -> None:
         """Wake at the policy's next check, or when the timetable next flips if sooner."""
@@ -232,8 +254,9 @@ class Agent:
             delay_s = max(0.0, at - self._clock())
             self._timer = asyncio.get_running_loop().call_later(delay_s, self._on_signal)
 
-    def _presence(self) -> Presence:
-        decision = self.decision
+    def _presence(self, decision: Decision | None = None) -> Presence:
+        """What ``decision`` (by default the latest) says of presence."""
+        decision = decision or self.decision
         since = utc_now() - timedelta(seconds=max(0.0, self._clock() - decision.since))
         return Presence(state=decision.presence, cause=decision.cause, since=since)
 
@@ -281,17 +304,24 @@ class Agent:
             return
         await self.bus.publish(status)
 
+    def _refusal(self) -> str:
+        """Why this PC takes no replica now."""
+        return f"this PC is {self.decision.phase} ({self.decision.cause})"
+
     async def _start(self, command: StartReplica) -> None:
         replicas = await self.runtime.replicas()
-        if any(r.replica_id == command.replica_id for r in replicas):
-            return  # idempotent: it runs already
+        if command.replica_id in self._starting or any(
+            r.replica_id == command.replica_id for r in replicas
+        ):
+            return  # idempotent: it runs, or starts, already
         reason = ""
         if not self.decision.accepting:
-            reason = f"this PC is {self.decision.phase} ({self.decision.cause})"
+            reason = self._refusal()
         else:
-            live = [r for r in replicas if r.state not in _ENDED]
-            used_cpu = sum(r.reservation.cpu_millicores for r in live)
-            used_mib = sum(r.reservation.memory_mib for r in live)
+            held = [r.reservation for r in replicas if r.state not in _ENDED]
+            held += [reservation for reservation, _ in self._starting.values()]
+            used_cpu = sum(r.cpu_millicores for r in held)
+            used_mib = sum(r.memory_mib for r in held)
             free = self.settings.allocatable
             wanted = command.reservation
             if (
@@ -302,35 +332,50 @@ class Agent:
                     f"needs {wanted.cpu_millicores}m/{wanted.memory_mib}MiB, free "
                     f"{free.cpu_millicores - used_cpu}m/{free.memory_mib - used_mib}MiB"
                 )
+        state = ReplicaState.FAILED
         if not reason:
-            env = {
-                **command.env,
-                "IDLECLOUD_URL": self.settings.replica_url,
-                "IDLECLOUD_NAMESPACE": command.namespace,
-                "IDLECLOUD_APP": command.app,
-                "IDLECLOUD_REPLICA": command.replica_id,
-            }
-            spec = ReplicaSpec(
-                command.replica_id,
-                command.namespace,
-                command.app,
-                command.image,
-                command.command,
-                env,
-                command.reservation.cpu_millicores,
-                command.reservation.memory_mib,
-                # no token (a platform without the auth service): the URL's credentials serve
-                self.tokens.write(command.replica_id, command.token) if command.token else None,
-            )
+            settled = asyncio.get_running_loop().create_future()
+            self._starting[command.replica_id] = (command.reservation, settled)
             try:
-                await self.runtime.start(spec)
-            except StartFailed as error:
-                reason = str(error)
-                self.tokens.remove(command.replica_id)
-        state = ReplicaState.FAILED if reason else ReplicaState.RUNNING
+                state, reason = await self._run(command)
+            finally:
+                del self._starting[command.replica_id]
+                settled.set_result(None)
         await self._publish_status(
             command.replica_id, command.namespace, command.app, state, reason
         )
+
+    async def _run(self, command: StartReplica) -> tuple[ReplicaState, str]:
+        """Start the replica; paused at once if a person arrived while it started."""
+        env = {
+            **command.env,
+            "IDLECLOUD_URL": self.settings.replica_url,
+            "IDLECLOUD_NAMESPACE": command.namespace,
+            "IDLECLOUD_APP": command.app,
+            "IDLECLOUD_REPLICA": command.replica_id,
+        }
+        spec = ReplicaSpec(
+            command.replica_id,
+            command.namespace,
+            command.app,
+            command.image,
+            command.command,
+            env,
+            command.reservation.cpu_millicores,
+            command.reservation.memory_mib,
+            # no token (a platform without the auth service): the URL's credentials serve
+            self.tokens.write(command.replica_id, command.token) if command.token else None,
+        )
+        try:
+            await self.runtime.start(spec, may_run=lambda: self.decision.accepting)
+        except StartFailed as error:
+            self.tokens.remove(command.replica_id)
+            reason = self._refusal() if isinstance(error, StartCancelled) else str(error)
+            return ReplicaState.FAILED, reason
+        if not self.decision.accepting:  # a person arrived while it started
+            await self.runtime.pause(command.replica_id)
+            return ReplicaState.PAUSED, self._refusal()
+        return ReplicaState.RUNNING, ""
 
     async def _publish_status(
         self,

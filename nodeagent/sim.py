@@ -1,7 +1,13 @@
 """Simulated lab PCs: real agents on one machine, for tests, benchmarks and the demo.
 
 Each simulated PC is a real `bus agent run` process (process runtime) with its own name,
-capacity, utmp file and state folder under one simulation folder. Logging a person in
+capacity, utmp file and state folder under one simulation folder, and its own range of
+replica uids (1,000 of them, from a block chosen by the folder and the PC's name, and
+never shared within a simulation). Replicas' homes and tokens go under
+``/var/tmp/idlecloud-sim/<folder's hash>/<pc>``, a folder every replica uid can reach
+whatever the simulation folder's own permissions. Run as root, as on a lab PC, every
+replica gets a uid of its own; run as anyone else the agents are told
+``--insecure-same-user``, and say so: their replicas then run as you. Logging a person in
 writes a real utmp record into that PC's file; killing a PC kills its agent and every
 replica it ran, as pulling the plug would. ``sim.json`` in the folder remembers the PCs so
 separate `bus sim` commands act on the same simulation.
@@ -10,8 +16,11 @@ separate `bus sim` commands act on the same simulation.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,9 +30,12 @@ from pathlib import Path
 
 import psutil
 
+from nodeagent.runtime.identity import UidRange, uid_block
 from nodeagent.utmp import read_sessions, write_login, write_logout
 
 __all__ = ["THESIS_PCS", "SimPC", "Simulation", "node_containers", "remove_containers"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +101,14 @@ class Simulation:
         """The state folder of PC ``name``."""
         return self.folder / name / "state"
 
+    def _replica_root(self) -> Path:
+        digest = hashlib.sha256(str(self.folder.resolve()).encode()).hexdigest()[:12]
+        return Path("/var/tmp/idlecloud-sim") / digest
+
+    def replica_dir(self, name: str) -> Path:
+        """Where PC ``name``'s replicas have their homes and tokens."""
+        return self._replica_root() / name
+
     def up(
         self,
         url: str,
@@ -107,9 +127,18 @@ class Simulation:
         """
         known = self._load()
         started = []
+        same_user = () if os.geteuid() == 0 else ("--insecure-same-user",)
+        if same_user:
+            logger.warning(
+                "simulated PCs run their replicas as your own user (--insecure-same-user): "
+                "run as root to give each a uid of its own"
+            )
         for pc in pcs:
             if pc.name in known and self._alive(known[pc.name]):
                 continue
+            taken = [UidRange.parse(str(e["replica_uids"]))
+                     for n, e in known.items() if n != pc.name and "replica_uids" in e]  # fmt: skip
+            uids = str(uid_block(f"{self.folder.resolve()}/{pc.name}", taken))
             (self.folder / pc.name / "input").mkdir(parents=True, exist_ok=True)
             self.utmp(pc.name).touch()
             log = (self.folder / pc.name / "agent.log").open("ab")
@@ -118,6 +147,8 @@ class Simulation:
                     sys.executable, "-m", "bus", "agent", "run", "--url", url,
                     "--node", pc.name, "--utmp", str(self.utmp(pc.name)),
                     "--state-dir", str(self.state_dir(pc.name)),
+                    "--replica-dir", str(self.replica_dir(pc.name)), "--replica-uids", uids,
+                    *same_user,
                     # its own (empty) input folder: the host's keyboard is no PC's person
                     "--input-dir", str(self.folder / pc.name / "input"),
                     "--cpu-millicores", str(pc.cpu_millicores),
@@ -135,6 +166,7 @@ class Simulation:
             known[pc.name] = {
                 **asdict(pc),
                 "runtime": runtime,
+                "replica_uids": uids,
                 "pid": process.pid,
                 "started_at": psutil.Process(process.pid).create_time(),
             }
@@ -229,3 +261,4 @@ class Simulation:
         for name in known:
             self.kill(name)
         self._record.unlink(missing_ok=True)
+        shutil.rmtree(self._replica_root(), ignore_errors=True)

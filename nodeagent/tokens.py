@@ -4,7 +4,9 @@ A replica reads its token from ``<folder>/token`` (the Docker runtime mounts the
 read-only at :data:`MOUNT_POINT`). A renewal writes a new file beside the old one and
 renames it over it, so a reader sees the old token or the new one, never half of either;
 mounting the folder rather than the file is what lets a container see the renamed file.
-The tokens' parent folder is private to the agent's user.
+The runtime hands each folder to the identity its replica runs as (mode 0500, the file
+0400); a renewed file takes the owner of its folder, so only that replica reads it. The
+tokens' parent folder may be passed through but not listed.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["MOUNT_POINT", "TOKEN_FILE_ENV", "TokenFiles"]
+__all__ = ["MOUNT_POINT", "TOKEN_FILE_ENV", "TokenFiles", "hand_over"]
 
 #: Where a container finds its token folder.
 MOUNT_POINT = "/run/idlecloud"
@@ -21,13 +23,19 @@ MOUNT_POINT = "/run/idlecloud"
 TOKEN_FILE_ENV = "IDLECLOUD_TOKEN_FILE"
 
 
-class TokenFiles:
-    """Writes, renews and removes each replica's token file under ``state_dir/tokens``."""
+def hand_over(folder: Path, uid: int, gid: int) -> None:
+    """Make a token folder and its file the replica's identity's (and nobody else's)."""
+    for path in (folder, *folder.iterdir()):
+        os.chown(path, uid, gid, follow_symlinks=False)
 
-    def __init__(self, state_dir: Path) -> None:
-        self._root = state_dir / "tokens"
+
+class TokenFiles:
+    """Writes, renews and removes each replica's token file under ``replica_dir/tokens``."""
+
+    def __init__(self, replica_dir: Path) -> None:
+        self._root = replica_dir / "tokens"
         self._root.mkdir(parents=True, exist_ok=True)
-        self._root.chmod(0o700)
+        self._root.chmod(0o711)
 
     def folder(self, replica_id: str) -> Path:
         """The folder holding ``replica_id``'s token."""
@@ -36,11 +44,13 @@ class TokenFiles:
     def write(self, replica_id: str, token: str) -> Path:
         """Put ``token`` in the replica's file, atomically; returns the replica's folder."""
         folder = self.folder(replica_id)
-        folder.mkdir(exist_ok=True)
-        folder.chmod(0o755)  # the container's unprivileged user must read it
+        folder.mkdir(mode=0o500, exist_ok=True)
+        owner = folder.stat()
         staged = folder / ".token.new"
-        staged.write_text(token)
-        staged.chmod(0o444)
+        descriptor = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o400)
+        with os.fdopen(descriptor, "w") as file:
+            os.fchown(file.fileno(), owner.st_uid, owner.st_gid)
+            file.write(token)
         os.replace(staged, folder / "token")
         return folder
 

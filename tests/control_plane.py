@@ -46,6 +46,8 @@ FAST = PlacementSettings(
 AGENT_ARGS = ("--start-idle-s", "0", "--continue-idle-s", "0.5", "--heartbeat-s", "0.3",
               "--load-sample-s", "60")  # fmt: skip
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def thesis_pcs(suffix: str) -> tuple[SimPC, ...]:
     """Edge (8 cores), Ninja, Jonathan and Penguin (4 each), named for one test."""
@@ -94,6 +96,7 @@ class Plane:
         return await self.request(Owner.namespace(namespace), DeployRequest(
             request_id=uuid.uuid4().hex[:16], namespace=namespace, app=app, image="local",
             command=command, replicas=replicas, cpu_millicores=cpu_millicores, memory_mib=128,
+            env={"PYTHONPATH": str(ROOT)},  # replicas run in a home of their own, not here
         ))  # fmt: skip
 
     async def apps(self, namespace: str) -> AppsReply:

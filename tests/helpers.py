@@ -18,6 +18,7 @@ from bus.codec import decode_event
 from bus.connection import Bus
 from bus.topology import QueueSpec
 from nodeagent.agent import Agent, AgentSettings
+from nodeagent.runtime.identity import Identities, uid_block
 from nodeagent.runtime.process import ProcessRuntime
 from nodeagent.tokens import TokenFiles
 from schemas import Message
@@ -99,8 +100,21 @@ async def collect_events(
     return found
 
 
+def replica_dir(node: str) -> Path:
+    """Where a test PC's replicas have their homes and tokens: a folder their uids can
+    reach (pytest's own temporary folders are private to root)."""
+    return Path("/var/tmp/idlecloud-test") / node
+
+
+def identities(node: str) -> Identities:
+    """Replica identities for a test PC: a uid block of its own, chosen by its name."""
+    return Identities(replica_dir(node), uid_block(f"test/{node}"))
+
+
 def process_runtime(state_dir: Path, node: str, **options: Any) -> ProcessRuntime:
-    """A process runtime whose cgroups live under a test-only parent named for ``node``."""
+    """A process runtime whose cgroups live under a test-only parent named for ``node``,
+    with replicas under identities of their own."""
+    options.setdefault("identities", identities(node))
     return ProcessRuntime(state_dir, cgroup_parent=f"idlecloud-test/{node}", **options)
 
 
@@ -111,7 +125,7 @@ async def running_agent(
     """An agent (by default with the process runtime) started on ``bus``; stopped with its
     replicas."""
     runtime = runtime or process_runtime(state_dir, settings.node)
-    agent = Agent(settings, runtime, TokenFiles(state_dir))
+    agent = Agent(settings, runtime, TokenFiles(replica_dir(settings.node)))
     await agent.start(bus)
     try:
         yield agent
@@ -120,3 +134,8 @@ async def running_agent(
         for replica in await agent.runtime.replicas():
             await agent.runtime.stop(replica.replica_id, 0)
         await agent.runtime.close()
+
+
+def always() -> bool:
+    """A runtime's ``may_run`` for tests with no presence: the PC always takes replicas."""
+    return True

@@ -262,7 +262,8 @@ async def test_replicas_work_with_their_own_tokens_renewed_before_they_expire(
         assert (await plane.deploy("alice", "sdk", 2, command=worker)).accepted
         async with watched(plane, "alice") as watcher:
             await until(lambda: watcher.running["alice"] == 2, "2 workers", 60)
-            token_files = list((tmp_path / "sim").glob("*/state/tokens/*/token"))
+            tokens = plane.simulation.replica_dir(pcs[0].name) / "tokens"
+            token_files = list(tokens.glob("*/token"))
             assert len(token_files) == 2
             first = {path: path.read_text() for path in token_files}
             claims = jwt.decode(next(iter(first.values())), options={"verify_signature": False})

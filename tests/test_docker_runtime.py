@@ -36,7 +36,7 @@ from schemas import (
     StartReplica,
 )
 
-from .helpers import Events, collect_events, running_agent, wait_until
+from .helpers import Events, always, collect_events, running_agent, wait_until
 
 SPIN = ("sh", "-c", "while :; do :; done")
 MOUNTS = Mounts.read()
@@ -94,8 +94,8 @@ async def test_a_container_is_confined_to_its_reservation_as_an_unprivileged_use
 ) -> None:
     token_dir = TokenFiles(tmp_path).write("r1", "token-one")
     await runtime.start(spec(docker_image, "r1", cpu_millicores=500, memory_mib=64,
-                             token_dir=token_dir))  # fmt: skip
-    await runtime.start(spec(docker_image, "r1"))  # idempotent
+                             token_dir=token_dir), may_run=always)  # fmt: skip
+    await runtime.start(spec(docker_image, "r1"), may_run=always)  # idempotent
     details = await inspect(runtime.container_name("r1"))
     assert details is not None
     host, config = details["HostConfig"], details["Config"]
@@ -132,7 +132,7 @@ async def test_a_container_is_confined_to_its_reservation_as_an_unprivileged_use
 async def test_paused_uses_no_cpu_an_evicted_paused_one_never_runs_and_stopped_is_gone(
     runtime: DockerRuntime, docker_image: str
 ) -> None:
-    await runtime.start(spec(docker_image, "r2", cpu_millicores=300))
+    await runtime.start(spec(docker_image, "r2", cpu_millicores=300), may_run=always)
     name = runtime.container_name("r2")
     details = await inspect(name)
     assert details is not None
@@ -162,9 +162,9 @@ async def test_sigterm_then_sigkill_and_an_exit_code_with_the_last_log_lines(
     runtime: DockerRuntime, docker_image: str
 ) -> None:
     stubborn = ("sh", "-c", "trap '' TERM; while :; do sleep 1; done")
-    await runtime.start(spec(docker_image, "stubborn", stubborn))
+    await runtime.start(spec(docker_image, "stubborn", stubborn), may_run=always)
     failing = ("sh", "-c", "echo loading pair 17 >&2; echo 'ValueError: bad pair' >&2; exit 3")
-    await runtime.start(spec(docker_image, "failing", failing))
+    await runtime.start(spec(docker_image, "failing", failing), may_run=always)
     await runtime.stop("stubborn", grace_s=1)
     assert await inspect(runtime.container_name("stubborn")) is None
     for _ in range(100):  # up to 10 s for the exit
@@ -180,17 +180,17 @@ async def test_an_image_that_does_not_exist_is_refused_with_the_reason(
     runtime: DockerRuntime,
 ) -> None:
     with pytest.raises(StartFailed, match="cannot pull idlecloud/no-such-image:1"):
-        await runtime.start(spec("idlecloud/no-such-image:1", "r4"))
+        await runtime.start(spec("idlecloud/no-such-image:1", "r4"), may_run=always)
     assert await runtime.replicas() == []
 
 
 async def test_a_restarted_runtime_adopts_its_containers_and_leaves_another_nodes_alone(
     runtime: DockerRuntime, docker_image: str, node: str
 ) -> None:
-    await runtime.start(spec(docker_image, "mine"))
+    await runtime.start(spec(docker_image, "mine"), may_run=always)
     other = DockerRuntime(f"{node}-other")
     try:
-        await other.start(spec(docker_image, "theirs"))
+        await other.start(spec(docker_image, "theirs"), may_run=always)
         # A container of the other node that happens to carry our naming scheme.
         impostor = other.container_name("theirs")
         assert (await docker("rename", impostor, runtime.container_name("theirs")))[0] == 0

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import resource
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from nodeagent.runtime.process import ProcessRuntime, frozen
 from nodeagent.runtime.spec import ReplicaInfo, ReplicaSpec
 from schemas import ReplicaState
 
-from .helpers import process_runtime, wait_until
+from .helpers import always, identities, process_runtime, wait_until
 
 MOUNTS = Mounts.read()
 
@@ -50,6 +49,14 @@ def cpu_seconds(pid: int) -> float:
     return sum(p.cpu_times().user + p.cpu_times().system for p in tree(pid))
 
 
+def data_limit(pid: int) -> str:
+    """The soft RLIMIT_DATA of ``pid``, from /proc (prlimit on another uid's process needs
+    CAP_SYS_RESOURCE, which root lacks in this sandbox)."""
+    line = next(x for x in Path(f"/proc/{pid}/limits").read_text().splitlines()
+                if x.startswith("Max data size"))  # fmt: skip
+    return line.split()[3]
+
+
 def all_frozen(pid: int) -> bool:
     return all(frozen(p.pid, MOUNTS) for p in tree(pid))
 
@@ -67,7 +74,7 @@ async def runtime(tmp_path: Path) -> ProcessRuntime:
 async def test_a_replica_runs_in_its_own_cgroup_at_nice_19_with_its_limits(
     runtime: ProcessRuntime,
 ) -> None:
-    await runtime.start(busy_tree("r1"))
+    await runtime.start(busy_tree("r1"), may_run=always)
     pid = runtime._replicas["r1"].pid
     try:
         await wait_until(lambda: len(tree(pid)) == 2, what="the child process")
@@ -80,8 +87,8 @@ async def test_a_replica_runs_in_its_own_cgroup_at_nice_19_with_its_limits(
         assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "100000"  # 1000m of 100 ms
         assert (cpu / "cpu.shares").read_text().strip() == "2"
         assert int((memory / "memory.limit_in_bytes").read_text()) == 256 * 2**20
-        assert psutil.Process(pid).rlimit(resource.RLIMIT_DATA)[0] == resource.RLIM_INFINITY
-        await runtime.start(busy_tree("r1"))  # idempotent: no second replica
+        assert data_limit(pid) == "unlimited"
+        await runtime.start(busy_tree("r1"), may_run=always)  # idempotent: no second replica
         assert [r.replica_id for r in await runtime.replicas()] == ["r1"]
         await info(runtime, "r1")  # usage is a rate: the first sample sets the baseline
         await asyncio.sleep(1.0)
@@ -98,13 +105,14 @@ async def test_a_replica_runs_in_its_own_cgroup_at_nice_19_with_its_limits(
 
 
 async def test_without_cgroups_rlimits_and_signals_do_the_work(tmp_path: Path) -> None:
-    runtime = ProcessRuntime(tmp_path / "state", cgroup_parent=None)
-    await runtime.start(busy_tree("plain"))
+    runtime = ProcessRuntime(
+        tmp_path / "state", identities=identities(tmp_path.name), cgroup_parent=None
+    )
+    await runtime.start(busy_tree("plain"), may_run=always)
     pid = runtime._replicas["plain"].pid
     try:
         await wait_until(lambda: len(tree(pid)) == 2, what="the child process")
-        limit = 256 * 1024 * 1024
-        assert psutil.Process(pid).rlimit(resource.RLIMIT_DATA) == (limit, limit)
+        assert data_limit(pid) == str(256 * 1024 * 1024)
         await runtime.pause("plain")
         await wait_until(lambda: all(p.status() == psutil.STATUS_STOPPED for p in tree(pid)))
         await runtime.resume("plain")
@@ -116,7 +124,7 @@ async def test_without_cgroups_rlimits_and_signals_do_the_work(tmp_path: Path) -
 async def test_a_paused_replica_uses_no_cpu_and_a_stopped_paused_one_never_runs_again(
     runtime: ProcessRuntime,
 ) -> None:
-    await runtime.start(busy_tree("r2"))
+    await runtime.start(busy_tree("r2"), may_run=always)
     pid = runtime._replicas["r2"].pid
     await wait_until(lambda: len(tree(pid)) == 2, what="the child process")
     await runtime.pause("r2")
@@ -142,8 +150,8 @@ async def test_sigterm_first_and_sigkill_after_the_grace_period(runtime: Process
         "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); time.sleep(60)"
     )
     stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
-    await runtime.start(spec("polite", sys.executable, "-c", polite))
-    await runtime.start(spec("stubborn", sys.executable, "-c", stubborn))
+    await runtime.start(spec("polite", sys.executable, "-c", polite), may_run=always)
+    await runtime.start(spec("stubborn", sys.executable, "-c", stubborn), may_run=always)
     await asyncio.sleep(0.5)
     await runtime.stop("polite", grace_s=10)
     stubborn_pid = runtime._replicas["stubborn"].pid
@@ -159,7 +167,7 @@ async def test_an_exited_replica_reports_its_code_and_last_log_lines(
         "import sys; print('loading pair 17'); print('ValueError: bad pair', flush=True); "
         "sys.exit(3)"
     )
-    await runtime.start(spec("r3", sys.executable, "-c", script))
+    await runtime.start(spec("r3", sys.executable, "-c", script), may_run=always)
     await wait_until(lambda: runtime._replicas["r3"].exit_code is not None, what="the exit")
     exited = await info(runtime, "r3")
     assert (exited.state, exited.exit_code) == (ReplicaState.FAILED, 3)
@@ -171,9 +179,9 @@ async def test_a_restarted_agent_adopts_its_replicas_and_no_one_elses(tmp_path: 
         return process_runtime(tmp_path / "edge", f"edge{tmp_path.name}")
 
     first = edge()
-    await first.start(busy_tree("r4"))
+    await first.start(busy_tree("r4"), may_run=always)
     other = process_runtime(tmp_path / "ninja", f"ninja{tmp_path.name}")
-    await other.start(busy_tree("r5"))
+    await other.start(busy_tree("r5"), may_run=always)
     pid = first._replicas["r4"].pid
     try:
         restarted = edge()
@@ -193,7 +201,7 @@ async def test_a_replica_is_not_born_frozen_in_a_group_left_frozen(tmp_path: Pat
     """A killed agent may leave a replica's cgroup frozen; a new start under the same id
     must run, not hang at birth."""
     first = process_runtime(tmp_path / "a", tmp_path.name)
-    await first.start(busy_tree("again"))
+    await first.start(busy_tree("again"), may_run=always)
     await first.pause("again")
     group = first._replicas["again"].cgroup
     assert group is not None and group.frozen()
@@ -203,7 +211,7 @@ async def test_a_replica_is_not_born_frozen_in_a_group_left_frozen(tmp_path: Pat
     await wait_until(lambda: not group.pids(), what="the group to empty")
     group.freeze()
     second = process_runtime(tmp_path / "b", tmp_path.name)
-    await second.start(busy_tree("again"))
+    await second.start(busy_tree("again"), may_run=always)
     try:
         pid = second._replicas["again"].pid
         await wait_until(lambda: cpu_seconds(pid) > 0.05, what="the new replica to run")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -19,6 +20,7 @@ from bus.credentials import DEFAULT_AUTH_URL, key_holder
 from bus.service import run
 from nodeagent.agent import Agent, AgentSettings
 from nodeagent.policy import PolicySettings
+from nodeagent.runtime.identity import Identities, UidRange
 from nodeagent.runtime.process import ProcessRuntime
 from nodeagent.timetable import Timetable
 from nodeagent.tokens import TokenFiles
@@ -26,6 +28,8 @@ from schemas import Resources
 from schemas.base import DNS_LABEL_PATTERN
 
 __all__ = ["agent_app"]
+
+log = logging.getLogger(__name__)
 
 agent_app = typer.Typer(help="The agent that runs on every lab PC.", no_args_is_help=True)
 
@@ -58,6 +62,42 @@ def _option(help_text: str, env: str) -> typer.models.OptionInfo:
     return option
 
 
+def _process_runtime(
+    name: str, state_dir: Path, replica_dir: Path, uids: str, insecure_same_user: bool
+) -> ProcessRuntime:
+    """The process runtime, with replicas' own identities where the agent is root.
+
+    Raises:
+        ValueError: the identities cannot be had as configured (the message says why).
+    """
+    identities = None
+    if os.geteuid() == 0:
+        if insecure_same_user:
+            raise ValueError(
+                "--insecure-same-user would run replicas as root; as root every replica "
+                "gets a uid of its own, so leave it out"
+            )
+        identities = Identities(replica_dir, UidRange.parse(uids))
+    elif insecure_same_user:
+        log.warning("replicas run as this agent's own user (--insecure-same-user): "
+                    "they can read its key and each other's tokens")  # fmt: skip
+    runtime = ProcessRuntime(
+        state_dir,
+        identities=identities,
+        insecure_same_user=insecure_same_user,
+        cgroup_parent=f"idlecloud/{name}",
+    )
+    runtime.adopt()
+    return runtime
+
+
+def _ahead_of_replicas() -> None:
+    """As root, run the agent above normal CPU priority: its reaction to a person must
+    never wait behind the replicas (they run at nice 19 and the lowest cgroup weight)."""
+    if os.geteuid() == 0:
+        os.setpriority(os.PRIO_PROCESS, 0, -5)
+
+
 @agent_app.command("run")
 def run_agent(
     config: Annotated[
@@ -81,6 +121,30 @@ def run_agent(
     state_dir: Annotated[Path, _option("Where the agent keeps its records.", "STATE_DIR")] = Path(
         "/var/lib/idlecloud/agent"
     ),
+    replica_dir: Annotated[
+        Path,
+        _option(
+            "Where replicas' homes and token files go (every user must be able to enter "
+            "its parent folders).",
+            "REPLICA_DIR",
+        ),
+    ] = Path("/var/lib/idlecloud/replicas"),
+    replica_uids: Annotated[
+        str,
+        _option(
+            "The uids (and namespaces' gids) process-runtime replicas run as, FIRST-LAST; "
+            "no account of the PC may use them.",
+            "REPLICA_UIDS",
+        ),
+    ] = "2000000000-2000099999",
+    insecure_same_user: Annotated[
+        bool,
+        _option(
+            "Without root: run replicas as the agent's own user, where they can read its "
+            "key and each other's tokens. For a demo on your own machine, never a lab PC.",
+            "INSECURE_SAME_USER",
+        ),
+    ] = False,
     cpu_millicores: Annotated[
         int | None, _option("CPU this PC offers (default: all cores).", "CPU_MILLICORES")
     ] = None,
@@ -185,15 +249,19 @@ def run_agent(
         replica_url=replica_url or str(URL(url).with_user(None)),
     )
     replicas: Runtime
-    if runtime == "docker":
-        from nodeagent.runtime.docker import DockerRuntime  # aiohttp: only for Docker PCs
+    try:
+        if runtime == "docker":
+            from nodeagent.runtime.docker import DockerRuntime  # aiohttp: only for Docker PCs
 
-        replicas = DockerRuntime(name, network_mode=docker_network, user=docker_user)
-    else:
-        process_runtime = ProcessRuntime(state_dir, cgroup_parent=f"idlecloud/{name}")
-        process_runtime.adopt()
-        replicas = process_runtime
-    agent = Agent(settings, replicas, TokenFiles(state_dir))
+            replicas = DockerRuntime(name, network_mode=docker_network, user=docker_user)
+        else:
+            replicas = _process_runtime(
+                name, state_dir, replica_dir, replica_uids, insecure_same_user
+            )
+    except ValueError as error:
+        fail(str(error))
+    _ahead_of_replicas()
+    agent = Agent(settings, replicas, TokenFiles(replica_dir))
     services: list[Service] = [agent]
     url, connection, refresher = run_async(lambda: key_holder(url, f"agent {name}", auth_url))
     if refresher is not None:  # a PC's own key: connect with a broker token, kept fresh

@@ -187,6 +187,10 @@ class Cgroup:
         except (OSError, KeyError):
             return False
 
+    def exists(self) -> bool:
+        """True while the group's folders are there (a stop removes them)."""
+        return all(folder.is_dir() for folder in set(self.dirs.values()))
+
     def pids(self) -> list[int]:
         """Every process in the group."""
         try:

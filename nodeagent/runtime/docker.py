@@ -9,7 +9,11 @@ network mode, and the replica's token folder mounted read-only. Its name,
 
 Pausing uses the cgroup freezer through ``docker pause`` (freezing the cgroup behind
 dockerd's back would be faster, but runc then refuses to pause or unpause it, and dockerd
-would show a frozen container as running). Stopping a running container sends
+would show a frozen container as running). runc sometimes fails to freeze a busy
+container ("unable to freeze"); the pause is tried again, and a container that still will
+not freeze is killed: a replica never runs on beside a person. A start creates the
+container, asks the agent's ``may_run`` once more, and only then starts it. Its token
+folder is handed to the container's (numeric) user. Stopping a running container sends
 SIGTERM, then SIGKILL after the grace period; a paused one gets SIGKILL at once, since
 ``docker stop`` would thaw it first and let it run. A stopped replica's container is
 removed. Use is read from the container's cgroup, not from ``docker stats`` (which waits
@@ -19,9 +23,11 @@ labelled with its own node's name.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,8 +35,8 @@ import aiodocker
 
 from nodeagent.load import PLATFORM_MARKER
 from nodeagent.runtime.cgroup import CPU_PERIOD_US, Cgroup, Mounts
-from nodeagent.runtime.spec import CpuMeter, ReplicaInfo, ReplicaSpec, StartFailed
-from nodeagent.tokens import MOUNT_POINT, TOKEN_FILE_ENV
+from nodeagent.runtime.spec import CpuMeter, ReplicaInfo, ReplicaSpec, StartCancelled, StartFailed
+from nodeagent.tokens import MOUNT_POINT, TOKEN_FILE_ENV, hand_over
 from schemas import ReplicaState, Resources
 
 __all__ = ["LABEL_PREFIX", "DockerRuntime"]
@@ -39,6 +45,8 @@ log = logging.getLogger(__name__)
 
 LABEL_PREFIX = "org.idlecloud."
 _LOG_TAIL_LINES = 20
+#: Tries at ``docker pause`` before a replica that will not freeze is killed instead.
+_PAUSE_ATTEMPTS = 4
 _STATES = {"running": ReplicaState.RUNNING, "paused": ReplicaState.PAUSED}
 
 
@@ -71,10 +79,20 @@ class DockerRuntime:
         usage_interval_s: float = 5.0,
         docker_url: str | None = None,
     ) -> None:
-        """Run ``node``'s replicas as ``user`` on ``network_mode`` through the local dockerd."""
+        """Run ``node``'s replicas as ``user`` on ``network_mode`` through the local dockerd.
+
+        Raises:
+            ValueError: ``user`` is not a numeric, non-root ``uid:gid``.
+        """
+        uid, _, gid = user.partition(":")
+        if not (uid.isdigit() and gid.isdigit()) or int(uid) == 0 or int(gid) == 0:
+            raise ValueError(
+                f"docker user {user!r}: give a numeric uid:gid, not root (65534:65534)"
+            )
         self.node = node
         self.network_mode = network_mode
         self.user = user
+        self._owner = (int(uid), int(gid))  # who may read a replica's token folder
         self.pids_limit = pids_limit
         self._docker_url = docker_url
         self._docker: aiodocker.Docker | None = None
@@ -154,10 +172,14 @@ class DockerRuntime:
             },
         }
 
-    async def start(self, spec: ReplicaSpec) -> None:
+    async def start(self, spec: ReplicaSpec, *, may_run: Callable[[], bool]) -> None:
         """Create and start the replica's container unless it exists.
 
+        ``may_run`` is asked between creating the container and starting it: a person who
+        arrived meanwhile means it is removed unstarted.
+
         Raises:
+            StartCancelled: ``may_run`` said no.
             StartFailed: the image cannot be had or dockerd refused the container.
         """
         name = self.container_name(spec.replica_id)
@@ -165,8 +187,13 @@ class DockerRuntime:
             await self.docker.containers.get(name)
             return  # idempotent: it exists already
         await self._ensure_image(spec.image)
+        if spec.token_dir is not None:
+            hand_over(spec.token_dir, *self._owner)
         try:
             container = await self.docker.containers.create(self._config(spec), name=name)
+            if not may_run():
+                await container.delete(force=True)
+                raise StartCancelled("the PC stopped taking replicas before this one began")
             await container.start()
         except aiodocker.DockerError as error:
             if error.status == 409:
@@ -198,8 +225,19 @@ class DockerRuntime:
             container = await self._own(replica_id)
             if container is None or not container["State"]["Running"]:
                 return
-        with contextlib.suppress(aiodocker.DockerError):  # 409: paused or ended already
-            await container.pause()
+        for attempt in range(_PAUSE_ATTEMPTS):
+            try:
+                await container.pause()
+                return
+            except aiodocker.DockerError as error:
+                if error.status in (404, 409):  # gone, paused or ended already
+                    return
+                # runc may fail to freeze a busy container ("unable to freeze"): retry
+                log.warning("pausing %s failed (%s), try %d", replica_id, error.message, attempt)
+                await asyncio.sleep(0.01 * 2**attempt)
+        log.warning("replica %s could not be frozen: killed instead", replica_id)
+        with contextlib.suppress(aiodocker.DockerError):
+            await container.kill(signal="SIGKILL")
 
     async def resume(self, replica_id: str) -> None:
         """Thaw the container (idempotent)."""
@@ -238,9 +276,11 @@ class DockerRuntime:
         current = {container["Labels"][_label("replica")] for container in listed}
         for gone in set(self._seen) - current:
             del self._seen[gone]
-        return [await self._info(container, sample) for container in listed]
+        found = [await self._info(container, sample) for container in listed]
+        return [info for info in found if info is not None]
 
-    async def _info(self, container: Any, sample: bool) -> ReplicaInfo:
+    async def _info(self, container: Any, sample: bool) -> ReplicaInfo | None:
+        """The replica a listed container is, or None if it is being removed meanwhile."""
         labels: dict[str, str] = container["Labels"]
         seen = self._seen.setdefault(labels[_label("replica")], _Seen())
         state = _STATES.get(container["State"])
@@ -250,7 +290,10 @@ class DockerRuntime:
         log_tail: tuple[str, ...] = ()
         if state is None:  # exited or dead: its code and last lines never change again
             if seen.ended is None:
-                seen.ended = await self._ending(container)
+                try:
+                    seen.ended = await self._ending(container)
+                except aiodocker.DockerError:  # 404, or 409 marked for removal: it is going
+                    return None
             exit_code, log_tail = seen.ended
             state = ReplicaState.EXITED if exit_code == 0 else ReplicaState.FAILED
         elif sample:

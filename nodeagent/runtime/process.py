@@ -1,13 +1,23 @@
 """The process runtime: replicas as local process groups, for PCs without Docker.
 
 Each replica runs in its own session (so its whole process tree is one process group),
-at nice 19 so the person's programs always come first. Where the cgroup tree is writable
-(root on v1 or v2) each replica gets its own control group, joined before ``exec``, with
-a CPU quota and memory limit equal to its reservation at the lowest CPU weight; pausing
-freezes the group (the kernel's freezer, which no child can escape) and waits until it is
-frozen. Elsewhere its writable private memory is capped by ``RLIMIT_DATA`` and pausing
-stops its process group (SIGSTOP). Stopping sends SIGTERM and SIGKILL after the grace
-period; a paused replica gets SIGKILL at once, since a SIGTERM would need it to run first.
+at nice 19 so the person's programs always come first, under an identity of its own
+(:mod:`nodeagent.runtime.identity`: its own uid, its namespace's gid, no capabilities,
+``no_new_privs``, umask 077, a private home as ``HOME``, ``TMPDIR`` and working folder,
+its token readable by it alone). Where the cgroup tree is writable (root on v1 or v2)
+each replica gets its own control group, joined before privileges are dropped and before
+``exec``, with a CPU quota and memory limit equal to its reservation at the lowest CPU
+weight; pausing freezes the group (the kernel's freezer, which no child can escape) and
+waits until it is frozen, or until a concurrent stop removed it (one that will not freeze
+within a second is killed). Elsewhere its writable
+private memory is capped by ``RLIMIT_DATA`` and pausing stops its process group
+(SIGSTOP). Stopping sends SIGTERM and SIGKILL after the grace period; a paused replica
+gets SIGKILL at once, since a SIGTERM would need it to run first.
+
+The fork and ``exec`` happen in a helper thread, so the agent's event loop never waits
+for a child that a saturated PC starves between the two; each child is reaped through a
+pidfd watched by the loop. The caller's ``may_run`` is asked once more just before the
+fork, so a start that a person's arrival overtook never begins.
 
 A small JSON record per replica in the agent's state folder lets a restarted agent adopt
 the replicas still running (matched by pid and start time, so a recycled pid is never
@@ -23,8 +33,11 @@ import logging
 import os
 import resource
 import signal
+import subprocess
 import time
 from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,8 +46,9 @@ import psutil
 
 from nodeagent.load import PLATFORM_MARKER
 from nodeagent.runtime.cgroup import Cgroup, Mounts
-from nodeagent.runtime.spec import CpuMeter, ReplicaInfo, ReplicaSpec, StartFailed
-from nodeagent.tokens import TOKEN_FILE_ENV
+from nodeagent.runtime.identity import Identities, Identity, become
+from nodeagent.runtime.spec import CpuMeter, ReplicaInfo, ReplicaSpec, StartCancelled, StartFailed
+from nodeagent.tokens import TOKEN_FILE_ENV, hand_over
 from schemas import ReplicaState, Resources
 
 __all__ = ["ProcessRuntime", "frozen"]
@@ -42,7 +56,15 @@ __all__ = ["ProcessRuntime", "frozen"]
 log = logging.getLogger(__name__)
 
 _LOG_TAIL_LINES = 20
-_FREEZE_TIMEOUT_S = 5.0
+_FREEZE_TIMEOUT_S = 1.0  # then a replica that will not freeze is killed
+
+
+class _Child(subprocess.Popen[bytes]):
+    """A replica's leading process: reaped by the runtime's pidfd watch, and left running,
+    without a warning, when the runtime goes (the next agent adopts it)."""
+
+    def __del__(self) -> None:
+        pass
 
 
 @dataclass
@@ -51,12 +73,13 @@ class _Replica:
     pid: int
     started_at: float
     cgroup: Cgroup | None = None
-    process: asyncio.subprocess.Process | None = None
+    identity: Identity | None = None
+    process: _Child | None = None
     paused: bool = False
+    stopping: bool = False
     exit_code: int | None = None
     meter: CpuMeter = field(default_factory=CpuMeter)
     usage: Resources = field(default_factory=Resources)
-    reaper: asyncio.Task[None] | None = None
 
 
 def _tree(pid: int, children: dict[int, list[int]]) -> list[int]:
@@ -81,14 +104,17 @@ def frozen(pid: int, mounts: Mounts) -> bool:
     return bool(psutil.Process(pid).status() == psutil.STATUS_STOPPED)
 
 
-def _limit_child(memory_mib: int, cgroup: Cgroup | None) -> None:
-    """Runs in the child between fork and exec: lowest CPU priority, bounded memory."""
-    os.nice(19)
+def _confine_child(memory_mib: int, cgroup: Cgroup | None, identity: Identity | None) -> None:
+    """Runs in the child between fork and exec: into its cgroup first (that needs root, and
+    a freeze must catch it from here on), lowest CPU priority, then its own identity."""
     if cgroup is not None:
         cgroup.join(os.getpid())
     else:
         limit = memory_mib * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    os.nice(19)
+    if identity is not None:
+        become(identity)
 
 
 class ProcessRuntime:
@@ -100,16 +126,26 @@ class ProcessRuntime:
         self,
         state_dir: str | Path,
         *,
+        identities: Identities | None,
+        insecure_same_user: bool = False,
         usage_interval_s: float = 5.0,
         cgroup_parent: str | None = "idlecloud",
     ) -> None:
         """Keep replicas' records in ``state_dir``; measure their use every ``usage_interval_s``.
 
-        Replicas' control groups go under ``cgroup_parent`` (None: use no cgroups).
+        Each replica runs under an identity from ``identities``; without them it would run
+        as the agent's own user, which only ``insecure_same_user`` allows (otherwise every
+        start is refused, saying so). Replicas' control groups go under ``cgroup_parent``
+        (None: use no cgroups).
         """
         self._dir = Path(state_dir) / "replicas"
         self._dir.mkdir(parents=True, exist_ok=True)
+        self._dir.chmod(0o700)
         self._replicas: dict[str, _Replica] = {}
+        self._identities = identities
+        self._insecure_same_user = insecure_same_user
+        self._spawner = ThreadPoolExecutor(max_workers=2, thread_name_prefix="replica-spawn")
+        self._watched: dict[int, int] = {}  # pidfd -> pid, for the loop's readers
         self._usage_interval_s = usage_interval_s
         self._sampled_at = -float("inf")
         self._cgroup_parent = cgroup_parent
@@ -127,14 +163,17 @@ class ProcessRuntime:
     def _log_path(self, replica_id: str) -> Path:
         return self._dir / f"{replica_id}.log"
 
-    async def start(self, spec: ReplicaSpec) -> None:
+    async def start(self, spec: ReplicaSpec, *, may_run: Callable[[], bool]) -> None:
         """Start the replica unless it exists.
 
         Raises:
-            StartFailed: its command could not be started (missing program, say).
+            StartCancelled: ``may_run`` said no just before the fork.
+            StartFailed: its command could not be started (missing program, say), or the
+                agent may not give it an identity of its own.
         """
         if spec.replica_id in self._replicas:
             return
+        identity = self._identity(spec)
         cgroup = self._cgroup(spec.replica_id)
         if cgroup is not None:
             try:
@@ -145,30 +184,97 @@ class ProcessRuntime:
                 cgroup = None
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **spec.env}
         env[PLATFORM_MARKER] = "1"  # its CPU is never a person's
+        if identity is not None:
+            env |= {"HOME": str(identity.home), "TMPDIR": str(identity.home)}
         if spec.token_dir is not None:
             env[TOKEN_FILE_ENV] = str(spec.token_dir / "token")
+        if not may_run():
+            self._undo(spec.replica_id, cgroup)
+            raise StartCancelled("the PC stopped taking replicas before this one began")
         try:
-            with self._log_path(spec.replica_id).open("ab") as log:
-                process = await asyncio.create_subprocess_exec(
-                    *spec.command,
-                    env=env,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=asyncio.subprocess.STDOUT,
-                    start_new_session=True,
-                    preexec_fn=lambda: _limit_child(spec.memory_mib, cgroup),
-                )
+            process = await asyncio.get_running_loop().run_in_executor(
+                self._spawner, self._spawn, spec, env, cgroup, identity
+            )
         except OSError as error:
-            if cgroup is not None:
-                cgroup.remove()
+            self._undo(spec.replica_id, cgroup)
+            hint = "" if identity is None else f" (as uid {identity.uid}: may every user run it?)"
             raise StartFailed(
-                f"could not start {spec.command[:1]}: {error.strerror or error}"
+                f"could not start {spec.command[:1]}: {error.strerror or error}{hint}"
             ) from None
         started_at = psutil.Process(process.pid).create_time()
-        replica = _Replica(spec, process.pid, started_at, cgroup, process)
+        replica = _Replica(spec, process.pid, started_at, cgroup, identity, process)
         self._replicas[spec.replica_id] = replica
         self._save(replica)
-        replica.reaper = asyncio.create_task(self._reap(replica))
+        self._watch(replica)
+
+    def _identity(self, spec: ReplicaSpec) -> Identity | None:
+        """The replica's own identity, its token folder handed to it.
+
+        Raises:
+            StartFailed: there is none to give, and running as the agent was not allowed.
+        """
+        if self._identities is None:
+            if self._insecure_same_user:
+                return None
+            raise StartFailed(
+                "this PC cannot give a replica a uid of its own (its agent does not run as "
+                "root); run the agent as root, or pass --insecure-same-user to run replicas "
+                "as the agent's user (never on a lab PC)"
+            )
+        try:
+            identity = self._identities.assign(spec.replica_id, spec.namespace)
+        except LookupError as error:
+            raise StartFailed(str(error)) from None
+        if spec.token_dir is not None:
+            hand_over(spec.token_dir, identity.uid, identity.gid)
+        return identity
+
+    def _undo(self, replica_id: str, cgroup: Cgroup | None) -> None:
+        """Forget a start that never ran."""
+        if cgroup is not None:
+            cgroup.remove()
+        if self._identities is not None:
+            self._identities.release(replica_id)
+
+    def _spawn(
+        self,
+        spec: ReplicaSpec,
+        env: dict[str, str],
+        cgroup: Cgroup | None,
+        identity: Identity | None,
+    ) -> _Child:
+        """In the helper thread: fork and exec the replica's command."""
+        with self._log_path(spec.replica_id).open("ab") as log:
+            return _Child(
+                spec.command,
+                env=env,
+                cwd=None if identity is None else identity.home,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=lambda: _confine_child(spec.memory_mib, cgroup, identity),
+            )
+
+    def _watch(self, replica: _Replica) -> None:
+        """Reap the replica's process when it exits (its pidfd turns readable)."""
+        assert replica.process is not None
+        process, loop = replica.process, asyncio.get_running_loop()
+        pidfd = os.pidfd_open(process.pid)
+
+        def exited() -> None:
+            code = process.poll()
+            if code is not None:
+                self._unwatch(pidfd)
+                replica.exit_code, replica.paused = code, False
+
+        self._watched[pidfd] = process.pid
+        loop.add_reader(pidfd, exited)
+
+    def _unwatch(self, pidfd: int) -> None:
+        asyncio.get_running_loop().remove_reader(pidfd)
+        os.close(pidfd)
+        del self._watched[pidfd]
 
     def _save(self, replica: _Replica) -> None:
         spec = replica.spec
@@ -183,15 +289,13 @@ class ProcessRuntime:
             "pid": replica.pid,
             "started_at": replica.started_at,
             "cgroup": replica.cgroup is not None,
+            "identity": None
+            if replica.identity is None
+            else {"uid": replica.identity.uid, "gid": replica.identity.gid},
         }
         staged = self._record_path(spec.replica_id).with_suffix(".tmp")
         staged.write_text(json.dumps(record))
         staged.replace(self._record_path(spec.replica_id))
-
-    async def _reap(self, replica: _Replica) -> None:
-        assert replica.process is not None
-        replica.exit_code = await replica.process.wait()
-        replica.paused = False
 
     def adopt(self) -> list[ReplicaInfo]:
         """After a restart: take back the replicas still running from the state records."""
@@ -207,7 +311,11 @@ class ProcessRuntime:
                 memory_mib=record["memory_mib"],
             )
             cgroup = self._cgroup(spec.replica_id) if record.get("cgroup") else None
-            replica = _Replica(spec, record["pid"], record["started_at"], cgroup)
+            identity = None
+            if (ids := record.get("identity")) is not None and self._identities is not None:
+                home = self._identities.home(spec.replica_id)
+                identity = Identity(ids["uid"], ids["gid"], home)
+            replica = _Replica(spec, record["pid"], record["started_at"], cgroup, identity)
             process = self._process(replica)
             if process is None:
                 replica.exit_code = -1  # it ended while no agent watched; its code is lost
@@ -251,17 +359,23 @@ class ProcessRuntime:
         replica = self._live(replica_id)
         if replica is None:
             return
+        replica.paused = True
         if replica.cgroup is None:
             self._signal(replica, signal.SIGSTOP)
-        else:
+            return
+        with contextlib.suppress(OSError):  # a concurrent stop removed the group
             replica.cgroup.freeze()
-            deadline = time.monotonic() + _FREEZE_TIMEOUT_S
-            while not replica.cgroup.frozen():
-                if time.monotonic() > deadline:
-                    log.warning("replica %s is still freezing", replica_id)
-                    break
-                await asyncio.sleep(0.001)
-        replica.paused = True
+        deadline = time.monotonic() + _FREEZE_TIMEOUT_S
+        while not replica.cgroup.frozen():
+            if replica.stopping or not replica.cgroup.exists():
+                return  # being stopped: nothing left to wait for
+            if time.monotonic() > deadline:
+                log.warning("replica %s would not freeze: killed instead", replica_id)
+                self._signal(replica, signal.SIGKILL)
+                with contextlib.suppress(OSError):
+                    replica.cgroup.thaw()  # frozen tasks die only once thawed
+                return
+            await asyncio.sleep(0.001)
 
     async def resume(self, replica_id: str) -> None:
         """Thaw a paused replica."""
@@ -279,6 +393,7 @@ class ProcessRuntime:
         replica = self._replicas.get(replica_id)
         if replica is None:
             return
+        replica.stopping = True
         if self._process(replica) is not None:
             first = signal.SIGKILL if replica.paused or grace_s <= 0 else signal.SIGTERM
             self._signal(replica, first)
@@ -289,6 +404,8 @@ class ProcessRuntime:
                 await self._gone_within(replica, 10.0)
         if replica.cgroup is not None:
             replica.cgroup.remove()
+        if self._identities is not None:
+            self._identities.release(replica_id)
         del self._replicas[replica_id]
         self._record_path(replica_id).unlink(missing_ok=True)
 
@@ -365,7 +482,10 @@ class ProcessRuntime:
         return Resources(cpu_millicores=millicores, memory_mib=memory // 2**20)
 
     async def close(self) -> None:
-        """Nothing to release: replicas are plain processes and keep running."""
+        """Stop watching; replicas are plain processes and keep running."""
+        for pidfd in list(self._watched):
+            self._unwatch(pidfd)
+        self._spawner.shutdown(wait=False)
 
     def _log_tail(self, replica_id: str) -> tuple[str, ...]:
         try:

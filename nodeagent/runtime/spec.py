@@ -8,7 +8,7 @@ from pathlib import Path
 
 from schemas import ReplicaState, Resources
 
-__all__ = ["CpuMeter", "ReplicaInfo", "ReplicaSpec", "StartFailed"]
+__all__ = ["CpuMeter", "ReplicaInfo", "ReplicaSpec", "StartCancelled", "StartFailed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +43,10 @@ class ReplicaInfo:
 
 class StartFailed(Exception):
     """A replica could not be started; the message says why, for its failed status."""
+
+
+class StartCancelled(StartFailed):
+    """The PC stopped taking replicas (a person arrived) before the replica began."""
 
 
 @dataclass(slots=True)
