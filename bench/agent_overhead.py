@@ -36,7 +36,7 @@ NODE, REPLICAS = "overhead-pc", 4
 
 async def main(url: str, seconds: float, runtime: str) -> None:
     work = Path(tempfile.mkdtemp(prefix="overhead-"))
-    agent = await start_agent(url, NODE, work, runtime, "--start-idle-s", "0")
+    agent = await start_agent(url, NODE, work, runtime)
     try:
         async with Bus(url, connection_name="overhead bench") as bus:
             await declare_platform(bus)

@@ -14,10 +14,19 @@ import sys
 from pathlib import Path
 
 from bus.devdocker import TEST_IMAGE, busybox_image, ensure_docker
+from nodeagent.runtime.identity import uid_block
 from nodeagent.sim import node_containers, remove_containers
 from schemas import Resources, StartReplica
 
-__all__ = ["RUNTIMES", "prepare", "remove_containers", "replica_pids", "start_agent", "starts"]
+__all__ = [
+    "RUNTIMES",
+    "prepare",
+    "remove_containers",
+    "replica_dir",
+    "replica_pids",
+    "start_agent",
+    "starts",
+]
 
 RUNTIMES = ("process", "docker")
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,14 +39,26 @@ def prepare(runtime: str) -> None:
         busybox_image()
 
 
+def replica_dir(node: str) -> Path:
+    """Where a bench PC's replicas have their homes and tokens: a folder their own uids
+    can reach (a temporary folder made by root is private to root)."""
+    return Path("/var/tmp/idlecloud-bench") / node
+
+
 async def start_agent(
     url: str, node: str, work: Path, runtime: str, *options: str
 ) -> asyncio.subprocess.Process:
-    """A real agent for ``node`` keeping its files in ``work``, logging warnings only."""
+    """A real agent for ``node`` keeping its records in ``work``, logging warnings only:
+    8 cores and 8 GiB with nothing kept for a person, taking work at once; its replicas run
+    under a uid block of their own (chosen by ``node``)."""
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bus", "agent", "run", "--url", url, "--node", node,
         "--utmp", str(work / "utmp"), "--state-dir", str(work / "state"),
-        "--input-dir", str(work / "input"), "--runtime", runtime, *options,
+        "--replica-dir", str(replica_dir(node)),
+        "--replica-uids", str(uid_block(f"bench/{node}")),
+        "--input-dir", str(work / "input"), "--runtime", runtime,
+        "--cpu-millicores", "8000", "--memory-mib", "8192", "--reserve-cpu-millicores", "0",
+        "--reserve-memory-mib", "0", "--start-idle-s", "0", *options,
         cwd=ROOT, env={**os.environ, "IDLECLOUD_LOG_LEVEL": "WARNING"},
     )  # fmt: skip
 

@@ -34,6 +34,7 @@ from bench.agent_rig import (  # noqa: E402
     RUNTIMES,
     prepare,
     remove_containers,
+    replica_dir,
     replica_pids,
     start_agent,
     starts,
@@ -68,11 +69,7 @@ def _all(processes: list[psutil.Process], stopped: bool) -> bool:
 async def main(url: str, trials: int, runtime: str) -> None:
     work = Path(tempfile.mkdtemp(prefix="eviction-"))
     utmp = work / "utmp"
-    agent = await start_agent(
-        url, NODE, work, runtime, "--cpu-millicores", "8000", "--memory-mib", "8192",
-        "--reserve-cpu-millicores", "0", "--reserve-memory-mib", "0",
-        "--start-idle-s", "0", "--continue-idle-s", "0.05",
-    )  # fmt: skip
+    agent = await start_agent(url, NODE, work, runtime, "--continue-idle-s", "0.05")
     busy_events: list[float] = []
 
     async def on_presence(message: AbstractIncomingMessage) -> None:
@@ -89,7 +86,8 @@ async def main(url: str, trials: int, runtime: str) -> None:
                 "idlecloud.bench.presence", (names.EVENTS_EXCHANGE, f"node.{NODE}.presence")
             ).declare(channel)
             await tap.consume(on_presence, no_ack=True)
-            await wait_until(lambda: (work / "state" / "tokens").is_dir(), 30, "the agent to start")
+            tokens = replica_dir(NODE) / "tokens"
+            await wait_until(tokens.is_dir, 30, "the agent to start")
             await asyncio.sleep(1.0)  # the agent's command queue exists once it consumes
             for command in starts(NODE, runtime, REPLICAS, busy=True, cpu_millicores=1000):
                 await bus.publish(command)
