@@ -22,7 +22,7 @@ from pamqp.commands import Basic
 
 from bus import names
 from bus.codec import encode
-from bus.errors import BrokerUnavailable, Unroutable
+from bus.errors import BrokerUnavailable, PublishRefused, Unroutable
 from schemas import Message
 
 __all__ = ["PUBLISH_FAILURES", "TRANSIENT_ERRORS", "Bus"]
@@ -180,6 +180,7 @@ class Bus:
 
         Raises:
             Unroutable: ``mandatory`` and no queue is bound for the route.
+            PublishRefused: this credential may not publish there (not worth retrying).
             BrokerUnavailable: no confirm within ``timeout_s``.
         """
         target = route or names.route(message)
@@ -195,7 +196,13 @@ class Bus:
         mandatory: bool = False,
         timeout_s: float = 30.0,
     ) -> None:
-        """Publish bytes under confirms, retrying across reconnects until ``timeout_s``."""
+        """Publish bytes under confirms, retrying across reconnects until ``timeout_s``.
+
+        Raises:
+            Unroutable: ``mandatory`` and no queue is bound for the route.
+            PublishRefused: the broker refused access (the channel it closed reopens).
+            BrokerUnavailable: no confirm within ``timeout_s``.
+        """
         if self._publish_channel is None:
             raise RuntimeError("Bus.connect() was not called")
         deadline = time.monotonic() + timeout_s
@@ -218,6 +225,10 @@ class Bus:
                 raise Unroutable(
                     f"no queue is bound to {route.exchange or '(default)'}/{route.routing_key}; "
                     "is the service that consumes it running?"
+                ) from None
+            except aiormq.exceptions.ChannelAccessRefused as error:
+                raise PublishRefused(
+                    f"the broker refused a publish to {route.exchange}/{route.routing_key}: {error}"
                 ) from None
             except aiormq.exceptions.DeliveryError as error:
                 raise BrokerUnavailable(

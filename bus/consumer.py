@@ -1,11 +1,16 @@
 """Typed consumers: validate every delivery, hand good ones over, dead-letter the rest.
 
-A :class:`Consumer` never crashes on input. A body that is too large, of an unknown schema
-or version, invalid for its schema, or that names an owner other than its routing key's
-is republished to the dead-letter exchange (routing key: the source queue's name) with the
-reason and the original headers, under publisher confirms, and only then acked. A handler
-that raises is treated the same way, with the traceback; a handler that loses the broker
-connection leaves its message unacked, so the broker delivers it again.
+A :class:`Consumer` never crashes on input, and never loops on a message. A body that is
+too large, of an unknown schema or version, invalid for its schema, or that names an
+owner other than its routing key's is republished on the queue's dead-letter route
+(:func:`bus.names.dead_letter_route`: one its owner may write to) with the reason and the
+original headers, under publisher confirms, and only then acked. A handler that raises is
+treated the same way, with the traceback. Two failures are told apart: a broker that is
+away (the message stays unacked and comes back once it is) and a broker that refuses
+the dead-letter publish (the message is rejected for good, so the queue's own
+dead-letter arguments take it). Every platform and PC queue has a delivery limit
+(:data:`bus.topology.DELIVERY_LIMIT`), so a message that keeps coming back is
+dead-lettered by the broker itself.
 
 :meth:`Consumer.stop` stops taking deliveries, lets in-flight handlers finish within a
 grace period, and cancels the rest: their messages were never acked, so they go back to the
@@ -26,7 +31,7 @@ from pamqp.commands import Basic
 from bus import names
 from bus.codec import MAX_BODY_BYTES, Delivery, decode, delivery_of
 from bus.connection import PUBLISH_FAILURES, TRANSIENT_ERRORS, Bus
-from bus.errors import BrokerUnavailable, InvalidMessage
+from bus.errors import BrokerUnavailable, InvalidMessage, PublishRefused
 from bus.topology import QueueSpec
 from schemas import Message, utc_now
 
@@ -159,14 +164,11 @@ class Consumer(QueueConsumer, Generic[M]):
         prefetch: int = 10,
         max_body_bytes: int = MAX_BODY_BYTES,
         check_route: bool = True,
-        on_invalid: Callable[[Delivery, str], Awaitable[None]] | None = None,
     ) -> None:
-        """Consume ``spec`` with ``handler``; ``on_invalid`` also hears of each refused body
-        (after it was dead-lettered), to answer its sender where it can be named."""
+        """Consume ``spec`` with ``handler``."""
         super().__init__(spec, prefetch=prefetch)
         self._accepts: dict[str, type[Message]] = {cls.schema_name: cls for cls in accepts}
         self._handler = handler
-        self._on_invalid = on_invalid
         self._max_body_bytes = max_body_bytes
         self._check_route = check_route
         self.handled = 0
@@ -184,8 +186,6 @@ class Consumer(QueueConsumer, Generic[M]):
             await self._handler(cast(M, message), delivery)  # decode returns an `accepts` type
         except InvalidMessage as error:
             await self._dead_letter(incoming, delivery, error.reason)
-            if self._on_invalid is not None:
-                await self._on_invalid(delivery, error.reason)
             return
         except PUBLISH_FAILURES as error:
             log.warning("%s: lost the broker while handling (%r); requeued", self.name, error)
@@ -206,7 +206,8 @@ class Consumer(QueueConsumer, Generic[M]):
         reason: str,
         trace: str = "",
     ) -> None:
-        headers = dead_letter_headers(delivery, self.name, reason)
+        queue = self.spec.name
+        headers = dead_letter_headers(delivery, queue, reason)
         if trace:
             headers["idlecloud-traceback"] = trace[-_TRACEBACK_LIMIT_CHARS:]
         properties = Basic.Properties(
@@ -215,16 +216,20 @@ class Consumer(QueueConsumer, Generic[M]):
             message_id=delivery.message_id,
             headers=headers,
         )
-        route = names.Route(names.DEAD_LETTER_EXCHANGE, self.name)
+        route = names.dead_letter_route(queue) or names.Route(names.DEAD_LETTER_EXCHANGE, queue)
         try:
             await self.bus.publish_raw(
                 route, delivery.body[:DEAD_BODY_LIMIT_BYTES], properties, timeout_s=10.0
             )
-        except BrokerUnavailable as error:
-            log.warning("%s: could not dead-letter (%s); requeued", self.name, error)
+        except PublishRefused as error:  # for good: the queue's own dead-letter route takes it
+            log.error("%s: may not dead-letter (%s); rejected: %s", queue, error, reason)
+            await settle(incoming.reject(requeue=False))
+            return
+        except BrokerUnavailable as error:  # it comes back, up to the queue's delivery limit
+            log.warning("%s: could not dead-letter (%s); requeued", queue, error)
             await settle(incoming.nack(requeue=True))
             return
-        log.info("%s: dead-lettered a message: %s", self.name, reason)
+        log.info("%s: dead-lettered a message: %s", queue, reason)
         self.dead_lettered += 1
         await settle(incoming.ack())
 

@@ -7,6 +7,7 @@ __all__ = [
     "BusError",
     "CredentialsRefused",
     "InvalidMessage",
+    "PublishRefused",
     "RpcTimeout",
     "Unroutable",
 ]
@@ -18,6 +19,11 @@ class BusError(Exception):
 
 class BrokerUnavailable(BusError):
     """The broker could not be reached, or stayed unreachable past a deadline."""
+
+
+class PublishRefused(BusError):
+    """The broker refused this publish for good (no permission for its exchange or routing
+    key): retrying it cannot help."""
 
 
 class Unroutable(BusError):

@@ -64,10 +64,12 @@ __all__ = [
     "JOURNAL_STREAM",
     "Route",
     "auth_request_keys",
+    "dead_letter_route",
     "leader_queue",
     "metrics_event_keys",
     "node_command_keys",
     "node_commands_queue",
+    "node_dead_letter_keys",
     "node_event_keys",
     "ns_dead_exchange",
     "ns_events_binding",
@@ -188,6 +190,26 @@ def ns_results_exchange(namespace: str) -> str:
 def node_commands_queue(node: str) -> str:
     """The queue a PC's agent consumes its commands from."""
     return _node_key(node, "commands")
+
+
+def dead_letter_route(queue: str) -> Route | None:
+    """Where the consumer of ``queue`` sends what it cannot handle (and where the broker
+    sends what was delivered too often), on a route its owner may write to: the platform's
+    queues to the dead-letter exchange keyed by the queue's name; a PC's to its own
+    ``node.<pc>.dead`` key on the events exchange, which the platform binds into the
+    dead-letter exchange. None for a namespace's queues (they have dead queues of their own).
+    """
+    owner = owner_of(queue)
+    if owner is not None and owner.kind is OwnerKind.NODE:
+        return Route(EVENTS_EXCHANGE, _node_key(owner.name, "dead"))
+    if owner is not None and owner.kind is OwnerKind.PLATFORM:
+        return Route(DEAD_LETTER_EXCHANGE, queue)
+    return None
+
+
+def node_dead_letter_keys() -> str:
+    """The binding that carries every PC's dead letters into the dead-letter exchange."""
+    return _node_key("*", "dead")
 
 
 def node_command_keys(node: str) -> str:

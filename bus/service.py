@@ -13,13 +13,13 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from bus.abc import Service
 from bus.connection import Bus
 from bus.topology import declare_platform
 
-__all__ = ["configure_logging", "run", "serve"]
+__all__ = ["configure_logging", "run", "serve", "supervised"]
 
 log = logging.getLogger(__name__)
 _configured = False
@@ -38,6 +38,31 @@ def configure_logging(level: str | None = None) -> None:
     )
     logging.getLogger("aio_pika").setLevel(logging.WARNING)
     logging.getLogger("aiormq").setLevel(logging.WARNING)
+
+
+async def supervised(
+    name: str,
+    duty: Callable[[], Awaitable[None]],
+    *,
+    first_backoff_s: float = 0.5,
+    max_backoff_s: float = 30.0,
+) -> None:
+    """Run a background duty forever: if it raises, log it and start it again after a
+    backoff (doubling from ``first_backoff_s`` to ``max_backoff_s``; reset once it has run
+    for ``max_backoff_s``). Cancelling this cancels the duty."""
+    backoff_s = first_backoff_s
+    while True:
+        started = asyncio.get_running_loop().time()
+        try:
+            await duty()
+        except Exception:
+            log.exception("%s failed; restarting in %.1f s", name, backoff_s)
+        else:
+            log.warning("%s ended; restarting in %.1f s", name, backoff_s)
+        if asyncio.get_running_loop().time() - started >= max_backoff_s:
+            backoff_s = first_backoff_s
+        await asyncio.sleep(backoff_s)
+        backoff_s = min(max_backoff_s, backoff_s * 2)
 
 
 async def serve(

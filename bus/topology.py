@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEAD_LETTER_MAX_LENGTH",
+    "DELIVERY_LIMIT",
     "JOURNAL",
     "JOURNAL_MAX_BYTES",
     "TASK_DELIVERY_LIMIT",
@@ -42,6 +43,9 @@ JOURNAL_MAX_BYTES = 1024**3
 #: A task delivered this many times without an ack (its workers keep dying on it) is
 #: dead-lettered by the broker.
 TASK_DELIVERY_LIMIT = 10
+#: A platform or PC queue's message returned this many times (its consumer kept failing
+#: to settle it) is dead-lettered by the broker: no message can wedge a consumer.
+DELIVERY_LIMIT = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +61,17 @@ class QueueSpec:
 
     @classmethod
     def quorum(cls, name: str, *bindings: tuple[str, str], **arguments: Any) -> QueueSpec:
-        """A durable, replicated quorum queue."""
-        return cls(name, bindings, arguments={"x-queue-type": "quorum", **arguments})
+        """A durable, replicated quorum queue. The platform's and a PC's own have a delivery
+        limit and dead-letter to :func:`bus.names.dead_letter_route` (which their owner may
+        write: the broker checks that when the queue is declared)."""
+        defaults: dict[str, Any] = {"x-queue-type": "quorum"}
+        if (dead := names.dead_letter_route(name)) is not None:
+            defaults |= {
+                "x-delivery-limit": DELIVERY_LIMIT,
+                "x-dead-letter-exchange": dead.exchange,
+                "x-dead-letter-routing-key": dead.routing_key,
+            }
+        return cls(name, bindings, arguments={**defaults, **arguments})
 
     @classmethod
     def private(cls, name: str, *bindings: tuple[str, str]) -> QueueSpec:
@@ -122,6 +135,8 @@ async def declare_platform(bus: Bus, *, recovery_s: float = 60.0) -> None:
 async def _declare_platform(channel: AbstractChannel) -> None:
     for exchange in (names.EVENTS_EXCHANGE, names.COMMANDS_EXCHANGE, names.DEAD_LETTER_EXCHANGE):
         await channel.declare_exchange(exchange, ExchangeType.TOPIC, durable=True)
+    dead_exchange = await channel.get_exchange(names.DEAD_LETTER_EXCHANGE)
+    await dead_exchange.bind(names.EVENTS_EXCHANGE, names.node_dead_letter_keys())
     dead_letters = QueueSpec(
         names.DEAD_LETTER_QUEUE,
         ((names.DEAD_LETTER_EXCHANGE, "#"),),

@@ -20,7 +20,6 @@ routing keys.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from bus.abc import Runtime
 from bus.codec import Delivery
 from bus.connection import Bus
 from bus.consumer import Consumer
+from bus.service import supervised
 from bus.topology import QueueSpec
 from nodeagent.input import InputSource
 from nodeagent.load import ForeignLoadSource
@@ -153,7 +153,6 @@ class Agent:
             _COMMANDS,
             self._on_command,
             prefetch=20,
-            on_invalid=self._on_invalid_command,
         )
 
     @property
@@ -176,8 +175,8 @@ class Agent:
         self._load.start()
         await self._carry_out(self._decide())
         await self._commands.start(bus)
-        self._spawn(self._heartbeats())
-        self._spawn(self._samples())
+        self._spawn(supervised("heartbeats", self._heartbeats))
+        self._spawn(supervised("metric samples", self._samples))
 
     async def stop(self, grace_s: float) -> None:
         """Stop watching and heartbeating; replicas keep running for the next agent to adopt."""
@@ -285,24 +284,6 @@ class Agent:
             case RenewToken():
                 if self.tokens.folder(command.replica_id).is_dir():
                     self.tokens.write(command.replica_id, command.token)
-
-    async def _on_invalid_command(self, delivery: Delivery, reason: str) -> None:
-        """A refused command (dead-lettered already) that names its replica gets a failed
-        status, so the sender learns why instead of waiting."""
-        try:
-            body = json.loads(delivery.body)
-            status = ReplicaStatus(
-                node=self.settings.node,
-                replica_id=body["replica_id"],
-                namespace=body["namespace"],
-                app=body["app"],
-                state=ReplicaState.FAILED,
-                at=utc_now(),
-                reason=f"refused a malformed command: {reason}"[:1024],
-            )
-        except (ValueError, TypeError, KeyError):  # not even that much can be read
-            return
-        await self.bus.publish(status)
 
     def _refusal(self) -> str:
         """Why this PC takes no replica now."""

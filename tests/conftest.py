@@ -13,6 +13,7 @@ from bus.devservices import BrokerInfo, create_vhost, delete_vhost, scratch_vhos
 from bus.topology import declare_platform
 
 from .gateway_rig import rig  # noqa: F401  (a fixture: the gateway on a control plane)
+from .login import login, signing_key  # noqa: F401  (fixtures: broker tokens of any principal)
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from bus import names
 from bus.abc import Runtime
 from bus.codec import decode_event
 from bus.connection import Bus
+from bus.consumer import DEAD_REASON_HEADER
 from bus.topology import QueueSpec
 from nodeagent.agent import Agent, AgentSettings
 from nodeagent.runtime.identity import Identities, uid_block
@@ -51,7 +52,7 @@ async def wait_until(
 
 
 class DeadLetterTap:
-    """Collects what consumers dead-letter from one queue (bound by the queue's name)."""
+    """Collects what consumers dead-letter from one queue (bound by its dead-letter key)."""
 
     def __init__(self, source_queue: str) -> None:
         self.source_queue = source_queue
@@ -59,9 +60,10 @@ class DeadLetterTap:
 
     async def start(self, bus: Bus) -> DeadLetterTap:
         channel = await bus.channel()
+        route = names.dead_letter_route(self.source_queue)
+        key = self.source_queue if route is None else route.routing_key
         spec = QueueSpec.private(
-            f"idlecloud.test.dead.{id(self):x}",
-            (names.DEAD_LETTER_EXCHANGE, self.source_queue),
+            f"idlecloud.test.dead.{id(self):x}", (names.DEAD_LETTER_EXCHANGE, key)
         )
         queue = await spec.declare(channel)
         await queue.consume(self._on_message, no_ack=True)
@@ -83,14 +85,16 @@ async def collect_events(
     parse: Callable[[AbstractIncomingMessage], Any] = decode_event,
 ) -> list[Any]:
     """Everything published on ``idlecloud.events`` under ``routing_key``, parsed (by
-    default: the message it carries, checked), in order.
+    default: the message it carries, checked), in order; a PC's dead letters (which travel
+    there under its ``node.<pc>.dead`` key) are not events and are left out.
 
     The list fills while the test runs (a private queue, gone with the connection).
     """
     found: list[Any] = []
 
     async def on_message(message: AbstractIncomingMessage) -> None:
-        found.append(parse(message))
+        if DEAD_REASON_HEADER not in (message.headers or {}):
+            found.append(parse(message))
 
     channel = await bus.channel()
     tap = await QueueSpec.private(

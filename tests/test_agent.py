@@ -222,7 +222,7 @@ async def test_a_renewed_token_is_rewritten_in_place(bus: Bus, rig: tuple[Agent,
     await wait_until(lambda: not token_file.parent.exists(), what="the token's removal")
 
 
-async def test_a_malformed_command_gets_a_failed_status_and_the_agent_goes_on(
+async def test_a_malformed_command_changes_nothing_it_names_and_the_agent_goes_on(
     bus: Bus, rig: tuple[Agent, Events]
 ) -> None:
     agent, events = rig
@@ -233,10 +233,9 @@ async def test_a_malformed_command_gets_a_failed_status_and_the_agent_goes_on(
     await bus.publish_raw(route(good), json.dumps(broken).encode(), properties)
     await bus.publish_raw(route(good), b"\xff not json", properties)  # names nothing
     await bus.publish(good)
-    await wait_until(lambda: len(events.of(ReplicaStatus)) == 2, what="two statuses")
-    by_id = {status.replica_id: status for status in events.of(ReplicaStatus)}
-    assert by_id["bad"].state is ReplicaState.FAILED
-    assert by_id["bad"].reason.startswith("refused a malformed command: ")
-    assert "cpu_millicores" in by_id["bad"].reason
-    assert by_id["good"].state is ReplicaState.RUNNING
-    assert agent._commands.dead_lettered == 2
+    await wait_until(lambda: len(events.of(ReplicaStatus)) == 1, what="the good one's status")
+    await wait_until(lambda: agent._commands.dead_lettered == 2, what="two dead letters")
+    await asyncio.sleep(0.5)
+    assert [(s.replica_id, s.state) for s in events.of(ReplicaStatus)] == [
+        ("good", ReplicaState.RUNNING)
+    ]  # the refused one is not reported, whatever it names

@@ -35,7 +35,7 @@ from services.metrics.report import render
 from services.metrics.writer import MetricsWriter
 
 from .examples import EXAMPLES
-from .helpers import wait_until
+from .helpers import DeadLetterTap, wait_until
 
 AT = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,6 +129,34 @@ async def test_an_influxdb_outage_loses_no_sample(
     await publish(10)
     query = f"SELECT count(cpu_millicores) FROM node WHERE node =~ /^o{unique}/"
     await wait_until(lambda: count(database, query) == 8 * 80, timeout_s=60, what="every sample")
+
+
+async def test_a_sample_influxdb_refuses_is_dead_lettered_and_the_rest_are_written(
+    bus: Bus, writer: MetricsWriter, database: str, unique: str
+) -> None:
+    """InfluxDB refuses a replica point whose field already has another type; the sample
+    carrying it is dead-lettered with InfluxDB's reason, every other sample is written."""
+    seed = InfluxV1(INFLUX_URL, database)
+    await seed.write([f'replica,node=seed cpu_millicores="text" {int(AT.timestamp() * 1e9)}'])
+    await seed.close()  # the field's type is a string from now on
+    dead = await DeadLetterTap(writer.spec.name).start(bus)
+    good = [f"g{unique}{i}" for i in range(6)]
+    bad = sample(f"b{unique}", 0)  # one replica point: refused
+    for index, node in enumerate(good[:3]):
+        await bus.publish(sample(node, index).model_copy(update={"replicas": ()}))
+    await bus.publish(bad)
+    for index, node in enumerate(good[3:]):
+        await bus.publish(sample(node, index).model_copy(update={"replicas": ()}))
+    query = f"SELECT count(cpu_millicores) FROM node WHERE node =~ /^g{unique}/"
+    await wait_until(lambda: count(database, query) == 6, timeout_s=30, what="the good samples")
+    await wait_until(lambda: len(dead.messages) == 1, timeout_s=30, what="the dead letter")
+    reason = dead.reasons()[0]
+    assert "InfluxDB refused its points" in reason and "field type conflict" in reason, reason
+    assert dead.header(0, "idlecloud-dead-queue") == writer.spec.name
+    later = f"l{unique}"
+    await bus.publish(sample(later, 0).model_copy(update={"replicas": ()}))  # nothing stalls
+    query = f"SELECT count(cpu_millicores) FROM node WHERE node = '{later}'"
+    await wait_until(lambda: count(database, query) == 1, timeout_s=30, what="a later sample")
 
 
 async def test_every_dashboard_panel_query_returns_series_from_a_live_run(

@@ -16,11 +16,16 @@ import aiohttp
 from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 from influxdb_client.rest import ApiException
 
-__all__ = ["InfluxUnavailable", "InfluxV1", "InfluxV2", "query_v1"]
+__all__ = ["InfluxRefused", "InfluxUnavailable", "InfluxV1", "InfluxV2", "query_v1"]
 
 
 class InfluxUnavailable(Exception):
-    """InfluxDB did not take a batch (down, or refusing); the message says why."""
+    """InfluxDB did not take a batch (down, or not serving it now); the message says why."""
+
+
+class InfluxRefused(Exception):
+    """InfluxDB refused some line of a batch as bad data (HTTP 400: unparsable, out of
+    range, a field of another type); it wrote the others. The message is InfluxDB's."""
 
 
 class InfluxV1:
@@ -36,7 +41,8 @@ class InfluxV1:
         """Write the lines (nanosecond timestamps).
 
         Raises:
-            InfluxUnavailable: InfluxDB cannot be reached or refused the batch.
+            InfluxRefused: InfluxDB refused a line as bad data (the rest were written).
+            InfluxUnavailable: InfluxDB cannot be reached or did not take the batch.
         """
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=self._timeout)
@@ -45,7 +51,8 @@ class InfluxV1:
             async with self._http.post(target, data="\n".join(lines).encode()) as answer:
                 if answer.status != 204:
                     detail = (await answer.text())[:300]
-                    raise InfluxUnavailable(f"InfluxDB answered {answer.status}: {detail}")
+                    failure = InfluxRefused if answer.status == 400 else InfluxUnavailable
+                    raise failure(f"InfluxDB answered {answer.status}: {detail}")
         except (aiohttp.ClientError, TimeoutError) as error:
             raise InfluxUnavailable(
                 f"InfluxDB at {self.url} cannot be reached: {error!r}"
@@ -71,13 +78,17 @@ class InfluxV2:
         """Write the lines (nanosecond timestamps).
 
         Raises:
-            InfluxUnavailable: InfluxDB cannot be reached or refused the batch.
+            InfluxRefused: InfluxDB refused a line as bad data.
+            InfluxUnavailable: InfluxDB cannot be reached or did not take the batch.
         """
         if self._client is None:
             self._client = InfluxDBClientAsync(**self._settings)
         try:
             await self._client.write_api().write(bucket=self.bucket, record=lines)
-        except (ApiException, aiohttp.ClientError, TimeoutError) as error:
+        except ApiException as error:
+            failure = InfluxRefused if error.status == 400 else InfluxUnavailable
+            raise failure(f"InfluxDB at {self.url} did not take the batch: {error}"[:500]) from None
+        except (aiohttp.ClientError, TimeoutError) as error:
             reason = f"InfluxDB at {self.url} did not take the batch: {error}"
             raise InfluxUnavailable(reason[:500]) from None
 

@@ -5,8 +5,12 @@ presence changes, replica statuses, deployment statuses, quotas and cordons). Ea
 event's points wait in a batch; a delivery is acknowledged only once its batch is
 written, so while InfluxDB is down the broker keeps every event and the writer holds at
 most ``prefetch`` of them in memory. A batch is written when ``batch_lines`` are waiting
-or ``flush_s`` has passed; a failed write is retried with backoff (doubling up to
-``backoff_max_s``). Several writers may share the queue.
+or ``flush_s`` has passed; a write that did not get through is retried with backoff
+(doubling up to ``backoff_max_s``). Bad data is told apart from an unavailable server: when
+InfluxDB refuses a line (a timestamp out of its range, a field of another type), the
+batch is halved until the events it refuses are found; those are dead-lettered with
+InfluxDB's reason and the others written (InfluxDB writes the good lines of a refused
+batch, and writing a point again is harmless). Several writers may share the queue.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from bus import names
 from bus.codec import Delivery
 from bus.connection import Bus
 from bus.consumer import Consumer
+from bus.errors import InvalidMessage
 from bus.topology import QueueSpec
 from schemas import (
     BridgeStatus,
@@ -30,7 +35,7 @@ from schemas import (
     QuotaChanged,
     ReplicaStatus,
 )
-from services.metrics.influx import InfluxUnavailable
+from services.metrics.influx import InfluxRefused, InfluxUnavailable
 from services.metrics.lineprotocol import points
 
 __all__ = ["LineSink", "MetricsWriter"]
@@ -84,7 +89,6 @@ class MetricsWriter(Consumer[Event]):
             *((names.EVENTS_EXCHANGE, key) for key in names.metrics_event_keys()),
         )
         super().__init__(spec, _EVENTS, self._keep, prefetch=prefetch)
-        self.name = "metrics"
         self.sink = sink
         self.batch_lines = batch_lines
         self.flush_s = flush_s
@@ -116,7 +120,10 @@ class MetricsWriter(Consumer[Event]):
         self._waiting.append((lines, done))
         if sum(len(batch) for batch, _ in self._waiting) >= self.batch_lines:
             self._full.set()
-        await done  # acknowledged (by the consumer) once written
+        try:
+            await done  # acknowledged (by the consumer) once written
+        except InfluxRefused as error:  # dead-lettered (by the consumer) with the reason
+            raise InvalidMessage(f"InfluxDB refused its points: {error}") from None
 
     async def _flush_forever(self) -> None:
         backoff_s = 0.0
@@ -129,14 +136,35 @@ class MetricsWriter(Consumer[Event]):
             if not batch:
                 continue
             try:
-                await self.sink.write([line for lines, _ in batch for line in lines])
+                await self._write(batch)
             except InfluxUnavailable as error:
-                self._waiting = batch + self._waiting  # kept, in order; retried after a pause
+                unwritten = [(lines, done) for lines, done in batch if not done.done()]
+                self._waiting = unwritten + self._waiting  # kept, in order; retried later
                 backoff_s = min(self.backoff_max_s, max(0.5, backoff_s * 2))
                 log.warning("metrics: %s; retrying in %.1f s", error, backoff_s)
                 continue
             backoff_s = 0.0
-            self.written += sum(len(lines) for lines, _ in batch)
-            for _lines, done in batch:
+
+    async def _write(self, batch: list[tuple[list[str], asyncio.Future[None]]]) -> None:
+        """Write a batch; where InfluxDB refuses a line, halve it until each refused
+        event is alone, and fail that event's future with the reason.
+
+        Raises:
+            InfluxUnavailable: InfluxDB did not take a part (those futures stay pending).
+        """
+        try:
+            await self.sink.write([line for lines, _ in batch for line in lines])
+        except InfluxRefused as error:
+            if len(batch) == 1:
+                _lines, done = batch[0]
                 if not done.done():
-                    done.set_result(None)
+                    done.set_exception(error)
+                return
+            half = len(batch) // 2
+            await self._write(batch[:half])
+            await self._write(batch[half:])
+            return
+        self.written += sum(len(lines) for lines, _ in batch)
+        for _lines, done in batch:
+            if not done.done():
+                done.set_result(None)
