@@ -10,6 +10,7 @@ naming a live replica) while two replicas run; real processes, a real broker.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import sys
 import time
@@ -30,7 +31,6 @@ from nodeagent.agent import AgentSettings
 from nodeagent.policy import PolicySettings
 from nodeagent.runtime.spec import ReplicaSpec
 from schemas import (
-    NodeHeartbeat,
     ReplicaState,
     ReplicaStatus,
     Resources,
@@ -39,8 +39,14 @@ from schemas import (
     StopReplica,
 )
 
-from .helpers import DeadLetterTap, Events, collect_events, process_runtime, running_agent
-from .helpers import wait_until
+from .helpers import (
+    DeadLetterTap,
+    Events,
+    collect_events,
+    process_runtime,
+    running_agent,
+    wait_until,
+)
 from .login import Login
 
 HEARTBEAT_S = 0.5
@@ -132,7 +138,7 @@ async def test_bad_commands_never_pause_heartbeats_touch_a_live_replica_or_outli
             )
             await asyncio.sleep(10 * HEARTBEAT_S)
             flood_beats = [at for at in beats if at >= flood_from]
-            gaps = [later - earlier for earlier, later in zip(flood_beats, flood_beats[1:])]
+            gaps = [later - earlier for earlier, later in itertools.pairwise(flood_beats)]
             print(f"{len(flood_beats)} heartbeats during the flood, longest gap {max(gaps):.2f} s")
             assert max(gaps) <= 2 * HEARTBEAT_S
             assert all(dead.header(i, "idlecloud-dead-reason") for i in range(len(garbage)))
