@@ -25,14 +25,15 @@ log = logging.getLogger(__name__)
 _configured = False
 
 
-def configure_logging(level: str | None = None) -> None:
-    """Configure the root logger once (level from ``IDLECLOUD_LOG_LEVEL``, default INFO)."""
+def configure_logging(default_level: str = "INFO") -> None:
+    """Configure the root logger once: the level ``IDLECLOUD_LOG_LEVEL`` names, else
+    ``default_level``."""
     global _configured
     if _configured:
         return
     _configured = True
     logging.basicConfig(
-        level=(level or os.environ.get("IDLECLOUD_LOG_LEVEL", "INFO")).upper(),
+        level=os.environ.get("IDLECLOUD_LOG_LEVEL", default_level).upper(),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )

@@ -3,11 +3,13 @@
 
 Pure: no I/O. Every control-plane service keeps one, fed by its journal reader. An entry
 whose request id was applied before (a publish retried across a reconnect can land twice)
-changes nothing.
+changes nothing. Each applied request id is kept with a digest of its request, so the
+same id sent again with other content can be told from a redelivery (and refused).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 from bus.journal import Entry
@@ -18,13 +20,14 @@ from schemas import (
     KeyIssued,
     KeyView,
     LeaderTookOver,
+    Message,
     QuotaSet,
     Resources,
     ScaleRequest,
     TokenRevoke,
 )
 
-__all__ = ["AppKey", "DesiredState", "Spec"]
+__all__ = ["AppKey", "DesiredState", "Spec", "digest"]
 
 AppKey = tuple[str, str]  # (namespace, app)
 
@@ -54,6 +57,12 @@ class Spec:
         )
 
 
+def digest(message: Message) -> str:
+    """What a request says, in a few bytes: its schema and every field."""
+    content = f"{message.schema_name}:{message.model_dump_json()}"
+    return hashlib.sha256(content.encode()).hexdigest()[:32]
+
+
 @dataclass
 class DesiredState:
     """Deployments, quotas, cordons and leaders as of the last applied journal entry."""
@@ -64,7 +73,7 @@ class DesiredState:
     leaders: dict[str, int] = field(default_factory=dict)  # service -> its epoch
     keys: dict[str, KeyView] = field(default_factory=dict)  # API keys issued, by key id
     revoked: dict[str, int] = field(default_factory=dict)  # key id -> offset of its revocation
-    applied: set[str] = field(default_factory=set)  # request ids
+    applied: dict[str, str] = field(default_factory=dict)  # request id -> its digest
     offset: int = -1  # the last entry applied
 
     def apply(self, entry: Entry) -> None:
@@ -75,7 +84,7 @@ class DesiredState:
         if request_id is not None:
             if request_id in self.applied:
                 return
-            self.applied.add(request_id)
+            self.applied[request_id] = digest(message)
         match message:
             case DeployRequest():
                 key = (message.namespace, message.app)

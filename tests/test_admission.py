@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bus.journal import Entry
 from schemas import CordonRequest, DeleteRequest, Message, QuotaSet, ScaleRequest
-from services.quota.admission import admit
+from services.quota.admission import Verdict, admit, recall
 from services.state import DesiredState
 
 from .examples import deploy
@@ -79,3 +79,18 @@ def test_scales_deletes_and_namespaces_without_a_quota() -> None:
     assert admit(state, bob).reason.startswith(
         "bob has no quota; an admin sets one with `bus quota"
     )
+
+
+def test_a_request_id_is_bound_to_its_content() -> None:
+    first = deploy("alice", "stereo", "req-a-000001")
+    state = state_of(quota("alice", 20_000, 65_536), first)
+    assert recall(state, first) == Verdict(True, "already admitted")  # a redelivery
+    assert recall(state, deploy("alice", "other", "req-a-000002")) is None  # a new id
+    reused = ScaleRequest(request_id="req-a-000001", namespace="alice", app="stereo", replicas=1)
+    verdict = recall(state, reused)
+    assert verdict is not None and not verdict.accepted
+    assert verdict.reason == (
+        "request id req-a-000001 was used before for another request; "
+        "send each request with an id of its own"
+    )
+    assert recall(state, first.model_copy(update={"replicas": 2})) == verdict

@@ -202,3 +202,42 @@ def test_a_namespace_over_a_lowered_quota_loses_its_newest_replicas() -> None:
     assert [stop.reason for stop in plan.stops] == ["its namespace is over its quota"] * 2
     assert sum(world.per_node().values()) == 4
     assert world.tick().statuses[("alice", "stereo")].reason == "alice runs its whole quota already"
+
+
+def test_replicas_still_stopping_hold_the_quota_until_they_are_gone() -> None:
+    """Quota 4000m, 4 x 1000m of app a scaled to 0 whose replicas take 3 ticks to exit;
+    app b's 4 x 1000m start only once a's are gone: what runs never exceeds 4000m."""
+    world = World()
+    world.journal(QuotaSet(request_id="req-quota-01", namespace="alice", cpu_millicores=4000,
+                           memory_mib=65_536))  # fmt: skip
+    for app in ("a", "b"):
+        world.journal(deploy("alice", app, f"req-dep-{app}").model_copy(update={
+            "replicas": 4 if app == "a" else 0, "cpu_millicores": 1000, "memory_mib": 512,
+            "node_selector": {}}))  # fmt: skip
+    world.tick()
+    assert sum(world.per_node("a").values()) == 4
+    world.journal(ScaleRequest(request_id="req-scale-a", namespace="alice", app="a", replicas=0))
+    world.journal(ScaleRequest(request_id="req-scale-b", namespace="alice", app="b", replicas=4))
+    exiting: dict[str, dict[str, ReplicaReport]] = {}
+    for tick in range(8):
+        plan = world.tick()
+        for stop in plan.stops:  # the PC was told; the replica handles SIGTERM slowly
+            exiting.setdefault(stop.node, {})[stop.replica_id] = stop_report(world, stop)
+        for node, reports in exiting.items():
+            for replica_id, report in reports.items():
+                if tick < 3:
+                    world.running[node][replica_id] = report
+                else:  # it exited at last
+                    world.running[node].pop(replica_id, None)
+        runs = sum(len(replicas) for replicas in world.running.values())
+        assert runs * 1000 <= 4000, f"tick {tick}: {runs} replicas run"
+    assert sum(world.per_node("b").values()) == 4
+
+
+def stop_report(world: World, stop: object) -> ReplicaReport:
+    """The report of a replica a stop was sent to, as its PC keeps sending it."""
+    node, replica_id = stop.node, stop.replica_id  # type: ignore[attr-defined]
+    return ReplicaReport(
+        replica_id=replica_id, namespace="alice", app="a", state=ReplicaState.STOPPING,
+        reservation=Resources(cpu_millicores=1000, memory_mib=512),
+    )  # fmt: skip

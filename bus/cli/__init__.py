@@ -33,7 +33,7 @@ app.add_typer(sim.sim_app, name="sim")
 def main() -> None:
     """Entry point of the `bus` console script."""
     os.environ.setdefault(PLATFORM_MARKER, "1")  # this process and its children: the platform's
-    configure_logging("WARNING")
+    configure_logging("WARNING")  # IDLECLOUD_LOG_LEVEL overrides it
     for library in ("aio_pika", "aiormq"):  # their connection errors are reported by `bus`
         logging.getLogger(library).setLevel(logging.CRITICAL)
     app(prog_name="bus")

@@ -59,7 +59,11 @@ def _child_main(connection: Connection, target: str) -> None:
         except (EOFError, OSError):
             return
         function = app.tasks[task_name].function
-        connection.send([run_sync(function, call) for call in calls])
+        results = [run_sync(function, call) for call in calls]
+        try:
+            connection.send(results)
+        except OSError:  # BrokenPipeError: the worker is gone, and this process goes quietly
+            return
 
 
 class _Child:

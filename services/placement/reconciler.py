@@ -21,7 +21,10 @@ their PC's resources, so a tick never starts a replica twice. Per app: surplus h
 replicas are stopped (from the PC with most of them, newest first); missing ones become
 a :class:`~.scheduler.Want` for the scheduler, unless the app is backing off after
 crashes (``backoff_base_s`` doubling per failure up to ``backoff_max_s``, forgotten
-after ``backoff_reset_s`` without one). A
+after ``backoff_reset_s`` without one). Quota is about what runs: a replica still running while it is being stopped (its app
+scaled down, deleted or redeployed, or preempted) holds its namespace's quota until its PC
+stops reporting it (its agent kills it after the stop's grace period at the latest), so
+replacements wait for it and a namespace never runs more than its quota. A
 namespace running beyond its quota (an admin lowered it) loses its newest replicas. When
 capacity is short, at most one replica per ``preempt_interval_s`` is stopped for fair
 share (see :func:`~.scheduler.preemption`). Every tick also yields each app's status:
@@ -42,6 +45,8 @@ from services.state import AppKey, DesiredState, Spec
 __all__ = ["AppStatus", "Plan", "Reconciler", "ReconcilerSettings", "Start", "Stop", "replica_id"]
 
 _ENDED = (ReplicaState.EXITED, ReplicaState.FAILED)
+#: States in which a replica's processes may run (and so spend its namespace's quota).
+_RUNS = (ReplicaState.STARTING, ReplicaState.RUNNING, ReplicaState.STOPPING)
 #: Refusals that say something about the PC, not the app: no reason to back off.
 _NODE_REFUSALS = ("this PC is", "needs ")
 
@@ -168,7 +173,8 @@ class Reconciler:
         tallies: dict[AppKey, _Tally] = defaultdict(_Tally)
         seen: set[str] = set()
         slots: list[NodeSlot] = []
-        usage: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        usage: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # healthy and starting
+        held: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # and the stopping that run
         sizes = {key: (spec.request.cpu_millicores, spec.request.memory_mib)
                  for key, spec in desired.deployments.items()}  # fmt: skip
         live = [node for node in registry.nodes.values() if not registry.lost(node, now)]
@@ -180,6 +186,9 @@ class Reconciler:
                 seen.add(replica.replica_id)
                 used[0] += replica.cpu_millicores
                 used[1] += replica.memory_mib
+                if not busy and replica.state in _RUNS:
+                    held[replica.namespace][0] += replica.cpu_millicores
+                    held[replica.namespace][1] += replica.memory_mib
                 why = self._why_stop(replica, desired)
                 if why is not None:
                     self._stop(plan, replica.replica_id, node.name, why, now, grace_s=0)
@@ -207,8 +216,9 @@ class Reconciler:
                 del self.in_flight[rid]  # reported, or its PC was lost or became busy
                 continue
             tallies[start.key].starting += 1
-            usage[start.key[0]][0] += start.cpu_millicores
-            usage[start.key[0]][1] += start.memory_mib
+            for counted in (usage, held):
+                counted[start.key[0]][0] += start.cpu_millicores
+                counted[start.key[0]][1] += start.memory_mib
             slot.free_cpu_millicores -= start.cpu_millicores
             slot.free_memory_mib -= start.memory_mib
         for slot in slots:
@@ -219,7 +229,7 @@ class Reconciler:
         wants = self._wants(plan, desired, tallies, usage, sizes, now)
         total = (sum(n.allocatable[0] for n in live), sum(n.allocatable[1] for n in live))
         snapshot = Snapshot(
-            slots, wants, {ns: (u[0], u[1]) for ns, u in usage.items()},
+            slots, wants, {ns: (u[0], u[1]) for ns, u in held.items()},
             {ns: (q.cpu_millicores, q.memory_mib) for ns, q in desired.quotas.items()}, total,
         )  # fmt: skip
         scheduled = schedule(snapshot)

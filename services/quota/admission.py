@@ -5,6 +5,9 @@ quota. A deploy or scale is admitted only if the total after the change stays wi
 the reason for a refusal gives the numbers. A namespace without a quota has none to
 spend. Deletes and an admin's quota and cordon requests are always admitted (a delete
 of an app that does not exist is refused, so a typo is not a silent success).
+
+A request id is bound to its content: the same request again (a redelivery) is recalled
+as admitted and not applied twice; the same id with other content is refused.
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ from schemas import (
     QuotaSet,
     ScaleRequest,
 )
-from services.state import DesiredState
+from services.state import DesiredState, digest
 
-__all__ = ["Verdict", "admit"]
+__all__ = ["Verdict", "admit", "recall"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,20 @@ class Verdict:
 
     accepted: bool
     reason: str = ""
+
+
+def recall(state: DesiredState, request: Message) -> Verdict | None:
+    """The verdict on a request whose id was admitted before; None for a new id."""
+    seen = state.applied.get(getattr(request, "request_id", ""))
+    if seen is None:
+        return None
+    if seen == digest(request):
+        return Verdict(True, "already admitted")
+    return Verdict(
+        False,
+        f"request id {getattr(request, 'request_id', '')} was used before for another "
+        "request; send each request with an id of its own",
+    )
 
 
 def admit(state: DesiredState, request: Message) -> Verdict:

@@ -3,7 +3,8 @@
 Only the leader consumes ``idlecloud.quota.requests`` (one request at a time, so each is
 judged against every change before it). An admitted request is appended to the journal
 and read back before it is answered: the next request sees it. A request id already in
-the journal (a redelivery) is answered as admitted again and not appended twice. The
+the journal with the same content (a redelivery) is answered as admitted again and not
+appended twice; with other content it is refused, saying so. The
 requester gets a ``RequestResult`` by RPC, and the same result is published as an event
 either way; an admitted quota or cordon is also announced (``QuotaChanged``,
 ``CordonChanged``) for the metrics writer and dashboards. A namespace with a quota gets
@@ -34,7 +35,7 @@ from schemas import (
 )
 from schemas.base import NamespaceMessage
 from services.base import ControlService
-from services.quota.admission import admit
+from services.quota.admission import admit, recall
 
 __all__ = ["QuotaManager"]
 
@@ -102,13 +103,12 @@ class QuotaManager(ControlService):
                 await self.bus.publish(change)
 
     async def _handle(self, request: Request, _delivery: Delivery) -> RequestResult:
-        if request.request_id in self.state.applied:
-            accepted, reason = True, "already admitted"
-        else:
+        verdict = recall(self.state, request)
+        if verdict is None:  # a new request
             verdict = admit(self.state, request)
-            accepted, reason = verdict.accepted, verdict.reason
-            if accepted:
+            if verdict.accepted:
                 await self.journal.append_and_read(request)
+        accepted, reason = verdict.accepted, verdict.reason
         namespace = request.namespace if isinstance(request, NamespaceMessage) else None
         result = RequestResult(
             request_id=request.request_id, namespace=namespace, accepted=accepted, reason=reason
