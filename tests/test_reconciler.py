@@ -22,7 +22,13 @@ from schemas import (
     Resources,
     ScaleRequest,
 )
-from services.placement.reconciler import Plan, Reconciler, ReconcilerSettings, generation_of
+from services.placement.reconciler import (
+    Plan,
+    Reconciler,
+    ReconcilerSettings,
+    Stop,
+    generation_of,
+)
 from services.placement.registry import Registry
 from services.state import DesiredState
 
@@ -222,7 +228,7 @@ def test_replicas_still_stopping_hold_the_quota_until_they_are_gone() -> None:
     for tick in range(8):
         plan = world.tick()
         for stop in plan.stops:  # the PC was told; the replica handles SIGTERM slowly
-            exiting.setdefault(stop.node, {})[stop.replica_id] = stop_report(world, stop)
+            exiting.setdefault(stop.node, {})[stop.replica_id] = stopping(stop)
         for node, reports in exiting.items():
             for replica_id, report in reports.items():
                 if tick < 3:
@@ -234,10 +240,9 @@ def test_replicas_still_stopping_hold_the_quota_until_they_are_gone() -> None:
     assert sum(world.per_node("b").values()) == 4
 
 
-def stop_report(world: World, stop: object) -> ReplicaReport:
+def stopping(stop: Stop) -> ReplicaReport:
     """The report of a replica a stop was sent to, as its PC keeps sending it."""
-    node, replica_id = stop.node, stop.replica_id  # type: ignore[attr-defined]
     return ReplicaReport(
-        replica_id=replica_id, namespace="alice", app="a", state=ReplicaState.STOPPING,
+        replica_id=stop.replica_id, namespace="alice", app="a", state=ReplicaState.STOPPING,
         reservation=Resources(cpu_millicores=1000, memory_mib=512),
     )  # fmt: skip

@@ -21,11 +21,13 @@ their PC's resources, so a tick never starts a replica twice. Per app: surplus h
 replicas are stopped (from the PC with most of them, newest first); missing ones become
 a :class:`~.scheduler.Want` for the scheduler, unless the app is backing off after
 crashes (``backoff_base_s`` doubling per failure up to ``backoff_max_s``, forgotten
-after ``backoff_reset_s`` without one). Quota is about what runs: a replica still running while it is being stopped (its app
-scaled down, deleted or redeployed, or preempted) holds its namespace's quota until its PC
-stops reporting it (its agent kills it after the stop's grace period at the latest), so
-replacements wait for it and a namespace never runs more than its quota. A
-namespace running beyond its quota (an admin lowered it) loses its newest replicas. When
+after ``backoff_reset_s`` without one).
+
+Quota is about what runs: a replica still running while it is being stopped (its app
+scaled down, deleted or redeployed, or preempted) holds its namespace's quota until its
+PC stops reporting it (its agent kills it after the stop's grace period at the latest),
+so replacements wait for it and a namespace never runs more than its quota. A namespace
+running beyond its quota (an admin lowered it) loses its newest replicas. When
 capacity is short, at most one replica per ``preempt_interval_s`` is stopped for fair
 share (see :func:`~.scheduler.preemption`). Every tick also yields each app's status:
 running (all desired replicas run), pending (none does) or degraded, with the reason.
