@@ -11,7 +11,7 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints
 
-from schemas.base import AppId, NamespaceName, NodeMessage, Reason, ReplicaId
+from schemas.base import AppId, Count, NamespaceName, NodeMessage, Reason, ReplicaId
 from schemas.requests import Workload
 from schemas.resources import Resources
 
@@ -24,7 +24,7 @@ __all__ = [
     "StopReplica",
 ]
 
-Epoch = Annotated[int, Field(ge=0, description="Journal offset at which the sender became leader.")]
+Epoch = Annotated[Count, Field(description="Journal offset at which the sender became leader.")]
 #: Kept out of ``repr`` so a token never lands in a log line.
 BrokerToken = Annotated[str, StringConstraints(max_length=16_384), Field(repr=False)]
 

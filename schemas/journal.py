@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, StringConstraints
+from pydantic import StringConstraints
 
-from schemas.base import PlatformMessage
+from schemas.base import Count, PlatformMessage
 
 __all__ = ["JournalMarker", "LeaderTookOver"]
 
@@ -34,4 +34,4 @@ class JournalMarker(PlatformMessage):
     schema_name = "JournalMarker"
 
     instance: InstanceId
-    seq: Annotated[int, Field(ge=0)]
+    seq: Count

@@ -13,6 +13,7 @@ from pydantic import AwareDatetime, Field, StringConstraints
 
 from schemas.base import (
     AppId,
+    Count,
     LabelKey,
     LabelValue,
     NamespaceName,
@@ -93,7 +94,7 @@ class NodeHeartbeat(NodeMessage):
 
     schema_name = "NodeHeartbeat"
 
-    seq: Annotated[int, Field(ge=0)]
+    seq: Count
     sent_at: AwareDatetime
     capacity: Resources
     allocatable: Resources

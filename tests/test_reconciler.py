@@ -246,3 +246,32 @@ def stopping(stop: Stop) -> ReplicaReport:
         replica_id=stop.replica_id, namespace="alice", app="a", state=ReplicaState.STOPPING,
         reservation=Resources(cpu_millicores=1000, memory_mib=512),
     )  # fmt: skip
+
+
+def heartbeat(node: str, seq: int, replicas: int = 0) -> NodeHeartbeat:
+    return NodeHeartbeat(
+        node=node, seq=seq, sent_at=AT, capacity=Resources(cpu_millicores=4000, memory_mib=4096),
+        allocatable=Resources(cpu_millicores=4000, memory_mib=4096), usage=Resources(),
+        presence=IDLE, replicas=tuple(
+            ReplicaReport(replica_id=f"r{i}", namespace="alice", app="a",
+                          state=ReplicaState.RUNNING, reservation=Resources(cpu_millicores=100))
+            for i in range(replicas)),
+    )  # fmt: skip
+
+
+def test_a_heartbeat_from_far_ahead_is_refused_and_the_pcs_next_one_is_taken() -> None:
+    registry = Registry(node_timeout_s=3.0)
+    assert registry.heartbeat(heartbeat("edge", 41, replicas=2), now=10.0)
+    forged = heartbeat("edge", 2**53 - 1)  # the schema's bound: no further
+    assert not registry.heartbeat(forged, now=10.5)  # 50 beats a second at most since
+    assert registry.heartbeat(heartbeat("edge", 42, replicas=2), now=11.0)
+    assert registry.nodes["edge"].seq == 42 and len(registry.nodes["edge"].replicas) == 2
+    assert not registry.heartbeat(heartbeat("edge", 40), now=11.1)  # late: ignored
+    assert registry.heartbeat(heartbeat("edge", 1), now=12.0)  # the agent restarted
+    assert registry.heartbeat(heartbeat("edge", 2), now=13.0)
+    # a count it never reached (a fresh registry took a bogus one first) heals at once
+    fresh = Registry(node_timeout_s=3.0)
+    fresh.heartbeat(heartbeat("edge", 10**12), now=0.0)
+    assert fresh.heartbeat(heartbeat("edge", 43, replicas=1), now=1.0)
+    assert not fresh.lost(fresh.nodes["edge"], now=2.0)
+    assert len(fresh.nodes["edge"].replicas) == 1

@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 import schemas
-from schemas import MESSAGES, DeployRequest, Message, StartReplica, export_json_schemas
+from schemas import (
+    MESSAGES,
+    DeployRequest,
+    Message,
+    NodeHeartbeat,
+    StartReplica,
+    export_json_schemas,
+)
 from schemas.catalogue import json_schema
 
 from .examples import EXAMPLES
@@ -111,3 +118,13 @@ def test_export_writes_a_schema_per_message_and_an_index(tmp_path: Path) -> None
     }
     assert deploy["additionalProperties"] is False
     assert "namespace" in deploy["required"]
+
+
+@pytest.mark.parametrize("field", ["seq", "epoch"])
+def test_counts_on_the_wire_stay_within_what_json_keeps_exact(field: str) -> None:
+    cls = NodeHeartbeat if field == "seq" else StartReplica
+    document = EXAMPLES[cls].model_dump(mode="json")
+    cls.model_validate_json(json.dumps({**document, field: 2**53 - 1}))
+    for wrong in (2**53, 2**70, -1):
+        with pytest.raises(ValidationError, match=field):
+            cls.model_validate_json(json.dumps({**document, field: wrong}))

@@ -4,8 +4,11 @@ Every heartbeat replaces what is known of its PC (capacity, labels, presence, re
 a presence event changes the presence at once (it arrives before the next heartbeat); a
 replica status updates a known replica's state in between (a replica first appears with
 its reservation in a heartbeat). A PC is lost once no heartbeat
-came for ``node_timeout_s``. Heartbeats that arrive out of order (a lower ``seq``) are
-ignored, except after an agent restart (its ``seq`` starts again from 1).
+came for ``node_timeout_s``. Heartbeats that arrive out of order (a ``seq`` a little
+below the last) are ignored; one far below says the agent counts afresh (it restarted,
+or the last count was not its own) and is taken. A ``seq`` further ahead of the last
+than the agent could have counted since (:data:`MAX_BEATS_PER_S`) is refused, so a
+forged or corrupted count cannot make the PC's real heartbeats look old.
 """
 
 from __future__ import annotations
@@ -14,7 +17,12 @@ from dataclasses import dataclass, field
 
 from schemas import NodeHeartbeat, NodePresence, PresenceState, ReplicaState, ReplicaStatus
 
-__all__ = ["NodeInfo", "Registry", "ReplicaInfo"]
+__all__ = ["MAX_BEATS_PER_S", "NodeInfo", "Registry", "ReplicaInfo"]
+
+#: No agent heartbeats faster than this.
+MAX_BEATS_PER_S = 100
+#: How far out of order a heartbeat may arrive and still be a late delivery.
+_REORDER_WINDOW = 16
 
 
 @dataclass(slots=True)
@@ -60,11 +68,16 @@ class Registry:
         self.node_timeout_s = node_timeout_s
         self.nodes: dict[str, NodeInfo] = {}
 
-    def heartbeat(self, beat: NodeHeartbeat, now: float) -> None:
-        """Take in a heartbeat."""
+    def heartbeat(self, beat: NodeHeartbeat, now: float) -> bool:
+        """Take in a heartbeat; False if it was ignored (late, or an impossible leap)."""
         known = self.nodes.get(beat.node)
-        if known is not None and 1 < beat.seq <= known.seq:
-            return  # an older heartbeat, delivered late
+        if known is not None:
+            ahead = beat.seq - known.seq
+            reachable = MAX_BEATS_PER_S * max(0.0, now - known.last_seen) + _REORDER_WINDOW
+            if ahead > reachable:
+                return False  # further ahead than the agent could have counted since
+            if beat.seq > 1 and -_REORDER_WINDOW <= ahead <= 0:
+                return False  # an older heartbeat, delivered late
         self.nodes[beat.node] = NodeInfo(
             name=beat.node,
             capacity=(beat.capacity.cpu_millicores, beat.capacity.memory_mib),
@@ -90,6 +103,7 @@ class Registry:
             },
             runtime=beat.runtime,
         )
+        return True
 
     def presence(self, event: NodePresence) -> None:
         """A PC's presence changed (its replicas are already paused if it is busy)."""
