@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aio_pika.abc import AbstractIncomingMessage
 
 from bus import names
 from bus.abc import Runtime
@@ -89,16 +88,9 @@ async def test_bad_commands_never_pause_heartbeats_touch_a_live_replica_or_outli
 ) -> None:
     node = f"wedge{unique}"
     events = Events(await collect_events(bus, f"node.{node}.#"))
-    beats: list[float] = []
-
-    async def on_heartbeat(_message: AbstractIncomingMessage) -> None:
-        beats.append(time.monotonic())
-
-    channel = await bus.channel()
-    tap = await QueueSpec.private(
-        f"idlecloud.test.beats.{unique}", (names.EVENTS_EXCHANGE, f"node.{node}.heartbeat")
-    ).declare(channel)
-    await tap.consume(on_heartbeat, no_ack=True)
+    beats: list[float] = await collect_events(
+        bus, f"node.{node}.heartbeat", lambda _message: time.monotonic()
+    )  # when each arrived
     dead = await DeadLetterTap(names.node_commands_queue(node)).start(bus)
     settings = AgentSettings(
         node=node,
