@@ -7,7 +7,8 @@ offset lives in the very ``arguments`` mapping the robust channel re-consumes wi
 a reconnect, so a reader resumes exactly after the last entry it applied: no replay, no
 skip. AMQP 0-9-1 has no end-of-stream signal, so :meth:`Journal.catch_up` appends a
 marker of its own and waits to read it back: once it has, everything written before is
-applied.
+applied. Entries are at most :data:`MAX_ENTRY_BYTES` (a snapshot of the whole desired
+state is the largest; a request is at most the 1 MiB any consumer takes).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from schemas import (
     CordonRequest,
     DeleteRequest,
     DeployRequest,
+    JournalSnapshot,
     KeyIssued,
     Message,
     QuotaSet,
@@ -39,7 +41,7 @@ from schemas import (
 )
 from schemas.journal import JournalMarker, LeaderTookOver
 
-__all__ = ["ENTRIES", "JOURNAL_ROUTE", "Entry", "Journal"]
+__all__ = ["ENTRIES", "JOURNAL_ROUTE", "MAX_ENTRY_BYTES", "Entry", "Journal"]
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,10 @@ ENTRIES: tuple[type[Message], ...] = (
     TokenRevoke,
     LeaderTookOver,
     JournalMarker,
+    JournalSnapshot,
 )
+#: The largest journal entry a reader takes (a snapshot; see services.state).
+MAX_ENTRY_BYTES = 64 * 1024 * 1024
 #: Appends go through the default exchange straight into the stream.
 JOURNAL_ROUTE = names.Route(names.DEFAULT_EXCHANGE, names.JOURNAL_STREAM)
 _PREFETCH = 500
@@ -86,7 +91,7 @@ class Journal:
         """Start reading from the first entry (or from where a restart left off)."""
         self._bus = bus
         channel = await bus.channel(prefetch=_PREFETCH)
-        queue = await JOURNAL.declare(channel)
+        queue = await JOURNAL.declare(channel, passive=True)  # the platform declared it
         await queue.consume(self._on_message, arguments=self._arguments)
 
     async def append(self, message: Message, *, timeout_s: float = 30.0) -> None:
@@ -143,7 +148,12 @@ class Journal:
             await incoming.ack()
             return
         try:
-            message = decode(delivery_of(incoming), self._accepts, check_route=False)
+            message = decode(
+                delivery_of(incoming),
+                self._accepts,
+                max_body_bytes=MAX_ENTRY_BYTES,
+                check_route=False,
+            )
         except InvalidMessage as error:  # written by something that is not the platform
             log.error("journal entry %d skipped: %s", offset, error.reason)
             message = None

@@ -24,6 +24,7 @@ from schemas import (
     DeploymentStatus,
     DeployRequest,
     JournalMarker,
+    JournalSnapshot,
     KeyIssued,
     KeyReply,
     KeysQuery,
@@ -340,7 +341,7 @@ def route(message: Message) -> Route:
             return Route(COMMANDS_EXCHANGE, _admin_key("token", "replica"))
         case KeyReply() | KeysReply() | ReplicaTokenReply():  # RPC replies; as events, admin's
             return Route(EVENTS_EXCHANGE, _admin_key("keys"))
-        case LeaderTookOver() | JournalMarker() | KeyIssued():
+        case LeaderTookOver() | JournalMarker() | JournalSnapshot() | KeyIssued():
             return Route(DEFAULT_EXCHANGE, JOURNAL_STREAM)  # the control plane's own
     raise TypeError(f"no route is defined for {kind.__name__}")  # pragma: no cover
 

@@ -9,6 +9,7 @@ idempotent, and a robust channel repeats them after a reconnect.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,8 @@ from aio_pika.abc import AbstractChannel, AbstractQueue
 
 from bus import names
 from bus.errors import BrokerUnavailable
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from bus.connection import Bus
@@ -98,14 +101,21 @@ class QueueSpec:
         return queue
 
 
-#: The journal stream (see bus.journal).
+#: The journal stream (see bus.journal). Retention drops whole segments (RabbitMQ's
+#: default: 500 MB), so at least 512 MiB stay after a drop: more than the entries since
+#: the newest snapshot can take (``services.state.SNAPSHOT_EVERY`` entries of at most
+#: 1 MiB, plus the snapshot itself, at most ``bus.journal.MAX_ENTRY_BYTES``). Retention
+#: therefore only ever drops what a snapshot holds. An existing journal keeps the limits
+#: it was declared with (readers declare it passively).
 JOURNAL = QueueSpec(
     names.JOURNAL_STREAM,
     arguments={"x-queue-type": "stream", "x-max-length-bytes": JOURNAL_MAX_BYTES},
 )
 
 
-async def declare_platform(bus: Bus, *, recovery_s: float = 60.0) -> None:
+async def declare_platform(
+    bus: Bus, *, recovery_s: float = 60.0, journal: QueueSpec = JOURNAL
+) -> None:
     """Declare the exchanges, dead-letter queue and journal every component relies on.
 
     After an unclean stop the broker accepts connections before its durable streams and
@@ -119,7 +129,7 @@ async def declare_platform(bus: Bus, *, recovery_s: float = 60.0) -> None:
     while True:
         channel = await bus.channel()
         try:
-            await _declare_platform(channel)
+            await _declare_platform(channel, journal)
         except aiormq.exceptions.ChannelNotFoundEntity as error:
             if "down or inaccessible" not in str(error) or time.monotonic() > deadline:
                 raise BrokerUnavailable(
@@ -132,7 +142,7 @@ async def declare_platform(bus: Bus, *, recovery_s: float = 60.0) -> None:
         return
 
 
-async def _declare_platform(channel: AbstractChannel) -> None:
+async def _declare_platform(channel: AbstractChannel, journal: QueueSpec) -> None:
     for exchange in (names.EVENTS_EXCHANGE, names.COMMANDS_EXCHANGE, names.DEAD_LETTER_EXCHANGE):
         await channel.declare_exchange(exchange, ExchangeType.TOPIC, durable=True)
     dead_exchange = await channel.get_exchange(names.DEAD_LETTER_EXCHANGE)
@@ -143,7 +153,10 @@ async def _declare_platform(channel: AbstractChannel) -> None:
         arguments={"x-max-length": DEAD_LETTER_MAX_LENGTH, "x-overflow": "drop-head"},
     )
     await dead_letters.declare(channel)
-    await JOURNAL.declare(channel)
+    try:
+        await journal.declare(channel)
+    except aiormq.exceptions.ChannelPreconditionFailed:  # declared with other limits: kept
+        log.info("the journal keeps the limits it was declared with")
 
 
 async def declare_namespace_events(channel: AbstractChannel, namespace: str) -> None:

@@ -47,7 +47,7 @@ from schemas.events import (
     DeploymentStatus,
     QuotaChanged,
 )
-from schemas.journal import JournalMarker, LeaderTookOver
+from schemas.journal import JournalMarker, JournalSnapshot, LeaderTookOver, SnapshotApp
 from schemas.node import (
     MetricSample,
     NodeHeartbeat,
@@ -95,6 +95,7 @@ __all__ = [
     "DeploymentState",
     "DeploymentStatus",
     "JournalMarker",
+    "JournalSnapshot",
     "KeyIssued",
     "KeyReply",
     "KeyView",
@@ -134,6 +135,7 @@ __all__ = [
     "ResumeReplica",
     "Role",
     "ScaleRequest",
+    "SnapshotApp",
     "StartReplica",
     "StopReplica",
     "TokenIssue",

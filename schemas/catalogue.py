@@ -19,7 +19,7 @@ from schemas.auth import (
 from schemas.base import Message
 from schemas.commands import PauseReplica, RenewToken, ResumeReplica, StartReplica, StopReplica
 from schemas.events import BridgeStatus, CordonChanged, DeploymentStatus, QuotaChanged
-from schemas.journal import JournalMarker, LeaderTookOver
+from schemas.journal import JournalMarker, JournalSnapshot, LeaderTookOver
 from schemas.node import MetricSample, NodeHeartbeat, NodePresence, ReplicaStatus
 from schemas.queries import AppsQuery, AppsReply, NodesQuery, NodesReply
 from schemas.requests import (
@@ -66,6 +66,7 @@ MESSAGES: tuple[type[Message], ...] = (
     DeploymentStatus,
     LeaderTookOver,
     JournalMarker,
+    JournalSnapshot,
     AppsQuery,
     AppsReply,
     NodesQuery,

@@ -2,18 +2,23 @@
 
 The journal (a RabbitMQ stream) holds every admitted change to the desired state as the
 request that caused it (DeployRequest, ScaleRequest, DeleteRequest, QuotaSet,
-CordonRequest), plus these two kinds of bookkeeping entry.
+CordonRequest), plus these kinds of bookkeeping entry: a leader's takeover, a reader's
+marker, and a snapshot of the whole desired state, so entries the stream's size bound
+drops are never needed again.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import StringConstraints
+from pydantic import Field, StringConstraints
 
-from schemas.base import Count, PlatformMessage
+from schemas.auth import KeyId, KeyView
+from schemas.base import Count, NamespaceName, NodeName, PlatformMessage, RequestId, WireModel
+from schemas.requests import DeployRequest, Replicas
+from schemas.resources import Resources
 
-__all__ = ["JournalMarker", "LeaderTookOver"]
+__all__ = ["JournalMarker", "JournalSnapshot", "LeaderTookOver", "SnapshotApp"]
 
 ServiceName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,31}$")]
 InstanceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
@@ -35,3 +40,37 @@ class JournalMarker(PlatformMessage):
 
     instance: InstanceId
     seq: Count
+
+
+#: A snapshot lists at most this many of each thing (apps, keys, quotas, request ids).
+MAX_SNAPSHOT_ITEMS = 100_000
+Digest = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+
+
+class SnapshotApp(WireModel):
+    """One application in a snapshot: its deploy, replica count and generation."""
+
+    request: DeployRequest
+    replicas: Replicas
+    generation: Count
+
+
+class JournalSnapshot(PlatformMessage):
+    """The whole desired state as of the entry at offset ``through``; a reader that meets
+    it takes it as its state and applies again only what came after ``through``."""
+
+    schema_name = "JournalSnapshot"
+
+    through: Count
+    apps: tuple[SnapshotApp, ...] = Field(default=(), max_length=MAX_SNAPSHOT_ITEMS)
+    quotas: dict[NamespaceName, Resources] = Field(
+        default_factory=dict, max_length=MAX_SNAPSHOT_ITEMS
+    )
+    cordons: dict[NodeName, Literal["cordon", "drain"]] = Field(
+        default_factory=dict, max_length=MAX_SNAPSHOT_ITEMS
+    )
+    leaders: dict[ServiceName, Count] = Field(default_factory=dict, max_length=64)
+    keys: tuple[KeyView, ...] = Field(default=(), max_length=MAX_SNAPSHOT_ITEMS)
+    revoked: dict[KeyId, Count] = Field(default_factory=dict, max_length=MAX_SNAPSHOT_ITEMS)
+    #: The newest request ids applied (oldest first), each with its request's digest.
+    applied: dict[RequestId, Digest] = Field(default_factory=dict, max_length=MAX_SNAPSHOT_ITEMS)

@@ -4,19 +4,31 @@
 Pure: no I/O. Every control-plane service keeps one, fed by its journal reader. An entry
 whose request id was applied before (a publish retried across a reconnect can land twice)
 changes nothing. Each applied request id is kept with a digest of its request, so the
-same id sent again with other content can be told from a redelivery (and refused).
+same id sent again with other content can be told from a redelivery (and refused); the
+newest :data:`APPLIED_KEPT` ids are kept (a redelivery comes within minutes, not after
+ten thousand other requests).
+
+The journal's size is bounded, so its oldest entries are dropped in time. A
+``JournalSnapshot`` holds the whole state as of an offset (``through``); a reader that
+meets one takes it as its state and applies again the entries it read after ``through``
+(kept since the previous snapshot, at most :data:`RECENT_KEPT`). Entries before the
+first snapshot a reader meets may be a cut-off tail; they are applied and then
+replaced. See :func:`snapshot` for the bound that makes this safe.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from dataclasses import dataclass, field
+from typing import Literal
 
 from bus.journal import Entry
 from schemas import (
     CordonRequest,
     DeleteRequest,
     DeployRequest,
+    JournalSnapshot,
     KeyIssued,
     KeyView,
     LeaderTookOver,
@@ -24,10 +36,27 @@ from schemas import (
     QuotaSet,
     Resources,
     ScaleRequest,
+    SnapshotApp,
     TokenRevoke,
 )
 
-__all__ = ["AppKey", "DesiredState", "Spec", "digest"]
+__all__ = [
+    "APPLIED_KEPT",
+    "RECENT_KEPT",
+    "SNAPSHOT_EVERY",
+    "AppKey",
+    "DesiredState",
+    "Spec",
+    "digest",
+]
+
+#: The quota manager's leader writes a snapshot once this many entries came since the last.
+SNAPSHOT_EVERY = 256
+
+#: How many of the newest applied request ids are remembered (with their digests).
+APPLIED_KEPT = 10_000
+#: How many entries since the last snapshot a reader keeps to apply again after it.
+RECENT_KEPT = 4096
 
 AppKey = tuple[str, str]  # (namespace, app)
 
@@ -69,22 +98,34 @@ class DesiredState:
 
     deployments: dict[AppKey, Spec] = field(default_factory=dict)
     quotas: dict[str, Resources] = field(default_factory=dict)
-    cordons: dict[str, str] = field(default_factory=dict)  # node -> "cordon" | "drain"
+    cordons: dict[str, Literal["cordon", "drain"]] = field(default_factory=dict)  # by node
     leaders: dict[str, int] = field(default_factory=dict)  # service -> its epoch
     keys: dict[str, KeyView] = field(default_factory=dict)  # API keys issued, by key id
     revoked: dict[str, int] = field(default_factory=dict)  # key id -> offset of its revocation
     applied: dict[str, str] = field(default_factory=dict)  # request id -> its digest
     offset: int = -1  # the last entry applied
+    snapshot_offset: int = -1  # where the last snapshot read was
+    _recent: deque[Entry] = field(default_factory=lambda: deque(maxlen=RECENT_KEPT))
 
     def apply(self, entry: Entry) -> None:
-        """Apply one journal entry (a repeated request id is ignored)."""
-        self.offset = entry.offset
+        """Apply one journal entry (a repeated request id is ignored; a snapshot replaces
+        the state, then the entries read after what it holds are applied again)."""
+        if isinstance(entry.message, JournalSnapshot):
+            self._restore(entry.message, entry.offset)
+            return
+        self._recent.append(entry)
+        self._apply(entry)
+
+    def _apply(self, entry: Entry) -> None:
+        self.offset = max(self.offset, entry.offset)
         message = entry.message
         request_id = getattr(message, "request_id", None)
         if request_id is not None:
             if request_id in self.applied:
                 return
             self.applied[request_id] = digest(message)
+            if len(self.applied) > APPLIED_KEPT:
+                del self.applied[next(iter(self.applied))]  # the oldest
         match message:
             case DeployRequest():
                 key = (message.namespace, message.app)
@@ -113,6 +154,53 @@ class DesiredState:
                 self.keys[message.key.key_id] = message.key
             case TokenRevoke():
                 self.revoked.setdefault(message.key_id, entry.offset)
+
+    def snapshot(self) -> JournalSnapshot:
+        """The whole state as of the last entry applied.
+
+        A snapshot is safe to rely on once the journal's size bound can only drop entries
+        it holds: with snapshots every ``K`` entries of at most ``E`` bytes and a snapshot
+        of at most ``S`` bytes, the stream must keep ``K * E + S`` bytes beyond a dropped
+        segment (see ``bus.topology.JOURNAL``).
+        """
+        return JournalSnapshot(
+            through=max(0, self.offset),
+            apps=tuple(
+                SnapshotApp(
+                    request=spec.request, replicas=spec.replicas, generation=spec.generation
+                )
+                for spec in self.deployments.values()
+            ),
+            quotas=dict(self.quotas),
+            cordons=dict(self.cordons),
+            leaders=dict(self.leaders),
+            keys=tuple(self.keys.values()),
+            revoked=dict(self.revoked),
+            applied=dict(self.applied),
+        )
+
+    def _restore(self, snapshot: JournalSnapshot, offset: int) -> None:
+        """Take ``snapshot`` as the state, then apply again what was read after it holds."""
+        self.deployments = {
+            (app.request.namespace, app.request.app): Spec(
+                app.request, app.replicas, app.generation
+            )
+            for app in snapshot.apps
+        }
+        self.quotas = dict(snapshot.quotas)
+        self.cordons = dict(snapshot.cordons)
+        self.leaders = dict(snapshot.leaders)
+        self.keys = {key.key_id: key for key in snapshot.keys}
+        self.revoked = dict(snapshot.revoked)
+        self.applied = dict(snapshot.applied)
+        self.offset = snapshot.through
+        self.snapshot_offset = offset
+        after = [entry for entry in self._recent if entry.offset > snapshot.through]
+        self._recent.clear()
+        for entry in after:
+            self._recent.append(entry)
+            self._apply(entry)
+        self.offset = max(self.offset, offset)
 
     def reserved(self, namespace: str, *, without: str | None = None) -> tuple[int, int]:
         """(CPU millicores, MiB) the namespace's deployments reserve in all, optionally

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from bus.journal import Entry
-from schemas import CordonRequest, DeleteRequest, Message, QuotaSet, ScaleRequest
+from schemas import (
+    CordonRequest,
+    DeleteRequest,
+    JournalSnapshot,
+    Message,
+    QuotaSet,
+    ScaleRequest,
+    TokenRevoke,
+)
 from services.quota.admission import Verdict, admit, recall
 from services.state import DesiredState
 
@@ -94,3 +102,32 @@ def test_a_request_id_is_bound_to_its_content() -> None:
         "send each request with an id of its own"
     )
     assert recall(state, first.model_copy(update={"replicas": 2})) == verdict
+
+
+def test_a_snapshot_replaces_the_state_and_what_came_after_it_is_applied_again() -> None:
+    revoke = TokenRevoke(request_id="req-revoke-1", key_id="k" * 16)
+    state = state_of(
+        quota("alice", 20_000, 65_536),
+        deploy("alice", "stereo", "req-a-000001"),
+        CordonRequest(request_id="req-c-000001", node="edge", action="drain"),
+        revoke,
+    )
+    snapshot = state.snapshot()
+    assert snapshot.through == 3
+    # a reader that starts after the first entries were dropped: a cut-off tail, then the
+    # snapshot (written after entry 4 was appended), then what came after
+    late = DesiredState()
+    late.apply(Entry(4, ScaleRequest(request_id="req-a-000002", namespace="alice",
+                                     app="stereo", replicas=2)))  # fmt: skip
+    late.apply(Entry(5, snapshot))
+    late.apply(Entry(6, DeleteRequest(request_id="req-d-000001", namespace="bob", app="x")))
+    assert late.quotas == state.quotas and late.cordons == {"edge": "drain"}
+    assert late.revoked == {"k" * 16: 3} and late.snapshot_offset == 5
+    assert late.deployments[("alice", "stereo")].replicas == 2  # entry 4, applied again
+    assert late.deployments[("alice", "stereo")].generation == 1
+    assert recall(late, revoke) == Verdict(True, "already admitted")
+    assert late.offset == 6
+    assert (
+        late.snapshot().model_dump()
+        == JournalSnapshot.model_validate_json(late.snapshot().model_dump_json()).model_dump()
+    )  # it survives the wire

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+import pytest
+
+from bus import names
 from bus.connection import Bus
-from bus.devservices import BrokerInfo, rabbitmqctl
+from bus.devservices import BrokerInfo, create_vhost, delete_vhost, free_port, rabbitmqctl
 from bus.journal import Entry, Journal
 from bus.leader import Leadership
-from schemas import DeployRequest
+from bus.topology import QueueSpec, declare_platform
+from schemas import DeployRequest, QuotaSet, Resources, TokenRevoke
+from services.auth.service import AuthService, AuthSettings
+from services.auth.tokens import SigningKey
+from services.placement.service import Placement
+from services.quota.service import QuotaManager
 
 from .examples import deploy
 from .helpers import wait_until
@@ -137,3 +146,69 @@ async def test_a_leader_cut_off_by_the_broker_steps_down_and_leads_again_after_r
         assert epochs[:2] == [first, None]
         assert epochs[2] is not None and first is not None and epochs[2] > first
         await leadership.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_a_small_journal_drops_old_entries_and_every_restarted_service_keeps_them(
+    unique: str, tmp_path: Path
+) -> None:
+    """The journal capped at 1 MB in 64 kB segments (the platform's is 1 GiB in 500 MB
+    ones), the quota manager leading with a snapshot every 64 entries. The first quota and
+    the first revocation, then 3,000 more entries: the stream has dropped its first
+    entries, and the quota manager, placement and the auth service, each started afresh,
+    still hold both."""
+    broker = create_vhost(f"journal-{unique}")
+    try:
+        await small_journal_scenario(broker, unique, tmp_path)
+    finally:
+        await asyncio.to_thread(delete_vhost, broker.vhost)
+
+
+async def small_journal_scenario(broker: BrokerInfo, unique: str, tmp_path: Path) -> None:
+    small = QueueSpec(names.JOURNAL_STREAM, arguments={
+        "x-queue-type": "stream", "x-max-length-bytes": 1_000_000,
+        "x-stream-max-segment-size-bytes": 64_000,
+    })  # fmt: skip
+    async with Bus(broker.url, connection_name="small journal") as bus:
+        await declare_platform(bus, journal=small)
+        await declare_platform(bus)  # as every service does: the journal keeps its limits
+        leader = QuotaManager(retry_s=0.2, snapshot_every=64)
+        await leader.start(bus)
+        await wait_until(lambda: leader.leadership.leading, 10, "the quota manager to lead")
+        first_quota = QuotaSet(request_id=f"first-quota-{unique}", namespace="first",
+                               cpu_millicores=4000, memory_mib=8192)  # fmt: skip
+        first_revoke = TokenRevoke(request_id=f"first-revoke-{unique}", key_id="k" * 16)
+        first = await leader.journal.append_and_read(first_quota)
+        await leader.journal.append(first_revoke)
+        for batch in range(30):  # 3,000 entries, 100 in flight at a time
+            await asyncio.gather(*(
+                leader.journal.append(QuotaSet(
+                    request_id=f"q-{unique}-{batch}-{index}", namespace=f"n{index % 50}",
+                    cpu_millicores=1000 + batch, memory_mib=1024,
+                ))
+                for index in range(100)
+            ))  # fmt: skip
+        await leader.journal.catch_up()
+        await wait_until(lambda: not leader._snapshotting, 30, "the last snapshot")
+        await leader.stop(1.0)
+        seen: list[Entry] = []
+        from_first = Journal(seen.append)
+        await from_first.start(bus)
+        await from_first.catch_up()
+        assert seen[0].offset > first.offset + 1  # the first entries are gone from the stream
+        print(f"the stream now starts at offset {seen[0].offset} of {seen[-1].offset}")
+        key = SigningKey.generate()
+        private, _public = key.save(tmp_path / "keys")
+        auth = AuthSettings(private, vhost=broker.vhost, http_port=free_port())
+        for service in (QuotaManager(retry_s=0.2), Placement(retry_s=0.2),
+                        AuthService(auth, retry_s=0.2)):  # fmt: skip
+            await service.start(bus)
+            try:
+                assert service.state.quotas["first"] == Resources(
+                    cpu_millicores=4000, memory_mib=8192
+                ), service.name
+                assert "k" * 16 in service.state.revoked, service.name
+                assert service.state.quotas["n7"].cpu_millicores == 1029  # the last batch
+            finally:
+                await service.stop(1.0)

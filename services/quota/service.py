@@ -9,12 +9,18 @@ requester gets a ``RequestResult`` by RPC, and the same result is published as a
 either way; an admitted quota or cordon is also announced (``QuotaChanged``,
 ``CordonChanged``) for the metrics writer and dashboards. A namespace with a quota gets
 its own view of the events (``ns.<ns>.events``), the only place its users may listen.
+
+The leader also writes a snapshot of the whole desired state into the journal every
+``snapshot_every`` entries (:data:`services.state.SNAPSHOT_EVERY`), so the journal's
+size bound only ever drops entries a snapshot holds (see ``bus.topology.JOURNAL``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from bus import names
 from bus.codec import Delivery
@@ -36,6 +42,7 @@ from schemas import (
 from schemas.base import NamespaceMessage
 from services.base import ControlService
 from services.quota.admission import admit, recall
+from services.state import SNAPSHOT_EVERY
 
 __all__ = ["QuotaManager"]
 
@@ -56,14 +63,16 @@ class QuotaManager(ControlService):
 
     name = "quota"
 
-    def __init__(self, *, retry_s: float = 0.5) -> None:
+    def __init__(self, *, retry_s: float = 0.5, snapshot_every: int = SNAPSHOT_EVERY) -> None:
         super().__init__(retry_s=retry_s)
+        self.snapshot_every = snapshot_every
+        self._snapshotting = False
         spec = QueueSpec.quorum(
             names.service_queue(self.name, "requests"),
             *((names.COMMANDS_EXCHANGE, key) for key in names.request_keys()),
         )
         self._server: RpcServer[Request] = RpcServer(spec, _REQUESTS, self._handle, prefetch=1)
-        self._announcing: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def leader_queues(self) -> tuple[QueueSpec, ...]:
         return (self._server.spec,)
@@ -80,11 +89,30 @@ class QuotaManager(ControlService):
 
     def applied(self, entry: Entry) -> None:
         """The leader announces each quota and cordon the journal records, whoever wrote it
-        (the auth service sets a quota when it issues a user's key with limits)."""
-        if self.leadership.leading and isinstance(entry.message, QuotaSet | CordonRequest):
-            task = asyncio.get_running_loop().create_task(self._announce(entry.message))
-            self._announcing.add(task)
-            task.add_done_callback(self._announcing.discard)
+        (the auth service sets a quota when it issues a user's key with limits), and writes
+        a snapshot once ``snapshot_every`` entries came since the last one."""
+        if not self.leadership.leading:
+            return
+        if isinstance(entry.message, QuotaSet | CordonRequest):
+            self._background(self._announce(entry.message))
+        due = entry.offset - self.state.snapshot_offset >= self.snapshot_every
+        if due and not self._snapshotting:
+            self._snapshotting = True
+            self._background(self._write_snapshot())
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _write_snapshot(self) -> None:
+        try:
+            entry = await self.journal.append_and_read(self.state.snapshot())
+            log.info("snapshot of the desired state written at offset %d", entry.offset)
+        except Exception:  # the next entry tries again
+            log.exception("could not write a snapshot of the desired state")
+        finally:
+            self._snapshotting = False
 
     async def _announce(self, request: QuotaSet | CordonRequest) -> None:
         """Quotas and cordons, once journaled, are also events (for metrics, dashboards)."""
