@@ -6,11 +6,12 @@ then ``NodePresence`` is published; they resume (or are evicted) as the policy s
 start never outruns presence: the policy's verdict holds from the instant a signal
 arrives, the runtime asks it once more just before a replica's process would begin, a
 replica whose start finishes after a person arrived is paused at once, and the pause on
-arrival waits for the starts in flight before the platform is told. It
-consumes its own command queue (``node.<node>.commands``), dropping commands whose leader
-epoch is older than the newest it has seen, so a deposed leader cannot undo its
-successor's work. Each replica gets the container contract in its environment (broker
-URL, namespace, app, and a token file the agent rewrites on ``RenewToken``). Every
+arrival waits for the starts in flight before the platform is told. It consumes its own
+command queue (``node.<node>.commands``), dropping commands whose leader epoch is older
+than the newest it has seen, so a deposed leader cannot undo its successor's work, and
+refusing one from further ahead than any leader's could be (:mod:`nodeagent.epochs`).
+Each replica gets the container contract in its environment (broker URL, namespace,
+app, and a token file the agent rewrites on ``RenewToken``). Every
 ``heartbeat_s`` it publishes a ``NodeHeartbeat`` with capacity, allocatable resources,
 usage, replicas and presence, and a ``ReplicaStatus`` with the exit code and last log
 lines of each replica that ended since. It publishes only under its own ``node.<node>.…``
@@ -35,8 +36,10 @@ from bus.abc import Runtime
 from bus.codec import Delivery
 from bus.connection import Bus
 from bus.consumer import Consumer
+from bus.errors import InvalidMessage
 from bus.service import supervised
 from bus.topology import QueueSpec
+from nodeagent.epochs import EpochGuard, Verdict
 from nodeagent.input import InputSource
 from nodeagent.load import ForeignLoadSource
 from nodeagent.policy import Action, Decision, Observation, PolicySettings, PresencePolicy
@@ -140,7 +143,7 @@ class Agent:
         self._acting = asyncio.Lock()  # decisions are carried out one at a time, in order
         #: Starts in flight: their reservation, and a future done once each settled.
         self._starting: dict[str, tuple[Resources, asyncio.Future[None]]] = {}
-        self._epoch = 0
+        self._epochs = EpochGuard()
         self._seq = 0
         self._bus: Bus | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -260,15 +263,20 @@ class Agent:
         return Presence(state=decision.presence, cause=decision.cause, since=since)
 
     async def _on_command(self, command: ReplicaCommand, _delivery: Delivery) -> None:
-        if command.epoch < self._epoch:
+        verdict = self._epochs.judge(command.epoch, self._clock())
+        if verdict is Verdict.STALE:
             log.warning(
                 "dropped %s from a deposed leader (epoch %d < %d)",
                 command.schema_name,
                 command.epoch,
-                self._epoch,
+                self._epochs.epoch,
             )
             return
-        self._epoch = command.epoch
+        if verdict is Verdict.LEAP:  # dead-lettered with the reason; nothing changes
+            raise InvalidMessage(
+                f"epoch {command.epoch} is further ahead than any leader's could be "
+                f"(obeying epoch {self._epochs.epoch})"
+            )
         match command:
             case StartReplica():
                 await self._start(command)

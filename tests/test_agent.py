@@ -239,3 +239,18 @@ async def test_a_malformed_command_changes_nothing_it_names_and_the_agent_goes_o
     assert [(s.replica_id, s.state) for s in events.of(ReplicaStatus)] == [
         ("good", ReplicaState.RUNNING)
     ]  # the refused one is not reported, whatever it names
+
+
+async def test_a_command_from_a_leader_far_ahead_is_refused_and_the_real_leader_obeyed(
+    bus: Bus, rig: tuple[Agent, Events]
+) -> None:
+    agent, events = rig
+    await bus.publish(start(agent, "first", epoch=5))
+    await wait_until(lambda: len(events.of(ReplicaStatus)) == 1, what="the first start")
+    await bus.publish(StopReplica(node=agent.settings.node, epoch=2**52, replica_id="first",
+                                  grace_s=0))  # fmt: skip
+    await wait_until(lambda: agent._commands.dead_lettered == 1, what="the refusal")
+    assert [r.replica_id for r in await agent.runtime.replicas()] == ["first"]  # untouched
+    await bus.publish(start(agent, "second", epoch=5))  # the real leader goes on
+    await wait_until(lambda: len(events.of(ReplicaStatus)) == 2, what="the second start")
+    assert events.of(ReplicaStatus)[1].state is ReplicaState.RUNNING
