@@ -8,11 +8,18 @@ refuse a body of the wrong kind or version before it parses it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, ClassVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 
 __all__ = [
     "DNS_LABEL_PATTERN",
@@ -34,6 +41,7 @@ __all__ = [
     "Reason",
     "ReplicaId",
     "RequestId",
+    "Timestamp",
     "WireModel",
     "utc_now",
 ]
@@ -66,6 +74,33 @@ RequestId = Annotated[
 def utc_now() -> datetime:
     """Return the current time as an aware UTC datetime."""
     return datetime.now(UTC)
+
+
+#: How far ahead of the receiver's clock a sender's may run, and how old a time may be.
+TIMESTAMP_AHEAD = timedelta(days=1)
+TIMESTAMP_BEHIND = timedelta(days=3653)
+
+
+def _near_now(moment: datetime) -> datetime:
+    """Refuse a time no sender's clock could say: far ahead of ours, or years ago."""
+    now = utc_now()
+    if moment > now + TIMESTAMP_AHEAD:
+        raise ValueError(f"{moment.isoformat()} is more than a day ahead of {now:%Y-%m-%d %H:%M} "
+                         "UTC (is the sender's clock right?)")  # fmt: skip
+    if moment < now - TIMESTAMP_BEHIND:
+        raise ValueError(f"{moment.isoformat()} is more than ten years before "
+                         f"{now:%Y-%m-%d %H:%M} UTC (is the sender's clock right?)")  # fmt: skip
+    return moment
+
+
+#: When something happened, as the sender's clock says: aware, and within a day ahead of
+#: or ten years behind the receiver's clock (a PC whose clock says 9999 or 1970 would
+#: otherwise write points a time-series database refuses, or order events wrongly).
+Timestamp = Annotated[
+    AwareDatetime,
+    AfterValidator(_near_now),
+    Field(description="Within a day ahead of, or ten years behind, the receiver's clock."),
+]
 
 
 class OwnerKind(StrEnum):

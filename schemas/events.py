@@ -5,16 +5,19 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, Field
+from pydantic import Field
 
 from schemas.base import (
     AppId,
+    Count,
     NamespaceMessage,
     NamespaceName,
     NodeName,
     PlatformMessage,
     Reason,
+    Timestamp,
 )
+from schemas.requests import ReplicaCount, Replicas
 from schemas.resources import Resources
 
 __all__ = [
@@ -47,13 +50,11 @@ class DeploymentStatus(NamespaceMessage):
 
     app: AppId
     state: DeploymentState
-    desired: Annotated[int, Field(ge=0)]
-    running: Annotated[int, Field(ge=0)]
-    replicas_per_node: dict[NodeName, Annotated[int, Field(ge=0)]] = Field(
-        default_factory=dict, max_length=10_000
-    )
+    desired: Replicas
+    running: ReplicaCount
+    replicas_per_node: dict[NodeName, ReplicaCount] = Field(default_factory=dict, max_length=10_000)
     reason: Reason = ""
-    at: AwareDatetime
+    at: Timestamp
 
 
 class QuotaChanged(PlatformMessage):
@@ -63,7 +64,7 @@ class QuotaChanged(PlatformMessage):
 
     namespace: NamespaceName
     quota: Resources
-    at: AwareDatetime
+    at: Timestamp
 
 
 class CordonChanged(PlatformMessage):
@@ -74,7 +75,7 @@ class CordonChanged(PlatformMessage):
     node: NodeName
     action: Literal["cordon", "uncordon", "drain"]
     reason: Reason = ""
-    at: AwareDatetime
+    at: Timestamp
 
 
 class BridgeStatus(PlatformMessage):
@@ -83,10 +84,10 @@ class BridgeStatus(PlatformMessage):
     schema_name = "BridgeStatus"
 
     api_reachable: bool
-    nodes_mapped: Annotated[int, Field(ge=0)]
+    nodes_mapped: Count
     cordoned: tuple[KubeNodeName, ...] = Field(default=(), max_length=10_000)
-    evicted_total: Annotated[int, Field(ge=0)] = 0
-    refused_total: Annotated[int, Field(ge=0)] = 0
-    pending_evictions: Annotated[int, Field(ge=0)] = 0
+    evicted_total: Count = 0
+    refused_total: Count = 0
+    pending_evictions: Count = 0
     last_error: Reason = ""
-    at: AwareDatetime
+    at: Timestamp

@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import AwareDatetime, Field, StringConstraints
+from pydantic import Field, StringConstraints
 
 from schemas.base import (
     AppId,
@@ -20,6 +20,7 @@ from schemas.base import (
     NodeMessage,
     Reason,
     ReplicaId,
+    Timestamp,
     WireModel,
 )
 from schemas.resources import CpuMillicores, MemoryMib, Resources
@@ -74,7 +75,7 @@ class Presence(WireModel):
 
     state: PresenceState
     cause: PresenceCause
-    since: AwareDatetime
+    since: Timestamp
     detail: Reason = ""
 
 
@@ -95,7 +96,7 @@ class NodeHeartbeat(NodeMessage):
     schema_name = "NodeHeartbeat"
 
     seq: Count
-    sent_at: AwareDatetime
+    sent_at: Timestamp
     capacity: Resources
     allocatable: Resources
     usage: Resources
@@ -122,7 +123,7 @@ class ReplicaStatus(NodeMessage):
     namespace: NamespaceName
     app: AppId
     state: ReplicaState
-    at: AwareDatetime
+    at: Timestamp
     reason: Reason = ""
     exit_code: Annotated[int, Field(ge=-255, le=255)] | None = None
     log_tail: tuple[Annotated[str, StringConstraints(max_length=1024)], ...] = Field(
@@ -145,7 +146,7 @@ class MetricSample(NodeMessage):
 
     schema_name = "MetricSample"
 
-    at: AwareDatetime
+    at: Timestamp
     cpu_millicores: CpuMillicores
     memory_mib: MemoryMib
     capacity: Resources

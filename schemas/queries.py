@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AwareDatetime, Field
+from pydantic import Field
 
 from schemas.base import (
     AppId,
@@ -17,10 +17,12 @@ from schemas.base import (
     PlatformMessage,
     Reason,
     ReplicaId,
+    Timestamp,
     WireModel,
 )
 from schemas.events import DeploymentState
-from schemas.node import PresenceState, ReplicaState
+from schemas.node import MAX_REPLICAS_PER_NODE, PresenceState, ReplicaState
+from schemas.requests import ReplicaCount, Replicas
 from schemas.resources import Resources
 
 __all__ = [
@@ -32,8 +34,6 @@ __all__ = [
     "NodesReply",
     "ReplicaView",
 ]
-
-Count = Annotated[int, Field(ge=0)]
 
 
 class AppsQuery(NamespaceMessage):
@@ -58,10 +58,10 @@ class AppView(WireModel):
     app: AppId
     image: str
     state: DeploymentState
-    desired: Count
-    running: Count
+    desired: Replicas
+    running: ReplicaCount
     reservation: Resources
-    replicas_per_node: dict[NodeName, Count] = Field(default_factory=dict, max_length=10_000)
+    replicas_per_node: dict[NodeName, ReplicaCount] = Field(default_factory=dict, max_length=10_000)
     replicas: tuple[ReplicaView, ...] = Field(default=(), max_length=10_000)
     reason: Reason = ""
 
@@ -75,7 +75,7 @@ class AppsReply(NamespaceMessage):
     quota: Resources | None = None
     reserved: Resources
     running: Resources
-    at: AwareDatetime
+    at: Timestamp
 
 
 class NodesQuery(PlatformMessage):
@@ -95,7 +95,7 @@ class NodeView(WireModel):
     allocatable: Resources
     reserved: Resources
     usage: Resources
-    replicas: Count
+    replicas: Annotated[int, Field(ge=0, le=MAX_REPLICAS_PER_NODE)]
     runtime: str
     seconds_since_heartbeat: Annotated[float, Field(ge=0, le=1e9)]
 
@@ -106,4 +106,4 @@ class NodesReply(PlatformMessage):
     schema_name = "NodesReply"
 
     nodes: tuple[NodeView, ...] = Field(default=(), max_length=10_000)
-    at: AwareDatetime
+    at: Timestamp

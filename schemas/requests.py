@@ -34,12 +34,18 @@ __all__ = [
     "DeleteRequest",
     "DeployRequest",
     "QuotaSet",
+    "ReplicaCount",
+    "Replicas",
     "RequestResult",
     "ScaleRequest",
     "Workload",
 ]
 
+#: How many replicas an app asks for.
 Replicas = Annotated[int, Field(ge=0, le=10_000)]
+#: How many replicas are counted somewhere (running, on a PC): more than asked for while
+#: surplus ones stop, never more than a campus could hold.
+ReplicaCount = Annotated[int, Field(ge=0, le=1_000_000)]
 Port = Annotated[int, Field(ge=1, le=65_535)]
 
 

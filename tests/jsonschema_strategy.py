@@ -2,17 +2,22 @@
 
 Covers the subset pydantic emits for our models ($ref, objects, arrays, strings with
 patterns and lengths, bounded numbers, enums, nullable unions, date-times), and keeps
-collections small so a run stays fast.
+collections small so a run stays fast. Date-times are drawn near now: event times must be
+within a window of the receiver's clock (``schemas.base.Timestamp``), which JSON Schema
+can only say in words.
 """
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hypothesis import strategies as st
 
 _FEW = 3
+#: Date-times are drawn around this moment (fixed for the session: a strategy must not
+#: change between the runs of one test).
+_NOW = datetime.now().replace(minute=0, second=0, microsecond=0)
 
 
 def documents(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
@@ -51,7 +56,11 @@ def _node(node: dict[str, Any], defs: dict[str, Any]) -> st.SearchStrategy[Any]:
 
 def _string(node: dict[str, Any]) -> st.SearchStrategy[str]:
     if node.get("format") == "date-time":
-        return st.datetimes(timezones=st.just(UTC)).map(lambda moment: moment.isoformat())
+        return st.datetimes(
+            min_value=_NOW - timedelta(days=3000),
+            max_value=_NOW + timedelta(hours=12),
+            timezones=st.just(UTC),
+        ).map(lambda moment: moment.isoformat())
     longest = node.get("maxLength", 40)
     if "pattern" in node:
         return st.from_regex(node["pattern"], fullmatch=True).filter(lambda s: len(s) <= longest)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,15 @@ from pydantic import ValidationError
 import schemas
 from schemas import (
     MESSAGES,
+    DeploymentStatus,
     DeployRequest,
     Message,
+    MetricSample,
     NodeHeartbeat,
+    ReplicaStatus,
     StartReplica,
     export_json_schemas,
+    utc_now,
 )
 from schemas.catalogue import json_schema
 
@@ -128,3 +133,56 @@ def test_counts_on_the_wire_stay_within_what_json_keeps_exact(field: str) -> Non
     for wrong in (2**53, 2**70, -1):
         with pytest.raises(ValidationError, match=field):
             cls.model_validate_json(json.dumps({**document, field: wrong}))
+
+
+@pytest.mark.parametrize("cls", [NodeHeartbeat, MetricSample, ReplicaStatus, DeploymentStatus])
+def test_an_event_time_no_clock_could_say_is_refused_with_the_reason(cls: type[Message]) -> None:
+    document = EXAMPLES[cls].model_dump(mode="json")
+    field = "sent_at" if cls is NodeHeartbeat else "at"
+    now = utc_now()
+    for fine in (now, now + timedelta(hours=23), now - timedelta(days=3000)):
+        cls.model_validate_json(json.dumps({**document, field: fine.isoformat()}))
+    for wrong, says in (("9999-12-31T23:59:59+00:00", "more than a day ahead"),
+                        ("1970-01-01T00:00:00+00:00", "more than ten years before")):  # fmt: skip
+        with pytest.raises(ValidationError, match=says):
+            cls.model_validate_json(json.dumps({**document, field: wrong}))
+
+
+def _numbers(node: Any, path: str) -> list[tuple[str, dict[str, Any]]]:
+    """Every integer or number in a JSON Schema, with where it is."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    if isinstance(node, dict):
+        if node.get("type") in ("integer", "number"):
+            found.append((path, node))
+        for key, value in node.items():
+            found += _numbers(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found += _numbers(value, f"{path}[{index}]")
+    return found
+
+
+def test_every_number_on_the_wire_has_both_bounds() -> None:
+    unbounded = [
+        path
+        for cls in MESSAGES
+        for path, node in _numbers(json_schema(cls), cls.__name__)
+        if not (
+            {"minimum", "exclusiveMinimum"} & node.keys()
+            and {"maximum", "exclusiveMaximum"} & node.keys()
+        )
+    ]
+    assert unbounded == []
+
+
+@pytest.mark.parametrize("cls", MESSAGES, ids=lambda cls: cls.__name__)
+def test_one_past_any_bound_of_a_top_level_number_is_refused(cls: type[Message]) -> None:
+    document = EXAMPLES[cls].model_dump(mode="json")
+    properties = json_schema(cls).get("properties", {})
+    for field, node in properties.items():
+        if node.get("type") != "integer":
+            continue
+        cls.model_validate_json(json.dumps({**document, field: node["maximum"]}))
+        for wrong in (node["maximum"] + 1, node["minimum"] - 1):
+            with pytest.raises(ValidationError, match=field):
+                cls.model_validate_json(json.dumps({**document, field: wrong}))
