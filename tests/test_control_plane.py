@@ -17,10 +17,12 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import jwt
+import psutil
 
 from bus.connection import Bus
 from bus.devservices import BrokerInfo
 from bus.sdk.client import TaskClient
+from schemas import Owner, ScaleRequest
 from services.placement.service import Placement
 
 from .control_plane import AGENT_ARGS, FAST, SLEEPER, Plane, control_plane, thesis_pcs
@@ -277,3 +279,55 @@ async def test_replicas_work_with_their_own_tokens_renewed_before_they_expire(
                 assert sorted(await collect(client.map(client.app.tasks["nap"], [0.01] * 20))) == (
                     list(range(20))
                 )
+
+
+#: A replica that takes 5 s to exit on SIGTERM (it finishes its work first).
+SLOW_TO_EXIT = (sys.executable, "-c", "import signal, time\n"
+                "signal.signal(signal.SIGTERM, lambda *_: (time.sleep(5), exit(0)))\n"
+                "time.sleep(3600)")  # fmt: skip
+
+
+def running_millicores(plane: Plane, namespace: str) -> int:
+    """What a namespace's replica processes on the simulated PCs reserve, from the agents'
+    records and the real processes (a zombie does not count)."""
+    total = 0
+    for pc in plane.pcs:
+        for record_path in (plane.simulation.state_dir(pc.name) / "replicas").glob("*.json"):
+            with contextlib.suppress(OSError, ValueError):
+                record = json.loads(record_path.read_text())
+                if record["namespace"] != namespace:
+                    continue
+                try:
+                    alive = psutil.Process(record["pid"]).status() != psutil.STATUS_ZOMBIE
+                except psutil.Error:
+                    alive = False
+                total += record["cpu_millicores"] if alive else 0
+    return total
+
+
+async def test_replicas_slow_to_exit_hold_the_quota_until_they_are_gone(
+    unique: str, tmp_path: Path
+) -> None:
+    """Quota 4000m; 4 x 1000m replicas that take 5 s to exit on SIGTERM are scaled to 0 and
+    another app of 4 x 1000m deployed at once. Sampled every 0.1 s from the PCs' real
+    processes, the namespace never runs more than its quota."""
+    async with control_plane(tmp_path, thesis_pcs(unique)[1:3]) as plane:
+        await plane.quota("alice", 4000)
+        deployed = await plane.deploy("alice", "slow", 4, command=SLOW_TO_EXIT)
+        assert deployed.accepted, deployed.reason
+        await until(lambda: running_millicores(plane, "alice") == 4000, "4 slow replicas")
+        scaled = await plane.request(Owner.namespace("alice"), ScaleRequest(
+            request_id=f"scale-{unique}", namespace="alice", app="slow", replicas=0))  # fmt: skip
+        assert scaled.accepted, scaled.reason
+        replacing = await plane.deploy("alice", "next", 4)
+        assert replacing.accepted, replacing.reason
+        samples: list[int] = []
+        deadline = asyncio.get_running_loop().time() + 30
+        while asyncio.get_running_loop().time() < deadline:
+            samples.append(running_millicores(plane, "alice"))
+            if await plane.running("alice") == 4 and samples[-1] == 4000:
+                break
+            await asyncio.sleep(0.1)
+        print(f"{len(samples)} samples, most {max(samples)}m against 4000m")
+        assert max(samples) <= 4000
+        assert {view.app: view.running for view in (await plane.apps("alice")).apps}["next"] == 4
