@@ -25,6 +25,7 @@ from yarl import URL
 
 from bus.connection import TRANSIENT_ERRORS, Bus
 from bus.errors import CredentialsRefused
+from bus.service import supervised
 
 __all__ = [
     "DEFAULT_AUTH_URL",
@@ -117,7 +118,9 @@ class KeyRefresher:
 
     async def start(self, bus: Bus) -> None:
         """Start refreshing in the background."""
-        self._task = asyncio.get_running_loop().create_task(self._refresh(bus))
+        self._task = asyncio.get_running_loop().create_task(
+            supervised("broker token refresher", lambda: self._refresh(bus))
+        )
 
     async def stop(self, _grace_s: float) -> None:
         """Stop refreshing."""

@@ -23,6 +23,7 @@ from aio_pika.abc import AbstractChannel
 from bus import names
 from bus.connection import PUBLISH_FAILURES, TRANSIENT_ERRORS, Bus
 from bus.journal import Journal
+from bus.service import supervised
 from schemas.journal import LeaderTookOver
 
 __all__ = ["Leadership"]
@@ -70,7 +71,9 @@ class Leadership:
     def start(self, bus: Bus) -> None:
         """Start competing (in the background)."""
         bus.connection.close_callbacks.add(self._on_connection_lost)
-        self._task = asyncio.get_running_loop().create_task(self._compete(bus))
+        self._task = asyncio.get_running_loop().create_task(
+            supervised(f"{self.service} leadership", lambda: self._compete(bus))
+        )
 
     async def stop(self) -> None:
         """Stop competing; a leader gives the queue up by closing its channel."""

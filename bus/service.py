@@ -57,9 +57,9 @@ async def supervised(
         try:
             await duty()
         except Exception:
-            log.exception("%s failed; restarting in %.1f s", name, backoff_s)
+            log.exception("%s failed; restarting in %g s", name, backoff_s)
         else:
-            log.warning("%s ended; restarting in %.1f s", name, backoff_s)
+            log.warning("%s ended; restarting in %g s", name, backoff_s)
         if asyncio.get_running_loop().time() - started >= max_backoff_s:
             backoff_s = first_backoff_s
         await asyncio.sleep(backoff_s)

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable
 
 import psutil
 
+from bus.service import supervised
+
 __all__ = ["PLATFORM_MARKER", "ForeignLoadSource"]
 
 #: The environment variable that marks a process as the platform's.
@@ -49,7 +51,7 @@ class ForeignLoadSource:
     def start(self) -> None:
         """Take a first sample (the baseline) and sample every ``sample_s`` from now on."""
         self.sample()
-        self._task = asyncio.create_task(self._loop())
+        self._task = asyncio.create_task(supervised("foreign load sampler", self._loop))
 
     def stop(self) -> None:
         """Stop sampling."""

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from bus.connection import Bus
 from bus.journal import Entry, Journal
 from bus.leader import Leadership
+from bus.service import supervised
 from bus.topology import QueueSpec
 from services.state import DesiredState
 
@@ -83,9 +83,11 @@ class ControlService:
                 await task
         await self.step_down()
 
-    def while_leading(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run ``work`` (a loop, say) until this instance stops leading."""
-        self._leader_tasks.append(asyncio.get_running_loop().create_task(work))
+    def while_leading(self, name: str, duty: Callable[[], Awaitable[None]]) -> None:
+        """Run ``duty`` (a loop, say) until this instance stops leading; if it fails, it is
+        logged and started again (:func:`bus.service.supervised`)."""
+        task = asyncio.get_running_loop().create_task(supervised(f"{self.name} {name}", duty))
+        self._leader_tasks.append(task)
 
     def leader_queues(self) -> tuple[QueueSpec, ...]:
         """The queues only the leader consumes."""

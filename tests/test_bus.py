@@ -10,8 +10,9 @@ from bus import names
 from bus.codec import Delivery, encode
 from bus.connection import Bus
 from bus.consumer import Consumer
-from bus.errors import RpcTimeout, Unroutable
+from bus.errors import BrokerUnavailable, RpcTimeout, Unroutable
 from bus.rpc import RpcClient, RpcServer
+from bus.service import supervised
 from bus.topology import QueueSpec
 from schemas import DeleteRequest, DeployRequest, Owner, RequestResult, ScaleRequest
 
@@ -140,3 +141,26 @@ async def test_a_failing_handler_dead_letters_with_traceback_and_goes_on(
     assert "Traceback" in str(tap.header(0, "idlecloud-traceback"))
     assert tap.header(0, "idlecloud-schema") == "DeployRequest"
     assert tap.header(0, "idlecloud-original-routing-key") == f"ns.t{unique}.deploy.poison"
+
+
+async def test_a_supervised_duty_that_fails_is_logged_and_started_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    runs: list[int] = []
+    forever = asyncio.Event()
+
+    async def duty() -> None:
+        runs.append(len(runs))
+        if len(runs) < 3:
+            raise BrokerUnavailable("the broker went away")
+        await forever.wait()
+
+    task = asyncio.create_task(supervised("heartbeats", duty, first_backoff_s=0.01))
+    await wait_until(lambda: len(runs) == 3, 5, "the third start")
+    assert [r.getMessage() for r in caplog.records if r.name == "bus.service"] == [
+        "heartbeats failed; restarting in 0.01 s",
+        "heartbeats failed; restarting in 0.02 s",
+    ]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

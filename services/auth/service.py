@@ -143,7 +143,7 @@ class AuthService(ControlService):
         await self._http.setup()
         site = web.TCPSite(self._http, self.settings.http_host, self.settings.http_port)
         await site.start()
-        self.while_leading(self._sweep())
+        self.while_leading("sweeper", self._sweep)
 
     async def step_down(self) -> None:
         if self._http is not None:

@@ -100,7 +100,7 @@ class KubeBridge(ControlService):
         await self._events.stop(grace_s)
 
     async def lead(self, _epoch: int) -> None:
-        self.while_leading(self._loop())
+        self.while_leading("passes", self._loop)
 
     def applied(self, entry: Entry) -> None:
         if isinstance(entry.message, CordonRequest):  # an admin's cordon, drain or uncordon

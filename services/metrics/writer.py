@@ -25,6 +25,7 @@ from bus.codec import Delivery
 from bus.connection import Bus
 from bus.consumer import Consumer
 from bus.errors import InvalidMessage
+from bus.service import supervised
 from bus.topology import QueueSpec
 from schemas import (
     BridgeStatus,
@@ -100,7 +101,9 @@ class MetricsWriter(Consumer[Event]):
 
     async def start(self, bus: Bus) -> None:
         """Start consuming and flushing."""
-        self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
+        self._flusher = asyncio.get_running_loop().create_task(
+            supervised("metrics flusher", self._flush_forever)
+        )
         await super().start(bus)
 
     async def stop(self, grace_s: float = 30.0) -> None:

@@ -134,7 +134,7 @@ class Placement(ControlService):
         self._declared = set()
         if self.settings.replica_tokens:
             self._tokens = ReplicaTokens(await RpcClient(self.bus, Owner.platform()).start())
-        self.while_leading(self._reconcile_loop())
+        self.while_leading("reconciler", self._reconcile_loop)
         await self._queries.start(self.bus)
 
     async def step_down(self) -> None:
