@@ -22,7 +22,7 @@ from pamqp.commands import Basic
 
 from bus import names
 from bus.codec import encode
-from bus.errors import BrokerUnavailable, PublishRefused, Unroutable
+from bus.errors import BrokerUnavailable, CredentialsRefused, PublishRefused, Unroutable
 from schemas import Message
 
 __all__ = ["PUBLISH_FAILURES", "TRANSIENT_ERRORS", "Bus"]
@@ -86,7 +86,8 @@ class Bus:
         """Connect and open the publish channel.
 
         Raises:
-            BrokerUnavailable: the broker refused or did not answer within ``timeout_s``.
+            CredentialsRefused: the broker refused the user name, password or token.
+            BrokerUnavailable: the broker did not answer within ``timeout_s``.
         """
         try:
             connection = await aio_pika.connect_robust(
@@ -97,7 +98,7 @@ class Bus:
                 client_properties={"connection_name": self.connection_name},
             )
         except aiormq.exceptions.ProbableAuthenticationError as error:
-            raise BrokerUnavailable(
+            raise CredentialsRefused(
                 f"the broker at {_redact(self.url)} refused the credentials: {error}. "
                 "Check the user name, password or token in the URL."
             ) from None

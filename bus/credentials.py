@@ -24,7 +24,7 @@ import aiohttp
 from yarl import URL
 
 from bus.connection import TRANSIENT_ERRORS, Bus
-from bus.errors import CredentialsRefused
+from bus.errors import AuthUnavailable, CredentialsRefused
 from bus.service import supervised
 
 __all__ = [
@@ -88,7 +88,7 @@ async def fetch_broker_token(api_key: str, auth_url: str = DEFAULT_AUTH_URL) -> 
         ):
             body = await answer.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError, ValueError) as error:
-        raise CredentialsRefused(
+        raise AuthUnavailable(
             f"the auth service at {auth_url} cannot be reached ({error}); is it running? "
             "(set IDLECLOUD_AUTH_URL)"
         ) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "AuthUnavailable",
     "BrokerUnavailable",
     "BusError",
     "CredentialsRefused",
@@ -43,4 +44,9 @@ class InvalidMessage(BusError):
 
 
 class CredentialsRefused(BusError):
-    """The auth service would not trade the API key for a broker token; the message says why."""
+    """The broker refused the credentials, or the auth service would not trade the API key
+    for a broker token; the message says why."""
+
+
+class AuthUnavailable(CredentialsRefused):
+    """The auth service could not be reached to trade the API key."""

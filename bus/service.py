@@ -13,7 +13,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
 
 from bus.abc import Service
 from bus.connection import Bus
@@ -74,6 +75,7 @@ async def serve(
     grace_s: float = 30.0,
     stop: asyncio.Event | None = None,
     declare: bool = True,
+    on_started: Callable[[], Coroutine[Any, Any, None]] | None = None,
 ) -> None:
     """Run services until SIGTERM/SIGINT (or ``stop`` is set), then stop them gracefully.
 
@@ -85,6 +87,7 @@ async def serve(
         stop: an event that stops the services when set (for embedding and tests).
         declare: declare the platform's topology first (the platform's own services); a
             PC or a user holding scopes may not, and relies on the platform having done it.
+        on_started: run (in the background) once every service has started.
 
     Raises:
         BrokerUnavailable: the broker cannot be reached at start.
@@ -100,7 +103,10 @@ async def serve(
             for service in services:
                 await service.start(bus)
                 log.info("started %s", service.name)
+            started = None if on_started is None else asyncio.create_task(on_started())
             await stop.wait()
+            if started is not None:
+                started.cancel()
             log.info("stopping (grace %g s)", grace_s)
             for service in reversed(services):
                 await service.stop(grace_s)
@@ -117,7 +123,9 @@ def run(
     name: str = "idlecloud",
     grace_s: float = 30.0,
     declare: bool = True,
+    on_started: Callable[[], Coroutine[Any, Any, None]] | None = None,
 ) -> None:
     """Configure logging and :func:`serve` the services until a stop signal."""
     configure_logging()
-    asyncio.run(serve(url, services, name=name, grace_s=grace_s, declare=declare))
+    asyncio.run(serve(url, services, name=name, grace_s=grace_s, declare=declare,
+                      on_started=on_started))  # fmt: skip

@@ -49,6 +49,7 @@ from nodeagent.sessions import SessionSource
 from nodeagent.timetable import Timetable
 from nodeagent.tokens import TokenFiles
 from schemas import (
+    MAX_CPU_MILLICORES,
     NodePresence,
     PauseReplica,
     Presence,
@@ -411,7 +412,9 @@ class Agent:
             await asyncio.sleep(self.settings.metrics_s)
             replicas = await self.runtime.replicas(with_usage=True)
             used = Resources(
-                cpu_millicores=min(1_024_000, round(psutil.cpu_percent() / 100 * cores * 1000)),
+                cpu_millicores=min(
+                    MAX_CPU_MILLICORES, round(psutil.cpu_percent() / 100 * cores * 1000)
+                ),
                 memory_mib=psutil.virtual_memory().used // 2**20,
             )
             live = [r for r in replicas if r.state not in _ENDED]

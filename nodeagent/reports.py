@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 from nodeagent.runtime.spec import ReplicaInfo
 from schemas import (
+    MAX_CPU_MILLICORES,
     MetricSample,
     NodeHeartbeat,
     Presence,
@@ -17,13 +18,11 @@ from schemas import (
 
 __all__ = ["heartbeat", "metric_sample", "total"]
 
-_MAX_CPU = 1_024_000
-
 
 def total(amounts: Sequence[Resources]) -> Resources:
     """The sum of some amounts of CPU and memory."""
     return Resources(
-        cpu_millicores=min(_MAX_CPU, sum(a.cpu_millicores for a in amounts)),
+        cpu_millicores=min(MAX_CPU_MILLICORES, sum(a.cpu_millicores for a in amounts)),
         memory_mib=sum(a.memory_mib for a in amounts),
     )
 

@@ -77,12 +77,15 @@ from schemas.requests import (
     RequestResult,
     ScaleRequest,
 )
-from schemas.resources import Resources
+from schemas.resources import MAX_CPU_MILLICORES, MAX_MEMORY_MIB, UNLIMITED, Resources
 
 __all__ = [
+    "MAX_CPU_MILLICORES",
+    "MAX_MEMORY_MIB",
     "MESSAGES",
     "SCHEMA_HEADER",
     "SCHEMA_VERSION_HEADER",
+    "UNLIMITED",
     "AppId",
     "AppView",
     "AppsQuery",

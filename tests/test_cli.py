@@ -100,7 +100,7 @@ def test_a_deployment_file_with_a_mistake_is_refused_before_anything_is_sent(
     app.write_text('app = "stereo"\nimage = "local"\nreplicas = -2\ncpu_millicores = 500\n')
     done = bus_cli("deploy", "--file", str(app), "-n", "alice", url="amqp://nobody@127.0.0.1:1/")
     assert done.returncode == 2
-    assert "invalid deployment: replicas: Input should be greater than or equal to 0" in (
+    assert "invalid deployment: replicas = -2: Input should be greater than or equal to 0" in (
         " ".join(done.stderr.split())
     )
     app.write_text("app = [\n")
@@ -123,12 +123,14 @@ def test_status_reports_the_topology(broker: BrokerInfo) -> None:
         names.COMMANDS_EXCHANGE: "present",
         names.DEAD_LETTER_EXCHANGE: "present",
     }
-    assert set(report["queues"]) == {names.DEAD_LETTER_QUEUE, names.JOURNAL_STREAM}
+    assert set(report["queues"]) >= {names.DEAD_LETTER_QUEUE, names.JOURNAL_STREAM}
+    assert report["services"]["quota manager"] == "not serving"  # no `bus up` on this vhost
+    assert not report["ready"] and "the quota manager" in report["missing"]
 
 
 def test_an_unreachable_broker_is_a_one_line_error() -> None:
     done = bus_cli("status", "--url", "amqp://guest:guest@127.0.0.1:1/")
-    assert done.returncode == 2
+    assert done.returncode == 3
     assert "cannot reach the broker at amqp://***@127.0.0.1:1/" in done.stderr
     assert "Is RabbitMQ running?" in done.stderr
     assert "Traceback" not in done.stderr
@@ -136,7 +138,7 @@ def test_an_unreachable_broker_is_a_one_line_error() -> None:
 
 def test_bad_credentials_are_named(broker: BrokerInfo) -> None:
     done = bus_cli("status", "--url", broker.url.replace("guest:guest", "guest:wrong"))
-    assert done.returncode == 2
+    assert done.returncode == 1
     assert "refused the credentials" in done.stderr
 
 

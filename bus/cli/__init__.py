@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from bus.cli import agent, auth, control, events, platform, report, sim, worker
+from bus.cli._common import describe, fail
 from bus.service import configure_logging
 from nodeagent.load import PLATFORM_MARKER
 
@@ -15,11 +19,40 @@ __all__ = ["app", "main"]
 
 app = typer.Typer(
     name="bus",
-    help="idlecloud: run researchers' workers on the idle time of lab PCs.",
+    help="idlecloud: run researchers' workers on the idle time of lab PCs.\n\n"
+    "Exit codes: 0 done, 1 refused by the platform, 2 a usage or input error, "
+    "3 a service that cannot be reached.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version() -> str:
+    try:
+        return version("idlecloud")
+    except PackageNotFoundError:  # pragma: no cover - run from a tree that was not installed
+        return "unknown (not installed)"
+
+
+def _show_version(show: bool) -> None:
+    if show:
+        typer.echo(f"bus (idlecloud) {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    _version_flag: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", is_eager=True, callback=_show_version
+        ),
+    ] = False,
+) -> None:
+    """Options of every command."""
+
+
 platform.register(app)
 control.register(app)
 events.register(app)
@@ -36,4 +69,10 @@ def main() -> None:
     configure_logging("WARNING")  # IDLECLOUD_LOG_LEVEL overrides it
     for library in ("aio_pika", "aiormq"):  # their connection errors are reported by `bus`
         logging.getLogger(library).setLevel(logging.CRITICAL)
-    app(prog_name="bus")
+    try:
+        app(prog_name="bus", standalone_mode=True)
+    except ValidationError as error:  # a name or number the wire would refuse
+        try:
+            fail(describe(error))
+        except typer.Exit as done:
+            raise SystemExit(done.exit_code) from None

@@ -1,4 +1,9 @@
-"""What every `bus` command shares: the broker URL option, output, and error handling."""
+"""What every `bus` command shares: the broker URL option, output, and error handling.
+
+Every error is one plain sentence on stderr (user input is never read as markup), and the
+exit code says what kind it was (:class:`Exit`): 0 done, 1 refused by the platform,
+2 a usage or input error, 3 a service that cannot be reached.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +11,44 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable, Coroutine
+from enum import IntEnum
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import aiormq
 import typer
+from pydantic import ValidationError
 from rich.console import Console
+from rich.text import Text
 
 from bus.devservices import DevServiceError, broker_url
-from bus.errors import BusError
+from bus.errors import (
+    AuthUnavailable,
+    BrokerUnavailable,
+    BusError,
+    CredentialsRefused,
+    PublishRefused,
+    RpcTimeout,
+    Unroutable,
+)
 
-__all__ = ["DEFAULT_URL", "JsonOption", "UrlOption", "console", "fail", "print_json", "run_async"]
+__all__ = [
+    "DEFAULT_URL",
+    "Exit",
+    "JsonOption",
+    "UrlOption",
+    "console",
+    "describe",
+    "fail",
+    "print_json",
+    "run_async",
+]
 
 T = TypeVar("T")
 
 DEFAULT_URL = broker_url()
-console = Console()
-_errors = Console(stderr=True)
+#: Output never reads text as markup: names, reasons and values come from users.
+console = Console(markup=False)
+_errors = Console(stderr=True, markup=False)
 
 UrlOption = Annotated[
     str,
@@ -35,10 +62,30 @@ UrlOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
-def fail(message: str, code: int = 2) -> NoReturn:
-    """Print ``bus: <message>`` on stderr and exit with ``code``."""
-    _errors.print(f"[bold red]bus:[/] {message}", highlight=False, soft_wrap=True)
+class Exit(IntEnum):
+    """What a `bus` command's exit code says."""
+
+    OK = 0
+    REFUSED = 1  # the platform (or the broker) said no
+    USAGE = 2  # a bad option, name, number or file
+    UNREACHABLE = 3  # the broker, the auth service or a control-plane service did not answer
+
+
+def fail(message: str, code: Exit = Exit.USAGE) -> NoReturn:
+    """Print ``bus: <message>`` on stderr (as plain text) and exit with ``code``."""
+    _errors.print(Text.assemble(("bus: ", "bold red"), message), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def describe(error: ValidationError) -> str:
+    """A validation error as sentences: each field, the value given, and the rule."""
+    problems = []
+    for problem in error.errors():
+        field = ".".join(str(part) for part in problem["loc"]) or "the input"
+        value = problem.get("input")
+        shown = repr(value) if isinstance(value, str | int | float) else "that value"
+        problems.append(f"{field} = {shown[:80]}: {problem['msg']}")
+    return "; ".join(problems)
 
 
 def print_json(value: Any) -> None:
@@ -47,15 +94,21 @@ def print_json(value: Any) -> None:
 
 
 def run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a coroutine, turning the library's errors into a one-line message and exit 2."""
+    """Run a coroutine, turning the library's errors into a one-line message and the
+    :class:`Exit` code of their kind."""
     try:
         return asyncio.run(factory())
-    except (BusError, DevServiceError) as error:
+    except (BrokerUnavailable, AuthUnavailable, RpcTimeout, Unroutable, DevServiceError) as error:
+        fail(str(error), Exit.UNREACHABLE)
+    except (CredentialsRefused, PublishRefused) as error:
+        fail(str(error), Exit.REFUSED)
+    except BusError as error:
         fail(str(error))
     except aiormq.exceptions.ChannelAccessRefused as error:
         fail(f"the broker refused: {error.args[0] if error.args else error} "
-             "(your credentials do not allow this)", code=1)  # fmt: skip
+             "(your credentials do not allow this)", Exit.REFUSED)  # fmt: skip
     except aiormq.exceptions.ProbableAuthenticationError:
-        fail("the broker refused the credentials (a wrong password, or an expired token)")
+        fail("the broker refused the credentials (a wrong password, or an expired token)",
+             Exit.REFUSED)  # fmt: skip
     except KeyboardInterrupt:
         raise typer.Exit(130) from None

@@ -15,7 +15,16 @@ import aiohttp
 import typer
 from rich.table import Table
 
-from bus.cli._common import DEFAULT_URL, JsonOption, UrlOption, console, fail, print_json, run_async
+from bus.cli._common import (
+    DEFAULT_URL,
+    Exit,
+    JsonOption,
+    UrlOption,
+    console,
+    fail,
+    print_json,
+    run_async,
+)
 from bus.cli.session import ask
 from bus.credentials import DEFAULT_AUTH_URL, api_key_from_env
 from bus.devservices import RESOURCE_SERVER_ID
@@ -94,7 +103,7 @@ def token_issue(
                              name=name, ttl_s=ttl_days * 86_400, limits=limits)  # fmt: skip
         reply = ask(url, Owner.platform(), request, KeyReply)
     if not reply.accepted or reply.key is None:
-        fail(f"refused: {reply.reason}", code=1)
+        fail(f"refused: {reply.reason}", Exit.REFUSED)
     if as_json:
         print_json({**reply.key.model_dump(mode="json"), "api_key": reply.api_key})
         return
@@ -110,12 +119,16 @@ def token_revoke(
     key_id: Annotated[str, typer.Argument(help="The key's id (see `bus token list`).")],
     reason: Annotated[str, typer.Option(help="Why, for the record.")] = "",
     url: UrlOption = DEFAULT_URL,
+    as_json: JsonOption = False,
 ) -> None:
     """Revoke an API key: no new broker tokens, and its open connections are closed."""
     request = TokenRevoke(request_id=uuid.uuid4().hex[:16], key_id=key_id, reason=reason)
     result = ask(url, Owner.platform(), request, RequestResult)
     if not result.accepted:
-        fail(f"refused: {result.reason}", code=1)
+        fail(f"refused: {result.reason}", Exit.REFUSED)
+    if as_json:
+        print_json(result.model_dump(mode="json"))
+        return
     console.print(f"{key_id}: {result.reason}")
 
 
@@ -150,9 +163,10 @@ def whoami(auth_url: AuthUrlOption = DEFAULT_AUTH_URL, as_json: JsonOption = Fal
     try:
         status, body = run_async(call)
     except aiohttp.ClientError as error:
-        fail(f"the auth service at {auth_url} cannot be reached ({error}); set IDLECLOUD_AUTH_URL")
+        fail(f"the auth service at {auth_url} cannot be reached ({error}); set IDLECLOUD_AUTH_URL",
+             Exit.UNREACHABLE)  # fmt: skip
     if status != 200:
-        fail(f"the auth service refused the key: {body.get('error')}", code=1)
+        fail(f"the auth service refused the key: {body.get('error')}", Exit.REFUSED)
     if as_json:
         print_json(body)
     else:

@@ -17,10 +17,21 @@ from rich.table import Table
 from yarl import URL
 
 from bus.abc import Service
-from bus.cli._common import DEFAULT_URL, JsonOption, UrlOption, console, fail, print_json
+from bus.cli._common import (
+    DEFAULT_URL,
+    Exit,
+    JsonOption,
+    UrlOption,
+    console,
+    describe,
+    fail,
+    print_json,
+)
+from bus.cli.platform import wait_until_ready
 from bus.cli.session import ask
 from bus.service import run
 from schemas import (
+    UNLIMITED,
     AppsQuery,
     AppsReply,
     CordonRequest,
@@ -54,9 +65,9 @@ def _submit(url: str, owner: Owner, request: Message, as_json: bool, done: str) 
     if as_json:
         print_json(result.model_dump(mode="json"))
     elif result.accepted:
-        console.print(f"[green]{done}[/]")
+        console.print(done, style="green")
     if not result.accepted:
-        fail(f"refused: {result.reason}", code=1)
+        fail(f"refused: {result.reason}", Exit.REFUSED)
 
 
 def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
@@ -109,8 +120,7 @@ def deploy(
     try:
         request = DeployRequest(request_id=_request_id(), namespace=namespace, **fields)
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        fail(f"invalid deployment: {problems}")
+        fail(f"invalid deployment: {describe(error)}")
     owner = Owner.namespace(namespace)
     _submit(url, owner, request, as_json, f"{request.app}: {request.replicas} replicas admitted")
 
@@ -150,7 +160,7 @@ def app_detail(
     """One app: its replicas, on which PC, in what state."""
     reply = _apps(url, namespace, app)
     if not reply.apps:
-        fail(f"{namespace} has no app {app!r}; `bus apps` lists them", code=1)
+        fail(f"{namespace} has no app {app!r}; `bus apps` lists them", Exit.REFUSED)
     view = reply.apps[0]
     if as_json:
         print_json(view.model_dump(mode="json"))
@@ -226,12 +236,23 @@ quota_app = typer.Typer(help="Namespaces' quotas (admin).", no_args_is_help=True
 @quota_app.command("set")
 def quota_set(
     namespace: Annotated[str, typer.Argument(help="The namespace.")],
-    cpu_millicores: Annotated[int, typer.Option(min=0, help="CPU it may reserve in all.")],
-    memory_mib: Annotated[int, typer.Option(min=0, help="Memory it may reserve in all.")],
+    cpu_millicores: Annotated[
+        int | None, typer.Option(min=0, help="CPU it may reserve in all.", show_default=False)
+    ] = None,
+    memory_mib: Annotated[
+        int | None, typer.Option(min=0, help="Memory it may reserve in all.", show_default=False)
+    ] = None,
     url: UrlOption = DEFAULT_URL,
     as_json: JsonOption = False,
 ) -> None:
-    """Set how much a namespace's apps may reserve in all."""
+    """Set how much a namespace's apps may reserve in all. Give either or both: the other
+    keeps the namespace's current limit, or (with no quota yet) is not limited."""
+    if cpu_millicores is None and memory_mib is None:
+        fail("give --cpu-millicores, --memory-mib or both")
+    if cpu_millicores is None or memory_mib is None:
+        current = _apps(url, namespace, None).quota or UNLIMITED
+        cpu_millicores = current.cpu_millicores if cpu_millicores is None else cpu_millicores
+        memory_mib = current.memory_mib if memory_mib is None else memory_mib
     request = QuotaSet(request_id=_request_id(), namespace=namespace,
                        cpu_millicores=cpu_millicores, memory_mib=memory_mib)  # fmt: skip
     _submit(url, Owner.platform(), request, as_json, f"{namespace}: quota set")
@@ -325,7 +346,16 @@ def up(
         from services.kubebridge.service import BridgeSettings, KubeBridge
 
         services.append(KubeBridge(BridgeSettings(frozenset(kube_namespace), kube_node_label)))
-    run(url, services, name="bus up", grace_s=5.0)
+
+    async def say_when_ready() -> None:
+        report = await wait_until_ready(url, timeout_s=120)
+        if report["ready"]:
+            serving = [name for name, state in report["services"].items() if state == "serving"]
+            console.print(f"bus up: ready ({', '.join(serving)} serving)", style="green")
+        else:
+            console.print(f"bus up: not ready after 120 s: {', '.join(report['missing'])}")
+
+    run(url, services, name="bus up", grace_s=5.0, on_started=say_when_ready)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,81 +1,158 @@
-"""`bus status`, `bus dead-letters`, `bus schemas export` and `bus dev up`."""
+"""`bus status`, `bus dead-letters`, `bus schemas export` and `bus dev up`.
+
+`bus status` says whether the platform serves: the broker is reachable, the platform's
+exchanges and queues exist, and the quota manager and placement (and the auth service,
+where one runs) consume their request queues, i.e. one instance of each leads. `bus
+status --wait S` waits for that, and `bus up` prints a line when it holds.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import aiormq
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from bus import names
-from bus.cli._common import DEFAULT_URL, JsonOption, UrlOption, console, print_json, run_async
+from bus.cli._common import (
+    DEFAULT_URL,
+    Exit,
+    JsonOption,
+    UrlOption,
+    console,
+    fail,
+    print_json,
+    run_async,
+)
 from bus.connection import Bus
 from bus.consumer import DEAD_REASON_HEADER
 from bus.devdocker import busybox_image, ensure_docker
 from bus.devinflux import INFLUX_URL, ensure_influxdb
 from bus.devservices import ensure_chromium, ensure_rabbitmq
+from bus.errors import BrokerUnavailable
 from bus.topology import declare_platform
 from schemas import export_json_schemas
 
-__all__ = ["dev_app", "register", "schemas_app"]
+__all__ = ["dev_app", "platform_status", "register", "schemas_app", "wait_until_ready"]
+
 
 schemas_app = typer.Typer(help="The message catalogue.", no_args_is_help=True)
 dev_app = typer.Typer(help="Local services for development and demos.", no_args_is_help=True)
 
 _PLATFORM_QUEUES = (names.DEAD_LETTER_QUEUE, names.JOURNAL_STREAM)
 _PLATFORM_EXCHANGES = (names.EVENTS_EXCHANGE, names.COMMANDS_EXCHANGE, names.DEAD_LETTER_EXCHANGE)
+#: The queue each control-plane service's leader consumes: it serves once that has a
+#: consumer. The auth service is optional (a platform without keys).
+_SERVICE_QUEUES = {
+    "quota manager": names.service_queue("quota", "requests"),
+    "placement service": names.service_queue("placement", "queries"),
+    "auth service": names.service_queue("auth", "requests"),
+}
+_OPTIONAL_SERVICES = frozenset({"auth service"})
 
 
-async def _status(url: str) -> dict[str, Any]:
+async def _exists(bus: Bus, name: str, kind: str) -> dict[str, int] | None:
+    """A queue's counts, or ``{}`` for an exchange that exists; None if it does not."""
+    channel = await bus.channel()
+    try:
+        if kind == "exchange":
+            await channel.declare_exchange(name, passive=True)
+            return {}
+        declared = (await channel.declare_queue(name, passive=True)).declaration_result
+        return {"messages": declared.message_count or 0, "consumers": declared.consumer_count or 0}
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return None
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+
+
+async def platform_status(url: str) -> dict[str, Any]:
+    """The broker, the platform's exchanges and queues, and which services serve."""
     async with Bus(url, connection_name="bus status") as bus:
-        report: dict[str, Any] = {"broker": "reachable", "exchanges": {}, "queues": {}}
+        report: dict[str, Any] = {"broker": "reachable", "exchanges": {}, "queues": {},
+                                  "services": {}}  # fmt: skip
         for exchange in _PLATFORM_EXCHANGES:
-            channel = await bus.channel()
-            try:
-                await channel.declare_exchange(exchange, passive=True)
-                report["exchanges"][exchange] = "present"
-            except aiormq.exceptions.ChannelNotFoundEntity:
-                report["exchanges"][exchange] = "missing"
-            finally:
-                if not channel.is_closed:
-                    await channel.close()
-        for queue_name in _PLATFORM_QUEUES:
-            channel = await bus.channel()
-            try:
-                queue = await channel.declare_queue(queue_name, passive=True)
-                declared = queue.declaration_result
-                report["queues"][queue_name] = {
-                    "messages": declared.message_count,
-                    "consumers": declared.consumer_count,
-                }
-            except aiormq.exceptions.ChannelNotFoundEntity:
-                report["queues"][queue_name] = "missing"
-            finally:
-                if not channel.is_closed:
-                    await channel.close()
+            found = await _exists(bus, exchange, "exchange")
+            report["exchanges"][exchange] = "missing" if found is None else "present"
+        for queue_name in (*_PLATFORM_QUEUES, *_SERVICE_QUEUES.values()):
+            counts = await _exists(bus, queue_name, "queue")
+            report["queues"][queue_name] = "missing" if counts is None else counts
+        for service, queue_name in _SERVICE_QUEUES.items():
+            state = report["queues"][queue_name]
+            serving = isinstance(state, dict) and state["consumers"] > 0
+            report["services"][service] = "serving" if serving else "not serving"
+        report["missing"] = _missing(report)
+        report["ready"] = not report["missing"]
         return report
 
 
-def status(url: UrlOption = DEFAULT_URL, as_json: JsonOption = False) -> None:
-    """Show whether the broker is reachable and the platform's topology is in place."""
-    report = run_async(lambda: _status(url))
+def _missing(report: dict[str, Any]) -> list[str]:
+    """What keeps the platform from serving requests, from a status report."""
+    missing = [name for name, state in report["exchanges"].items() if state == "missing"]
+    missing += [name for name in _PLATFORM_QUEUES if report["queues"][name] == "missing"]
+    for service, state in report["services"].items():
+        absent = report["queues"][_SERVICE_QUEUES[service]] == "missing"
+        if state != "serving" and not (service in _OPTIONAL_SERVICES and absent):
+            missing.append(f"the {service}")
+    return missing
+
+
+async def wait_until_ready(url: str, timeout_s: float) -> dict[str, Any]:
+    """The status report once the platform serves, or the last one after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            report = await platform_status(url)
+        except BrokerUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            report = None
+        if report is not None and (report["ready"] or time.monotonic() > deadline):
+            return report
+        await asyncio.sleep(0.5)
+
+
+def status(
+    url: UrlOption = DEFAULT_URL,
+    as_json: JsonOption = False,
+    wait: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Wait up to this many seconds for the platform to serve (exit 3 if it does not).",
+            show_default=False,
+        ),
+    ] = 0,
+) -> None:
+    """Show whether the broker is reachable, the platform's topology is in place and its
+    services serve (`--wait 30` waits for `bus up` to be ready)."""
+    report = run_async(lambda: wait_until_ready(url, wait))
     if as_json:
         print_json(report)
-        return
-    table = Table("name", "kind", "state")
-    for exchange, state in report["exchanges"].items():
-        table.add_row(exchange, "exchange", state)
-    for queue_name, state in report["queues"].items():
-        shown = (
-            state
-            if isinstance(state, str)
-            else f"{state['messages']} messages, {state['consumers']} consumers"
-        )
-        table.add_row(queue_name, "queue", shown)
-    console.print("broker: [green]reachable[/]")
-    console.print(table)
+    else:
+        table = Table("name", "kind", "state")
+        for exchange, state in report["exchanges"].items():
+            table.add_row(exchange, "exchange", state)
+        for queue_name, state in report["queues"].items():
+            shown = (
+                state
+                if isinstance(state, str)
+                else f"{state['messages']} messages, {state['consumers']} consumers"
+            )
+            table.add_row(queue_name, "queue", shown)
+        for service, state in report["services"].items():
+            table.add_row(service, "service", state)
+        console.print(Text.assemble("broker: ", ("reachable", "green")))
+        console.print(table)
+        console.print("ready" if report["ready"] else f"not ready: {', '.join(report['missing'])}")
+    if wait and not report["ready"]:
+        raise typer.Exit(Exit.UNREACHABLE)
 
 
 async def _peek_dead_letters(url: str, limit: int) -> list[dict[str, Any]]:
@@ -132,7 +209,12 @@ def export(
     directory: Annotated[Path, typer.Argument(help="Where to write the JSON Schema files.")],
 ) -> None:
     """Write the JSON Schema of every message, so any language can publish them."""
-    written = export_json_schemas(directory)
+    if directory.exists() and not directory.is_dir():
+        fail(f"{directory} is a file; give a folder (it is made if missing)")
+    try:
+        written = export_json_schemas(directory)
+    except OSError as error:
+        fail(f"cannot write to {directory}: {error.strerror or error}")
     console.print(f"wrote {len(written)} files to {directory}")
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from bus.cli._common import console, fail
+from bus.cli._common import Exit, console, fail
 
 __all__ = ["register"]
 
@@ -36,7 +36,9 @@ def report(
 
     try:
         written = render(lambda q: query_v1(influx_url, influx_db, q), out, _seconds(since))
-    except (OSError, ValueError) as error:
+    except OSError as error:
+        fail(f"cannot make the report from {influx_url} ({influx_db}): {error}", Exit.UNREACHABLE)
+    except ValueError as error:
         fail(f"cannot make the report from {influx_url} ({influx_db}): {error}")
     for path in written:
         console.print(f"wrote {path}")

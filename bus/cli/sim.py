@@ -65,6 +65,9 @@ def status(folder: FolderOption = DEFAULT_DIR, as_json: JsonOption = False) -> N
     if as_json:
         print_json(report)
         return
+    if not report:
+        console.print(f"no simulated PCs in {folder}; start them with `bus sim up`")
+        return
     table = Table("PC", "CPU (m)", "memory (MiB)", "agent", "people")
     for name, entry in report.items():
         table.add_row(

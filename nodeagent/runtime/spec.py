@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from schemas import ReplicaState, Resources
+from schemas import MAX_CPU_MILLICORES, ReplicaState, Resources
 
 __all__ = ["CpuMeter", "ReplicaInfo", "ReplicaSpec", "StartCancelled", "StartFailed"]
 
@@ -61,4 +61,4 @@ class CpuMeter:
         if self.seen is not None and now > self.seen[0]:
             rate = max(0, round((cpu_s - self.seen[1]) / (now - self.seen[0]) * 1000))
         self.seen = (now, cpu_s)
-        return min(rate, 1_024_000)
+        return min(rate, MAX_CPU_MILLICORES)

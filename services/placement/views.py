@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from schemas import (
+    MAX_CPU_MILLICORES,
     AppsQuery,
     AppsReply,
     AppView,
@@ -21,12 +22,11 @@ from services.state import AppKey, DesiredState
 
 __all__ = ["apps_reply", "nodes_reply"]
 
-_MAX_CPU = 1_024_000
 _ENDED = (ReplicaState.EXITED, ReplicaState.FAILED)
 
 
 def _resources(cpu_millicores: int, memory_mib: int) -> Resources:
-    return Resources(cpu_millicores=min(cpu_millicores, _MAX_CPU), memory_mib=memory_mib)
+    return Resources(cpu_millicores=min(cpu_millicores, MAX_CPU_MILLICORES), memory_mib=memory_mib)
 
 
 def apps_reply(
