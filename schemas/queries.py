@@ -60,6 +60,7 @@ class AppView(WireModel):
     state: DeploymentState
     desired: Replicas
     running: ReplicaCount
+    starting: ReplicaCount = 0
     reservation: Resources
     replicas_per_node: dict[NodeName, ReplicaCount] = Field(default_factory=dict, max_length=10_000)
     replicas: tuple[ReplicaView, ...] = Field(default=(), max_length=10_000)

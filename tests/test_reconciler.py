@@ -275,3 +275,18 @@ def test_a_heartbeat_from_far_ahead_is_refused_and_the_pcs_next_one_is_taken() -
     assert fresh.heartbeat(heartbeat("edge", 43, replicas=1), now=1.0)
     assert not fresh.lost(fresh.nodes["edge"], now=2.0)
     assert len(fresh.nodes["edge"].replicas) == 1
+
+
+def test_replicas_not_yet_reported_running_count_as_starting_not_running() -> None:
+    world = thesis_job(replicas=3)
+    first = world.tick().statuses[("alice", "stereo")]
+    assert (first.running, first.starting, first.reason) == (0, 3, "starting 3")
+    for node, replicas in world.running.items():  # the PCs report them as still starting
+        for rid, report in replicas.items():
+            world.running[node][rid] = report.model_copy(update={"state": ReplicaState.STARTING})
+    world.now += 1.0
+    world.beat()
+    booting = world.reconciler.reconcile(world.desired, world.registry, world.now)
+    status = booting.statuses[("alice", "stereo")]
+    assert (status.running, status.starting, status.per_node) == (0, 3, {})
+    assert booting.starts == []  # not started twice

@@ -136,11 +136,11 @@ def apps(namespace: NamespaceOption = "default", url: UrlOption = DEFAULT_URL,
     if as_json:
         print_json(reply.model_dump(mode="json"))
         return
-    table = Table("app", "state", "running", "per PC", "reason")
+    table = Table("app", "state", "running", "starting", "per PC", "reason")
     for view in reply.apps:
         per_pc = ", ".join(f"{node} {n}" for node, n in sorted(view.replicas_per_node.items()))
-        table.add_row(view.app, view.state.value, f"{view.running}/{view.desired}", per_pc,
-                      view.reason)  # fmt: skip
+        table.add_row(view.app, view.state.value, f"{view.running}/{view.desired}",
+                      str(view.starting), per_pc, view.reason)  # fmt: skip
     console.print(table)
     quota = reply.quota
     limit = f"{quota.cpu_millicores}m / {quota.memory_mib} MiB" if quota else "none"
@@ -166,7 +166,8 @@ def app_detail(
         print_json(view.model_dump(mode="json"))
         return
     console.print(f"{view.app}: {view.state.value}, {view.running}/{view.desired} running, "
-                  f"image {view.image}" + (f" ({view.reason})" if view.reason else ""))  # fmt: skip
+                  f"{view.starting} starting, image {view.image}"
+                  + (f" ({view.reason})" if view.reason else ""))  # fmt: skip
     table = Table("replica", "PC", "state")
     for replica in view.replicas:
         table.add_row(replica.replica_id, replica.node, replica.state.value)

@@ -108,6 +108,7 @@ class AppStatus:
     running: int
     per_node: dict[str, int]
     reason: str = ""
+    starting: int = 0  # sent and not yet reported, or reported as still starting
 
 
 @dataclass(slots=True)
@@ -141,7 +142,8 @@ class _Tally:
 
     healthy: list[tuple[str, str]] = field(default_factory=list)
     displaced: list[tuple[str, str]] = field(default_factory=list)
-    starting: int = 0
+    starting: int = 0  # sent, not yet reported
+    booting: set[str] = field(default_factory=set)  # healthy, but reported still starting
 
 
 class Reconciler:
@@ -202,6 +204,8 @@ class Reconciler:
                     tally.displaced.append((replica.replica_id, node.name))
                 else:
                     tally.healthy.append((replica.replica_id, node.name))
+                    if replica.state is ReplicaState.STARTING:
+                        tally.booting.add(replica.replica_id)
                     usage[replica.namespace][0] += replica.cpu_millicores
                     usage[replica.namespace][1] += replica.memory_mib
             if not busy and node.name not in desired.cordons:
@@ -331,17 +335,19 @@ class Reconciler:
         for key, spec in desired.deployments.items():
             tally = tallies[key]
             per_node: dict[str, int] = defaultdict(int)
-            for _, node in tally.healthy:
-                per_node[node] += 1
-            running = len(tally.healthy)
+            for rid, node in tally.healthy:
+                if rid not in tally.booting:
+                    per_node[node] += 1
+            running = sum(per_node.values())
+            starting = tally.starting + sum(1 for rid, _ in tally.healthy if rid in tally.booting)
             reason = unplaced.get(key, "")
             backoff = self._backoff.get(key)
             if backoff is not None and now < backoff.until:
                 reason = (
                     f"crashed {backoff.failures} times; next start in {backoff.until - now:.0f} s"
                 )
-            elif not reason and tally.starting:
-                reason = f"starting {tally.starting}"
+            elif not reason and starting:
+                reason = f"starting {starting}"
             if running >= spec.replicas:
                 state, reason = DeploymentState.RUNNING, ""
             elif running == 0:
@@ -349,5 +355,5 @@ class Reconciler:
             else:
                 state = DeploymentState.DEGRADED
             plan.statuses[key] = AppStatus(
-                key, state, spec.replicas, running, dict(per_node), reason
+                key, state, spec.replicas, running, dict(per_node), reason, starting
             )

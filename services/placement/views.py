@@ -56,14 +56,16 @@ def apps_reply(
     for key, spec in sorted(state.deployments.items()):
         if key[0] != namespace or query.app not in (None, key[1]):
             continue
+        # one tick's view: its desired count with its counts (a scale since shows next tick)
         status = statuses.get(key) or AppStatus(key, DeploymentState.PENDING, spec.replicas, 0, {})
         apps.append(
             AppView(
                 app=key[1],
                 image=spec.request.image,
                 state=status.state,
-                desired=spec.replicas,
+                desired=status.desired,
                 running=status.running,
+                starting=status.starting,
                 reservation=spec.reservation,
                 replicas_per_node=status.per_node,
                 replicas=tuple(sorted(replicas.get(key, ()), key=lambda r: (r.node, r.replica_id))),
