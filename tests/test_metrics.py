@@ -227,3 +227,18 @@ async def test_the_influxdb_2_sink_speaks_api_v2_and_reports_a_refusal() -> None
             await sink.write(points(sample("edge", 0)))
     finally:
         await sink.close()
+
+
+async def test_the_writer_creates_its_database_if_it_is_missing(bus: Bus, unique: str) -> None:
+    """`bus up --influx-db NAME` on a fresh InfluxDB: the first write finds no database,
+    creates it and writes again."""
+    name = f"test_new_{unique}"
+    writer = MetricsWriter(InfluxV1(INFLUX_URL, name), flush_s=0.2, backoff_max_s=1.0)
+    await writer.start(bus)
+    try:
+        await bus.publish(sample(f"c{unique}", 0))
+        query = f"SELECT count(cpu_millicores) FROM node WHERE node = 'c{unique}'"
+        await wait_until(lambda: count(name, query) == 1, timeout_s=30, what="the sample")
+    finally:
+        await writer.stop(2.0)
+        influx_query(f'DROP DATABASE "{name}"')

@@ -29,7 +29,7 @@ class InfluxRefused(Exception):
 
 
 class InfluxV1:
-    """One InfluxDB 1.x database, written to in batches of lines."""
+    """One InfluxDB 1.x database, written to in batches of lines (created if missing)."""
 
     def __init__(self, url: str, database: str, *, timeout_s: float = 10.0) -> None:
         self.url = url.rstrip("/")
@@ -51,12 +51,24 @@ class InfluxV1:
             async with self._http.post(target, data="\n".join(lines).encode()) as answer:
                 if answer.status != 204:
                     detail = (await answer.text())[:300]
+                    if answer.status == 404 and "database not found" in detail:
+                        await self._create_database()
+                        raise InfluxUnavailable(f"created database {self.database}; writing again")
                     failure = InfluxRefused if answer.status == 400 else InfluxUnavailable
                     raise failure(f"InfluxDB answered {answer.status}: {detail}")
         except (aiohttp.ClientError, TimeoutError) as error:
             raise InfluxUnavailable(
                 f"InfluxDB at {self.url} cannot be reached: {error!r}"
             ) from None
+
+    async def _create_database(self) -> None:
+        """Create the database the writes go to (idempotent in InfluxDB 1.x)."""
+        assert self._http is not None
+        query = {"q": f'CREATE DATABASE "{self.database}"'}
+        async with self._http.post(f"{self.url}/query", data=query) as answer:
+            if answer.status != 200:
+                detail = (await answer.text())[:300]
+                raise InfluxUnavailable(f"cannot create database {self.database}: {detail}")
 
     async def close(self) -> None:
         """Close the HTTP session."""
