@@ -25,7 +25,6 @@ import asyncio
 import base64
 import contextlib
 import logging
-import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -66,8 +65,9 @@ from services.auth.tokens import (
     read_api_key,
 )
 from services.base import ControlService
+from services.settings import ServiceEnv
 
-__all__ = ["AuthService", "AuthSettings", "key_view", "settings_from_env"]
+__all__ = ["AuthService", "AuthSettings", "key_view", "settings_from"]
 
 log = logging.getLogger(__name__)
 
@@ -89,23 +89,22 @@ class AuthSettings:
     sweep_s: float = 2.0
 
 
-def settings_from_env() -> AuthSettings:
-    """The auth service's settings from IDLECLOUD_* variables.
+def settings_from(env: ServiceEnv) -> AuthSettings:
+    """The auth service's settings from the environment's.
 
     Raises:
-        ValueError: no signing key file was named.
+        ValueError: no signing key file was named (the message says how to make one).
     """
-    key_file = os.environ.get("IDLECLOUD_AUTH_KEY_FILE")
-    if not key_file:
+    if env.auth_key_file is None:
         raise ValueError(
             "set IDLECLOUD_AUTH_KEY_FILE to the signing key (make one with `bus token init`)"
         )
     return AuthSettings(
-        key_file=Path(key_file),
-        vhost=os.environ.get("IDLECLOUD_VHOST", "/"),
-        http_host=os.environ.get("IDLECLOUD_AUTH_HOST", AuthSettings.http_host),
-        http_port=int(os.environ.get("IDLECLOUD_AUTH_PORT", "8470")),
-        management_url=os.environ.get("IDLECLOUD_MANAGEMENT_URL", AuthSettings.management_url),
+        key_file=env.auth_key_file,
+        vhost=env.vhost,
+        http_host=env.auth_host,
+        http_port=env.auth_port,
+        management_url=env.management_url,
     )
 
 

@@ -6,15 +6,8 @@ node whose label of that name is the PC's name; default: the node named like the
 KUBECONFIG (default: in-cluster credentials when run in a pod, else ~/.kube/config).
 """
 
-import sys
-
 from services.cli import run_services
-from services.kubebridge.service import KubeBridge, settings_from_env
+from services.kubebridge.service import KubeBridge, settings_from
 
 if __name__ == "__main__":
-    if "--help" not in sys.argv and "-h" not in sys.argv:
-        try:
-            settings_from_env()
-        except ValueError as error:
-            sys.exit(f"python -m services.kubebridge: {error}")
-    run_services("kubebridge", lambda: KubeBridge(settings_from_env()))
+    run_services("kubebridge", lambda env: KubeBridge(settings_from(env)))

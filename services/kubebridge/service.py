@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +34,9 @@ from schemas import (
 from services.base import ControlService
 from services.kubebridge.kube import Kubernetes, KubeUnavailable, connect
 from services.kubebridge.plan import Intent, intent, plan
+from services.settings import ServiceEnv
 
-__all__ = ["BridgeSettings", "KubeBridge", "settings_from_env"]
+__all__ = ["BridgeSettings", "KubeBridge", "settings_from"]
 
 log = logging.getLogger(__name__)
 
@@ -54,21 +54,17 @@ class BridgeSettings:
     settle_s: float = 1.5  # a new leader first hears every PC's heartbeat
 
 
-def settings_from_env() -> BridgeSettings:
-    """The bridge's settings from IDLECLOUD_KUBE_* variables (see ``python -m
-    services.kubebridge --help``).
+def settings_from(env: ServiceEnv) -> BridgeSettings:
+    """The bridge's settings from the environment's.
 
     Raises:
-        ValueError: no namespace was named.
+        ValueError: no namespace was named (the message says how).
     """
-    namespaces = frozenset(
-        name.strip() for name in os.environ.get("IDLECLOUD_KUBE_NAMESPACES", "").split(",")
-        if name.strip()
-    )  # fmt: skip
+    namespaces = frozenset(name.strip() for name in env.kube_namespaces.split(",") if name.strip())
     if not namespaces:
-        raise ValueError("set IDLECLOUD_KUBE_NAMESPACES to the namespaces whose pods it may "
-                         "evict, e.g. research,batch")  # fmt: skip
-    return BridgeSettings(namespaces, os.environ.get("IDLECLOUD_KUBE_NODE_LABEL") or None)
+        raise ValueError("set IDLECLOUD_KUBE_NAMESPACES to the "
+                         "namespaces whose pods it may evict, e.g. research,batch")  # fmt: skip
+    return BridgeSettings(namespaces, env.kube_node_label or None)
 
 
 class KubeBridge(ControlService):

@@ -4,11 +4,10 @@ With IDLECLOUD_REPLICA_TOKENS=1 (a site with keys and the auth service) every re
 gets a broker token of its own.
 """
 
-import os
-
 from services.cli import run_services
 from services.placement.service import Placement, PlacementSettings
 
 if __name__ == "__main__":
-    tokens = os.environ.get("IDLECLOUD_REPLICA_TOKENS", "") in ("1", "true", "yes")
-    run_services("placement", lambda: Placement(PlacementSettings(replica_tokens=tokens)))
+    run_services(
+        "placement", lambda env: Placement(PlacementSettings(replica_tokens=env.replica_tokens))
+    )

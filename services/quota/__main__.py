@@ -4,4 +4,4 @@ from services.cli import run_services
 from services.quota.service import QuotaManager
 
 if __name__ == "__main__":
-    run_services("quota", QuotaManager)
+    run_services("quota", lambda _env: QuotaManager())

@@ -1,0 +1,76 @@
+"""The control-plane services' settings, from the environment: one typed list, checked.
+
+Every setting is a variable ``IDLECLOUD_<NAME>`` (the README lists them). A value that
+does not fit is refused with the variable's name, the value and the rule, and
+``python -m services.<name>`` exits 2 with that sentence instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bus.devservices import broker_url
+
+__all__ = ["ServiceEnv", "service_env"]
+
+Port = Annotated[int, Field(ge=1, le=65_535)]
+
+
+class ServiceEnv(BaseSettings):
+    """Every ``IDLECLOUD_*`` variable a control-plane service reads."""
+
+    model_config = SettingsConfigDict(env_prefix="IDLECLOUD_", extra="ignore", frozen=True)
+
+    #: The broker (``--url`` overrides it).
+    url: str = Field(default_factory=broker_url)
+    #: The platform's virtual host, for the broker tokens the auth service mints.
+    vhost: str = "/"
+    #: The auth service's signing key (``bus token init``).
+    auth_key_file: Path | None = None
+    auth_host: str = "127.0.0.1"
+    auth_port: Port = 8470
+    #: The broker's management API, which the auth service uses to close revoked
+    #: connections.
+    management_url: str = "http://guest:guest@127.0.0.1:15672"
+    #: The auth service's public key (``<kid>.pub.pem``), for the gateway.
+    auth_public_key: Path | None = None
+    gateway_host: str = "127.0.0.1"
+    gateway_port: Port = 8480
+    influx_url: str = "http://127.0.0.1:8086"
+    influx_db: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")] = (
+        "idlecloud"
+    )
+    #: Give every replica a broker token of its own (a site with keys).
+    replica_tokens: bool = False
+    #: The Kubernetes namespaces whose pods the bridge may evict, comma-separated.
+    kube_namespaces: str = ""
+    #: Map a PC to the Kubernetes node whose label of this name names it.
+    kube_node_label: str | None = None
+
+    @field_validator("auth_key_file", "auth_public_key", "kube_node_label", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """A variable set to nothing is not set (``Path("")`` would name this folder)."""
+        return None if value == "" else value
+
+
+def service_env(program: str) -> ServiceEnv:
+    """The settings from the environment; exit 2 with a sentence if one does not fit.
+
+    Args:
+        program: how the service was started, for the message (``python -m services.x``).
+    """
+    try:
+        return ServiceEnv()
+    except ValidationError as error:
+        problems = [
+            f"IDLECLOUD_{str(problem['loc'][0]).upper()}={problem.get('input')!r}: {problem['msg']}"
+            for problem in error.errors()
+        ]
+        print(f"{program}: " + "; ".join(problems), file=sys.stderr)
+        raise SystemExit(2) from None
