@@ -35,7 +35,7 @@ from tests.control_plane import control_plane, thesis_pcs  # noqa: E402
 from tests.helpers import collect_events, wait_until  # noqa: E402
 
 REPLICAS = 12
-AGENT_ARGS = ("--start-idle-s", "0", "--continue-idle-s", "1", "--load-sample-s", "60")
+AGENT_ARGS = ("--start-idle-s", "0", "--continue-idle-s", "1")
 
 
 async def main(trials: int) -> None:

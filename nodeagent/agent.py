@@ -98,6 +98,8 @@ class AgentSettings:
     labels: dict[str, str] = field(default_factory=dict)
     timetable: Timetable = field(default_factory=Timetable)
     load_sample_s: float = 5.0
+    #: Whether foreign CPU load counts as a person (not on PCs simulated on one machine).
+    foreign_load: bool = True
     platform_users: tuple[str, ...] = ()
     #: Where input devices are (``event*``); unreadable or missing: no input signal.
     input_dir: Path = Path("/dev/input")
@@ -176,7 +178,8 @@ class Agent:
         self._bus = bus
         self._sessions.start()
         self._input.start()
-        self._load.start()
+        if self.settings.foreign_load:
+            self._load.start()
         await self._carry_out(self._decide())
         await self._commands.start(bus)
         self._spawn(supervised("heartbeats", self._heartbeats))

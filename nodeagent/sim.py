@@ -115,6 +115,7 @@ class Simulation:
         pcs: tuple[SimPC, ...] = THESIS_PCS,
         *,
         runtime: str = "process",
+        foreign_load: bool = False,
         extra_args: tuple[str, ...] = (),
     ) -> list[str]:
         """Start an agent for each PC not already running; return the names started.
@@ -123,6 +124,9 @@ class Simulation:
             url: the broker URL the agents connect to.
             pcs: the PCs to simulate.
             runtime: how their replicas run, ``process`` or ``docker``.
+            foreign_load: count the machine's other CPU load as a person at every PC. Off
+                by default: the PCs share this machine, whose load (the researcher's own
+                client, a build) is no simulated person's.
             extra_args: more `bus agent run` options for every agent (policy values, say).
         """
         known = self._load()
@@ -156,7 +160,8 @@ class Simulation:
                     "--reserve-cpu-millicores", "0", "--reserve-memory-mib", "0",
                     "--platform-user", "rabbitmq",  # the broker shares this machine
                     "--replica-url", url,  # replicas use the simulation's own credentials
-                    "--runtime", runtime, *extra_args,
+                    "--runtime", runtime,
+                    "--foreign-load" if foreign_load else "--no-foreign-load", *extra_args,
                 ],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,

@@ -43,8 +43,7 @@ FAST = PlacementSettings(
     tick_s=0.3, node_timeout_s=2.0, settle_s=0.8,
     reconciler=ReconcilerSettings(preempt_interval_s=2.0),
 )  # fmt: skip
-AGENT_ARGS = ("--start-idle-s", "0", "--continue-idle-s", "0.5", "--heartbeat-s", "0.3",
-              "--load-sample-s", "60")  # fmt: skip
+AGENT_ARGS = ("--start-idle-s", "0", "--continue-idle-s", "0.5", "--heartbeat-s", "0.3")
 
 ROOT = Path(__file__).resolve().parent.parent
 

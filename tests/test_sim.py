@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from collections.abc import AsyncIterator
@@ -93,3 +94,38 @@ async def test_simulated_pcs_heartbeat_see_people_and_die_when_killed(
     )
     with pytest.raises(KeyError, match="no simulated PC named 'nope'"):
         simulation.login("nope")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_the_machines_own_load_is_no_person_at_a_simulated_pc_unless_asked(
+    broker: BrokerInfo, bus: Bus, unique: str, tmp_path: Path
+) -> None:
+    """A CPU-bound process outside the platform (the researcher's own client, say) runs
+    for 3 s: simulated PCs stay idle by default, and one started with foreign load counted
+    turns busy."""
+    quick = ("--start-idle-s", "0", "--heartbeat-s", "0.2", "--load-sample-s", "0.3",
+             "--busy-load", "0.3", "--busy-load-for-s", "0.6")  # fmt: skip
+    shared, counted = f"s{unique}", f"f{unique}"
+    heard = {name: await collect_events(bus, f"node.{name}.presence") for name in (shared, counted)}
+    simulation = Simulation(tmp_path / "sim")
+    simulation.up(broker.url, (SimPC(shared, 1000, 1024),), extra_args=quick)
+    simulation.up(broker.url, (SimPC(counted, 1000, 1024),), foreign_load=True, extra_args=quick)
+    try:
+        await wait_until(lambda: heard[shared] and heard[counted], 30, "both PCs' presence")
+        spin = "import time\nend = time.time() + 3\nwhile time.time() < end: pass"
+        hog = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            spin,
+            env={"PATH": "/usr/bin:/bin"},  # not the platform's
+        )
+        await hog.wait()
+
+        def busy(name: str) -> bool:
+            return any(p.presence.state is PresenceState.BUSY for p in heard[name])
+
+        await wait_until(lambda: busy(counted), 10, "the counting PC to turn busy")
+        assert not busy(shared)
+    finally:
+        simulation.down()

@@ -180,6 +180,14 @@ def run_agent(
     load_sample_s: Annotated[
         float, _option("Seconds between foreign-load samples.", "LOAD_SAMPLE_S")
     ] = 5.0,
+    foreign_load: Annotated[
+        bool,
+        _option(
+            "Count CPU load of processes that are not the platform's as a person "
+            "(--no-foreign-load: PCs simulated on a shared machine).",
+            "FOREIGN_LOAD",
+        ),
+    ] = True,
     platform_user: Annotated[
         list[str] | None,
         typer.Option(help="A user whose processes are the platform's (e.g. rabbitmq)."),
@@ -245,6 +253,7 @@ def run_agent(
         metrics_s=metrics_s,
         timetable=hours,
         load_sample_s=load_sample_s,
+        foreign_load=foreign_load,
         platform_users=tuple(platform_user or ()),
         replica_url=replica_url or str(URL(url).with_user(None)),
     )

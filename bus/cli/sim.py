@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -19,7 +21,8 @@ FolderOption = Annotated[
     Path,
     typer.Option("--dir", envvar="IDLECLOUD_SIM_DIR", help="Where the simulated PCs live."),
 ]
-DEFAULT_DIR = Path("/tmp/idlecloud-sim")
+#: One simulation folder per user of the machine.
+DEFAULT_DIR = Path(tempfile.gettempdir()) / f"idlecloud-sim-{getpass.getuser()}"
 
 
 def _parse_pc(text: str) -> SimPC:
@@ -45,6 +48,13 @@ def up(
     runtime: Annotated[
         str, typer.Option(help="How replicas run: 'process' or 'docker' (containers).")
     ] = "process",
+    foreign_load: Annotated[
+        bool,
+        typer.Option(
+            help="Count this machine's other CPU load as a person at every PC (off: "
+            "your own client and builds run here too)."
+        ),
+    ] = False,
 ) -> None:
     """Start the simulated PCs (the ones already running are left alone)."""
     if runtime not in ("process", "docker"):
@@ -54,7 +64,9 @@ def up(
         "--start-idle-s", str(start_idle_s), "--continue-idle-s", str(continue_idle_s),
         "--max-suspend-s", str(max_suspend_s),
     )  # fmt: skip
-    started = Simulation(folder).up(url, pcs, runtime=runtime, extra_args=policy)
+    started = Simulation(folder).up(
+        url, pcs, runtime=runtime, foreign_load=foreign_load, extra_args=policy
+    )
     console.print(f"started {', '.join(started) or 'nothing (all were running)'} in {folder}")
 
 
