@@ -16,7 +16,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import aiormq
 import typer
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 from rich.text import Text
 
@@ -30,11 +30,14 @@ from bus.errors import (
     RpcTimeout,
     Unroutable,
 )
+from schemas.base import NamespaceName
 
 __all__ = [
     "DEFAULT_URL",
     "Exit",
     "JsonOption",
+    "NamespaceOption",
+    "OptionalNamespaceOption",
     "UrlOption",
     "console",
     "describe",
@@ -60,6 +63,30 @@ UrlOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _namespace(value: str | None) -> str | None:
+    """A namespace as the wire takes it, checked before anything is sent."""
+    if value is not None:
+        try:
+            _NAMESPACE.validate_python(value)
+        except ValidationError as error:
+            problem = error.errors()[0]
+            raise typer.BadParameter(f"{value!r}: {problem['msg']}") from None
+    return value
+
+
+_NAMESPACE: TypeAdapter[str] = TypeAdapter(NamespaceName)
+NamespaceOption = Annotated[
+    str,
+    typer.Option("--namespace", "-n", envvar="IDLECLOUD_NAMESPACE", help="Your namespace.",
+                 callback=_namespace),
+]  # fmt: skip
+OptionalNamespaceOption = Annotated[
+    str | None,
+    typer.Option("--namespace", "-n", envvar="IDLECLOUD_NAMESPACE", callback=_namespace,
+                 help="Your namespace's; without it, everyone's (admin)."),
+]  # fmt: skip
 
 
 class Exit(IntEnum):

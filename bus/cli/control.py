@@ -21,6 +21,7 @@ from bus.cli._common import (
     DEFAULT_URL,
     Exit,
     JsonOption,
+    NamespaceOption,
     UrlOption,
     console,
     describe,
@@ -49,10 +50,6 @@ from schemas import (
 __all__ = ["register"]
 
 R = TypeVar("R", bound=Message)
-
-NamespaceOption = Annotated[
-    str, typer.Option("--namespace", "-n", envvar="IDLECLOUD_NAMESPACE", help="Your namespace.")
-]
 
 
 def _request_id() -> str:

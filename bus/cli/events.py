@@ -13,7 +13,14 @@ import typer
 from aio_pika.abc import AbstractIncomingMessage
 
 from bus import names
-from bus.cli._common import DEFAULT_URL, JsonOption, UrlOption, console, run_async
+from bus.cli._common import (
+    DEFAULT_URL,
+    JsonOption,
+    OptionalNamespaceOption,
+    UrlOption,
+    console,
+    run_async,
+)
 from bus.cli.session import connect
 from bus.codec import decode_event
 from bus.errors import InvalidMessage
@@ -66,15 +73,7 @@ def _show(delivery: AbstractIncomingMessage, as_json: bool, noisy: bool) -> None
 
 
 def events(
-    namespace: Annotated[
-        str | None,
-        typer.Option(
-            "--namespace",
-            "-n",
-            envvar="IDLECLOUD_NAMESPACE",
-            help="Your namespace's events; without it, every event (admin).",
-        ),
-    ] = None,
+    namespace: OptionalNamespaceOption = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Until Ctrl-C.")] = False,
     seconds: Annotated[float, typer.Option(help="How long to listen without --follow.")] = 5.0,
     heartbeats: Annotated[bool, typer.Option(help="Show heartbeats and metrics too.")] = False,
