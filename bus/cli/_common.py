@@ -18,6 +18,7 @@ import aiormq
 import typer
 from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
 from bus.devservices import DevServiceError, broker_url
@@ -44,6 +45,7 @@ __all__ = [
     "fail",
     "print_json",
     "run_async",
+    "table",
 ]
 
 T = TypeVar("T")
@@ -113,6 +115,11 @@ def describe(error: ValidationError) -> str:
         shown = repr(value) if isinstance(value, str | int | float) else "that value"
         problems.append(f"{field} = {shown[:80]}: {problem['msg']}")
     return "; ".join(problems)
+
+
+def table(*columns: str) -> Table:
+    """A plain table (no box lines): easy to read, to copy and to grep."""
+    return Table(*columns, box=None, pad_edge=False, header_style="bold")
 
 
 def print_json(value: Any) -> None:

@@ -13,7 +13,6 @@ from typing import Annotated
 
 import aiohttp
 import typer
-from rich.table import Table
 
 from bus.cli._common import (
     DEFAULT_URL,
@@ -24,6 +23,7 @@ from bus.cli._common import (
     fail,
     print_json,
     run_async,
+    table,
 )
 from bus.cli.session import ask
 from bus.credentials import DEFAULT_AUTH_URL, api_key_from_env
@@ -139,11 +139,11 @@ def token_list(url: UrlOption = DEFAULT_URL, as_json: JsonOption = False) -> Non
     if as_json:
         print_json(reply.model_dump(mode="json")["keys"])
         return
-    table = Table("key", "role", "subject", "name", "expires", "revoked")
+    shown = table("key", "role", "subject", "name", "expires", "revoked")
     for key in sorted(reply.keys, key=lambda k: (k.role, k.subject)):
-        table.add_row(key.key_id, key.role, key.subject, key.name,
+        shown.add_row(key.key_id, key.role, key.subject, key.name,
                       f"{key.expires_at:%Y-%m-%d}", "yes" if key.revoked else "")  # fmt: skip
-    console.print(table)
+    console.print(shown)
 
 
 def whoami(auth_url: AuthUrlOption = DEFAULT_AUTH_URL, as_json: JsonOption = False) -> None:

@@ -13,7 +13,6 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 from pydantic import ValidationError
-from rich.table import Table
 from yarl import URL
 
 from bus.abc import Service
@@ -27,6 +26,7 @@ from bus.cli._common import (
     describe,
     fail,
     print_json,
+    table,
 )
 from bus.cli.platform import wait_until_ready
 from bus.cli.session import ask
@@ -133,12 +133,12 @@ def apps(namespace: NamespaceOption = "default", url: UrlOption = DEFAULT_URL,
     if as_json:
         print_json(reply.model_dump(mode="json"))
         return
-    table = Table("app", "state", "running", "starting", "per PC", "reason")
+    shown = table("app", "state", "running", "starting", "per PC", "reason")
     for view in reply.apps:
         per_pc = ", ".join(f"{node} {n}" for node, n in sorted(view.replicas_per_node.items()))
-        table.add_row(view.app, view.state.value, f"{view.running}/{view.desired}",
+        shown.add_row(view.app, view.state.value, f"{view.running}/{view.desired}",
                       str(view.starting), per_pc, view.reason)  # fmt: skip
-    console.print(table)
+    console.print(shown)
     quota = reply.quota
     limit = f"{quota.cpu_millicores}m / {quota.memory_mib} MiB" if quota else "none"
     reserved, running = reply.reserved, reply.running
@@ -165,10 +165,10 @@ def app_detail(
     console.print(f"{view.app}: {view.state.value}, {view.running}/{view.desired} running, "
                   f"{view.starting} starting, image {view.image}"
                   + (f" ({view.reason})" if view.reason else ""))  # fmt: skip
-    table = Table("replica", "PC", "state")
+    shown = table("replica", "PC", "state")
     for replica in view.replicas:
-        table.add_row(replica.replica_id, replica.node, replica.state.value)
-    console.print(table)
+        shown.add_row(replica.replica_id, replica.node, replica.state.value)
+    console.print(shown)
 
 
 def scale(
@@ -202,9 +202,9 @@ def nodes(url: UrlOption = DEFAULT_URL, as_json: JsonOption = False) -> None:
     if as_json:
         print_json(reply.model_dump(mode="json"))
         return
-    table = Table("PC", "state", "cause", "CPU reserved/allocatable", "memory MiB", "replicas")
+    shown = table("PC", "state", "cause", "CPU reserved/allocatable", "memory MiB", "replicas")
     for view in reply.nodes:
-        table.add_row(
+        shown.add_row(
             view.node,
             view.state,
             view.cause,
@@ -212,7 +212,7 @@ def nodes(url: UrlOption = DEFAULT_URL, as_json: JsonOption = False) -> None:
             f"{view.reserved.memory_mib}/{view.allocatable.memory_mib}",
             str(view.replicas),
         )
-    console.print(table)
+    console.print(shown)
 
 
 def _cordon_command(action: Literal["cordon", "uncordon", "drain"], done: str) -> Any:

@@ -15,7 +15,6 @@ from typing import Annotated, Any
 
 import aiormq
 import typer
-from rich.table import Table
 from rich.text import Text
 
 from bus import names
@@ -28,6 +27,7 @@ from bus.cli._common import (
     fail,
     print_json,
     run_async,
+    table,
 )
 from bus.connection import Bus
 from bus.consumer import DEAD_REASON_HEADER
@@ -136,20 +136,20 @@ def status(
     if as_json:
         print_json(report)
     else:
-        table = Table("name", "kind", "state")
+        shown = table("name", "kind", "state")
         for exchange, state in report["exchanges"].items():
-            table.add_row(exchange, "exchange", state)
+            shown.add_row(exchange, "exchange", state)
         for queue_name, state in report["queues"].items():
-            shown = (
+            counts = (
                 state
                 if isinstance(state, str)
                 else f"{state['messages']} messages, {state['consumers']} consumers"
             )
-            table.add_row(queue_name, "queue", shown)
+            shown.add_row(queue_name, "queue", counts)
         for service, state in report["services"].items():
-            table.add_row(service, "service", state)
+            shown.add_row(service, "service", state)
         console.print(Text.assemble("broker: ", ("reachable", "green")))
-        console.print(table)
+        console.print(shown)
         console.print("ready" if report["ready"] else f"not ready: {', '.join(report['missing'])}")
     if wait and not report["ready"]:
         raise typer.Exit(Exit.UNREACHABLE)
@@ -192,16 +192,16 @@ def dead_letters(
     if not found:
         console.print("no dead-lettered messages")
         return
-    table = Table("at", "queue", "routing key", "schema", "reason")
+    shown = table("at", "queue", "routing key", "schema", "reason")
     for item in found:
-        table.add_row(
+        shown.add_row(
             str(item["at"]),
             str(item["queue"]),
             str(item["routing_key"]),
             str(item["schema"]),
             str(item["reason"]),
         )
-    console.print(table)
+    console.print(shown)
 
 
 @schemas_app.command("export")

@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from bus.cli._common import DEFAULT_URL, JsonOption, UrlOption, console, fail, print_json
+from bus.cli._common import DEFAULT_URL, JsonOption, UrlOption, console, fail, print_json, table
 from nodeagent.sim import THESIS_PCS, SimPC, Simulation
 
 __all__ = ["sim_app"]
@@ -80,16 +79,16 @@ def status(folder: FolderOption = DEFAULT_DIR, as_json: JsonOption = False) -> N
     if not report:
         console.print(f"no simulated PCs in {folder}; start them with `bus sim up`")
         return
-    table = Table("PC", "CPU (m)", "memory (MiB)", "agent", "people")
+    shown = table("PC", "CPU (m)", "memory (MiB)", "agent", "people")
     for name, entry in report.items():
-        table.add_row(
+        shown.add_row(
             name,
             str(entry["cpu_millicores"]),
             str(entry["memory_mib"]),
             str(entry["agent"]),
             str(entry["sessions"]),
         )
-    console.print(table)
+    console.print(shown)
 
 
 def _act(action: str, folder: Path, name: str) -> None:
