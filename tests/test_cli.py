@@ -124,8 +124,8 @@ def test_status_reports_the_topology(broker: BrokerInfo) -> None:
         names.DEAD_LETTER_EXCHANGE: "present",
     }
     assert set(report["queues"]) >= {names.DEAD_LETTER_QUEUE, names.JOURNAL_STREAM}
-    assert report["services"]["quota manager"] == "not serving"  # no `bus up` on this vhost
-    assert not report["ready"] and "the quota manager" in report["missing"]
+    assert report["services"]["quota"] == "not serving"  # no `bus up` on this vhost
+    assert not report["ready"] and "the quota service" in report["missing"]
 
 
 def test_an_unreachable_broker_is_a_one_line_error() -> None:

@@ -28,7 +28,7 @@ from bus.cli._common import (
     print_json,
     table,
 )
-from bus.cli.platform import wait_until_ready
+from bus.cli.platform import CORE_SERVICES, wait_until_ready
 from bus.cli.session import ask
 from bus.service import run
 from schemas import (
@@ -345,8 +345,10 @@ def up(
 
         services.append(KubeBridge(BridgeSettings(frozenset(kube_namespace), kube_node_label)))
 
+    required = CORE_SERVICES | ({"auth"} if auth_key_file is not None else set())
+
     async def say_when_ready() -> None:
-        report = await wait_until_ready(url, timeout_s=120)
+        report = await wait_until_ready(url, 120, frozenset(required))
         if report["ready"]:
             serving = [name for name, state in report["services"].items() if state == "serving"]
             console.print(f"bus up: ready ({', '.join(serving)} serving)", style="green")

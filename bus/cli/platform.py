@@ -2,8 +2,8 @@
 
 `bus status` says whether the platform serves: the broker is reachable, the platform's
 exchanges and queues exist, and the quota manager and placement (and the auth service,
-where one runs) consume their request queues, i.e. one instance of each leads. `bus
-status --wait S` waits for that, and `bus up` prints a line when it holds.
+with `--service auth`) consume their request queues, i.e. one instance of each leads.
+`bus status --wait S` waits for that, and `bus up` prints a line when what it runs serves.
 """
 
 from __future__ import annotations
@@ -38,7 +38,14 @@ from bus.errors import BrokerUnavailable
 from bus.topology import declare_platform
 from schemas import export_json_schemas
 
-__all__ = ["dev_app", "platform_status", "register", "schemas_app", "wait_until_ready"]
+__all__ = [
+    "CORE_SERVICES",
+    "dev_app",
+    "platform_status",
+    "register",
+    "schemas_app",
+    "wait_until_ready",
+]
 
 
 schemas_app = typer.Typer(help="The message catalogue.", no_args_is_help=True)
@@ -47,13 +54,14 @@ dev_app = typer.Typer(help="Local services for development and demos.", no_args_
 _PLATFORM_QUEUES = (names.DEAD_LETTER_QUEUE, names.JOURNAL_STREAM)
 _PLATFORM_EXCHANGES = (names.EVENTS_EXCHANGE, names.COMMANDS_EXCHANGE, names.DEAD_LETTER_EXCHANGE)
 #: The queue each control-plane service's leader consumes: it serves once that has a
-#: consumer. The auth service is optional (a platform without keys).
+#: consumer.
 _SERVICE_QUEUES = {
-    "quota manager": names.service_queue("quota", "requests"),
-    "placement service": names.service_queue("placement", "queries"),
-    "auth service": names.service_queue("auth", "requests"),
+    "quota": names.service_queue("quota", "requests"),
+    "placement": names.service_queue("placement", "queries"),
+    "auth": names.service_queue("auth", "requests"),
 }
-_OPTIONAL_SERVICES = frozenset({"auth service"})
+#: What must serve unless told otherwise (the auth service runs only on a site with keys).
+CORE_SERVICES = frozenset({"quota", "placement"})
 
 
 async def _exists(bus: Bus, name: str, kind: str) -> dict[str, int] | None:
@@ -72,8 +80,9 @@ async def _exists(bus: Bus, name: str, kind: str) -> dict[str, int] | None:
             await channel.close()
 
 
-async def platform_status(url: str) -> dict[str, Any]:
-    """The broker, the platform's exchanges and queues, and which services serve."""
+async def platform_status(url: str, required: frozenset[str] = CORE_SERVICES) -> dict[str, Any]:
+    """The broker, the platform's exchanges and queues, which services serve, and whether
+    every ``required`` one does."""
     async with Bus(url, connection_name="bus status") as bus:
         report: dict[str, Any] = {"broker": "reachable", "exchanges": {}, "queues": {},
                                   "services": {}}  # fmt: skip
@@ -87,28 +96,23 @@ async def platform_status(url: str) -> dict[str, Any]:
             state = report["queues"][queue_name]
             serving = isinstance(state, dict) and state["consumers"] > 0
             report["services"][service] = "serving" if serving else "not serving"
-        report["missing"] = _missing(report)
-        report["ready"] = not report["missing"]
+        missing = [name for name, state in report["exchanges"].items() if state == "missing"]
+        missing += [name for name in _PLATFORM_QUEUES if report["queues"][name] == "missing"]
+        missing += [f"the {name} service" for name in sorted(required)
+                    if report["services"][name] != "serving"]  # fmt: skip
+        report["missing"] = missing
+        report["ready"] = not missing
         return report
 
 
-def _missing(report: dict[str, Any]) -> list[str]:
-    """What keeps the platform from serving requests, from a status report."""
-    missing = [name for name, state in report["exchanges"].items() if state == "missing"]
-    missing += [name for name in _PLATFORM_QUEUES if report["queues"][name] == "missing"]
-    for service, state in report["services"].items():
-        absent = report["queues"][_SERVICE_QUEUES[service]] == "missing"
-        if state != "serving" and not (service in _OPTIONAL_SERVICES and absent):
-            missing.append(f"the {service}")
-    return missing
-
-
-async def wait_until_ready(url: str, timeout_s: float) -> dict[str, Any]:
+async def wait_until_ready(
+    url: str, timeout_s: float, required: frozenset[str] = CORE_SERVICES
+) -> dict[str, Any]:
     """The status report once the platform serves, or the last one after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            report = await platform_status(url)
+            report = await platform_status(url, required)
         except BrokerUnavailable:
             if time.monotonic() > deadline:
                 raise
@@ -129,10 +133,20 @@ def status(
             show_default=False,
         ),
     ] = 0,
+    service: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A service that must serve: quota, placement, auth; repeat "
+            "(default: quota and placement)."
+        ),
+    ] = None,
 ) -> None:
     """Show whether the broker is reachable, the platform's topology is in place and its
     services serve (`--wait 30` waits for `bus up` to be ready)."""
-    report = run_async(lambda: wait_until_ready(url, wait))
+    required = frozenset(service or CORE_SERVICES)
+    if unknown := required - _SERVICE_QUEUES.keys():
+        fail(f"--service {sorted(unknown)[0]!r}: use quota, placement or auth")
+    report = run_async(lambda: wait_until_ready(url, wait, required))
     if as_json:
         print_json(report)
     else:
@@ -146,8 +160,8 @@ def status(
                 else f"{state['messages']} messages, {state['consumers']} consumers"
             )
             shown.add_row(queue_name, "queue", counts)
-        for service, state in report["services"].items():
-            shown.add_row(service, "service", state)
+        for name, state in report["services"].items():
+            shown.add_row(f"{name} service", "service", state)
         console.print(Text.assemble("broker: ", ("reachable", "green")))
         console.print(shown)
         console.print("ready" if report["ready"] else f"not ready: {', '.join(report['missing'])}")

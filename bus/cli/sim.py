@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import getpass
+import os
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -20,8 +20,8 @@ FolderOption = Annotated[
     Path,
     typer.Option("--dir", envvar="IDLECLOUD_SIM_DIR", help="Where the simulated PCs live."),
 ]
-#: One simulation folder per user of the machine.
-DEFAULT_DIR = Path(tempfile.gettempdir()) / f"idlecloud-sim-{getpass.getuser()}"
+#: One simulation folder per user of the machine (by uid: a replica's has no name).
+DEFAULT_DIR = Path(tempfile.gettempdir()) / f"idlecloud-sim-{os.getuid()}"
 
 
 def _parse_pc(text: str) -> SimPC:

@@ -152,20 +152,14 @@ class Demo:
 
     def _issue_alice(self) -> str:
         quota_cpu = 1000 * (self.settings.replicas + 1)
-        deadline = time.monotonic() + 60
-        while True:  # the auth service takes a moment to lead
-            try:
-                issued = self.bus_cli("token", "issue", "--role", "user", "--subject", NAMESPACE,
-                                      "--name", "alice, a researcher", "--cpu-millicores",
-                                      str(quota_cpu), "--memory-mib", "32768", "--json",
-                                      key=self.admin_key)  # fmt: skip
-                self.watch.note(f"keys: an admin's, and alice's with a quota of "
-                                f"{quota_cpu // 1000} cores")  # fmt: skip
-                return str(json.loads(issued)["api_key"])
-            except RuntimeError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(1.0)
+        self.bus_cli("status", "--wait", "50", "--service", "quota", "--service", "placement",
+                     "--service", "auth", key=self.admin_key)  # fmt: skip
+        issued = self.bus_cli("token", "issue", "--role", "user", "--subject", NAMESPACE,
+                              "--name", "alice, a researcher", "--cpu-millicores",
+                              str(quota_cpu), "--memory-mib", "32768", "--json",
+                              key=self.admin_key)  # fmt: skip
+        self.watch.note(f"keys: an admin's, and alice's with a quota of {quota_cpu // 1000} cores")
+        return str(json.loads(issued)["api_key"])
 
     def deploy(self) -> None:
         if self.settings.runtime == "docker":
