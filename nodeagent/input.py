@@ -8,6 +8,13 @@ events a second, and the policy needs the first one, not every one). Devices tha
 be read (no permission, as for a non-root agent) are skipped; a device that goes away is
 dropped; new devices are picked up every ``rescan_s``. Where no device is readable the
 source reports nothing and the other signals decide.
+
+Only devices a person works with count: ones that report keys or buttons, relative
+motion (a mouse) or absolute pointer motion (a touchpad, a tablet), from their capability
+bits in sysfs (``/sys/class/input/eventN/device/capabilities``). A lid switch (switch
+events only) or an accelerometer (absolute axes with the accelerometer property) would
+otherwise keep a PC busy for ever. A device whose capabilities cannot be read counts: a
+person missed is worse than a PC left idle.
 """
 
 from __future__ import annotations
@@ -19,9 +26,47 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["InputSource"]
+__all__ = ["InputSource", "is_a_persons_device"]
 
 _READ_BYTES = 24 * 64  # 64 ``struct input_event`` records on 64-bit Linux
+#: Event types and codes from linux/input-event-codes.h.
+_EV_KEY, _EV_REL, _EV_ABS = 1, 2, 3
+_REL_X, _REL_Y, _ABS_X, _ABS_Y = 0, 1, 0, 1
+_INPUT_PROP_ACCELEROMETER = 6
+_SYS_CLASS_INPUT = Path("/sys/class/input")
+
+
+def _bits(path: Path) -> int:
+    """A sysfs bitmap (hex words, most significant first) as one integer.
+
+    Raises:
+        OSError: it cannot be read.
+        ValueError: it is not a bitmap.
+    """
+    words = path.read_text().split()
+    return sum(int(word, 16) << (64 * index) for index, word in enumerate(reversed(words)))
+
+
+def is_a_persons_device(device: Path) -> bool:
+    """Whether input device ``device`` (its sysfs folder, ``.../eventN/device``) is one a
+    person uses: keys or buttons, relative motion, or absolute pointer motion that is not
+    an accelerometer's. True if its capabilities cannot be read."""
+    try:
+        events = _bits(device / "capabilities" / "ev")
+        if events >> _EV_KEY & 1 and _bits(device / "capabilities" / "key"):
+            return True
+        if events >> _EV_REL & 1:
+            relative = _bits(device / "capabilities" / "rel")
+            if relative >> _REL_X & 1 or relative >> _REL_Y & 1:
+                return True
+        if events >> _EV_ABS & 1:
+            absolute = _bits(device / "capabilities" / "abs")
+            properties = _bits(device / "properties")
+            pointer = absolute >> _ABS_X & 1 and absolute >> _ABS_Y & 1
+            return bool(pointer) and not properties >> _INPUT_PROP_ACCELEROMETER & 1
+    except (OSError, ValueError):
+        return True
+    return False
 
 
 class InputSource:
@@ -32,11 +77,13 @@ class InputSource:
         on_input: Callable[[float], None],
         *,
         folder: str | Path = "/dev/input",
+        sys_class: Path = _SYS_CLASS_INPUT,
         quiet_s: float = 1.0,
         rescan_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.folder = Path(folder)
+        self.sys_class = sys_class
         self.last_input_at: float | None = None
         self._on_input = on_input
         self._quiet_s = quiet_s
@@ -68,6 +115,8 @@ class InputSource:
             for path in sorted(self.folder.glob("event*")):
                 if path in self._open:
                     continue
+                if not is_a_persons_device(self.sys_class / path.name / "device"):
+                    continue  # a lid switch, an accelerometer: looked at again next scan
                 try:
                     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
                 except OSError:

@@ -3,6 +3,9 @@
 The watch is on the file's directory, filtered by name, so it also sees the file being
 created or atomically replaced (which a watch on the file itself would lose). The kernel's
 events wake the event loop through ``add_reader``: nothing runs until the file changes.
+When the kernel's event queue overflows (``IN_Q_OVERFLOW``: a busy directory, a slow
+reader) events were lost, perhaps the file's own, so the watcher is told the file
+changed: its reader reads it all again.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ _IN_CLOSE_WRITE = 0x008
 _IN_MOVED_TO = 0x080
 _IN_CREATE = 0x100
 _IN_DELETE = 0x200
+_IN_Q_OVERFLOW = 0x4000
 _IN_NONBLOCK = 0o4000
 _IN_CLOEXEC = 0o2000000
 _MASK = _IN_MODIFY | _IN_ATTRIB | _IN_CLOSE_WRITE | _IN_MOVED_TO | _IN_CREATE | _IN_DELETE
@@ -71,8 +75,9 @@ class FileWatch:
         name = os.fsencode(self.path.name)
         offset, touched = 0, False
         while offset < len(data):
-            _wd, _mask, _cookie, length = _EVENT.unpack_from(data, offset)
+            _wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
             start = offset + _EVENT.size
+            touched |= bool(mask & _IN_Q_OVERFLOW)  # lost events: read it all again
             touched |= data[start : start + length].rstrip(b"\0") == name
             offset = start + length
         if touched:

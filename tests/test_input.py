@@ -132,3 +132,38 @@ async def test_a_key_press_pauses_the_replicas_and_quiet_resumes_them(
         await wait_until(lambda: len(events.of(NodePresence)) == 3, what="idle again")
         assert events.of(NodePresence)[2].presence.state is PresenceState.IDLE
         assert [r.state.value for r in await agent.runtime.replicas()] == ["running"]
+
+
+def sysfs_device(root: Path, name: str, **files: str) -> None:
+    """A stand-in for ``/sys/class/input/<name>/device`` (no input devices here): the
+    capability bitmaps the kernel would write, as hex words."""
+    device = root / name / "device"
+    (device / "capabilities").mkdir(parents=True)
+    for key, value in files.items():
+        target = device / key if key == "properties" else device / "capabilities" / key
+        target.write_text(value + "\n")
+
+
+async def test_only_keyboards_mice_and_pointers_count_not_a_lid_switch_or_accelerometer(
+    tmp_path: Path,
+) -> None:
+    """Capabilities as real devices report them (from `evtest` and the kernel's headers):
+    a keyboard (EV_KEY with keys), a mouse (EV_REL with REL_X and REL_Y), a touchpad
+    (EV_ABS with ABS_X and ABS_Y), a lid switch (EV_SW only), an accelerometer (EV_ABS with
+    INPUT_PROP_ACCELEROMETER), and a device whose sysfs entry is missing (it counts)."""
+    folder, sysfs = tmp_path / "input", tmp_path / "sys"
+    folder.mkdir()
+    sysfs_device(sysfs, "event0", ev="120013", key="fffffffffffffffe", properties="0")
+    sysfs_device(sysfs, "event1", ev="17", key="1f0000 0 0 0 0", rel="903", properties="0")
+    sysfs_device(sysfs, "event2", ev="b", key="e520 10000 0 0 0 0", abs="660800003",
+                 properties="5")  # fmt: skip
+    sysfs_device(sysfs, "event3", ev="21", sw="1", properties="0")
+    sysfs_device(sysfs, "event4", ev="9", abs="7", properties="40")
+    for index in range(6):
+        os.mkfifo(folder / f"event{index}")
+    source = InputSource(lambda _at: None, folder=folder, sys_class=sysfs)
+    source.start()
+    try:
+        assert [path.name for path in source.devices] == ["event0", "event1", "event2", "event5"]
+    finally:
+        source.stop()

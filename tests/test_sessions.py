@@ -77,3 +77,24 @@ async def test_a_replaced_file_is_seen_and_other_files_are_ignored(
     (tmp_path / "unrelated").write_text("more noise")
     await asyncio.sleep(0.1)
     assert len(seen) == 1
+
+
+def flood_then_login(folder: Path, utmp: Path) -> None:
+    """Without yielding to the loop (so nothing reads the queue): overflow it, then log in."""
+    limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    names = [folder / "noise-a", folder / "noise-b"]  # alternating: never coalesced
+    for index in range(limit + 100):
+        names[index % 2].write_bytes(b"x")
+    write_login(utmp, "frank", "tty7")
+
+
+async def test_a_login_lost_in_an_inotify_overflow_is_seen(
+    watched: tuple[SessionSource, list[list[Session]]], tmp_path: Path
+) -> None:
+    """More events than the kernel queues (fs.inotify.max_queued_events) land in the
+    folder before the loop reads any, the login's among the dropped ones: the overflow
+    itself makes the source read the file again."""
+    source, seen = watched
+    flood_then_login(tmp_path, source.utmp_path)
+    await wait_until(lambda: len(seen) == 1, timeout_s=5, what="the login after the overflow")
+    assert [s.user for s in seen[0]] == ["frank"]
