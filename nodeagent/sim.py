@@ -31,6 +31,7 @@ from pathlib import Path
 import psutil
 
 from nodeagent.runtime.identity import UidRange, uid_block
+from nodeagent.runtime.process import kill_recorded
 from nodeagent.utmp import read_sessions, write_login, write_logout
 
 __all__ = ["THESIS_PCS", "SimPC", "Simulation", "node_containers", "remove_containers"]
@@ -245,10 +246,7 @@ class Simulation:
 
     def _kill_replicas(self, name: str) -> None:
         for record in (self.state_dir(name) / "replicas").glob("*.json"):
-            pid = json.loads(record.read_text())["pid"]
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-            record.unlink(missing_ok=True)
+            kill_recorded(record)
 
     def down(self, grace_s: float = 10.0) -> None:
         """Stop every simulated PC: agents get SIGTERM, then everything is killed."""

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from nodeagent.runtime.cgroup import Cgroup, Mounts
-from nodeagent.runtime.process import ProcessRuntime, frozen
+from nodeagent.runtime.process import ProcessRuntime, frozen, kill_recorded
 from nodeagent.runtime.spec import ReplicaInfo, ReplicaSpec
 from schemas import ReplicaState
 
@@ -218,3 +218,51 @@ async def test_a_replica_is_not_born_frozen_in_a_group_left_frozen(tmp_path: Pat
         assert not all_frozen(pid)
     finally:
         await second.stop("again", grace_s=0)
+
+
+async def test_a_group_the_kernel_will_not_remove_yet_is_removed_later(
+    runtime: ProcessRuntime,
+) -> None:
+    """A child group blocks the replica's group's removal (as a last process still exiting
+    does): the stop leaves it, and a later look removes it once it can."""
+    await runtime.start(spec("leftover", sys.executable, "-c", "import time; time.sleep(60)"),
+                        may_run=always)  # fmt: skip
+    group = runtime._replicas["leftover"].cgroup
+    assert group is not None
+    blocker = group.dirs["freezer"] / "blocker"
+    blocker.mkdir()
+    await runtime.stop("leftover", 0)
+    assert group.dirs["freezer"].is_dir() and runtime._leftover == [group]
+    await runtime.replicas()
+    assert group.dirs["freezer"].is_dir()  # still blocked
+    blocker.rmdir()
+    await runtime.replicas()
+    assert not group.dirs["freezer"].exists() and runtime._leftover == []
+
+
+async def test_a_frozen_replica_killed_from_its_record_dies_and_leaves_no_group(
+    runtime: ProcessRuntime, tmp_path: Path
+) -> None:
+    """No agent left (a simulated PC's plug pulled while a person sits there): the replica
+    was frozen; killed from its record it dies, and its group is gone."""
+    await runtime.start(busy_tree("unplugged"), may_run=always)
+    pid = runtime._replicas["unplugged"].pid
+    group = runtime._replicas["unplugged"].cgroup
+    assert group is not None
+    await wait_until(lambda: len(tree(pid)) == 2, what="the child process")
+    members = [p.pid for p in tree(pid)]
+    await runtime.pause("unplugged")
+    await runtime.close()  # the agent is gone; the record stays
+    records = list((tmp_path / "state" / "replicas").glob("unplugged.json"))
+    assert len(records) == 1
+    kill_recorded(records[0])
+    await wait_until(lambda: not any(alive(m) for m in members), 10, "the deaths")
+    assert not group.dirs["freezer"].exists() and not records[0].exists()
+
+
+def alive(pid: int) -> bool:
+    """Running or able to run (a zombie waiting for its parent's wait() is neither)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

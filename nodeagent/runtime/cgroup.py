@@ -199,8 +199,10 @@ class Cgroup:
             return []
         return [int(pid) for pid in text.split()]
 
-    def remove(self) -> None:
-        """Delete the group's folders (they must hold no process)."""
+    def remove(self) -> bool:
+        """Delete the group's folders; True once they are all gone. The kernel refuses
+        while a process (or a child group) is still there: call again later."""
         for folder in set(self.dirs.values()):
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(FileNotFoundError, OSError):
                 os.rmdir(folder)
+        return not any(folder.exists() for folder in set(self.dirs.values()))

@@ -21,7 +21,11 @@ fork, so a start that a person's arrival overtook never begins.
 
 A small JSON record per replica in the agent's state folder lets a restarted agent adopt
 the replicas still running (matched by pid and start time, so a recycled pid is never
-mistaken for a replica) instead of leaking or duplicating them.
+mistaken for a replica) instead of leaking or duplicating them. A stopped replica's
+control group that the kernel will not remove yet (its last process is still exiting) is
+removed on a later look, at the next heartbeat, until it is gone; :func:`kill_recorded`
+ends a replica from its record alone, when no agent is left to (a simulated PC's plug
+pulled), thawing a frozen one so it can die.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ from nodeagent.runtime.spec import CpuMeter, ReplicaInfo, ReplicaSpec, StartCanc
 from nodeagent.tokens import TOKEN_FILE_ENV, hand_over
 from schemas import ReplicaState, Resources
 
-__all__ = ["ProcessRuntime", "frozen"]
+__all__ = ["ProcessRuntime", "frozen", "kill_recorded"]
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +154,7 @@ class ProcessRuntime:
         self._sampled_at = -float("inf")
         self._cgroup_parent = cgroup_parent
         self._mounts = Mounts.read()
+        self._leftover: list[Cgroup] = []  # groups the kernel would not remove yet
 
     def _cgroup(self, replica_id: str) -> Cgroup | None:
         """The replica's control group (made if missing), or None where cgroups are unusable."""
@@ -402,8 +407,8 @@ class ProcessRuntime:
             if not await self._gone_within(replica, grace_s):
                 self._signal(replica, signal.SIGKILL)
                 await self._gone_within(replica, 10.0)
-        if replica.cgroup is not None:
-            replica.cgroup.remove()
+        if replica.cgroup is not None and not replica.cgroup.remove():
+            self._leftover.append(replica.cgroup)
         if self._identities is not None:
             self._identities.release(replica_id)
         del self._replicas[replica_id]
@@ -423,6 +428,8 @@ class ProcessRuntime:
         Use is measured at most every ``usage_interval_s`` (one scan of the process table
         for all replicas); in between the latest measurement is returned.
         """
+        if self._leftover:
+            self._leftover = [group for group in self._leftover if not group.remove()]
         if with_usage and time.monotonic() - self._sampled_at >= self._usage_interval_s:
             self._sample_all()
         return [self._info(replica) for replica in self._replicas.values()]
@@ -493,3 +500,33 @@ class ProcessRuntime:
                 return tuple(line.rstrip("\n")[:1024] for line in deque(log, _LOG_TAIL_LINES))
         except FileNotFoundError:
             return ()
+
+
+def kill_recorded(record: Path, *, wait_s: float = 5.0) -> None:
+    """End the replica a runtime's record names, with no agent: SIGKILL its process group
+    and every process of its control group, thaw the group (frozen tasks die only once
+    thawed), remove the group once empty (within ``wait_s``), and the record."""
+    try:
+        fields = json.loads(record.read_text())
+        pid, replica_id, has_group = int(fields["pid"]), str(fields["replica_id"]), fields["cgroup"]
+    except (OSError, ValueError, KeyError):
+        record.unlink(missing_ok=True)
+        return
+    group = None
+    if has_group:  # its own group, named for it (never the agent's or the machine's)
+        with contextlib.suppress(OSError):
+            found = Cgroup.of_pid(pid, Mounts.read())
+            if all(folder.name == replica_id for folder in found.dirs.values()):
+                group = found
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    if group is not None and group.exists():
+        for member in group.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(member, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            group.thaw()
+        deadline = time.monotonic() + wait_s
+        while not group.remove() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    record.unlink(missing_ok=True)
