@@ -74,6 +74,14 @@ management.tcp.port = {MANAGEMENT_PORT}
 """
 
 
+class _Daemon(subprocess.Popen[bytes]):
+    """A service daemon started for development: it outlives this process on purpose, so
+    it is not waited for and its object goes without a warning."""
+
+    def __del__(self) -> None:
+        pass
+
+
 class DevServiceError(RuntimeError):
     """A local service could not be installed or started; the message says what to do."""
 
@@ -154,7 +162,7 @@ def ensure_daemon(
         apt_install(package)
     with log_path.open("ab") as log:
         _DAEMONS.append(
-            subprocess.Popen(
+            _Daemon(
                 command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
