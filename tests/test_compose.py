@@ -5,6 +5,7 @@ started: no image can be pulled here.)"""
 from __future__ import annotations
 
 import asyncio
+import configparser
 import os
 import shutil
 import tomllib
@@ -16,6 +17,7 @@ import yaml
 
 from bus.cli import app as bus_app
 from bus.devservices import apt_install
+from nodeagent.runtime.cgroup import ReplicaParent, replica_parent
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose"
@@ -84,3 +86,25 @@ def test_the_agent_files_name_only_settings_bus_agent_run_has() -> None:
     envvars = {e for p in agent_run.params for e in ([p.envvar] if isinstance(p.envvar, str)
                                                      else p.envvar or [])}  # fmt: skip
     assert set(variables) - {"IDLECLOUD_API_KEY_FILE"} <= envvars, set(variables) - envvars
+
+
+def test_the_agents_unit_delegates_its_cgroup_and_replicas_nest_inside_it() -> None:
+    """Checked statically: no systemd runs as PID 1 here. The unit delegates its control
+    group and keeps replicas across an agent restart; from the cgroup file an agent of
+    that unit would read, replicas' groups go inside the unit's (on v2 after the agent
+    moves into a leaf of its own), and outside systemd under idlecloud/<pc>."""
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read(ROOT / "compose" / "agent" / "idlecloud-agent.service")
+    service = unit["Service"]
+    assert (service["Delegate"], service["KillMode"]) == ("yes", "process")
+    unit_group = "system.slice/idlecloud-agent.service"
+    v2 = f"0::/{unit_group}\n"
+    assert replica_parent(v2, "edge", unified=True) == ReplicaParent(
+        f"{unit_group}/replicas", f"{unit_group}/agent"
+    )
+    v1 = f"12:freezer:/\n4:cpu,cpuacct:/{unit_group}\n3:memory:/{unit_group}\n"
+    assert replica_parent(v1, "edge", unified=False) == ReplicaParent(f"{unit_group}/replicas")
+    shell = "4:cpu,cpuacct:/user.slice\n0::/user.slice/user-0.slice/session-1.scope\n"
+    assert replica_parent(shell, "edge", unified=False) == ReplicaParent("idlecloud/edge")
+    assert replica_parent("6:freezer:/\n", "edge", unified=False) == ReplicaParent("idlecloud/edge")

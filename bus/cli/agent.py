@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -20,6 +21,7 @@ from bus.credentials import DEFAULT_AUTH_URL, key_holder
 from bus.service import run
 from nodeagent.agent import Agent, AgentSettings
 from nodeagent.policy import PolicySettings
+from nodeagent.runtime.cgroup import Mounts, replica_parent
 from nodeagent.runtime.identity import Identities, UidRange
 from nodeagent.runtime.process import ProcessRuntime
 from nodeagent.timetable import Timetable
@@ -81,11 +83,18 @@ def _process_runtime(
     elif insecure_same_user:
         log.warning("replicas run as this agent's own user (--insecure-same-user): "
                     "they can read its key and each other's tokens")  # fmt: skip
+    mounts = Mounts.read()
+    parent = replica_parent(Path("/proc/self/cgroup").read_text(), name, unified=mounts.unified)
+    if parent.agent_leaf is not None and mounts.v2 is not None:  # a delegated v2 subtree
+        with contextlib.suppress(OSError):  # not writable: the runtime uses no cgroups
+            leaf = mounts.v2 / parent.agent_leaf
+            leaf.mkdir(exist_ok=True)
+            (leaf / "cgroup.procs").write_text(str(os.getpid()))
     runtime = ProcessRuntime(
         state_dir,
         identities=identities,
         insecure_same_user=insecure_same_user,
-        cgroup_parent=f"idlecloud/{name}",
+        cgroup_parent=parent.path,
     )
     runtime.adopt()
     return runtime

@@ -6,6 +6,11 @@ runtime reads a container's use through it; the process runtime creates one grou
 replica with its CPU quota and memory limit, moves the replica into it before ``exec``,
 and freezes it to pause. Where the tree is not writable the process runtime falls back
 to rlimits and signals.
+
+Under systemd the agent's unit has ``Delegate=yes``: its own subtree is the agent's to
+manage, and :func:`replica_parent` nests replicas' groups inside it (``<unit>/replicas``)
+instead of writing outside it. On v2 a group with children may hold no process, so the
+agent first moves itself into a leaf of its own (``<unit>/agent``).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CPU_PERIOD_US", "Cgroup", "Mounts"]
+__all__ = ["CPU_PERIOD_US", "Cgroup", "Mounts", "ReplicaParent", "replica_parent"]
 
 #: The CFS period our CPU quotas are expressed in.
 CPU_PERIOD_US = 100_000
@@ -206,3 +211,29 @@ class Cgroup:
             with contextlib.suppress(FileNotFoundError, OSError):
                 os.rmdir(folder)
         return not any(folder.exists() for folder in set(self.dirs.values()))
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaParent:
+    """Where replicas' groups go, and the leaf the agent must move into first (v2, when
+    it nests them inside its own delegated group), if any."""
+
+    path: str
+    agent_leaf: str | None = None
+
+
+def replica_parent(own_cgroups: str, node: str, *, unified: bool) -> ReplicaParent:
+    """Where a PC's replicas' groups go, from the agent's own ``/proc/self/cgroup``.
+
+    Inside a systemd unit (its group ends in ``.service``: the unit delegates it) they
+    nest in it; elsewhere (a shell, a simulated PC, no systemd) they go under
+    ``idlecloud/<node>``.
+    """
+    own = ""
+    for line in own_cgroups.splitlines():
+        _, controllers, path = line.split(":", 2)
+        if (unified and controllers == "") or (not unified and "cpu" in controllers.split(",")):
+            own = path.strip("/")
+    if not own.endswith(".service"):
+        return ReplicaParent(f"idlecloud/{node}")
+    return ReplicaParent(f"{own}/replicas", f"{own}/agent" if unified else None)
