@@ -30,6 +30,7 @@ from pathlib import Path
 
 import psutil
 
+from nodeagent.runtime.cgroup import Cgroup, Mounts, replica_parent
 from nodeagent.runtime.identity import UidRange, uid_block
 from nodeagent.runtime.process import kill_recorded
 from nodeagent.utmp import read_sessions, write_login, write_logout
@@ -243,6 +244,16 @@ class Simulation:
         self._kill_replicas(name)
         if entry.get("runtime") == "docker":
             remove_containers(name)
+        self._remove_pc_group(name)
+
+    @staticmethod
+    def _remove_pc_group(name: str) -> None:
+        """The folder its agent made for its replicas' groups (the agents run outside
+        systemd, in this process's group, so where is known)."""
+        mounts = Mounts.read()
+        own = Path("/proc/self/cgroup").read_text()
+        parent = replica_parent(own, name, unified=mounts.unified)
+        Cgroup.named(parent.path, mounts).remove()
 
     def _kill_replicas(self, name: str) -> None:
         for record in (self.state_dir(name) / "replicas").glob("*.json"):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +13,7 @@ from bus.connection import Bus
 from bus.devdocker import busybox_image, ensure_docker
 from bus.devservices import BrokerInfo, create_vhost, delete_vhost, scratch_vhost
 from bus.topology import declare_platform
+from nodeagent.runtime.cgroup import Mounts
 
 from .gateway_rig import rig  # noqa: F401  (a fixture: the gateway on a control plane)
 from .login import login, signing_key  # noqa: F401  (fixtures: broker tokens of any principal)
@@ -56,3 +59,28 @@ async def scratch() -> AsyncIterator[tuple[BrokerInfo, Bus]]:
             yield info, connected
     finally:
         delete_vhost(info.vhost)
+
+
+def _replica_groups() -> list[Path]:
+    """Every control group the tests' and simulated PCs' replicas live in (freezer tree,
+    or the unified one), deepest first."""
+    mounts = Mounts.read()
+    root = mounts.v2 if mounts.unified else mounts.v1.get("freezer")
+    if root is None:
+        return []
+    found = [path for parent in ("idlecloud-test", "idlecloud") if (root / parent).is_dir()
+             for path in (root / parent).rglob("*") if path.is_dir()]  # fmt: skip
+    return sorted(found, key=lambda path: len(path.parts), reverse=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind() -> Iterator[None]:
+    """After the whole run no replica process is left in any replica's group (asserted),
+    and the groups the tests made are removed."""
+    yield
+    left = {str(group): procs for group in _replica_groups()
+            if (procs := (group / "cgroup.procs").read_text().split())}  # fmt: skip
+    for group in _replica_groups():
+        with contextlib.suppress(OSError):
+            group.rmdir()
+    assert left == {}, f"replica processes left behind: {left}"

@@ -13,6 +13,7 @@ import pytest
 
 from bus.connection import Bus
 from bus.devservices import BrokerInfo
+from nodeagent.runtime.cgroup import Cgroup, Mounts
 from nodeagent.sim import SimPC, Simulation
 from schemas import (
     Message,
@@ -25,6 +26,8 @@ from schemas import (
 
 from .helpers import collect_events, wait_until
 from .test_cli import bus_cli
+
+MOUNTS = Mounts.read()
 
 
 @pytest.fixture
@@ -79,6 +82,8 @@ async def test_simulated_pcs_heartbeat_see_people_and_die_when_killed(
     records = simulation.state_dir(b) / "replicas"
     await wait_until(lambda: len(list(records.glob("*.json"))) == 1, what="the replica")
     replica_pid = json.loads(next(records.glob("*.json")).read_text())["pid"]
+    pc_group = Cgroup.of_pid(replica_pid, MOUNTS).dirs["freezer"].parent  # idlecloud/<pc>
+    assert pc_group.name == b
     agent_pid = simulation.status()[b]["pid"]
     simulation.kill(b)
     await wait_until(
@@ -89,6 +94,7 @@ async def test_simulated_pcs_heartbeat_see_people_and_die_when_killed(
         what="the replica to die with its PC",
     )
     assert simulation.status()[b]["agent"] == "down"
+    assert not pc_group.exists()  # nor its replicas' groups: nothing is left behind
     assert not psutil.pid_exists(int(str(agent_pid))) or (
         psutil.Process(int(str(agent_pid))).status() == psutil.STATUS_ZOMBIE
     )

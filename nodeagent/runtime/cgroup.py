@@ -82,6 +82,15 @@ class Cgroup:
         return cls(dirs, mounts.unified)
 
     @classmethod
+    def named(cls, relative: str, mounts: Mounts) -> Cgroup:
+        """The group ``relative`` in every hierarchy we use, whether it exists or not."""
+        if mounts.unified:
+            assert mounts.v2 is not None
+            return cls(dict.fromkeys(_V1_CONTROLLERS, mounts.v2 / relative), unified=True)
+        return cls({c: mounts.v1[c] / relative for c in _V1_CONTROLLERS if c in mounts.v1},
+                   unified=False)  # fmt: skip
+
+    @classmethod
     def create(cls, relative: str, mounts: Mounts) -> Cgroup | None:
         """Make the group ``relative`` (e.g. ``idlecloud/r1``) in every hierarchy we use.
 
@@ -89,7 +98,7 @@ class Cgroup:
         """
         if mounts.unified:
             assert mounts.v2 is not None
-            group = cls(dict.fromkeys(_V1_CONTROLLERS, mounts.v2 / relative), unified=True)
+            group = cls.named(relative, mounts)
             parent = mounts.v2
             try:
                 for part in Path(relative).parts:
@@ -102,7 +111,7 @@ class Cgroup:
             return group
         if not all(controller in mounts.v1 for controller in _V1_CONTROLLERS):
             return None
-        group = cls({c: mounts.v1[c] / relative for c in _V1_CONTROLLERS}, unified=False)
+        group = cls.named(relative, mounts)
         try:
             for folder in group.dirs.values():
                 folder.mkdir(parents=True, exist_ok=True)
