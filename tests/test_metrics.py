@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sys
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import matplotlib.dates as mdates
 import pytest
 
 from bus.connection import Bus
@@ -31,7 +33,7 @@ from schemas import (
 )
 from services.metrics.influx import InfluxUnavailable, InfluxV1, InfluxV2, query_v1
 from services.metrics.lineprotocol import line, points
-from services.metrics.report import render
+from services.metrics.report import held, hold_s, render, visits
 from services.metrics.writer import MetricsWriter
 
 from .examples import EXAMPLES
@@ -242,3 +244,27 @@ async def test_the_writer_creates_its_database_if_it_is_missing(bus: Bus, unique
     finally:
         await writer.stop(2.0)
         influx_query(f'DROP DATABASE "{name}"')
+
+
+def test_a_persons_visits_become_spans_with_the_pc_and_how_long() -> None:
+    answer = {"results": [{"series": [
+        {"name": "presence", "tags": {"node": "edge"}, "columns": ["time", "busy"],
+         "values": [["2026-11-26T12:00:00Z", 0], ["2026-11-26T12:00:10Z", 1],
+                    ["2026-11-26T12:00:22Z", 0], ["2026-11-26T12:05:00Z", 1]]},
+        {"name": "presence", "tags": {"node": "ninja"}, "columns": ["time", "busy"],
+         "values": [["2026-11-26T12:00:00Z", 0]]},
+    ]}]}  # fmt: skip
+    end = float(mdates.date2num(datetime(2026, 11, 26, 12, 10, tzinfo=UTC)))
+    found = visits(answer, end)
+    assert [(v.node, v.label) for v in found] == [("edge", "edge 12 s"), ("edge", "edge 5 min")]
+    assert found[1].end == end  # still there when the window ends
+
+
+def test_a_value_holds_between_samples_for_a_while_and_never_after_the_last() -> None:
+    day = 1 / 86_400  # a second, in matplotlib's date numbers
+    times = [index * 5 * day for index in range(8)]  # 5 s steps
+    values: list[float | None] = [3, None, None, None, 2, None, None, None]
+    shown = held(times, values, 12 * day)  # holds 12 s
+    assert shown[:3] == [3, 3, 3] and shown[4:7] == [2, 2, 2]
+    assert math.isnan(shown[3]) and math.isnan(shown[7])  # 15 s without a sample: a gap
+    assert hold_s(1.0) == 15.0 and hold_s(9.0) == 27.0
