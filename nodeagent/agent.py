@@ -411,6 +411,7 @@ class Agent:
     async def _samples(self) -> None:
         psutil.cpu_percent()  # the first reading only sets the baseline
         cores = psutil.cpu_count() or 1
+        present: set[str] = set()  # namespaces with replicas here at the last sample
         while True:
             await asyncio.sleep(self.settings.metrics_s)
             replicas = await self.runtime.replicas(with_usage=True)
@@ -422,8 +423,11 @@ class Agent:
             )
             live = [r for r in replicas if r.state not in _ENDED]
             settings = self.settings
-            sample = metric_sample(settings.node, used, settings.capacity, self._presence(), live)
+            now_present = {r.namespace for r in live}
+            sample = metric_sample(settings.node, used, settings.capacity, self._presence(),
+                                   live, departed=present - now_present)  # fmt: skip
             await self.bus.publish(sample)
+            present = now_present
 
     async def _heartbeats(self) -> None:
         while True:

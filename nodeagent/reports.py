@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
 from nodeagent.runtime.spec import ReplicaInfo
@@ -56,8 +56,10 @@ def metric_sample(
     capacity: Resources,
     presence: Presence,
     replicas: Sequence[ReplicaInfo],
+    departed: Iterable[str] = (),
 ) -> MetricSample:
-    """A metric sample: the PC's use, what its live replicas reserve, and each one's use."""
+    """A metric sample: the PC's use, what its live replicas reserve, each one's use, and
+    the namespaces whose last replica here went since the previous sample."""
     return MetricSample(
         node=node, at=datetime.now(UTC), cpu_millicores=used.cpu_millicores,
         memory_mib=used.memory_mib, capacity=capacity,
@@ -67,4 +69,5 @@ def metric_sample(
                          cpu_millicores=r.usage.cpu_millicores, memory_mib=r.usage.memory_mib)
             for r in replicas
         ),
+        departed=tuple(sorted(departed)),
     )  # fmt: skip

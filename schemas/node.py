@@ -153,3 +153,6 @@ class MetricSample(NodeMessage):
     reserved: Resources
     presence: PresenceState
     replicas: tuple[ReplicaUsage, ...] = Field(default=(), max_length=MAX_REPLICAS_PER_NODE)
+    #: Namespaces that had replicas here at the previous sample and have none now: their
+    #: use of this PC is zero from this sample on (a chart shows a drop, not a held value).
+    departed: tuple[NamespaceName, ...] = Field(default=(), max_length=MAX_REPLICAS_PER_NODE)

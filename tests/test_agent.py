@@ -27,6 +27,7 @@ from nodeagent.runtime.process import ProcessRuntime, frozen
 from nodeagent.timetable import Timetable
 from nodeagent.utmp import write_login, write_logout
 from schemas import (
+    MetricSample,
     NodeHeartbeat,
     NodePresence,
     PresenceCause,
@@ -254,3 +255,25 @@ async def test_a_command_from_a_leader_far_ahead_is_refused_and_the_real_leader_
     await bus.publish(start(agent, "second", epoch=5))  # the real leader goes on
     await wait_until(lambda: len(events.of(ReplicaStatus)) == 2, what="the second start")
     assert events.of(ReplicaStatus)[1].state is ReplicaState.RUNNING
+
+
+async def test_a_namespace_whose_last_replica_left_is_sampled_as_departed_once(
+    bus: Bus, unique: str, tmp_path: Path
+) -> None:
+    node = f"pc{unique}"
+    samples = Events(await collect_events(bus, f"node.{node}.metrics"))
+    settings = AgentSettings(
+        node=node, capacity=Resources(cpu_millicores=4000, memory_mib=4096),
+        reserved=Resources(), utmp_path=tmp_path / "utmp",
+        policy=PolicySettings(start_idle_s=0), metrics_s=0.2,
+    )  # fmt: skip
+    async with running_agent(bus, settings, tmp_path / "state") as agent:
+        await bus.publish(start(agent, "leaving"))
+        await wait_until(lambda: any(s.replicas for s in samples.of(MetricSample)), 10,
+                         "a sample with the replica")  # fmt: skip
+        await bus.publish(StopReplica(node=node, epoch=5, replica_id="leaving", grace_s=0))
+        await wait_until(lambda: any(s.departed for s in samples.of(MetricSample)), 10,
+                         "a sample saying alice left")  # fmt: skip
+        await asyncio.sleep(0.6)  # a few samples more
+    departed = [s.departed for s in samples.of(MetricSample) if s.departed]
+    assert departed == [("alice",)]  # once, in the first sample without her

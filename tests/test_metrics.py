@@ -74,6 +74,11 @@ def test_line_protocol_escapes_and_types_every_value() -> None:
         "kubebridge api_reachable=1i,nodes_mapped=4i,cordoned=1i,evicted=3i,refused=1i,"
         'pending=0i,last_error="" 1795694400000000000'
     ]
+    left = points(sample("edge", 0).model_copy(update={"replicas": (), "departed": ("alice",)}))
+    assert left[-1] == (  # alice's last replica left edge: her use of it drops to zero
+        "namespace_usage,namespace=alice,node=edge replicas=0i,cpu_millicores=0i,memory_mib=0i "
+        "1795694400000000000"
+    )
 
 
 @pytest.fixture

@@ -105,6 +105,8 @@ def points(event: Message) -> list[str]:
                      {"cpu_millicores": r.cpu_millicores, "memory_mib": r.memory_mib}, event.at)
                 for r in event.replicas
             ]  # fmt: skip
+            for namespace in event.departed:  # gone from this PC: zero from now on
+                per_namespace.setdefault(namespace, [0, 0, 0])
             namespaces = [
                 line("namespace_usage", {"node": event.node, "namespace": namespace},
                      {"replicas": n, "cpu_millicores": cpu, "memory_mib": memory}, event.at)
