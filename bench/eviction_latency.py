@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import signal
 import sys
 import tempfile
@@ -45,8 +44,8 @@ from bus import names  # noqa: E402
 from bus.connection import Bus  # noqa: E402
 from bus.devservices import scratch_vhost  # noqa: E402
 from bus.topology import QueueSpec, declare_platform  # noqa: E402
-from nodeagent.runtime.cgroup import Cgroup, Mounts  # noqa: E402
-from nodeagent.runtime.process import frozen  # noqa: E402
+from nodeagent.runtime.cgroup import Mounts  # noqa: E402
+from nodeagent.runtime.process import frozen, kill_recorded  # noqa: E402
 from nodeagent.utmp import write_login, write_logout  # noqa: E402
 from schemas import NodePresence, PresenceState  # noqa: E402
 from tests.helpers import wait_until  # noqa: E402
@@ -115,10 +114,8 @@ async def main(url: str, trials: int, runtime: str) -> None:
     finally:
         agent.send_signal(signal.SIGTERM)
         await agent.wait()
-        for process in _replica_processes(work, runtime):
-            process.kill()  # a frozen process dies only once thawed (the last login's freeze)
-            with contextlib.suppress(OSError):
-                Cgroup.of_pid(process.pid, MOUNTS).thaw()
+        for record in (work / "state" / "replicas").glob("*.json"):  # process runtime
+            kill_recorded(record)  # frozen by the last login: thawed so they die
     print(f"trials: {trials}, replicas: {REPLICAS} CPU-bound, agent: {runtime} runtime")
     print("\n".join(summary("presence_event", event_ms) + summary("eviction", freeze_ms)))
 

@@ -86,6 +86,15 @@ class _Replica:
     usage: Resources = field(default_factory=Resources)
 
 
+def _signal_all(pid: int, cgroup: Cgroup | None, signum: signal.Signals) -> None:
+    """Signal a replica's process group and, with a cgroup, every process in the group."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signum)
+    for member in cgroup.pids() if cgroup is not None else ():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(member, signum)
+
+
 def _tree(pid: int, children: dict[int, list[int]]) -> list[int]:
     """``pid`` and all its descendants, from one parent-to-children map."""
     found, waiting = [], [pid]
@@ -352,12 +361,7 @@ class ProcessRuntime:
 
     @staticmethod
     def _signal(replica: _Replica, signum: signal.Signals) -> None:
-        """Signal its process group and, with a cgroup, every process in the group."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(replica.pid, signum)
-        for pid in replica.cgroup.pids() if replica.cgroup is not None else ():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
+        _signal_all(replica.pid, replica.cgroup, signum)
 
     async def pause(self, replica_id: str) -> None:
         """Freeze every process of the replica; returns once they are frozen."""
@@ -518,12 +522,8 @@ def kill_recorded(record: Path, *, wait_s: float = 5.0) -> None:
             found = Cgroup.of_pid(pid, Mounts.read())
             if all(folder.name == replica_id for folder in found.dirs.values()):
                 group = found
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+    _signal_all(pid, group, signal.SIGKILL)
     if group is not None and group.exists():
-        for member in group.pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(member, signal.SIGKILL)
         with contextlib.suppress(OSError):
             group.thaw()
         deadline = time.monotonic() + wait_s
