@@ -216,7 +216,7 @@ class Consumer(QueueConsumer, Generic[M]):
             message_id=delivery.message_id,
             headers=headers,
         )
-        route = names.dead_letter_route(queue) or names.Route(names.DEAD_LETTER_EXCHANGE, queue)
+        route = names.dead_letter_target(queue)
         try:
             await self.bus.publish_raw(
                 route, delivery.body[:DEAD_BODY_LIMIT_BYTES], properties, timeout_s=10.0

@@ -66,6 +66,7 @@ __all__ = [
     "Route",
     "auth_request_keys",
     "dead_letter_route",
+    "dead_letter_target",
     "leader_queue",
     "metrics_event_keys",
     "node_command_keys",
@@ -206,6 +207,12 @@ def dead_letter_route(queue: str) -> Route | None:
     if owner is not None and owner.kind is OwnerKind.PLATFORM:
         return Route(DEAD_LETTER_EXCHANGE, queue)
     return None
+
+
+def dead_letter_target(queue: str) -> Route:
+    """Where a consumer of ``queue`` republishes what it refuses: its owner's dead-letter
+    route, else the dead-letter exchange keyed by the queue's name."""
+    return dead_letter_route(queue) or Route(DEAD_LETTER_EXCHANGE, queue)
 
 
 def node_dead_letter_keys() -> str:

@@ -60,8 +60,7 @@ class DeadLetterTap:
 
     async def start(self, bus: Bus) -> DeadLetterTap:
         channel = await bus.channel()
-        route = names.dead_letter_route(self.source_queue)
-        key = self.source_queue if route is None else route.routing_key
+        key = names.dead_letter_target(self.source_queue).routing_key
         spec = QueueSpec.private(
             f"idlecloud.test.dead.{id(self):x}", (names.DEAD_LETTER_EXCHANGE, key)
         )
