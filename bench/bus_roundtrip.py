@@ -24,7 +24,7 @@ from bus.connection import Bus
 from bus.consumer import Consumer
 from bus.devservices import scratch_vhost
 from bus.rpc import RpcClient, RpcServer
-from bus.topology import QueueSpec, declare_platform
+from bus.topology import QueueSpec, declare_namespace, declare_platform
 from schemas import Owner, RequestResult, ScaleRequest
 
 NAMESPACE = "bench"
@@ -44,8 +44,9 @@ async def main(url: str, count: int) -> None:
     async with Bus(url, connection_name="bench") as bus:
         await declare_platform(bus)
         channel = await bus.channel()
+        await declare_namespace(channel, "bench")
         sink = QueueSpec.quorum(
-            "idlecloud.bench.sink", (names.COMMANDS_EXCHANGE, "ns.bench.scale.*")
+            "idlecloud.bench.sink", (names.REQUESTS_EXCHANGE, "ns.bench.scale.*")
         )
         await sink.declare(channel)
 
@@ -77,7 +78,7 @@ async def main(url: str, count: int) -> None:
             return RequestResult(request_id=request.request_id, namespace=NAMESPACE, accepted=True)
 
         server = RpcServer(
-            QueueSpec.quorum("idlecloud.bench.rpc", (names.COMMANDS_EXCHANGE, "ns.bench.scale.*")),
+            QueueSpec.quorum("idlecloud.bench.rpc", (names.REQUESTS_EXCHANGE, "ns.bench.scale.*")),
             [ScaleRequest],
             answer,
         )

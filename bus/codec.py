@@ -3,7 +3,7 @@
 Every body is the JSON of a :class:`schemas.Message`; its schema name and version travel
 in the headers. :func:`decode` refuses, with a reason fit for a dead-letter queue, anything
 that is too large, of the wrong kind or version, not valid JSON, not valid for its schema,
-or that arrived on a route its body does not own.
+that arrived on a route its body does not own, or from a sender who may not send it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from bus import names
 from bus.errors import InvalidMessage
+from bus.trust import sender_refusal
 from schemas import MESSAGES, SCHEMA_HEADER, SCHEMA_VERSION_HEADER, Message
 
 __all__ = [
@@ -52,6 +53,8 @@ class Delivery:
     message_id: str | None = None
     correlation_id: str | None = None
     reply_to: str | None = None
+    #: The sender's broker user name, which the broker checked (:mod:`bus.trust`).
+    user_id: str | None = None
 
 
 def delivery_of(message: AbstractIncomingMessage) -> Delivery:
@@ -65,6 +68,7 @@ def delivery_of(message: AbstractIncomingMessage) -> Delivery:
         message_id=message.message_id,
         correlation_id=message.correlation_id,
         reply_to=message.reply_to,
+        user_id=message.user_id,
     )
 
 
@@ -136,9 +140,10 @@ def decode(
         delivery: the delivered body, headers and route.
         accepts: the schemas this consumer handles, by schema name.
         max_body_bytes: bodies larger than this are refused unread.
-        check_route: refuse a body that does not belong on the route it came by. Only
+        check_route: refuse a body that does not belong on the route it came by (only
             the platform publishes through the default exchange, so deliveries from it
-            are not checked.
+            are not checked for their route), or whose sender, as the broker vouches in
+            ``user_id``, may not send it (:func:`bus.trust.may_send`).
 
     Raises:
         InvalidMessage: with the reason, for the dead-letter queue.
@@ -162,6 +167,8 @@ def decode(
                 f"{expected.exchange}/{expected.routing_key}, but arrived on "
                 f"{actual.exchange}/{actual.routing_key[:255]}"
             )
+    if check_route and (refusal := sender_refusal(delivery.user_id, message)) is not None:
+        raise InvalidMessage(refusal)
     return message
 
 

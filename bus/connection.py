@@ -10,6 +10,7 @@ and, if the connection is lost before the confirm arrives, publishes again once 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from types import TracebackType
@@ -17,15 +18,19 @@ from typing import Self, cast
 
 import aio_pika
 import aiormq
+import jwt
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from pamqp.commands import Basic
+from yarl import URL
 
 from bus import names
 from bus.codec import encode
 from bus.errors import BrokerUnavailable, CredentialsRefused, PublishRefused, Unroutable
+from bus.topology import declare_door
+from bus.trust import PLATFORM, Principal
 from schemas import Message
 
-__all__ = ["PUBLISH_FAILURES", "TRANSIENT_ERRORS", "Bus"]
+__all__ = ["PUBLISH_FAILURES", "TRANSIENT_ERRORS", "Bus", "broker_user_name"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,20 @@ _RETRYABLE: tuple[type[BaseException], ...] = (TimeoutError, *TRANSIENT_ERRORS)
 _SECRET_DEFERRED: tuple[type[BaseException], ...] = (RuntimeError, *TRANSIENT_ERRORS)
 #: What a publish raises when the broker could not take the message (retry later).
 PUBLISH_FAILURES: tuple[type[BaseException], ...] = (BrokerUnavailable, *TRANSIENT_ERRORS)
+
+
+def broker_user_name(url: str) -> str:
+    """The user name the broker gives a connection to ``url``: a broker token's ``sub``
+    (the OAuth 2 backend's choice), else the URL's user. Publishes carry it as ``user_id``.
+    """
+    parsed = URL(url)
+    secret = parsed.password or ""
+    if secret.count(".") == 2:
+        with contextlib.suppress(jwt.PyJWTError):
+            subject = jwt.decode(secret, options={"verify_signature": False}).get("sub")
+            if isinstance(subject, str) and subject:
+                return subject
+    return parsed.user or "guest"
 
 
 def _redact(url: str) -> str:
@@ -63,6 +82,8 @@ class Bus:
         reconnect_interval_s: float = 0.5,
     ) -> None:
         self.url = url
+        #: The name the broker knows this connection by, set as every publish's ``user_id``.
+        self.user_name = broker_user_name(url)
         self.connection_name = connection_name
         self._heartbeat_s = heartbeat_s
         self._reconnect_interval_s = reconnect_interval_s
@@ -142,6 +163,18 @@ class Bus:
         except _SECRET_DEFERRED as error:
             log.info("update-secret deferred to the reconnect (%r)", error)
 
+    async def _open_door(self, exchange: str) -> bool:
+        """The platform opens an owner's door the first time it speaks through it (nobody
+        else may declare one); whether it did."""
+        owner = names.door_owner(exchange)
+        if owner is None or Principal.from_user_id(self.user_name) != PLATFORM:
+            return False
+        channel = await self.channel()
+        await declare_door(channel, owner)
+        await channel.close()
+        log.info("opened the door %s", exchange)
+        return True
+
     async def close(self) -> None:
         """Close the connection; unacked deliveries go back to their queues."""
         if self._connection is not None:
@@ -206,6 +239,7 @@ class Bus:
         """
         if self._publish_channel is None:
             raise RuntimeError("Bus.connect() was not called")
+        properties.user_id = self.user_name
         deadline = time.monotonic() + timeout_s
         delay_s = 0.05
         while True:
@@ -230,6 +264,14 @@ class Bus:
             except aiormq.exceptions.ChannelAccessRefused as error:
                 raise PublishRefused(
                     f"the broker refused a publish to {route.exchange}/{route.routing_key}: {error}"
+                ) from None
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                if await self._open_door(route.exchange):
+                    continue
+                raise PublishRefused(
+                    f"there is no exchange {route.exchange!r} on the broker: a namespace's door "
+                    "opens when an admin sets its quota or its user trades a key, a PC's when "
+                    "it trades its key"
                 ) from None
             except aiormq.exceptions.DeliveryError as error:
                 raise BrokerUnavailable(

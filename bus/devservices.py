@@ -36,7 +36,6 @@ __all__ = [
     "RESOURCE_SERVER_ID",
     "BrokerInfo",
     "DevServiceError",
-    "add_signing_key",
     "apt_install",
     "broker_url",
     "create_vhost",
@@ -250,18 +249,6 @@ def ensure_rabbitmq(timeout_s: float = 180.0) -> None:
     _wait_for(MANAGEMENT_PORT, timeout_s, "the RabbitMQ management plugin")
     # The port opens before the node has finished booting (and recovering its queues).
     run_command(["rabbitmqctl", "await_startup", "--timeout", str(int(timeout_s))], timeout_s + 30)
-
-
-def add_signing_key(kid: str, public_pem: bytes) -> None:
-    """Tell the running broker to trust broker tokens signed by this key (until it restarts).
-
-    The key is passed inline: rabbitmqctl runs as the rabbitmq user, which may not read
-    the file.
-
-    Raises:
-        DevServiceError: rabbitmqctl failed.
-    """
-    run_command(["rabbitmqctl", "add_uaa_key", kid, f"--pem={public_pem.decode()}"])
 
 
 def management(method: str, path: str, body: object | None = None) -> object:

@@ -6,6 +6,13 @@ platform's own. Namespace, node and app names are DNS labels (no dots), so a nam
 reach into another owner's prefix. Because of that rule one scope pattern per owner lets the
 broker authorize everything (see :mod:`bus.scopes`).
 
+No owner writes to a shared exchange. Each owner's way in is its **door**: an exchange
+named exactly its prefix (``ns.alice``, ``node.edge``, ``idlecloud.admin``), declared by
+the platform, which the owner may write but not configure (its configure scope is
+``<prefix>.*``), bound into the platform's exchange with the owner's prefix only
+(``ns.alice.#``). Whatever route a message of Alice's takes (a carbon copy, a
+dead-letter key, an alternate exchange), it starts at a door of hers.
+
 Nothing else in the code base spells a name inline: it calls a function here.
 """
 
@@ -55,6 +62,7 @@ from schemas import (
 )
 
 __all__ = [
+    "ADMIN_DOOR",
     "ADMIN_PREFIX",
     "COMMANDS_EXCHANGE",
     "DEAD_LETTER_EXCHANGE",
@@ -63,10 +71,16 @@ __all__ = [
     "DEFAULT_EXCHANGE_RESOURCE",
     "EVENTS_EXCHANGE",
     "JOURNAL_STREAM",
+    "PLATFORM_EXCHANGES",
+    "REQUESTS_EXCHANGE",
     "Route",
     "auth_request_keys",
     "dead_letter_route",
     "dead_letter_target",
+    "door",
+    "door_binding",
+    "door_owner",
+    "door_target",
     "leader_queue",
     "metrics_event_keys",
     "node_command_keys",
@@ -95,16 +109,24 @@ _PLATFORM = OwnerKind.PLATFORM.value
 
 #: Facts that happened (heartbeats, presence, status): a topic exchange.
 EVENTS_EXCHANGE = f"{_PLATFORM}.events"
-#: Requests and commands addressed to one component or one node: a topic exchange.
+#: Commands the platform addresses to one PC (only the platform writes here): a topic
+#: exchange.
 COMMANDS_EXCHANGE = f"{_PLATFORM}.commands"
+#: Requests and questions for the control plane, from the namespaces' and admins' doors
+#: (and the platform): a topic exchange.
+REQUESTS_EXCHANGE = f"{_PLATFORM}.requests"
 #: Where consumers republish what they cannot handle, routed by the source queue's name.
 DEAD_LETTER_EXCHANGE = f"{_PLATFORM}.dead-letter"
 #: Catch-all queue of the dead-letter exchange, bounded in length.
 DEAD_LETTER_QUEUE = f"{_PLATFORM}.dead-letter"
+#: The platform's topic exchanges, which only the platform's services write to.
+PLATFORM_EXCHANGES = (EVENTS_EXCHANGE, COMMANDS_EXCHANGE, REQUESTS_EXCHANGE, DEAD_LETTER_EXCHANGE)
 #: The journal: a RabbitMQ stream of every admitted change to the desired state.
 JOURNAL_STREAM = f"{_PLATFORM}.journal"
 #: Prefix of the admins' own names and of the admin request routing keys.
 ADMIN_PREFIX = f"{_PLATFORM}.admin"
+#: The admins' door: where their requests enter ``idlecloud.commands``.
+ADMIN_DOOR = ADMIN_PREFIX
 #: AMQP's default exchange, through which only the platform may publish.
 DEFAULT_EXCHANGE = ""
 #: The resource name the broker checks for a publish to the default exchange.
@@ -129,6 +151,35 @@ def _node_key(node: str, *parts: str) -> str:
 
 def _admin_key(*parts: str) -> str:
     return ".".join((ADMIN_PREFIX, *parts))
+
+
+def door(owner: Owner) -> str:
+    """An owner's door: the one exchange through which it sends to the platform, named
+    exactly its prefix (``ns.alice``, ``node.edge``; the admins': ``idlecloud.admin``)."""
+    return ADMIN_DOOR if owner.kind is OwnerKind.PLATFORM else owner.prefix
+
+
+def door_owner(exchange: str) -> Owner | None:
+    """Whose door ``exchange`` is, or None if it is no door."""
+    if exchange == ADMIN_DOOR:
+        return Owner.platform()
+    kind, dot, name = exchange.partition(".")
+    if not (dot and name) or "." in name:
+        return None
+    if kind == OwnerKind.NAMESPACE.value:
+        return Owner.namespace(name)
+    return Owner.node(name) if kind == OwnerKind.NODE.value else None
+
+
+def door_binding(owner: Owner) -> str:
+    """The one binding key from an owner's door into the platform: its own prefix."""
+    return f"{door(owner)}.#"
+
+
+def door_target(owner: Owner) -> str:
+    """The platform exchange an owner's door leads into: a PC's into the events (it reports
+    facts), the others' into the requests. None leads into the commands to PCs."""
+    return EVENTS_EXCHANGE if owner.kind is OwnerKind.NODE else REQUESTS_EXCHANGE
 
 
 def service_queue(service: str, purpose: str) -> str:
@@ -197,13 +248,13 @@ def node_commands_queue(node: str) -> str:
 def dead_letter_route(queue: str) -> Route | None:
     """Where the consumer of ``queue`` sends what it cannot handle (and where the broker
     sends what was delivered too often), on a route its owner may write to: the platform's
-    queues to the dead-letter exchange keyed by the queue's name; a PC's to its own
-    ``node.<pc>.dead`` key on the events exchange, which the platform binds into the
-    dead-letter exchange. None for a namespace's queues (they have dead queues of their own).
+    queues to the dead-letter exchange keyed by the queue's name; a PC's through its door
+    with its own ``node.<pc>.dead`` key, which the platform binds into the dead-letter
+    exchange. None for a namespace's queues (they have dead queues of their own).
     """
     owner = owner_of(queue)
     if owner is not None and owner.kind is OwnerKind.NODE:
-        return Route(EVENTS_EXCHANGE, _node_key(owner.name, "dead"))
+        return Route(door(owner), _node_key(owner.name, "dead"))
     if owner is not None and owner.kind is OwnerKind.PLATFORM:
         return Route(DEAD_LETTER_EXCHANGE, queue)
     return None
@@ -311,19 +362,19 @@ def route(message: Message) -> Route:
     match message:
         case DeployRequest() | ScaleRequest() | DeleteRequest():
             key = _ns_key(message.namespace, _REQUEST_VERBS[kind], message.app)
-            return Route(COMMANDS_EXCHANGE, key)
+            return Route(door(message.owner()), key)
         case StartReplica() | PauseReplica() | ResumeReplica() | StopReplica() | RenewToken():
             return Route(COMMANDS_EXCHANGE, _node_key(message.node, _NODE_VERBS[kind]))
         case NodeHeartbeat() | NodePresence() | ReplicaStatus() | MetricSample():
-            return Route(EVENTS_EXCHANGE, _node_key(message.node, _NODE_EVENTS[kind]))
+            return Route(door(message.owner()), _node_key(message.node, _NODE_EVENTS[kind]))
         case QuotaSet():
-            return Route(COMMANDS_EXCHANGE, _admin_key("quota", message.namespace))
+            return Route(ADMIN_DOOR, _admin_key("quota", message.namespace))
         case CordonRequest():
-            return Route(COMMANDS_EXCHANGE, _admin_key(message.action, message.node))
+            return Route(ADMIN_DOOR, _admin_key(message.action, message.node))
         case TokenIssue():
-            return Route(COMMANDS_EXCHANGE, _admin_key("token", "issue"))
+            return Route(ADMIN_DOOR, _admin_key("token", "issue"))
         case TokenRevoke():
-            return Route(COMMANDS_EXCHANGE, _admin_key("token", "revoke"))
+            return Route(ADMIN_DOOR, _admin_key("token", "revoke"))
         case DeploymentStatus():
             return Route(EVENTS_EXCHANGE, _ns_key(message.namespace, "status", message.app))
         case RequestResult():
@@ -335,17 +386,17 @@ def route(message: Message) -> Route:
         case BridgeStatus():
             return Route(EVENTS_EXCHANGE, f"{_PLATFORM}.kubebridge.status")
         case AppsQuery():
-            return Route(COMMANDS_EXCHANGE, _ns_key(message.namespace, "query", "apps"))
+            return Route(door(message.owner()), _ns_key(message.namespace, "query", "apps"))
         case NodesQuery():
-            return Route(COMMANDS_EXCHANGE, _admin_key("query", "nodes"))
+            return Route(ADMIN_DOOR, _admin_key("query", "nodes"))
         case AppsReply():  # normally an RPC reply; as an event, a namespace's overview
             return Route(EVENTS_EXCHANGE, _ns_key(message.namespace, "apps"))
         case NodesReply():
             return Route(EVENTS_EXCHANGE, f"{_PLATFORM}.nodes")
         case KeysQuery():
-            return Route(COMMANDS_EXCHANGE, _admin_key("query", "keys"))
+            return Route(ADMIN_DOOR, _admin_key("query", "keys"))
         case ReplicaTokenRequest():
-            return Route(COMMANDS_EXCHANGE, _admin_key("token", "replica"))
+            return Route(REQUESTS_EXCHANGE, _admin_key("token", "replica"))
         case KeyReply() | KeysReply() | ReplicaTokenReply():  # RPC replies; as events, admin's
             return Route(EVENTS_EXCHANGE, _admin_key("keys"))
         case LeaderTookOver() | JournalMarker() | JournalSnapshot() | KeyIssued():

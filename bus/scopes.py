@@ -6,18 +6,22 @@ routing-key part also authorizes topic publishes (write) and bindings (read) on 
 keys. Because every name starts with its owner's prefix (:mod:`bus.names`), each role
 needs only a handful of patterns:
 
-- user ``alice``: everything named ``ns.alice.*``, and publishing ``ns.alice.*`` keys to
-  ``idlecloud.commands`` (deploy, scale, delete).
-- node ``edge``: everything named ``node.edge.*``, publishing ``node.edge.*`` keys to
-  ``idlecloud.events`` (heartbeat, presence, replica status, metrics), and binding its
-  queue to ``node.edge.*`` commands.
+- user ``alice``: everything named ``ns.alice.*``, and publishing ``ns.alice.*`` keys
+  through her door, the exchange ``ns.alice`` (deploy, scale, delete, questions).
+- node ``edge``: everything named ``node.edge.*``, publishing ``node.edge.*`` keys
+  through its door ``node.edge`` (heartbeat, presence, replica status, metrics), and
+  binding its queue to ``node.edge.*`` commands.
 - replica of ``alice``/``stereo``: reading its task queue, publishing results to
   ``ns.alice.results`` and failed tasks to ``ns.alice.dead``; nothing else.
-- admin: every namespace, its own ``idlecloud.admin.*`` names, ``idlecloud.admin.*`` keys
-  on ``idlecloud.commands``, and reading ``idlecloud.events``.
+- admin: every namespace's names and doors, its own ``idlecloud.admin.*`` names,
+  ``idlecloud.admin.*`` keys through the admins' door ``idlecloud.admin``, and reading
+  ``idlecloud.events``.
 
-No role may write to the default exchange (``amq.default``): that would reach every queue.
-The platform's own services are internal broker users and do not use scopes.
+No role may write to a platform exchange (``idlecloud.*``) or the default exchange
+(``amq.default``), so no route a role declares (a dead-letter exchange, an alternate
+exchange, an exchange-to-exchange binding) can lead into one; no role may configure a
+door (``<prefix>`` is outside ``<prefix>.*``), so its type and bindings stay the
+platform's. The platform's own services are internal broker users and use no scopes.
 """
 
 from __future__ import annotations
@@ -78,14 +82,14 @@ def wildcard_match(subject: str, pattern: str) -> bool:
             position = found + len(part)
 
 
-def _owner_scopes(vhost: str, owner: Owner, publishes_to: str) -> tuple[Scope, ...]:
-    """Everything named for ``owner``, and its own routing keys on one platform exchange."""
+def _owner_scopes(vhost: str, owner: Owner) -> tuple[Scope, ...]:
+    """Everything named for ``owner``, and its own routing keys through its door."""
     own = f"{owner.prefix}.*"
     return (
         Scope("configure", vhost, own),
         Scope("read", vhost, own, "*"),
         Scope("write", vhost, own, "*"),
-        Scope("write", vhost, publishes_to, own),
+        Scope("write", vhost, names.door(owner), own),
     )
 
 
@@ -102,11 +106,11 @@ def scopes_for(role: RoleName, subject: str, vhost: str, *, app: str = "") -> tu
         ValueError: for a replica without an app.
     """
     if role == "user":
-        return _owner_scopes(vhost, Owner.namespace(subject), names.COMMANDS_EXCHANGE)
+        return _owner_scopes(vhost, Owner.namespace(subject))
     if role == "node":
         own = f"{Owner.node(subject).prefix}.*"
         return (
-            *_owner_scopes(vhost, Owner.node(subject), names.EVENTS_EXCHANGE),
+            *_owner_scopes(vhost, Owner.node(subject)),
             # bind its command queue to the commands addressed to it (and only those)
             Scope("read", vhost, names.COMMANDS_EXCHANGE, own),
         )
@@ -120,15 +124,14 @@ def scopes_for(role: RoleName, subject: str, vhost: str, *, app: str = "") -> tu
         )
     admin_own = f"{names.ADMIN_PREFIX}.*"
     return (
-        Scope("configure", vhost, "ns.*"),
+        Scope("configure", vhost, "ns.*.*"),  # every namespace's names, never a door
         Scope("read", vhost, "ns.*", "*"),
-        Scope("write", vhost, "ns.*", "*"),
+        Scope("write", vhost, "ns.*", "*"),  # every namespace's names and doors
         Scope("configure", vhost, admin_own),
         Scope("read", vhost, admin_own, "*"),
         Scope("write", vhost, admin_own, "*"),
+        Scope("write", vhost, names.ADMIN_DOOR, admin_own),
         Scope("read", vhost, names.EVENTS_EXCHANGE, "*"),
-        Scope("write", vhost, names.COMMANDS_EXCHANGE, "ns.*"),
-        Scope("write", vhost, names.COMMANDS_EXCHANGE, admin_own),
     )
 
 

@@ -1,7 +1,8 @@
 """The platform's exchanges and queues, declared in one place.
 
 :func:`declare_platform` declares what every component relies on: the events and commands
-exchanges, the dead-letter exchange and its catch-all queue, and the journal stream.
+exchanges, the admins' door, the dead-letter exchange and its catch-all queue, and the
+journal stream.
 Components declare their own queues from a :class:`QueueSpec`. Declarations are
 idempotent, and a robust channel repeats them after a reconnect.
 """
@@ -20,6 +21,7 @@ from aio_pika.abc import AbstractChannel, AbstractQueue
 
 from bus import names
 from bus.errors import BrokerUnavailable
+from schemas import Owner
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,8 @@ __all__ = [
     "TASK_DELIVERY_LIMIT",
     "QueueSpec",
     "declare_app",
-    "declare_namespace_events",
+    "declare_door",
+    "declare_namespace",
     "declare_platform",
     "task_queue_spec",
 ]
@@ -143,8 +146,9 @@ async def declare_platform(
 
 
 async def _declare_platform(channel: AbstractChannel, journal: QueueSpec) -> None:
-    for exchange in (names.EVENTS_EXCHANGE, names.COMMANDS_EXCHANGE, names.DEAD_LETTER_EXCHANGE):
+    for exchange in names.PLATFORM_EXCHANGES:
         await channel.declare_exchange(exchange, ExchangeType.TOPIC, durable=True)
+    await declare_door(channel, Owner.platform())
     dead_exchange = await channel.get_exchange(names.DEAD_LETTER_EXCHANGE)
     await dead_exchange.bind(names.EVENTS_EXCHANGE, names.node_dead_letter_keys())
     dead_letters = QueueSpec(
@@ -159,10 +163,19 @@ async def _declare_platform(channel: AbstractChannel, journal: QueueSpec) -> Non
         log.info("the journal keeps the limits it was declared with")
 
 
-async def declare_namespace_events(channel: AbstractChannel, namespace: str) -> None:
-    """Give a namespace its own view of the platform's events: ``ns.<ns>.events``, bound to
-    ``idlecloud.events`` with ``ns.<ns>.#``. Its users may bind their queues to it, never
-    to ``idlecloud.events`` itself."""
+async def declare_door(channel: AbstractChannel, owner: Owner) -> None:
+    """Declare an owner's door (:func:`bus.names.door`) and bind it into the platform with
+    the owner's own prefix. Only the platform may: owners may not configure their door."""
+    door = await channel.declare_exchange(names.door(owner), ExchangeType.TOPIC, durable=True)
+    target = await channel.get_exchange(names.door_target(owner), ensure=False)
+    await target.bind(door, names.door_binding(owner))
+
+
+async def declare_namespace(channel: AbstractChannel, namespace: str) -> None:
+    """Give a namespace its door and its own view of the platform's events:
+    ``ns.<ns>.events``, bound to ``idlecloud.events`` with ``ns.<ns>.#``. Its users may
+    bind their queues to the view, never to ``idlecloud.events`` itself."""
+    await declare_door(channel, Owner.namespace(namespace))
     own = await channel.declare_exchange(
         names.ns_events_exchange(namespace), ExchangeType.TOPIC, durable=True
     )

@@ -38,7 +38,8 @@ from bus.connection import Bus
 from bus.consumer import Consumer
 from bus.errors import InvalidMessage
 from bus.service import supervised
-from bus.topology import QueueSpec
+from bus.topology import QueueSpec, declare_door
+from bus.trust import PLATFORM, Principal
 from nodeagent.epochs import EpochGuard, Verdict
 from nodeagent.input import InputSource
 from nodeagent.load import ForeignLoadSource
@@ -51,6 +52,7 @@ from nodeagent.tokens import TokenFiles
 from schemas import (
     MAX_CPU_MILLICORES,
     NodePresence,
+    Owner,
     PauseReplica,
     Presence,
     RenewToken,
@@ -174,8 +176,16 @@ class Agent:
         return self._decision
 
     async def start(self, bus: Bus) -> None:
-        """Watch presence, take commands, and start heartbeating."""
+        """Watch presence, take commands, and start heartbeating.
+
+        An agent that connects as the platform (a development site without keys) declares
+        its PC's door itself; with a node key, the auth service did when it traded the key.
+        """
         self._bus = bus
+        if Principal.from_user_id(bus.user_name) == PLATFORM:
+            channel = await bus.channel()
+            await declare_door(channel, Owner.node(self.settings.node))
+            await channel.close()
         self._sessions.start()
         self._input.start()
         if self.settings.foreign_load:

@@ -34,9 +34,9 @@ class ServiceEnv(BaseSettings):
     auth_key_file: Path | None = None
     auth_host: str = "127.0.0.1"
     auth_port: Port = 8470
-    #: The broker's management API, which the auth service uses to close revoked
-    #: connections.
-    management_url: str = "http://guest:guest@127.0.0.1:15672"
+    #: How the auth service runs rabbitmqctl to change the broker's trusted keys
+    #: (whitespace-separated, e.g. ``rabbitmqctl -n rabbit@broker``).
+    broker_ctl: str = "rabbitmqctl"
     #: The auth service's public key (``<kid>.pub.pem``), for the gateway.
     auth_public_key: Path | None = None
     gateway_host: str = "127.0.0.1"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bus.connection import Bus
-from bus.devservices import add_signing_key, create_vhost, delete_vhost, free_port
+from bus.devservices import create_vhost, delete_vhost, free_port
 from bus.rpc import RpcClient
 from bus.topology import declare_platform
 from nodeagent.sim import SimPC, Simulation
@@ -142,7 +142,6 @@ async def control_plane(
             if token_s is not None:
                 key = SigningKey.generate()
                 private, _public = key.save(work / "keys")
-                add_signing_key(key.kid, key.public_pem)
                 auth = AuthSettings(private, vhost=broker.vhost, http_port=free_port(),
                                     broker_token_s=token_s)  # fmt: skip
                 plane.services.append(AuthService(auth, retry_s=0.2))

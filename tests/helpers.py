@@ -17,7 +17,7 @@ from bus.abc import Runtime
 from bus.codec import decode_event
 from bus.connection import Bus
 from bus.consumer import DEAD_REASON_HEADER
-from bus.topology import QueueSpec
+from bus.topology import QueueSpec, declare_namespace
 from nodeagent.agent import Agent, AgentSettings
 from nodeagent.runtime.identity import Identities, uid_block
 from nodeagent.runtime.process import ProcessRuntime
@@ -142,3 +142,11 @@ async def running_agent(
 def always() -> bool:
     """A runtime's ``may_run`` for tests with no presence: the PC always takes replicas."""
     return True
+
+
+async def open_namespace(bus: Bus, namespace: str) -> None:
+    """Declare a namespace's door and events view, as the platform does once its quota is
+    set or its user trades a key."""
+    channel = await bus.channel()
+    await declare_namespace(channel, namespace)
+    await channel.close()

@@ -1,23 +1,31 @@
-"""Broker tokens for tests: a session signing key the broker trusts, and connections as
-any principal (user, PC, replica, admin) on the session's vhost."""
+"""Broker tokens for tests: a session signing key whose broker keys the broker trusts, and
+connections as any principal (user, PC, replica, admin) on the session's vhost."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 
 from bus.connection import Bus
-from bus.devservices import RESOURCE_SERVER_ID, BrokerInfo, add_signing_key
+from bus.devservices import RESOURCE_SERVER_ID, BrokerInfo
 from bus.scopes import RoleName
-from services.auth.tokens import SigningKey, broker_token
+from bus.topology import declare_door, declare_namespace
+from schemas import Owner
+from services.auth.keyring import Keyring
+from services.auth.tokens import REPLICAS, SigningKey, broker_token
 
-__all__ = ["Login", "login", "signing_key"]
+__all__ = ["KEY_ID", "Login", "login", "signing_key"]
+
+#: The key id of every token a :class:`Login` mints.
+KEY_ID = "k" * 16
 
 
 @pytest.fixture(scope="session")
 def signing_key() -> SigningKey:
-    """This session's signing key, trusted by the broker."""
+    """This session's signing key; the broker trusts the broker keys of its tokens."""
     key = SigningKey.generate()
-    add_signing_key(key.kid, key.public_pem)
+    asyncio.run(Keyring().change(trust=[key.broker_key(KEY_ID), key.broker_key(REPLICAS)]))
     return key
 
 
@@ -31,12 +39,24 @@ class Login:
     def url(self, token: str, user: str = "key") -> str:
         return f"amqp://{user}:{token}@127.0.0.1:5672/{self.broker.vhost}"
 
-    def token(self, role: RoleName, subject: str, app: str = "") -> str:
+    def token(self, role: RoleName, subject: str, app: str = "", key_id: str = KEY_ID) -> str:
         token, _expiry = broker_token(self.key, RESOURCE_SERVER_ID, role, subject,
-                                      self.broker.vhost, key_id="k" * 16, app=app)  # fmt: skip
+                                      self.broker.vhost, key_id=key_id, app=app)  # fmt: skip
         return token
 
+    async def open_door(self, role: RoleName, subject: str) -> None:
+        """Do what the auth service does when a user's or a PC's key is traded: declare
+        the holder's door (as the platform)."""
+        async with Bus(self.broker.url) as platform:
+            channel = await platform.channel()
+            if role == "user":
+                await declare_namespace(channel, subject)
+            elif role == "node":
+                await declare_door(channel, Owner.node(subject))
+            await channel.close()
+
     async def connect(self, role: RoleName, subject: str, app: str = "") -> Bus:
+        await self.open_door(role, subject)
         return await Bus(self.url(self.token(role, subject, app))).connect()
 
 

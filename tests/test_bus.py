@@ -17,14 +17,20 @@ from bus.topology import QueueSpec
 from schemas import DeleteRequest, DeployRequest, Owner, RequestResult, ScaleRequest
 
 from .examples import deploy
-from .helpers import DeadLetterTap, wait_until
+from .helpers import DeadLetterTap, open_namespace, wait_until
+
+
+@pytest.fixture(autouse=True)
+async def _namespace(bus: Bus, unique: str) -> None:
+    """Each test's namespace ``t<unique>`` has its door."""
+    await open_namespace(bus, f"t{unique}")
 
 
 def _requests_queue(unique: str) -> QueueSpec:
     """A platform-style queue for deploy requests of one test namespace."""
     return QueueSpec.quorum(
         names.service_queue(f"test-{unique}", "requests"),
-        (names.COMMANDS_EXCHANGE, f"ns.t{unique}.#"),
+        (names.REQUESTS_EXCHANGE, f"ns.t{unique}.#"),
     )
 
 
@@ -59,7 +65,7 @@ async def _rpc_server(bus: Bus, unique: str) -> RpcServer[ScaleRequest]:
     server = RpcServer(
         QueueSpec.quorum(
             names.service_queue(f"test-{unique}", "scale"),
-            (names.COMMANDS_EXCHANGE, f"ns.t{unique}.scale.*"),
+            (names.REQUESTS_EXCHANGE, f"ns.t{unique}.scale.*"),
         ),
         [ScaleRequest],
         answer,
@@ -112,7 +118,7 @@ async def test_rpc_refuses_to_answer_into_someone_elses_queue(bus: Bus, unique: 
         ScaleRequest(request_id="scale-evil", namespace=f"t{unique}", app="a", replicas=1),
         reply_to=victim,
     )
-    route = names.Route(names.COMMANDS_EXCHANGE, f"ns.t{unique}.scale.a")
+    route = names.Route(names.door(Owner.namespace(f"t{unique}")), f"ns.t{unique}.scale.a")
     await bus.publish_raw(route, body, properties)
     await wait_until(lambda: len(tap.messages) == 1, what="the dead letter")
     assert "is not a reply queue of ns.t" in tap.reasons()[0]

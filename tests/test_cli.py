@@ -121,6 +121,8 @@ def test_status_reports_the_topology(broker: BrokerInfo) -> None:
     assert report["exchanges"] == {
         names.EVENTS_EXCHANGE: "present",
         names.COMMANDS_EXCHANGE: "present",
+        names.REQUESTS_EXCHANGE: "present",
+        names.ADMIN_DOOR: "present",
         names.DEAD_LETTER_EXCHANGE: "present",
     }
     assert set(report["queues"]) >= {names.DEAD_LETTER_QUEUE, names.JOURNAL_STREAM}
@@ -148,14 +150,14 @@ async def test_dead_letters_lists_reasons(broker: BrokerInfo, bus: Bus, unique: 
 
     queue = names.service_queue(f"cli-{unique}", "requests")
     consumer = Consumer(
-        QueueSpec.quorum(queue, (names.COMMANDS_EXCHANGE, f"ns.t{unique}.#")),
+        QueueSpec.quorum(queue, (names.REQUESTS_EXCHANGE, f"ns.t{unique}.#")),
         [DeployRequest],
         never,
     )
     await consumer.start(bus)
     body, properties = encode(deploy("bob"))
     await bus.publish_raw(
-        names.Route(names.COMMANDS_EXCHANGE, f"ns.t{unique}.deploy.x"), body, properties
+        names.Route(names.REQUESTS_EXCHANGE, f"ns.t{unique}.deploy.x"), body, properties
     )
     await wait_until(lambda: consumer.dead_lettered == 1)
     await consumer.stop()

@@ -47,8 +47,6 @@ CASES = [
      "cannot read /nonexistent/app.toml"),
     (("token", "issue", "--role", "admin", "--subject", "root", "--key-file",
       "/nonexistent/k.pem"), USAGE, "cannot read the signing key /nonexistent/k.pem"),
-    (("broker", "config", "--public-key", "/nonexistent/k.pub.pem"), USAGE,
-     "/nonexistent/k.pub.pem is not a file"),
     (("worker", "nonexistent_module:app"), USAGE, "cannot load 'nonexistent_module:app'"),
     (("up", "--auth-key-file", "/nonexistent/k.pem"), USAGE, "no signing key at /nonexistent"),
     (("report", "--since", "soon"), USAGE, "soon"),

@@ -28,6 +28,7 @@ async def compose_config() -> dict[str, Any]:
     if shutil.which("docker-compose") is None:
         await asyncio.to_thread(apt_install, "docker-compose")
     env = {**os.environ, "IDLECLOUD_BROKER_PASSWORD": "secret", "IDLECLOUD_KID": "k1",
+           "IDLECLOUD_ERLANG_COOKIE": "cookie",
            "GRAFANA_ADMIN_PASSWORD": "secret"}  # fmt: skip
     process = await asyncio.create_subprocess_exec(
         "docker-compose", "-f", str(COMPOSE / "docker-compose.yml"), "config", cwd=COMPOSE,
@@ -50,6 +51,10 @@ async def test_docker_compose_accepts_the_file_and_it_runs_every_service_the_pro
     assert (
         services["auth"]["environment"]["IDLECLOUD_AUTH_KEY_FILE"] == "/etc/idlecloud/keys/k1.pem"
     )
+    cookies = {
+        services[name]["environment"]["RABBITMQ_ERLANG_COOKIE"] for name in ("auth", "rabbitmq")
+    }
+    assert cookies == {"cookie"}  # the auth service's rabbitmqctl reaches the broker
     grafana = {volume.split(":")[0] for volume in services["grafana"]["volumes"]}
     assert grafana == {str(COMPOSE / "grafana/provisioning"), str(COMPOSE / "grafana/dashboards")}
     for path in grafana:

@@ -26,7 +26,7 @@ from bus.topology import QueueSpec
 from schemas import SCHEMA_HEADER, SCHEMA_VERSION_HEADER, DeployRequest
 
 from .examples import deploy
-from .helpers import DeadLetterTap, wait_until
+from .helpers import DeadLetterTap, open_namespace, wait_until
 
 NAMESPACE = "garbage"
 KEY = f"ns.{NAMESPACE}.deploy.stereo"
@@ -109,7 +109,7 @@ class Rig:
         self.consumer = Consumer(
             QueueSpec.quorum(
                 names.service_queue(f"garbage-{unique}", "requests"),
-                (names.COMMANDS_EXCHANGE, f"ns.{NAMESPACE}.#"),
+                (names.REQUESTS_EXCHANGE, f"ns.{NAMESPACE}.#"),
             ),
             [DeployRequest],
             self._handle,
@@ -128,13 +128,14 @@ class Rig:
         _body, properties = encode(deploy(NAMESPACE))
         properties.headers = item.headers
         await self.bus.publish_raw(
-            names.Route(names.COMMANDS_EXCHANGE, item.routing_key), item.body, properties
+            names.Route(names.REQUESTS_EXCHANGE, item.routing_key), item.body, properties
         )
 
 
 @pytest.fixture
 async def rig(bus: Bus, unique: str) -> AsyncIterator[Rig]:
     rig = Rig(bus, unique)
+    await open_namespace(bus, NAMESPACE)
     await rig.tap.start(bus)
     await rig.consumer.start(bus)
     yield rig

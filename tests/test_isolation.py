@@ -31,7 +31,7 @@ from services.quota.service import QuotaManager
 
 from .examples import BUSY, deploy
 from .helpers import DeadLetterTap, wait_until
-from .login import Login
+from .login import KEY_ID, Login
 
 REFUSED = (aiormq.exceptions.ChannelAccessRefused, aiormq.exceptions.ChannelClosed)
 
@@ -99,7 +99,8 @@ async def test_alice_reaches_her_own_names_and_nothing_of_bobs(
     assert not await refused(alice, lambda ch: own.declare(ch))
     assert not await refused(alice, lambda ch: consume(ch, own.name))
     body, _props = encode(deploy("alice", "stereo", f"req-{unique}"))
-    assert not await refused(alice, lambda ch: publish(ch, names.COMMANDS_EXCHANGE,
+    alice_door = names.door(Owner.namespace("alice"))
+    assert not await refused(alice, lambda ch: publish(ch, alice_door,
                                                        "ns.alice.deploy.stereo", body))  # fmt: skip
 
     bob_events = names.ns_events_exchange("bob")
@@ -110,11 +111,16 @@ async def test_alice_reaches_her_own_names_and_nothing_of_bobs(
         "bind her queue to bob's events": lambda ch: bind(ch, own.name, bob_events),
         "bind her queue to the platform's events": lambda ch: bind(
             ch, own.name, names.EVENTS_EXCHANGE),
-        "deploy into bob's namespace": lambda ch: publish(ch, names.COMMANDS_EXCHANGE,
+        "deploy into bob's namespace": lambda ch: publish(ch, names.door(Owner.namespace("bob")),
                                                           "ns.bob.deploy.stereo", body),
+        "a key of bob's through her door": lambda ch: publish(ch, alice_door,
+                                                              "ns.bob.deploy.stereo", body),
+        "publish to the platform's requests": lambda ch: publish(ch, names.REQUESTS_EXCHANGE,
+                                                                 "ns.alice.deploy.stereo", body),
+        "redeclare her door as a fanout": lambda ch: ch.declare_exchange(alice_door, "fanout"),
         "reach bob's queue through the default exchange": lambda ch: publish(ch, "", bob_queue,
                                                                              body),
-        "publish presence as a PC": lambda ch: publish(ch, names.EVENTS_EXCHANGE,
+        "publish presence as a PC": lambda ch: publish(ch, names.door(Owner.node("edge")),
                                                        "node.edge.presence", body),
     }  # fmt: skip
     allowed = [what for what, attempt in attempts.items() if not await refused(alice, attempt)]
@@ -135,11 +141,11 @@ async def test_a_body_naming_bob_under_alices_key_is_dead_lettered_by_the_platfo
         forged = deploy("bob", "stereo", f"req-{unique}")  # bob's body...
         body, properties = encode(forged, reply_to=client.reply_queue, correlation_id="c1")
         channel = await alice.channel()  # ...under alice's own routing key: allowed to send
-        await publish_with(channel, "ns.alice.deploy.stereo", body, properties)
+        await publish_with(channel, "ns.alice.deploy.stereo", body, properties, alice.user_name)
         await wait_until(lambda: bool(tap.messages), what="the dead letter")
         assert tap.reasons()[0] == (
-            "DeployRequest for ns.bob belongs on idlecloud.commands/ns.bob.deploy.stereo, "
-            "but arrived on idlecloud.commands/ns.alice.deploy.stereo"
+            "DeployRequest for ns.bob belongs on ns.bob/ns.bob.deploy.stereo, "
+            "but arrived on ns.alice/ns.alice.deploy.stereo"
         )
         assert ("bob", "stereo") not in quota.state.deployments
         await client.stop()
@@ -149,12 +155,13 @@ async def test_a_body_naming_bob_under_alices_key_is_dead_lettered_by_the_platfo
 
 
 async def publish_with(
-    channel: AbstractRobustChannel, key: str, body: bytes, properties: Any
+    channel: AbstractRobustChannel, key: str, body: bytes, properties: Any, user_id: str
 ) -> None:
-    exchange = await channel.get_exchange(names.COMMANDS_EXCHANGE, ensure=False)
+    exchange = await channel.get_exchange(names.door(Owner.namespace("alice")), ensure=False)
     await exchange.publish(
         aio_pika.Message(body, headers=properties.headers, reply_to=properties.reply_to,
-                         correlation_id=properties.correlation_id, content_type="application/json"),
+                         correlation_id=properties.correlation_id, content_type="application/json",
+                         user_id=user_id),
         routing_key=key,
     )  # fmt: skip
 
@@ -165,10 +172,13 @@ async def test_a_pc_speaks_only_for_itself_and_a_replica_reads_only_its_task_que
     edge = await login.connect("node", "edge")
     try:
         body, _props = encode(NodePresence(node="edge", presence=BUSY))
-        assert not await refused(edge, lambda ch: publish(ch, names.EVENTS_EXCHANGE,
+        edge_door = names.door(Owner.node("edge"))
+        assert not await refused(edge, lambda ch: publish(ch, edge_door,
                                                           "node.edge.presence", body))  # fmt: skip
-        assert await refused(edge, lambda ch: publish(ch, names.EVENTS_EXCHANGE,
+        assert await refused(edge, lambda ch: publish(ch, edge_door,
                                                       "node.ninja.presence", body))  # fmt: skip
+        assert await refused(edge, lambda ch: publish(ch, names.EVENTS_EXCHANGE,
+                                                      "node.edge.presence", body))  # fmt: skip
     finally:
         await edge.close()
     channel = await bus.channel()
@@ -184,7 +194,7 @@ async def test_a_pc_speaks_only_for_itself_and_a_replica_reads_only_its_task_que
         assert not await refused(replica, lambda ch: consume(ch, own))
         assert await refused(replica, lambda ch: consume(ch, other))
         assert await refused(replica, lambda ch: QueueSpec(f"ns.alice.q{unique}").declare(ch))
-        assert await refused(replica, lambda ch: publish(ch, names.COMMANDS_EXCHANGE,
+        assert await refused(replica, lambda ch: publish(ch, names.door(Owner.namespace("alice")),
                                                          "ns.alice.deploy.x", b"{}"))  # fmt: skip
     finally:
         await replica.close()
@@ -195,13 +205,17 @@ async def test_a_bad_token_is_refused_at_login(login: Login, flaw: str, tmp_path
     now = int(time.time())
     claims = {"sub": "alice", "aud": [RESOURCE_SERVER_ID], "iat": now, "exp": now + 300,
               "scope": [f"{RESOURCE_SERVER_ID}.read:*/*"], "jti": uuid.uuid4().hex}  # fmt: skip
+    trusted = login.key.broker_key(KEY_ID)  # the broker trusts it: only the flaw is wrong
+    kid = {"kid": trusted.kid}
     if flaw == "expired":
-        token = login.key.sign({**claims, "iat": now - 900, "exp": now - 300})
-    elif flaw == "forged":
-        token = SigningKey.generate(login.key.kid).sign(claims)  # same kid, another key
+        token = jwt.encode({**claims, "iat": now - 900, "exp": now - 300}, trusted.secret,
+                           algorithm="HS256", headers=kid)  # fmt: skip
+    elif flaw == "forged":  # the trusted key's id, another secret
+        token = jwt.encode(claims, b"x" * 32, algorithm="HS256", headers=kid)
     elif flaw == "wrong audience":
-        token = login.key.sign({**claims, "aud": ["someone-else"]})
+        token = jwt.encode({**claims, "aud": ["someone-else"]}, trusted.secret,
+                           algorithm="HS256", headers=kid)  # fmt: skip
     else:
-        token = jwt.encode(claims, None, algorithm="none", headers={"kid": login.key.kid})
+        token = jwt.encode(claims, None, algorithm="none", headers=kid)
     with pytest.raises(aio_pika.exceptions.ProbableAuthenticationError):
         await aio_pika.connect(login.url(token), timeout=10)

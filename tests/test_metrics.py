@@ -20,11 +20,13 @@ import pytest
 from bus.connection import Bus
 from bus.devinflux import INFLUX_URL, ensure_influxdb, influx_query, scratch_database, stop_influxdb
 from bus.devservices import BrokerInfo
+from bus.topology import declare_door
 from nodeagent.sim import SimPC, Simulation
 from schemas import (
     BridgeStatus,
     CordonChanged,
     MetricSample,
+    Owner,
     PresenceState,
     QuotaChanged,
     ReplicaUsage,
@@ -117,6 +119,10 @@ async def test_an_influxdb_outage_loses_no_sample(
 ) -> None:
     nodes = [f"o{unique}{i}" for i in range(8)]
     sent = 0
+    channel = await bus.channel()  # their doors are open, as a PC's is once it trades its key
+    for node in nodes:
+        await declare_door(channel, Owner.node(node))
+    await channel.close()
 
     async def publish(rounds: int) -> None:
         nonlocal sent

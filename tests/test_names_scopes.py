@@ -53,11 +53,12 @@ OWNED: list[tuple[str, Permission, str | None, frozenset[str]]] = [
     (names.ns_dead_exchange("alice"), "write", "other", ALICE),
     (names.task_dead_queue("alice", "stereo"), "read", None, ALICE),
     (names.result_queue("alice", "client-1"), "read", None, ALICE),
-    (names.COMMANDS_EXCHANGE, "write", "ns.alice.deploy.stereo", ALICE),
-    (names.COMMANDS_EXCHANGE, "write", "ns.alice.delete.stereo", ALICE),
+    (names.door(Owner.namespace("alice")), "write", "ns.alice.deploy.stereo", ALICE),
+    (names.door(Owner.namespace("alice")), "write", "ns.alice.delete.stereo", ALICE),
     (names.node_commands_queue("edge"), "read", None, EDGE),
-    (names.EVENTS_EXCHANGE, "write", "node.edge.heartbeat", EDGE),
-    (names.EVENTS_EXCHANGE, "write", "node.edge.presence", EDGE),
+    (names.door(Owner.node("edge")), "write", "node.edge.heartbeat", EDGE),
+    (names.door(Owner.node("edge")), "write", "node.edge.presence", EDGE),
+    (names.ADMIN_DOOR, "write", "idlecloud.admin.quota.alice", frozenset({"admin root"})),
     (names.reply_queue(Owner.node("edge"), "k2"), "configure", None, EDGE),
 ]
 
@@ -76,6 +77,20 @@ def test_no_role_may_write_to_the_default_exchange(credential: str) -> None:
     scopes = _scopes(credential)
     assert not permits(scopes, "write", VHOST, names.DEFAULT_EXCHANGE_RESOURCE)
     assert not permits(scopes, "write", VHOST, names.DEFAULT_EXCHANGE_RESOURCE, "ns.bob.tasks.x")
+
+
+@pytest.mark.parametrize("credential", CREDENTIALS)
+def test_no_role_may_write_to_a_platform_exchange_or_configure_a_door(credential: str) -> None:
+    """Writing is what a dead-letter exchange, an alternate exchange or an
+    exchange-to-exchange binding needs of its target; configuring a door would let its
+    owner make it a fanout and its binding keys mean nothing."""
+    scopes = _scopes(credential)
+    for exchange in names.PLATFORM_EXCHANGES:
+        assert not permits(scopes, "write", VHOST, exchange), (credential, exchange)
+    doors = (Owner.namespace("alice"), Owner.namespace("bob"), Owner.node("edge"),
+             Owner.platform())  # fmt: skip
+    for owner in doors:
+        assert not permits(scopes, "configure", VHOST, names.door(owner)), (credential, owner)
 
 
 @pytest.mark.parametrize("credential", CREDENTIALS)
@@ -115,8 +130,10 @@ def test_every_message_travels_under_its_owners_prefix(cls: type[Message]) -> No
     route = names.route(message)
     if route.exchange == names.DEFAULT_EXCHANGE:  # the control plane's journal entries
         assert route.routing_key == names.JOURNAL_STREAM
+    elif route.exchange == names.door(message.owner()):  # named exactly its owner's prefix
+        assert route.routing_key.startswith(f"{route.exchange}.")
     else:
-        assert route.exchange in (names.EVENTS_EXCHANGE, names.COMMANDS_EXCHANGE)
+        assert route.exchange in names.PLATFORM_EXCHANGES
     assert names.owner_of(route.routing_key) == message.owner()
 
 
@@ -126,7 +143,8 @@ def test_a_user_may_publish_her_requests_and_no_one_elses() -> None:
         route = names.route(EXAMPLES[cls])
         may = permits(alice, "write", VHOST, route.exchange, route.routing_key)
         owned_by_alice = EXAMPLES[cls].owner() == Owner.namespace("alice")
-        assert may == (owned_by_alice and route.exchange == names.COMMANDS_EXCHANGE), cls
+        may_send = owned_by_alice and route.exchange == names.door(Owner.namespace("alice"))
+        assert may == may_send, cls
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from bus.topology import QueueSpec
 from schemas import DeployRequest
 
 from .examples import deploy
-from .helpers import wait_until
+from .helpers import open_namespace, wait_until
 
 MESSAGES = 400
 
@@ -31,7 +31,7 @@ async def test_consumer_and_publisher_survive_close_all_connections(
 
     spec = QueueSpec.quorum(
         names.service_queue(f"reconnect-{unique}", "requests"),
-        (names.COMMANDS_EXCHANGE, f"ns.t{unique}.#"),
+        (names.REQUESTS_EXCHANGE, f"ns.t{unique}.#"),
     )
     async with (
         Bus(broker.url, connection_name="consumer") as consumer_bus,
@@ -39,6 +39,7 @@ async def test_consumer_and_publisher_survive_close_all_connections(
     ):
         consumer = Consumer(spec, [DeployRequest], handle, prefetch=20)
         await consumer.start(consumer_bus)
+        await open_namespace(publisher_bus, f"t{unique}")
         sent: list[str] = []
 
         async def publish_all() -> None:

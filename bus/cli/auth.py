@@ -1,8 +1,9 @@
 """`bus token init|issue|revoke|list`, `bus whoami` and `bus broker config`.
 
 Admins issue and revoke API keys through the auth service; the very first admin key is
-minted offline from the signing key file (`bus token issue --key-file`), which is also
-what `bus token init` makes and `bus broker config` teaches the broker to trust.
+minted offline from the signing key file (`bus token issue --key-file`) that `bus token
+init` makes. `bus broker config` enables the broker's OAuth 2 backend; the auth service
+tells the running broker which keys' tokens to trust.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def token_init(
 
     private, public = SigningKey.generate().save(folder)
     console.print(f"signing key {private}\npublic key  {public}\n"
-                  f"next: bus broker config --public-key {public}")  # fmt: skip
+                  "next: bus broker config (then restart RabbitMQ)")  # fmt: skip
 
 
 @token_app.command("issue")
@@ -176,13 +177,9 @@ def whoami(auth_url: AuthUrlOption = DEFAULT_AUTH_URL, as_json: JsonOption = Fal
 
 @broker_app.command("config")
 def broker_config(
-    public_key: Annotated[Path, typer.Option(help="The signing key's public half (.pub.pem).")],
     out: Annotated[Path, typer.Option(help="Where to write the files.")] = Path("/etc/rabbitmq"),
 ) -> None:
     """Write the rabbitmq.conf fragment and plugins that make the broker check our tokens."""
-    kid = public_key.name.removesuffix(".pub.pem")
-    if not public_key.is_file():
-        fail(f"{public_key} is not a file; make one with `bus token init`")
     (out / "conf.d").mkdir(parents=True, exist_ok=True)
     fragment = out / "conf.d" / "20-idlecloud-auth.conf"
     fragment.write_text(
@@ -191,8 +188,8 @@ def broker_config(
         "auth_backends.1 = internal\n"
         "auth_backends.2 = rabbit_auth_backend_oauth2\n"
         f"auth_oauth2.resource_server_id = {RESOURCE_SERVER_ID}\n"
-        f"auth_oauth2.default_key = {kid}\n"
-        f"auth_oauth2.signing_keys.{kid} = {public_key.resolve()}\n"
+        "# No signing key here: the auth service adds each API key's broker key while the\n"
+        "# broker runs (rabbitmqctl, on this host) and removes it when the key is revoked.\n"
     )
     plugins = out / "enabled_plugins"
     plugins.write_text("[rabbitmq_management,rabbitmq_auth_backend_oauth2].\n")

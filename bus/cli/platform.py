@@ -52,7 +52,7 @@ schemas_app = typer.Typer(help="The message catalogue.", no_args_is_help=True)
 dev_app = typer.Typer(help="Local services for development and demos.", no_args_is_help=True)
 
 _PLATFORM_QUEUES = (names.DEAD_LETTER_QUEUE, names.JOURNAL_STREAM)
-_PLATFORM_EXCHANGES = (names.EVENTS_EXCHANGE, names.COMMANDS_EXCHANGE, names.DEAD_LETTER_EXCHANGE)
+_PLATFORM_EXCHANGES = (*names.PLATFORM_EXCHANGES, names.ADMIN_DOOR)
 #: The queue each control-plane service's leader consumes: it serves once that has a
 #: consumer.
 _SERVICE_QUEUES = {

@@ -38,7 +38,6 @@ from bus.devinflux import ensure_influxdb, influx_query
 from bus.devservices import (
     BrokerInfo,
     DevServiceError,
-    add_signing_key,
     create_vhost,
     delete_vhost,
     ensure_rabbitmq,
@@ -134,7 +133,6 @@ class Demo:
         self.broker = create_vhost(f"demo-{uuid.uuid4().hex[:8]}")
         key = SigningKey.generate()
         private, _public = key.save(self.out / "keys")
-        add_signing_key(key.kid, key.public_pem)
         self.auth_url = f"http://127.0.0.1:{free_port()}"
         self.gateway_url = f"http://127.0.0.1:{free_port()}"
         self.step("bus up: quota manager, placement, auth service, gateway, metrics writer")

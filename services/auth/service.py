@@ -6,47 +6,51 @@ answers admins' requests over the bus:
 * ``TokenIssue``: a new API key, recorded as ``KeyIssued`` without its secret. A user's
   key with limits also sets the namespace's quota through the journal, so quotas keep one
   source of truth.
-* ``TokenRevoke``: recorded, then every broker connection of the key is closed through
-  the management API. The sweep repeats every ``sweep_s`` for as long as a token minted
-  before the revocation could still be valid.
+* ``TokenRevoke``: recorded; then the key's broker key is removed from the broker
+  (:mod:`services.auth.keyring`), so no token minted for it, before or after, opens a
+  connection or passes an ``update-secret``, and in the same step every token holder's
+  connection to the vhost is closed but the requesting admin's own. All of them, because
+  on RabbitMQ 3.10 a connection may have swapped in the key's token with
+  ``update-secret`` under another user name, and nothing shows which did. The others
+  reconnect at once with tokens of their own keys.
 * ``KeysQuery``: every key, revoked ones included.
 * ``ReplicaTokenRequest`` (from the placement service): a replica's broker token, for its
   namespace's task and result traffic only.
 
 The leader also runs the token endpoint over HTTP. ``POST /v1/token`` with
 ``Authorization: Bearer <API key>`` returns a broker token with the key's scopes for at
-most :data:`~services.auth.tokens.MAX_BROKER_TOKEN_S`; ``GET /v1/whoami`` says what the key
-is. A revoked, expired or forged key gets 401 with the reason as JSON.
+most :data:`~services.auth.tokens.MAX_BROKER_TOKEN_S`, once the broker trusts the key's
+broker key and the holder's door (:func:`bus.names.door`) exists; ``GET /v1/whoami`` says
+what the key is. A revoked, expired or forged key gets 401 with the reason as JSON.
+
+The leader trusts every live key's broker key when it takes over and again whenever its
+connection comes back (a restarted broker forgets them), and forgets every revoked one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote
 
-import aiohttp
 from aiohttp import web
-from yarl import URL
 
 from bus import names
 from bus.codec import Delivery
 from bus.devservices import RESOURCE_SERVER_ID
 from bus.rpc import RpcServer
-from bus.topology import QueueSpec
+from bus.topology import QueueSpec, declare_door, declare_namespace
+from bus.trust import Principal
 from schemas import (
     KeyIssued,
     KeyReply,
     KeysQuery,
     KeysReply,
     KeyView,
+    Owner,
     QuotaSet,
     ReplicaTokenReply,
     ReplicaTokenRequest,
@@ -54,8 +58,10 @@ from schemas import (
     TokenIssue,
     TokenRevoke,
 )
+from services.auth.keyring import Keyring, KeyringError
 from services.auth.tokens import (
     MAX_BROKER_TOKEN_S,
+    REPLICAS,
     ApiKey,
     InvalidKey,
     SigningKey,
@@ -84,9 +90,8 @@ class AuthSettings:
     resource_server_id: str = RESOURCE_SERVER_ID
     http_host: str = "127.0.0.1"
     http_port: int = 8470
-    management_url: str = "http://guest:guest@127.0.0.1:15672"
     broker_token_s: int = MAX_BROKER_TOKEN_S
-    sweep_s: float = 2.0
+    broker_ctl: tuple[str, ...] = ("rabbitmqctl",)
 
 
 def settings_from(env: ServiceEnv) -> AuthSettings:
@@ -104,7 +109,7 @@ def settings_from(env: ServiceEnv) -> AuthSettings:
         vhost=env.vhost,
         http_host=env.auth_host,
         http_port=env.auth_port,
-        management_url=env.management_url,
+        broker_ctl=tuple(env.broker_ctl.split()),
     )
 
 
@@ -121,19 +126,24 @@ class AuthService(ControlService):
         self._server: RpcServer[Request] = RpcServer(
             QueueSpec.quorum(
                 names.service_queue(self.name, "requests"),
-                *((names.COMMANDS_EXCHANGE, key) for key in names.auth_request_keys()),
+                *((names.REQUESTS_EXCHANGE, key) for key in names.auth_request_keys()),
             ),
             (TokenIssue, TokenRevoke, KeysQuery, ReplicaTokenRequest),
             self._handle,
             prefetch=1,
         )
         self._http: web.AppRunner | None = None
-        self._revoked_at: dict[str, float] = {}  # key id -> when this leader learned of it
+        self.keyring = Keyring(settings.broker_ctl)
+        self._keys_lock = asyncio.Lock()
+        self._trusted: set[str] = set()  # broker key ids the broker trusts, as far as we know
+        self._doors: set[Owner] = set()
 
     def leader_queues(self) -> tuple[QueueSpec, ...]:
         return (self._server.spec,)
 
     async def lead(self, epoch: int) -> None:
+        await self._trust_live_keys()
+        self.while_leading("keyring", self._keep_keys)
         await self._server.start(self.bus)
         app = web.Application()
         app.router.add_post("/v1/token", self._token)
@@ -142,7 +152,6 @@ class AuthService(ControlService):
         await self._http.setup()
         site = web.TCPSite(self._http, self.settings.http_host, self.settings.http_port)
         await site.start()
-        self.while_leading("sweeper", self._sweep)
 
     async def step_down(self) -> None:
         if self._http is not None:
@@ -150,15 +159,19 @@ class AuthService(ControlService):
             self._http = None
         await self._server.stop(5.0)
 
-    async def _handle(self, request: Request, _delivery: Delivery) -> Reply:
+    async def _handle(self, request: Request, delivery: Delivery) -> Reply:
         match request:
             case TokenIssue():
                 return await self._issue(request)
             case TokenRevoke():
                 await self.journal.append_and_read(request)
-                self._revoked_at[request.key_id] = time.monotonic()
-                closed = await self._close_connections(request.key_id)
-                reason = f"revoked; {closed} open connections closed"
+                async with self._keys_lock:
+                    kid = self.key.broker_key(request.key_id).kid
+                    spare = _requester(delivery, request.key_id)
+                    closed = await self.keyring.revoke(kid, self.settings.vhost, spare)
+                    self._trusted.discard(kid)
+                reason = (f"revoked; its broker key is gone and {closed} token connections "
+                          "were closed (the others reconnect with their own tokens)")  # fmt: skip
                 return RequestResult(request_id=request.request_id, accepted=True, reason=reason)
             case KeysQuery():
                 keys = [k.model_copy(update={"revoked": k.key_id in self.state.revoked})
@@ -203,8 +216,11 @@ class AuthService(ControlService):
     async def _token(self, request: web.Request) -> web.Response:
         try:
             api_key = self._read_key(request)
+            await self._admit(api_key)
         except InvalidKey as error:
             return web.json_response({"error": str(error)}, status=401)
+        except KeyringError as error:
+            return web.json_response({"error": f"the broker is not ready: {error}"}, status=503)
         token, expires_at = broker_token(
             self.key, self.settings.resource_server_id, api_key.role, api_key.subject,
             self.settings.vhost, key_id=api_key.key_id, ttl_s=self.settings.broker_token_s,
@@ -222,39 +238,63 @@ class AuthService(ControlService):
             return web.json_response({"error": str(error)}, status=401)
         return web.json_response(key_view(api_key).model_dump(mode="json"))
 
-    async def _sweep(self) -> None:
-        """Close the connections of recently revoked keys, for as long as a token minted
-        before the revocation could still be valid."""
-        while True:
-            await asyncio.sleep(self.settings.sweep_s)
-            horizon = time.monotonic() - self.settings.broker_token_s
-            for key_id, at in list(self._revoked_at.items()):
-                if at < horizon:
-                    del self._revoked_at[key_id]
-                else:
-                    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                        await self._close_connections(key_id)
+    async def _admit(self, api_key: ApiKey) -> None:
+        """Make the broker trust the key's broker key and give its holder a door.
 
-    async def _close_connections(self, key_id: str) -> int:
-        """Close every broker connection of ``key_id`` (its user, or named after it)."""
-        url = URL(self.settings.management_url.rstrip("/"))
-        basic = base64.b64encode(f"{url.user or ''}:{url.password or ''}".encode()).decode()
-        root = str(url.with_user(None))
-        listing = f"{root}/api/connections?columns=name,user,client_properties"
-        closed = 0
-        timeout = aiohttp.ClientTimeout(total=10)
-        headers = {"Authorization": f"Basic {basic}"}
-        async with aiohttp.ClientSession(headers=headers, timeout=timeout) as http:
-            async with http.get(listing) as got:
-                got.raise_for_status()
-                listed: list[dict[str, Any]] = await got.json()
-            for connection in listed:
-                named = str((connection.get("client_properties") or {}).get("connection_name", ""))
-                if connection.get("user") == key_id or named.startswith(f"key:{key_id}"):
-                    target = f"{root}/api/connections/{quote(connection['name'], safe='')}"
-                    async with http.delete(target, headers={"X-Reason": "API key revoked"}):
-                        closed += 1
-        return closed
+        Raises:
+            InvalidKey: the key was revoked meanwhile (checked again under the lock).
+            KeyringError: the broker's keys could not be changed.
+        """
+        async with self._keys_lock:
+            if api_key.key_id in self.state.revoked:
+                raise InvalidKey("the API key was revoked")
+            broker_key = self.key.broker_key(api_key.key_id)
+            if broker_key.kid not in self._trusted:
+                await self.keyring.change(trust=[broker_key])
+                self._trusted.add(broker_key.kid)
+        owner = {"user": Owner.namespace, "node": Owner.node}.get(api_key.role)
+        if owner is not None and owner(api_key.subject) not in self._doors:
+            channel = await self.bus.channel()
+            if api_key.role == "user":
+                await declare_namespace(channel, api_key.subject)
+            else:
+                await declare_door(channel, owner(api_key.subject))
+            await channel.close()
+            self._doors.add(owner(api_key.subject))
+
+    async def _trust_live_keys(self) -> None:
+        """Trust every live key's broker key (and the replicas'); forget every revoked one's."""
+        now = time.time()
+        live = [
+            view.key_id
+            for view in self.state.keys.values()
+            if view.key_id not in self.state.revoked and view.expires_at.timestamp() > now
+        ]
+        trust = [self.key.broker_key(key_id) for key_id in (REPLICAS, *live)]
+        forget = [self.key.broker_key(key_id).kid for key_id in sorted(self.state.revoked)]
+        async with self._keys_lock:
+            await self.keyring.change(trust=trust, forget=forget)
+            self._trusted = {key.kid for key in trust}
+
+    async def _keep_keys(self) -> None:
+        """After the connection comes back (the broker may have restarted and forgotten
+        every key), trust the live keys again."""
+        synced = self.bus.reconnects
+        while True:
+            await asyncio.sleep(1.0)
+            if self.bus.reconnects != synced:
+                synced = self.bus.reconnects
+                await self._trust_live_keys()
+
+
+def _requester(delivery: Delivery, revoked: str) -> str:
+    """The requesting admin's user name, whose connections a revocation spares so the
+    answer reaches it (unless it revokes its own key). An admin may issue any key, so its
+    own connections gain nothing from holding another's token."""
+    sender = Principal.from_user_id(delivery.user_id)
+    if sender is None or sender.role != "admin" or sender.key == revoked:
+        return ""
+    return sender.user_name
 
 
 def key_view(api_key: ApiKey) -> KeyView:

@@ -2,16 +2,27 @@
 
 An **API key** is a long-lived JWT (audience ``idlecloud-auth``) naming a role, a subject
 (a namespace, a PC or an admin), a name and, for a user, limits; its ``jti`` is the key
-id, by which it is listed and revoked. Only the auth service accepts it. A **broker token**
-is a short-lived JWT (at most :data:`MAX_BROKER_TOKEN_S`) with the broker's audience and
-the role's scopes (:func:`bus.scopes.scopes_for`); RabbitMQ's OAuth 2 backend checks its
-signature, audience, expiry and scopes. Both are signed RS256 with one private key that
-only the auth service holds; the broker and everyone else see its public half. Tokens
-with any other algorithm (``none`` included) are refused.
+id, by which it is listed and revoked. Only the auth service accepts it; it is signed
+RS256 with the one private key only the auth service holds (everyone may see its public
+half). Tokens with any other algorithm (``none`` included) are refused.
+
+A **broker token** is a short-lived JWT (at most :data:`MAX_BROKER_TOKEN_S`) with the
+broker's audience, the role's scopes (:func:`bus.scopes.scopes_for`) and, as ``sub``, its
+holder's principal (``user:alice:<key id>``, :class:`bus.trust.Principal`), which the
+broker makes the connection's user name. It is signed HS256 with a **broker key of its
+own API key** (:meth:`SigningKey.broker_key`: a secret derived from the private key and
+the key id, so no instance keeps extra state); replicas' tokens share one broker key. The
+broker trusts exactly the broker keys of live API keys (:mod:`services.auth.keyring`):
+revoking a key removes its broker key, after which no token minted for it, before or
+after, opens a connection.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 import os
 import time
 import uuid
@@ -24,12 +35,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bus.scopes import RoleName, scopes_for
+from bus.trust import Principal
 
 __all__ = [
     "API_KEY_AUDIENCE",
     "ISSUER",
     "MAX_BROKER_TOKEN_S",
+    "REPLICAS",
     "ApiKey",
+    "BrokerKey",
     "InvalidKey",
     "KeyRole",
     "SigningKey",
@@ -42,9 +56,25 @@ __all__ = [
 ISSUER = "idlecloud"
 API_KEY_AUDIENCE = "idlecloud-auth"
 MAX_BROKER_TOKEN_S = 600
+#: The broker key every replica's tokens share (no API key has this id).
+REPLICAS = "replicas"
 _ALGORITHM = "RS256"
+_BROKER_ALGORITHM = "HS256"
 #: The roles an API key may have (replicas get broker tokens only, never a key).
 KeyRole = Literal["user", "node", "admin"]
+
+
+@dataclass(frozen=True)
+class BrokerKey:
+    """A key the broker checks broker tokens with: its id (``kid``) and HMAC secret."""
+
+    kid: str
+    secret: bytes
+
+    def jwk(self) -> str:
+        """The key as the JSON Web Key RabbitMQ's OAuth 2 backend reads."""
+        k = base64.urlsafe_b64encode(self.secret).rstrip(b"=").decode()
+        return json.dumps({"kty": "oct", "alg": _BROKER_ALGORITHM, "k": k}, separators=(",", ":"))
 
 
 class InvalidKey(ValueError):
@@ -99,6 +129,12 @@ class SigningKey:
     def sign(self, claims: dict[str, Any]) -> str:
         """A JWT of ``claims`` signed with this key."""
         return jwt.encode(claims, self.private_pem, algorithm=_ALGORITHM, headers={"kid": self.kid})
+
+    def broker_key(self, key_id: str) -> BrokerKey:
+        """The broker key of an API key's tokens (:data:`REPLICAS`: every replica's)."""
+        kid = f"{self.kid}.{key_id}"
+        root = hashlib.sha256(b"idlecloud broker keys\0" + self.private_pem).digest()
+        return BrokerKey(kid, hmac.new(root, kid.encode(), hashlib.sha256).digest())
 
 
 @dataclass(frozen=True)
@@ -189,17 +225,26 @@ def broker_token(
 ) -> tuple[str, int]:
     """A broker token for one credential's scopes; the token and its expiry (Unix time).
 
+    It is signed with the broker key of ``key_id`` (for a replica: its id, and the
+    replicas' broker key), which the broker must trust (:mod:`services.auth.keyring`).
+
     Raises:
-        ValueError: ``ttl_s`` above :data:`MAX_BROKER_TOKEN_S`, or a replica without an app.
+        ValueError: ``ttl_s`` above :data:`MAX_BROKER_TOKEN_S`, a replica without an app, or
+            a subject or key id that cannot name a principal.
     """
     if not 0 < ttl_s <= MAX_BROKER_TOKEN_S:
         raise ValueError(f"a broker token lives at most {MAX_BROKER_TOKEN_S} s")
     issued = int(now if now is not None else time.time())
     scopes = [scope.with_prefix(resource_server_id)
               for scope in scopes_for(role, subject, vhost, app=app)]  # fmt: skip
-    claims = {  # the broker names the connection's user after ``sub``: the key, not a person
-        "iss": ISSUER, "aud": [resource_server_id], "sub": key_id, "scope": scopes,
-        "iat": issued, "exp": issued + ttl_s, "jti": uuid.uuid4().hex[:16],
+    principal = Principal.token(role, subject, key_id)
+    claims = {  # the broker names the connection's user after ``sub``: the principal
+        "iss": ISSUER, "aud": [resource_server_id], "sub": principal.user_name,
+        "scope": scopes, "iat": issued, "exp": issued + ttl_s, "jti": uuid.uuid4().hex[:16],
         "idlecloud_subject": subject, "idlecloud_role": role,
     }  # fmt: skip
-    return key.sign(claims), issued + ttl_s
+    signer = key.broker_key(REPLICAS if role == "replica" else key_id)
+    headers = {"kid": signer.kid}
+    return jwt.encode(claims, signer.secret, algorithm=_BROKER_ALGORITHM, headers=headers), (
+        issued + ttl_s
+    )

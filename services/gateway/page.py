@@ -66,12 +66,12 @@ def credential(request: web.Request) -> str:
     """
     header = request.headers.get("Authorization")
     if header is not None:
-        return bearer_credential(header, "an API key or a broker token")
+        return bearer_credential(header, "an API key")
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
         return cookie
     raise InvalidKey(
-        "send an API key or a broker token as `Authorization: Bearer <key>`, or log in at /"
+        "send an API key as `Authorization: Bearer <key>`, or log in at /"
     )
 
 

@@ -1,6 +1,6 @@
 """The gateway: a REST API over the bus for people who prefer HTTP to AMQP.
 
-Every request is authenticated (an API key or a broker token as a bearer header, checked
+Every request is authenticated (an API key as a bearer header, checked
 with the auth service's public key; revoked keys are known from the journal), allowed
 only for the caller's own namespace (admins: every one), and turned into the very bus
 messages the CLI sends: deploys, scales and deletes go to the quota manager, questions

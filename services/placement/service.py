@@ -112,7 +112,7 @@ class Placement(ControlService):
         self._queries: RpcServer[Query] = RpcServer(
             QueueSpec.quorum(
                 names.service_queue(self.name, "queries"),
-                *((names.COMMANDS_EXCHANGE, key) for key in names.query_keys()),
+                *((names.REQUESTS_EXCHANGE, key) for key in names.query_keys()),
             ),
             (AppsQuery, NodesQuery),
             self._answer,

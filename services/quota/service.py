@@ -26,7 +26,7 @@ from bus import names
 from bus.codec import Delivery
 from bus.journal import Entry
 from bus.rpc import RpcServer
-from bus.topology import QueueSpec, declare_namespace_events
+from bus.topology import QueueSpec, declare_namespace
 from schemas import (
     CordonChanged,
     CordonRequest,
@@ -69,7 +69,7 @@ class QuotaManager(ControlService):
         self._snapshotting = False
         spec = QueueSpec.quorum(
             names.service_queue(self.name, "requests"),
-            *((names.COMMANDS_EXCHANGE, key) for key in names.request_keys()),
+            *((names.REQUESTS_EXCHANGE, key) for key in names.request_keys()),
         )
         self._server: RpcServer[Request] = RpcServer(spec, _REQUESTS, self._handle, prefetch=1)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -80,7 +80,7 @@ class QuotaManager(ControlService):
     async def lead(self, epoch: int) -> None:
         channel = await self.bus.channel()
         for namespace in sorted(self.state.quotas):  # idempotent: after a takeover too
-            await declare_namespace_events(channel, namespace)
+            await declare_namespace(channel, namespace)
         await channel.close()
         await self._server.start(self.bus)
 
@@ -119,7 +119,7 @@ class QuotaManager(ControlService):
         match request:
             case QuotaSet():
                 channel = await self.bus.channel()  # a new namespace gets its events view
-                await declare_namespace_events(channel, request.namespace)
+                await declare_namespace(channel, request.namespace)
                 await channel.close()
                 quota = Resources(cpu_millicores=request.cpu_millicores,
                                   memory_mib=request.memory_mib)  # fmt: skip

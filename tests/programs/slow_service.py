@@ -13,7 +13,7 @@ from bus.codec import Delivery
 from bus.connection import Bus
 from bus.consumer import Consumer
 from bus.service import run
-from bus.topology import QueueSpec
+from bus.topology import QueueSpec, declare_namespace
 from schemas import DeployRequest, RequestResult
 
 
@@ -24,10 +24,14 @@ class SlowAnswerer:
 
     def __init__(self, queue: str, namespace: str, delay_s: float) -> None:
         self.delay_s = delay_s
-        spec = QueueSpec.quorum(queue, (names.COMMANDS_EXCHANGE, f"ns.{namespace}.deploy.*"))
+        self.namespace = namespace
+        spec = QueueSpec.quorum(queue, (names.REQUESTS_EXCHANGE, f"ns.{namespace}.deploy.*"))
         self.consumer = Consumer(spec, [DeployRequest], self.handle, prefetch=5)
 
     async def start(self, bus: Bus) -> None:
+        channel = await bus.channel()
+        await declare_namespace(channel, self.namespace)
+        await channel.close()
         await self.consumer.start(bus)
 
     async def stop(self, grace_s: float) -> None:
