@@ -70,9 +70,7 @@ def credential(request: web.Request) -> str:
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
         return cookie
-    raise InvalidKey(
-        "send an API key as `Authorization: Bearer <key>`, or log in at /"
-    )
+    raise InvalidKey("send an API key as `Authorization: Bearer <key>`, or log in at /")
 
 
 def cross_site(request: web.Request) -> bool:
