@@ -249,6 +249,8 @@ class Bus:
                     raise TimeoutError
                 async with asyncio.timeout(remaining_s):
                     channel = await self._publish_channel.get_underlay_channel()
+                    if channel.is_closed:  # closed by an earlier refusal: it reopens shortly
+                        raise aiormq.exceptions.ChannelInvalidStateError("channel reopening")
                     confirm = await channel.basic_publish(
                         body,
                         exchange=route.exchange,
