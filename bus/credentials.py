@@ -26,6 +26,7 @@ from yarl import URL
 from bus.connection import TRANSIENT_ERRORS, Bus
 from bus.errors import AuthUnavailable, CredentialsRefused
 from bus.service import supervised
+from bus.tls import https_context
 
 __all__ = [
     "DEFAULT_AUTH_URL",
@@ -73,8 +74,12 @@ def api_key_from_env() -> str | None:
     return None
 
 
-async def fetch_broker_token(api_key: str, auth_url: str = DEFAULT_AUTH_URL) -> BrokerToken:
-    """Trade ``api_key`` for a broker token at the token endpoint.
+async def fetch_broker_token(
+    api_key: str, auth_url: str = DEFAULT_AUTH_URL, ca_file: Path | None = None
+) -> BrokerToken:
+    """Trade ``api_key`` for a broker token at the token endpoint. Over ``https://`` the
+    auth service must present a certificate of ``ca_file`` (default:
+    ``IDLECLOUD_CA_FILE``; without either, the system's CAs).
 
     Raises:
         CredentialsRefused: the key was refused (revoked, expired, forged) or the auth
@@ -84,7 +89,11 @@ async def fetch_broker_token(api_key: str, auth_url: str = DEFAULT_AUTH_URL) -> 
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
-            http.post(f"{auth_url.rstrip('/')}/v1/token", headers=headers) as answer,
+            http.post(
+                f"{auth_url.rstrip('/')}/v1/token",
+                headers=headers,
+                ssl=https_context(auth_url, ca_file) or True,
+            ) as answer,  # fmt: skip
         ):
             body = await answer.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError, ValueError) as error:

@@ -13,6 +13,7 @@ deletes afterwards, so runs never see each other's leftovers.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -28,21 +29,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from bus.tls import SiteCA, TlsFiles
+
 __all__ = [
+    "AMQPS_PORT",
     "AMQP_PORT",
     "CHROMIUM",
+    "DEV_TLS",
     "HOST",
     "MANAGEMENT_PORT",
     "RESOURCE_SERVER_ID",
     "BrokerInfo",
     "DevServiceError",
     "apt_install",
+    "broker_tls_url",
     "broker_url",
     "create_vhost",
     "delete_stale_scratch_vhosts",
     "delete_vhost",
     "ensure_chromium",
     "ensure_daemon",
+    "ensure_dev_tls",
     "ensure_rabbitmq",
     "free_port",
     "management",
@@ -53,16 +60,30 @@ __all__ = [
 
 HOST = "127.0.0.1"
 AMQP_PORT = 5672
+#: The broker's TLS port (``amqps://``), with a certificate from the development CA.
+AMQPS_PORT = 5671
 MANAGEMENT_PORT = 15672
 _DEV_USER = "guest"
 _DEV_PASSWORD = "guest"
 _CONF_PATH = Path("/etc/rabbitmq/conf.d/10-idlecloud.conf")
+#: The development CA (made on this machine, for its services alone) and the broker's
+#: certificate from it.
+DEV_CA_DIR = Path("/etc/idlecloud-dev/ca")
+DEV_TLS_DIR = Path("/etc/rabbitmq/idlecloud-tls")
+DEV_TLS = TlsFiles(DEV_TLS_DIR / "ca.pem", DEV_TLS_DIR / "broker.pem", DEV_TLS_DIR / "broker.key")
 #: The audience of broker tokens and the prefix of their scopes.
 RESOURCE_SERVER_ID = "idlecloud"
 _PLUGINS = ("rabbitmq_management", "rabbitmq_auth_backend_oauth2")
 _CONF_TEXT = f"""\
-# Written by idlecloud's bus.devservices: a broker on loopback for development and tests.
+# Written by idlecloud's bus.devservices: a broker on loopback for development and tests,
+# plain and over TLS (a certificate of the development CA).
 listeners.tcp.1 = {HOST}:{AMQP_PORT}
+listeners.ssl.1 = {HOST}:{AMQPS_PORT}
+ssl_options.cacertfile = {DEV_TLS.ca_file}
+ssl_options.certfile = {DEV_TLS.cert_file}
+ssl_options.keyfile = {DEV_TLS.key_file}
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
 # The internal backend comes first so the platform's own users keep working; then the
 # broker tokens of users, PCs and replicas (JWTs signed by the auth service).
 auth_backends.1 = internal
@@ -96,6 +117,28 @@ class BrokerInfo:
 def broker_url(vhost: str = "/", user: str = _DEV_USER, password: str = _DEV_PASSWORD) -> str:
     """The AMQP URL of the local broker's ``vhost``."""
     return f"amqp://{user}:{password}@{HOST}:{AMQP_PORT}/{quote(vhost, safe='')}"
+
+
+def broker_tls_url(vhost: str = "/", user: str = _DEV_USER, password: str = _DEV_PASSWORD) -> str:
+    """The ``amqps://`` URL of the local broker's ``vhost``, trusting only the development
+    CA (aio-pika reads ``cafile`` from the URL)."""
+    path = quote(vhost, safe="")
+    return f"amqps://{user}:{password}@{HOST}:{AMQPS_PORT}/{path}?cafile={DEV_TLS.ca_file}"
+
+
+def ensure_dev_tls() -> TlsFiles:
+    """The development CA and the broker's certificate from it (for ``127.0.0.1`` and
+    ``localhost``), made once; the key is the rabbitmq user's alone."""
+    if all(path.exists() for path in (DEV_TLS.ca_file, DEV_TLS.cert_file, DEV_TLS.key_file)):
+        return DEV_TLS
+    ca = SiteCA.load(DEV_CA_DIR) if (DEV_CA_DIR / "ca.key").exists() else None
+    if ca is None:
+        ca = SiteCA.create("idlecloud development CA")
+        ca.save(DEV_CA_DIR)
+    files = ca.issue_files(DEV_TLS_DIR, "broker", [HOST, "localhost"])
+    with contextlib.suppress(LookupError, PermissionError):
+        shutil.chown(files.key_file, "rabbitmq", "rabbitmq")
+    return files
 
 
 def free_port() -> int:
@@ -228,10 +271,11 @@ def ensure_rabbitmq(timeout_s: float = 180.0) -> None:
     """
     configured = _CONF_PATH.exists() and _CONF_PATH.read_text() == _CONF_TEXT
     running = _port_open(AMQP_PORT)
-    if running and configured and _port_open(MANAGEMENT_PORT):
+    if running and configured and _port_open(MANAGEMENT_PORT) and _port_open(AMQPS_PORT):
         return
     if shutil.which("rabbitmq-server") is None and not Path("/usr/sbin/rabbitmq-server").exists():
         apt_install("rabbitmq-server")
+    ensure_dev_tls()
     if not configured:
         _CONF_PATH.parent.mkdir(parents=True, exist_ok=True)
         _CONF_PATH.write_text(_CONF_TEXT)
@@ -246,6 +290,7 @@ def ensure_rabbitmq(timeout_s: float = 180.0) -> None:
     else:
         run_command(["rabbitmq-server", "-detached"], timeout_s)
     _wait_for(AMQP_PORT, timeout_s, "RabbitMQ")
+    _wait_for(AMQPS_PORT, timeout_s, "RabbitMQ's TLS listener")
     _wait_for(MANAGEMENT_PORT, timeout_s, "the RabbitMQ management plugin")
     # The port opens before the node has finished booting (and recovering its queues).
     run_command(["rabbitmqctl", "await_startup", "--timeout", str(int(timeout_s))], timeout_s + 30)

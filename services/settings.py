@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bus.devservices import broker_url
+from bus.tls import TlsFiles, server_files
 
 __all__ = ["ServiceEnv", "service_env"]
 
@@ -37,6 +38,10 @@ class ServiceEnv(BaseSettings):
     #: How the auth service runs rabbitmqctl to change the broker's trusted keys
     #: (whitespace-separated, e.g. ``rabbitmqctl -n rabbit@broker``).
     broker_ctl: str = "rabbitmqctl"
+    #: The certificate and key (PEM) the auth service and the gateway serve HTTPS with
+    #: (``bus tls init``); unset, they serve plain HTTP, which only loopback should.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     #: The auth service's public key (``<kid>.pub.pem``), for the gateway.
     auth_public_key: Path | None = None
     gateway_host: str = "127.0.0.1"
@@ -52,11 +57,21 @@ class ServiceEnv(BaseSettings):
     #: Map a PC to the Kubernetes node whose label of this name names it.
     kube_node_label: str | None = None
 
-    @field_validator("auth_key_file", "auth_public_key", "kube_node_label", mode="before")
+    @field_validator(
+        "auth_key_file", "auth_public_key", "kube_node_label", "tls_cert", "tls_key", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """A variable set to nothing is not set (``Path("")`` would name this folder)."""
         return None if value == "" else value
+
+    def tls(self) -> TlsFiles | None:
+        """The HTTPS certificate and key, if set (the CA beside them, ``ca.pem``).
+
+        Raises:
+            ValueError: only one of the two is set.
+        """
+        return server_files(self.tls_cert, self.tls_key)
 
 
 def service_env(program: str) -> ServiceEnv:

@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from bus import names
 from bus.codec import Delivery, encode
@@ -199,3 +200,25 @@ def test_scratch_vhosts_left_by_killed_runs_are_cleaned_up() -> None:
         assert old.vhost not in names_left and fresh.vhost in names_left
     finally:
         delete_vhost(fresh.vhost)
+
+
+def test_tls_init_makes_a_ca_and_a_certificate_the_broker_config_names(tmp_path: Path) -> None:
+    folder = tmp_path / "tls"
+    done = bus_cli("tls", "init", str(folder), "--host", "control.lab.example", "--host",
+                   "10.1.2.3")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert {p.name for p in folder.iterdir()} == {"ca.pem", "ca.key", "server.pem", "server.key"}
+    assert (folder / "server.key").stat().st_mode & 0o777 == 0o600
+    cert = x509.load_pem_x509_certificate((folder / "server.pem").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["control.lab.example"]
+    again = bus_cli("tls", "init", str(folder), "--host", "other.lab.example")
+    assert again.returncode == 0, again.stderr  # the same CA issues the new certificate
+    ca = x509.load_pem_x509_certificate((folder / "ca.pem").read_bytes())
+    assert x509.load_pem_x509_certificate((folder / "server.pem").read_bytes()).issuer == ca.subject
+    done = bus_cli("broker", "config", "--tls-dir", str(folder), "--out", str(tmp_path / "rmq"))
+    assert done.returncode == 0, done.stderr
+    conf = (tmp_path / "rmq" / "conf.d" / "20-idlecloud-auth.conf").read_text()
+    assert "listeners.tcp.1 = 127.0.0.1:5672\n" in conf  # plain AMQP on loopback only
+    assert f"ssl_options.certfile = {folder / 'server.pem'}\n" in conf
+    assert "signing_keys" not in conf  # the auth service tells the running broker

@@ -47,6 +47,8 @@ CASES = [
      "cannot read /nonexistent/app.toml"),
     (("token", "issue", "--role", "admin", "--subject", "root", "--key-file",
       "/nonexistent/k.pem"), USAGE, "cannot read the signing key /nonexistent/k.pem"),
+    (("broker", "config", "--tls-dir", "/nonexistent/tls"), USAGE,
+     "no /nonexistent/tls/ca.pem; make the site's CA"),
     (("worker", "nonexistent_module:app"), USAGE, "cannot load 'nonexistent_module:app'"),
     (("up", "--auth-key-file", "/nonexistent/k.pem"), USAGE, "no signing key at /nonexistent"),
     (("report", "--since", "soon"), USAGE, "soon"),

@@ -46,7 +46,7 @@ async def test_docker_compose_accepts_the_file_and_it_runs_every_service_the_pro
     assert set(services) == ours | THIRD_PARTY
     for name in ours:
         assert services[name]["command"] == ["python", "-m", f"services.{name}"]
-        assert services[name]["environment"]["IDLECLOUD_URL"].startswith("amqp://idlecloud:")
+        assert services[name]["environment"]["IDLECLOUD_URL"].startswith("amqps://idlecloud:")
     assert services["placement"]["environment"]["IDLECLOUD_REPLICA_TOKENS"] == "1"
     assert (
         services["auth"]["environment"]["IDLECLOUD_AUTH_KEY_FILE"] == "/etc/idlecloud/keys/k1.pem"
@@ -90,7 +90,8 @@ def test_the_agent_files_name_only_settings_bus_agent_run_has() -> None:
     )  # fmt: skip
     envvars = {e for p in agent_run.params for e in ([p.envvar] if isinstance(p.envvar, str)
                                                      else p.envvar or [])}  # fmt: skip
-    assert set(variables) - {"IDLECLOUD_API_KEY_FILE"} <= envvars, set(variables) - envvars
+    read_by_the_credentials = {"IDLECLOUD_API_KEY_FILE", "IDLECLOUD_CA_FILE"}
+    assert set(variables) - read_by_the_credentials <= envvars, set(variables) - envvars
 
 
 def test_the_agents_unit_delegates_its_cgroup_and_replicas_nest_inside_it() -> None:

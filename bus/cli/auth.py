@@ -1,9 +1,10 @@
-"""`bus token init|issue|revoke|list`, `bus whoami` and `bus broker config`.
+"""`bus token init|issue|revoke|list`, `bus whoami`, `bus broker config` and `bus tls init`.
 
 Admins issue and revoke API keys through the auth service; the very first admin key is
 minted offline from the signing key file (`bus token issue --key-file`) that `bus token
-init` makes. `bus broker config` enables the broker's OAuth 2 backend; the auth service
-tells the running broker which keys' tokens to trust.
+init` makes. `bus tls init` makes the site's CA and the control host's certificate;
+`bus broker config` makes the broker serve TLS and enables its OAuth 2 backend; the auth
+service tells the running broker which keys' tokens to trust.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from bus.cli._common import (
 from bus.cli.session import ask
 from bus.credentials import DEFAULT_AUTH_URL, api_key_from_env
 from bus.devservices import RESOURCE_SERVER_ID
+from bus.tls import https_context
 from schemas import (
     KeyReply,
     KeysQuery,
@@ -44,6 +46,7 @@ __all__ = ["register"]
 
 token_app = typer.Typer(help="API keys (admin).", no_args_is_help=True)
 broker_app = typer.Typer(help="The broker's configuration.", no_args_is_help=True)
+tls_app = typer.Typer(help="The site's certificate authority.", no_args_is_help=True)
 
 AuthUrlOption = Annotated[
     str, typer.Option("--auth-url", envvar="IDLECLOUD_AUTH_URL", help="The auth service.")
@@ -157,7 +160,11 @@ def whoami(auth_url: AuthUrlOption = DEFAULT_AUTH_URL, as_json: JsonOption = Fal
         headers = {"Authorization": f"Bearer {api_key}"}
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
-            http.get(f"{auth_url.rstrip('/')}/v1/whoami", headers=headers) as answer,
+            http.get(
+                f"{auth_url.rstrip('/')}/v1/whoami",
+                headers=headers,
+                ssl=https_context(auth_url) or True,
+            ) as answer,  # fmt: skip
         ):
             return answer.status, await answer.json(content_type=None)
 
@@ -178,13 +185,30 @@ def whoami(auth_url: AuthUrlOption = DEFAULT_AUTH_URL, as_json: JsonOption = Fal
 @broker_app.command("config")
 def broker_config(
     out: Annotated[Path, typer.Option(help="Where to write the files.")] = Path("/etc/rabbitmq"),
+    tls_dir: Annotated[
+        Path,
+        typer.Option(help="The folder of `bus tls init`: ca.pem, server.pem, server.key."),
+    ] = Path("/etc/idlecloud/tls"),
 ) -> None:
-    """Write the rabbitmq.conf fragment and plugins that make the broker check our tokens."""
+    """Write the rabbitmq.conf fragment and plugins that make the broker serve TLS and
+    check our tokens (plain AMQP stays on loopback, for the control plane on this host)."""
+    for name in ("ca.pem", "server.pem", "server.key"):
+        if not (tls_dir / name).is_file():
+            fail(f"no {tls_dir / name}; make the site's CA and certificate with "
+                 f"`bus tls init {tls_dir} --host <this host's name>`")  # fmt: skip
     (out / "conf.d").mkdir(parents=True, exist_ok=True)
     fragment = out / "conf.d" / "20-idlecloud-auth.conf"
     fragment.write_text(
-        "# Written by `bus broker config`: the platform's own services use internal users;\n"
-        "# users, PCs and replicas present broker tokens signed by the auth service.\n"
+        "# Written by `bus broker config`: TLS for the network, plain AMQP on loopback only;\n"
+        "# the platform's own services use internal users; users, PCs and replicas present\n"
+        "# broker tokens signed by the auth service.\n"
+        "listeners.tcp.1 = 127.0.0.1:5672\n"
+        "listeners.ssl.default = 5671\n"
+        f"ssl_options.cacertfile = {tls_dir.resolve() / 'ca.pem'}\n"
+        f"ssl_options.certfile = {tls_dir.resolve() / 'server.pem'}\n"
+        f"ssl_options.keyfile = {tls_dir.resolve() / 'server.key'}\n"
+        "ssl_options.verify = verify_none\n"
+        "ssl_options.fail_if_no_peer_cert = false\n"
         "auth_backends.1 = internal\n"
         "auth_backends.2 = rabbit_auth_backend_oauth2\n"
         f"auth_oauth2.resource_server_id = {RESOURCE_SERVER_ID}\n"
@@ -196,8 +220,31 @@ def broker_config(
     console.print(f"wrote {fragment} and {plugins}; restart RabbitMQ to apply them")
 
 
+@tls_app.command("init")
+def tls_init(
+    folder: Annotated[Path, typer.Argument(help="Where to write the files.")] = Path(
+        "/etc/idlecloud/tls"
+    ),
+    host: Annotated[
+        list[str],
+        typer.Option(help="A name or address clients reach the control host by; repeat."),
+    ] = ["127.0.0.1"],  # noqa: B006 - typer reads the default, never mutates it
+) -> None:
+    """Make the site's CA (ca.pem, ca.key) and the control host's certificate
+    (server.pem, server.key) for the broker, the auth service and the gateway."""
+    from bus.tls import SiteCA
+
+    ca = SiteCA.load(folder) if (folder / "ca.key").is_file() else SiteCA.create()
+    ca.save(folder)
+    files = ca.issue_files(folder, "server", host)
+    console.print(f"CA {files.ca_file} (give it to every client: IDLECLOUD_CA_FILE, or "
+                  f"?cafile= in the amqps:// URL)\ncertificate {files.cert_file} for "
+                  f"{', '.join(host)}\nnext: bus broker config --tls-dir {folder}")  # fmt: skip
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root `bus` app."""
     app.add_typer(token_app, name="token")
     app.add_typer(broker_app, name="broker")
+    app.add_typer(tls_app, name="tls")
     app.command("whoami")(whoami)

@@ -31,6 +31,7 @@ from bus.cli._common import (
 from bus.cli.platform import CORE_SERVICES, wait_until_ready
 from bus.cli.session import ask
 from bus.service import run
+from bus.tls import server_files
 from schemas import (
     UNLIMITED,
     AppsQuery,
@@ -284,6 +285,17 @@ def up(
         ),
     ] = None,
     auth_port: Annotated[int, typer.Option(envvar="IDLECLOUD_AUTH_PORT")] = 8470,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="IDLECLOUD_TLS_CERT",
+            help="Serve the auth service and the gateway over HTTPS with this certificate "
+            "(`bus tls init`; ca.pem beside it).",
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(envvar="IDLECLOUD_TLS_KEY", help="The certificate's key.")
+    ] = None,
     gateway_port: Annotated[
         int,
         typer.Option(
@@ -317,6 +329,10 @@ def up(
     from services.placement.service import Placement, PlacementSettings
     from services.quota.service import QuotaManager
 
+    try:
+        tls = server_files(tls_cert, tls_key)
+    except ValueError:
+        fail("give both --tls-cert and --tls-key (from `bus tls init`), or neither")
     with_keys = auth_key_file is not None
     services: list[Service] = [
         QuotaManager(),
@@ -326,7 +342,8 @@ def up(
         if not auth_key_file.is_file():
             fail(f"no signing key at {auth_key_file}; make one with `bus token init`")
         vhost = URL(url).path.lstrip("/") or "/"
-        services.append(AuthService(AuthSettings(auth_key_file, vhost=vhost, http_port=auth_port)))
+        services.append(AuthService(AuthSettings(auth_key_file, vhost=vhost, http_port=auth_port,
+                                                 tls=tls)))  # fmt: skip
     if auth_key_file is not None and gateway_port:
         from services.auth.tokens import SigningKey
         from services.gateway.service import Gateway, GatewaySettings
@@ -334,7 +351,7 @@ def up(
         public = auth_key_file.with_name(f"{auth_key_file.stem}.pub.pem")
         if not public.exists():
             public.write_bytes(SigningKey.load(auth_key_file).public_pem)
-        services.append(Gateway(GatewaySettings(public, http_port=gateway_port)))
+        services.append(Gateway(GatewaySettings(public, http_port=gateway_port, tls=tls)))
     if influx_db is not None:
         from services.metrics.influx import InfluxV1
         from services.metrics.writer import MetricsWriter

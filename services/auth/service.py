@@ -42,6 +42,7 @@ from bus import names
 from bus.codec import Delivery
 from bus.devservices import RESOURCE_SERVER_ID
 from bus.rpc import RpcServer
+from bus.tls import TlsFiles, server_context
 from bus.topology import QueueSpec, declare_door, declare_namespace
 from bus.trust import Principal
 from schemas import (
@@ -92,13 +93,16 @@ class AuthSettings:
     http_port: int = 8470
     broker_token_s: int = MAX_BROKER_TOKEN_S
     broker_ctl: tuple[str, ...] = ("rabbitmqctl",)
+    #: Serve HTTPS with this certificate (None: plain HTTP, for loopback only).
+    tls: TlsFiles | None = None
 
 
 def settings_from(env: ServiceEnv) -> AuthSettings:
     """The auth service's settings from the environment's.
 
     Raises:
-        ValueError: no signing key file was named (the message says how to make one).
+        ValueError: no signing key file was named (the message says how to make one), or
+            only half of the TLS pair.
     """
     if env.auth_key_file is None:
         raise ValueError(
@@ -110,6 +114,7 @@ def settings_from(env: ServiceEnv) -> AuthSettings:
         http_host=env.auth_host,
         http_port=env.auth_port,
         broker_ctl=tuple(env.broker_ctl.split()),
+        tls=env.tls(),
     )
 
 
@@ -150,7 +155,10 @@ class AuthService(ControlService):
         app.router.add_get("/v1/whoami", self._whoami)
         self._http = web.AppRunner(app, access_log=None)
         await self._http.setup()
-        site = web.TCPSite(self._http, self.settings.http_host, self.settings.http_port)
+        tls = None if self.settings.tls is None else server_context(self.settings.tls)
+        site = web.TCPSite(
+            self._http, self.settings.http_host, self.settings.http_port, ssl_context=tls
+        )
         await site.start()
 
     async def step_down(self) -> None:

@@ -1,8 +1,8 @@
 """`python -m services.gateway`: run the REST API alone (see `bus up --gateway-port`).
 
 Its settings come from the environment: IDLECLOUD_AUTH_PUBLIC_KEY (the auth service's
-public key, `<kid>.pub.pem`; required), IDLECLOUD_GATEWAY_HOST (127.0.0.1) and
-IDLECLOUD_GATEWAY_PORT (8480).
+public key, `<kid>.pub.pem`; required), IDLECLOUD_GATEWAY_HOST (127.0.0.1),
+IDLECLOUD_GATEWAY_PORT (8480), and IDLECLOUD_TLS_CERT / IDLECLOUD_TLS_KEY for HTTPS.
 """
 
 from services.cli import run_services
@@ -21,7 +21,10 @@ def gateway(env: ServiceEnv) -> Gateway:
             "set IDLECLOUD_AUTH_PUBLIC_KEY to the auth service's public key (.pub.pem)"
         )
     settings = GatewaySettings(
-        env.auth_public_key, http_host=env.gateway_host, http_port=env.gateway_port
+        env.auth_public_key,
+        http_host=env.gateway_host,
+        http_port=env.gateway_port,
+        tls=env.tls(),
     )
     return Gateway(settings)
 

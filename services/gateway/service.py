@@ -30,6 +30,7 @@ from bus.connection import Bus
 from bus.errors import BusError
 from bus.journal import Journal
 from bus.rpc import RpcClient
+from bus.tls import TlsFiles, server_context
 from schemas import (
     AppsQuery,
     AppsReply,
@@ -75,6 +76,8 @@ class GatewaySettings:
     public_key_file: Path
     http_host: str = "127.0.0.1"
     http_port: int = 8480
+    #: Serve HTTPS with this certificate (None: plain HTTP, for loopback only).
+    tls: TlsFiles | None = None
 
 
 class Gateway:
@@ -115,7 +118,11 @@ class Gateway:
         app.router.add_post("/v1/pcs/{node}/{action}", self._cordon)
         self._http = web.AppRunner(app, access_log=None)
         await self._http.setup()
-        await web.TCPSite(self._http, self.settings.http_host, self.settings.http_port).start()
+        tls = None if self.settings.tls is None else server_context(self.settings.tls)
+        site = web.TCPSite(
+            self._http, self.settings.http_host, self.settings.http_port, ssl_context=tls
+        )
+        await site.start()
 
     async def stop(self, _grace_s: float) -> None:
         """Stop serving: end the event streams, let other requests finish."""
