@@ -25,7 +25,13 @@ from yarl import URL
 
 from bus import names
 from bus.codec import encode
-from bus.errors import BrokerUnavailable, CredentialsRefused, PublishRefused, Unroutable
+from bus.errors import (
+    BrokerUnavailable,
+    CredentialsRefused,
+    DoorClosed,
+    PublishRefused,
+    Unroutable,
+)
 from bus.topology import declare_door
 from bus.trust import PLATFORM, Principal
 from schemas import Message
@@ -235,6 +241,7 @@ class Bus:
         Raises:
             Unroutable: ``mandatory`` and no queue is bound for the route.
             PublishRefused: the broker refused access (the channel it closed reopens).
+            DoorClosed: the owner's door does not exist (and this is not the platform).
             BrokerUnavailable: no confirm within ``timeout_s``.
         """
         if self._publish_channel is None:
@@ -270,7 +277,7 @@ class Bus:
             except aiormq.exceptions.ChannelNotFoundEntity:
                 if await self._open_door(route.exchange):
                     continue
-                raise PublishRefused(
+                raise DoorClosed(
                     f"there is no exchange {route.exchange!r} on the broker: a namespace's door "
                     "opens when an admin sets its quota or its user trades a key, a PC's when "
                     "it trades its key"

@@ -7,6 +7,7 @@ __all__ = [
     "BrokerUnavailable",
     "BusError",
     "CredentialsRefused",
+    "DoorClosed",
     "InvalidMessage",
     "PublishRefused",
     "RpcTimeout",
@@ -25,6 +26,11 @@ class BrokerUnavailable(BusError):
 class PublishRefused(BusError):
     """The broker refused this publish for good (no permission for its exchange or routing
     key): retrying it cannot help."""
+
+
+class DoorClosed(PublishRefused):
+    """The owner's door (:func:`bus.names.door`) does not exist: the namespace has no quota
+    and no key yet, or the PC no key."""
 
 
 class Unroutable(BusError):

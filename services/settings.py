@@ -35,6 +35,8 @@ class ServiceEnv(BaseSettings):
     auth_key_file: Path | None = None
     auth_host: str = "127.0.0.1"
     auth_port: Port = 8470
+    #: Where the gateway trades its callers' API keys for their broker tokens.
+    auth_url: str = "http://127.0.0.1:8470"
     #: How the auth service runs rabbitmqctl to change the broker's trusted keys
     #: (whitespace-separated, e.g. ``rabbitmqctl -n rabbit@broker``).
     broker_ctl: str = "rabbitmqctl"

@@ -11,10 +11,12 @@ import aiohttp
 import pytest
 
 from bus.devservices import free_port
+from services.auth.service import AuthService
 from services.auth.tokens import SigningKey, mint_api_key
 from services.gateway.service import Gateway, GatewaySettings
 
 from .control_plane import SLEEPER, Plane, control_plane, thesis_pcs
+from .helpers import wait_until
 
 
 class Api:
@@ -41,16 +43,22 @@ class Rig:
 
 @pytest.fixture
 async def rig(tmp_path: Path, unique: str) -> AsyncIterator[Rig]:
-    key = SigningKey.generate()
-    _private, public = key.save(tmp_path / "keys")
-    async with control_plane(tmp_path, thesis_pcs(unique)[1:3]) as plane:
+    """The gateway relays each caller's requests on a connection of the caller's own, so
+    the control plane runs the auth service too (its key signs the callers' keys)."""
+    async with control_plane(tmp_path, thesis_pcs(unique)[1:3], token_s=600) as plane:
+        auth = next(s for s in plane.services if isinstance(s, AuthService))
+        await wait_until(lambda: auth.leadership.leading, what="the auth service to lead")
+        public = tmp_path / "gateway" / "auth.pub.pem"
+        public.parent.mkdir()
+        public.write_bytes(auth.key.public_pem)
         await plane.quota("alice", 3000)
         await plane.quota("bob", 3000)
         port = free_port()
-        gateway = Gateway(GatewaySettings(public, http_port=port))
+        auth_url = f"http://127.0.0.1:{auth.settings.http_port}"
+        gateway = Gateway(GatewaySettings(public, http_port=port, auth_url=auth_url))
         await gateway.start(plane.bus)
         try:
-            yield Rig(plane, gateway, f"http://127.0.0.1:{port}", key)
+            yield Rig(plane, gateway, f"http://127.0.0.1:{port}", auth.key)
         finally:
             await gateway.stop(1.0)
 

@@ -211,7 +211,7 @@ def test_tls_init_makes_a_ca_and_a_certificate_the_broker_config_names(tmp_path:
     assert (folder / "server.key").stat().st_mode & 0o777 == 0o600
     cert = x509.load_pem_x509_certificate((folder / "server.pem").read_bytes())
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert names.get_values_for_type(x509.DNSName) == ["control.lab.example"]
+    assert names.get_values_for_type(x509.DNSName) == ["control.lab.example", "localhost"]
     again = bus_cli("tls", "init", str(folder), "--host", "other.lab.example")
     assert again.returncode == 0, again.stderr  # the same CA issues the new certificate
     ca = x509.load_pem_x509_certificate((folder / "ca.pem").read_bytes())

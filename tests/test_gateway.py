@@ -17,7 +17,10 @@ from typing import Any
 
 import aiohttp
 import jwt
+from aio_pika.abc import AbstractIncomingMessage
 
+from bus import names
+from bus.topology import QueueSpec
 from schemas import TokenRevoke
 from services.auth.tokens import SigningKey, mint_api_key
 
@@ -147,3 +150,29 @@ async def test_schemathesis_finds_no_server_error_in_the_served_openapi_document
         assert process.returncode == 0, text[-6000:]
         tested = re.search(r"(\d+) generated, (\d+) passed", text)
         assert tested and int(tested[1]) > 100 and tested[1] == tested[2], text[-3000:]
+
+
+async def test_the_gateway_sends_as_the_caller_not_as_itself(rig: Rig, unique: str) -> None:
+    """A deploy through the gateway reaches the platform from the caller, as the broker
+    vouches (its ``user_id``): the gateway relays on the caller's own connection and adds no
+    power of its own."""
+    senders: list[str | None] = []
+
+    async def seen(message: AbstractIncomingMessage) -> None:
+        senders.append(message.user_id)
+
+    channel = await rig.plane.bus.channel()
+    tap = await QueueSpec.private(
+        f"idlecloud.test.senders.{unique}", (names.REQUESTS_EXCHANGE, "ns.alice.deploy.*")
+    ).declare(channel)
+    await tap.consume(seen, no_ack=True)
+    key = rig.mint("user", "alice")
+    key_id = jwt.decode(key, options={"verify_signature": False})["jti"]
+    async with aiohttp.ClientSession() as http:
+        status, body = await Api(http, rig.base, key).call(
+            "POST", "/v1/namespaces/alice/deployments", deployment(f"g{unique}", replicas=1)
+        )
+    assert status == 201, body
+    await wait_until(lambda: bool(senders), what="the deploy at the platform")
+    assert senders == [f"user:alice:{key_id}"]
+    await channel.close()

@@ -226,9 +226,12 @@ def tls_init(
         "/etc/idlecloud/tls"
     ),
     host: Annotated[
-        list[str],
-        typer.Option(help="A name or address clients reach the control host by; repeat."),
-    ] = ["127.0.0.1"],  # noqa: B006 - typer reads the default, never mutates it
+        list[str] | None,
+        typer.Option(
+            help="A name or address clients reach the control host by; repeat "
+            "(127.0.0.1 and localhost are always included)."
+        ),
+    ] = None,
 ) -> None:
     """Make the site's CA (ca.pem, ca.key) and the control host's certificate
     (server.pem, server.key) for the broker, the auth service and the gateway."""
@@ -236,10 +239,12 @@ def tls_init(
 
     ca = SiteCA.load(folder) if (folder / "ca.key").is_file() else SiteCA.create()
     ca.save(folder)
-    files = ca.issue_files(folder, "server", host)
+    # the control host calls itself too (the gateway its auth service)
+    hosts = list(dict.fromkeys([*(host or []), "127.0.0.1", "localhost"]))
+    files = ca.issue_files(folder, "server", hosts)
     console.print(f"CA {files.ca_file} (give it to every client: IDLECLOUD_CA_FILE, or "
                   f"?cafile= in the amqps:// URL)\ncertificate {files.cert_file} for "
-                  f"{', '.join(host)}\nnext: bus broker config --tls-dir {folder}")  # fmt: skip
+                  f"{', '.join(hosts)}\nnext: bus broker config --tls-dir {folder}")  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:

@@ -351,7 +351,9 @@ def up(
         public = auth_key_file.with_name(f"{auth_key_file.stem}.pub.pem")
         if not public.exists():
             public.write_bytes(SigningKey.load(auth_key_file).public_pem)
-        services.append(Gateway(GatewaySettings(public, http_port=gateway_port, tls=tls)))
+        auth_url = f"{'https' if tls else 'http'}://127.0.0.1:{auth_port}"
+        services.append(Gateway(GatewaySettings(public, http_port=gateway_port, tls=tls,
+                                                auth_url=auth_url)))  # fmt: skip
     if influx_db is not None:
         from services.metrics.influx import InfluxV1
         from services.metrics.writer import MetricsWriter

@@ -2,7 +2,8 @@
 
 Its settings come from the environment: IDLECLOUD_AUTH_PUBLIC_KEY (the auth service's
 public key, `<kid>.pub.pem`; required), IDLECLOUD_GATEWAY_HOST (127.0.0.1),
-IDLECLOUD_GATEWAY_PORT (8480), and IDLECLOUD_TLS_CERT / IDLECLOUD_TLS_KEY for HTTPS.
+IDLECLOUD_GATEWAY_PORT (8480), IDLECLOUD_AUTH_URL (where it trades its callers' keys for
+their broker tokens), and IDLECLOUD_TLS_CERT / IDLECLOUD_TLS_KEY for HTTPS.
 """
 
 from services.cli import run_services
@@ -25,6 +26,7 @@ def gateway(env: ServiceEnv) -> Gateway:
         http_host=env.gateway_host,
         http_port=env.gateway_port,
         tls=env.tls(),
+        auth_url=env.auth_url,
     )
     return Gateway(settings)
 

@@ -4,7 +4,9 @@ Every request is authenticated (an API key as a bearer header, checked
 with the auth service's public key; revoked keys are known from the journal), allowed
 only for the caller's own namespace (admins: every one), and turned into the very bus
 messages the CLI sends: deploys, scales and deletes go to the quota manager, questions
-to the placement leader. The gateway never decides anything itself. Errors are JSON
+to the placement leader, each on a broker connection of the caller's own, opened with the
+caller's broker token (:mod:`services.gateway.relay`): the broker names the caller as the
+sender, so the gateway adds no power of its own. The gateway never decides anything. Errors are JSON
 (``{"error": "..."}``): 401 for a missing or bad credential, 403 for another namespace,
 404 for an unknown app, 409 for a refusal (the quota's numbers in the message), 422 for
 an invalid body (one message per field), 503 when the control plane does not answer.
@@ -20,15 +22,16 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, TypeVar
 
 from aiohttp import web
 from pydantic import ValidationError
 
 from bus import names
 from bus.connection import Bus
-from bus.errors import BusError
-from bus.journal import Journal
+from bus.credentials import DEFAULT_AUTH_URL
+from bus.errors import AuthUnavailable, BusError, CredentialsRefused, DoorClosed
+from bus.journal import Entry, Journal
 from bus.rpc import RpcClient
 from bus.tls import TlsFiles, server_context
 from schemas import (
@@ -43,6 +46,7 @@ from schemas import (
     Owner,
     RequestResult,
     ScaleRequest,
+    TokenRevoke,
 )
 from schemas.base import DNS_LABEL_PATTERN
 from services.auth.tokens import InvalidKey
@@ -58,6 +62,7 @@ from services.gateway.page import (
     cross_site,
     is_public,
 )
+from services.gateway.relay import Relays
 from services.gateway.stream import stream_events
 from services.state import DesiredState
 
@@ -67,6 +72,9 @@ log = logging.getLogger(__name__)
 
 _LABEL = re.compile(DNS_LABEL_PATTERN)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+R = TypeVar("R", bound=Message)
+#: The caller's API key, which its relay trades for the caller's own broker token.
+CREDENTIAL = web.RequestKey("credential", str)
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,8 @@ class GatewaySettings:
     http_port: int = 8480
     #: Serve HTTPS with this certificate (None: plain HTTP, for loopback only).
     tls: TlsFiles | None = None
+    #: Where callers' API keys are traded for their broker tokens (:mod:`.relay`).
+    auth_url: str = DEFAULT_AUTH_URL
 
 
 class Gateway:
@@ -89,16 +99,19 @@ class Gateway:
         self.settings = settings
         self._public = settings.public_key_file.read_bytes()
         self.state = DesiredState()
-        self._journal = Journal(self.state.apply)
+        self._journal = Journal(self._apply)
         self._bus: Bus | None = None
-        self._rpc: dict[Owner, RpcClient] = {}  # a reply queue per owner the gateway speaks for
-        self._rpc_lock = asyncio.Lock()
+        self._relays: Relays | None = None
+        self._pcs_client: RpcClient | None = None
         self._http: web.AppRunner | None = None
         self._streams: set[asyncio.Task[object]] = set()
 
     async def start(self, bus: Bus) -> None:
         """Follow the journal (for revocations) and serve HTTP."""
         self._bus = bus
+        ca_file = None if self.settings.tls is None else self.settings.tls.ca_file
+        self._relays = Relays(bus.url, self.settings.auth_url, ca_file)
+        self._pcs_client = await RpcClient(bus, Owner.platform()).start()
         await self._journal.start(bus)
         await self._journal.catch_up()
         app = web.Application(middlewares=[self._authenticate])
@@ -130,8 +143,10 @@ class Gateway:
             stream.cancel()
         if self._http is not None:
             await self._http.cleanup()
-        for client in self._rpc.values():
-            await client.stop()
+        if self._relays is not None:
+            await self._relays.close()
+        if self._pcs_client is not None:
+            await self._pcs_client.stop()
 
     @web.middleware
     async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -152,8 +167,15 @@ class Gateway:
         if namespace is not None and not caller.may_act_for(namespace):
             return json_error(403, f"{caller.role} {caller.subject} may not act for {namespace}")
         request[CALLER] = caller
+        request[CREDENTIAL] = credential(request)
         try:
             return await handler(request)
+        except AuthUnavailable as error:
+            return json_error(503, f"the auth service did not answer: {error}")
+        except CredentialsRefused as error:
+            return json_error(401, str(error))
+        except DoorClosed:
+            return json_error(404, f"no namespace is named {namespace!r} (it has no quota)")
         except BusError as error:
             return json_error(503, f"the control plane did not answer: {error}")
 
@@ -165,17 +187,26 @@ class Gateway:
         """
         return identify(credential, self._public, self.state.revoked)
 
-    async def _ask(self, message: Message, expect: type[Any]) -> Any:
-        """Send ``message`` by RPC as its owner (the reply must go to a queue of the owner's)."""
-        owner = message.owner()
-        async with self._rpc_lock:  # one reply queue per owner, even under concurrent calls
-            if owner not in self._rpc:
-                assert self._bus is not None
-                self._rpc[owner] = await RpcClient(self._bus, owner).start()
-        return await self._rpc[owner].call(message, expect, timeout_s=15.0)
+    def _apply(self, entry: Entry) -> None:
+        """Follow the journal; a revoked key's relay is closed at once."""
+        self.state.apply(entry)
+        if isinstance(entry.message, TokenRevoke) and self._relays is not None:
+            task = asyncio.get_running_loop().create_task(self._relays.drop(entry.message.key_id))
+            self._streams.add(task)
+            task.add_done_callback(self._streams.discard)
 
-    async def _submit(self, message: Message, created: bool = False) -> web.Response:
-        result: RequestResult = await self._ask(message, RequestResult)
+    async def _ask(self, request: web.Request, message: Message, expect: type[R]) -> R:
+        """Send ``message`` by RPC on the caller's own connection (:mod:`.relay`)."""
+        assert self._relays is not None
+        caller: Caller = request[CALLER]
+        return await self._relays.call(
+            caller.key_id, request[CREDENTIAL], message, expect, timeout_s=15.0
+        )
+
+    async def _submit(
+        self, request: web.Request, message: Message, created: bool = False
+    ) -> web.Response:
+        result = await self._ask(request, message, RequestResult)
         if not result.accepted:
             unknown = isinstance(message, ScaleRequest | DeleteRequest) and (
                 (message.namespace, message.app) not in self.state.deployments
@@ -184,20 +215,21 @@ class Gateway:
         return web.json_response({"accepted": True, "request_id": result.request_id},
                                  status=201 if created else 200)  # fmt: skip
 
-    async def _apps(self, namespace: str, app: str | None = None) -> AppsReply:
-        reply: AppsReply = await self._ask(AppsQuery(namespace=namespace, app=app), AppsReply)
-        return reply
+    async def _apps(
+        self, request: web.Request, namespace: str, app: str | None = None
+    ) -> AppsReply:
+        return await self._ask(request, AppsQuery(namespace=namespace, app=app), AppsReply)
 
     async def _openapi(self, _request: web.Request) -> web.Response:
         return web.json_response(openapi())
 
     async def _list(self, request: web.Request) -> web.Response:
-        reply = await self._apps(request.match_info["namespace"])
+        reply = await self._apps(request, request.match_info["namespace"])
         return web.json_response([view.model_dump(mode="json") for view in reply.apps])
 
     async def _show(self, request: web.Request) -> web.Response:
         namespace, app = request.match_info["namespace"], request.match_info["app"]
-        reply = await self._apps(namespace, app)
+        reply = await self._apps(request, namespace, app)
         if not reply.apps:
             return json_error(404, f"{namespace} has no app {app!r}")
         return web.json_response(reply.apps[0].model_dump(mode="json"))
@@ -214,7 +246,7 @@ class Gateway:
                                    namespace=request.match_info["namespace"], **body)  # fmt: skip
         except (ValidationError, TypeError) as error:
             return _invalid(error)
-        return await self._submit(deploy, created=True)
+        return await self._submit(request, deploy, created=True)
 
     async def _scale(self, request: web.Request) -> web.Response:
         body = await json_object(request)
@@ -226,7 +258,7 @@ class Gateway:
                                  replicas=body.get("replicas", -1))  # fmt: skip
         except ValidationError as error:
             return _invalid(error)
-        return await self._submit(scale)
+        return await self._submit(request, scale)
 
     async def _delete(self, request: web.Request) -> web.Response:
         try:
@@ -234,15 +266,18 @@ class Gateway:
                                    namespace=request.match_info["namespace"])  # fmt: skip
         except ValidationError as error:
             return _invalid(error)
-        return await self._submit(delete)
+        return await self._submit(request, delete)
 
     async def _quota(self, request: web.Request) -> web.Response:
-        reply = await self._apps(request.match_info["namespace"])
+        reply = await self._apps(request, request.match_info["namespace"])
         shown = {"namespace", "quota", "reserved", "running"}
         return web.json_response(reply.model_dump(mode="json", include=shown))
 
     async def _pcs(self, _request: web.Request) -> web.Response:
-        reply: NodesReply = await self._ask(NodesQuery(), NodesReply)
+        """What anyone may see of the PCs: asked on the gateway's own connection, the one
+        question it asks for itself (a user's key may not ask it)."""
+        assert self._pcs_client is not None
+        reply = await self._pcs_client.call(NodesQuery(), NodesReply, timeout_s=15.0)
         return web.json_response([view.model_dump(mode="json") for view in reply.nodes])
 
     async def _cordon(self, request: web.Request) -> web.Response:
@@ -257,7 +292,7 @@ class Gateway:
                                    node=request.match_info["node"], action=typed)  # fmt: skip
         except ValidationError as error:
             return _invalid(error)
-        return await self._submit(cordon)
+        return await self._submit(request, cordon)
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         """The namespace's events as server-sent events, until the client goes away."""
