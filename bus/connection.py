@@ -95,6 +95,7 @@ class Bus:
         self._reconnect_interval_s = reconnect_interval_s
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractRobustChannel | None = None
+        self._renewing = asyncio.Lock()
         self._reconnects = 0
 
     @property
@@ -168,6 +169,15 @@ class Bus:
             await self.connection.update_secret(secret, reason="secret renewed")
         except _SECRET_DEFERRED as error:
             log.info("update-secret deferred to the reconnect (%r)", error)
+
+    async def _renew_publish_channel(self, failed: AbstractRobustChannel) -> None:
+        """Replace the publish channel a refusal closed (once, however many publishes saw
+        it fail): aio-pika does not reliably reopen a channel the broker closed."""
+        async with self._renewing:
+            if self._publish_channel is failed:
+                self._publish_channel = await self.channel(on_return_raises=True)
+                with contextlib.suppress(*TRANSIENT_ERRORS, RuntimeError):
+                    await failed.close()
 
     async def _open_door(self, exchange: str) -> bool:
         """The platform opens an owner's door the first time it speaks through it (nobody
@@ -255,9 +265,11 @@ class Bus:
                 if remaining_s <= 0:
                     raise TimeoutError
                 async with asyncio.timeout(remaining_s):
-                    channel = await self._publish_channel.get_underlay_channel()
-                    if channel.is_closed:  # closed by an earlier refusal: it reopens shortly
-                        raise aiormq.exceptions.ChannelInvalidStateError("channel reopening")
+                    publisher = self._publish_channel
+                    channel = await publisher.get_underlay_channel()
+                    if channel.is_closed:  # closed by an earlier refusal: take a new one
+                        await self._renew_publish_channel(publisher)
+                        continue
                     confirm = await channel.basic_publish(
                         body,
                         exchange=route.exchange,
@@ -271,10 +283,12 @@ class Bus:
                     "is the service that consumes it running?"
                 ) from None
             except aiormq.exceptions.ChannelAccessRefused as error:
+                await self._renew_publish_channel(publisher)
                 raise PublishRefused(
                     f"the broker refused a publish to {route.exchange}/{route.routing_key}: {error}"
                 ) from None
             except aiormq.exceptions.ChannelNotFoundEntity:
+                await self._renew_publish_channel(publisher)
                 if await self._open_door(route.exchange):
                     continue
                 raise DoorClosed(

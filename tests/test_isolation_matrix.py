@@ -40,7 +40,7 @@ from bus.connection import Bus
 from bus.consumer import Consumer
 from bus.devservices import BrokerInfo
 from bus.rpc import RpcClient
-from bus.topology import QueueSpec
+from bus.topology import QueueSpec, declare_app
 from schemas import (
     CordonRequest,
     DeployRequest,
@@ -58,7 +58,8 @@ from .examples import BUSY, EXAMPLES, deploy
 from .helpers import wait_until
 from .login import Login
 
-REFUSED = (aiormq.exceptions.ChannelAccessRefused, aiormq.exceptions.ChannelClosed)
+#: The broker's refusals: no permission, or a ``user_id`` that is not the connection's.
+REFUSED = (aiormq.exceptions.ChannelAccessRefused, aiormq.exceptions.ChannelPreconditionFailed)
 #: How long a forbidden attempt has to show an effect (a control shows it well within).
 SETTLE_S = 3.0
 
@@ -366,6 +367,8 @@ async def world(scratch: tuple[BrokerInfo, Bus], signing_key: SigningKey) -> Asy
         world.arrived.add(incoming.message_id or "")
 
     channel = await platform.channel()
+    for namespace in ("alice", "bob"):  # their apps' exchanges and queues exist
+        await declare_app(channel, namespace, "stereo")
     tap = await QueueSpec.private(
         "idlecloud.test.tap", *((exchange, "#") for exchange in names.PLATFORM_EXCHANGES)
     ).declare(channel)
@@ -444,3 +447,56 @@ async def test_no_principal_causes_an_effect_it_may_not_by_any_route(world: Worl
         controls["controls"] += 1
     print(f"positive controls: {controls['controls']} ({controls['caused']} caused their "
           f"effect; the rest carried the message into the platform)")  # fmt: skip
+
+
+async def test_no_principal_binds_to_another_owners_exchanges_with_a_wildcard(
+    world: World,
+) -> None:
+    """Reading by binding: a queue of one's own bound with ``#`` to another owner's
+    exchanges (its door, its events view, its task and result exchanges) or to a platform
+    exchange is refused, but for what an admin may read (every namespace, the events).
+    Positive control: each owner binds to its own names."""
+    theirs = {
+        "bob's door": names.door(Owner.namespace("bob")),
+        "bob's events": names.ns_events_exchange("bob"),
+        "bob's results": names.ns_results_exchange("bob"),
+        "bob's tasks": names.ns_tasks_exchange("bob"),
+        "ninja's door": names.door(Owner.node("ninja")),
+        "the admins' door": names.ADMIN_DOOR,
+        **{f"the platform's {exchange}": exchange for exchange in names.PLATFORM_EXCHANGES},
+    }
+    admin_may_read = {"bob's events", "bob's results", "bob's tasks", "bob's door",
+                      f"the platform's {names.EVENTS_EXCHANGE}"}  # fmt: skip
+    refused = allowed = 0
+    for who in (ALICE, EDGE, REPLICA, ADMIN):
+        for what, exchange in theirs.items():
+            if who is ADMIN and what in admin_may_read:
+                continue
+            _mid, outcome = await _try(_bind_own_queue(exchange), world, who, EFFECTS[0].make(0))
+            assert outcome == "refused by the broker", (who.name, what)
+            refused += 1
+    controls = ((BOB, names.ns_events_exchange("bob"), "#"),
+                (ADMIN, names.EVENTS_EXCHANGE, "#"),
+                (ALICE, names.ns_results_exchange("alice"), "#"),
+                (EDGE, names.COMMANDS_EXCHANGE, names.node_command_keys("edge")))  # fmt: skip
+    for who, own, key in controls:
+        _mid, outcome = await _try(_bind_own_queue(own, key), world, who, EFFECTS[0].make(0))
+        assert outcome == "sent", (who.name, own)
+        allowed += 1
+    print(f"\nbinding with '#': {refused} attempts refused, {allowed} controls bound")
+
+
+def _bind_own_queue(exchange: str, key: str = "#") -> Route:
+    async def attempt(world: World, who: Who, _message: Message, _mid: str) -> None:
+        channel = await world.buses[who.name].channel()
+        try:
+            if who is REPLICA:  # it may declare nothing: it tries with its own task queue
+                queue = await channel.get_queue(names.task_queue("alice", "stereo"), ensure=False)
+            else:
+                queue = await channel.declare_queue(_own(who, "reader"), exclusive=True)
+            await queue.bind(exchange, key)
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+
+    return attempt
