@@ -1,8 +1,9 @@
 """The platform's exchanges and queues, declared in one place.
 
-:func:`declare_platform` declares what every component relies on: the events and commands
-exchanges, the admins' door, the dead-letter exchange and its catch-all queue, and the
-journal stream.
+:func:`declare_platform` declares what every component relies on: the platform's
+exchanges (events, requests, commands to PCs, dead letters), the admins' door, the
+dead-letter catch-all queue, and the journal stream; :func:`declare_namespace` and
+:func:`declare_door` give an owner its door.
 Components declare their own queues from a :class:`QueueSpec`. Declarations are
 idempotent, and a robust channel repeats them after a reconnect.
 """

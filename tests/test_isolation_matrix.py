@@ -6,14 +6,15 @@ broken.
 
 Principals: a user (alice), another user (bob), two PCs (edge, ninja), a replica of
 alice's, an admin, and the platform. Effects: alice's quota raised, an app deployed in
-bob's namespace, ninja cordoned (the quota manager's state), ninja's presence reported
-and a replica started on edge (what a platform consumer accepts, through the same
-decoding every consumer uses). Routes: the message's own route, the platform's user id
-claimed, the sender's door with the effect's key, carbon copies (CC, BCC), dead-lettering
-into the target or through the sender's own door, alternate exchanges and
-exchange-to-exchange bindings (into the target, or through the sender's door), the
-default exchange, and ``update-secret`` with the rightful principal's token. Reading
-another owner's traffic by binding to it with ``#`` is tried separately.
+bob's namespace, ninja cordoned (the quota manager's state), ninja's presence reported,
+a key revoked and a replica started on edge (what a platform consumer accepts, through
+the same decoding every consumer uses, the auth service's included). Routes: the
+message's own route, the platform's user id claimed, the sender's door with the effect's
+key, carbon copies (CC, BCC), dead-lettering into the target or through the sender's own
+door, alternate exchanges and exchange-to-exchange bindings (into the target, or through
+the sender's door), the default exchange, and ``update-secret`` with the rightful
+principal's token. Reading another owner's traffic by binding to it with ``#`` is tried
+separately.
 
 A message sent by an alternate exchange or an exchange-to-exchange binding keeps the
 exchange it was published to, so no consumer takes it as on its route (nobody, however
@@ -27,6 +28,7 @@ import asyncio
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import aio_pika
@@ -50,6 +52,7 @@ from schemas import (
     QuotaSet,
     RequestResult,
     StartReplica,
+    TokenRevoke,
 )
 from services.auth.tokens import SigningKey
 from services.quota.service import QuotaManager
@@ -141,6 +144,9 @@ EFFECTS = (
     Effect("ninja's presence reported",
            lambda n: NodePresence(node="ninja", presence=BUSY.model_copy(update={
                "detail": f"tty{n}"})), NINJA, _accepted),
+    Effect("bob's key revoked",
+           lambda n: TokenRevoke(request_id=f"req-revoke-{n}", key_id="b0b" * 5 + str(n % 10),
+                                 reason="matrix"), ADMIN, _accepted),
     Effect("a replica started on edge",
            lambda n: EXAMPLES[StartReplica].model_copy(update={"epoch": 7 + n}), PLATFORM,
            _accepted),
@@ -181,16 +187,28 @@ def _own(who: Who, what: str) -> str:
     return f"{prefix}.{what}-{uuid.uuid4().hex[:6]}"  # fmt: skip
 
 
-async def _publish(world: World, who: Who, exchange: str, key: str, message: Message,
-                   message_id: str, **headers: object) -> None:  # fmt: skip
+@asynccontextmanager
+async def _channel(world: World, who: Who) -> AsyncIterator[tuple[Bus, AbstractRobustChannel]]:
+    """A fresh channel of ``who``'s, closed afterwards unless the broker closed it."""
     bus = world.buses[who.name]
     channel = await bus.channel()
     try:
-        target = await _exchange(channel, exchange)
-        await target.publish(_amqp_message(bus, message, message_id, **headers), key)
+        yield bus, channel
     finally:
         if not channel.is_closed:
             await channel.close()
+
+
+def _target(who: Who, message: Message, through_own_door: bool) -> str:
+    """Where a route leads: the message's own exchange, or the sender's door."""
+    return who.door if through_own_door and who.door else names.route(message).exchange
+
+
+async def _publish(world: World, who: Who, exchange: str, key: str, message: Message,
+                   message_id: str, **headers: object) -> None:  # fmt: skip
+    async with _channel(world, who) as (bus, channel):
+        target = await _exchange(channel, exchange)
+        await target.publish(_amqp_message(bus, message, message_id, **headers), key)
 
 
 async def direct(world: World, who: Who, message: Message, mid: str) -> None:
@@ -200,15 +218,10 @@ async def direct(world: World, who: Who, message: Message, mid: str) -> None:
 
 async def claims_platform(world: World, who: Who, message: Message, mid: str) -> None:
     route = names.route(message)
-    bus = world.buses[who.name]
-    channel = await bus.channel()
-    try:
+    async with _channel(world, who) as (bus, channel):
         amqp = _amqp_message(bus, message, mid)
         amqp.user_id = world.buses[PLATFORM.name].user_name
         await (await _exchange(channel, route.exchange)).publish(amqp, route.routing_key)
-    finally:
-        if not channel.is_closed:
-            await channel.close()
 
 
 async def own_door(world: World, who: Who, message: Message, mid: str) -> None:
@@ -236,57 +249,39 @@ def copied(header: str) -> Route:
 
 def dead_lettered(through_own_door: bool) -> Route:
     async def attempt(world: World, who: Who, message: Message, mid: str) -> None:
-        route = names.route(message)
-        target = who.door if through_own_door and who.door else route.exchange
-        bus = world.buses[who.name]
-        channel = await bus.channel()
-        try:
+        target, key = _target(who, message, through_own_door), names.route(message).routing_key
+        async with _channel(world, who) as (bus, channel):
             trap = await channel.declare_exchange(_own(who, "trap"), "fanout", auto_delete=True)
             queue = await channel.declare_queue(_own(who, "expiring"), auto_delete=True, arguments={
                 "x-message-ttl": 0, "x-dead-letter-exchange": target,
-                "x-dead-letter-routing-key": route.routing_key})  # fmt: skip
+                "x-dead-letter-routing-key": key})  # fmt: skip
             await queue.bind(trap)
             await trap.publish(_amqp_message(bus, message, mid), "any")
             await asyncio.sleep(0.3)  # expired and dead-lettered before the queue goes
-        finally:
-            if not channel.is_closed:
-                await channel.close()
 
     return attempt
 
 
 def alternate(through_own_door: bool) -> Route:
     async def attempt(world: World, who: Who, message: Message, mid: str) -> None:
-        route = names.route(message)
-        target = who.door if through_own_door and who.door else route.exchange
-        bus = world.buses[who.name]
-        channel = await bus.channel()
-        try:
+        target, key = _target(who, message, through_own_door), names.route(message).routing_key
+        async with _channel(world, who) as (bus, channel):
             dead_end = await channel.declare_exchange(
                 _own(who, "alt"), "direct", auto_delete=True,
                 arguments={"alternate-exchange": target})  # fmt: skip
-            await dead_end.publish(_amqp_message(bus, message, mid), route.routing_key)
-        finally:
-            if not channel.is_closed:
-                await channel.close()
+            await dead_end.publish(_amqp_message(bus, message, mid), key)
 
     return attempt
 
 
 def exchange_bound(through_own_door: bool) -> Route:
     async def attempt(world: World, who: Who, message: Message, mid: str) -> None:
-        route = names.route(message)
-        target = who.door if through_own_door and who.door else route.exchange
-        bus = world.buses[who.name]
-        channel = await bus.channel()
-        try:
+        target, key = _target(who, message, through_own_door), names.route(message).routing_key
+        async with _channel(world, who) as (bus, channel):
             source = await channel.declare_exchange(_own(who, "e2e"), "fanout", auto_delete=True)
             destination = await _exchange(channel, target)
             await destination.bind(source)
-            await source.publish(_amqp_message(bus, message, mid), route.routing_key)
-        finally:
-            if not channel.is_closed:
-                await channel.close()
+            await source.publish(_amqp_message(bus, message, mid), key)
 
     return attempt
 
@@ -358,9 +353,10 @@ async def world(scratch: tuple[BrokerInfo, Bus], signing_key: SigningKey) -> Asy
         world.accepted.append(message)
 
     spec = QueueSpec(WITNESS_QUEUE, ((names.EVENTS_EXCHANGE, "node.*.presence"),
-                                     (names.COMMANDS_EXCHANGE, "node.edge.#")),
+                                     (names.COMMANDS_EXCHANGE, "node.edge.#"),
+                                     (names.REQUESTS_EXCHANGE, "idlecloud.admin.token.revoke")),
                      durable=False, auto_delete=True)  # fmt: skip
-    consumer = Consumer(spec, [NodePresence, StartReplica], witness)
+    consumer = Consumer(spec, [NodePresence, StartReplica, TokenRevoke], witness)
     await consumer.start(platform)
 
     async def arrived(incoming: AbstractIncomingMessage) -> None:
@@ -488,15 +484,11 @@ async def test_no_principal_binds_to_another_owners_exchanges_with_a_wildcard(
 
 def _bind_own_queue(exchange: str, key: str = "#") -> Route:
     async def attempt(world: World, who: Who, _message: Message, _mid: str) -> None:
-        channel = await world.buses[who.name].channel()
-        try:
+        async with _channel(world, who) as (_bus, channel):
             if who is REPLICA:  # it may declare nothing: it tries with its own task queue
                 queue = await channel.get_queue(names.task_queue("alice", "stereo"), ensure=False)
             else:
                 queue = await channel.declare_queue(_own(who, "reader"), exclusive=True)
             await queue.bind(exchange, key)
-        finally:
-            if not channel.is_closed:
-                await channel.close()
 
     return attempt
