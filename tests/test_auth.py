@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import quote
 
 import aio_pika
 import aiohttp
@@ -26,7 +27,7 @@ from yarl import URL
 
 from bus.connection import Bus
 from bus.credentials import fetch_broker_token, key_holder, url_with_token
-from bus.devservices import RESOURCE_SERVER_ID, BrokerInfo, free_port
+from bus.devservices import RESOURCE_SERVER_ID, BrokerInfo, free_port, management
 from bus.errors import CredentialsRefused
 from bus.rpc import RpcClient
 from bus.sdk.client import TaskClient
@@ -47,6 +48,7 @@ from schemas import (
     TokenIssue,
     TokenRevoke,
 )
+from services.auth.keyring import Keyring
 from services.auth.service import AuthService, AuthSettings
 from services.auth.tokens import SigningKey, broker_token, mint_api_key
 from services.quota.service import QuotaManager
@@ -190,6 +192,47 @@ async def test_a_revoked_keys_token_works_nowhere_5_s_later_not_even_swapped_in(
     again = await aio_pika.connect(as_replica)  # the others reconnect with their own tokens
     await again.close()
     print(f"\nthe swapped-in connection closed {closed_after_s:.2f} s after the revocation")
+
+
+async def test_the_leader_trusts_the_live_keys_again_when_its_connection_comes_back(
+    authority: Authority, unique: str
+) -> None:
+    """A restarted broker forgets the keys it was told while it ran. Stand-in for the
+    restart (which would disturb every other test): the key is forgotten behind the auth
+    service's back and its broker connection is closed; once the connection is back, the
+    live key's token opens connections again."""
+    broker, service = authority.broker, authority.service
+    reply = await authority.issue("user", f"rs{unique}")
+    assert reply.key is not None
+    token = await fetch_broker_token(reply.api_key, authority.auth_url)
+    await Keyring().change(forget=[service.key.broker_key(reply.key.key_id).kid])
+    with pytest.raises(aiormq.exceptions.ProbableAuthenticationError):
+        await aiormq.connect(url_with_token(broker.url, token))
+    before = service.bus.reconnects
+
+    def close_the_services_connection() -> bool:
+        listed = management("GET", f"vhosts/{quote(broker.vhost, safe='')}/connections")
+        ours = [c["name"] for c in listed if isinstance(listed, list) and c["user"] == "guest"]
+        for name in ours:
+            management("DELETE", f"connections/{quote(name, safe='')}")
+        return bool(ours)
+
+    await wait_until(close_the_services_connection, 15, "the service's connection listed",
+                     interval_s=0.5)  # fmt: skip
+    await wait_until(lambda: service.bus.reconnects > before, 15, "the service to reconnect")
+
+    async def opens() -> bool:
+        try:
+            connection = await aiormq.connect(url_with_token(broker.url, token))
+        except aiormq.exceptions.ProbableAuthenticationError:
+            return False
+        await connection.close()
+        return True
+
+    deadline = time.monotonic() + 10
+    while not await opens():
+        assert time.monotonic() < deadline, "the live key's token was not trusted again"
+        await asyncio.sleep(0.2)
 
 
 @pytest.mark.parametrize("flaw", ["forged", "expired", "no header"])

@@ -140,7 +140,9 @@ class AuthService(ControlService):
         self._http: web.AppRunner | None = None
         self.keyring = Keyring(settings.broker_ctl)
         self._keys_lock = asyncio.Lock()
-        self._trusted: set[str] = set()  # broker key ids the broker trusts, as far as we know
+        #: Key ids whose broker keys the broker trusts, as far as this leader knows (keys
+        #: minted offline, ``bus token issue --key-file``, are not in the journal).
+        self._trusted: set[str] = set()
         self._doors: set[Owner] = set()
 
     def leader_queues(self) -> tuple[QueueSpec, ...]:
@@ -177,7 +179,7 @@ class AuthService(ControlService):
                     kid = self.key.broker_key(request.key_id).kid
                     spare = _requester(delivery, request.key_id)
                     closed = await self.keyring.revoke(kid, self.settings.vhost, spare)
-                    self._trusted.discard(kid)
+                    self._trusted.discard(request.key_id)
                 reason = (f"revoked; its broker key is gone and {closed} token connections "
                           "were closed (the others reconnect with their own tokens)")  # fmt: skip
                 return RequestResult(request_id=request.request_id, accepted=True, reason=reason)
@@ -257,9 +259,9 @@ class AuthService(ControlService):
             if api_key.key_id in self.state.revoked:
                 raise InvalidKey("the API key was revoked")
             broker_key = self.key.broker_key(api_key.key_id)
-            if broker_key.kid not in self._trusted:
+            if api_key.key_id not in self._trusted:
                 await self.keyring.change(trust=[broker_key])
-                self._trusted.add(broker_key.kid)
+                self._trusted.add(api_key.key_id)
         owner = {"user": Owner.namespace, "node": Owner.node}.get(api_key.role)
         if owner is not None and owner(api_key.subject) not in self._doors:
             channel = await self.bus.channel()
@@ -271,18 +273,20 @@ class AuthService(ControlService):
             self._doors.add(owner(api_key.subject))
 
     async def _trust_live_keys(self) -> None:
-        """Trust every live key's broker key (and the replicas'); forget every revoked one's."""
+        """Trust every live key's broker key (the journal's, those trusted before, and the
+        replicas'); forget every revoked one's."""
         now = time.time()
-        live = [
-            view.key_id
-            for view in self.state.keys.values()
-            if view.key_id not in self.state.revoked and view.expires_at.timestamp() > now
-        ]
-        trust = [self.key.broker_key(key_id) for key_id in (REPLICAS, *live)]
-        forget = [self.key.broker_key(key_id).kid for key_id in sorted(self.state.revoked)]
         async with self._keys_lock:
+            live = {REPLICAS, *self._trusted} | {
+                view.key_id
+                for view in self.state.keys.values()
+                if view.expires_at.timestamp() > now
+            }
+            live -= set(self.state.revoked)
+            trust = [self.key.broker_key(key_id) for key_id in sorted(live)]
+            forget = [self.key.broker_key(key_id).kid for key_id in sorted(self.state.revoked)]
             await self.keyring.change(trust=trust, forget=forget)
-            self._trusted = {key.kid for key in trust}
+            self._trusted = live
 
     async def _keep_keys(self) -> None:
         """After the connection comes back (the broker may have restarted and forgotten
