@@ -4,8 +4,10 @@ A client of the platform (the CLI, the SDK's clients and workers, an agent) hold
 key, from ``--api-key``, ``IDLECLOUD_API_KEY`` or a file named by
 ``IDLECLOUD_API_KEY_FILE``. It asks the auth service's token endpoint
 (``IDLECLOUD_AUTH_URL``, default ``http://127.0.0.1:8470``) for a broker token and
-connects with it: the token is the AMQP password and the connection is named after the
-key (``key:<key id>``), so revoking the key closes it. :class:`KeyRefresher` fetches a
+connects with it: the token is the AMQP password, and the broker names the connection's
+user after the token's holder (:class:`bus.trust.Principal`); the connection's name
+(``key:<key id> <purpose>``) is for people reading the broker's connection list. Revoking
+the key closes it (:mod:`services.auth.keyring`). :class:`KeyRefresher` fetches a
 new token at half its lifetime and swaps it into the open connection (AMQP
 ``update-secret``); the same token is presented on every reconnect.
 """
@@ -54,7 +56,7 @@ class BrokerToken:
     subject: str
 
     def connection_name(self, purpose: str) -> str:
-        """The name the connection goes by: revoking the key finds it by this."""
+        """The name the connection goes by in the broker's connection list."""
         return f"key:{self.key_id} {purpose}"
 
 
