@@ -94,7 +94,7 @@ async def fetch_broker_token(
             http.post(
                 f"{auth_url.rstrip('/')}/v1/token",
                 headers=headers,
-                ssl=https_context(auth_url, ca_file) or True,
+                ssl=https_context(ca_file),
             ) as answer,  # fmt: skip
         ):
             body = await answer.json(content_type=None)

@@ -131,10 +131,7 @@ def ensure_dev_tls() -> TlsFiles:
     ``localhost``), made once; the key is the rabbitmq user's alone."""
     if all(path.exists() for path in (DEV_TLS.ca_file, DEV_TLS.cert_file, DEV_TLS.key_file)):
         return DEV_TLS
-    ca = SiteCA.load(DEV_CA_DIR) if (DEV_CA_DIR / "ca.key").exists() else None
-    if ca is None:
-        ca = SiteCA.create("idlecloud development CA")
-        ca.save(DEV_CA_DIR)
+    ca = SiteCA.kept_in(DEV_CA_DIR, "idlecloud development CA")
     files = ca.issue_files(DEV_TLS_DIR, "broker", [HOST, "localhost"])
     with contextlib.suppress(LookupError, PermissionError):
         shutil.chown(files.key_file, "rabbitmq", "rabbitmq")

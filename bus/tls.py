@@ -97,6 +97,19 @@ class SiteCA:
         return cls(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
 
     @classmethod
+    def kept_in(cls, folder: Path, name: str = "idlecloud site CA") -> SiteCA:
+        """The CA saved in ``folder``, or a new one saved there.
+
+        Raises:
+            OSError: the folder cannot be read or written.
+        """
+        if (folder / "ca.key").is_file():
+            return cls.load(folder)
+        ca = cls.create(name)
+        ca.save(folder)
+        return ca
+
+    @classmethod
     def load(cls, folder: Path) -> SiteCA:
         """The CA written by :meth:`save`.
 
@@ -185,13 +198,9 @@ def client_context(ca_file: Path) -> ssl.SSLContext:
     return context
 
 
-def https_context(url: str, ca_file: Path | None = None) -> ssl.SSLContext | None:
-    """The TLS context a client uses for ``url``: for ``https://``, one that trusts only
-    ``ca_file`` or, without one, ``IDLECLOUD_CA_FILE`` (else the system's CAs); None for
-    plain ``http://`` (which only loopback services should serve)."""
-    if not url.startswith("https://"):
-        return None
+def https_context(ca_file: Path | None = None) -> ssl.SSLContext:
+    """The TLS context an HTTP client uses (for ``https://`` URLs; plain ``http://``, which
+    only loopback services should serve, ignores it): one that trusts only ``ca_file`` or,
+    without one, ``IDLECLOUD_CA_FILE``, else the system's CAs."""
     ca = ca_file or (Path(path) if (path := os.environ.get("IDLECLOUD_CA_FILE")) else None)
-    if ca is None:
-        return ssl.create_default_context()
-    return client_context(ca)
+    return ssl.create_default_context() if ca is None else client_context(ca)

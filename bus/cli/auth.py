@@ -163,7 +163,7 @@ def whoami(auth_url: AuthUrlOption = DEFAULT_AUTH_URL, as_json: JsonOption = Fal
             http.get(
                 f"{auth_url.rstrip('/')}/v1/whoami",
                 headers=headers,
-                ssl=https_context(auth_url) or True,
+                ssl=https_context(),
             ) as answer,  # fmt: skip
         ):
             return answer.status, await answer.json(content_type=None)
@@ -237,8 +237,7 @@ def tls_init(
     (server.pem, server.key) for the broker, the auth service and the gateway."""
     from bus.tls import SiteCA
 
-    ca = SiteCA.load(folder) if (folder / "ca.key").is_file() else SiteCA.create()
-    ca.save(folder)
+    ca = SiteCA.kept_in(folder)
     # the control host calls itself too (the gateway its auth service)
     hosts = list(dict.fromkeys([*(host or []), "127.0.0.1", "localhost"]))
     files = ca.issue_files(folder, "server", hosts)
