@@ -31,7 +31,7 @@ from bus.devservices import create_vhost, delete_vhost, ensure_rabbitmq  # noqa:
 from bus.topology import declare_platform  # noqa: E402
 from schemas import NodePresence, Presence, PresenceCause, PresenceState, utc_now  # noqa: E402
 from services.kubebridge.service import BridgeSettings, KubeBridge  # noqa: E402
-from tests.helpers import wait_until  # noqa: E402
+from tests.helpers import open_doors, wait_until  # noqa: E402
 from tests.kube_standin import StandIn  # noqa: E402
 
 
@@ -49,6 +49,7 @@ async def main(trials: int, pc_count: int) -> None:
     try:
         async with Bus(broker.url, connection_name="bench") as bus:
             await declare_platform(bus)
+            await open_doors(bus, *pcs)  # the bench speaks for the PCs
             bridge = KubeBridge(settings)
             await bridge.start(bus)
 

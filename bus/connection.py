@@ -32,8 +32,6 @@ from bus.errors import (
     PublishRefused,
     Unroutable,
 )
-from bus.topology import declare_door
-from bus.trust import PLATFORM, Principal
 from schemas import Message
 
 __all__ = ["PUBLISH_FAILURES", "TRANSIENT_ERRORS", "Bus", "broker_user_name"]
@@ -179,18 +177,6 @@ class Bus:
                 with contextlib.suppress(*TRANSIENT_ERRORS, RuntimeError):
                     await failed.close()
 
-    async def _open_door(self, exchange: str) -> bool:
-        """The platform opens an owner's door the first time it speaks through it (nobody
-        else may declare one); whether it did."""
-        owner = names.door_owner(exchange)
-        if owner is None or Principal.from_user_id(self.user_name) != PLATFORM:
-            return False
-        channel = await self.channel()
-        await declare_door(channel, owner)
-        await channel.close()
-        log.info("opened the door %s", exchange)
-        return True
-
     async def close(self) -> None:
         """Close the connection; unacked deliveries go back to their queues."""
         if self._connection is not None:
@@ -251,7 +237,7 @@ class Bus:
         Raises:
             Unroutable: ``mandatory`` and no queue is bound for the route.
             PublishRefused: the broker refused access (the channel it closed reopens).
-            DoorClosed: the owner's door does not exist (and this is not the platform).
+            DoorClosed: the owner's door does not exist.
             BrokerUnavailable: no confirm within ``timeout_s``.
         """
         if self._publish_channel is None:
@@ -289,8 +275,6 @@ class Bus:
                 ) from None
             except aiormq.exceptions.ChannelNotFoundEntity:
                 await self._renew_publish_channel(publisher)
-                if await self._open_door(route.exchange):
-                    continue
                 raise DoorClosed(
                     f"there is no exchange {route.exchange!r} on the broker: a namespace's door "
                     "opens when an admin sets its quota or its user trades a key, a PC's when "

@@ -79,7 +79,6 @@ __all__ = [
     "dead_letter_target",
     "door",
     "door_binding",
-    "door_owner",
     "door_target",
     "leader_queue",
     "metrics_event_keys",
@@ -125,7 +124,7 @@ PLATFORM_EXCHANGES = (EVENTS_EXCHANGE, COMMANDS_EXCHANGE, REQUESTS_EXCHANGE, DEA
 JOURNAL_STREAM = f"{_PLATFORM}.journal"
 #: Prefix of the admins' own names and of the admin request routing keys.
 ADMIN_PREFIX = f"{_PLATFORM}.admin"
-#: The admins' door: where their requests enter ``idlecloud.commands``.
+#: The admins' door: where their requests enter ``idlecloud.requests``.
 ADMIN_DOOR = ADMIN_PREFIX
 #: AMQP's default exchange, through which only the platform may publish.
 DEFAULT_EXCHANGE = ""
@@ -157,18 +156,6 @@ def door(owner: Owner) -> str:
     """An owner's door: the one exchange through which it sends to the platform, named
     exactly its prefix (``ns.alice``, ``node.edge``; the admins': ``idlecloud.admin``)."""
     return ADMIN_DOOR if owner.kind is OwnerKind.PLATFORM else owner.prefix
-
-
-def door_owner(exchange: str) -> Owner | None:
-    """Whose door ``exchange`` is, or None if it is no door."""
-    if exchange == ADMIN_DOOR:
-        return Owner.platform()
-    kind, dot, name = exchange.partition(".")
-    if not (dot and name) or "." in name:
-        return None
-    if kind == OwnerKind.NAMESPACE.value:
-        return Owner.namespace(name)
-    return Owner.node(name) if kind == OwnerKind.NODE.value else None
 
 
 def door_binding(owner: Owner) -> str:

@@ -17,12 +17,12 @@ from bus.abc import Runtime
 from bus.codec import decode_event
 from bus.connection import Bus
 from bus.consumer import DEAD_REASON_HEADER
-from bus.topology import QueueSpec, declare_namespace
+from bus.topology import QueueSpec, declare_door, declare_namespace
 from nodeagent.agent import Agent, AgentSettings
 from nodeagent.runtime.identity import Identities, uid_block
 from nodeagent.runtime.process import ProcessRuntime
 from nodeagent.tokens import TokenFiles
-from schemas import Message
+from schemas import Message, Owner
 
 M = TypeVar("M", bound=Message)
 
@@ -149,4 +149,13 @@ async def open_namespace(bus: Bus, namespace: str) -> None:
     set or its user trades a key."""
     channel = await bus.channel()
     await declare_namespace(channel, namespace)
+    await channel.close()
+
+
+async def open_doors(bus: Bus, *nodes: str) -> None:
+    """Declare PCs' doors, as the auth service does when a PC trades its key: for a test
+    that speaks for PCs on the platform's own connection."""
+    channel = await bus.channel()
+    for node in nodes:
+        await declare_door(channel, Owner.node(node))
     await channel.close()

@@ -25,7 +25,7 @@ from services.kubebridge.plan import CORDON_ANNOTATION
 from services.kubebridge.service import BridgeSettings, KubeBridge
 
 from .examples import EXAMPLES
-from .helpers import collect_events, running_agent, wait_until
+from .helpers import collect_events, open_doors, running_agent, wait_until
 from .kube_standin import StandIn
 
 FAST = dict(resync_s=1.0, retry_s=0.2, backoff_max_s=0.8, settle_s=0.3)
@@ -47,6 +47,7 @@ class Rig:
         assert isinstance(example, NodeHeartbeat)
         state = PresenceState.BUSY if busy else PresenceState.IDLE
         presence = Presence(state=state, cause=example.presence.cause, since=example.sent_at)
+        await open_doors(self.bus, pc)  # as the auth service does when the PC trades its key
         await self.bus.publish(example.model_copy(update={"node": pc, "presence": presence,
                                                           "replicas": ()}))  # fmt: skip
 

@@ -20,13 +20,11 @@ import pytest
 from bus.connection import Bus
 from bus.devinflux import INFLUX_URL, ensure_influxdb, influx_query, scratch_database, stop_influxdb
 from bus.devservices import BrokerInfo
-from bus.topology import declare_door
 from nodeagent.sim import SimPC, Simulation
 from schemas import (
     BridgeStatus,
     CordonChanged,
     MetricSample,
-    Owner,
     PresenceState,
     QuotaChanged,
     ReplicaUsage,
@@ -39,7 +37,7 @@ from services.metrics.report import held, hold_s, render, visits
 from services.metrics.writer import MetricsWriter
 
 from .examples import EXAMPLES
-from .helpers import DeadLetterTap, wait_until
+from .helpers import DeadLetterTap, open_doors, wait_until
 
 AT = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,10 +117,7 @@ async def test_an_influxdb_outage_loses_no_sample(
 ) -> None:
     nodes = [f"o{unique}{i}" for i in range(8)]
     sent = 0
-    channel = await bus.channel()  # their doors are open, as a PC's is once it trades its key
-    for node in nodes:
-        await declare_door(channel, Owner.node(node))
-    await channel.close()
+    await open_doors(bus, *nodes)
 
     async def publish(rounds: int) -> None:
         nonlocal sent
@@ -155,6 +150,8 @@ async def test_a_sample_influxdb_refuses_is_dead_lettered_and_the_rest_are_writt
     dead = await DeadLetterTap(writer.spec.name).start(bus)
     good = [f"g{unique}{i}" for i in range(6)]
     bad = sample(f"b{unique}", 0)  # one replica point: refused
+    later = f"l{unique}"
+    await open_doors(bus, *good, bad.node, later)
     for index, node in enumerate(good[:3]):
         await bus.publish(sample(node, index).model_copy(update={"replicas": ()}))
     await bus.publish(bad)
@@ -166,7 +163,6 @@ async def test_a_sample_influxdb_refuses_is_dead_lettered_and_the_rest_are_writt
     reason = dead.reasons()[0]
     assert "InfluxDB refused its points" in reason and "field type conflict" in reason, reason
     assert dead.header(0, "idlecloud-dead-queue") == writer.spec.name
-    later = f"l{unique}"
     await bus.publish(sample(later, 0).model_copy(update={"replicas": ()}))  # nothing stalls
     query = f"SELECT count(cpu_millicores) FROM node WHERE node = '{later}'"
     await wait_until(lambda: count(database, query) == 1, timeout_s=30, what="a later sample")
@@ -248,6 +244,7 @@ async def test_the_writer_creates_its_database_if_it_is_missing(bus: Bus, unique
     name = f"test_new_{unique}"
     writer = MetricsWriter(InfluxV1(INFLUX_URL, name), flush_s=0.2, backoff_max_s=1.0)
     await writer.start(bus)
+    await open_doors(bus, f"c{unique}")
     try:
         await bus.publish(sample(f"c{unique}", 0))
         query = f"SELECT count(cpu_millicores) FROM node WHERE node = 'c{unique}'"
