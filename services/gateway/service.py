@@ -153,7 +153,8 @@ class Gateway:
         if is_public(request):
             return await handler(request)
         try:
-            caller = self._identify(credential(request))
+            key = credential(request)
+            caller = self._identify(key)
         except InvalidKey as error:
             return json_error(401, str(error))
         if cross_site(request):
@@ -167,7 +168,7 @@ class Gateway:
         if namespace is not None and not caller.may_act_for(namespace):
             return json_error(403, f"{caller.role} {caller.subject} may not act for {namespace}")
         request[CALLER] = caller
-        request[CREDENTIAL] = credential(request)
+        request[CREDENTIAL] = key
         try:
             return await handler(request)
         except AuthUnavailable as error:
@@ -180,7 +181,7 @@ class Gateway:
             return json_error(503, f"the control plane did not answer: {error}")
 
     def _identify(self, credential: str) -> Caller:
-        """Who an API key or broker token (a request's, or one pasted into the login form) is.
+        """Who an API key (a request's, or one pasted into the login form) is.
 
         Raises:
             InvalidKey: a bad or revoked credential.
