@@ -2,7 +2,7 @@
 # machine as root: they create the virtual environment in .venv, install the project,
 # and start the services they need (RabbitMQ on 127.0.0.1 and InfluxDB; for the demo with
 # RUNTIME=docker, dockerd and the worker image; for the tests also dockerd
-# with a locally built image, InfluxDB and Chromium) through bus.devservices, devdocker
+# with a locally built image, InfluxDB and Chromium) through idlecloud.dev.services, devdocker
 # and devinflux.
 
 # Replicas run under uids of their own and must be able to run the virtual environment's
@@ -39,10 +39,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache

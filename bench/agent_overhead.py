@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.agent_rig import RUNTIMES, prepare, remove_containers, replica_pids, start_agent, starts  # noqa: E402
 from bus.connection import Bus  # noqa: E402
-from bus.devservices import scratch_vhost  # noqa: E402
 from bus.topology import declare_platform  # noqa: E402
+from idlecloud.dev.services import scratch_vhost  # noqa: E402
 
 NODE, REPLICAS = "overhead-pc", 4
 

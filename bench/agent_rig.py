@@ -1,7 +1,7 @@
 """What the agent benchmarks share: one real `bus agent run` and its replicas, either runtime.
 
 The Docker runtime's engine and test image come from the same helper the tests use
-(`bus.devdocker`); the process runtime needs nothing more than the broker.
+(`idlecloud.dev.docker`); the process runtime needs nothing more than the broker.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bus.devdocker import TEST_IMAGE, busybox_image, ensure_docker
+from idlecloud.dev.docker import TEST_IMAGE, busybox_image, ensure_docker
 from nodeagent.runtime.identity import uid_block
 from nodeagent.sim import node_containers, remove_containers
 from schemas import Resources, StartReplica
@@ -52,7 +52,7 @@ async def start_agent(
     8 cores and 8 GiB with nothing kept for a person, taking work at once; its replicas run
     under a uid block of their own (chosen by ``node``)."""
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bus", "agent", "run", "--url", url, "--node", node,
+        sys.executable, "-m", "idlecloud", "agent", "run", "--url", url, "--node", node,
         "--utmp", str(work / "utmp"), "--state-dir", str(work / "state"),
         "--replica-dir", str(replica_dir(node)),
         "--replica-uids", str(uid_block(f"bench/{node}")),

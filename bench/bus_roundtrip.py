@@ -1,6 +1,6 @@
 """Throughput of the bus library's building blocks on the local broker.
 
-Starts RabbitMQ with the same helper the tests use (bus.devservices) in a scratch vhost,
+Starts RabbitMQ with the same helper the tests use (idlecloud.dev.services) in a scratch vhost,
 then measures, with persistent messages and publisher confirms throughout:
 
 - confirmed publishes one at a time (each awaits its confirm before the next),
@@ -22,9 +22,9 @@ from bus import names
 from bus.codec import Delivery
 from bus.connection import Bus
 from bus.consumer import Consumer
-from bus.devservices import scratch_vhost
 from bus.rpc import RpcClient, RpcServer
 from bus.topology import QueueSpec, declare_namespace, declare_platform
+from idlecloud.dev.services import scratch_vhost
 from schemas import Owner, RequestResult, ScaleRequest
 
 NAMESPACE = "bench"

@@ -42,8 +42,8 @@ from bench.agent_rig import (  # noqa: E402
 from bench.figures import summary  # noqa: E402
 from bus import names  # noqa: E402
 from bus.connection import Bus  # noqa: E402
-from bus.devservices import scratch_vhost  # noqa: E402
 from bus.topology import QueueSpec, declare_platform  # noqa: E402
+from idlecloud.dev.services import scratch_vhost  # noqa: E402
 from nodeagent.runtime.cgroup import Mounts  # noqa: E402
 from nodeagent.runtime.process import frozen, kill_recorded  # noqa: E402
 from nodeagent.utmp import write_login, write_logout  # noqa: E402

@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.figures import summary  # noqa: E402
 from bus.connection import Bus  # noqa: E402
-from bus.devservices import create_vhost, delete_vhost, ensure_rabbitmq  # noqa: E402
 from bus.topology import declare_platform  # noqa: E402
+from idlecloud.dev.services import create_vhost, delete_vhost, ensure_rabbitmq  # noqa: E402
 from schemas import NodePresence, Presence, PresenceCause, PresenceState, utc_now  # noqa: E402
 from services.kubebridge.service import BridgeSettings, KubeBridge  # noqa: E402
 from tests.helpers import open_doors, wait_until  # noqa: E402

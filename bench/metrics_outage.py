@@ -29,15 +29,15 @@ sys.path.insert(0, str(ROOT))
 from aio_pika.abc import AbstractIncomingMessage  # noqa: E402
 
 from bus.connection import Bus  # noqa: E402
-from bus.devinflux import (  # noqa: E402
+from bus.topology import declare_platform  # noqa: E402
+from idlecloud.dev.influx import (  # noqa: E402
     INFLUX_URL,
     ensure_influxdb,
     influx_query,
     scratch_database,
     stop_influxdb,
 )
-from bus.devservices import scratch_vhost  # noqa: E402
-from bus.topology import declare_platform  # noqa: E402
+from idlecloud.dev.services import scratch_vhost  # noqa: E402
 from nodeagent.sim import SimPC, Simulation  # noqa: E402
 from schemas import MetricSample  # noqa: E402
 from services.metrics.influx import InfluxV1  # noqa: E402

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.figures import summary  # noqa: E402
-from bus.devservices import ensure_rabbitmq  # noqa: E402
+from idlecloud.dev.services import ensure_rabbitmq  # noqa: E402
 from schemas import ReplicaState, ReplicaStatus  # noqa: E402
 from services.placement.service import PlacementSettings  # noqa: E402
 from tests.control_plane import control_plane, thesis_pcs  # noqa: E402

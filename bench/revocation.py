@@ -38,9 +38,9 @@ sys.path.insert(0, str(ROOT))
 from bench.figures import summary  # noqa: E402
 from bus.connection import Bus  # noqa: E402
 from bus.credentials import fetch_broker_token, url_with_token  # noqa: E402
-from bus.devservices import RESOURCE_SERVER_ID, free_port, scratch_vhost  # noqa: E402
 from bus.rpc import RpcClient  # noqa: E402
 from bus.topology import declare_platform  # noqa: E402
+from idlecloud.dev.services import RESOURCE_SERVER_ID, free_port, scratch_vhost  # noqa: E402
 from schemas import (  # noqa: E402
     AppsQuery,
     KeyReply,

@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bus.connection import Bus  # noqa: E402
-from bus.devservices import scratch_vhost  # noqa: E402
 from bus.sdk import App, TaskClient  # noqa: E402
+from idlecloud.dev.services import scratch_vhost  # noqa: E402
 
 NAMESPACE, APP = "bench", "add"
 
@@ -74,7 +74,7 @@ async def _ours(url: str, tasks: int, chunked: int, rss_tasks: int) -> dict[str,
     app = _app()
     add = app.tasks["add"]
     env = {"IDLECLOUD_URL": url, "IDLECLOUD_NAMESPACE": NAMESPACE, "IDLECLOUD_APP": APP}
-    worker = _start([sys.executable, "-m", "bus", "worker", "bench.tasks_app:app"], env)
+    worker = _start([sys.executable, "-m", "idlecloud", "worker", "bench.tasks_app:app"], env)
     figures: dict[str, float] = {}
     try:
         async with Bus(url, connection_name="bench client") as bus, TaskClient(bus, app) as client:

@@ -1,16 +1,14 @@
-"""The interfaces components implement, in one place."""
+"""The library's interfaces, in one place (the agent's :class:`~nodeagent.runtime.Runtime` is
+the agent's own)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from bus.connection import Bus
-    from nodeagent.runtime.spec import ReplicaInfo, ReplicaSpec
 
-__all__ = ["Runtime", "Service"]
+__all__ = ["AppAddress", "Service", "TaskAddress"]
 
 
 @runtime_checkable
@@ -26,35 +24,24 @@ class Service(Protocol):
         """Stop taking work; finish in-flight work within ``grace_s`` and requeue the rest."""
 
 
-@runtime_checkable
-class Runtime(Protocol):
-    """Runs a PC's replicas: the process runtime, or Docker. Every call is idempotent."""
+class AppAddress(Protocol):
+    """Where an app's tasks go: its namespace and id, and the broker its clients use.
 
-    name: str
+    :class:`bus.sdk.app.App` is one; the SDK's clients need nothing more of it.
+    """
 
-    async def start(self, spec: ReplicaSpec, *, may_run: Callable[[], bool]) -> None:
-        """Start a replica unless one with its id already exists.
+    @property
+    def namespace(self) -> str: ...
 
-        ``may_run`` is asked at the last moment before the replica's process would begin;
-        if it says no, nothing runs and :class:`~nodeagent.runtime.spec.StartCancelled`
-        is raised.
-        """
+    @property
+    def app(self) -> str: ...
 
-    async def pause(self, replica_id: str) -> None:
-        """Freeze a replica in place: it keeps its memory and uses no CPU."""
+    @property
+    def url(self) -> str | None: ...
 
-    async def resume(self, replica_id: str) -> None:
-        """Thaw a paused replica."""
 
-    async def stop(self, replica_id: str, grace_s: float) -> None:
-        """SIGTERM, then SIGKILL after ``grace_s``; a paused replica is killed at once."""
+class TaskAddress(Protocol):
+    """A task, as a client submits to it: its name (:class:`bus.sdk.app.Task` is one)."""
 
-    async def replicas(self, *, with_usage: bool = False) -> list[ReplicaInfo]:
-        """Every replica this runtime knows of on this PC, with its state.
-
-        ``with_usage`` also measures CPU and memory use (slower: heartbeats ask for it,
-        the pause on a person's arrival does not).
-        """
-
-    async def close(self) -> None:
-        """Release what the runtime holds (connections); replicas keep running."""
+    @property
+    def name(self) -> str: ...

@@ -26,12 +26,12 @@ import aiohttp
 from yarl import URL
 
 from bus.connection import TRANSIENT_ERRORS, Bus
+from bus.defaults import AUTH_URL
 from bus.errors import AuthUnavailable, CredentialsRefused
 from bus.service import supervised
 from bus.tls import https_context
 
 __all__ = [
-    "DEFAULT_AUTH_URL",
     "BrokerToken",
     "KeyRefresher",
     "api_key_from_env",
@@ -41,8 +41,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_AUTH_URL = "http://127.0.0.1:8470"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +75,7 @@ def api_key_from_env() -> str | None:
 
 
 async def fetch_broker_token(
-    api_key: str, auth_url: str = DEFAULT_AUTH_URL, ca_file: Path | None = None
+    api_key: str, auth_url: str = AUTH_URL, ca_file: Path | None = None
 ) -> BrokerToken:
     """Trade ``api_key`` for a broker token at the token endpoint. Over ``https://`` the
     auth service must present a certificate of ``ca_file`` (default:
@@ -121,7 +119,7 @@ class KeyRefresher:
 
     name = "key-refresher"
 
-    def __init__(self, api_key: str, token: BrokerToken, auth_url: str = DEFAULT_AUTH_URL) -> None:
+    def __init__(self, api_key: str, token: BrokerToken, auth_url: str = AUTH_URL) -> None:
         self.api_key = api_key
         self.token = token
         self.auth_url = auth_url
@@ -166,7 +164,7 @@ async def key_holder(
     api_key = api_key_from_env()
     if api_key is None:
         return url, purpose, None
-    auth_url = auth_url or os.environ.get("IDLECLOUD_AUTH_URL", DEFAULT_AUTH_URL)
+    auth_url = auth_url or os.environ.get("IDLECLOUD_AUTH_URL", AUTH_URL)
     token = await fetch_broker_token(api_key, auth_url)
     refresher = KeyRefresher(api_key, token, auth_url)
     return url_with_token(url, token), token.connection_name(purpose), refresher

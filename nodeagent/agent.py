@@ -32,7 +32,6 @@ from typing import Any
 import psutil
 
 from bus import names
-from bus.abc import Runtime
 from bus.codec import Delivery
 from bus.connection import Bus
 from bus.consumer import Consumer
@@ -45,6 +44,7 @@ from nodeagent.input import InputSource
 from nodeagent.load import ForeignLoadSource
 from nodeagent.policy import Action, Decision, Observation, PolicySettings, PresencePolicy
 from nodeagent.reports import heartbeat, metric_sample
+from nodeagent.runtime import Runtime
 from nodeagent.runtime.spec import ReplicaInfo, ReplicaSpec, StartCancelled, StartFailed
 from nodeagent.sessions import SessionSource
 from nodeagent.timetable import Timetable

@@ -150,7 +150,7 @@ class Simulation:
             log = (self.folder / pc.name / "agent.log").open("ab")
             process = subprocess.Popen(
                 [
-                    sys.executable, "-m", "bus", "agent", "run", "--url", url,
+                    sys.executable, "-m", "idlecloud", "agent", "run", "--url", url,
                     "--node", pc.name, "--utmp", str(self.utmp(pc.name)),
                     "--state-dir", str(self.state_dir(pc.name)),
                     "--replica-dir", str(self.replica_dir(pc.name)), "--replica-uids", uids,

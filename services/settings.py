@@ -14,7 +14,7 @@ from typing import Annotated
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bus.devservices import broker_url
+from bus.defaults import AUTH_PORT, AUTH_URL, BROKER_URL, GATEWAY_PORT, INFLUX_DB, INFLUX_URL
 from bus.tls import TlsFiles, server_files
 
 __all__ = ["ServiceEnv", "service_env"]
@@ -28,15 +28,15 @@ class ServiceEnv(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IDLECLOUD_", extra="ignore", frozen=True)
 
     #: The broker (``--url`` overrides it).
-    url: str = Field(default_factory=broker_url)
+    url: str = BROKER_URL
     #: The platform's virtual host, for the broker tokens the auth service mints.
     vhost: str = "/"
     #: The auth service's signing key (``bus token init``).
     auth_key_file: Path | None = None
     auth_host: str = "127.0.0.1"
-    auth_port: Port = 8470
+    auth_port: Port = AUTH_PORT
     #: Where the gateway trades its callers' API keys for their broker tokens.
-    auth_url: str = "http://127.0.0.1:8470"
+    auth_url: str = AUTH_URL
     #: How the auth service runs rabbitmqctl to change the broker's trusted keys
     #: (whitespace-separated, e.g. ``rabbitmqctl -n rabbit@broker``).
     broker_ctl: str = "rabbitmqctl"
@@ -47,10 +47,10 @@ class ServiceEnv(BaseSettings):
     #: The auth service's public key (``<kid>.pub.pem``), for the gateway.
     auth_public_key: Path | None = None
     gateway_host: str = "127.0.0.1"
-    gateway_port: Port = 8480
-    influx_url: str = "http://127.0.0.1:8086"
+    gateway_port: Port = GATEWAY_PORT
+    influx_url: str = INFLUX_URL
     influx_db: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")] = (
-        "idlecloud"
+        INFLUX_DB
     )
     #: Give every replica a broker token of its own (a site with keys).
     replica_tokens: bool = False

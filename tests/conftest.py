@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from bus.connection import Bus
-from bus.devdocker import busybox_image, ensure_docker
-from bus.devservices import BrokerInfo, create_vhost, delete_vhost, scratch_vhost
 from bus.topology import declare_platform
+from idlecloud.dev.docker import busybox_image, ensure_docker
+from idlecloud.dev.services import BrokerInfo, create_vhost, delete_vhost, scratch_vhost
 from nodeagent.runtime.cgroup import Mounts
 
 from .gateway_rig import rig  # noqa: F401  (a fixture: the gateway on a control plane)

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bus.connection import Bus
-from bus.devservices import create_vhost, delete_vhost, free_port
 from bus.rpc import RpcClient
 from bus.topology import declare_platform
+from idlecloud.dev.services import create_vhost, delete_vhost, free_port
 from nodeagent.sim import SimPC, Simulation
 from schemas import (
     AppsQuery,

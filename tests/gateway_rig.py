@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bus.devservices import free_port
+from idlecloud.dev.services import free_port
 from services.auth.service import AuthService
 from services.auth.tokens import SigningKey, mint_api_key
 from services.gateway.service import Gateway, GatewaySettings

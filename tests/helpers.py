@@ -13,12 +13,12 @@ from typing import Any, TypeVar
 from aio_pika.abc import AbstractIncomingMessage
 
 from bus import names
-from bus.abc import Runtime
 from bus.codec import decode_event
 from bus.connection import Bus
 from bus.consumer import DEAD_REASON_HEADER
 from bus.topology import QueueSpec, declare_door, declare_namespace
 from nodeagent.agent import Agent, AgentSettings
+from nodeagent.runtime import Runtime
 from nodeagent.runtime.identity import Identities, uid_block
 from nodeagent.runtime.process import ProcessRuntime
 from nodeagent.tokens import TokenFiles

@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bus.devservices import free_port
+from idlecloud.dev.services import free_port
 
 __all__ = ["StandIn"]
 

@@ -8,9 +8,9 @@ import asyncio
 import pytest
 
 from bus.connection import Bus
-from bus.devservices import RESOURCE_SERVER_ID, BrokerInfo
 from bus.scopes import RoleName
 from bus.topology import declare_door, declare_namespace
+from idlecloud.dev.services import RESOURCE_SERVER_ID, BrokerInfo
 from schemas import Owner
 from services.auth.keyring import Keyring
 from services.auth.tokens import REPLICAS, SigningKey, broker_token

@@ -18,8 +18,8 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from bus.codec import encode
 from bus.connection import Bus
-from bus.devservices import BrokerInfo
 from bus.names import route
+from idlecloud.dev.services import BrokerInfo
 from nodeagent.agent import Agent, AgentSettings
 from nodeagent.policy import PolicySettings
 from nodeagent.runtime.cgroup import Mounts
@@ -169,7 +169,7 @@ async def test_bus_agent_run_takes_settings_from_toml_and_flags_win(
         bus, f"node.{node}.heartbeat", lambda m: NodeHeartbeat.model_validate_json(m.body)
     )
     agent = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bus", "agent", "run", "--config", str(config),
+        sys.executable, "-m", "idlecloud", "agent", "run", "--config", str(config),
         "--memory-mib", "777", "--utmp", str(tmp_path / "utmp"),
         "--state-dir", str(tmp_path / "state"), "--url", broker.url,
         cwd=ROOT,

@@ -21,13 +21,13 @@ from typing import Any
 import pytest
 
 from bus import names
-from bus.abc import Runtime
 from bus.codec import MAX_BODY_BYTES, encode
 from bus.connection import Bus
 from bus.consumer import Consumer
 from bus.topology import QueueSpec
 from nodeagent.agent import AgentSettings
 from nodeagent.policy import PolicySettings
+from nodeagent.runtime import Runtime
 from nodeagent.runtime.spec import ReplicaSpec
 from schemas import (
     ReplicaState,

@@ -27,10 +27,10 @@ from yarl import URL
 
 from bus.connection import Bus
 from bus.credentials import fetch_broker_token, key_holder, url_with_token
-from bus.devservices import RESOURCE_SERVER_ID, BrokerInfo, free_port, management
 from bus.errors import CredentialsRefused
 from bus.rpc import RpcClient
 from bus.sdk.client import TaskClient
+from idlecloud.dev.services import RESOURCE_SERVER_ID, BrokerInfo, free_port, management
 from schemas import (
     DeployRequest,
     KeyReply,
@@ -347,7 +347,12 @@ async def test_an_admin_and_a_user_work_with_api_keys_through_the_bus_command(
                       "IDLECLOUD_URL": broker.url, "IDLECLOUD_NAMESPACE": user,
                       "IDLECLOUD_APP": "w"}  # fmt: skip
         worker = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bus", "worker", "tests.programs.sdk_app:app", env=worker_env
+            sys.executable,
+            "-m",
+            "idlecloud",
+            "worker",
+            "tests.programs.sdk_app:app",
+            env=worker_env,
         )
         try:
             os.environ.update({"IDLECLOUD_API_KEY": alice["api_key"], **env})
@@ -383,7 +388,7 @@ async def test_a_pc_runs_its_agent_with_its_own_key(
     heard = Events(await collect_events(bus, f"node.{node}.#"))
     env = {**os.environ, "IDLECLOUD_API_KEY": reply.api_key,
            "IDLECLOUD_AUTH_URL": authority.auth_url}  # fmt: skip
-    command = [sys.executable, "-m", "bus", "agent", "run", "--url", authority.broker.url,
+    command = [sys.executable, "-m", "idlecloud", "agent", "run", "--url", authority.broker.url,
                "--utmp", str(tmp_path / "utmp"), "--state-dir", str(tmp_path / "state"),
                "--input-dir", str(tmp_path / "input"), "--start-idle-s", "0",
                "--heartbeat-s", "0.3"]  # fmt: skip

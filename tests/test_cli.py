@@ -16,14 +16,14 @@ from bus import names
 from bus.codec import Delivery, encode
 from bus.connection import Bus
 from bus.consumer import Consumer
-from bus.devservices import (
+from bus.topology import QueueSpec
+from idlecloud.dev.services import (
     BrokerInfo,
     create_vhost,
     delete_stale_scratch_vhosts,
     delete_vhost,
     management,
 )
-from bus.topology import QueueSpec
 from schemas import MESSAGES, DeployRequest
 
 from .examples import deploy
@@ -35,13 +35,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def bus_cli(
     *arguments: str, url: str | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run `python -m bus ARGUMENTS` (optionally with IDLECLOUD_URL and more variables) and
+    """Run `python -m idlecloud ARGUMENTS` (optionally with IDLECLOUD_URL and more variables) and
     capture its output."""
     env = {"PATH": "/usr/bin:/bin", "COLUMNS": "200", **(env or {})}
     if url is not None:
         env["IDLECLOUD_URL"] = url
     return subprocess.run(
-        [sys.executable, "-m", "bus", *arguments],
+        [sys.executable, "-m", "idlecloud", *arguments],
         capture_output=True,
         text=True,
         timeout=60,

@@ -15,8 +15,8 @@ from typing import Any
 import typer
 import yaml
 
-from bus.cli import app as bus_app
-from bus.devservices import apt_install
+from idlecloud.cli import app as bus_app
+from idlecloud.dev.services import apt_install
 from nodeagent.runtime.cgroup import ReplicaParent, replica_parent
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,9 +20,9 @@ import jwt
 import pytest
 
 from bus.connection import Bus
-from bus.devservices import BrokerInfo, management, rabbitmqctl
 from bus.sdk import TaskClient
 from bus.sdk.contract import TokenFile, broker_url_with_token, token_expiry
+from idlecloud.dev.services import BrokerInfo, management, rabbitmqctl
 from schemas import DeploymentState, DeploymentStatus, utc_now
 from tests.programs.sdk_tasks import make_app
 
@@ -123,7 +123,7 @@ async def test_a_worker_runs_on_the_four_variables_alone(
         "IDLECLOUD_TOKEN_FILE": str(token_path),
     }
     worker = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bus", "worker", "tests.programs.sdk_app:app", cwd=ROOT, env=env
+        sys.executable, "-m", "idlecloud", "worker", "tests.programs.sdk_app:app", cwd=ROOT, env=env
     )
     try:
         async with TaskClient(bus, app) as client:

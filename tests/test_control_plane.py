@@ -20,8 +20,8 @@ import jwt
 import psutil
 
 from bus.connection import Bus
-from bus.devservices import BrokerInfo
 from bus.sdk.client import TaskClient
+from idlecloud.dev.services import BrokerInfo
 from schemas import Owner, ScaleRequest
 from services.placement.service import Placement
 
@@ -115,7 +115,7 @@ async def test_two_users_with_quotas_share_scarce_pcs_fairly_and_both_jobs_finis
     the four PCs fail, leaving Penguin's 4 CPUs: they share them 2 and 2, and both jobs
     finish."""
     pcs = thesis_pcs(unique)
-    worker = (sys.executable, "-m", "bus", "worker", "tests.programs.sdk_app:app")
+    worker = (sys.executable, "-m", "idlecloud", "worker", "tests.programs.sdk_app:app")
     async with control_plane(tmp_path, pcs) as plane:
         await plane.quota("alice", 6000)
         await plane.quota("bob", 6000)
@@ -179,7 +179,7 @@ async def test_a_job_finishes_while_pcs_go_down_and_come_back(
     pcs = thesis_pcs(unique)
     async with control_plane(tmp_path, pcs) as plane:
         await plane.quota("alice", 20_000)
-        worker = (sys.executable, "-m", "bus", "worker", "tests.programs.sdk_app:app")
+        worker = (sys.executable, "-m", "idlecloud", "worker", "tests.programs.sdk_app:app")
         assert (await plane.deploy("alice", "sdk", 18, command=worker)).accepted
         async with watched(plane, "alice") as watcher:
             await until(lambda: watcher.running["alice"] == 18, "18 workers", 60)
@@ -260,7 +260,7 @@ async def test_replicas_work_with_their_own_tokens_renewed_before_they_expire(
     pcs = thesis_pcs(unique)[1:2]  # Ninja alone
     async with control_plane(tmp_path, pcs, token_s=8) as plane:
         await plane.quota("alice", 4000)
-        worker = (sys.executable, "-m", "bus", "worker", "tests.programs.sdk_app:app")
+        worker = (sys.executable, "-m", "idlecloud", "worker", "tests.programs.sdk_app:app")
         assert (await plane.deploy("alice", "sdk", 2, command=worker)).accepted
         async with watched(plane, "alice") as watcher:
             await until(lambda: watcher.running["alice"] == 2, "2 workers", 60)

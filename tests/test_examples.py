@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from bus.devservices import BrokerInfo
+from idlecloud.dev.services import BrokerInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,7 +17,7 @@ async def test_the_vector_add_example_runs_with_the_sync_api(broker: BrokerInfo)
     """`bus worker examples.vector.tasks:app` serves; the client uses .map and .delay().get()."""
     env = {**os.environ, "IDLECLOUD_URL": broker.url}
     worker = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bus", "worker", "examples.vector.tasks:app", "-c", "2",
+        sys.executable, "-m", "idlecloud", "worker", "examples.vector.tasks:app", "-c", "2",
         cwd=ROOT, env=env,
     )  # fmt: skip
     try:

@@ -23,10 +23,10 @@ from bus import names
 from bus.codec import encode
 from bus.connection import Bus
 from bus.consumer import DEAD_REASON_HEADER, QueueConsumer
-from bus.devinflux import INFLUX_URL, scratch_database
-from bus.devservices import BrokerInfo, free_port
 from bus.rpc import RpcClient
 from bus.topology import QueueSpec
+from idlecloud.dev.influx import INFLUX_URL, scratch_database
+from idlecloud.dev.services import BrokerInfo, free_port
 from nodeagent.agent import AgentSettings
 from nodeagent.policy import PolicySettings
 from schemas import (

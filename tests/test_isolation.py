@@ -22,9 +22,9 @@ from aio_pika.abc import AbstractRobustChannel
 from bus import names
 from bus.codec import encode
 from bus.connection import Bus
-from bus.devservices import RESOURCE_SERVER_ID, BrokerInfo
 from bus.rpc import RpcClient
 from bus.topology import QueueSpec, declare_app
+from idlecloud.dev.services import RESOURCE_SERVER_ID, BrokerInfo
 from schemas import NodePresence, Owner
 from services.auth.tokens import SigningKey
 from services.quota.service import QuotaManager

@@ -40,9 +40,9 @@ from bus import names
 from bus.codec import Delivery, encode
 from bus.connection import Bus
 from bus.consumer import Consumer
-from bus.devservices import BrokerInfo
 from bus.rpc import RpcClient
 from bus.topology import QueueSpec, declare_app
+from idlecloud.dev.services import BrokerInfo
 from schemas import (
     CordonRequest,
     DeployRequest,

@@ -9,10 +9,10 @@ import pytest
 
 from bus import names
 from bus.connection import Bus
-from bus.devservices import BrokerInfo, create_vhost, delete_vhost, free_port, rabbitmqctl
 from bus.journal import Entry, Journal
 from bus.leader import Leadership
 from bus.topology import QueueSpec, declare_platform
+from idlecloud.dev.services import BrokerInfo, create_vhost, delete_vhost, free_port, rabbitmqctl
 from schemas import DeployRequest, QuotaSet, Resources, TokenRevoke
 from services.auth.service import AuthService, AuthSettings
 from services.auth.tokens import SigningKey

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bus.connection import Bus
-from bus.devservices import BrokerInfo
+from idlecloud.dev.services import BrokerInfo
 from nodeagent.agent import AgentSettings
 from nodeagent.policy import PolicySettings
 from nodeagent.utmp import write_login, write_logout

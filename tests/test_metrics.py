@@ -18,8 +18,14 @@ import matplotlib.dates as mdates
 import pytest
 
 from bus.connection import Bus
-from bus.devinflux import INFLUX_URL, ensure_influxdb, influx_query, scratch_database, stop_influxdb
-from bus.devservices import BrokerInfo
+from idlecloud.dev.influx import (
+    INFLUX_URL,
+    ensure_influxdb,
+    influx_query,
+    scratch_database,
+    stop_influxdb,
+)
+from idlecloud.dev.services import BrokerInfo
 from nodeagent.sim import SimPC, Simulation
 from schemas import (
     BridgeStatus,

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from bus.devservices import ensure_chromium
+from idlecloud.dev.services import ensure_chromium
 
 from .control_plane import SLEEPER
 from .gateway_rig import Api, Rig, deployment

@@ -8,8 +8,8 @@ from bus import names
 from bus.codec import Delivery
 from bus.connection import Bus
 from bus.consumer import Consumer
-from bus.devservices import BrokerInfo, rabbitmqctl
 from bus.topology import QueueSpec
+from idlecloud.dev.services import BrokerInfo, rabbitmqctl
 from schemas import DeployRequest
 
 from .examples import deploy

@@ -173,7 +173,7 @@ async def test_without_identities_replicas_are_refused_unless_same_user_is_allow
 
 def test_the_agent_refuses_same_user_mode_as_root(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "bus", "agent", "run", "--insecure-same-user",
+        [sys.executable, "-m", "idlecloud", "agent", "run", "--insecure-same-user",
          "--utmp", str(tmp_path / "utmp"), "--state-dir", str(tmp_path / "state")],
         capture_output=True, text=True, cwd=ROOT, timeout=60,
     )  # fmt: skip

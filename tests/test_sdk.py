@@ -16,9 +16,9 @@ from pamqp.commands import Basic
 
 from bus import names
 from bus.connection import Bus
-from bus.devservices import BrokerInfo
 from bus.sdk import App, TaskClient, TaskFailed
 from bus.sdk.protocol import JSON, TASK_HEADER, Outcome, decode_outcomes
+from idlecloud.dev.services import BrokerInfo
 from tests.programs.sdk_tasks import make_app
 
 from .helpers import wait_until
@@ -42,7 +42,7 @@ class WorkerProcess:
             "IDLECLOUD_URL": self.broker.url,
         }
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bus", "worker", TARGET, "-c", str(self.concurrency),
+            sys.executable, "-m", "idlecloud", "worker", TARGET, "-c", str(self.concurrency),
             "--grace", "5", cwd=ROOT, env=env,
         )  # fmt: skip
         return self

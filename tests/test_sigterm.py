@@ -17,7 +17,7 @@ import pytest
 
 from bus import names
 from bus.connection import Bus
-from bus.devservices import BrokerInfo
+from idlecloud.dev.services import BrokerInfo
 from schemas import DeployRequest, RequestResult
 
 from .examples import deploy

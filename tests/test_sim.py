@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from bus.connection import Bus
-from bus.devservices import BrokerInfo
+from idlecloud.dev.services import BrokerInfo
 from nodeagent.runtime.cgroup import Cgroup, Mounts
 from nodeagent.sim import SimPC, Simulation
 from schemas import (

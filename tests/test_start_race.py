@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from bus.abc import Runtime
 from bus.connection import Bus
 from nodeagent.agent import AgentSettings
 from nodeagent.policy import PolicySettings
+from nodeagent.runtime import Runtime
 from nodeagent.runtime.cgroup import Mounts
 from nodeagent.runtime.docker import DockerRuntime
 from nodeagent.runtime.process import ProcessRuntime, frozen

@@ -15,9 +15,16 @@ from yarl import URL
 
 from bus.connection import Bus
 from bus.credentials import fetch_broker_token
-from bus.devservices import AMQPS_PORT, HOST, BrokerInfo, broker_tls_url, free_port, management
 from bus.errors import AuthUnavailable
 from bus.tls import SiteCA
+from idlecloud.dev.services import (
+    AMQPS_PORT,
+    HOST,
+    BrokerInfo,
+    broker_tls_url,
+    free_port,
+    management,
+)
 from services.auth.service import AuthService, AuthSettings
 from services.auth.tokens import SigningKey, mint_api_key
 

@@ -27,12 +27,12 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
 from rich.progress import Progress
 
 from bus import names
+from bus.abc import AppAddress, TaskAddress
 from bus.connection import Bus
 from bus.consumer import settle
 from bus.credentials import key_holder
-from bus.devservices import broker_url
+from bus.defaults import BROKER_URL
 from bus.errors import BusError, InvalidMessage
-from bus.sdk.app import App, Task
 from bus.sdk.protocol import Call, Outcome, decode_outcomes, encode_batch, encode_call
 from bus.topology import QueueSpec, declare_app
 
@@ -44,14 +44,14 @@ log = logging.getLogger(__name__)
 RESULT_QUEUE_EXPIRES_MS = 10 * 60 * 1000
 
 
-async def connect_app(app: App, purpose: str) -> Bus:
+async def connect_app(app: AppAddress, purpose: str) -> Bus:
     """A connection for a client of ``app``: to its URL (else ``IDLECLOUD_URL``, else the
     local broker), with the configured API key's broker token kept fresh, if there is one.
 
     Raises:
         CredentialsRefused: the key was refused or the auth service cannot be reached.
     """
-    url = app.url or os.environ.get("IDLECLOUD_URL") or broker_url()
+    url = app.url or os.environ.get("IDLECLOUD_URL") or BROKER_URL
     url, name, refresher = await key_holder(url, purpose)
     bus = await Bus(url, connection_name=name).connect()
     if refresher is not None:  # a long-lived client: keep its broker token fresh
@@ -112,7 +112,7 @@ class _Sink:
 class TaskClient:
     """Submits an app's tasks and awaits their results."""
 
-    def __init__(self, bus: Bus, app: App) -> None:
+    def __init__(self, bus: Bus, app: AppAddress) -> None:
         self._bus = bus
         self.app = app
         self.client_id = uuid.uuid4().hex[:12]
@@ -176,7 +176,7 @@ class TaskClient:
         self._pending[call.task_id] = deliver
         return call
 
-    async def _publish(self, task: Task[Any, Any], calls: list[Call]) -> None:
+    async def _publish(self, task: TaskAddress, calls: list[Call]) -> None:
         if len(calls) == 1:
             body, properties = encode_call(task.name, calls[0], self.client_id)
         else:
@@ -184,7 +184,7 @@ class TaskClient:
         route = names.Route(names.ns_tasks_exchange(self.app.namespace), self.app.app)
         await self._bus.publish_raw(route, body, properties, mandatory=True)
 
-    async def submit(self, task: Task[Any, Any], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+    async def submit(self, task: TaskAddress, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
         """Publish one call; the returned future completes with its value.
 
         Raises:
@@ -208,7 +208,7 @@ class TaskClient:
             raise
         return future
 
-    async def call(self, task: Task[Any, Any], *args: Any, **kwargs: Any) -> Any:
+    async def call(self, task: TaskAddress, *args: Any, **kwargs: Any) -> Any:
         """Run one call on a worker and return its value.
 
         Raises:
@@ -218,7 +218,7 @@ class TaskClient:
 
     async def map(
         self,
-        task: Task[Any, Any],
+        task: TaskAddress,
         inputs: Iterable[Any],
         *,
         batch_size: int = 1,
@@ -268,7 +268,7 @@ class TaskClient:
 
     async def _publish_all(
         self,
-        task: Task[Any, Any],
+        task: TaskAddress,
         inputs: Iterable[Any],
         batch_size: int,
         window: int,

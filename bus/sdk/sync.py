@@ -19,7 +19,7 @@ from bus.connection import Bus
 from bus.sdk.client import TaskClient, connect_app
 
 if TYPE_CHECKING:
-    from bus.sdk.app import App, Task
+    from bus.abc import AppAddress, TaskAddress
 
 __all__ = ["SyncClient", "SyncResult"]
 
@@ -47,7 +47,7 @@ class SyncResult:
 class SyncClient:
     """A task client on a background event loop, for scripts."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: AppAddress) -> None:
         self._app = app
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -64,7 +64,7 @@ class SyncClient:
         return await TaskClient(self._bus, self._app).start()
 
     def submit(
-        self, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, task: TaskAddress, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> SyncResult:
         """Publish one call and return at once."""
 
@@ -73,7 +73,7 @@ class SyncClient:
 
         return SyncResult(asyncio.run_coroutine_threadsafe(submit_and_wait(), self._loop))
 
-    def map(self, task: Task[Any, Any], inputs: Iterable[Any], *, batch_size: int) -> Iterator[Any]:
+    def map(self, task: TaskAddress, inputs: Iterable[Any], *, batch_size: int) -> Iterator[Any]:
         """Yield the task's values for ``inputs``, in input order."""
         arrived: queue.Queue[tuple[int, Any] | BaseException | None] = queue.Queue()
 

@@ -34,8 +34,13 @@ from rich.live import Live
 from rich.table import Table
 
 from bus.connection import Bus
-from bus.devinflux import ensure_influxdb, influx_query
-from bus.devservices import (
+from bus.sdk import App, TaskClient, connect_app
+from bus.topology import declare_platform
+from examples.stereo.client import Job, JobReport, reconstruct
+from examples.stereo.reconstruct import ACCURACY_BOUND
+from examples.stereo.watch import Watch, screen
+from idlecloud.dev.influx import ensure_influxdb, influx_query
+from idlecloud.dev.services import (
     BrokerInfo,
     DevServiceError,
     create_vhost,
@@ -43,11 +48,6 @@ from bus.devservices import (
     ensure_rabbitmq,
     free_port,
 )
-from bus.sdk import App, TaskClient, connect_app
-from bus.topology import declare_platform
-from examples.stereo.client import Job, JobReport, reconstruct
-from examples.stereo.reconstruct import ACCURACY_BOUND
-from examples.stereo.watch import Watch, screen
 from nodeagent.sim import THESIS_PCS, SimPC, Simulation
 from services.auth.tokens import SigningKey, mint_api_key
 
@@ -103,7 +103,7 @@ class Demo:
     def spawn(self, name: str, *command: str) -> None:
         log = (self.logs / f"{name}.log").open("ab")
         self.processes.append(subprocess.Popen(
-            [sys.executable, "-m", "bus", *command], stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "idlecloud", *command], stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, cwd=ROOT,
         ))  # fmt: skip
         log.close()
@@ -111,7 +111,7 @@ class Demo:
     def bus_cli(self, *command: str, key: str) -> str:
         """A `bus` command as someone holding ``key``; its standard output."""
         done = subprocess.run(
-            [sys.executable, "-m", "bus", *command], capture_output=True, text=True, cwd=ROOT,
+            [sys.executable, "-m", "idlecloud", *command], capture_output=True, text=True, cwd=ROOT,
             env={**os.environ, "IDLECLOUD_API_KEY": key, "IDLECLOUD_AUTH_URL": self.auth_url,
                  "IDLECLOUD_URL": self.url}, timeout=60, check=False,
         )  # fmt: skip
@@ -125,7 +125,7 @@ class Demo:
         ensure_rabbitmq()
         ensure_influxdb()
         if self.settings.runtime == "docker":
-            from bus.devdocker import ensure_docker
+            from idlecloud.dev.docker import ensure_docker
 
             ensure_docker()
         influx_query(f'DROP DATABASE "{DATABASE}"')
@@ -161,13 +161,13 @@ class Demo:
 
     def deploy(self) -> None:
         if self.settings.runtime == "docker":
-            from bus.devimage import WORKER_APP_DIR, worker_image
+            from idlecloud.dev.image import WORKER_APP_DIR, worker_image
 
             image, pythonpath = worker_image(ROOT / "examples"), str(WORKER_APP_DIR)
             command = ["bus", "worker", "examples.stereo.tasks:app", "-c", "1"]
         else:
             image, pythonpath = "local", str(ROOT)
-            command = [sys.executable, "-m", "bus", "worker", "examples.stereo.tasks:app",
+            command = [sys.executable, "-m", "idlecloud", "worker", "examples.stereo.tasks:app",
                        "-c", "1"]  # fmt: skip
         self.step(f"bus deploy: {self.settings.replicas} stereo workers of 1 core ({image})")
         arguments = [part for word in command for part in ("--command", word)]

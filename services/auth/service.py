@@ -39,8 +39,9 @@ from pathlib import Path
 from aiohttp import web
 
 from bus import names
+from bus.apikeys import ApiKey, InvalidKey, bearer_credential, read_api_key
 from bus.codec import Delivery
-from bus.devservices import RESOURCE_SERVER_ID
+from bus.defaults import AUTH_PORT, RESOURCE_SERVER_ID
 from bus.rpc import RpcServer
 from bus.tls import TlsFiles, server_context
 from bus.topology import QueueSpec, declare_door, declare_namespace
@@ -63,13 +64,9 @@ from services.auth.keyring import Keyring, KeyringError
 from services.auth.tokens import (
     MAX_BROKER_TOKEN_S,
     REPLICAS,
-    ApiKey,
-    InvalidKey,
     SigningKey,
-    bearer_credential,
     broker_token,
     mint_api_key,
-    read_api_key,
 )
 from services.base import ControlService
 from services.settings import ServiceEnv
@@ -90,7 +87,7 @@ class AuthSettings:
     vhost: str = "/"
     resource_server_id: str = RESOURCE_SERVER_ID
     http_host: str = "127.0.0.1"
-    http_port: int = 8470
+    http_port: int = AUTH_PORT
     broker_token_s: int = MAX_BROKER_TOKEN_S
     broker_ctl: tuple[str, ...] = ("rabbitmqctl",)
     #: Serve HTTPS with this certificate (None: plain HTTP, for loopback only).

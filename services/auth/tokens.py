@@ -1,10 +1,7 @@
-"""Keys and tokens: the signing key, API keys, and the broker tokens RabbitMQ checks.
+"""Keys and tokens: the signing key, minting API keys, and the broker tokens RabbitMQ checks.
 
-An **API key** is a long-lived JWT (audience ``idlecloud-auth``) naming a role, a subject
-(a namespace, a PC or an admin), a name and, for a user, limits; its ``jti`` is the key
-id, by which it is listed and revoked. Only the auth service accepts it; it is signed
-RS256 with the one private key only the auth service holds (everyone may see its public
-half). Tokens with any other algorithm (``none`` included) are refused.
+An **API key** (:mod:`bus.apikeys`: what it says, and how it is read) is signed RS256
+with the one private key only the auth service holds; everyone may see its public half.
 
 A **broker token** is a short-lived JWT (at most :data:`MAX_BROKER_TOKEN_S`) with the
 broker's audience, the role's scopes (:func:`bus.scopes.scopes_for`) and, as ``sub``, its
@@ -28,40 +25,29 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from bus.apikeys import ALGORITHM, API_KEY_AUDIENCE, ISSUER, ApiKey, KeyRole
 from bus.scopes import RoleName, scopes_for
 from bus.trust import Principal
 
 __all__ = [
-    "API_KEY_AUDIENCE",
-    "ISSUER",
     "MAX_BROKER_TOKEN_S",
     "REPLICAS",
-    "ApiKey",
     "BrokerKey",
-    "InvalidKey",
-    "KeyRole",
     "SigningKey",
-    "bearer_credential",
     "broker_token",
     "mint_api_key",
-    "read_api_key",
 ]
 
-ISSUER = "idlecloud"
-API_KEY_AUDIENCE = "idlecloud-auth"
 MAX_BROKER_TOKEN_S = 600
 #: The broker key every replica's tokens share (no API key has this id).
 REPLICAS = "replicas"
-_ALGORITHM = "RS256"
 _BROKER_ALGORITHM = "HS256"
-#: The roles an API key may have (replicas get broker tokens only, never a key).
-KeyRole = Literal["user", "node", "admin"]
 
 
 @dataclass(frozen=True)
@@ -75,10 +61,6 @@ class BrokerKey:
         """The key as the JSON Web Key RabbitMQ's OAuth 2 backend reads."""
         k = base64.urlsafe_b64encode(self.secret).rstrip(b"=").decode()
         return json.dumps({"kty": "oct", "alg": _BROKER_ALGORITHM, "k": k}, separators=(",", ":"))
-
-
-class InvalidKey(ValueError):
-    """An API key or token was refused; the message says why (never the token itself)."""
 
 
 @dataclass(frozen=True)
@@ -128,26 +110,13 @@ class SigningKey:
 
     def sign(self, claims: dict[str, Any]) -> str:
         """A JWT of ``claims`` signed with this key."""
-        return jwt.encode(claims, self.private_pem, algorithm=_ALGORITHM, headers={"kid": self.kid})
+        return jwt.encode(claims, self.private_pem, algorithm=ALGORITHM, headers={"kid": self.kid})
 
     def broker_key(self, key_id: str) -> BrokerKey:
         """The broker key of an API key's tokens (:data:`REPLICAS`: every replica's)."""
         kid = f"{self.kid}.{key_id}"
         root = hashlib.sha256(b"idlecloud broker keys\0" + self.private_pem).digest()
         return BrokerKey(kid, hmac.new(root, kid.encode(), hashlib.sha256).digest())
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    """What an API key says about its holder."""
-
-    key_id: str
-    role: KeyRole
-    subject: str
-    name: str
-    expires_at: int
-    cpu_millicores: int | None = None
-    memory_mib: int | None = None
 
 
 def mint_api_key(
@@ -171,44 +140,6 @@ def mint_api_key(
     if limits is not None:
         claims["limits"] = {"cpu_millicores": limits[0], "memory_mib": limits[1]}
     return api_key, key.sign(claims)
-
-
-def bearer_credential(header: str, what: str = "the API key") -> str:
-    """The credential of an ``Authorization: Bearer <it>`` header.
-
-    Raises:
-        InvalidKey: the header is missing or of another scheme; the message names ``what``.
-    """
-    scheme, _, credential = header.partition(" ")
-    credential = credential.strip()
-    if scheme.lower() != "bearer" or not credential:
-        raise InvalidKey(f"send {what} as `Authorization: Bearer <key>`")
-    return credential
-
-
-def read_api_key(token: str, public_pem: bytes) -> ApiKey:
-    """Check an API key's signature, audience, issuer and expiry; what it says.
-
-    Raises:
-        InvalidKey: forged, expired, of another audience, or not an API key at all.
-    """
-    try:
-        claims = jwt.decode(
-            token, public_pem, algorithms=[_ALGORITHM], audience=API_KEY_AUDIENCE,
-            issuer=ISSUER, options={"require": ["exp", "jti", "sub", "aud", "iss"]},
-        )  # fmt: skip
-    except jwt.ExpiredSignatureError:
-        raise InvalidKey("the API key has expired; ask an admin for a new one") from None
-    except jwt.PyJWTError as error:
-        raise InvalidKey(f"not a valid API key: {error}") from None
-    role = claims.get("role")
-    if role not in ("user", "node", "admin"):
-        raise InvalidKey(f"not a valid API key: unknown role {role!r}")
-    limits = claims.get("limits") or {}
-    return ApiKey(
-        claims["jti"], role, claims["sub"], str(claims.get("name", "")), int(claims["exp"]),
-        limits.get("cpu_millicores"), limits.get("memory_mib"),
-    )  # fmt: skip
 
 
 def broker_token(

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import jwt
 
-from bus.devservices import RESOURCE_SERVER_ID
-from services.auth.tokens import InvalidKey, read_api_key
+from bus.apikeys import InvalidKey, read_api_key
+from bus.defaults import RESOURCE_SERVER_ID
 
 __all__ = ["Caller", "identify"]
 

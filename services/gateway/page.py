@@ -17,7 +17,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from services.auth.tokens import InvalidKey, bearer_credential
+from bus.apikeys import InvalidKey, bearer_credential
 from services.gateway.auth import Caller
 from services.gateway.bodies import json_error, json_object
 

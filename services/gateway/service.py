@@ -28,8 +28,9 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from bus import names
+from bus.apikeys import InvalidKey
 from bus.connection import Bus
-from bus.credentials import DEFAULT_AUTH_URL
+from bus.defaults import AUTH_URL, GATEWAY_PORT
 from bus.errors import AuthUnavailable, BusError, CredentialsRefused, DoorClosed
 from bus.journal import Entry, Journal
 from bus.rpc import RpcClient
@@ -49,7 +50,6 @@ from schemas import (
     TokenRevoke,
 )
 from schemas.base import DNS_LABEL_PATTERN
-from services.auth.tokens import InvalidKey
 from services.gateway.auth import Caller, identify
 from services.gateway.bodies import json_error, json_object
 from services.gateway.openapi import openapi
@@ -83,11 +83,11 @@ class GatewaySettings:
 
     public_key_file: Path
     http_host: str = "127.0.0.1"
-    http_port: int = 8480
+    http_port: int = GATEWAY_PORT
     #: Serve HTTPS with this certificate (None: plain HTTP, for loopback only).
     tls: TlsFiles | None = None
     #: Where callers' API keys are traded for their broker tokens (:mod:`.relay`).
-    auth_url: str = DEFAULT_AUTH_URL
+    auth_url: str = AUTH_URL
 
 
 class Gateway:

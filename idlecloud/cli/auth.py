@@ -16,8 +16,10 @@ from typing import Annotated
 import aiohttp
 import typer
 
-from bus.cli._common import (
-    DEFAULT_URL,
+from bus.credentials import api_key_from_env
+from bus.defaults import AUTH_URL, BROKER_URL
+from bus.tls import https_context
+from idlecloud.cli._common import (
     Exit,
     JsonOption,
     UrlOption,
@@ -27,10 +29,8 @@ from bus.cli._common import (
     run_async,
     table,
 )
-from bus.cli.session import ask
-from bus.credentials import DEFAULT_AUTH_URL, api_key_from_env
-from bus.devservices import RESOURCE_SERVER_ID
-from bus.tls import https_context
+from idlecloud.cli.session import ask
+from idlecloud.dev.services import RESOURCE_SERVER_ID
 from schemas import (
     KeyReply,
     KeysQuery,
@@ -78,7 +78,7 @@ def token_issue(
     key_file: Annotated[
         Path | None, typer.Option(help="Mint offline with this signing key (the first admin).")
     ] = None,
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = BROKER_URL,
     as_json: JsonOption = False,
 ) -> None:
     """Issue an API key; it is shown once. A user's key with limits sets her quota."""
@@ -122,7 +122,7 @@ def token_issue(
 def token_revoke(
     key_id: Annotated[str, typer.Argument(help="The key's id (see `bus token list`).")],
     reason: Annotated[str, typer.Option(help="Why, for the record.")] = "",
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = BROKER_URL,
     as_json: JsonOption = False,
 ) -> None:
     """Revoke an API key: no new broker tokens, and its open connections are closed."""
@@ -137,7 +137,7 @@ def token_revoke(
 
 
 @token_app.command("list")
-def token_list(url: UrlOption = DEFAULT_URL, as_json: JsonOption = False) -> None:
+def token_list(url: UrlOption = BROKER_URL, as_json: JsonOption = False) -> None:
     """Every API key issued (never the keys themselves)."""
     reply = ask(url, Owner.platform(), KeysQuery(), KeysReply)
     if as_json:
@@ -150,7 +150,7 @@ def token_list(url: UrlOption = DEFAULT_URL, as_json: JsonOption = False) -> Non
     console.print(shown)
 
 
-def whoami(auth_url: AuthUrlOption = DEFAULT_AUTH_URL, as_json: JsonOption = False) -> None:
+def whoami(auth_url: AuthUrlOption = AUTH_URL, as_json: JsonOption = False) -> None:
     """What your API key (IDLECLOUD_API_KEY or IDLECLOUD_API_KEY_FILE) says you are."""
     api_key = api_key_from_env()
     if api_key is None:

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from bus.cli._common import Exit, console, fail
+from bus.defaults import INFLUX_DB, INFLUX_URL
+from idlecloud.cli._common import Exit, console, fail
 
 __all__ = ["register"]
 
@@ -26,8 +27,8 @@ def report(
     out: Annotated[Path, typer.Option(help="Where to write the PNG files.")] = Path("report"),
     influx_url: Annotated[
         str, typer.Option(envvar="IDLECLOUD_INFLUX_URL", help="InfluxDB 1.x.")
-    ] = "http://127.0.0.1:8086",
-    influx_db: Annotated[str, typer.Option(envvar="IDLECLOUD_INFLUX_DB")] = "idlecloud",
+    ] = INFLUX_URL,
+    influx_db: Annotated[str, typer.Option(envvar="IDLECLOUD_INFLUX_DB")] = INFLUX_DB,
 ) -> None:
     """Render the dashboard's figures (CPU per app and PC, replicas per PC, reserved over
     capacity, namespaces' CPU, the cluster) as PNG files, with presence periods marked."""

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from bus.defaults import AMQP_PORT, AMQPS_PORT, HOST, RESOURCE_SERVER_ID
 from bus.tls import SiteCA, TlsFiles
 
 __all__ = [
@@ -58,10 +59,6 @@ __all__ = [
     "scratch_vhost",
 ]
 
-HOST = "127.0.0.1"
-AMQP_PORT = 5672
-#: The broker's TLS port (``amqps://``), with a certificate from the development CA.
-AMQPS_PORT = 5671
 MANAGEMENT_PORT = 15672
 _DEV_USER = "guest"
 _DEV_PASSWORD = "guest"
@@ -71,11 +68,9 @@ _CONF_PATH = Path("/etc/rabbitmq/conf.d/10-idlecloud.conf")
 DEV_CA_DIR = Path("/etc/idlecloud-dev/ca")
 DEV_TLS_DIR = Path("/etc/rabbitmq/idlecloud-tls")
 DEV_TLS = TlsFiles(DEV_TLS_DIR / "ca.pem", DEV_TLS_DIR / "broker.pem", DEV_TLS_DIR / "broker.key")
-#: The audience of broker tokens and the prefix of their scopes.
-RESOURCE_SERVER_ID = "idlecloud"
 _PLUGINS = ("rabbitmq_management", "rabbitmq_auth_backend_oauth2")
 _CONF_TEXT = f"""\
-# Written by idlecloud's bus.devservices: a broker on loopback for development and tests,
+# Written by idlecloud's idlecloud.dev.services: a broker on loopback for development and tests,
 # plain and over TLS (a certificate of the development CA).
 listeners.tcp.1 = {HOST}:{AMQP_PORT}
 listeners.ssl.1 = {HOST}:{AMQPS_PORT}

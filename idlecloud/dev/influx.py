@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bus.devservices import DevServiceError, ensure_daemon
+from bus.defaults import INFLUX_URL
+from idlecloud.dev.services import DevServiceError, ensure_daemon
 
 __all__ = [
     "INFLUX_URL",
@@ -29,11 +30,10 @@ __all__ = [
     "stop_influxdb",
 ]
 
-INFLUX_URL = "http://127.0.0.1:8086"
 _CONF_PATH = Path("/etc/idlecloud/influxdb.conf")
 _LOG_PATH = Path("/var/log/idlecloud-influxdb.log")
 _CONF_TEXT = """\
-# Written by idlecloud's bus.devinflux: InfluxDB on loopback for development and tests.
+# Written by idlecloud's idlecloud.dev.influx: InfluxDB on loopback for development and tests.
 reporting-disabled = true
 bind-address = "127.0.0.1:8088"
 [meta]

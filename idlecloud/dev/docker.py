@@ -16,7 +16,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from bus.devservices import DevServiceError, apt_install, ensure_daemon, run_command
+from idlecloud.dev.services import DevServiceError, apt_install, ensure_daemon, run_command
 
 __all__ = ["TEST_IMAGE", "busybox_image", "docker_running", "ensure_docker", "image_present"]
 

@@ -18,8 +18,12 @@ import typer
 from rich.text import Text
 
 from bus import names
-from bus.cli._common import (
-    DEFAULT_URL,
+from bus.connection import Bus
+from bus.consumer import DEAD_REASON_HEADER
+from bus.defaults import BROKER_URL
+from bus.errors import BrokerUnavailable
+from bus.topology import declare_platform
+from idlecloud.cli._common import (
     Exit,
     JsonOption,
     UrlOption,
@@ -29,13 +33,9 @@ from bus.cli._common import (
     run_async,
     table,
 )
-from bus.connection import Bus
-from bus.consumer import DEAD_REASON_HEADER
-from bus.devdocker import busybox_image, ensure_docker
-from bus.devinflux import INFLUX_URL, ensure_influxdb
-from bus.devservices import ensure_chromium, ensure_rabbitmq
-from bus.errors import BrokerUnavailable
-from bus.topology import declare_platform
+from idlecloud.dev.docker import busybox_image, ensure_docker
+from idlecloud.dev.influx import INFLUX_URL, ensure_influxdb
+from idlecloud.dev.services import ensure_chromium, ensure_rabbitmq
 from schemas import export_json_schemas
 
 __all__ = [
@@ -123,7 +123,7 @@ async def wait_until_ready(
 
 
 def status(
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = BROKER_URL,
     as_json: JsonOption = False,
     wait: Annotated[
         float,
@@ -194,7 +194,7 @@ async def _peek_dead_letters(url: str, limit: int) -> list[dict[str, Any]]:
 
 
 def dead_letters(
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = BROKER_URL,
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="Show at most this many.")] = 20,
     as_json: JsonOption = False,
 ) -> None:
@@ -234,7 +234,7 @@ def export(
 
 @dev_app.command("up")
 def dev_up(
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = BROKER_URL,
     docker: Annotated[
         bool, typer.Option(help="Also start dockerd (no bridge) and build the test image.")
     ] = False,

@@ -21,7 +21,6 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from bus.devservices import DevServiceError, broker_url
 from bus.errors import (
     AuthUnavailable,
     BrokerUnavailable,
@@ -31,10 +30,10 @@ from bus.errors import (
     RpcTimeout,
     Unroutable,
 )
+from idlecloud.dev.services import DevServiceError
 from schemas.base import NamespaceName
 
 __all__ = [
-    "DEFAULT_URL",
     "Exit",
     "JsonOption",
     "NamespaceOption",
@@ -50,7 +49,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-DEFAULT_URL = broker_url()
 #: Output never reads text as markup: names, reasons and values come from users.
 console = Console(markup=False)
 _errors = Console(stderr=True, markup=False)

@@ -16,8 +16,10 @@ from pydantic import ValidationError
 from yarl import URL
 
 from bus.abc import Service
-from bus.cli._common import (
-    DEFAULT_URL,
+from bus.defaults import AUTH_PORT, BROKER_URL, GATEWAY_PORT, INFLUX_URL
+from bus.service import run
+from bus.tls import server_files
+from idlecloud.cli._common import (
     Exit,
     JsonOption,
     NamespaceOption,
@@ -28,10 +30,8 @@ from bus.cli._common import (
     print_json,
     table,
 )
-from bus.cli.platform import CORE_SERVICES, wait_until_ready
-from bus.cli.session import ask
-from bus.service import run
-from bus.tls import server_files
+from idlecloud.cli.platform import CORE_SERVICES, wait_until_ready
+from idlecloud.cli.session import ask
 from schemas import (
     UNLIMITED,
     AppsQuery,
@@ -94,7 +94,7 @@ def deploy(
     selector: Annotated[list[str] | None, typer.Option(help="Only PCs labelled KEY=VALUE.")] = None,
     file: Annotated[Path | None, typer.Option(help="A TOML file of these fields.")] = None,
     namespace: NamespaceOption = "default",
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = BROKER_URL,
     as_json: JsonOption = False,
 ) -> None:
     """Create or replace an app: run REPLICAS copies of IMAGE within your quota."""
@@ -127,7 +127,7 @@ def _apps(url: str, namespace: str, app: str | None) -> AppsReply:
     return ask(url, Owner.namespace(namespace), AppsQuery(namespace=namespace, app=app), AppsReply)
 
 
-def apps(namespace: NamespaceOption = "default", url: UrlOption = DEFAULT_URL,
+def apps(namespace: NamespaceOption = "default", url: UrlOption = BROKER_URL,
          as_json: JsonOption = False) -> None:  # fmt: skip
     """Your apps: state, replicas running against desired, and your quota's use."""
     reply = _apps(url, namespace, None)
@@ -152,7 +152,7 @@ def apps(namespace: NamespaceOption = "default", url: UrlOption = DEFAULT_URL,
 def app_detail(
     app: Annotated[str, typer.Argument(help="The app's id.")],
     namespace: NamespaceOption = "default",
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = BROKER_URL,
     as_json: JsonOption = False,
 ) -> None:
     """One app: its replicas, on which PC, in what state."""
@@ -176,7 +176,7 @@ def scale(
     app: Annotated[str, typer.Argument(help="The app's id.")],
     replicas: Annotated[int, typer.Argument(min=0, help="How many should run.")],
     namespace: NamespaceOption = "default",
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = BROKER_URL,
     as_json: JsonOption = False,
 ) -> None:
     """Change how many replicas of an app run."""
@@ -189,7 +189,7 @@ def scale(
 def delete(
     app: Annotated[str, typer.Argument(help="The app's id.")],
     namespace: NamespaceOption = "default",
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = BROKER_URL,
     as_json: JsonOption = False,
 ) -> None:
     """Remove an app and stop its replicas."""
@@ -197,7 +197,7 @@ def delete(
     _submit(url, Owner.namespace(namespace), request, as_json, f"{app}: deleted")
 
 
-def nodes(url: UrlOption = DEFAULT_URL, as_json: JsonOption = False) -> None:
+def nodes(url: UrlOption = BROKER_URL, as_json: JsonOption = False) -> None:
     """Every PC: free, busy with a person, lost, cordoned; capacity, reserved, replicas."""
     reply = ask(url, Owner.platform(), NodesQuery(), NodesReply)
     if as_json:
@@ -220,7 +220,7 @@ def _cordon_command(action: Literal["cordon", "uncordon", "drain"], done: str) -
     def command(
         node: Annotated[str, typer.Argument(help="The PC's name.")],
         reason: Annotated[str, typer.Option(help="Why, for the record.")] = "",
-        url: UrlOption = DEFAULT_URL,
+        url: UrlOption = BROKER_URL,
         as_json: JsonOption = False,
     ) -> None:
         request = CordonRequest(request_id=_request_id(), node=node, action=action, reason=reason)
@@ -241,7 +241,7 @@ def quota_set(
     memory_mib: Annotated[
         int | None, typer.Option(min=0, help="Memory it may reserve in all.", show_default=False)
     ] = None,
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = BROKER_URL,
     as_json: JsonOption = False,
 ) -> None:
     """Set how much a namespace's apps may reserve in all. Give either or both: the other
@@ -258,7 +258,7 @@ def quota_set(
 
 
 @quota_app.command("show")
-def quota_show(namespace: NamespaceOption = "default", url: UrlOption = DEFAULT_URL,
+def quota_show(namespace: NamespaceOption = "default", url: UrlOption = BROKER_URL,
                as_json: JsonOption = False) -> None:  # fmt: skip
     """A namespace's quota and what it reserves and runs."""
     reply = _apps(url, namespace, None)
@@ -276,7 +276,7 @@ def quota_show(namespace: NamespaceOption = "default", url: UrlOption = DEFAULT_
 
 
 def up(
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = BROKER_URL,
     auth_key_file: Annotated[
         Path | None,
         typer.Option(
@@ -284,7 +284,7 @@ def up(
             help="The signing key: also run the auth service (`bus token init`).",
         ),
     ] = None,
-    auth_port: Annotated[int, typer.Option(envvar="IDLECLOUD_AUTH_PORT")] = 8470,
+    auth_port: Annotated[int, typer.Option(envvar="IDLECLOUD_AUTH_PORT")] = AUTH_PORT,
     tls_cert: Annotated[
         Path | None,
         typer.Option(
@@ -302,16 +302,14 @@ def up(
             envvar="IDLECLOUD_GATEWAY_PORT",
             help="With --auth-key-file, serve the REST API here (0: no gateway).",
         ),
-    ] = 8480,
+    ] = GATEWAY_PORT,
     influx_db: Annotated[
         str | None,
         typer.Option(
             envvar="IDLECLOUD_INFLUX_DB", help="Also write metrics to this InfluxDB 1.x database."
         ),
     ] = None,
-    influx_url: Annotated[
-        str, typer.Option(envvar="IDLECLOUD_INFLUX_URL")
-    ] = "http://127.0.0.1:8086",
+    influx_url: Annotated[str, typer.Option(envvar="IDLECLOUD_INFLUX_URL")] = INFLUX_URL,
     kube_namespace: Annotated[
         list[str] | None,
         typer.Option(

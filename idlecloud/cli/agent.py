@@ -15,12 +15,14 @@ import psutil
 import typer
 from yarl import URL
 
-from bus.abc import Runtime, Service
-from bus.cli._common import DEFAULT_URL, UrlOption, fail, run_async
-from bus.credentials import DEFAULT_AUTH_URL, key_holder
+from bus.abc import Service
+from bus.credentials import key_holder
+from bus.defaults import AUTH_URL, BROKER_URL
 from bus.service import run
+from idlecloud.cli._common import UrlOption, fail, run_async
 from nodeagent.agent import Agent, AgentSettings
 from nodeagent.policy import PolicySettings
+from nodeagent.runtime import Runtime
 from nodeagent.runtime.cgroup import Mounts, replica_parent
 from nodeagent.runtime.identity import Identities, UidRange
 from nodeagent.runtime.process import ProcessRuntime
@@ -119,7 +121,7 @@ def run_agent(
             callback=_load_config,
         ),
     ] = None,
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = BROKER_URL,
     node: Annotated[str | None, _option("This PC's name (default: the hostname).", "NODE")] = None,
     utmp: Annotated[Path, _option("The utmp file to watch for logins.", "UTMP")] = Path(
         "/var/run/utmp"
@@ -216,7 +218,7 @@ def run_agent(
     ] = "65534:65534",
     auth_url: Annotated[
         str, typer.Option(envvar="IDLECLOUD_AUTH_URL", help="The auth service (with a PC key).")
-    ] = DEFAULT_AUTH_URL,
+    ] = AUTH_URL,
     replica_url: Annotated[
         str | None,
         _option(

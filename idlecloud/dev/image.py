@@ -18,8 +18,8 @@ import sys
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from bus.devdocker import docker_running, image_present
-from bus.devservices import DevServiceError, apt_install, run_command
+from idlecloud.dev.docker import docker_running, image_present
+from idlecloud.dev.services import DevServiceError, apt_install, run_command
 
 __all__ = ["CACHE", "WORKER_APP_DIR", "worker_image"]
 
@@ -28,7 +28,7 @@ CACHE = Path("/var/cache/idlecloud")
 WORKER_APP_DIR = PurePosixPath("/opt/idlecloud/app")
 _VENV = PurePosixPath("/opt/idlecloud/venv")
 _ROOT = Path(__file__).resolve().parents[1]
-_SOURCES = ("pyproject.toml", "bus", "schemas", "services", "nodeagent")
+_SOURCES = ("pyproject.toml", "bus", "idlecloud", "schemas", "services", "nodeagent")
 _EXTRA_WHEELS = ("numpy",)  # what the example apps import beyond the SDK
 #: What a worker needs of the project's dependencies (not the control plane's, the agent's
 #: or the report's): the image installs only these.

@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
-from bus.cli._common import run_async
 from bus.connection import Bus
 from bus.credentials import key_holder
 from bus.rpc import RpcClient
+from idlecloud.cli._common import run_async
 from schemas import Message, Owner
 
 __all__ = ["ask", "connect"]

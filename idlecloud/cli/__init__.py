@@ -10,9 +10,9 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from bus.cli import agent, auth, control, events, platform, report, sim, worker
-from bus.cli._common import describe, fail
 from bus.service import configure_logging
+from idlecloud.cli import agent, auth, control, events, platform, report, sim, worker
+from idlecloud.cli._common import describe, fail
 from nodeagent.load import PLATFORM_MARKER
 
 __all__ = ["app", "main"]

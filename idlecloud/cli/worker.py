@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from bus.cli._common import DEFAULT_URL, UrlOption, fail, run_async
 from bus.credentials import key_holder
+from bus.defaults import BROKER_URL
 from bus.service import run
+from idlecloud.cli._common import UrlOption, fail, run_async
 
 if TYPE_CHECKING:
     from bus.abc import Service
@@ -20,7 +21,7 @@ __all__ = ["register"]
 
 def worker(
     target: Annotated[str, typer.Argument(help="The app to serve, as MODULE:ATTRIBUTE.")],
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = BROKER_URL,
     concurrency: Annotated[
         int, typer.Option("--concurrency", "-c", min=1, max=1024, help="Processes/threads.")
     ] = 1,

@@ -13,18 +13,18 @@ import typer
 from aio_pika.abc import AbstractIncomingMessage
 
 from bus import names
-from bus.cli._common import (
-    DEFAULT_URL,
+from bus.codec import decode_event
+from bus.defaults import BROKER_URL
+from bus.errors import InvalidMessage
+from bus.topology import QueueSpec
+from idlecloud.cli._common import (
     JsonOption,
     OptionalNamespaceOption,
     UrlOption,
     console,
     run_async,
 )
-from bus.cli.session import connect
-from bus.codec import decode_event
-from bus.errors import InvalidMessage
-from bus.topology import QueueSpec
+from idlecloud.cli.session import connect
 from schemas import Message, Owner
 
 __all__ = ["register"]
@@ -77,7 +77,7 @@ def events(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Until Ctrl-C.")] = False,
     seconds: Annotated[float, typer.Option(help="How long to listen without --follow.")] = 5.0,
     heartbeats: Annotated[bool, typer.Option(help="Show heartbeats and metrics too.")] = False,
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = BROKER_URL,
     as_json: JsonOption = False,
 ) -> None:
     """Print the platform's events as they happen (statuses, presence, replicas, results)."""

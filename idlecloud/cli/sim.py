@@ -9,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from bus.cli._common import DEFAULT_URL, JsonOption, UrlOption, console, fail, print_json, table
+from bus.defaults import BROKER_URL
+from idlecloud.cli._common import JsonOption, UrlOption, console, fail, print_json, table
 from nodeagent.sim import THESIS_PCS, SimPC, Simulation
 
 __all__ = ["sim_app"]
@@ -35,7 +36,7 @@ def _parse_pc(text: str) -> SimPC:
 
 @sim_app.command("up")
 def up(
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = BROKER_URL,
     folder: FolderOption = DEFAULT_DIR,
     pc: Annotated[
         list[str] | None,
