@@ -38,7 +38,7 @@ from idlecloud.dev.influx import (  # noqa: E402
     stop_influxdb,
 )
 from idlecloud.dev.services import scratch_vhost  # noqa: E402
-from nodeagent.sim import SimPC, Simulation  # noqa: E402
+from nodeagent.sim import SimNode, Simulation  # noqa: E402
 from schemas import MetricSample  # noqa: E402
 from services.metrics.influx import InfluxV1  # noqa: E402
 from services.metrics.writer import MetricsWriter  # noqa: E402
@@ -65,7 +65,7 @@ async def main(url: str, database: str, outage_s: float, pcs: int) -> None:
         writer = MetricsWriter(InfluxV1(INFLUX_URL, database))
         await writer.start(bus)
         await collect_events(bus, "node.*.metrics", count)
-        simulation.up(url, tuple(SimPC(f"pc{i}", 4000, 8192) for i in range(pcs)),
+        simulation.up(url, tuple(SimNode(f"pc{i}", 4000, 8192) for i in range(pcs)),
                       extra_args=("--metrics-s", "1", "--start-idle-s", "0"))  # fmt: skip
         try:
             await asyncio.sleep(10)  # warm up: agents started, samples flowing

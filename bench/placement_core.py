@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from schemas import ZERO, Amount
 from services.placement.scheduler import NodeSlot, Snapshot, Want, schedule
 
 
@@ -27,21 +28,16 @@ def snapshot(nodes: int, replicas: int, seed: int) -> Snapshot:
     for index in range(nodes):
         cores = rng.choice((4, 8, 16))
         labels = {"room": f"lab{index % 5}"}
-        slots.append(
-            NodeSlot(f"pc{index}", cores * 1000, cores * 2048, cores * 1000, cores * 2048, labels)
-        )
+        size = Amount(cores * 1000, cores * 2048)
+        slots.append(NodeSlot(f"pc{index}", size, size, labels))
     apps = 100
     wants = []
     for index in range(apps):
         selector = {"room": f"lab{index % 5}"} if index % 10 == 0 else {}
         cpu, memory = rng.choice((250, 500, 1000)), rng.choice((256, 512, 1024))
         key = (f"ns{index % 10}", f"app{index}")
-        wants.append(Want(key, replicas // apps, cpu, memory, selector))
-    total = (
-        sum(s.capacity_cpu_millicores for s in slots),
-        sum(s.capacity_memory_mib for s in slots),
-    )
-    return Snapshot(slots, wants, total=total)
+        wants.append(Want(key, replicas // apps, Amount(cpu, memory), selector))
+    return Snapshot(slots, wants, total=sum((s.capacity for s in slots), ZERO))
 
 
 def main() -> None:

@@ -106,7 +106,9 @@ def summarize_validation_error(error: ValidationError, limit: int = 5) -> str:
     return "; ".join(parts)
 
 
-def _schema_of(delivery: Delivery, accepts: Mapping[str, type[Message]]) -> type[Message]:
+def _schema_of(
+    delivery: Delivery, accepts: Mapping[str, type[Message]]
+) -> tuple[type[Message], int]:
     name = delivery.headers.get(SCHEMA_HEADER)
     if not isinstance(name, str):
         raise InvalidMessage(
@@ -119,12 +121,13 @@ def _schema_of(delivery: Delivery, accepts: Mapping[str, type[Message]]) -> type
     version = delivery.headers.get(SCHEMA_VERSION_HEADER)
     if isinstance(version, bool) or not isinstance(version, int):
         raise InvalidMessage(f"missing or non-integer header {SCHEMA_VERSION_HEADER!r}")
-    if version != cls.schema_version:
+    if version != cls.schema_version and version not in cls.older_versions:
+        spoken = sorted({cls.schema_version, *cls.older_versions})
         raise InvalidMessage(
-            f"{name} version {version} is not supported; this consumer speaks "
-            f"version {cls.schema_version}"
+            f"{name} version {version} is not supported; this consumer reads "
+            f"version{'s' if len(spoken) > 1 else ''} {', '.join(map(str, spoken))}"
         )
-    return cls
+    return cls, version
 
 
 def decode(
@@ -151,13 +154,18 @@ def decode(
     size = len(delivery.body)
     if size > max_body_bytes:
         raise InvalidMessage(f"body of {size} bytes exceeds the limit of {max_body_bytes}")
-    cls = _schema_of(delivery, accepts)
+    cls, version = _schema_of(delivery, accepts)
     try:
-        message = cls.model_validate_json(delivery.body)
+        if version == cls.schema_version:
+            message = cls.model_validate_json(delivery.body)
+        else:
+            message = cls.from_older(version, delivery.body)
     except ValidationError as error:
         raise InvalidMessage(
             f"invalid {cls.schema_name}: {summarize_validation_error(error)}"
         ) from None
+    except ValueError as error:  # a body its older version could not have sent
+        raise InvalidMessage(f"invalid {cls.schema_name} version {version}: {error}") from None
     if check_route and delivery.exchange != names.DEFAULT_EXCHANGE:
         expected = names.route(message)
         actual = names.Route(delivery.exchange, delivery.routing_key)

@@ -18,7 +18,6 @@ import itertools
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
@@ -39,9 +38,9 @@ from schemas import (
     ScaleRequest,
     TokenRevoke,
 )
-from schemas.journal import JournalMarker, LeaderTookOver
+from schemas.journal import Entry, JournalMarker, LeaderTookOver
 
-__all__ = ["ENTRIES", "JOURNAL_ROUTE", "MAX_ENTRY_BYTES", "Entry", "Journal"]
+__all__ = ["ENTRIES", "JOURNAL_ROUTE", "MAX_ENTRY_BYTES", "Journal"]
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +62,6 @@ MAX_ENTRY_BYTES = 64 * 1024 * 1024
 #: Appends go through the default exchange straight into the stream.
 JOURNAL_ROUTE = names.Route(names.DEFAULT_EXCHANGE, names.JOURNAL_STREAM)
 _PREFETCH = 500
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One journal entry and its offset in the stream."""
-
-    offset: int
-    message: Message
 
 
 class Journal:

@@ -86,13 +86,13 @@ __all__ = [
     "node_commands_queue",
     "node_dead_letter_keys",
     "node_event_keys",
+    "node_view_keys",
     "ns_dead_exchange",
     "ns_events_binding",
     "ns_events_exchange",
     "ns_results_exchange",
     "ns_tasks_exchange",
     "owner_of",
-    "pc_view_keys",
     "presence_keys",
     "query_keys",
     "reply_queue",
@@ -334,7 +334,7 @@ def presence_keys() -> tuple[str, ...]:
     return tuple(_node_key("*", _NODE_EVENTS[kind]) for kind in (NodeHeartbeat, NodePresence))
 
 
-def pc_view_keys() -> tuple[str, ...]:
+def node_view_keys() -> tuple[str, ...]:
     """The routing-key patterns of what anyone may watch of the PCs: presence and cordons."""
     return (_node_key("*", _NODE_EVENTS[NodePresence]), f"{_PLATFORM}.cordon.*")
 

@@ -50,23 +50,27 @@ from nodeagent.sessions import SessionSource
 from nodeagent.timetable import Timetable
 from nodeagent.tokens import TokenFiles
 from schemas import (
-    MAX_CPU_MILLICORES,
+    ZERO,
+    Amount,
     NodePresence,
     Owner,
     PauseReplica,
     Presence,
+    Refusal,
     RenewToken,
     ReplicaCommand,
     ReplicaState,
     ReplicaStatus,
-    Resources,
     ResumeReplica,
     StartReplica,
     StopReplica,
     utc_now,
 )
 
-__all__ = ["Agent", "AgentSettings"]
+__all__ = ["DESK_RESERVE", "Agent", "AgentSettings"]
+
+#: What a PC keeps for the person at the desk unless told otherwise: a core and 2 GiB.
+DESK_RESERVE = Amount(1000, 2048)
 
 #: Replicas in these states hold no resources (they wait only for their StopReplica).
 _ENDED = frozenset({ReplicaState.EXITED, ReplicaState.FAILED})
@@ -85,14 +89,24 @@ _COMMANDS: tuple[type[ReplicaCommand], ...] = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """How a start ended, as its ReplicaStatus says it."""
+
+    state: ReplicaState
+    reason: str = ""
+    refusal: Refusal | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class AgentSettings:
     """One PC's agent: its name, what it offers, where it watches, and its policy."""
 
     node: str
-    capacity: Resources
-    reserved: Resources
+    capacity: Amount
     utmp_path: Path
+    #: What is kept for the person at the desk: replicas never reserve it.
+    desk_reserve: Amount = DESK_RESERVE
     policy: PolicySettings = field(default_factory=PolicySettings)
     heartbeat_s: float = 1.0
     #: Seconds between metric samples (the PC's and each replica's use), for the metrics writer.
@@ -109,12 +123,10 @@ class AgentSettings:
     replica_url: str = "amqp://127.0.0.1:5672/"
 
     @property
-    def allocatable(self) -> Resources:
-        """Capacity less what is kept for the person at the desk."""
-        return Resources(
-            cpu_millicores=max(0, self.capacity.cpu_millicores - self.reserved.cpu_millicores),
-            memory_mib=max(0, self.capacity.memory_mib - self.reserved.memory_mib),
-        )
+    def allocatable(self) -> Amount:
+        """Capacity less the desk's reserve."""
+        left = self.capacity - self.desk_reserve
+        return Amount(max(0, left.cpu_millicores), max(0, left.memory_mib))
 
 
 class Agent:
@@ -129,12 +141,16 @@ class Agent:
         tokens: TokenFiles,
         *,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = datetime.now,
     ) -> None:
+        """``clock`` times the policy (monotonic seconds); ``wall_clock`` gives the local
+        time the timetable is read at."""
         self.settings = settings
         self.runtime = runtime
         self.tokens = tokens
         self._ended: set[str] = set()  # replicas whose end was reported
         self._clock = clock
+        self._wall_clock = wall_clock
         self._policy = PresencePolicy(settings.policy, clock())
         self._sessions = SessionSource(settings.utmp_path, self._on_signal)
         self._input = InputSource(self._on_signal, folder=settings.input_dir, clock=clock)
@@ -147,7 +163,7 @@ class Agent:
         self._announced: Presence | None = None
         self._acting = asyncio.Lock()  # decisions are carried out one at a time, in order
         #: Starts in flight: their reservation, and a future done once each settled.
-        self._starting: dict[str, tuple[Resources, asyncio.Future[None]]] = {}
+        self._starting: dict[str, tuple[Amount, asyncio.Future[None]]] = {}
         self._epochs = EpochGuard()
         self._seq = 0
         self._bus: Bus | None = None
@@ -220,7 +236,7 @@ class Agent:
             sessions=len(self._sessions.sessions),
             last_input_at=self._input.last_input_at,
             foreign_load=self._load.cores,
-            timetable_block=self.settings.timetable.blocked(datetime.now()),
+            timetable_block=self.settings.timetable.blocked(self._wall_clock()),
         )
 
     def _on_signal(self, *_news: object) -> None:
@@ -261,7 +277,7 @@ class Agent:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        now_wall = datetime.now()
+        now_wall = self._wall_clock()
         flips = self.settings.timetable.next_change(now_wall)
         if flips is not None:
             flips_at = self._clock() + (flips - now_wall).total_seconds()
@@ -307,9 +323,21 @@ class Agent:
                 if self.tokens.folder(command.replica_id).is_dir():
                     self.tokens.write(command.replica_id, command.token)
 
-    def _refusal(self) -> str:
-        """Why this PC takes no replica now."""
-        return f"this PC is {self.decision.phase} ({self.decision.cause})"
+    def _not_accepting(self) -> tuple[Refusal, str]:
+        """This PC takes no replica now, and why, for people."""
+        return Refusal.NOT_ACCEPTING, f"this PC is {self.decision.phase} ({self.decision.cause})"
+
+    def _no_room(self, replicas: list[ReplicaInfo], wanted: Amount) -> tuple[Refusal, str] | None:
+        """The replica's reservation does not fit what the live and starting ones leave."""
+        held = [r.reservation for r in replicas if r.state not in _ENDED]
+        held += [reservation for reservation, _ in self._starting.values()]
+        free = self.settings.allocatable - sum(held, ZERO)
+        if wanted.shortfall(free) is None:
+            return None
+        return Refusal.NO_ROOM, (
+            f"needs {wanted.cpu_millicores}m/{wanted.memory_mib}MiB, free "
+            f"{free.cpu_millicores}m/{free.memory_mib}MiB"
+        )
 
     async def _start(self, command: StartReplica) -> None:
         replicas = await self.runtime.replicas()
@@ -317,38 +345,23 @@ class Agent:
             r.replica_id == command.replica_id for r in replicas
         ):
             return  # idempotent: it runs, or starts, already
-        reason = ""
-        if not self.decision.accepting:
-            reason = self._refusal()
+        wanted = Amount.of(command.reservation)
+        refused = (
+            self._no_room(replicas, wanted) if self.decision.accepting else self._not_accepting()
+        )
+        if refused is not None:
+            outcome = _Outcome(ReplicaState.FAILED, refused[1], refused[0])
         else:
-            held = [r.reservation for r in replicas if r.state not in _ENDED]
-            held += [reservation for reservation, _ in self._starting.values()]
-            used_cpu = sum(r.cpu_millicores for r in held)
-            used_mib = sum(r.memory_mib for r in held)
-            free = self.settings.allocatable
-            wanted = command.reservation
-            if (
-                used_cpu + wanted.cpu_millicores > free.cpu_millicores
-                or used_mib + wanted.memory_mib > free.memory_mib
-            ):
-                reason = (
-                    f"needs {wanted.cpu_millicores}m/{wanted.memory_mib}MiB, free "
-                    f"{free.cpu_millicores - used_cpu}m/{free.memory_mib - used_mib}MiB"
-                )
-        state = ReplicaState.FAILED
-        if not reason:
             settled = asyncio.get_running_loop().create_future()
-            self._starting[command.replica_id] = (command.reservation, settled)
+            self._starting[command.replica_id] = (wanted, settled)
             try:
-                state, reason = await self._run(command)
+                outcome = await self._run(command)
             finally:
                 del self._starting[command.replica_id]
                 settled.set_result(None)
-        await self._publish_status(
-            command.replica_id, command.namespace, command.app, state, reason
-        )
+        await self._publish_status(command.replica_id, command.namespace, command.app, outcome)
 
-    async def _run(self, command: StartReplica) -> tuple[ReplicaState, str]:
+    async def _run(self, command: StartReplica) -> _Outcome:
         """Start the replica; paused at once if a person arrived while it started."""
         env = {
             **command.env,
@@ -364,29 +377,31 @@ class Agent:
             command.image,
             command.command,
             env,
-            command.reservation.cpu_millicores,
-            command.reservation.memory_mib,
+            Amount.of(command.reservation),
             # no token (a platform without the auth service): the URL's credentials serve
             self.tokens.write(command.replica_id, command.token) if command.token else None,
         )
         try:
             await self.runtime.start(spec, may_run=lambda: self.decision.accepting)
+        except StartCancelled:
+            self.tokens.remove(command.replica_id)
+            refusal, reason = self._not_accepting()
+            return _Outcome(ReplicaState.FAILED, reason, refusal)
         except StartFailed as error:
             self.tokens.remove(command.replica_id)
-            reason = self._refusal() if isinstance(error, StartCancelled) else str(error)
-            return ReplicaState.FAILED, reason
+            return _Outcome(ReplicaState.FAILED, str(error))
         if not self.decision.accepting:  # a person arrived while it started
             await self.runtime.pause(command.replica_id)
-            return ReplicaState.PAUSED, self._refusal()
-        return ReplicaState.RUNNING, ""
+            refusal, reason = self._not_accepting()
+            return _Outcome(ReplicaState.PAUSED, reason, refusal)
+        return _Outcome(ReplicaState.RUNNING)
 
     async def _publish_status(
         self,
         replica_id: str,
         namespace: str,
         app: str,
-        state: ReplicaState,
-        reason: str = "",
+        outcome: _Outcome,
         ended: ReplicaInfo | None = None,
     ) -> None:
         await self.bus.publish(
@@ -395,9 +410,10 @@ class Agent:
                 replica_id=replica_id,
                 namespace=namespace,
                 app=app,
-                state=state,
+                state=outcome.state,
                 at=utc_now(),
-                reason=reason,
+                reason=outcome.reason,
+                refusal=outcome.refusal,
                 exit_code=None if ended is None else ended.exit_code,
                 log_tail=() if ended is None else ended.log_tail,
             )
@@ -408,14 +424,9 @@ class Agent:
         for replica in replicas:
             if replica.state in _ENDED and replica.replica_id not in self._ended:
                 self._ended.add(replica.replica_id)
-                reason = f"exited with code {replica.exit_code}"
+                outcome = _Outcome(replica.state, f"exited with code {replica.exit_code}")
                 await self._publish_status(
-                    replica.replica_id,
-                    replica.namespace,
-                    replica.app,
-                    replica.state,
-                    reason,
-                    ended=replica,
+                    replica.replica_id, replica.namespace, replica.app, outcome, ended=replica
                 )
 
     async def _samples(self) -> None:
@@ -425,11 +436,9 @@ class Agent:
         while True:
             await asyncio.sleep(self.settings.metrics_s)
             replicas = await self.runtime.replicas(with_usage=True)
-            used = Resources(
-                cpu_millicores=min(
-                    MAX_CPU_MILLICORES, round(psutil.cpu_percent() / 100 * cores * 1000)
-                ),
-                memory_mib=psutil.virtual_memory().used // 2**20,
+            used = Amount(
+                round(psutil.cpu_percent() / 100 * cores * 1000),
+                psutil.virtual_memory().used // 2**20,
             )
             live = [r for r in replicas if r.state not in _ENDED]
             settings = self.settings

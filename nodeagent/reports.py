@@ -7,31 +7,23 @@ from datetime import UTC, datetime
 
 from nodeagent.runtime.spec import ReplicaInfo
 from schemas import (
-    MAX_CPU_MILLICORES,
+    ZERO,
+    Amount,
     MetricSample,
     NodeHeartbeat,
     Presence,
     ReplicaReport,
     ReplicaUsage,
-    Resources,
 )
 
-__all__ = ["heartbeat", "metric_sample", "total"]
-
-
-def total(amounts: Sequence[Resources]) -> Resources:
-    """The sum of some amounts of CPU and memory."""
-    return Resources(
-        cpu_millicores=min(MAX_CPU_MILLICORES, sum(a.cpu_millicores for a in amounts)),
-        memory_mib=sum(a.memory_mib for a in amounts),
-    )
+__all__ = ["heartbeat", "metric_sample"]
 
 
 def heartbeat(
     node: str,
     seq: int,
-    capacity: Resources,
-    allocatable: Resources,
+    capacity: Amount,
+    allocatable: Amount,
     presence: Presence,
     replicas: Sequence[ReplicaInfo],
     labels: dict[str, str],
@@ -39,11 +31,12 @@ def heartbeat(
 ) -> NodeHeartbeat:
     """A heartbeat: the PC, its presence, and every replica with its state and use."""
     return NodeHeartbeat(
-        node=node, seq=seq, sent_at=datetime.now(UTC), capacity=capacity,
-        allocatable=allocatable, usage=total([r.usage for r in replicas]), presence=presence,
+        node=node, seq=seq, sent_at=datetime.now(UTC), capacity=capacity.wire(),
+        allocatable=allocatable.wire(), usage=sum((r.usage for r in replicas), ZERO).wire(),
+        presence=presence,
         replicas=tuple(
             ReplicaReport(replica_id=r.replica_id, namespace=r.namespace, app=r.app,
-                          state=r.state, reservation=r.reservation, usage=r.usage)
+                          state=r.state, reservation=r.reservation.wire(), usage=r.usage.wire())
             for r in replicas
         ),
         labels=labels, runtime=runtime,
@@ -52,18 +45,19 @@ def heartbeat(
 
 def metric_sample(
     node: str,
-    used: Resources,
-    capacity: Resources,
+    used: Amount,
+    capacity: Amount,
     presence: Presence,
     replicas: Sequence[ReplicaInfo],
     departed: Iterable[str] = (),
 ) -> MetricSample:
     """A metric sample: the PC's use, what its live replicas reserve, each one's use, and
     the namespaces whose last replica here went since the previous sample."""
+    use = used.wire()
     return MetricSample(
-        node=node, at=datetime.now(UTC), cpu_millicores=used.cpu_millicores,
-        memory_mib=used.memory_mib, capacity=capacity,
-        reserved=total([r.reservation for r in replicas]), presence=presence.state,
+        node=node, at=datetime.now(UTC), cpu_millicores=use.cpu_millicores,
+        memory_mib=use.memory_mib, capacity=capacity.wire(),
+        reserved=sum((r.reservation for r in replicas), ZERO).wire(), presence=presence.state,
         replicas=tuple(
             ReplicaUsage(replica_id=r.replica_id, namespace=r.namespace, app=r.app,
                          cpu_millicores=r.usage.cpu_millicores, memory_mib=r.usage.memory_mib)

@@ -4,7 +4,7 @@ Each simulated PC is a real `bus agent run` process (process runtime) with its o
 capacity, utmp file and state folder under one simulation folder, and its own range of
 replica uids (1,000 of them, from a block chosen by the folder and the PC's name, and
 never shared within a simulation). Replicas' homes and tokens go under
-``/var/tmp/idlecloud-sim/<folder's hash>/<pc>``, a folder every replica uid can reach
+``/var/tmp/idlecloud-sim/<folder's hash>/<node>``, a folder every replica uid can reach
 whatever the simulation folder's own permissions. Run as root, as on a lab PC, every
 replica gets a uid of its own; run as anyone else the agents are told
 ``--insecure-same-user``, and say so: their replicas then run as you. Logging a person in
@@ -35,13 +35,13 @@ from nodeagent.runtime.identity import UidRange, uid_block
 from nodeagent.runtime.process import kill_recorded
 from nodeagent.utmp import read_sessions, write_login, write_logout
 
-__all__ = ["THESIS_PCS", "SimPC", "Simulation", "node_containers", "remove_containers"]
+__all__ = ["THESIS_NODES", "SimNode", "Simulation", "node_containers", "remove_containers"]
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class SimPC:
+class SimNode:
     """One simulated PC: its name and what it offers."""
 
     name: str
@@ -50,11 +50,11 @@ class SimPC:
 
 
 #: The four lab PCs of the thesis's experiments (Edge 8 cores, the others 4).
-THESIS_PCS = (
-    SimPC("edge", 8000, 16384),
-    SimPC("ninja", 4000, 8192),
-    SimPC("jonathan", 4000, 8192),
-    SimPC("penguin", 4000, 8192),
+THESIS_NODES = (
+    SimNode("edge", 8000, 16384),
+    SimNode("ninja", 4000, 8192),
+    SimNode("jonathan", 4000, 8192),
+    SimNode("penguin", 4000, 8192),
 )
 
 
@@ -89,10 +89,10 @@ class Simulation:
         loaded: dict[str, dict[str, object]] = json.loads(self._record.read_text())
         return loaded
 
-    def _save(self, pcs: dict[str, dict[str, object]]) -> None:
+    def _save(self, nodes: dict[str, dict[str, object]]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         staged = self._record.with_suffix(".tmp")
-        staged.write_text(json.dumps(pcs, indent=2))
+        staged.write_text(json.dumps(nodes, indent=2))
         staged.replace(self._record)
 
     def utmp(self, name: str) -> Path:
@@ -114,7 +114,7 @@ class Simulation:
     def up(
         self,
         url: str,
-        pcs: tuple[SimPC, ...] = THESIS_PCS,
+        nodes: tuple[SimNode, ...] = THESIS_NODES,
         *,
         runtime: str = "process",
         foreign_load: bool = False,
@@ -124,7 +124,7 @@ class Simulation:
 
         Args:
             url: the broker URL the agents connect to.
-            pcs: the PCs to simulate.
+            nodes: the PCs to simulate.
             runtime: how their replicas run, ``process`` or ``docker``.
             foreign_load: count the machine's other CPU load as a person at every PC. Off
                 by default: the PCs share this machine, whose load (the researcher's own
@@ -139,26 +139,26 @@ class Simulation:
                 "simulated PCs run their replicas as your own user (--insecure-same-user): "
                 "run as root to give each a uid of its own"
             )
-        for pc in pcs:
-            if pc.name in known and self._alive(known[pc.name]):
+        for spec in nodes:
+            if spec.name in known and self._alive(known[spec.name]):
                 continue
-            taken = [UidRange.parse(str(e["replica_uids"]))
-                     for n, e in known.items() if n != pc.name and "replica_uids" in e]  # fmt: skip
-            uids = str(uid_block(f"{self.folder.resolve()}/{pc.name}", taken))
-            (self.folder / pc.name / "input").mkdir(parents=True, exist_ok=True)
-            self.utmp(pc.name).touch()
-            log = (self.folder / pc.name / "agent.log").open("ab")
+            taken = [UidRange.parse(str(entry["replica_uids"])) for name, entry in known.items()
+                     if name != spec.name and "replica_uids" in entry]  # fmt: skip
+            uids = str(uid_block(f"{self.folder.resolve()}/{spec.name}", taken))
+            (self.folder / spec.name / "input").mkdir(parents=True, exist_ok=True)
+            self.utmp(spec.name).touch()
+            log = (self.folder / spec.name / "agent.log").open("ab")
             process = subprocess.Popen(
                 [
                     sys.executable, "-m", "idlecloud", "agent", "run", "--url", url,
-                    "--node", pc.name, "--utmp", str(self.utmp(pc.name)),
-                    "--state-dir", str(self.state_dir(pc.name)),
-                    "--replica-dir", str(self.replica_dir(pc.name)), "--replica-uids", uids,
+                    "--node", spec.name, "--utmp", str(self.utmp(spec.name)),
+                    "--state-dir", str(self.state_dir(spec.name)),
+                    "--replica-dir", str(self.replica_dir(spec.name)), "--replica-uids", uids,
                     *same_user,
                     # its own (empty) input folder: the host's keyboard is no PC's person
-                    "--input-dir", str(self.folder / pc.name / "input"),
-                    "--cpu-millicores", str(pc.cpu_millicores),
-                    "--memory-mib", str(pc.memory_mib),
+                    "--input-dir", str(self.folder / spec.name / "input"),
+                    "--cpu-millicores", str(spec.cpu_millicores),
+                    "--memory-mib", str(spec.memory_mib),
                     "--reserve-cpu-millicores", "0", "--reserve-memory-mib", "0",
                     "--platform-user", "rabbitmq",  # the broker shares this machine
                     "--replica-url", url,  # replicas use the simulation's own credentials
@@ -169,15 +169,15 @@ class Simulation:
                 start_new_session=True,
             )  # fmt: skip
             log.close()
-            self._spawned[pc.name] = process
-            known[pc.name] = {
-                **asdict(pc),
+            self._spawned[spec.name] = process
+            known[spec.name] = {
+                **asdict(spec),
                 "runtime": runtime,
                 "replica_uids": uids,
                 "pid": process.pid,
                 "started_at": psutil.Process(process.pid).create_time(),
             }
-            started.append(pc.name)
+            started.append(spec.name)
         self._save(known)
         return started
 
@@ -244,10 +244,10 @@ class Simulation:
         self._kill_replicas(name)
         if entry.get("runtime") == "docker":
             remove_containers(name)
-        self._remove_pc_group(name)
+        self._remove_node_group(name)
 
     @staticmethod
-    def _remove_pc_group(name: str) -> None:
+    def _remove_node_group(name: str) -> None:
         """The folder its agent made for its replicas' groups (the agents run outside
         systemd, in this process's group, so where is known)."""
         mounts = Mounts.read()

@@ -55,6 +55,7 @@ from schemas.node import (
     Presence,
     PresenceCause,
     PresenceState,
+    Refusal,
     ReplicaReport,
     ReplicaState,
     ReplicaStatus,
@@ -77,7 +78,14 @@ from schemas.requests import (
     RequestResult,
     ScaleRequest,
 )
-from schemas.resources import MAX_CPU_MILLICORES, MAX_MEMORY_MIB, UNLIMITED, Resources
+from schemas.resources import (
+    MAX_CPU_MILLICORES,
+    MAX_MEMORY_MIB,
+    UNLIMITED,
+    ZERO,
+    Amount,
+    Resources,
+)
 
 __all__ = [
     "MAX_CPU_MILLICORES",
@@ -86,6 +94,8 @@ __all__ = [
     "SCHEMA_HEADER",
     "SCHEMA_VERSION_HEADER",
     "UNLIMITED",
+    "ZERO",
+    "Amount",
     "AppId",
     "AppView",
     "AppsQuery",
@@ -122,6 +132,7 @@ __all__ = [
     "PresenceState",
     "QuotaChanged",
     "QuotaSet",
+    "Refusal",
     "RenewToken",
     "ReplicaCommand",
     "ReplicaId",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Self
 
 from pydantic import (
     AfterValidator,
@@ -156,6 +156,18 @@ class Message(WireModel):
 
     schema_name: ClassVar[str]
     schema_version: ClassVar[int] = 1
+    #: Older versions a consumer still reads (:meth:`from_older`), for an upgrade during
+    #: which senders of the older version meet consumers of this one.
+    older_versions: ClassVar[frozenset[int]] = frozenset()
+
+    @classmethod
+    def from_older(cls, version: int, body: bytes) -> Self:
+        """This message, read from the JSON of one of its :attr:`older_versions`.
+
+        Raises:
+            pydantic.ValidationError: the body is not valid for that version.
+        """
+        raise NotImplementedError  # pragma: no cover - only schemas with older versions
 
     def owner(self) -> Owner:
         """The owner this message speaks for; its routing key must start with this prefix."""

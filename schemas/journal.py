@@ -9,19 +9,36 @@ drops are never needed again.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
 from schemas.auth import KeyId, KeyView
-from schemas.base import Count, NamespaceName, NodeName, PlatformMessage, RequestId, WireModel
+from schemas.base import (
+    Count,
+    Message,
+    NamespaceName,
+    NodeName,
+    PlatformMessage,
+    RequestId,
+    WireModel,
+)
 from schemas.requests import DeployRequest, Replicas
 from schemas.resources import Resources
 
-__all__ = ["JournalMarker", "JournalSnapshot", "LeaderTookOver", "SnapshotApp"]
+__all__ = ["Entry", "JournalMarker", "JournalSnapshot", "LeaderTookOver", "SnapshotApp"]
 
 ServiceName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,31}$")]
 InstanceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One journal entry as a reader hands it on: the message and its offset in the stream."""
+
+    offset: int
+    message: Message
 
 
 class LeaderTookOver(PlatformMessage):

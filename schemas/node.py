@@ -32,6 +32,7 @@ __all__ = [
     "Presence",
     "PresenceCause",
     "PresenceState",
+    "Refusal",
     "ReplicaReport",
     "ReplicaState",
     "ReplicaStatus",
@@ -114,10 +115,27 @@ class NodePresence(NodeMessage):
     presence: Presence
 
 
+class Refusal(StrEnum):
+    """Why a PC did not run a replica it was told to start: something about the PC, not
+    the app, so placement does not back off the app for it."""
+
+    #: A person is at the PC (or its timetable or load keeps it for people): it takes
+    #: no replica now, or it paused the one that was starting.
+    NOT_ACCEPTING = "not-accepting"
+    #: The replica's reservation does not fit what the PC has left.
+    NO_ROOM = "no-room"
+
+
+#: The first words of version 1's refusals (agents before typed refusals), by refusal.
+_V1_REFUSALS = {"this PC is ": Refusal.NOT_ACCEPTING, "needs ": Refusal.NO_ROOM}
+
+
 class ReplicaStatus(NodeMessage):
     """A replica changed state on a PC (started, paused, exited with a code, failed, ...)."""
 
     schema_name = "ReplicaStatus"
+    schema_version = 2
+    older_versions = frozenset({1})
 
     replica_id: ReplicaId
     namespace: NamespaceName
@@ -125,10 +143,23 @@ class ReplicaStatus(NodeMessage):
     state: ReplicaState
     at: Timestamp
     reason: Reason = ""
+    #: Set when the PC refused the replica; ``reason`` says the same for people.
+    refusal: Refusal | None = None
     exit_code: Annotated[int, Field(ge=-255, le=255)] | None = None
     log_tail: tuple[Annotated[str, StringConstraints(max_length=1024)], ...] = Field(
         default=(), max_length=20
     )
+
+    @classmethod
+    def from_older(cls, version: int, body: bytes) -> ReplicaStatus:
+        """Version 1 had no ``refusal``; its agents' refusals began with fixed words, which
+        no later agent's reason is read for (version 2 says it in ``refusal``)."""
+        read = cls.model_validate_json(body)
+        if version != 1 or read.refusal is not None:
+            raise ValueError(f"ReplicaStatus version {version} has no refusal field")
+        refusal = next((r for start, r in _V1_REFUSALS.items() if read.reason.startswith(start)),
+                       None)  # fmt: skip
+        return read.model_copy(update={"refusal": refusal})
 
 
 class ReplicaUsage(WireModel):

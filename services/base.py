@@ -8,10 +8,11 @@ import contextlib
 from collections.abc import Awaitable, Callable
 
 from bus.connection import Bus
-from bus.journal import Entry, Journal
+from bus.journal import Journal
 from bus.leader import Leadership
 from bus.service import supervised
 from bus.topology import QueueSpec
+from schemas.journal import Entry
 from services.state import DesiredState
 
 __all__ = ["ControlService"]

@@ -23,8 +23,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-from bus.journal import Entry
 from schemas import (
+    ZERO,
+    Amount,
     CordonRequest,
     DeleteRequest,
     DeployRequest,
@@ -34,11 +35,11 @@ from schemas import (
     LeaderTookOver,
     Message,
     QuotaSet,
-    Resources,
     ScaleRequest,
     SnapshotApp,
     TokenRevoke,
 )
+from schemas.journal import Entry
 
 __all__ = [
     "APPLIED_KEPT",
@@ -79,11 +80,9 @@ class Spec:
         return (self.request.namespace, self.request.app)
 
     @property
-    def reservation(self) -> Resources:
+    def reservation(self) -> Amount:
         """What one replica reserves."""
-        return Resources(
-            cpu_millicores=self.request.cpu_millicores, memory_mib=self.request.memory_mib
-        )
+        return Amount(self.request.cpu_millicores, self.request.memory_mib)
 
 
 def digest(message: Message) -> str:
@@ -97,7 +96,7 @@ class DesiredState:
     """Deployments, quotas, cordons and leaders as of the last applied journal entry."""
 
     deployments: dict[AppKey, Spec] = field(default_factory=dict)
-    quotas: dict[str, Resources] = field(default_factory=dict)
+    quotas: dict[str, Amount] = field(default_factory=dict)
     cordons: dict[str, Literal["cordon", "drain"]] = field(default_factory=dict)  # by node
     leaders: dict[str, int] = field(default_factory=dict)  # service -> its epoch
     keys: dict[str, KeyView] = field(default_factory=dict)  # API keys issued, by key id
@@ -140,9 +139,7 @@ class DesiredState:
             case DeleteRequest():
                 self.deployments.pop((message.namespace, message.app), None)
             case QuotaSet():
-                self.quotas[message.namespace] = Resources(
-                    cpu_millicores=message.cpu_millicores, memory_mib=message.memory_mib
-                )
+                self.quotas[message.namespace] = Amount(message.cpu_millicores, message.memory_mib)
             case CordonRequest():
                 if message.action == "uncordon":
                     self.cordons.pop(message.node, None)
@@ -171,7 +168,7 @@ class DesiredState:
                 )
                 for spec in self.deployments.values()
             ),
-            quotas=dict(self.quotas),
+            quotas={namespace: quota.wire() for namespace, quota in self.quotas.items()},
             cordons=dict(self.cordons),
             leaders=dict(self.leaders),
             keys=tuple(self.keys.values()),
@@ -187,7 +184,7 @@ class DesiredState:
             )
             for app in snapshot.apps
         }
-        self.quotas = dict(snapshot.quotas)
+        self.quotas = {namespace: Amount.of(quota) for namespace, quota in snapshot.quotas.items()}
         self.cordons = dict(snapshot.cordons)
         self.leaders = dict(snapshot.leaders)
         self.keys = {key.key_id: key for key in snapshot.keys}
@@ -202,12 +199,10 @@ class DesiredState:
             self._apply(entry)
         self.offset = max(self.offset, offset)
 
-    def reserved(self, namespace: str, *, without: str | None = None) -> tuple[int, int]:
-        """(CPU millicores, MiB) the namespace's deployments reserve in all, optionally
-        leaving one app out."""
-        cpu = memory = 0
+    def reserved(self, namespace: str, *, without: str | None = None) -> Amount:
+        """What the namespace's deployments reserve in all, optionally leaving one app out."""
+        reserved = ZERO
         for (owner, app), spec in self.deployments.items():
             if owner == namespace and app != without:
-                cpu += spec.replicas * spec.request.cpu_millicores
-                memory += spec.replicas * spec.request.memory_mib
-        return cpu, memory
+                reserved += spec.reservation * spec.replicas
+        return reserved

@@ -18,7 +18,7 @@ from bus.connection import Bus
 from bus.rpc import RpcClient
 from bus.topology import declare_platform
 from idlecloud.dev.services import create_vhost, delete_vhost, free_port
-from nodeagent.sim import SimPC, Simulation
+from nodeagent.sim import SimNode, Simulation
 from schemas import (
     AppsQuery,
     AppsReply,
@@ -48,10 +48,10 @@ AGENT_ARGS = ("--start-idle-s", "0", "--continue-idle-s", "0.5", "--heartbeat-s"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def thesis_pcs(suffix: str) -> tuple[SimPC, ...]:
+def thesis_pcs(suffix: str) -> tuple[SimNode, ...]:
     """Edge (8 cores), Ninja, Jonathan and Penguin (4 each), named for one test."""
     return tuple(
-        SimPC(f"{name}{suffix}", cpu, memory)
+        SimNode(f"{name}{suffix}", cpu, memory)
         for name, cpu, memory in (("edge", 8000, 16384), ("ninja", 4000, 8192),
                                   ("jonathan", 4000, 8192), ("penguin", 4000, 8192))
     )  # fmt: skip
@@ -64,7 +64,7 @@ class Plane:
     url: str
     bus: Bus
     simulation: Simulation
-    pcs: tuple[SimPC, ...]
+    pcs: tuple[SimNode, ...]
     services: list[QuotaManager | Placement | AuthService] = field(default_factory=list)
     _clients: dict[Owner, RpcClient] = field(default_factory=dict)
 
@@ -122,7 +122,7 @@ class Plane:
 @asynccontextmanager
 async def control_plane(
     work: Path,
-    pcs: tuple[SimPC, ...],
+    pcs: tuple[SimNode, ...],
     *,
     settings: PlacementSettings = FAST,
     placement: bool = True,

@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -123,12 +124,16 @@ def process_runtime(state_dir: Path, node: str, **options: Any) -> ProcessRuntim
 
 @asynccontextmanager
 async def running_agent(
-    bus: Bus, settings: AgentSettings, state_dir: Path, runtime: Runtime | None = None
+    bus: Bus,
+    settings: AgentSettings,
+    state_dir: Path,
+    runtime: Runtime | None = None,
+    wall_clock: Callable[[], datetime] = datetime.now,
 ) -> AsyncIterator[Agent]:
     """An agent (by default with the process runtime) started on ``bus``; stopped with its
     replicas."""
     runtime = runtime or process_runtime(state_dir, settings.node)
-    agent = Agent(settings, runtime, TokenFiles(replica_dir(settings.node)))
+    agent = Agent(settings, runtime, TokenFiles(replica_dir(settings.node)), wall_clock=wall_clock)
     await agent.start(bus)
     try:
         yield agent

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bus.journal import Entry
 from schemas import (
+    Amount,
     CordonRequest,
     DeleteRequest,
     JournalSnapshot,
@@ -12,6 +12,7 @@ from schemas import (
     ScaleRequest,
     TokenRevoke,
 )
+from schemas.journal import Entry
 from services.quota.admission import Verdict, admit, recall
 from services.state import DesiredState
 
@@ -44,7 +45,7 @@ def test_entries_build_deployments_quotas_and_cordons_and_a_repeat_changes_nothi
     assert (spec.replicas, spec.generation) == (4, 1)
     assert state.quotas["alice"].cpu_millicores == 20_000
     assert state.cordons == {"edge": "drain"}
-    assert state.reserved("alice") == (4 * first.cpu_millicores, 4 * first.memory_mib)
+    assert state.reserved("alice") == Amount(4 * first.cpu_millicores, 4 * first.memory_mib)
     state.apply(Entry(9, CordonRequest(request_id="req-c-000002", node="edge", action="uncordon")))
     state.apply(
         Entry(10, DeleteRequest(request_id="req-d-000001", namespace="alice", app="stereo"))

@@ -27,6 +27,7 @@ from nodeagent.runtime.process import ProcessRuntime, frozen
 from nodeagent.timetable import Timetable
 from nodeagent.utmp import write_login, write_logout
 from schemas import (
+    Amount,
     MetricSample,
     NodeHeartbeat,
     NodePresence,
@@ -57,8 +58,8 @@ async def rig(bus: Bus, unique: str, tmp_path: Path) -> AsyncIterator[tuple[Agen
     events = Events(await collect_events(bus, f"node.{node}.#"))
     settings = AgentSettings(
         node=node,
-        capacity=Resources(cpu_millicores=4000, memory_mib=4096),
-        reserved=Resources(cpu_millicores=1000, memory_mib=1024),
+        capacity=Amount(cpu_millicores=4000, memory_mib=4096),
+        desk_reserve=Amount(cpu_millicores=1000, memory_mib=1024),
         utmp_path=tmp_path / "utmp",
         policy=PolicySettings(start_idle_s=0, continue_idle_s=0.5, max_suspend_s=60),
         heartbeat_s=0.2,
@@ -136,19 +137,20 @@ async def test_the_agent_runs_replicas_and_gets_out_of_the_way_of_a_person(
 
 
 async def test_class_hours_keep_the_pc_busy(bus: Bus, unique: str, tmp_path: Path) -> None:
-    """A timetable window covering today makes the agent report busy, cause timetable."""
-    today = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[datetime.now().weekday()]
+    """A timetable window covering the agent's (injected) wall clock makes it report busy,
+    cause timetable."""
     node = f"pc{unique}"
     presences = await collect_events(bus, f"node.{node}.presence", parse_presence)
     settings = AgentSettings(
         node=node,
-        capacity=Resources(cpu_millicores=2000, memory_mib=2048),
-        reserved=Resources(),
+        capacity=Amount(cpu_millicores=2000, memory_mib=2048),
+        desk_reserve=Amount(),
         utmp_path=tmp_path / "utmp",
         policy=PolicySettings(start_idle_s=0),
-        timetable=Timetable.parse([f"{today} 00:00-24:00"]),
+        timetable=Timetable.parse(["mon 09:30-10:30"]),
     )
-    async with running_agent(bus, settings, tmp_path / "state") as agent:
+    monday_ten = lambda: datetime(2026, 12, 7, 10, 0)  # noqa: E731  (a Monday, local time)
+    async with running_agent(bus, settings, tmp_path / "state", wall_clock=monday_ten) as agent:
         await wait_until(lambda: len(presences) == 1, what="the first presence")
         assert (presences[0].presence.state, presences[0].presence.cause) == (
             PresenceState.BUSY, PresenceCause.TIMETABLE
@@ -263,8 +265,8 @@ async def test_a_namespace_whose_last_replica_left_is_sampled_as_departed_once(
     node = f"pc{unique}"
     samples = Events(await collect_events(bus, f"node.{node}.metrics"))
     settings = AgentSettings(
-        node=node, capacity=Resources(cpu_millicores=4000, memory_mib=4096),
-        reserved=Resources(), utmp_path=tmp_path / "utmp",
+        node=node, capacity=Amount(cpu_millicores=4000, memory_mib=4096),
+        desk_reserve=Amount(), utmp_path=tmp_path / "utmp",
         policy=PolicySettings(start_idle_s=0), metrics_s=0.2,
     )  # fmt: skip
     async with running_agent(bus, settings, tmp_path / "state") as agent:

@@ -30,6 +30,7 @@ from nodeagent.policy import PolicySettings
 from nodeagent.runtime import Runtime
 from nodeagent.runtime.spec import ReplicaSpec
 from schemas import (
+    Amount,
     ReplicaState,
     ReplicaStatus,
     Resources,
@@ -94,8 +95,8 @@ async def test_bad_commands_never_pause_heartbeats_touch_a_live_replica_or_outli
     dead = await DeadLetterTap(names.node_commands_queue(node)).start(bus)
     settings = AgentSettings(
         node=node,
-        capacity=Resources(cpu_millicores=4000, memory_mib=4096),
-        reserved=Resources(),
+        capacity=Amount(cpu_millicores=4000, memory_mib=4096),
+        desk_reserve=Amount(),
         utmp_path=tmp_path / "utmp",
         policy=PolicySettings(start_idle_s=0),
         heartbeat_s=HEARTBEAT_S,

@@ -32,6 +32,7 @@ from bus.rpc import RpcClient
 from bus.sdk.client import TaskClient
 from idlecloud.dev.services import RESOURCE_SERVER_ID, BrokerInfo, free_port, management
 from schemas import (
+    Amount,
     DeployRequest,
     KeyReply,
     KeysQuery,
@@ -112,7 +113,7 @@ async def test_a_users_key_gets_broker_tokens_for_her_namespace_and_sets_her_quo
     assert reply.accepted and reply.key is not None and reply.api_key
     assert "api_key" not in repr(reply) or reply.api_key not in repr(reply)  # never logged
     state = authority.service.state
-    assert state.quotas[namespace] == Resources(cpu_millicores=6000, memory_mib=8192)
+    assert state.quotas[namespace] == Amount(6000, 8192)
     assert state.keys[reply.key.key_id].subject == namespace
 
     token = await fetch_broker_token(reply.api_key, authority.auth_url)
@@ -287,7 +288,7 @@ async def test_two_users_deploying_at_once_up_to_their_quotas_never_exceed_them(
         verdicts = await asyncio.gather(*(one(user, i) for user in users for i in range(10)))
         assert sum(verdicts[:10]) == 6 and sum(verdicts[10:]) == 6
         for user in users:
-            assert quota.state.reserved(user) == (6000, 3072)
+            assert quota.state.reserved(user) == Amount(6000, 3072)
             await clients[user].stop()
         await admin.stop()
     finally:

@@ -27,6 +27,7 @@ from nodeagent.sim import remove_containers
 from nodeagent.tokens import TokenFiles
 from nodeagent.utmp import write_login, write_logout
 from schemas import (
+    Amount,
     NodeHeartbeat,
     NodePresence,
     PresenceState,
@@ -93,7 +94,7 @@ async def test_a_container_is_confined_to_its_reservation_as_an_unprivileged_use
     runtime: DockerRuntime, docker_image: str, tmp_path: Path
 ) -> None:
     token_dir = TokenFiles(tmp_path).write("r1", "token-one")
-    await runtime.start(spec(docker_image, "r1", cpu_millicores=500, memory_mib=64,
+    await runtime.start(spec(docker_image, "r1", reservation=Amount(500, 64),
                              token_dir=token_dir), may_run=always)  # fmt: skip
     await runtime.start(spec(docker_image, "r1"), may_run=always)  # idempotent
     details = await inspect(runtime.container_name("r1"))
@@ -132,7 +133,7 @@ async def test_a_container_is_confined_to_its_reservation_as_an_unprivileged_use
 async def test_paused_uses_no_cpu_an_evicted_paused_one_never_runs_and_stopped_is_gone(
     runtime: DockerRuntime, docker_image: str
 ) -> None:
-    await runtime.start(spec(docker_image, "r2", cpu_millicores=300), may_run=always)
+    await runtime.start(spec(docker_image, "r2", reservation=Amount(300, 256)), may_run=always)
     name = runtime.container_name("r2")
     details = await inspect(name)
     assert details is not None
@@ -217,8 +218,8 @@ async def test_the_agent_pauses_containers_before_saying_busy_and_adopts_them_af
     events = Events(await collect_events(bus, f"node.{node}.#"))
     settings = AgentSettings(
         node=node,
-        capacity=Resources(cpu_millicores=2000, memory_mib=2048),
-        reserved=Resources(),
+        capacity=Amount(cpu_millicores=2000, memory_mib=2048),
+        desk_reserve=Amount(),
         utmp_path=tmp_path / "utmp",
         policy=PolicySettings(start_idle_s=0, continue_idle_s=0.3, max_suspend_s=60),
         heartbeat_s=0.2,

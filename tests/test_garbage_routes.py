@@ -32,12 +32,12 @@ from nodeagent.policy import PolicySettings
 from schemas import (
     SCHEMA_HEADER,
     SCHEMA_VERSION_HEADER,
+    Amount,
     NodesQuery,
     NodesReply,
     Owner,
     QuotaSet,
     RequestResult,
-    Resources,
 )
 from services.auth.service import AuthService, AuthSettings
 from services.auth.tokens import SigningKey
@@ -103,8 +103,8 @@ async def test_garbage_on_every_consumed_route_is_dead_lettered_under_a_real_que
     )
     node = f"pc{unique}"
     settings = AgentSettings(
-        node=node, capacity=Resources(cpu_millicores=2000, memory_mib=2048),
-        reserved=Resources(), utmp_path=tmp_path / "utmp", policy=PolicySettings(start_idle_s=0),
+        node=node, capacity=Amount(cpu_millicores=2000, memory_mib=2048),
+        desk_reserve=Amount(), utmp_path=tmp_path / "utmp", policy=PolicySettings(start_idle_s=0),
     )  # fmt: skip
     with scratch_database() as database:
         writer = MetricsWriter(InfluxV1(INFLUX_URL, database), flush_s=0.2)

@@ -24,6 +24,7 @@ from nodeagent.agent import AgentSettings
 from nodeagent.input import InputSource
 from nodeagent.policy import PolicySettings
 from schemas import (
+    Amount,
     NodePresence,
     PresenceCause,
     PresenceState,
@@ -108,8 +109,8 @@ async def test_a_key_press_pauses_the_replicas_and_quiet_resumes_them(
     events = Events(await collect_events(bus, f"node.{node}.#"))
     settings = AgentSettings(
         node=node,
-        capacity=Resources(cpu_millicores=2000, memory_mib=2048),
-        reserved=Resources(),
+        capacity=Amount(cpu_millicores=2000, memory_mib=2048),
+        desk_reserve=Amount(),
         utmp_path=tmp_path / "utmp",
         input_dir=keyboard.path.parent,
         policy=PolicySettings(start_idle_s=0, continue_idle_s=0.3, input_active_s=0.5),

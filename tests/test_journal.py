@@ -9,11 +9,12 @@ import pytest
 
 from bus import names
 from bus.connection import Bus
-from bus.journal import Entry, Journal
+from bus.journal import Journal
 from bus.leader import Leadership
 from bus.topology import QueueSpec, declare_platform
 from idlecloud.dev.services import BrokerInfo, create_vhost, delete_vhost, free_port, rabbitmqctl
-from schemas import DeployRequest, QuotaSet, Resources, TokenRevoke
+from schemas import Amount, DeployRequest, QuotaSet, TokenRevoke
+from schemas.journal import Entry
 from services.auth.service import AuthService, AuthSettings
 from services.auth.tokens import SigningKey
 from services.placement.service import Placement
@@ -205,9 +206,7 @@ async def small_journal_scenario(broker: BrokerInfo, unique: str, tmp_path: Path
                         AuthService(auth, retry_s=0.2)):  # fmt: skip
             await service.start(bus)
             try:
-                assert service.state.quotas["first"] == Resources(
-                    cpu_millicores=4000, memory_mib=8192
-                ), service.name
+                assert service.state.quotas["first"] == Amount(4000, 8192), service.name
                 assert "k" * 16 in service.state.revoked, service.name
                 assert service.state.quotas["n7"].cpu_millicores == 1029  # the last batch
             finally:

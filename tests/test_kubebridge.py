@@ -20,7 +20,14 @@ from idlecloud.dev.services import BrokerInfo
 from nodeagent.agent import AgentSettings
 from nodeagent.policy import PolicySettings
 from nodeagent.utmp import write_login, write_logout
-from schemas import BridgeStatus, CordonRequest, NodeHeartbeat, Presence, PresenceState, Resources
+from schemas import (
+    Amount,
+    BridgeStatus,
+    CordonRequest,
+    NodeHeartbeat,
+    Presence,
+    PresenceState,
+)
 from services.kubebridge.plan import CORDON_ANNOTATION
 from services.kubebridge.service import BridgeSettings, KubeBridge
 
@@ -84,8 +91,8 @@ async def test_a_login_cordons_the_node_evicts_only_managed_pods_and_a_logout_un
     api.add_pod("kube-system", "dns", pc)
     api.add_pod("lab", "logger", pc, owner="DaemonSet")
     settings = AgentSettings(
-        node=pc, capacity=Resources(cpu_millicores=4000, memory_mib=4096),
-        reserved=Resources(cpu_millicores=0, memory_mib=0), utmp_path=tmp_path / "utmp",
+        node=pc, capacity=Amount(cpu_millicores=4000, memory_mib=4096),
+        desk_reserve=Amount(cpu_millicores=0, memory_mib=0), utmp_path=tmp_path / "utmp",
         policy=PolicySettings(start_idle_s=0, continue_idle_s=0.5), heartbeat_s=0.2,
     )  # fmt: skip
     agent_bus = Bus(rig.url, connection_name="agent")

@@ -15,7 +15,7 @@ from bus.connection import Bus
 from nodeagent.agent import Agent, AgentSettings
 from nodeagent.load import PLATFORM_MARKER, ForeignLoadSource
 from nodeagent.policy import PolicySettings
-from schemas import NodePresence, PresenceCause, PresenceState, Resources, StartReplica
+from schemas import Amount, NodePresence, PresenceCause, PresenceState, Resources, StartReplica
 
 from .helpers import collect_events, running_agent, wait_until
 from .test_agent import parse_presence
@@ -60,8 +60,8 @@ async def watched_agent(
     presences = await collect_events(bus, f"node.{node}.presence", parse_presence)
     settings = AgentSettings(
         node=node,
-        capacity=Resources(cpu_millicores=2000, memory_mib=2048),
-        reserved=Resources(),
+        capacity=Amount(cpu_millicores=2000, memory_mib=2048),
+        desk_reserve=Amount(),
         utmp_path=tmp_path / "utmp",
         policy=PolicySettings(
             start_idle_s=0, continue_idle_s=0.5, busy_load=0.3, busy_load_for_s=0.6

@@ -26,7 +26,7 @@ from idlecloud.dev.influx import (
     stop_influxdb,
 )
 from idlecloud.dev.services import BrokerInfo
-from nodeagent.sim import SimPC, Simulation
+from nodeagent.sim import SimNode, Simulation
 from schemas import (
     BridgeStatus,
     CordonChanged,
@@ -106,7 +106,7 @@ async def test_samples_from_real_agents_land_in_influxdb(
 ) -> None:
     simulation = Simulation(tmp_path / "sim")
     node = f"m{unique}"
-    simulation.up(broker.url, (SimPC(node, 2000, 2048),),
+    simulation.up(broker.url, (SimNode(node, 2000, 2048),),
                   extra_args=("--metrics-s", "0.3", "--start-idle-s", "0"))  # fmt: skip
     try:
         query = f"SELECT count(cpu_millicores) FROM node WHERE node = '{node}'"
@@ -186,7 +186,7 @@ async def test_every_dashboard_panel_query_returns_series_from_a_live_run(
     annotations) run straight against InfluxDB, with Grafana's macros substituted, after
     a short run of two simulated PCs, one with a replica and a person at the other."""
     simulation = Simulation(tmp_path / "sim")
-    pcs = (SimPC(f"d{unique}", 2000, 2048), SimPC(f"e{unique}", 2000, 2048))
+    pcs = (SimNode(f"d{unique}", 2000, 2048), SimNode(f"e{unique}", 2000, 2048))
     simulation.up(broker.url, pcs, extra_args=("--metrics-s", "0.3", "--start-idle-s", "0",
                                                "--heartbeat-s", "0.3"))  # fmt: skip
     try:

@@ -17,7 +17,7 @@ import pytest
 from nodeagent.runtime.cgroup import Cgroup, Mounts
 from nodeagent.runtime.process import ProcessRuntime, frozen, kill_recorded
 from nodeagent.runtime.spec import ReplicaInfo, ReplicaSpec
-from schemas import ReplicaState
+from schemas import Amount, ReplicaState
 
 from .helpers import always, identities, process_runtime, wait_until
 
@@ -27,7 +27,9 @@ BUSY_LOOP = "while True: pass"
 
 
 def spec(replica_id: str, *command: str, memory_mib: int = 256) -> ReplicaSpec:
-    return ReplicaSpec(replica_id, "alice", "stereo", "local", command, memory_mib=memory_mib)
+    return ReplicaSpec(
+        replica_id, "alice", "stereo", "local", command, reservation=Amount(1000, memory_mib)
+    )
 
 
 def busy_tree(replica_id: str) -> ReplicaSpec:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from datetime import UTC, datetime
 
-from bus.journal import Entry
 from schemas import (
     CordonRequest,
     DeploymentState,
@@ -16,12 +16,14 @@ from schemas import (
     PresenceCause,
     PresenceState,
     QuotaSet,
+    Refusal,
     ReplicaReport,
     ReplicaState,
     ReplicaStatus,
     Resources,
     ScaleRequest,
 )
+from schemas.journal import Entry
 from services.placement.reconciler import (
     Plan,
     Reconciler,
@@ -46,7 +48,10 @@ class World:
     def __init__(self, **settings: float) -> None:
         self.desired = DesiredState()
         self.registry = Registry(node_timeout_s=3.0)
-        self.reconciler = Reconciler(ReconcilerSettings(**settings))
+        ids = itertools.count()
+        self.reconciler = Reconciler(
+            ReconcilerSettings(**settings), suffixes=lambda: f"{next(ids):08x}"
+        )
         self.running: dict[str, dict[str, ReplicaReport]] = {name: {} for name in THESIS}
         self.presence = dict.fromkeys(THESIS, IDLE)
         self.seq = 0
@@ -192,11 +197,16 @@ def test_a_crashing_app_backs_off_and_node_refusals_do_not_count() -> None:
     assert not waiting.starts
     assert waiting.statuses[("alice", "stereo")].reason.startswith("crashed 1 times")
     assert len(world.tick(seconds=2.0).starts) == 1
-    refused = failed.model_copy(
-        update={"exit_code": None, "reason": "this PC is occupied (session)"}
-    )
-    world.reconciler.observe(refused, world.now)
+    for refusal in Refusal:  # the PC refused: says nothing about the app, whatever the words
+        refused = failed.model_copy(
+            update={"exit_code": None, "reason": "reworded at will", "refusal": refusal}
+        )
+        world.reconciler.observe(refused, world.now)
     assert world.reconciler._backoff[("alice", "stereo")].failures == 1
+    # a failure in the old refusals' words, but not typed as a refusal, is the app's
+    worded = failed.model_copy(update={"exit_code": None, "reason": "this PC is occupied"})
+    world.reconciler.observe(worded, world.now)
+    assert world.reconciler._backoff[("alice", "stereo")].failures == 2
 
 
 def test_a_namespace_over_a_lowered_quota_loses_its_newest_replicas() -> None:

@@ -186,3 +186,29 @@ def test_one_past_any_bound_of_a_top_level_number_is_refused(cls: type[Message])
         for wrong in (node["maximum"] + 1, node["minimum"] - 1):
             with pytest.raises(ValidationError, match=field):
                 cls.model_validate_json(json.dumps({**document, field: wrong}))
+
+
+amounts = st.builds(schemas.Amount, st.integers(-(10**7), 10**7), st.integers(-(10**9), 10**9))
+
+
+@given(amounts, amounts, st.integers(0, 1000))
+def test_amounts_add_subtract_and_multiply_like_pairs_of_numbers(
+    a: schemas.Amount, b: schemas.Amount, count: int
+) -> None:
+    assert (a + b) - b == a
+    assert a * count == sum([a] * count, schemas.ZERO) == count * a
+    fits = a.cpu_millicores <= b.cpu_millicores and a.memory_mib <= b.memory_mib
+    assert (a.shortfall(b) is None) == fits
+
+
+def test_the_fit_check_names_what_is_short_and_the_wire_form_is_bounded() -> None:
+    room = schemas.Amount(1000, 512)
+    assert schemas.Amount(1000, 512).shortfall(room) is None
+    assert schemas.Amount(1001, 512).shortfall(room) == "CPU"
+    assert schemas.Amount(10, 513).shortfall(room) == "memory"
+    assert schemas.Amount(1001, 513).shortfall(room) == "CPU and memory"
+    assert schemas.Amount(-5, 2**40).wire() == schemas.Resources(
+        cpu_millicores=0, memory_mib=schemas.MAX_MEMORY_MIB
+    )
+    assert schemas.Amount.of(room.wire()) == room
+    assert schemas.Amount(6000, 3072).share_of(schemas.Amount(12_000, 4096)) == 0.75

@@ -14,7 +14,7 @@ import pytest
 from bus.connection import Bus
 from idlecloud.dev.services import BrokerInfo
 from nodeagent.runtime.cgroup import Cgroup, Mounts
-from nodeagent.sim import SimPC, Simulation
+from nodeagent.sim import SimNode, Simulation
 from schemas import (
     Message,
     NodeHeartbeat,
@@ -34,7 +34,7 @@ MOUNTS = Mounts.read()
 async def lab(
     broker: BrokerInfo, bus: Bus, unique: str, tmp_path: Path
 ) -> AsyncIterator[tuple[Simulation, list[str], dict[str, list[Message]]]]:
-    pcs = (SimPC(f"a{unique}", 2000, 2048), SimPC(f"b{unique}", 1000, 1024))
+    pcs = (SimNode(f"a{unique}", 2000, 2048), SimNode(f"b{unique}", 1000, 1024))
     heard = {pc.name: await collect_events(bus, f"node.{pc.name}.#") for pc in pcs}
     simulation = Simulation(tmp_path / "sim")
     simulation.up(
@@ -115,8 +115,8 @@ async def test_the_machines_own_load_is_no_person_at_a_simulated_pc_unless_asked
     shared, counted = f"s{unique}", f"f{unique}"
     heard = {name: await collect_events(bus, f"node.{name}.presence") for name in (shared, counted)}
     simulation = Simulation(tmp_path / "sim")
-    simulation.up(broker.url, (SimPC(shared, 1000, 1024),), extra_args=quick)
-    simulation.up(broker.url, (SimPC(counted, 1000, 1024),), foreign_load=True, extra_args=quick)
+    simulation.up(broker.url, (SimNode(shared, 1000, 1024),), extra_args=quick)
+    simulation.up(broker.url, (SimNode(counted, 1000, 1024),), foreign_load=True, extra_args=quick)
     try:
         await wait_until(lambda: heard[shared] and heard[counted], 30, "both PCs' presence")
         spin = "import time\nend = time.time() + 3\nwhile time.time() < end: pass"

@@ -29,6 +29,7 @@ from nodeagent.runtime.process import ProcessRuntime, frozen
 from nodeagent.runtime.spec import ReplicaSpec
 from nodeagent.utmp import write_login, write_logout
 from schemas import (
+    Amount,
     NodePresence,
     PresenceState,
     ReplicaStatus,
@@ -93,8 +94,8 @@ async def race(bus: Bus, runtime: Runtime, node: str, tmp_path: Path, image: str
     events = Events(await collect_events(bus, f"node.{node}.#"))
     settings = AgentSettings(
         node=node,
-        capacity=Resources(cpu_millicores=4000, memory_mib=4096),
-        reserved=Resources(),
+        capacity=Amount(cpu_millicores=4000, memory_mib=4096),
+        desk_reserve=Amount(),
         utmp_path=tmp_path / "utmp",
         policy=PolicySettings(start_idle_s=0, continue_idle_s=0.05, max_suspend_s=600),
         heartbeat_s=0.5,

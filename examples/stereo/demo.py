@@ -48,7 +48,7 @@ from idlecloud.dev.services import (
     ensure_rabbitmq,
     free_port,
 )
-from nodeagent.sim import THESIS_PCS, SimPC, Simulation
+from nodeagent.sim import THESIS_NODES, SimNode, Simulation
 from services.auth.tokens import SigningKey, mint_api_key
 
 __all__ = ["DemoSettings", "main", "run_demo"]
@@ -65,7 +65,7 @@ class DemoSettings:
     replicas: int = 15
     runtime: str = "process"
     out: Path = Path("demo-out")
-    pcs: tuple[SimPC, ...] = THESIS_PCS
+    pcs: tuple[SimNode, ...] = THESIS_NODES
     person_at: str = "edge"
     login_at_share: float = 0.5  # of the tasks done
     stay_s: float = 12.0  # at most; the person leaves at 80 % of the tasks if sooner

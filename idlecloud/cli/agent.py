@@ -20,20 +20,23 @@ from bus.credentials import key_holder
 from bus.defaults import AUTH_URL, BROKER_URL
 from bus.service import run
 from idlecloud.cli._common import UrlOption, fail, run_async
-from nodeagent.agent import Agent, AgentSettings
+from nodeagent.agent import DESK_RESERVE, Agent, AgentSettings
 from nodeagent.policy import PolicySettings
-from nodeagent.runtime import Runtime
+from nodeagent.runtime import DOCKER_NETWORK, DOCKER_USER, Runtime
 from nodeagent.runtime.cgroup import Mounts, replica_parent
 from nodeagent.runtime.identity import Identities, UidRange
 from nodeagent.runtime.process import ProcessRuntime
 from nodeagent.timetable import Timetable
 from nodeagent.tokens import TokenFiles
-from schemas import Resources
+from schemas import Amount
 from schemas.base import DNS_LABEL_PATTERN
 
 __all__ = ["agent_app"]
 
 log = logging.getLogger(__name__)
+
+#: The options' defaults are the policy's and the agent's own (AgentSettings' fields).
+_POLICY = PolicySettings()
 
 agent_app = typer.Typer(help="The agent that runs on every lab PC.", no_args_is_help=True)
 
@@ -164,33 +167,37 @@ def run_agent(
     ] = None,
     reserve_cpu_millicores: Annotated[
         int, _option("CPU kept for the person at the desk.", "RESERVE_CPU_MILLICORES")
-    ] = 1000,
+    ] = DESK_RESERVE.cpu_millicores,
     reserve_memory_mib: Annotated[
         int, _option("Memory kept for the person at the desk.", "RESERVE_MEMORY_MIB")
-    ] = 2048,
+    ] = DESK_RESERVE.memory_mib,
     start_idle_s: Annotated[
         float, _option("Idle seconds before the PC takes work.", "START_IDLE_S")
-    ] = 900.0,
+    ] = _POLICY.start_idle_s,
     continue_idle_s: Annotated[
         float, _option("Idle seconds before paused replicas resume.", "CONTINUE_IDLE_S")
-    ] = 300.0,
+    ] = _POLICY.continue_idle_s,
     max_suspend_s: Annotated[
         float, _option("Seconds a replica may stay paused before eviction.", "MAX_SUSPEND_S")
-    ] = 600.0,
+    ] = _POLICY.max_suspend_s,
     input_active_s: Annotated[
         float, _option("Seconds a key press or mouse move counts as presence.", "INPUT_ACTIVE_S")
-    ] = 60.0,
-    heartbeat_s: Annotated[float, _option("Seconds between heartbeats.", "HEARTBEAT_S")] = 1.0,
-    metrics_s: Annotated[float, _option("Seconds between metric samples.", "METRICS_S")] = 5.0,
+    ] = _POLICY.input_active_s,
+    heartbeat_s: Annotated[
+        float, _option("Seconds between heartbeats.", "HEARTBEAT_S")
+    ] = AgentSettings.heartbeat_s,
+    metrics_s: Annotated[
+        float, _option("Seconds between metric samples.", "METRICS_S")
+    ] = AgentSettings.metrics_s,
     busy_load: Annotated[
         float, _option("Cores of foreign CPU load that mean someone uses the PC.", "BUSY_LOAD")
-    ] = 0.3,
+    ] = _POLICY.busy_load,
     busy_load_for_s: Annotated[
         float, _option("Seconds that load must last to count.", "BUSY_LOAD_FOR_S")
-    ] = 60.0,
+    ] = _POLICY.busy_load_for_s,
     load_sample_s: Annotated[
         float, _option("Seconds between foreign-load samples.", "LOAD_SAMPLE_S")
-    ] = 5.0,
+    ] = AgentSettings.load_sample_s,
     foreign_load: Annotated[
         bool,
         _option(
@@ -212,10 +219,10 @@ def run_agent(
     ] = "process",
     docker_network: Annotated[
         str, _option("Docker network mode for replicas' containers.", "DOCKER_NETWORK")
-    ] = "host",
+    ] = DOCKER_NETWORK,
     docker_user: Annotated[
         str, _option("The unprivileged uid:gid replicas' containers run as.", "DOCKER_USER")
-    ] = "65534:65534",
+    ] = DOCKER_USER,
     auth_url: Annotated[
         str, typer.Option(envvar="IDLECLOUD_AUTH_URL", help="The auth service (with a PC key).")
     ] = AUTH_URL,
@@ -252,11 +259,11 @@ def run_agent(
         fail(f"unknown runtime {runtime!r}; pass --runtime process or --runtime docker")
     settings = AgentSettings(
         node=name,
-        capacity=Resources(
+        capacity=Amount(
             cpu_millicores=cpu_millicores or (os.cpu_count() or 1) * 1000,
             memory_mib=memory_mib or psutil.virtual_memory().total // 2**20,
         ),
-        reserved=Resources(cpu_millicores=reserve_cpu_millicores, memory_mib=reserve_memory_mib),
+        desk_reserve=Amount(cpu_millicores=reserve_cpu_millicores, memory_mib=reserve_memory_mib),
         utmp_path=utmp,
         input_dir=input_dir,
         policy=policy,

@@ -136,9 +136,9 @@ def apps(namespace: NamespaceOption = "default", url: UrlOption = BROKER_URL,
         return
     shown = table("app", "state", "running", "starting", "per PC", "reason")
     for view in reply.apps:
-        per_pc = ", ".join(f"{node} {n}" for node, n in sorted(view.replicas_per_node.items()))
+        per_node = ", ".join(f"{node} {n}" for node, n in sorted(view.replicas_per_node.items()))
         shown.add_row(view.app, view.state.value, f"{view.running}/{view.desired}",
-                      str(view.starting), per_pc, view.reason)  # fmt: skip
+                      str(view.starting), per_node, view.reason)  # fmt: skip
     console.print(shown)
     quota = reply.quota
     limit = f"{quota.cpu_millicores}m / {quota.memory_mib} MiB" if quota else "none"

@@ -11,7 +11,7 @@ import typer
 
 from bus.defaults import BROKER_URL
 from idlecloud.cli._common import JsonOption, UrlOption, console, fail, print_json, table
-from nodeagent.sim import THESIS_PCS, SimPC, Simulation
+from nodeagent.sim import THESIS_NODES, SimNode, Simulation
 
 __all__ = ["sim_app"]
 
@@ -25,11 +25,11 @@ FolderOption = Annotated[
 DEFAULT_DIR = Path(tempfile.gettempdir()) / f"idlecloud-sim-{os.getuid()}"
 
 
-def _parse_pc(text: str) -> SimPC:
+def _parse_sim_node(text: str) -> SimNode:
     name, _, rest = text.partition(":")
     cpu, _, memory = rest.partition(":")
     try:
-        return SimPC(name, int(cpu or 4000), int(memory or 8192))
+        return SimNode(name, int(cpu or 4000), int(memory or 8192))
     except ValueError:
         fail(f"--pc {text!r}: expected NAME[:CPU_MILLICORES[:MEMORY_MIB]], e.g. edge:8000:16384")
 
@@ -38,9 +38,11 @@ def _parse_pc(text: str) -> SimPC:
 def up(
     url: UrlOption = BROKER_URL,
     folder: FolderOption = DEFAULT_DIR,
-    pc: Annotated[
+    nodes: Annotated[
         list[str] | None,
-        typer.Option(help="NAME[:CPU_MILLICORES[:MEMORY_MIB]]; default: the thesis's four PCs."),
+        typer.Option(
+            "--pc", help="NAME[:CPU_MILLICORES[:MEMORY_MIB]]; default: the thesis's four PCs."
+        ),
     ] = None,
     start_idle_s: Annotated[float, typer.Option(help="Idle seconds before a PC takes work.")] = 0,
     continue_idle_s: Annotated[float, typer.Option(help="Idle seconds before resuming.")] = 5,
@@ -59,13 +61,13 @@ def up(
     """Start the simulated PCs (the ones already running are left alone)."""
     if runtime not in ("process", "docker"):
         fail(f"--runtime {runtime!r}: use 'process' or 'docker'")
-    pcs = tuple(_parse_pc(text) for text in pc) if pc else THESIS_PCS
+    simulated = tuple(_parse_sim_node(text) for text in nodes) if nodes else THESIS_NODES
     policy = (
         "--start-idle-s", str(start_idle_s), "--continue-idle-s", str(continue_idle_s),
         "--max-suspend-s", str(max_suspend_s),
     )  # fmt: skip
     started = Simulation(folder).up(
-        url, pcs, runtime=runtime, foreign_load=foreign_load, extra_args=policy
+        url, simulated, runtime=runtime, foreign_load=foreign_load, extra_args=policy
     )
     console.print(f"started {', '.join(started) or 'nothing (all were running)'} in {folder}")
 

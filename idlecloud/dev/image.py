@@ -27,7 +27,7 @@ CACHE = Path("/var/cache/idlecloud")
 #: Where an app's code lives in the image (put it on PYTHONPATH).
 WORKER_APP_DIR = PurePosixPath("/opt/idlecloud/app")
 _VENV = PurePosixPath("/opt/idlecloud/venv")
-_ROOT = Path(__file__).resolve().parents[1]
+_ROOT = Path(__file__).resolve().parents[2]
 _SOURCES = ("pyproject.toml", "bus", "idlecloud", "schemas", "services", "nodeagent")
 _EXTRA_WHEELS = ("numpy",)  # what the example apps import beyond the SDK
 #: What a worker needs of the project's dependencies (not the control plane's, the agent's

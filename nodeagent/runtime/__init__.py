@@ -10,7 +10,12 @@ if TYPE_CHECKING:
 
     from nodeagent.runtime.spec import ReplicaInfo, ReplicaSpec
 
-__all__ = ["Runtime"]
+__all__ = ["DOCKER_NETWORK", "DOCKER_USER", "Runtime"]
+
+#: Replicas' containers share the host's network (they reach the broker on loopback).
+DOCKER_NETWORK = "host"
+#: The unprivileged uid:gid replicas' containers run as: nobody.
+DOCKER_USER = "65534:65534"
 
 
 @runtime_checkable

@@ -34,10 +34,11 @@ from typing import Any
 import aiodocker
 
 from nodeagent.load import PLATFORM_MARKER
+from nodeagent.runtime import DOCKER_NETWORK, DOCKER_USER
 from nodeagent.runtime.cgroup import CPU_PERIOD_US, Cgroup, Mounts
 from nodeagent.runtime.spec import CpuMeter, ReplicaInfo, ReplicaSpec, StartCancelled, StartFailed
 from nodeagent.tokens import MOUNT_POINT, TOKEN_FILE_ENV, hand_over
-from schemas import ReplicaState, Resources
+from schemas import ZERO, Amount, ReplicaState
 
 __all__ = ["LABEL_PREFIX", "DockerRuntime"]
 
@@ -60,7 +61,7 @@ class _Seen:
 
     cgroup: Cgroup | None = None
     meter: CpuMeter = field(default_factory=CpuMeter)
-    usage: Resources = field(default_factory=Resources)
+    usage: Amount = ZERO
     ended: tuple[int, tuple[str, ...]] | None = None  # (exit code, log tail) once it ended
 
 
@@ -73,8 +74,8 @@ class DockerRuntime:
         self,
         node: str,
         *,
-        network_mode: str = "host",
-        user: str = "65534:65534",
+        network_mode: str = DOCKER_NETWORK,
+        user: str = DOCKER_USER,
         pids_limit: int = 512,
         usage_interval_s: float = 5.0,
         docker_url: str | None = None,
@@ -141,7 +142,7 @@ class DockerRuntime:
         if spec.token_dir is not None:
             binds.append(f"{spec.token_dir}:{MOUNT_POINT}:ro")
             env[TOKEN_FILE_ENV] = f"{MOUNT_POINT}/token"
-        memory_bytes = spec.memory_mib * 2**20
+        memory_bytes = spec.reservation.memory_mib * 2**20
         return {
             "Image": spec.image,
             "Cmd": list(spec.command) or None,
@@ -152,12 +153,12 @@ class DockerRuntime:
                 _label("namespace"): spec.namespace,
                 _label("app"): spec.app,
                 _label("replica"): spec.replica_id,
-                _label("cpu-millicores"): str(spec.cpu_millicores),
-                _label("memory-mib"): str(spec.memory_mib),
+                _label("cpu-millicores"): str(spec.reservation.cpu_millicores),
+                _label("memory-mib"): str(spec.reservation.memory_mib),
             },
             "HostConfig": {
                 "CpuPeriod": CPU_PERIOD_US,
-                "CpuQuota": max(1000, spec.cpu_millicores * CPU_PERIOD_US // 1000),
+                "CpuQuota": max(1000, spec.reservation.cpu_millicores * CPU_PERIOD_US // 1000),
                 "CpuShares": 2,
                 "Memory": memory_bytes,
                 "MemorySwap": memory_bytes,
@@ -303,11 +304,10 @@ class DockerRuntime:
             namespace=labels[_label("namespace")],
             app=labels[_label("app")],
             state=state,
-            reservation=Resources(
-                cpu_millicores=int(labels[_label("cpu-millicores")]),
-                memory_mib=int(labels[_label("memory-mib")]),
+            reservation=Amount(
+                int(labels[_label("cpu-millicores")]), int(labels[_label("memory-mib")])
             ),
-            usage=seen.usage if exit_code is None else Resources(),
+            usage=seen.usage if exit_code is None else ZERO,
             exit_code=exit_code,
             log_tail=log_tail,
         )
@@ -336,4 +336,4 @@ class DockerRuntime:
             seen.cgroup = None  # it restarted or ended: look it up again next time
             return
         millicores = seen.meter.millicores(cpu_ns / 1e9, time.monotonic())
-        seen.usage = Resources(cpu_millicores=millicores, memory_mib=memory // 2**20)
+        seen.usage = Amount(millicores, memory // 2**20)

@@ -53,7 +53,7 @@ from nodeagent.runtime.cgroup import Cgroup, Mounts
 from nodeagent.runtime.identity import Identities, Identity, become
 from nodeagent.runtime.spec import CpuMeter, ReplicaInfo, ReplicaSpec, StartCancelled, StartFailed
 from nodeagent.tokens import TOKEN_FILE_ENV, hand_over
-from schemas import ReplicaState, Resources
+from schemas import ZERO, Amount, ReplicaState
 
 __all__ = ["ProcessRuntime", "frozen", "kill_recorded"]
 
@@ -83,7 +83,7 @@ class _Replica:
     stopping: bool = False
     exit_code: int | None = None
     meter: CpuMeter = field(default_factory=CpuMeter)
-    usage: Resources = field(default_factory=Resources)
+    usage: Amount = ZERO
 
 
 def _signal_all(pid: int, cgroup: Cgroup | None, signum: signal.Signals) -> None:
@@ -192,7 +192,7 @@ class ProcessRuntime:
         if cgroup is not None:
             try:
                 cgroup.thaw()  # a group left frozen by a killed agent would freeze it at birth
-                cgroup.limit(spec.cpu_millicores, spec.memory_mib)
+                cgroup.limit(spec.reservation.cpu_millicores, spec.reservation.memory_mib)
             except OSError:
                 cgroup.remove()
                 cgroup = None
@@ -267,7 +267,7 @@ class ProcessRuntime:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=lambda: _confine_child(spec.memory_mib, cgroup, identity),
+                preexec_fn=lambda: _confine_child(spec.reservation.memory_mib, cgroup, identity),
             )
 
     def _watch(self, replica: _Replica) -> None:
@@ -298,8 +298,8 @@ class ProcessRuntime:
             "app": spec.app,
             "image": spec.image,
             "command": list(spec.command),
-            "cpu_millicores": spec.cpu_millicores,
-            "memory_mib": spec.memory_mib,
+            "cpu_millicores": spec.reservation.cpu_millicores,
+            "memory_mib": spec.reservation.memory_mib,
             "pid": replica.pid,
             "started_at": replica.started_at,
             "cgroup": replica.cgroup is not None,
@@ -321,8 +321,7 @@ class ProcessRuntime:
                 app=record["app"],
                 image=record["image"],
                 command=tuple(record["command"]),
-                cpu_millicores=record["cpu_millicores"],
-                memory_mib=record["memory_mib"],
+                reservation=Amount(record["cpu_millicores"], record["memory_mib"]),
             )
             cgroup = self._cgroup(spec.replica_id) if record.get("cgroup") else None
             identity = None
@@ -466,14 +465,14 @@ class ProcessRuntime:
             namespace=spec.namespace,
             app=spec.app,
             state=state,
-            reservation=Resources(cpu_millicores=spec.cpu_millicores, memory_mib=spec.memory_mib),
-            usage=replica.usage if alive else Resources(),
+            reservation=spec.reservation,
+            usage=replica.usage if alive else ZERO,
             exit_code=replica.exit_code,
             log_tail=() if alive else self._log_tail(spec.replica_id),
         )
 
     @staticmethod
-    def _sample(replica: _Replica, children: dict[int, list[int]]) -> Resources:
+    def _sample(replica: _Replica, children: dict[int, list[int]]) -> Amount:
         """CPU rate and memory of the replica: from its cgroup, else its process tree."""
         cgroup = replica.cgroup
         cpu_ns = cgroup.cpu_usage_ns() if cgroup is not None else None
@@ -490,7 +489,7 @@ class ProcessRuntime:
                         cpu_s += times.user + times.system
                         memory += member.memory_info().rss
         millicores = replica.meter.millicores(cpu_s, time.monotonic())
-        return Resources(cpu_millicores=millicores, memory_mib=memory // 2**20)
+        return Amount(millicores, memory // 2**20)
 
     async def close(self) -> None:
         """Stop watching; replicas are plain processes and keep running."""

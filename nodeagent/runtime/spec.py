@@ -6,9 +6,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from schemas import MAX_CPU_MILLICORES, ReplicaState, Resources
+from schemas import MAX_CPU_MILLICORES, ZERO, Amount, ReplicaState
 
 __all__ = ["CpuMeter", "ReplicaInfo", "ReplicaSpec", "StartCancelled", "StartFailed"]
+
+#: What a replica reserves unless told otherwise: one core and 256 MiB.
+_DEFAULT_RESERVATION = Amount(1000, 256)
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,8 +24,7 @@ class ReplicaSpec:
     image: str
     command: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
-    cpu_millicores: int = 1000
-    memory_mib: int = 256
+    reservation: Amount = _DEFAULT_RESERVATION
     #: A folder holding the replica's broker token as ``token`` (the agent rewrites it).
     token_dir: Path | None = None
 
@@ -35,8 +37,8 @@ class ReplicaInfo:
     namespace: str
     app: str
     state: ReplicaState
-    reservation: Resources
-    usage: Resources = field(default_factory=Resources)
+    reservation: Amount
+    usage: Amount = ZERO
     exit_code: int | None = None
     log_tail: tuple[str, ...] = ()
 

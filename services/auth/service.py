@@ -43,7 +43,7 @@ from bus.apikeys import ApiKey, InvalidKey, bearer_credential, read_api_key
 from bus.codec import Delivery
 from bus.defaults import AUTH_PORT, RESOURCE_SERVER_ID
 from bus.rpc import RpcServer
-from bus.tls import TlsFiles, server_context
+from bus.tls import TlsFiles
 from bus.topology import QueueSpec, declare_door, declare_namespace
 from bus.trust import Principal
 from schemas import (
@@ -69,6 +69,7 @@ from services.auth.tokens import (
     mint_api_key,
 )
 from services.base import ControlService
+from services.http import serve
 from services.settings import ServiceEnv
 
 __all__ = ["AuthService", "AuthSettings", "key_view", "settings_from"]
@@ -152,13 +153,8 @@ class AuthService(ControlService):
         app = web.Application()
         app.router.add_post("/v1/token", self._token)
         app.router.add_get("/v1/whoami", self._whoami)
-        self._http = web.AppRunner(app, access_log=None)
-        await self._http.setup()
-        tls = None if self.settings.tls is None else server_context(self.settings.tls)
-        site = web.TCPSite(
-            self._http, self.settings.http_host, self.settings.http_port, ssl_context=tls
-        )
-        await site.start()
+        settings = self.settings
+        self._http = await serve(app, settings.http_host, settings.http_port, settings.tls)
 
     async def step_down(self) -> None:
         if self._http is not None:

@@ -81,8 +81,8 @@ def _json_body(name: str) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": _ref(name)}}}
 
 
-def openapi() -> dict[str, Any]:
-    """The document."""
+def _paths() -> dict[str, Any]:
+    """Every route: its operations, their parameters, bodies and responses."""
     label = {"type": "string", "pattern": DNS_LABEL_PATTERN}
     namespace = {"name": "namespace", "in": "path", "required": True, "schema": label}
     app = {**namespace, "name": "app"}
@@ -90,7 +90,7 @@ def openapi() -> dict[str, Any]:
     action = {"name": "action", "in": "path", "required": True,
               "schema": {"type": "string", "enum": ["cordon", "uncordon", "drain"]}}  # fmt: skip
     deployments = "/v1/namespaces/{namespace}/deployments"
-    paths = {
+    return {
         deployments: {
             "get": {"summary": "Your apps", "parameters": [namespace],
                     "responses": _responses("apps", {"type": "array", "items": _ref("AppView")})},
@@ -130,6 +130,11 @@ def openapi() -> dict[str, Any]:
                                              "parameters": [node, action],
                                              "responses": _responses("done")}},
     }  # fmt: skip
+
+
+def _components() -> dict[str, Any]:
+    """The bodies' schemas: the bus's own models where one exists, and the few the HTTP
+    side adds (the deployment body, the page's session, errors)."""
     schemas = _schemas(AppView, NodeView, AppsReply, ScaleBody)
     schemas["DeploymentBody"] = _deployment_body()
     schemas["SessionBody"] = {
@@ -144,13 +149,18 @@ def openapi() -> dict[str, Any]:
     }
     schemas["Error"] = {"type": "object", "required": ["error"],
                         "properties": {"error": {"type": "string"}}}  # fmt: skip
+    return {"schemas": schemas, "securitySchemes": {
+        "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}}  # fmt: skip
+
+
+def openapi() -> dict[str, Any]:
+    """The document: the routes (:func:`_paths`) and the bodies' schemas (:func:`_components`)."""
     return {
         "openapi": "3.0.3",
         "info": {"title": "idlecloud gateway", "version": "1",
                  "description": "Deployments, quotas and PCs over HTTP, their events as "
                                 "server-sent events, and the web page's session."},
-        "paths": paths,
-        "components": {"schemas": schemas, "securitySchemes": {
-            "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
+        "paths": _paths(),
+        "components": _components(),
         "security": [{"bearer": []}],
     }  # fmt: skip

@@ -32,9 +32,9 @@ from bus.apikeys import InvalidKey
 from bus.connection import Bus
 from bus.defaults import AUTH_URL, GATEWAY_PORT
 from bus.errors import AuthUnavailable, BusError, CredentialsRefused, DoorClosed
-from bus.journal import Entry, Journal
+from bus.journal import Journal
 from bus.rpc import RpcClient
-from bus.tls import TlsFiles, server_context
+from bus.tls import TlsFiles
 from schemas import (
     AppsQuery,
     AppsReply,
@@ -50,6 +50,7 @@ from schemas import (
     TokenRevoke,
 )
 from schemas.base import DNS_LABEL_PATTERN
+from schemas.journal import Entry
 from services.gateway.auth import Caller, identify
 from services.gateway.bodies import json_error, json_object
 from services.gateway.openapi import openapi
@@ -64,6 +65,7 @@ from services.gateway.page import (
 )
 from services.gateway.relay import Relays
 from services.gateway.stream import stream_events
+from services.http import serve
 from services.state import DesiredState
 
 __all__ = ["Gateway", "GatewaySettings"]
@@ -102,7 +104,7 @@ class Gateway:
         self._journal = Journal(self._apply)
         self._bus: Bus | None = None
         self._relays: Relays | None = None
-        self._pcs_client: RpcClient | None = None
+        self._nodes_client: RpcClient | None = None
         self._http: web.AppRunner | None = None
         self._streams: set[asyncio.Task[object]] = set()
 
@@ -111,7 +113,7 @@ class Gateway:
         self._bus = bus
         ca_file = None if self.settings.tls is None else self.settings.tls.ca_file
         self._relays = Relays(bus.url, self.settings.auth_url, ca_file)
-        self._pcs_client = await RpcClient(bus, Owner.platform()).start()
+        self._nodes_client = await RpcClient(bus, Owner.platform()).start()
         await self._journal.start(bus)
         await self._journal.catch_up()
         app = web.Application(middlewares=[self._authenticate])
@@ -126,16 +128,11 @@ class Gateway:
         app.router.add_delete(f"{ns}/deployments/{{app}}", self._delete)
         app.router.add_get(f"{ns}/quota", self._quota)
         app.router.add_get(f"{ns}/events", self._events)
-        app.router.add_get("/v1/pcs", self._pcs)
-        app.router.add_get("/v1/pcs/events", self._pc_events)
+        app.router.add_get("/v1/pcs", self._nodes)
+        app.router.add_get("/v1/pcs/events", self._node_events)
         app.router.add_post("/v1/pcs/{node}/{action}", self._cordon)
-        self._http = web.AppRunner(app, access_log=None)
-        await self._http.setup()
-        tls = None if self.settings.tls is None else server_context(self.settings.tls)
-        site = web.TCPSite(
-            self._http, self.settings.http_host, self.settings.http_port, ssl_context=tls
-        )
-        await site.start()
+        settings = self.settings
+        self._http = await serve(app, settings.http_host, settings.http_port, settings.tls)
 
     async def stop(self, _grace_s: float) -> None:
         """Stop serving: end the event streams, let other requests finish."""
@@ -145,8 +142,8 @@ class Gateway:
             await self._http.cleanup()
         if self._relays is not None:
             await self._relays.close()
-        if self._pcs_client is not None:
-            await self._pcs_client.stop()
+        if self._nodes_client is not None:
+            await self._nodes_client.stop()
 
     @web.middleware
     async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -274,11 +271,11 @@ class Gateway:
         shown = {"namespace", "quota", "reserved", "running"}
         return web.json_response(reply.model_dump(mode="json", include=shown))
 
-    async def _pcs(self, _request: web.Request) -> web.Response:
+    async def _nodes(self, _request: web.Request) -> web.Response:
         """What anyone may see of the PCs: asked on the gateway's own connection, the one
         question it asks for itself (a user's key may not ask it)."""
-        assert self._pcs_client is not None
-        reply = await self._pcs_client.call(NodesQuery(), NodesReply, timeout_s=15.0)
+        assert self._nodes_client is not None
+        reply = await self._nodes_client.call(NodesQuery(), NodesReply, timeout_s=15.0)
         return web.json_response([view.model_dump(mode="json") for view in reply.nodes])
 
     async def _cordon(self, request: web.Request) -> web.Response:
@@ -301,9 +298,9 @@ class Gateway:
             request, (names.ns_events_binding(request.match_info["namespace"]),)
         )
 
-    async def _pc_events(self, request: web.Request) -> web.StreamResponse:
+    async def _node_events(self, request: web.Request) -> web.StreamResponse:
         """PCs' presence and cordons as server-sent events (what anyone may see of them)."""
-        return await self._stream(request, names.pc_view_keys())
+        return await self._stream(request, names.node_view_keys())
 
     async def _stream(self, request: web.Request, keys: tuple[str, ...]) -> web.StreamResponse:
         """An event stream, ended by the gateway's stop (streams never finish by themselves)."""

@@ -27,7 +27,7 @@ from services.kubebridge.plan import CORDON_ANNOTATION, KubeNode, KubePod
 __all__ = ["KubeUnavailable", "Kubernetes", "connect"]
 
 T = TypeVar("T")
-_PC_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _TIMEOUT_S = 10.0
 
 
@@ -97,9 +97,9 @@ class Kubernetes:
         found = []
         for item in listed.items:
             labels, notes = item.metadata.labels or {}, item.metadata.annotations or {}
-            pc = labels.get(self.node_label, "") if self.node_label else item.metadata.name
-            if _PC_NAME.fullmatch(pc):
-                found.append(KubeNode(item.metadata.name, pc, bool(item.spec.unschedulable),
+            bus_node = labels.get(self.node_label, "") if self.node_label else item.metadata.name
+            if _NODE_NAME.fullmatch(bus_node):
+                found.append(KubeNode(item.metadata.name, bus_node, bool(item.spec.unschedulable),
                                       CORDON_ANNOTATION in notes))  # fmt: skip
         return found
 

@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "CORDON_ANNOTATION",
+    "Calls",
     "Intent",
     "KubeNode",
     "KubePod",
-    "Plan",
     "intent",
     "plan",
 ]
@@ -61,7 +61,7 @@ class KubeNode:
     unschedulable and cordoned by idlecloud."""
 
     name: str
-    pc: str
+    bus_node: str
     unschedulable: bool
     ours: bool
 
@@ -79,7 +79,7 @@ class KubePod:
 
 
 @dataclass
-class Plan:
+class Calls:
     """The calls one pass makes."""
 
     cordon: list[tuple[str, str]] = field(default_factory=list)  # (node, why)
@@ -113,12 +113,12 @@ def plan(
     nodes: Iterable[KubeNode],
     pods: Mapping[str, Iterable[KubePod]],
     namespaces: frozenset[str],
-) -> Plan:
+) -> Calls:
     """The calls that bring ``nodes`` (and the ``pods`` on each, by node name) in line with
     the PCs' ``intents``, touching only pods of ``namespaces``."""
-    calls = Plan()
+    calls = Calls()
     for node in sorted(nodes, key=lambda n: n.name):
-        wanted = intents.get(node.pc)
+        wanted = intents.get(node.bus_node)
         if wanted is None:
             continue  # the bus knows nothing of this PC: leave its node alone
         if wanted.unschedulable and not node.unschedulable:

@@ -21,7 +21,6 @@ from bus import names
 from bus.codec import Delivery
 from bus.connection import PUBLISH_FAILURES, Bus
 from bus.consumer import Consumer
-from bus.journal import Entry
 from bus.topology import QueueSpec
 from schemas import (
     BridgeStatus,
@@ -31,6 +30,7 @@ from schemas import (
     PresenceState,
     utc_now,
 )
+from schemas.journal import Entry
 from services.base import ControlService
 from services.kubebridge.kube import Kubernetes, KubeUnavailable, connect
 from services.kubebridge.plan import Intent, intent, plan
@@ -113,9 +113,9 @@ class KubeBridge(ControlService):
         """Every PC the bus has described (by its heartbeats or an admin's request), and
         what its node should be."""
         found = {}
-        for pc in set(self.presence) | self._admin_named:
-            busy, cause = self.presence.get(pc, (False, ""))
-            found[pc] = intent(busy, self.state.cordons.get(pc), cause)
+        for name in set(self.presence) | self._admin_named:
+            busy, cause = self.presence.get(name, (False, ""))
+            found[name] = intent(busy, self.state.cordons.get(name), cause)
         return found
 
     async def _loop(self) -> None:
@@ -159,7 +159,7 @@ class KubeBridge(ControlService):
         intents = self.intents()
         nodes = await api.nodes()
         pods = {node.name: await api.pods(node.name, namespaces) for node in nodes
-                if node.pc in intents and intents[node.pc].empty}  # fmt: skip
+                if node.bus_node in intents and intents[node.bus_node].empty}  # fmt: skip
         calls = plan(intents, nodes, pods, namespaces)
         for node, why in calls.cordon:
             log.info("kubebridge: cordoned node %s: %s", node, why)

@@ -3,8 +3,10 @@
 Theory of operation
 -------------------
 Each tick the placement leader calls :meth:`Reconciler.reconcile` with the desired state
-(from the journal), the registry (from heartbeats) and the time. Every replica a live PC
-reports falls in one bucket:
+(from the journal), the registry (from heartbeats) and the time. A tick runs in passes:
+survey the live PCs, count the starts in flight, enforce quotas and replica counts into
+wants, place the wants, preempt for fair share, and report each app's status. The
+survey puts every replica a live PC reports in one bucket:
 
 * **ended** (exited or failed), or of an app that was **deleted** or **redeployed** (its id
   carries the deploy's generation): stop it;
@@ -31,17 +33,20 @@ running beyond its quota (an admin lowered it) loses its newest replicas. When
 capacity is short, at most one replica per ``preempt_interval_s`` is stopped for fair
 share (see :func:`~.scheduler.preemption`). Every tick also yields each app's status:
 running (all desired replicas run), pending (none does) or degraded, with the reason.
+
+The reconciler draws nothing itself: the time comes with each tick and the random part
+of new replica ids from the ``suffixes`` its owner gives it.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from schemas import DeploymentState, PresenceState, ReplicaState, ReplicaStatus
-from services.placement.registry import Registry, ReplicaInfo
-from services.placement.scheduler import NodeSlot, Snapshot, Want, preemption, schedule
+from schemas import ZERO, Amount, DeploymentState, PresenceState, ReplicaState, ReplicaStatus
+from services.placement.registry import KnownReplica, NodeInfo, Registry
+from services.placement.scheduler import NodeSlot, Schedule, Snapshot, Want, preemption, schedule
 from services.state import AppKey, DesiredState, Spec
 
 __all__ = ["AppStatus", "Plan", "Reconciler", "ReconcilerSettings", "Start", "Stop", "replica_id"]
@@ -49,13 +54,11 @@ __all__ = ["AppStatus", "Plan", "Reconciler", "ReconcilerSettings", "Start", "St
 _ENDED = (ReplicaState.EXITED, ReplicaState.FAILED)
 #: States in which a replica's processes may run (and so spend its namespace's quota).
 _RUNS = (ReplicaState.STARTING, ReplicaState.RUNNING, ReplicaState.STOPPING)
-#: Refusals that say something about the PC, not the app: no reason to back off.
-_NODE_REFUSALS = ("this PC is", "needs ")
 
 
-def replica_id(app: str, generation: int) -> str:
-    """A new replica id: ``<app>-<generation>-<random>``, a DNS label."""
-    return f"{app[:40]}-{generation:x}-{uuid.uuid4().hex[:8]}"
+def replica_id(app: str, generation: int, suffix: str) -> str:
+    """A new replica id: ``<app>-<generation>-<suffix>``, a DNS label."""
+    return f"{app[:40]}-{generation:x}-{suffix}"
 
 
 def generation_of(replica: str) -> int | None:
@@ -120,16 +123,15 @@ class Plan:
     statuses: dict[AppKey, AppStatus] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _InFlight:
     key: AppKey
     node: str
     at: float
-    cpu_millicores: int
-    memory_mib: int
+    size: Amount
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Backoff:
     failures: int
     until: float
@@ -146,12 +148,29 @@ class _Tally:
     booting: set[str] = field(default_factory=set)  # healthy, but reported still starting
 
 
+@dataclass(slots=True)
+class _Survey:
+    """What one tick saw: each app's tally, the PCs that may take work, and what each
+    namespace holds (``usage``: healthy and starting; ``held``: and the stopping that run)."""
+
+    live: list[NodeInfo]
+    tallies: defaultdict[AppKey, _Tally] = field(default_factory=lambda: defaultdict(_Tally))
+    seen: set[str] = field(default_factory=set)
+    slots: dict[str, NodeSlot] = field(default_factory=dict)
+    usage: defaultdict[str, Amount] = field(default_factory=lambda: defaultdict(Amount))
+    held: defaultdict[str, Amount] = field(default_factory=lambda: defaultdict(Amount))
+
+
 class Reconciler:
     """Turns desired and actual state into starts, stops and statuses; see the header."""
 
-    def __init__(self, settings: ReconcilerSettings | None = None) -> None:
+    def __init__(
+        self, settings: ReconcilerSettings | None = None, *, suffixes: Callable[[], str]
+    ) -> None:
+        """``suffixes`` gives the random part of each new replica id (8 hex digits)."""
         self.settings = settings or ReconcilerSettings()
-        self.in_flight: dict[str, _InFlight] = {}
+        self._suffixes = suffixes
+        self._in_flight: dict[str, _InFlight] = {}
         self._stopping: dict[str, float] = {}
         self._backoff: dict[AppKey, _Backoff] = {}
         self._preempted_at = -float("inf")
@@ -160,9 +179,9 @@ class Reconciler:
         """A replica status event: a failed start or a crash counts toward backing off."""
         if status.state is not ReplicaState.FAILED:
             return
-        self.in_flight.pop(status.replica_id, None)
-        if status.reason.startswith(_NODE_REFUSALS):
-            return
+        self._in_flight.pop(status.replica_id, None)
+        if status.refusal is not None:
+            return  # the PC refused it: nothing is known about the app
         key = (status.namespace, status.app)
         backoff = self._backoff.get(key)
         failures = 1 if backoff is None else backoff.failures + 1
@@ -171,90 +190,172 @@ class Reconciler:
         )
         self._backoff[key] = _Backoff(failures, now + delay_s, now)
 
+    def not_sent(self, start: Start) -> None:
+        """A start the owner could not send (no token): it is not in flight."""
+        self._in_flight.pop(start.replica_id, None)
+
     def reconcile(self, desired: DesiredState, registry: Registry, now: float) -> Plan:
         """One tick: what to start, what to stop, and how every app is doing."""
         plan = Plan()
-        tallies: dict[AppKey, _Tally] = defaultdict(_Tally)
-        seen: set[str] = set()
-        slots: list[NodeSlot] = []
-        usage: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # healthy and starting
-        held: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # and the stopping that run
-        sizes = {key: (spec.request.cpu_millicores, spec.request.memory_mib)
-                 for key, spec in desired.deployments.items()}  # fmt: skip
-        live = [node for node in registry.nodes.values() if not registry.lost(node, now)]
-        for node in live:
-            used = [0, 0]
+        survey = self._survey(plan, desired, registry, now)
+        self._count_in_flight(survey, now)
+        sizes = {key: spec.reservation for key, spec in desired.deployments.items()}
+        self._enforce_quotas(plan, desired, survey, sizes, now)
+        wants = self._wants(plan, desired, survey.tallies, now)
+        snapshot = Snapshot(
+            list(survey.slots.values()), wants, dict(survey.held), dict(desired.quotas),
+            sum((node.allocatable for node in survey.live), ZERO),
+        )  # fmt: skip
+        placed = schedule(snapshot)
+        self._start(plan, desired, survey.tallies, placed, now)
+        self._preempt(plan, snapshot, placed, survey.tallies, sizes, now)
+        self._statuses(plan, desired, survey.tallies, placed.unplaced, now)
+        return plan
+
+    def _survey(self, plan: Plan, desired: DesiredState, registry: Registry, now: float) -> _Survey:
+        """Bucket every replica on a live PC; stop the ended, deleted and redeployed."""
+        survey = _Survey([node for node in registry.nodes.values() if not registry.lost(node, now)])
+        for node in survey.live:
+            used = ZERO
             drained = desired.cordons.get(node.name) == "drain"
             busy = node.presence is PresenceState.BUSY
             for replica in node.replicas.values():
-                seen.add(replica.replica_id)
-                used[0] += replica.cpu_millicores
-                used[1] += replica.memory_mib
+                survey.seen.add(replica.replica_id)
+                used += replica.reservation
                 if not busy and replica.state in _RUNS:
-                    held[replica.namespace][0] += replica.cpu_millicores
-                    held[replica.namespace][1] += replica.memory_mib
+                    survey.held[replica.namespace] += replica.reservation
                 why = self._why_stop(replica, desired)
                 if why is not None:
                     self._stop(plan, replica.replica_id, node.name, why, now, grace_s=0)
                     continue
                 if replica.replica_id in self._stopping:
                     continue
-                tally = tallies[replica.key]
+                tally = survey.tallies[replica.key]
                 if busy or drained or replica.state is ReplicaState.PAUSED:
                     tally.displaced.append((replica.replica_id, node.name))
                 else:
                     tally.healthy.append((replica.replica_id, node.name))
                     if replica.state is ReplicaState.STARTING:
                         tally.booting.add(replica.replica_id)
-                    usage[replica.namespace][0] += replica.cpu_millicores
-                    usage[replica.namespace][1] += replica.memory_mib
+                    survey.usage[replica.namespace] += replica.reservation
             if not busy and node.name not in desired.cordons:
-                slots.append(NodeSlot(
-                    node.name, node.allocatable[0] - used[0], node.allocatable[1] - used[1],
-                    node.capacity[0], node.capacity[1], node.labels,
-                ))  # fmt: skip
-        for rid in [r for r in self._stopping if r not in seen]:
+                slot = NodeSlot(node.name, node.allocatable - used, node.capacity, node.labels)
+                survey.slots[node.name] = slot
+        for rid in [r for r in self._stopping if r not in survey.seen]:
             del self._stopping[rid]  # gone: the stop worked
-        by_name = {slot.name: slot for slot in slots}
-        for rid, start in list(self.in_flight.items()):
-            slot = by_name.get(start.node)
-            if rid in seen or slot is None or now - start.at > self.settings.start_timeout_s:
-                del self.in_flight[rid]  # reported, or its PC was lost or became busy
-                continue
-            tallies[start.key].starting += 1
-            for counted in (usage, held):
-                counted[start.key[0]][0] += start.cpu_millicores
-                counted[start.key[0]][1] += start.memory_mib
-            slot.free_cpu_millicores -= start.cpu_millicores
-            slot.free_memory_mib -= start.memory_mib
-        for slot in slots:
-            for key, tally in tallies.items():
+        for slot in survey.slots.values():
+            for key, tally in survey.tallies.items():
                 count = sum(1 for _, where in tally.healthy if where == slot.name)
                 if count:
                     slot.apps[key] = count
-        wants = self._wants(plan, desired, tallies, usage, sizes, now)
-        total = (sum(n.allocatable[0] for n in live), sum(n.allocatable[1] for n in live))
-        snapshot = Snapshot(
-            slots, wants, {ns: (u[0], u[1]) for ns, u in held.items()},
-            {ns: (q.cpu_millicores, q.memory_mib) for ns, q in desired.quotas.items()}, total,
-        )  # fmt: skip
-        scheduled = schedule(snapshot)
-        for key, node_name in scheduled.placements:
-            spec = desired.deployments[key]
-            rid = replica_id(key[1], spec.generation)
-            plan.starts.append(Start(rid, node_name, spec))
-            self.in_flight[rid] = _InFlight(key, node_name, now, *sizes[key])
-            tallies[key].starting += 1
-        if scheduled.unplaced and now - self._preempted_at >= self.settings.preempt_interval_s:
-            running = {key: tally.healthy for key, tally in tallies.items()}
-            victim = preemption(snapshot, scheduled, running, sizes)
-            if victim is not None:
-                self._preempted_at = now
-                self._stop(plan, victim[0], victim[1], "preempted for fair share", now)
-        self._statuses(plan, desired, tallies, scheduled.unplaced, now)
-        return plan
+        return survey
 
-    def _why_stop(self, replica: ReplicaInfo, desired: DesiredState) -> str | None:
+    def _count_in_flight(self, survey: _Survey, now: float) -> None:
+        """Starts sent and not yet reported count as healthy and hold their PC's room."""
+        for rid, start in list(self._in_flight.items()):
+            slot = survey.slots.get(start.node)
+            if rid in survey.seen or slot is None or now - start.at > self.settings.start_timeout_s:
+                del self._in_flight[rid]  # reported, or its PC was lost or became busy
+                continue
+            survey.tallies[start.key].starting += 1
+            survey.usage[start.key[0]] += start.size
+            survey.held[start.key[0]] += start.size
+            slot.free -= start.size
+
+    def _enforce_quotas(
+        self,
+        plan: Plan,
+        desired: DesiredState,
+        survey: _Survey,
+        sizes: dict[AppKey, Amount],
+        now: float,
+    ) -> None:
+        """A namespace running beyond its quota loses its newest replicas."""
+        for namespace, quota in desired.quotas.items():
+            if namespace not in survey.usage:
+                continue
+            apps = [(key, t) for key, t in survey.tallies.items()
+                    if key[0] == namespace and key in sizes]  # fmt: skip
+            while survey.usage[namespace].shortfall(quota) is not None:
+                candidates = [(key, t) for key, t in apps if t.healthy]
+                if not candidates:
+                    break
+                key, tally = max(candidates, key=lambda pair: len(pair[1].healthy))
+                rid, node = tally.healthy.pop()
+                survey.usage[namespace] -= sizes[key]
+                self._stop(plan, rid, node, "its namespace is over its quota", now)
+
+    def _wants(
+        self, plan: Plan, desired: DesiredState, tallies: dict[AppKey, _Tally], now: float
+    ) -> list[Want]:
+        """Per app: stop the surplus and the displaced whose replacements run; want the
+        missing, unless the app is backing off after crashes."""
+        wants = []
+        for key, spec in desired.deployments.items():
+            tally = tallies[key]
+            self._stop_surplus(plan, tally, spec.replicas, now)
+            replaced = len(tally.healthy) + len(tally.displaced) - spec.replicas
+            for rid, node in tally.displaced[: max(0, replaced)]:  # their replacements run
+                self._stop(plan, rid, node, "its replacement runs elsewhere", now, grace_s=0)
+            missing = spec.replicas - len(tally.healthy) - tally.starting
+            backoff = self._backoff.get(key)
+            if backoff is not None and now - backoff.last_at > self.settings.backoff_reset_s:
+                del self._backoff[key]
+                backoff = None
+            if missing > 0 and (backoff is None or now >= backoff.until):
+                wants.append(Want(key, missing, spec.reservation, spec.request.node_selector))
+        return wants
+
+    def _stop_surplus(self, plan: Plan, tally: _Tally, desired: int, now: float) -> None:
+        """More healthy and starting than desired: stop the newest on the most crowded PC."""
+        surplus = min(len(tally.healthy) + tally.starting - desired, len(tally.healthy))
+        if surplus <= 0:
+            return
+        counts: dict[str, int] = defaultdict(int)
+        for _, node in tally.healthy:
+            counts[node] += 1
+        for _ in range(surplus):
+            crowded = max(counts, key=lambda n: counts[n])
+            index = max(i for i, (_, n) in enumerate(tally.healthy) if n == crowded)
+            rid, node = tally.healthy.pop(index)
+            counts[node] -= 1
+            self._stop(plan, rid, node, "more replicas run than asked", now)
+
+    def _start(
+        self,
+        plan: Plan,
+        desired: DesiredState,
+        tallies: dict[AppKey, _Tally],
+        placed: Schedule,
+        now: float,
+    ) -> None:
+        """A start for every placement, in flight until its PC reports it."""
+        for key, node_name in placed.placements:
+            spec = desired.deployments[key]
+            rid = replica_id(key[1], spec.generation, self._suffixes())
+            plan.starts.append(Start(rid, node_name, spec))
+            self._in_flight[rid] = _InFlight(key, node_name, now, spec.reservation)
+            tallies[key].starting += 1
+
+    def _preempt(
+        self,
+        plan: Plan,
+        snapshot: Snapshot,
+        placed: Schedule,
+        tallies: dict[AppKey, _Tally],
+        sizes: dict[AppKey, Amount],
+        now: float,
+    ) -> None:
+        """At most one replica per ``preempt_interval_s`` stops for fair share."""
+        if not placed.unplaced or now - self._preempted_at < self.settings.preempt_interval_s:
+            return
+        running = {key: tally.healthy for key, tally in tallies.items()}
+        victim = preemption(snapshot, placed, running, sizes)
+        if victim is not None:
+            self._preempted_at = now
+            self._stop(plan, victim[0], victim[1], "preempted for fair share", now)
+
+    def _why_stop(self, replica: KnownReplica, desired: DesiredState) -> str | None:
         if replica.state in _ENDED:
             return f"it {replica.state.value}"
         spec = desired.deployments.get(replica.key)
@@ -272,57 +373,6 @@ class Reconciler:
             return
         self._stopping[rid] = now
         plan.stops.append(Stop(rid, node, reason, grace_s))
-
-    def _wants(
-        self,
-        plan: Plan,
-        desired: DesiredState,
-        tallies: dict[AppKey, _Tally],
-        usage: dict[str, list[int]],
-        sizes: dict[AppKey, tuple[int, int]],
-        now: float,
-    ) -> list[Want]:
-        wants = []
-        for namespace, quota in desired.quotas.items():
-            used = usage.get(namespace)
-            apps = [(key, t) for key, t in tallies.items() if key[0] == namespace and key in sizes]
-            while used is not None and (
-                used[0] > quota.cpu_millicores or used[1] > quota.memory_mib
-            ):
-                candidates = [(key, t) for key, t in apps if t.healthy]
-                if not candidates:
-                    break
-                key, tally = max(candidates, key=lambda pair: len(pair[1].healthy))
-                rid, node = tally.healthy.pop()
-                used[0] -= sizes[key][0]
-                used[1] -= sizes[key][1]
-                self._stop(plan, rid, node, "its namespace is over its quota", now)
-        for key, spec in desired.deployments.items():
-            tally = tallies[key]
-            have = len(tally.healthy) + tally.starting
-            if have > spec.replicas:
-                counts: dict[str, int] = defaultdict(int)
-                for _, node in tally.healthy:
-                    counts[node] += 1
-                for _ in range(min(have - spec.replicas, len(tally.healthy))):
-                    crowded = max(counts, key=lambda n: counts[n])
-                    index = max(i for i, (_, n) in enumerate(tally.healthy) if n == crowded)
-                    rid, node = tally.healthy.pop(index)
-                    counts[node] -= 1
-                    self._stop(plan, rid, node, "more replicas run than asked", now)
-            replaced = len(tally.healthy) + len(tally.displaced) - spec.replicas
-            for rid, node in tally.displaced[: max(0, replaced)]:  # their replacements run
-                self._stop(plan, rid, node, "its replacement runs elsewhere", now, grace_s=0)
-            missing = spec.replicas - len(tally.healthy) - tally.starting
-            backoff = self._backoff.get(key)
-            if backoff is not None and now - backoff.last_at > self.settings.backoff_reset_s:
-                del self._backoff[key]
-                backoff = None
-            if missing > 0 and (backoff is None or now >= backoff.until):
-                request = spec.request
-                wants.append(Want(key, missing, request.cpu_millicores, request.memory_mib,
-                                  request.node_selector))  # fmt: skip
-        return wants
 
     def _statuses(
         self,

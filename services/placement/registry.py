@@ -15,9 +15,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from schemas import NodeHeartbeat, NodePresence, PresenceState, ReplicaState, ReplicaStatus
+from schemas import (
+    ZERO,
+    Amount,
+    NodeHeartbeat,
+    NodePresence,
+    PresenceState,
+    ReplicaState,
+    ReplicaStatus,
+)
+from services.state import AppKey
 
-__all__ = ["MAX_BEATS_PER_S", "NodeInfo", "Registry", "ReplicaInfo"]
+__all__ = ["MAX_BEATS_PER_S", "KnownReplica", "NodeInfo", "Registry"]
 
 #: No agent heartbeats faster than this.
 MAX_BEATS_PER_S = 100
@@ -26,20 +35,18 @@ _REORDER_WINDOW = 16
 
 
 @dataclass(slots=True)
-class ReplicaInfo:
+class KnownReplica:
     """A replica as its PC last reported it."""
 
     replica_id: str
     namespace: str
     app: str
     state: ReplicaState
-    cpu_millicores: int
-    memory_mib: int
-    usage_cpu_millicores: int = 0
-    usage_memory_mib: int = 0
+    reservation: Amount
+    usage: Amount = ZERO
 
     @property
-    def key(self) -> tuple[str, str]:
+    def key(self) -> AppKey:
         """(namespace, app)."""
         return (self.namespace, self.app)
 
@@ -49,15 +56,15 @@ class NodeInfo:
     """A PC as its agent last reported it."""
 
     name: str
-    capacity: tuple[int, int]
-    allocatable: tuple[int, int]
-    usage: tuple[int, int]
+    capacity: Amount
+    allocatable: Amount
+    usage: Amount
     presence: PresenceState
     cause: str
     last_seen: float
     seq: int
     labels: dict[str, str] = field(default_factory=dict)
-    replicas: dict[str, ReplicaInfo] = field(default_factory=dict)
+    replicas: dict[str, KnownReplica] = field(default_factory=dict)
     runtime: str = "process"
 
 
@@ -80,24 +87,22 @@ class Registry:
                 return False  # an older heartbeat, delivered late
         self.nodes[beat.node] = NodeInfo(
             name=beat.node,
-            capacity=(beat.capacity.cpu_millicores, beat.capacity.memory_mib),
-            allocatable=(beat.allocatable.cpu_millicores, beat.allocatable.memory_mib),
-            usage=(beat.usage.cpu_millicores, beat.usage.memory_mib),
+            capacity=Amount.of(beat.capacity),
+            allocatable=Amount.of(beat.allocatable),
+            usage=Amount.of(beat.usage),
             presence=beat.presence.state,
             cause=beat.presence.cause.value,
             last_seen=now,
             seq=beat.seq,
             labels=dict(beat.labels),
             replicas={
-                r.replica_id: ReplicaInfo(
+                r.replica_id: KnownReplica(
                     r.replica_id,
                     r.namespace,
                     r.app,
                     r.state,
-                    r.reservation.cpu_millicores,
-                    r.reservation.memory_mib,
-                    r.usage.cpu_millicores,
-                    r.usage.memory_mib,
+                    Amount.of(r.reservation),
+                    Amount.of(r.usage),
                 )
                 for r in beat.replicas
             },

@@ -5,8 +5,9 @@ Theory of operation
 The reconciler hands over a :class:`Snapshot`: the PCs that may take work now (live, idle,
 not cordoned) with their free resources and how many replicas of each app they hold, the
 replicas still wanted per app, and each namespace's running reservation, quota and the
-cluster's total capacity. :func:`schedule` returns a :class:`Plan`: one node per replica
-it could place, and a reason for every app with replicas it could not.
+cluster's total capacity. :func:`schedule` returns a :class:`Schedule`: one node per
+replica it could place, a reason for every app with replicas it could not, and the nodes
+as the placements leave them (the snapshot itself is not changed).
 
 Order, when capacity is short, is dominant resource fairness: the next replica placed
 always belongs to the namespace whose dominant share (the larger of its CPU and memory
@@ -34,19 +35,23 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from schemas import ZERO, Amount
+from services.state import AppKey
+
 __all__ = [
     "FILTERS",
     "SCORERS",
     "NodeSlot",
-    "Plan",
+    "Schedule",
     "Snapshot",
     "Want",
-    "dominant_share",
+    "fits",
+    "least_allocated",
+    "matches_selector",
     "preemption",
     "schedule",
+    "spread",
 ]
-
-AppKey = tuple[str, str]  # (namespace, app)
 
 
 @dataclass(slots=True)
@@ -54,12 +59,14 @@ class NodeSlot:
     """A PC that may take work: what it has free, its labels, and who runs there."""
 
     name: str
-    free_cpu_millicores: int
-    free_memory_mib: int
-    capacity_cpu_millicores: int
-    capacity_memory_mib: int
+    free: Amount
+    capacity: Amount
     labels: Mapping[str, str] = field(default_factory=dict)
     apps: dict[AppKey, int] = field(default_factory=dict)  # replicas of each app here
+
+    def copy(self) -> NodeSlot:
+        """A copy to place on, leaving this one as it is."""
+        return NodeSlot(self.name, self.free, self.capacity, self.labels, dict(self.apps))
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +75,7 @@ class Want:
 
     key: AppKey
     count: int
-    cpu_millicores: int
-    memory_mib: int
+    size: Amount
     selector: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -78,37 +84,35 @@ class Want:
         return self.key[0]
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything the scheduler may look at."""
 
     nodes: list[NodeSlot]
     wants: list[Want]
-    usage: dict[str, tuple[int, int]] = field(default_factory=dict)  # ns -> running reservation
-    quotas: dict[str, tuple[int, int]] = field(default_factory=dict)  # ns -> quota
-    total: tuple[int, int] = (0, 0)  # the cluster's capacity, for dominant shares
+    usage: Mapping[str, Amount] = field(default_factory=dict)  # ns -> running reservation
+    quotas: Mapping[str, Amount] = field(default_factory=dict)  # ns -> quota
+    total: Amount = ZERO  # the cluster's capacity, for dominant shares
 
 
-@dataclass(slots=True)
-class Plan:
-    """Where each placed replica goes, and why the others could not be placed."""
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """Where each placed replica goes, why the others could not be placed, and the nodes
+    as the placements leave them."""
 
     placements: list[tuple[AppKey, str]] = field(default_factory=list)
     unplaced: dict[AppKey, str] = field(default_factory=dict)
+    nodes: list[NodeSlot] = field(default_factory=list)
 
 
 Filter = Callable[[NodeSlot, Want], str | None]
 Scorer = Callable[[NodeSlot, Want], float]
 
 
-def fits_cpu(node: NodeSlot, want: Want) -> str | None:
-    """The node has the replica's CPU free."""
-    return None if node.free_cpu_millicores >= want.cpu_millicores else "not enough free CPU"
-
-
-def fits_memory(node: NodeSlot, want: Want) -> str | None:
-    """The node has the replica's memory free."""
-    return None if node.free_memory_mib >= want.memory_mib else "not enough free memory"
+def fits(node: NodeSlot, want: Want) -> str | None:
+    """The node has the replica's CPU and memory free."""
+    short = want.size.shortfall(node.free)
+    return None if short is None else f"not enough free {short}"
 
 
 def matches_selector(node: NodeSlot, want: Want) -> str | None:
@@ -122,24 +126,20 @@ def matches_selector(node: NodeSlot, want: Want) -> str | None:
 def spread(node: NodeSlot, want: Want) -> float:
     """A smaller share of the PC's CPU held by this app is better: an app spreads over PCs
     in proportion to their size, so a person sitting down at one stops few of its replicas."""
-    return -node.apps.get(want.key, 0) * want.cpu_millicores / max(1, node.capacity_cpu_millicores)
+    held = node.apps.get(want.key, 0) * want.size.cpu_millicores
+    return -held / max(1, node.capacity.cpu_millicores)
 
 
 def least_allocated(node: NodeSlot, _want: Want) -> float:
     """A PC with more of its capacity free is better (between 0 and 1)."""
-    cpu = node.free_cpu_millicores / max(1, node.capacity_cpu_millicores)
-    memory = node.free_memory_mib / max(1, node.capacity_memory_mib)
+    cpu = node.free.cpu_millicores / max(1, node.capacity.cpu_millicores)
+    memory = node.free.memory_mib / max(1, node.capacity.memory_mib)
     return (cpu + memory) / 2
 
 
-FILTERS: tuple[Filter, ...] = (fits_cpu, fits_memory, matches_selector)
+FILTERS: tuple[Filter, ...] = (fits, matches_selector)
 #: (scorer, weight): spreading dominates, free capacity breaks ties.
 SCORERS: tuple[tuple[Scorer, float], ...] = ((spread, 10.0), (least_allocated, 1.0))
-
-
-def dominant_share(usage: tuple[int, int], total: tuple[int, int]) -> float:
-    """The larger of a namespace's CPU and memory fractions of the cluster."""
-    return max(usage[0] / max(1, total[0]), usage[1] / max(1, total[1]))
 
 
 class _Picker:
@@ -177,93 +177,81 @@ class _Picker:
         return best
 
 
-def schedule(snapshot: Snapshot, *, candidates: int | None = None) -> Plan:
+def schedule(snapshot: Snapshot, *, candidates: int | None = None) -> Schedule:
     """Place as many wanted replicas as fit, fairly between namespaces; see the header.
 
     ``candidates`` is how many feasible nodes are scored per replica (default: the larger
     of 4 and log2 of the node count).
     """
-    plan = Plan()
-    limit = candidates or max(4, math.ceil(math.log2(max(2, len(snapshot.nodes)))))
-    picker = _Picker(snapshot.nodes, limit)
+    nodes = [node.copy() for node in snapshot.nodes]
+    result = Schedule(nodes=nodes)
+    limit = candidates or max(4, math.ceil(math.log2(max(2, len(nodes)))))
+    picker = _Picker(nodes, limit)
     usage = dict(snapshot.usage)
     queues: dict[str, deque[tuple[int, Want]]] = {}
     for want in snapshot.wants:
         if want.count > 0:
             queues.setdefault(want.namespace, deque()).append((want.count, want))
     while queues:
-        namespace = min(
-            queues, key=lambda ns: (dominant_share(usage.get(ns, (0, 0)), snapshot.total), ns)
-        )
+        namespace = min(queues, key=lambda ns: (usage.get(ns, ZERO).share_of(snapshot.total), ns))
         turns = queues[namespace]
-        left, want = turns[0]
-        used = usage.get(namespace, (0, 0))
+        left, want = turns.popleft()
+        used = usage.get(namespace, ZERO)
         quota = snapshot.quotas.get(namespace)
         choice: NodeSlot | str
-        if quota is not None and (
-            used[0] + want.cpu_millicores > quota[0] or used[1] + want.memory_mib > quota[1]
-        ):
+        if quota is not None and (used + want.size).shortfall(quota) is not None:
             choice = f"{namespace} runs its whole quota already"
         else:
             choice = picker.pick(want)
         if isinstance(choice, str):
-            plan.unplaced[want.key] = choice
-            turns.popleft()
+            result.unplaced[want.key] = choice
         else:
-            choice.free_cpu_millicores -= want.cpu_millicores
-            choice.free_memory_mib -= want.memory_mib
+            choice.free -= want.size
             choice.apps[want.key] = choice.apps.get(want.key, 0) + 1
-            usage[namespace] = (used[0] + want.cpu_millicores, used[1] + want.memory_mib)
-            plan.placements.append((want.key, choice.name))
-            turns.popleft()
+            usage[namespace] = used + want.size
+            result.placements.append((want.key, choice.name))
             if left > 1:
                 turns.append((left - 1, want))  # its other apps take the next turns
         if not turns:
             del queues[namespace]
-    return plan
+    return result
 
 
 def preemption(
     snapshot: Snapshot,
-    plan: Plan,
+    planned: Schedule,
     running: Mapping[AppKey, list[tuple[str, str]]],
-    sizes: Mapping[AppKey, tuple[int, int]],
+    sizes: Mapping[AppKey, Amount],
 ) -> tuple[str, str] | None:
     """One replica (replica id, node) to stop so a starved namespace gets its fair share.
 
-    Call it with the snapshot :func:`schedule` planned on (its nodes' free resources then
-    include the plan). A namespace is starved when the plan left some of its replicas
-    unplaced while its dominant share is below the fair share (an equal split between
-    the namespaces that want capacity). The victim is a replica of the namespace furthest
-    above the fair share, newest first, on a PC where the starved replica fits once it is
-    gone: stopping it must help. ``running`` lists each app's running replicas, oldest
-    first; ``sizes`` each app's reservation per replica.
+    ``planned`` is what :func:`schedule` made of ``snapshot`` (its nodes' free resources
+    include the placements). A namespace is starved when the plan left some of its
+    replicas unplaced while its dominant share is below the fair share (an equal split
+    between the namespaces that want capacity). The victim is a replica of the namespace
+    furthest above the fair share, newest first, on a PC where the starved replica fits
+    once it is gone: stopping it must help. ``running`` lists each app's running
+    replicas, oldest first; ``sizes`` each app's reservation per replica.
     """
-    demanding = {key[0] for key in plan.unplaced} | {key[0] for key in running if running[key]}
-    if not plan.unplaced:
+    if not planned.unplaced:
         return None
+    demanding = {key[0] for key in planned.unplaced} | {key[0] for key in running if running[key]}
     fair = 1.0 / len(demanding)
-    shares = {
-        ns: dominant_share(snapshot.usage.get(ns, (0, 0)), snapshot.total) for ns in demanding
-    }
+    shares = {ns: snapshot.usage.get(ns, ZERO).share_of(snapshot.total) for ns in demanding}
     starved = [
         want
         for want in snapshot.wants
-        if want.key in plan.unplaced and shares[want.namespace] < fair
+        if want.key in planned.unplaced and shares[want.namespace] < fair
     ]
     over = sorted((ns for ns in demanding if shares[ns] > fair), key=lambda ns: -shares[ns])
-    nodes = {node.name: node for node in snapshot.nodes}
+    nodes = {node.name: node for node in planned.nodes}
     for victim_ns in over:
         for key in sorted(k for k in running if k[0] == victim_ns):
-            cpu, memory = sizes[key]
             for replica_id, node_name in reversed(running[key]):
                 node = nodes.get(node_name)
                 if node is None:
                     continue
-                freed = NodeSlot(
-                    node.name, node.free_cpu_millicores + cpu, node.free_memory_mib + memory,
-                    node.capacity_cpu_millicores, node.capacity_memory_mib, node.labels,
-                )  # fmt: skip
+                freed = NodeSlot(node.name, node.free + sizes[key], node.capacity, node.labels)
                 if any(all(check(freed, want) is None for check in FILTERS) for want in starved):
                     return replica_id, node_name
     return None

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -25,7 +26,6 @@ from bus.codec import Delivery
 from bus.connection import PUBLISH_FAILURES, Bus
 from bus.consumer import Consumer
 from bus.errors import BusError
-from bus.journal import Entry
 from bus.rpc import RpcClient, RpcServer
 from bus.topology import QueueSpec, declare_app
 from schemas import (
@@ -45,6 +45,7 @@ from schemas import (
     StopReplica,
     utc_now,
 )
+from schemas.journal import Entry
 from services.base import ControlService
 from services.placement.reconciler import (
     AppStatus,
@@ -93,7 +94,9 @@ class Placement(ControlService):
         super().__init__(retry_s=retry_s)
         self.settings = settings or PlacementSettings()
         self.registry = Registry(self.settings.node_timeout_s)
-        self.reconciler = Reconciler(self.settings.reconciler)
+        self.reconciler = Reconciler(
+            self.settings.reconciler, suffixes=lambda: uuid.uuid4().hex[:8]
+        )
         self._clock = clock
         self._epoch = 0
         self._wake = asyncio.Event()
@@ -193,7 +196,7 @@ class Placement(ControlService):
             return await self._tokens.fetch(*start.spec.key, start.replica_id)
         except BusError as error:
             log.warning("placement: no token for %s (%s); retrying", start.replica_id, error)
-            self.reconciler.in_flight.pop(start.replica_id, None)
+            self.reconciler.not_sent(start)
             return None
 
     async def _renewals(self) -> list[Message]:
@@ -225,7 +228,7 @@ class Placement(ControlService):
                 node=start.node, epoch=self._epoch, replica_id=start.replica_id,
                 namespace=request.namespace, app=request.app, image=request.image,
                 command=request.command, env=request.env, ports=request.ports,
-                reservation=start.spec.reservation, token=token,
+                reservation=start.spec.reservation.wire(), token=token,
             ))  # fmt: skip
         for stop in plan.stops:
             commands.append(StopReplica(

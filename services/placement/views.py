@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from schemas import (
-    MAX_CPU_MILLICORES,
+    ZERO,
     AppsQuery,
     AppsReply,
     AppView,
@@ -13,7 +13,6 @@ from schemas import (
     PresenceState,
     ReplicaState,
     ReplicaView,
-    Resources,
     utc_now,
 )
 from services.placement.reconciler import AppStatus
@@ -23,10 +22,6 @@ from services.state import AppKey, DesiredState
 __all__ = ["apps_reply", "nodes_reply"]
 
 _ENDED = (ReplicaState.EXITED, ReplicaState.FAILED)
-
-
-def _resources(cpu_millicores: int, memory_mib: int) -> Resources:
-    return Resources(cpu_millicores=min(cpu_millicores, MAX_CPU_MILLICORES), memory_mib=memory_mib)
 
 
 def apps_reply(
@@ -39,7 +34,7 @@ def apps_reply(
     """One namespace's apps (or one of them), its quota, and what it reserves and runs."""
     namespace = query.namespace
     replicas: dict[AppKey, list[ReplicaView]] = {}
-    running_cpu = running_memory = 0
+    running = ZERO
     for node in registry.nodes.values():
         if registry.lost(node, now):
             continue
@@ -50,8 +45,7 @@ def apps_reply(
                 ReplicaView(replica_id=replica.replica_id, node=node.name, state=replica.state)
             )
             if replica.state is ReplicaState.RUNNING and node.presence is PresenceState.IDLE:
-                running_cpu += replica.cpu_millicores
-                running_memory += replica.memory_mib
+                running += replica.reservation
     apps = []
     for key, spec in sorted(state.deployments.items()):
         if key[0] != namespace or query.app not in (None, key[1]):
@@ -66,19 +60,19 @@ def apps_reply(
                 desired=status.desired,
                 running=status.running,
                 starting=status.starting,
-                reservation=spec.reservation,
+                reservation=spec.reservation.wire(),
                 replicas_per_node=status.per_node,
                 replicas=tuple(sorted(replicas.get(key, ()), key=lambda r: (r.node, r.replica_id))),
                 reason=status.reason[:1024],
             )
         )
-    reserved = state.reserved(namespace)
+    quota = state.quotas.get(namespace)
     return AppsReply(
         namespace=namespace,
         apps=tuple(apps),
-        quota=state.quotas.get(namespace),
-        reserved=_resources(*reserved),
-        running=_resources(running_cpu, running_memory),
+        quota=None if quota is None else quota.wire(),
+        reserved=state.reserved(namespace).wire(),
+        running=running.wire(),
         at=utc_now(),
     )
 
@@ -104,12 +98,10 @@ def nodes_reply(state: DesiredState, registry: Registry, now: float) -> NodesRep
                 state=label,
                 presence=node.presence,
                 cause=node.cause,
-                capacity=_resources(*node.capacity),
-                allocatable=_resources(*node.allocatable),
-                reserved=_resources(
-                    sum(r.cpu_millicores for r in live), sum(r.memory_mib for r in live)
-                ),
-                usage=_resources(*node.usage),
+                capacity=node.capacity.wire(),
+                allocatable=node.allocatable.wire(),
+                reserved=sum((r.reservation for r in live), ZERO).wire(),
+                usage=node.usage.wire(),
                 replicas=len(live),
                 runtime=node.runtime,
                 seconds_since_heartbeat=min(1e9, max(0.0, now - node.last_seen)),

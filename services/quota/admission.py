@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from schemas import (
+    Amount,
     CordonRequest,
     DeleteRequest,
     DeployRequest,
@@ -53,14 +54,15 @@ def admit(state: DesiredState, request: Message) -> Verdict:
     """Decide on one request against the desired state."""
     match request:
         case DeployRequest():
-            return _within_quota(state, request.namespace, request.app, request.replicas,
-                                 request.cpu_millicores, request.memory_mib)  # fmt: skip
+            size = Amount(request.cpu_millicores, request.memory_mib)
+            return _within_quota(state, request.namespace, request.app, request.replicas, size)
         case ScaleRequest():
             spec = state.deployments.get((request.namespace, request.app))
             if spec is None:
                 return Verdict(False, f"{request.namespace} has no app {request.app!r} to scale")
-            return _within_quota(state, request.namespace, request.app, request.replicas,
-                                 spec.request.cpu_millicores, spec.request.memory_mib)  # fmt: skip
+            return _within_quota(
+                state, request.namespace, request.app, request.replicas, spec.reservation
+            )
         case DeleteRequest():
             if (request.namespace, request.app) not in state.deployments:
                 return Verdict(False, f"{request.namespace} has no app {request.app!r} to delete")
@@ -71,7 +73,7 @@ def admit(state: DesiredState, request: Message) -> Verdict:
 
 
 def _within_quota(
-    state: DesiredState, namespace: str, app: str, replicas: int, cpu: int, memory: int
+    state: DesiredState, namespace: str, app: str, replicas: int, size: Amount
 ) -> Verdict:
     quota = state.quotas.get(namespace)
     if quota is None:
@@ -80,14 +82,13 @@ def _within_quota(
             f"{namespace} has no quota; an admin sets one with "
             f"`bus quota set {namespace} --cpu-millicores N --memory-mib M`",
         )
-    other_cpu, other_memory = state.reserved(namespace, without=app)
-    total_cpu, total_memory = other_cpu + replicas * cpu, other_memory + replicas * memory
-    if total_cpu > quota.cpu_millicores or total_memory > quota.memory_mib:
+    others = state.reserved(namespace, without=app)
+    after = others + size * replicas
+    if after.shortfall(quota) is not None:
         return Verdict(
             False,
-            f"{namespace} would reserve {total_cpu}m CPU and {total_memory} MiB "
-            f"({replicas} x {cpu}m/{memory} MiB for {app}, {other_cpu}m/{other_memory} MiB "
-            f"for its other apps); its quota is {quota.cpu_millicores}m CPU and "
-            f"{quota.memory_mib} MiB",
+            f"{namespace} would reserve {after} ({replicas} x {size.cpu_millicores}m/"
+            f"{size.memory_mib} MiB for {app}, {others.cpu_millicores}m/{others.memory_mib} MiB "
+            f"for its other apps); its quota is {quota}",
         )
     return Verdict(True)

@@ -24,7 +24,6 @@ from typing import Any
 
 from bus import names
 from bus.codec import Delivery
-from bus.journal import Entry
 from bus.rpc import RpcServer
 from bus.topology import QueueSpec, declare_namespace
 from schemas import (
@@ -40,6 +39,7 @@ from schemas import (
     utc_now,
 )
 from schemas.base import NamespaceMessage
+from schemas.journal import Entry
 from services.base import ControlService
 from services.quota.admission import admit, recall
 from services.state import SNAPSHOT_EVERY
