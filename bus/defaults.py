@@ -17,6 +17,7 @@ __all__ = [
     "HOST",
     "INFLUX_DB",
     "INFLUX_URL",
+    "REPLICA_BROKER_URL",
     "RESOURCE_SERVER_ID",
 ]
 
@@ -28,6 +29,8 @@ AMQPS_PORT = 5671
 #: The broker a process connects to when nothing says otherwise (RabbitMQ's default user,
 #: which RabbitMQ itself lets in from loopback only).
 BROKER_URL = f"amqp://guest:guest@{HOST}:{AMQP_PORT}/%2F"
+#: The broker a replica is given: no credentials (it connects with its own token).
+REPLICA_BROKER_URL = f"amqp://{HOST}:{AMQP_PORT}/"
 AUTH_PORT = 8470
 #: Where API keys are traded for broker tokens.
 AUTH_URL = f"http://{HOST}:{AUTH_PORT}"

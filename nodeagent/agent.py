@@ -35,6 +35,7 @@ from bus import names
 from bus.codec import Delivery
 from bus.connection import Bus
 from bus.consumer import Consumer
+from bus.defaults import REPLICA_BROKER_URL
 from bus.errors import InvalidMessage
 from bus.service import supervised
 from bus.topology import QueueSpec, declare_door
@@ -120,7 +121,7 @@ class AgentSettings:
     #: Where input devices are (``event*``); unreadable or missing: no input signal.
     input_dir: Path = Path("/dev/input")
     #: The broker URL replicas are given (no credentials: they use their token).
-    replica_url: str = "amqp://127.0.0.1:5672/"
+    replica_url: str = REPLICA_BROKER_URL
 
     @property
     def allocatable(self) -> Amount:
