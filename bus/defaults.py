@@ -7,6 +7,8 @@ agent's and the ``bus`` command's options all take their defaults from here.
 
 from __future__ import annotations
 
+from typing import Final
+
 __all__ = [
     "AMQPS_PORT",
     "AMQP_PORT",
@@ -15,7 +17,10 @@ __all__ = [
     "BROKER_URL",
     "GATEWAY_PORT",
     "HOST",
+    "INFLUX_API",
     "INFLUX_DB",
+    "INFLUX_ORG",
+    "INFLUX_TOKEN",
     "INFLUX_URL",
     "REPLICA_BROKER_URL",
     "RESOURCE_SERVER_ID",
@@ -37,5 +42,11 @@ AUTH_URL = f"http://{HOST}:{AUTH_PORT}"
 GATEWAY_PORT = 8480
 INFLUX_URL = f"http://{HOST}:8086"
 INFLUX_DB = "idlecloud"
+#: How the metrics writer speaks to InfluxDB: ``v1`` (its ``/write``, every 1.x) or ``v2``
+#: (influxdb-client: InfluxDB 1.8 and later, 2.x, 3.x).
+INFLUX_API: Final = "v1"
+#: The v2 API's token and org as InfluxDB 1.8 takes them without authentication.
+INFLUX_TOKEN = ":"
+INFLUX_ORG = "-"
 #: The audience of broker tokens and the prefix of their scopes.
 RESOURCE_SERVER_ID = "idlecloud"

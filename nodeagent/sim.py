@@ -25,12 +25,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psutil
 
-from nodeagent.runtime.cgroup import Cgroup, Mounts, replica_parent
+from nodeagent.runtime.cgroup import Cgroup, Mounts, replica_groups, replica_parent
 from nodeagent.runtime.identity import UidRange, uid_block
 from nodeagent.runtime.process import kill_recorded
 from nodeagent.utmp import read_sessions, write_login, write_logout
@@ -247,13 +248,28 @@ class Simulation:
         self._remove_node_group(name)
 
     @staticmethod
-    def _remove_node_group(name: str) -> None:
-        """The folder its agent made for its replicas' groups (the agents run outside
+    def _node_group(name: str) -> str:
+        """The folder its agent makes for its replicas' groups (the agents run outside
         systemd, in this process's group, so where is known)."""
-        mounts = Mounts.read()
         own = Path("/proc/self/cgroup").read_text()
-        parent = replica_parent(own, name, unified=mounts.unified)
-        Cgroup.named(parent.path, mounts).remove()
+        return replica_parent(own, name, unified=Mounts.read().unified).path
+
+    def _remove_node_group(self, name: str) -> None:
+        Cgroup.named(self._node_group(name), Mounts.read()).remove()
+
+    def left_behind(self, names: Iterable[str]) -> list[str]:
+        """What PCs ``names`` left on this machine after :meth:`down` or :meth:`kill`:
+        their replicas' groups (in every hierarchy), the processes in them, and their
+        containers. Empty when they cleaned up after themselves."""
+        left: list[str] = []
+        for name in names:
+            for group in replica_groups(Mounts.read(), [self._node_group(name)]):
+                procs = (group / "cgroup.procs").read_text().split()
+                left.append(f"group {group}" + (f" with processes {procs}" if procs else ""))
+            if shutil.which("docker") is not None:  # no Docker, no containers
+                with contextlib.suppress(subprocess.CalledProcessError):  # dockerd is down
+                    left.extend(f"container {c} of {name}" for c in node_containers(name))
+        return left
 
     def _kill_replicas(self, name: str) -> None:
         for record in (self.state_dir(name) / "replicas").glob("*.json"):

@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bus.defaults import AUTH_PORT, AUTH_URL, BROKER_URL, GATEWAY_PORT, INFLUX_DB, INFLUX_URL
+from bus.defaults import (
+    AUTH_PORT,
+    AUTH_URL,
+    BROKER_URL,
+    GATEWAY_PORT,
+    INFLUX_API,
+    INFLUX_DB,
+    INFLUX_ORG,
+    INFLUX_TOKEN,
+    INFLUX_URL,
+)
 from bus.tls import TlsFiles, server_files
 
 __all__ = ["ServiceEnv", "service_env"]
@@ -52,6 +62,13 @@ class ServiceEnv(BaseSettings):
     influx_db: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")] = (
         INFLUX_DB
     )
+    #: ``v1`` (``/write``: every InfluxDB 1.x, Debian's 1.6.7 too) or ``v2``
+    #: (influxdb-client: 1.8 and later, where the database is the bucket; 2.x, 3.x).
+    influx_api: Literal["v1", "v2"] = INFLUX_API
+    #: For ``v2``: the token (1.8: ``user:password``, or ``:`` without authentication)
+    #: and the organisation (1.8: ``-``).
+    influx_token: str = INFLUX_TOKEN
+    influx_org: str = INFLUX_ORG
     #: Give every replica a broker token of its own (a site with keys).
     replica_tokens: bool = False
     #: The Kubernetes namespaces whose pods the bridge may evict, comma-separated.

@@ -6,7 +6,6 @@ import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -14,7 +13,7 @@ from bus.connection import Bus
 from bus.topology import declare_platform
 from idlecloud.dev.docker import busybox_image, ensure_docker
 from idlecloud.dev.services import BrokerInfo, create_vhost, delete_vhost, scratch_vhost
-from nodeagent.runtime.cgroup import Mounts
+from nodeagent.runtime.cgroup import Mounts, replica_groups
 
 from .gateway_rig import rig  # noqa: F401  (a fixture: the gateway on a control plane)
 from .login import login, signing_key  # noqa: F401  (fixtures: broker tokens of any principal)
@@ -62,30 +61,22 @@ async def scratch() -> AsyncIterator[tuple[BrokerInfo, Bus]]:
         delete_vhost(info.vhost)
 
 
-def _replica_groups() -> list[Path]:
-    """Every control group the tests' and simulated PCs' replicas live in (freezer tree,
-    or the unified one), deepest first."""
-    mounts = Mounts.read()
-    root = mounts.v2 if mounts.unified else mounts.v1.get("freezer")
-    if root is None:
-        return []
-    found = [path for parent in ("idlecloud-test", "idlecloud") if (root / parent).is_dir()
-             for path in (root / parent).rglob("*") if path.is_dir()]  # fmt: skip
-    return sorted(found, key=lambda path: len(path.parts), reverse=True)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_behind() -> Iterator[None]:
-    """After the whole run no replica process is left in any replica's group (asserted),
-    and the groups the tests made are removed. It looks at the whole machine, so it runs
+    """After the whole run no replica process is left in any replica's group, in any
+    hierarchy (asserted), and the groups the tests made are removed (asserted: one that
+    cannot be removed still holds something). It looks at the whole machine, so it runs
     where nothing else does: in CI (``CI`` set), or when IDLECLOUD_CHECK_LEFTOVERS=1 asks
     (on a developer's machine another run's or the demo's replicas would count)."""
     yield
     if not (os.environ.get("CI") or os.environ.get("IDLECLOUD_CHECK_LEFTOVERS") == "1"):
         return
-    left = {str(group): procs for group in _replica_groups()
+    groups = replica_groups(Mounts.read(), ("idlecloud-test", "idlecloud"))
+    left = {str(group): procs for group in groups
             if (procs := (group / "cgroup.procs").read_text().split())}  # fmt: skip
-    for group in _replica_groups():
+    for group in groups:  # deepest first
         with contextlib.suppress(OSError):
             group.rmdir()
     assert left == {}, f"replica processes left behind: {left}"
+    stuck = [str(group) for group in groups if group.exists()]
+    assert stuck == [], f"replica groups that cannot be removed: {stuck}"

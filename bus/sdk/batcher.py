@@ -14,7 +14,7 @@ import asyncio
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from aio_pika.abc import AbstractIncomingMessage
 from aiormq.abc import AbstractChannel
@@ -26,6 +26,9 @@ from bus.sdk.protocol import Outcome, encode_outcomes
 
 __all__ = ["AckBatcher", "ResultBatcher"]
 
+#: A delivery tag and how to settle it.
+_Settlement = tuple[int, Literal["ack", "ack multiple", "nack"]]
+
 
 class _Background:
     """Keeps a reference to each task it starts until the task is done."""
@@ -33,10 +36,11 @@ class _Background:
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def start(self, coroutine: Coroutine[Any, Any, None]) -> None:
+    def start(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
 
 @dataclass
@@ -99,11 +103,18 @@ class AckBatcher:
     still running is acked alone, so a long task never holds finished ones (and the
     prefetch window) hostage. A nack is sent at once. Deliveries of a channel that closed
     are forgotten: the broker requeues them.
+
+    Every ack and nack of a channel leaves in the order it was decided, one after the
+    other (:meth:`_send`): the channel's write queue lets a late writer pass one that
+    waits, and an ack alone of a tag that reaches the broker after a multiple ack that
+    already covered it is an unknown delivery tag, which closes the channel and makes
+    the broker deliver every unacked task again.
     """
 
     def __init__(self) -> None:
         self._order: dict[AbstractChannel, deque[int]] = {}
         self._finished: dict[AbstractChannel, set[int]] = {}
+        self._sending: dict[AbstractChannel, asyncio.Task[None]] = {}
         self._scheduled = False
         self._background = _Background()
 
@@ -117,14 +128,6 @@ class AckBatcher:
 
     def ack(self, message: AbstractIncomingMessage) -> None:
         """Mark a delivery done; it is acked with the run it completes."""
-        self._finish(message)
-
-    async def nack(self, message: AbstractIncomingMessage) -> None:
-        """Send it back to the queue now."""
-        await settle(message.channel.basic_nack(_tag(message), requeue=True))
-        self._finish(message)
-
-    def _finish(self, message: AbstractIncomingMessage) -> None:
         finished = self._finished.get(message.channel)
         if finished is None:
             return
@@ -133,23 +136,52 @@ class AckBatcher:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
+    async def nack(self, message: AbstractIncomingMessage) -> None:
+        """Send it back to the queue now (after the acks decided before it)."""
+        channel, tag = message.channel, _tag(message)
+        order = self._order.get(channel)
+        if order is not None and tag in order:
+            order.remove(tag)  # settled by the nack: never acked
+        await asyncio.shield(self._send(channel, [(tag, "nack")]))
+
     def _flush(self) -> None:
         self._scheduled = False
         for channel in list(self._order):
             order, finished = self._order[channel], self._finished[channel]
             if channel.is_closed:
                 del self._order[channel], self._finished[channel]
+                self._sending.pop(channel, None)
                 continue
+            settlements: list[_Settlement] = []
             highest = None
             while order and order[0] in finished:
                 highest = order.popleft()
                 finished.discard(highest)
             if highest is not None:
-                self._background.start(settle(channel.basic_ack(highest, multiple=True)))
-            for tag in finished:  # done, but behind a delivery still running: ack alone
+                settlements.append((highest, "ack multiple"))
+            for tag in sorted(finished):  # done, but behind a delivery still running: alone
                 order.remove(tag)
-                self._background.start(settle(channel.basic_ack(tag)))
+                settlements.append((tag, "ack"))
             finished.clear()
+            if settlements:
+                self._send(channel, settlements)
+
+    def _send(self, channel: AbstractChannel, settlements: list[_Settlement]) -> asyncio.Task[None]:
+        """Send ``settlements`` after every one sent before on ``channel``."""
+        before = self._sending.get(channel)
+
+        async def in_order() -> None:
+            if before is not None and not before.done():
+                await asyncio.wait({before})
+            for tag, kind in settlements:
+                if kind == "nack":
+                    await settle(channel.basic_nack(tag, requeue=True))
+                else:
+                    await settle(channel.basic_ack(tag, multiple=kind == "ack multiple"))
+
+        task = self._background.start(in_order())
+        self._sending[channel] = task
+        return task
 
 
 def _tag(message: AbstractIncomingMessage) -> int:

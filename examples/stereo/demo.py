@@ -273,8 +273,12 @@ class Demo:
                    if watch.busy_seen_at and watch.login_at else "not seen")  # fmt: skip
         back = (f"{watch.used_again_at - watch.logout_at:.1f} s after the logout"
                 if watch.used_again_at and watch.logout_at else "not seen")  # fmt: skip
+        left = self.simulation.left_behind(pc.name for pc in self.settings.pcs)
+        for leftover in left:
+            self.console.print(f"[red]left behind:[/] {leftover}")
         checks = {
             "every task done": watch.done == report.tasks,
+            "nothing left behind (replica groups, processes, containers)": not left,
             "a replica evicted": bool(watch.evicted),
             "a replica rescheduled": bool(watch.rescheduled),
             f"accuracy within the bound ({ACCURACY_BOUND:.0%})": report.within_bound,

@@ -16,7 +16,15 @@ from pydantic import ValidationError
 from yarl import URL
 
 from bus.abc import Service
-from bus.defaults import AUTH_PORT, BROKER_URL, GATEWAY_PORT, INFLUX_URL
+from bus.defaults import (
+    AUTH_PORT,
+    BROKER_URL,
+    GATEWAY_PORT,
+    INFLUX_API,
+    INFLUX_ORG,
+    INFLUX_TOKEN,
+    INFLUX_URL,
+)
 from bus.service import run
 from bus.tls import server_files
 from idlecloud.cli._common import (
@@ -310,6 +318,19 @@ def up(
         ),
     ] = None,
     influx_url: Annotated[str, typer.Option(envvar="IDLECLOUD_INFLUX_URL")] = INFLUX_URL,
+    influx_api: Annotated[
+        str,
+        typer.Option(
+            envvar="IDLECLOUD_INFLUX_API",
+            help="v1 (/write: every InfluxDB 1.x) or v2 (influxdb-client: 1.8 and later).",
+        ),
+    ] = INFLUX_API,
+    influx_token: Annotated[
+        str, typer.Option(envvar="IDLECLOUD_INFLUX_TOKEN", help="v2's token (1.8: user:password).")
+    ] = INFLUX_TOKEN,
+    influx_org: Annotated[
+        str, typer.Option(envvar="IDLECLOUD_INFLUX_ORG", help="v2's organisation (1.8: -).")
+    ] = INFLUX_ORG,
     kube_namespace: Annotated[
         list[str] | None,
         typer.Option(
@@ -353,10 +374,16 @@ def up(
         services.append(Gateway(GatewaySettings(public, http_port=gateway_port, tls=tls,
                                                 auth_url=auth_url)))  # fmt: skip
     if influx_db is not None:
-        from services.metrics.influx import InfluxV1
+        from services.metrics.influx import influx_sink
         from services.metrics.writer import MetricsWriter
 
-        services.append(MetricsWriter(InfluxV1(influx_url, influx_db)))
+        try:
+            sink = influx_sink(
+                influx_api, influx_url, influx_db, token=influx_token, org=influx_org
+            )
+        except ValueError as error:
+            fail(str(error))
+        services.append(MetricsWriter(sink))
     if kube_namespace:
         from services.kubebridge.service import BridgeSettings, KubeBridge
 

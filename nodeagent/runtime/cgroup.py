@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CPU_PERIOD_US", "Cgroup", "Mounts", "ReplicaParent", "replica_parent"]
+__all__ = ["CPU_PERIOD_US", "Cgroup", "Mounts", "ReplicaParent", "replica_groups", "replica_parent"]
 
 #: The CFS period our CPU quotas are expressed in.
 CPU_PERIOD_US = 100_000
@@ -246,3 +247,18 @@ def replica_parent(own_cgroups: str, node: str, *, unified: bool) -> ReplicaPare
     if not own.endswith(".service"):
         return ReplicaParent(f"idlecloud/{node}")
     return ReplicaParent(f"{own}/replicas", f"{own}/agent" if unified else None)
+
+
+def replica_groups(mounts: Mounts, parents: Iterable[str]) -> list[Path]:
+    """Every group at or below each of ``parents`` (e.g. ``idlecloud/edge``) in every
+    hierarchy we make groups in (each v1 controller's, and v2's), deepest first: what a
+    check for leftovers looks at."""
+    roots = set(mounts.v1.values()) | ({mounts.v2} if mounts.v2 is not None else set())
+    found: set[Path] = set()
+    for root in roots:
+        for parent in parents:
+            top = root / parent
+            if top.is_dir():
+                found.add(top)
+                found.update(path for path in top.rglob("*") if path.is_dir())
+    return sorted(found, key=lambda path: (len(path.parts), str(path)), reverse=True)

@@ -8,12 +8,15 @@ from typing import Any
 
 from aiohttp import web
 
+from schemas.base import MAX_STRING_LENGTH
+
 __all__ = ["json_error", "json_object"]
 
 
 def json_error(status: int, message: str) -> web.Response:
-    """An error answer: its status, and a message that says what to do."""
-    return web.json_response({"error": message}, status=status)
+    """An error answer: its status, and a message that says what to do (at most
+    ``MAX_STRING_LENGTH`` characters, as the document promises, whatever it quotes)."""
+    return web.json_response({"error": message[:MAX_STRING_LENGTH]}, status=status)
 
 
 async def json_object(request: web.Request) -> dict[str, Any] | web.Response:

@@ -20,6 +20,8 @@ from aiohttp import web
 from bus.apikeys import InvalidKey, bearer_credential
 from services.gateway.auth import Caller
 from services.gateway.bodies import json_error, json_object
+from services.gateway.models import LoggedOut, Session
+from services.gateway.routes import public_operations
 
 __all__ = [
     "CALLER",
@@ -30,6 +32,9 @@ __all__ = [
     "credential",
     "cross_site",
     "is_public",
+    "log_in",
+    "log_out",
+    "who",
 ]
 
 SESSION_COOKIE = "idlecloud_session"
@@ -43,18 +48,16 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-_SESSION = "/v1/session"
+_PUBLIC = public_operations()
 
 
 def is_public(request: web.Request) -> bool:
-    """Whether ``request`` needs no credential: the page itself, the API's description,
-    logging in and out."""
-    path = request.path
-    return (
-        path in ("/", "/openapi.json")
-        or path.startswith("/static/")
-        or (path == _SESSION and request.method in ("POST", "DELETE"))
-    )
+    """Whether ``request`` needs no credential: the page itself and its files, and the
+    route table's public operations (the API's description, logging in and out)."""
+    if request.path == "/" or request.path.startswith("/static/"):
+        return True
+    resource = request.match_info.route.resource
+    return resource is not None and (request.method, resource.canonical) in _PUBLIC
 
 
 def credential(request: web.Request) -> str:
@@ -83,48 +86,47 @@ def cross_site(request: web.Request) -> bool:
     )
 
 
-def _caller_json(caller: Caller) -> dict[str, str]:
-    return {"role": caller.role, "subject": caller.subject, "key_id": caller.key_id}
+def _session(caller: Caller) -> web.Response:
+    return web.json_response(
+        Session(role=caller.role, subject=caller.subject, key_id=caller.key_id).model_dump()
+    )
 
 
-def add_page_routes(app: web.Application, login: Callable[[str], Caller]) -> None:
-    """Serve the page and its session routes on ``app``; ``login`` checks an API key.
+async def log_in(request: web.Request, login: Callable[[str], Caller]) -> web.Response:
+    """``POST /v1/session``: check the body's ``api_key`` with ``login`` and set the cookie."""
+    body = await json_object(request)
+    key = body.get("api_key") if isinstance(body, dict) else None
+    if not isinstance(key, str) or not key.strip():
+        return json_error(422, "paste your API key")
+    try:
+        caller = login(key.strip())
+    except InvalidKey as refused:
+        return json_error(401, str(refused))
+    if caller.role not in ("user", "admin"):
+        return json_error(403, f"a {caller.role}'s key cannot log in; use a user's or admin's key")
+    response = _session(caller)
+    response.set_cookie(SESSION_COOKIE, key.strip(), httponly=True, samesite="Strict",
+                        secure=request.secure, path="/")  # fmt: skip
+    return response
 
-    ``POST /v1/session`` takes ``{"api_key": ...}`` and sets the cookie, ``GET`` says who
-    is logged in, ``DELETE`` logs out.
-    """
+
+def who(request: web.Request) -> web.Response:
+    """``GET /v1/session``: who the request's key or cookie is."""
+    return _session(request[CALLER])
+
+
+def log_out() -> web.Response:
+    """``DELETE /v1/session``: clear the cookie."""
+    response = web.json_response(LoggedOut(logged_out=True).model_dump())
+    response.del_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+def add_page_routes(app: web.Application) -> None:
+    """Serve the page and its files on ``app`` (its session routes are in the route table)."""
 
     async def index(_request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html")
 
-    async def log_in(request: web.Request) -> web.Response:
-        body = await json_object(request)
-        key = body.get("api_key") if isinstance(body, dict) else None
-        if not isinstance(key, str) or not key.strip():
-            return json_error(422, "paste your API key")
-        try:
-            caller = login(key.strip())
-        except InvalidKey as refused:
-            return json_error(401, str(refused))
-        if caller.role not in ("user", "admin"):
-            return json_error(
-                403, f"a {caller.role}'s key cannot log in; use a user's or admin's key"
-            )
-        response = web.json_response(_caller_json(caller))
-        response.set_cookie(SESSION_COOKIE, key.strip(), httponly=True, samesite="Strict",
-                            secure=request.secure, path="/")  # fmt: skip
-        return response
-
-    async def who(request: web.Request) -> web.Response:
-        return web.json_response(_caller_json(request[CALLER]))
-
-    async def log_out(_request: web.Request) -> web.Response:
-        response = web.json_response({"logged_out": True})
-        response.del_cookie(SESSION_COOKIE, path="/")
-        return response
-
     app.router.add_get("/", index)
     app.router.add_static("/static/", STATIC, follow_symlinks=False)
-    app.router.add_post(_SESSION, log_in)
-    app.router.add_get(_SESSION, who)
-    app.router.add_delete(_SESSION, log_out)

@@ -49,10 +49,11 @@ from schemas import (
     ScaleRequest,
     TokenRevoke,
 )
-from schemas.base import DNS_LABEL_PATTERN
+from schemas.base import DNS_LABEL_PATTERN, MAX_STRING_LENGTH
 from schemas.journal import Entry
 from services.gateway.auth import Caller, identify
 from services.gateway.bodies import json_error, json_object
+from services.gateway.models import Accepted, ApiError, Quota
 from services.gateway.openapi import openapi
 from services.gateway.page import (
     CALLER,
@@ -62,8 +63,12 @@ from services.gateway.page import (
     credential,
     cross_site,
     is_public,
+    log_in,
+    log_out,
+    who,
 )
 from services.gateway.relay import Relays
+from services.gateway.routes import ROUTES
 from services.gateway.stream import stream_events
 from services.http import serve
 from services.state import DesiredState
@@ -73,6 +78,9 @@ __all__ = ["Gateway", "GatewaySettings"]
 log = logging.getLogger(__name__)
 
 _LABEL = re.compile(DNS_LABEL_PATTERN)
+#: How much of one invalid field an answer shows (its path and complaint), and how many.
+_FIELD_SHOWN = 200
+_FIELDS_SHOWN = 10
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 R = TypeVar("R", bound=Message)
 #: The caller's API key, which its relay trades for the caller's own broker token.
@@ -118,19 +126,9 @@ class Gateway:
         await self._journal.catch_up()
         app = web.Application(middlewares=[self._authenticate])
         app.on_response_prepare.append(_secure)
-        add_page_routes(app, self._identify)
-        app.router.add_get("/openapi.json", self._openapi)
-        ns = "/v1/namespaces/{namespace}"
-        app.router.add_get(f"{ns}/deployments", self._list)
-        app.router.add_post(f"{ns}/deployments", self._deploy)
-        app.router.add_get(f"{ns}/deployments/{{app}}", self._show)
-        app.router.add_patch(f"{ns}/deployments/{{app}}", self._scale)
-        app.router.add_delete(f"{ns}/deployments/{{app}}", self._delete)
-        app.router.add_get(f"{ns}/quota", self._quota)
-        app.router.add_get(f"{ns}/events", self._events)
-        app.router.add_get("/v1/pcs", self._nodes)
-        app.router.add_get("/v1/pcs/events", self._node_events)
-        app.router.add_post("/v1/pcs/{node}/{action}", self._cordon)
+        add_page_routes(app)
+        for op in ROUTES:
+            app.router.add_route(op.method, op.path, getattr(self, op.handler))
         settings = self.settings
         self._http = await serve(app, settings.http_host, settings.http_port, settings.tls)
 
@@ -148,7 +146,7 @@ class Gateway:
     @web.middleware
     async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if is_public(request):
-            return await handler(request)
+            return await _json_errors(handler, request)
         try:
             key = credential(request)
             caller = self._identify(key)
@@ -159,7 +157,7 @@ class Gateway:
         for part in ("namespace", "app", "node"):
             value = request.match_info.get(part)
             if value is not None and not _LABEL.fullmatch(value):
-                return json_error(404, f"no {part} is named {value!r}: names are DNS labels "
+                return json_error(404, f"no {part} is named {value[:64]!r}: names are DNS labels "
                                    "(lower-case letters, digits and dashes)")  # fmt: skip
         namespace = request.match_info.get("namespace")
         if namespace is not None and not caller.may_act_for(namespace):
@@ -167,7 +165,7 @@ class Gateway:
         request[CALLER] = caller
         request[CREDENTIAL] = key
         try:
-            return await handler(request)
+            return await _json_errors(handler, request)
         except AuthUnavailable as error:
             return json_error(503, f"the auth service did not answer: {error}")
         except CredentialsRefused as error:
@@ -210,8 +208,8 @@ class Gateway:
                 (message.namespace, message.app) not in self.state.deployments
             )
             return json_error(404 if unknown else 409, result.reason)
-        return web.json_response({"accepted": True, "request_id": result.request_id},
-                                 status=201 if created else 200)  # fmt: skip
+        answer = Accepted(accepted=True, request_id=result.request_id)
+        return web.json_response(answer.model_dump(), status=201 if created else 200)
 
     async def _apps(
         self, request: web.Request, namespace: str, app: str | None = None
@@ -220,6 +218,15 @@ class Gateway:
 
     async def _openapi(self, _request: web.Request) -> web.Response:
         return web.json_response(openapi())
+
+    async def _log_in(self, request: web.Request) -> web.Response:
+        return await log_in(request, self._identify)
+
+    async def _who(self, request: web.Request) -> web.Response:
+        return who(request)
+
+    async def _log_out(self, _request: web.Request) -> web.Response:
+        return log_out()
 
     async def _list(self, request: web.Request) -> web.Response:
         reply = await self._apps(request, request.match_info["namespace"])
@@ -268,8 +275,9 @@ class Gateway:
 
     async def _quota(self, request: web.Request) -> web.Response:
         reply = await self._apps(request, request.match_info["namespace"])
-        shown = {"namespace", "quota", "reserved", "running"}
-        return web.json_response(reply.model_dump(mode="json", include=shown))
+        quota = Quota(namespace=reply.namespace, quota=reply.quota, reserved=reply.reserved,
+                      running=reply.running)  # fmt: skip
+        return web.json_response(quota.model_dump(mode="json"))
 
     async def _nodes(self, _request: web.Request) -> web.Response:
         """What anyone may see of the PCs: asked on the gateway's own connection, the one
@@ -283,7 +291,7 @@ class Gateway:
             return json_error(403, "only an admin cordons, drains or uncordons a PC")
         action = request.match_info["action"]
         if action not in ("cordon", "uncordon", "drain"):
-            return json_error(404, f"no action {action!r}; use cordon, uncordon or drain")
+            return json_error(404, f"no action {action[:64]!r}; use cordon, uncordon or drain")
         typed: Literal["cordon", "uncordon", "drain"] = action  # type: ignore[assignment]
         try:
             cordon = CordonRequest(request_id=uuid.uuid4().hex[:16],
@@ -318,9 +326,29 @@ async def _secure(_request: web.Request, response: web.StreamResponse) -> None:
     response.headers.update(SECURITY_HEADERS)
 
 
+async def _json_errors(handler: Handler, request: web.Request) -> web.StreamResponse:
+    """The handler's answer; aiohttp's own errors (no such route, a method the route does
+    not take) answered as JSON like every other error."""
+    try:
+        return await handler(request)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        return json_error(error.status, f"{error.reason}: {request.method} {request.path}")
+
+
 def _invalid(error: ValidationError | TypeError) -> web.Response:
+    """422 with each field's complaint. A field's path names what the caller sent (a key
+    of its own choosing, too), so each is cut to :data:`_FIELD_SHOWN` characters and the
+    whole answer stays within the documented bounds however large the body was."""
     if isinstance(error, TypeError):
-        return json_error(422, str(error))
-    fields = {".".join(map(str, e["loc"])) or "body": e["msg"] for e in error.errors()}
+        return json_error(422, str(error)[:_FIELD_SHOWN])
+    fields: dict[str, str] = {}
+    for problem in error.errors(include_url=False, include_input=False)[:_FIELDS_SHOWN]:
+        where = ".".join(map(str, problem["loc"])) or "body"
+        if len(where) > _FIELD_SHOWN:
+            where = where[: _FIELD_SHOWN - 1] + "…"
+        fields[where] = problem["msg"][:_FIELD_SHOWN]
     message = "; ".join(f"{field}: {msg}" for field, msg in fields.items())
-    return web.json_response({"error": f"invalid: {message}", "fields": fields}, status=422)
+    answer = ApiError(error=f"invalid: {message}"[:MAX_STRING_LENGTH], fields=fields)
+    return web.json_response(answer.model_dump(), status=422)

@@ -16,7 +16,16 @@ import aiohttp
 from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 from influxdb_client.rest import ApiException
 
-__all__ = ["InfluxRefused", "InfluxUnavailable", "InfluxV1", "InfluxV2", "query_v1"]
+from bus.defaults import INFLUX_ORG, INFLUX_TOKEN
+
+__all__ = [
+    "InfluxRefused",
+    "InfluxUnavailable",
+    "InfluxV1",
+    "InfluxV2",
+    "influx_sink",
+    "query_v1",
+]
 
 
 class InfluxUnavailable(Exception):
@@ -109,6 +118,31 @@ class InfluxV2:
         if self._client is not None:
             await self._client.close()  # type: ignore[no-untyped-call]
             self._client = None
+
+
+def influx_sink(
+    api: str, url: str, database: str, *, token: str = INFLUX_TOKEN, org: str = INFLUX_ORG
+) -> InfluxV1 | InfluxV2:
+    """The sink that speaks ``api`` to the InfluxDB at ``url``.
+
+    Args:
+        api: ``v1`` (``/write``: every 1.x, Debian's 1.6.7 too; the database is created if
+            missing) or ``v2`` (influxdb-client's ``/api/v2/write``: InfluxDB 1.8 and later,
+            2.x and 3.x; ``database`` is the bucket).
+        url: InfluxDB's base URL.
+        database: the database (``v1``) or bucket (``v2``).
+        token: for ``v2``: InfluxDB 1.8 takes ``user:password`` (``:`` without
+            authentication), 2.x an API token.
+        org: for ``v2``: the organisation (``-`` for 1.8).
+
+    Raises:
+        ValueError: ``api`` is neither.
+    """
+    if api == "v1":
+        return InfluxV1(url, database)
+    if api == "v2":
+        return InfluxV2(url, token=token, org=org, bucket=database)
+    raise ValueError(f"InfluxDB API {api!r}: use v1 (/write) or v2 (influxdb-client)")
 
 
 def query_v1(url: str, database: str, query: str, *, change: bool = False) -> dict[str, Any]:

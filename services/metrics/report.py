@@ -25,10 +25,11 @@ matplotlib.use("Agg")  # files only: no screen here, and none needed
 
 import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 from services.metrics.panels import PANELS, Panel, concrete
 
-__all__ = ["Visit", "held", "hold_s", "render", "visits"]
+__all__ = ["Visit", "figures", "held", "hold_s", "render", "slug", "visits"]
 
 Query = Callable[[str], dict[str, Any]]
 _UNITS = {"millicores": "CPU (millicores)", "replicas": "replicas", "percentunit": "share"}
@@ -105,7 +106,8 @@ def _when(timestamp: str) -> float:
     return float(mdates.date2num(moment))  # type: ignore[no-untyped-call]
 
 
-def _slug(title: str) -> str:
+def slug(title: str) -> str:
+    """A panel's title as a file name."""
     return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
 
 
@@ -121,18 +123,30 @@ def render(query: Query, out: Path, since_s: float) -> list[Path]:
         ValueError: InfluxDB refused a query.
     """
     out.mkdir(parents=True, exist_ok=True)
-    step_s = max(1.0, since_s / 200)
-    now = float(mdates.date2num(datetime.now(UTC)))  # type: ignore[no-untyped-call]
-    people = visits(query(concrete(_PRESENCE, since_s, step_s)), now)
     written = []
-    for panel in PANELS:
-        written.append(_figure(panel, query, out, since_s, step_s, people))
+    for panel, figure in figures(query, since_s):
+        path = out / f"{slug(panel.title)}.png"
+        figure.savefig(path)
+        plt.close(figure)
+        written.append(path)
     return written
 
 
+def figures(query: Query, since_s: float) -> list[tuple[Panel, Figure]]:
+    """Each panel's figure over the last ``since_s`` seconds (the caller closes them).
+
+    Raises:
+        ValueError: InfluxDB refused a query.
+    """
+    step_s = max(1.0, since_s / 200)
+    now = float(mdates.date2num(datetime.now(UTC)))  # type: ignore[no-untyped-call]
+    people = visits(query(concrete(_PRESENCE, since_s, step_s)), now)
+    return [(panel, _figure(panel, query, since_s, step_s, people)) for panel in PANELS]
+
+
 def _figure(
-    panel: Panel, query: Query, out: Path, since_s: float, step_s: float, people: list[Visit]
-) -> Path:
+    panel: Panel, query: Query, since_s: float, step_s: float, people: list[Visit]
+) -> Figure:
     figure, axes = plt.subplots(figsize=(10, 4.5), dpi=100)
     plotted = 0
     for panel_query in panel.queries:
@@ -164,7 +178,4 @@ def _figure(
         axes.text(0.5, 0.5, "no data in this window", ha="center", transform=axes.transAxes)
     figure.autofmt_xdate()
     figure.tight_layout()
-    path = out / f"{_slug(panel.title)}.png"
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return figure

@@ -1,0 +1,103 @@
+"""The gateway's route table: every operation once, with what it answers.
+
+The gateway registers its handlers from :data:`ROUTES` and :mod:`.openapi` writes the
+OpenAPI document from it, so the server and its description cannot drift apart. Each
+operation lists only the answers it can give: the success and the errors its path, its
+body and its handler can produce (:data:`CALLER_ERRORS` for any authenticated call,
+:data:`NAMED_ERRORS` where the path names a namespace, app or PC).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["CALLER_ERRORS", "NAMED_ERRORS", "ROUTES", "Answer", "Operation", "public_operations"]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One status an operation answers with, and the schema of its JSON body (a component's
+    name; ``[Name]`` for an array of them; ``None`` for an event stream)."""
+
+    status: int
+    description: str
+    schema: str | None = "Error"
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One method on one path: the gateway's handler for it and what it answers."""
+
+    method: str
+    path: str
+    handler: str
+    summary: str
+    answers: tuple[Answer, ...]
+    body: str | None = None  # the request body's component, if it takes one
+    public: bool = False  # needs no credential
+
+
+#: Any authenticated call: a missing, forged, expired or revoked key.
+CALLER_ERRORS = (Answer(401, "no credential, or one that is forged, expired or revoked"),)
+#: A path that names a namespace, app or PC: not a DNS label, not the caller's namespace
+#: (or a change from the page without its header), or a namespace without a quota.
+NAMED_ERRORS = (
+    Answer(403, "not your namespace, or a change from the page without its header"),
+    Answer(404, "no such namespace, app or PC (names are DNS labels)"),
+)
+_AWAY = Answer(503, "the control plane did not answer in time")
+_INVALID = Answer(422, "the body is not valid: `error` says why, `fields` which")
+_ACCEPTED = Answer(200, "admitted", "Accepted")
+_NS = "/v1/namespaces/{namespace}"
+
+ROUTES: tuple[Operation, ...] = (
+    Operation("GET", "/openapi.json", "_openapi", "This document",
+              (Answer(200, "the OpenAPI document", "Document"),), public=True),
+    Operation("GET", f"{_NS}/deployments", "_list", "Your apps",
+              (Answer(200, "every app of the namespace", "[AppView]"), *CALLER_ERRORS,
+               *NAMED_ERRORS, _AWAY)),
+    Operation("POST", f"{_NS}/deployments", "_deploy", "Deploy an app",
+              (Answer(201, "admitted", "Accepted"), *CALLER_ERRORS, *NAMED_ERRORS,
+               Answer(409, "refused: the namespace's quota would be exceeded"), _INVALID, _AWAY),
+              body="DeploymentBody"),
+    Operation("GET", f"{_NS}/deployments/{{app}}", "_show", "One app",
+              (Answer(200, "the app", "AppView"), *CALLER_ERRORS, *NAMED_ERRORS, _AWAY)),
+    Operation("PATCH", f"{_NS}/deployments/{{app}}", "_scale", "Scale an app",
+              (_ACCEPTED, *CALLER_ERRORS, *NAMED_ERRORS,
+               Answer(409, "refused: the namespace's quota would be exceeded"), _INVALID, _AWAY),
+              body="ScaleBody"),
+    Operation("DELETE", f"{_NS}/deployments/{{app}}", "_delete", "Delete an app",
+              (_ACCEPTED, *CALLER_ERRORS, *NAMED_ERRORS, _AWAY)),
+    Operation("GET", f"{_NS}/quota", "_quota", "Your quota and its use",
+              (Answer(200, "the quota, what the apps reserve and what runs", "Quota"),
+               *CALLER_ERRORS, *NAMED_ERRORS, _AWAY)),
+    Operation("GET", f"{_NS}/events", "_events",
+              "Your namespace's events, live (server-sent events)",
+              (Answer(200, "`event: <schema>` and `data: <JSON>` per event, until you hang up",
+                      None), *CALLER_ERRORS, *NAMED_ERRORS, _AWAY)),
+    Operation("GET", "/v1/pcs", "_nodes", "The PCs",
+              (Answer(200, "every PC", "[NodeView]"), *CALLER_ERRORS, _AWAY)),
+    Operation("GET", "/v1/pcs/events", "_node_events", "PCs' presence and cordons, live (SSE)",
+              (Answer(200, "`event: <schema>` and `data: <JSON>` per event, until you hang up",
+                      None), *CALLER_ERRORS, _AWAY)),
+    Operation("POST", "/v1/pcs/{node}/{action}", "_cordon",
+              "Cordon, uncordon or drain a PC (admin)",
+              (_ACCEPTED, *CALLER_ERRORS,
+               Answer(403, "only an admin, or a change from the page without its header"),
+               Answer(404, "no such action, or a PC name that is not a DNS label"), _AWAY)),
+    Operation("POST", "/v1/session", "_log_in",
+              "Log the page in with an API key (sets an HttpOnly cookie)",
+              (Answer(200, "who you are", "Session"), *CALLER_ERRORS,
+               Answer(403, "a PC's key cannot log in"),
+               Answer(422, "no API key in the body")),
+              body="SessionBody", public=True),
+    Operation("GET", "/v1/session", "_who", "Who is logged in",
+              (Answer(200, "who you are", "Session"), *CALLER_ERRORS)),
+    Operation("DELETE", "/v1/session", "_log_out", "Log out (clears the cookie)",
+              (Answer(200, "logged out", "LoggedOut"),), public=True),
+)  # fmt: skip
+
+
+def public_operations() -> frozenset[tuple[str, str]]:
+    """(method, path) of the operations that need no credential."""
+    return frozenset((op.method, op.path) for op in ROUTES if op.public)
