@@ -84,6 +84,8 @@ async def test_simulated_pcs_heartbeat_see_people_and_die_when_killed(
     replica_pid = json.loads(next(records.glob("*.json")).read_text())["pid"]
     pc_group = Cgroup.of_pid(replica_pid, MOUNTS).dirs["freezer"].parent  # idlecloud/<pc>
     assert pc_group.name == b
+    running = simulation.left_behind([b])  # while it runs, what a check would find
+    assert any(str(replica_pid) in found and b in found for found in running), running
     agent_pid = simulation.status()[b]["pid"]
     simulation.kill(b)
     await wait_until(
@@ -95,6 +97,7 @@ async def test_simulated_pcs_heartbeat_see_people_and_die_when_killed(
     )
     assert simulation.status()[b]["agent"] == "down"
     assert not pc_group.exists()  # nor its replicas' groups: nothing is left behind
+    assert simulation.left_behind([b]) == []
     assert not psutil.pid_exists(int(str(agent_pid))) or (
         psutil.Process(int(str(agent_pid))).status() == psutil.STATUS_ZOMBIE
     )
