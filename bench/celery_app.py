@@ -1,6 +1,9 @@
 """The Celery side of bench/tasks_vs_celery.py: the same trivial task, Celery's way.
 
-Solo pool, late acks, persistent messages, RPC result backend, JSON, as the issue asks.
+Solo pool, late acks, persistent messages into a durable classic queue, RPC result
+backend, JSON. ``BENCH_CELERY_PREFETCH`` sets the worker's prefetch (its multiplier, with
+one solo process); ``BENCH_CELERY_CONFIRM=1`` publishes with confirms (``confirm_publish``:
+off by default in Celery).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ app.conf.update(
     task_default_queue=os.environ.get("BENCH_CELERY_QUEUE", "celery"),
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
+    worker_prefetch_multiplier=int(os.environ.get("BENCH_CELERY_PREFETCH", "4")),
+    broker_transport_options={"confirm_publish": os.environ.get("BENCH_CELERY_CONFIRM") == "1"},
 )
 
 

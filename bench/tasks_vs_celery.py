@@ -1,24 +1,26 @@
-"""Our worker SDK against Celery on the same broker, in the same run.
+"""Our worker SDK against Celery on the same broker, in the same run, mode for mode.
 
 Starts RabbitMQ with the helper the tests use (a scratch vhost), then times the same
-trivial task (``add(x, y)``) through:
+trivial task (``add(x, y)``) in three modes on both sides:
 
-- one idlecloud worker (`bus worker`, one process), one message per task, then 100 tasks
-  per message (our batched ``map``);
-- one Celery worker (solo pool, acks_late, persistent messages, RPC result backend), one
-  message per task, then ``chunks(100)``. One message per task is timed in Celery's best
-  mode here, one ``delay(...).get()`` after another: sending all tasks first and then
-  collecting them is far slower with the RPC backend (measured on this machine: 93 tasks/s
-  with 2,000 outstanding, 14/s with 500 and ``join_native``), and a benchmark should beat
-  the other side at its best;
-- a bare aio-pika request/reply loop with our guarantees (quorum queue, persistent
-  messages, publisher confirms on both legs, ack after the reply is confirmed): the
-  ceiling for one call at a time.
+- **sequential**: one call, its result, then the next (``client.call`` against
+  ``delay().get()``);
+- **pipelined**, one message per task: every call in flight at once (our default
+  ``map``, against every ``delay()`` first and every ``get()`` after);
+- **batched**, 100 calls per message (``map(batch_size=100)`` against ``chunks(100)``).
 
-Then it runs >= 100,000 tasks through our worker and reports its RSS growth between task
-1,000 and the last. Celery is a benchmark-only dependency: pip install -e '.[bench]'.
+Our side is one ``bus worker`` process. Celery is one solo worker with ``acks_late``,
+persistent messages into a durable classic queue and the RPC result backend, run once per
+configuration in a process of its own (``bench/celery_side.py``): its prefetch swept
+(``--celery-prefetch``, default 4, 64 and 256) with publisher confirms off (Celery's
+default) and on (``confirm_publish``). Every configuration's figure is printed, and each
+mode's ratio against Celery's best configuration, and against its best with confirms.
+A bare aio-pika request/reply loop with our guarantees is the ceiling for one call at a
+time. Then >= 100,000 tasks go through our worker for its RSS growth between task 1,000
+and the last. Celery is a benchmark-only dependency: pip install -e '.[bench]'.
 
-Usage: python bench/tasks_vs_celery.py [--tasks N] [--chunked-tasks M] [--rss-tasks K]
+Usage: python bench/tasks_vs_celery.py [--sequential-calls N] [--tasks N]
+       [--chunked-tasks M] [--rss-tasks K] [--celery-prefetch 4,64,256]
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import aio_pika
 import psutil
@@ -70,7 +71,9 @@ def _app() -> App:
     return app
 
 
-async def _ours(url: str, tasks: int, chunked: int, rss_tasks: int) -> dict[str, float]:
+async def _ours(
+    url: str, sequential: int, tasks: int, chunked: int, rss_tasks: int
+) -> dict[str, float]:
     app = _app()
     add = app.tasks["add"]
     env = {"IDLECLOUD_URL": url, "IDLECLOUD_NAMESPACE": NAMESPACE, "IDLECLOUD_APP": APP}
@@ -93,7 +96,11 @@ async def _ours(url: str, tasks: int, chunked: int, rss_tasks: int) -> dict[str,
                 assert done == count
                 return count / (time.perf_counter() - started)
 
-            figures["single"] = await run(tasks, 1)
+            started = time.perf_counter()
+            for i in range(sequential):
+                assert await client.call(add, i, i) == 2 * i
+            figures["sequential"] = sequential / (time.perf_counter() - started)
+            figures["pipelined"] = await run(tasks, 1)
             figures["batched"] = await run(chunked, 100)
             await run(rss_tasks, 1, watch_rss=True)
             rss_end = psutil.Process(worker.pid).memory_info().rss
@@ -103,32 +110,18 @@ async def _ours(url: str, tasks: int, chunked: int, rss_tasks: int) -> dict[str,
     return figures
 
 
-def _celery(url: str, tasks: int, chunked: int) -> dict[str, float]:
-    queue = f"celery-bench-{uuid.uuid4().hex[:8]}"
-    env = {"BENCH_BROKER_URL": url, "BENCH_CELERY_QUEUE": queue}
-    os.environ.update(env)
-    from bench.celery_app import add
-
-    worker = _start(
-        [sys.executable, "-m", "celery", "-A", "bench.celery_app", "worker", "--pool=solo",
-         "--concurrency=1", "--loglevel=WARNING", "--without-gossip", "--without-mingle",
-         "--without-heartbeat"],
-        env,
+def _celery(url: str, mode: str, count: int, prefetch: int, confirm: bool) -> float:
+    """Celery's tasks/s in ``mode`` with one configuration, in a process of its own."""
+    env = {**os.environ, "BENCH_CELERY_PREFETCH": str(prefetch),
+           "BENCH_CELERY_CONFIRM": "1" if confirm else "0"}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "celery_side.py"), url, mode, str(count)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
-    try:
-        assert add.delay(1, 1).get(timeout=120) == 2  # warm up; the worker is ready
-        started = time.perf_counter()
-        for i in range(tasks):
-            assert add.delay(i, i).get(timeout=60) == 2 * i
-        single = tasks / (time.perf_counter() - started)
-        started = time.perf_counter()
-        grouped: Any = add.chunks(((i, i) for i in range(chunked)), 100).group().apply_async()
-        values = [value for chunk in grouped.get(timeout=600) for value in chunk]
-        assert values == [2 * i for i in range(chunked)]
-        chunks = chunked / (time.perf_counter() - started)
-    finally:
-        _stop(worker)
-    return {"single": single, "chunks": chunks}
+    if done.returncode != 0:
+        raise RuntimeError(f"celery {mode} (prefetch {prefetch}, confirms {confirm}) failed: "
+                           f"{done.stderr[-2000:]}")  # fmt: skip
+    return float(done.stdout.split("tasks_per_s:")[1].split()[0])
 
 
 async def _raw_aiopika(url: str, calls: int) -> float:
@@ -175,32 +168,58 @@ async def _raw_aiopika(url: str, calls: int) -> float:
         await server.close()
 
 
+#: Each mode: our figure's key, Celery's mode, and the argument giving its task count.
+_MODES = (("sequential", "sequential", "sequential_calls"), ("pipelined", "pipelined", "tasks"),
+          ("batched", "chunks", "chunked_tasks"))  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=3_000, help="one message per task")
+    parser.add_argument("--sequential-calls", type=int, default=1_500, help="one at a time")
+    parser.add_argument("--tasks", type=int, default=3_000, help="pipelined, one per message")
     parser.add_argument("--chunked-tasks", type=int, default=100_000, help="100 per message")
     parser.add_argument("--rss-tasks", type=int, default=100_000, help="for the RSS figure")
     parser.add_argument("--raw-calls", type=int, default=2_000, help="bare aio-pika loop")
+    parser.add_argument("--celery-prefetch", default="4,64,256", help="Celery prefetch sweep")
     arguments = parser.parse_args()
     try:
         import celery  # noqa: F401
     except ImportError:
         sys.exit("this benchmark needs Celery: pip install -e '.[bench]'")
+    prefetches = [int(value) for value in arguments.celery_prefetch.split(",")]
     with scratch_vhost("bench") as broker:
-        ours = asyncio.run(
-            _ours(broker.url, arguments.tasks, arguments.chunked_tasks, arguments.rss_tasks)
-        )
-        theirs = _celery(broker.url, arguments.tasks, arguments.chunked_tasks)
+        ours = asyncio.run(_ours(broker.url, arguments.sequential_calls, arguments.tasks,
+                                 arguments.chunked_tasks, arguments.rss_tasks))  # fmt: skip
+        theirs = {
+            (mode, prefetch, confirm): _celery(
+                broker.url, celery_mode, getattr(arguments, count), prefetch, confirm
+            )
+            for mode, celery_mode, count in _MODES
+            for prefetch in prefetches
+            for confirm in (False, True)
+        }
         raw = asyncio.run(_raw_aiopika(broker.url, arguments.raw_calls))
-    print(f"tasks: {arguments.tasks} one per message, {arguments.chunked_tasks} batched by 100")
-    print(f"idlecloud_tasks_per_s: {ours['single']:.0f}")
-    print(f"celery_tasks_per_s: {theirs['single']:.0f}")
-    print(f"batched_map_tasks_per_s: {ours['batched']:.0f}")
-    print(f"celery_chunks_tasks_per_s: {theirs['chunks']:.0f}")
-    print(f"raw_aiopika_tasks_per_s: {raw:.0f}")
+    print("durability_idlecloud: quorum task queue, persistent messages, publisher confirms "
+          "on calls and results, a task acked only once its result is confirmed")  # fmt: skip
+    print("durability_celery: durable classic queue, persistent messages, acks_late, RPC "
+          "results; publisher confirms off (its default) and on (confirm_publish)")  # fmt: skip
+    print(f"tasks: sequential {arguments.sequential_calls}, pipelined {arguments.tasks}, "
+          f"batched {arguments.chunked_tasks} by 100")  # fmt: skip
+    for mode, _celery_mode, _count in _MODES:
+        print(f"{mode}_idlecloud_tasks_per_s: {ours[mode]:.0f}")
+        for (seen, prefetch, confirm), rate in theirs.items():
+            if seen == mode:
+                print(f"{mode}_celery_prefetch_{prefetch}_confirms_{'on' if confirm else 'off'}"
+                      f"_tasks_per_s: {rate:.0f}")  # fmt: skip
+        for label, allowed in (("best", (False, True)), ("confirmed_best", (True,))):
+            (_m, prefetch, confirm), rate = max(
+                ((key, rate) for key, rate in theirs.items()
+                 if key[0] == mode and key[2] in allowed), key=lambda pair: pair[1],
+            )  # fmt: skip
+            print(f"{mode}_ratio_vs_celery_{label}: {ours[mode] / rate:.2f} (Celery prefetch "
+                  f"{prefetch}, confirms {'on' if confirm else 'off'}: {rate:.0f}/s)")  # fmt: skip
+    print(f"raw_aiopika_sequential_tasks_per_s: {raw:.0f}")
     print(f"worker_rss_growth_mib: {ours['rss_growth_mib']:.1f}")
-    print(f"batched_ratio_vs_celery_chunks: {ours['batched'] / theirs['chunks']:.2f}")
-    print(f"ratio_vs_celery: {ours['single'] / theirs['single']:.2f}")
 
 
 if __name__ == "__main__":
