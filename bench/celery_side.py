@@ -10,8 +10,6 @@ Usage: python bench/celery_side.py URL MODE COUNT   (MODE: sequential, pipelined
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -26,12 +24,13 @@ def main() -> None:
     url, mode, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
     os.environ.update(BENCH_BROKER_URL=url, BENCH_CELERY_QUEUE=f"celery-{uuid.uuid4().hex[:8]}")
     from bench.celery_app import add
+    from bench.tasks_vs_celery import start_process, stop_process
 
-    worker = subprocess.Popen(
+    worker = start_process(
         [sys.executable, "-m", "celery", "-A", "bench.celery_app", "worker", "--pool=solo",
          "--concurrency=1", "--loglevel=WARNING", "--without-gossip", "--without-mingle",
          "--without-heartbeat"],
-        cwd=ROOT, env=dict(os.environ),
+        {},
     )  # fmt: skip
     try:
         assert add.delay(1, 1).get(timeout=120) == 2  # warm up; the worker is ready
@@ -50,12 +49,7 @@ def main() -> None:
             sys.exit(f"unknown mode {mode!r}: sequential, pipelined or chunks")
         print(f"tasks_per_s: {count / (time.perf_counter() - started):.1f}")
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        stop_process(worker)
 
 
 if __name__ == "__main__":

@@ -48,11 +48,13 @@ from idlecloud.dev.services import scratch_vhost  # noqa: E402
 NAMESPACE, APP = "bench", "add"
 
 
-def _start(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+def start_process(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A worker process in the project's folder, with ``env`` added to ours."""
     return subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env})
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 30 s."""
     process.send_signal(signal.SIGTERM)
     try:
         process.wait(timeout=30)
@@ -77,7 +79,9 @@ async def _ours(
     app = _app()
     add = app.tasks["add"]
     env = {"IDLECLOUD_URL": url, "IDLECLOUD_NAMESPACE": NAMESPACE, "IDLECLOUD_APP": APP}
-    worker = _start([sys.executable, "-m", "idlecloud", "worker", "bench.tasks_app:app"], env)
+    worker = start_process(
+        [sys.executable, "-m", "idlecloud", "worker", "bench.tasks_app:app"], env
+    )
     figures: dict[str, float] = {}
     try:
         async with Bus(url, connection_name="bench client") as bus, TaskClient(bus, app) as client:
@@ -106,7 +110,7 @@ async def _ours(
             rss_end = psutil.Process(worker.pid).memory_info().rss
             figures["rss_growth_mib"] = (rss_end - figures["rss_at_1000"]) / 2**20
     finally:
-        _stop(worker)
+        stop_process(worker)
     return figures
 
 
