@@ -9,9 +9,11 @@ planted import. The untouched copy is the control: it must pass.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -100,3 +102,34 @@ def test_a_planted_import_breaks_its_contract(tmp_path: Path, case: str) -> None
     assert result.returncode != 0, result.stdout
     assert f"{contract} BROKEN" in result.stdout
     assert named in result.stdout
+
+
+def _map() -> str:
+    """The map in ``docs/architecture.md`` (the code block of its "Layers" section)."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    section = text[text.index("## Layers") :]
+    return section[section.index("```") + 3 : section.index("```", section.index("```") + 3)]
+
+
+def _listed(block: str, after: str, until: str) -> set[str]:
+    """The names listed in ``block`` between ``after`` and ``until``, comma-separated."""
+    start = block.index(after) + len(after)
+    listed = re.sub(r"[\s|]+", " ", block[start : block.index(until, start)])
+    return {name.strip(" /") for name in listed.split(",") if name.strip(" /")}
+
+
+def test_the_map_in_the_docs_is_the_layers_contract_and_names_every_module() -> None:
+    """The map's layers, top to bottom, are the contract's; it names every service
+    package, every module the services share and every module of the library."""
+    block = _map()
+    heads = [re.match(r"^ ((?:\w+/ *\|? *)+)", line) for line in block.splitlines()]
+    layers = [" | ".join(re.findall(r"(\w+)/", head[1])) for head in heads if head]
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    layered = next(c for c in contracts["contracts"] if c["type"] == "layers")
+    assert layers == layered["layers"]
+    packages = {path.parent.name for path in (ROOT / "services").glob("*/__init__.py")}
+    assert _listed(block, "the services (", ")") == packages
+    shared = {path.stem for path in (ROOT / "services").glob("*.py")} - {"__init__"}
+    assert _listed(block, "shared modules (", ")") == shared
+    library = {path.stem for path in (ROOT / "bus").glob("*.py")} - {"__init__"} | {"sdk"}
+    assert _listed(block, "the library:", "\n    v") == library
