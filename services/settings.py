@@ -19,6 +19,7 @@ from bus.defaults import (
     AUTH_URL,
     BROKER_URL,
     GATEWAY_PORT,
+    HOST,
     INFLUX_API,
     INFLUX_DB,
     INFLUX_ORG,
@@ -43,7 +44,7 @@ class ServiceEnv(BaseSettings):
     vhost: str = "/"
     #: The auth service's signing key (``bus token init``).
     auth_key_file: Path | None = None
-    auth_host: str = "127.0.0.1"
+    auth_host: str = HOST
     auth_port: Port = AUTH_PORT
     #: Where the gateway trades its callers' API keys for their broker tokens.
     auth_url: str = AUTH_URL
@@ -56,7 +57,7 @@ class ServiceEnv(BaseSettings):
     tls_key: Path | None = None
     #: The auth service's public key (``<kid>.pub.pem``), for the gateway.
     auth_public_key: Path | None = None
-    gateway_host: str = "127.0.0.1"
+    gateway_host: str = HOST
     gateway_port: Port = GATEWAY_PORT
     influx_url: str = INFLUX_URL
     influx_db: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")] = (

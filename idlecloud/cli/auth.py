@@ -17,7 +17,7 @@ import aiohttp
 import typer
 
 from bus.credentials import api_key_from_env
-from bus.defaults import AUTH_URL, BROKER_URL
+from bus.defaults import AUTH_URL, BROKER_URL, HOST
 from bus.tls import https_context
 from idlecloud.cli._common import (
     Exit,
@@ -239,7 +239,7 @@ def tls_init(
 
     ca = SiteCA.kept_in(folder)
     # the control host calls itself too (the gateway its auth service)
-    hosts = list(dict.fromkeys([*(host or []), "127.0.0.1", "localhost"]))
+    hosts = list(dict.fromkeys([*(host or []), HOST, "localhost"]))
     files = ca.issue_files(folder, "server", hosts)
     console.print(f"CA {files.ca_file} (give it to every client: IDLECLOUD_CA_FILE, or "
                   f"?cafile= in the amqps:// URL)\ncertificate {files.cert_file} for "

@@ -41,7 +41,7 @@ from aiohttp import web
 from bus import names
 from bus.apikeys import ApiKey, InvalidKey, bearer_credential, read_api_key
 from bus.codec import Delivery
-from bus.defaults import AUTH_PORT, RESOURCE_SERVER_ID
+from bus.defaults import AUTH_PORT, HOST, RESOURCE_SERVER_ID
 from bus.rpc import RpcServer
 from bus.tls import TlsFiles
 from bus.topology import QueueSpec, declare_door, declare_namespace
@@ -87,7 +87,7 @@ class AuthSettings:
     key_file: Path
     vhost: str = "/"
     resource_server_id: str = RESOURCE_SERVER_ID
-    http_host: str = "127.0.0.1"
+    http_host: str = HOST
     http_port: int = AUTH_PORT
     broker_token_s: int = MAX_BROKER_TOKEN_S
     broker_ctl: tuple[str, ...] = ("rabbitmqctl",)

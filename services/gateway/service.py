@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from bus import names
 from bus.apikeys import InvalidKey
 from bus.connection import Bus
-from bus.defaults import AUTH_URL, GATEWAY_PORT
+from bus.defaults import AUTH_URL, GATEWAY_PORT, HOST
 from bus.errors import AuthUnavailable, BusError, CredentialsRefused, DoorClosed
 from bus.journal import Journal
 from bus.rpc import RpcClient
@@ -92,7 +92,7 @@ class GatewaySettings:
     """The auth service's public key, and where to listen."""
 
     public_key_file: Path
-    http_host: str = "127.0.0.1"
+    http_host: str = HOST
     http_port: int = GATEWAY_PORT
     #: Serve HTTPS with this certificate (None: plain HTTP, for loopback only).
     tls: TlsFiles | None = None

@@ -22,12 +22,13 @@ import aiohttp
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from schemas.base import DNS_LABEL_PATTERN
 from services.kubebridge.plan import CORDON_ANNOTATION, KubeNode, KubePod
 
 __all__ = ["KubeUnavailable", "Kubernetes", "connect"]
 
 T = TypeVar("T")
-_NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_NODE_NAME = re.compile(DNS_LABEL_PATTERN)
 _TIMEOUT_S = 10.0
 
 
