@@ -9,14 +9,17 @@ from typing import Any
 from aiohttp import web
 
 from schemas.base import MAX_STRING_LENGTH
+from services.gateway.models import ApiError
 
 __all__ = ["json_error", "json_object"]
 
 
-def json_error(status: int, message: str) -> web.Response:
-    """An error answer: its status, and a message that says what to do (at most
-    ``MAX_STRING_LENGTH`` characters, as the document promises, whatever it quotes)."""
-    return web.json_response({"error": message[:MAX_STRING_LENGTH]}, status=status)
+def json_error(status: int, message: str, fields: dict[str, str] | None = None) -> web.Response:
+    """An error answer (:class:`~.models.ApiError`): its status, a message that says what to
+    do (at most ``MAX_STRING_LENGTH`` characters, as the document promises, whatever it
+    quotes) and, for an invalid body, each field's complaint."""
+    answer = ApiError(error=message[:MAX_STRING_LENGTH], fields=fields)
+    return web.json_response(answer.model_dump(exclude_none=True), status=status)
 
 
 async def json_object(request: web.Request) -> dict[str, Any] | web.Response:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,14 @@ class _Relay:
     bus: Bus
     expires_at: float
     clients: dict[Owner, RpcClient] = field(default_factory=dict)
+    starting: asyncio.Lock = field(default_factory=asyncio.Lock)  # one reply queue per owner
+
+    async def client(self, owner: Owner) -> RpcClient:
+        """The RPC client that speaks for ``owner`` on this connection (started once)."""
+        async with self.starting:
+            if owner not in self.clients:
+                self.clients[owner] = await RpcClient(self.bus, owner).start()
+            return self.clients[owner]
 
     async def close(self) -> None:
         for client in self.clients.values():
@@ -50,7 +59,11 @@ class _Relay:
 
 
 class Relays:
-    """The callers' own connections; see the module's header."""
+    """The callers' own connections; see the module's header.
+
+    Each key's relay is opened, renewed and dropped under a lock of that key's alone, so
+    a slow token trade or connect for one caller never holds up another's requests.
+    """
 
     def __init__(
         self, broker_url: str, auth_url: str, ca_file: Path | None = None, limit: int = 256
@@ -60,7 +73,14 @@ class Relays:
         self.ca_file = ca_file
         self.limit = limit
         self._relays: OrderedDict[str, _Relay] = OrderedDict()
-        self._lock = asyncio.Lock()
+        #: A lock per key while anyone uses it (gone with its last user).
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def _lock(self, key_id: str) -> asyncio.Lock:
+        lock = self._locks.get(key_id)
+        if lock is None:
+            lock = self._locks[key_id] = asyncio.Lock()
+        return lock
 
     async def call(
         self, key_id: str, api_key: str, message: Message, expect: type[R], timeout_s: float
@@ -73,42 +93,40 @@ class Relays:
             BusError: the broker refused or the control plane did not answer.
         """
         relay = await self._relay(key_id, api_key)
-        owner = message.owner()
-        async with self._lock:
-            client = relay.clients.get(owner)
-            if client is None:
-                client = relay.clients[owner] = await RpcClient(relay.bus, owner).start()
+        client = await relay.client(message.owner())
         return await client.call(message, expect, timeout_s=timeout_s)
 
     async def _relay(self, key_id: str, api_key: str) -> _Relay:
-        async with self._lock:
+        evicted: list[_Relay] = []
+        async with self._lock(key_id):
             relay = self._relays.get(key_id)
             if relay is not None and relay.expires_at - _RENEW_BEFORE_S > time.time():
                 self._relays.move_to_end(key_id)
                 return relay
             if relay is not None:
                 del self._relays[key_id]
-                await relay.close()
+                evicted.append(relay)
             token = await fetch_broker_token(api_key, self.auth_url, self.ca_file)
             url = url_with_token(self.broker_url, token)
             name = f"gateway for {token.role} {token.subject}"
             bus = await Bus(url, connection_name=name).connect()
             relay = self._relays[key_id] = _Relay(bus, token.expires_at)
             while len(self._relays) > self.limit:
-                _oldest, evicted = self._relays.popitem(last=False)
-                await evicted.close()
-            return relay
+                evicted.append(self._relays.popitem(last=False)[1])
+        for old in evicted:
+            await old.close()
+        return relay
 
     async def drop(self, key_id: str) -> None:
-        """Close the connection of a revoked key (if the gateway holds one)."""
-        async with self._lock:
+        """Close the connection of a revoked key (if the gateway holds one; after one being
+        opened for it now)."""
+        async with self._lock(key_id):
             relay = self._relays.pop(key_id, None)
         if relay is not None:
             await relay.close()
 
     async def close(self) -> None:
         """Close every connection."""
-        async with self._lock:
-            relays, self._relays = list(self._relays.values()), OrderedDict()
+        relays, self._relays = list(self._relays.values()), OrderedDict()
         for relay in relays:
             await relay.close()

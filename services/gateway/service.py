@@ -49,11 +49,11 @@ from schemas import (
     ScaleRequest,
     TokenRevoke,
 )
-from schemas.base import DNS_LABEL_PATTERN, MAX_STRING_LENGTH
+from schemas.base import DNS_LABEL_PATTERN
 from schemas.journal import Entry
 from services.gateway.auth import Caller, identify
 from services.gateway.bodies import json_error, json_object
-from services.gateway.models import Accepted, ApiError, Quota
+from services.gateway.models import Accepted, Quota
 from services.gateway.openapi import openapi
 from services.gateway.page import (
     CALLER,
@@ -350,5 +350,4 @@ def _invalid(error: ValidationError | TypeError) -> web.Response:
             where = where[: _FIELD_SHOWN - 1] + "…"
         fields[where] = problem["msg"][:_FIELD_SHOWN]
     message = "; ".join(f"{field}: {msg}" for field, msg in fields.items())
-    answer = ApiError(error=f"invalid: {message}"[:MAX_STRING_LENGTH], fields=fields)
-    return web.json_response(answer.model_dump(), status=422)
+    return json_error(422, f"invalid: {message}", fields)
