@@ -30,6 +30,7 @@ __all__ = [
     "https_context",
     "server_context",
     "server_files",
+    "write_private",
 ]
 
 _VALID_DAYS = 825  # the longest a server certificate may live for browsers
@@ -41,7 +42,9 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret (a private key) readable by its owner alone: created 0600, never
+    world-readable for an instant."""
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "wb") as out:
         out.write(data)
@@ -122,7 +125,7 @@ class SiteCA:
         """Write ``ca.pem`` and ``ca.key`` (0600); the certificate's path."""
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "ca.pem").write_bytes(self.cert_pem)
-        _write_private(folder / "ca.key", self.key_pem)
+        write_private(folder / "ca.key", self.key_pem)
         return folder / "ca.pem"
 
     def issue(self, hosts: Sequence[str]) -> tuple[bytes, bytes]:
@@ -164,7 +167,7 @@ class SiteCA:
         cert_pem, key_pem = self.issue(hosts)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{name}.pem").write_bytes(cert_pem)
-        _write_private(folder / f"{name}.key", key_pem)
+        write_private(folder / f"{name}.key", key_pem)
         (folder / "ca.pem").write_bytes(self.cert_pem)
         return TlsFiles(folder / "ca.pem", folder / f"{name}.pem", folder / f"{name}.key")
 

@@ -20,7 +20,6 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bus.apikeys import ALGORITHM, API_KEY_AUDIENCE, ISSUER, ApiKey, KeyRole
 from bus.scopes import RoleName, scopes_for
+from bus.tls import write_private
 from bus.trust import Principal
 
 __all__ = [
@@ -94,9 +94,7 @@ class SigningKey:
         """Write ``<kid>.pem`` (private, mode 0600) and ``<kid>.pub.pem``; their paths."""
         folder.mkdir(parents=True, exist_ok=True)
         private, public = folder / f"{self.kid}.pem", folder / f"{self.kid}.pub.pem"
-        descriptor = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "wb") as out:
-            out.write(self.private_pem)
+        write_private(private, self.private_pem)
         public.write_bytes(self.public_pem)
         return private, public
 
