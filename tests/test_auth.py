@@ -304,6 +304,7 @@ async def test_an_admin_and_a_user_work_with_api_keys_through_the_bus_command(
     init = await asyncio.to_thread(bus_cli, "token", "init", str(tmp_path / "keys"))
     assert init.returncode == 0, init.stderr
     private = next(p for p in (tmp_path / "keys").glob("*.pem") if not p.name.endswith(".pub.pem"))
+    assert private.stat().st_mode & 0o777 == 0o600  # the signing key: its owner's alone
     port = free_port()
     services = [AuthService(AuthSettings(private, vhost=broker.vhost, http_port=port),
                             retry_s=0.2), QuotaManager(retry_s=0.2)]  # fmt: skip
