@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -94,36 +94,25 @@ def status(folder: FolderOption = DEFAULT_DIR, as_json: JsonOption = False) -> N
     console.print(shown)
 
 
-def _act(action: str, folder: Path, name: str) -> None:
-    simulation = Simulation(folder)
-    try:
-        getattr(simulation, action)(name)
-    except KeyError as error:
-        fail(str(error.args[0]))
+def _act(action: Literal["login", "logout", "kill"]) -> Any:
+    """The command that does ``action`` to one simulated PC."""
+
+    def command(
+        name: Annotated[str, typer.Argument(help="The PC.")], folder: FolderOption = DEFAULT_DIR
+    ) -> None:
+        try:
+            getattr(Simulation(folder), action)(name)
+        except KeyError as error:
+            fail(str(error.args[0]))
+
+    return command
 
 
-@sim_app.command("login")
-def login(
-    name: Annotated[str, typer.Argument(help="The PC.")], folder: FolderOption = DEFAULT_DIR
-) -> None:
-    """A person sits down at a PC (writes a real utmp login record)."""
-    _act("login", folder, name)
-
-
-@sim_app.command("logout")
-def logout(
-    name: Annotated[str, typer.Argument(help="The PC.")], folder: FolderOption = DEFAULT_DIR
-) -> None:
-    """The person at a PC leaves."""
-    _act("logout", folder, name)
-
-
-@sim_app.command("kill")
-def kill(
-    name: Annotated[str, typer.Argument(help="The PC.")], folder: FolderOption = DEFAULT_DIR
-) -> None:
-    """Pull a PC's plug: its agent and all its replicas die at once."""
-    _act("kill", folder, name)
+sim_app.command("login", help="A person sits down at a PC (writes a real utmp login record).")(
+    _act("login"))  # fmt: skip
+sim_app.command("logout", help="The person at a PC leaves.")(_act("logout"))
+sim_app.command("kill", help="Pull a PC's plug: its agent and all its replicas die at once.")(
+    _act("kill"))  # fmt: skip
 
 
 @sim_app.command("down")
