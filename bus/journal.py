@@ -1,11 +1,10 @@
 """The journal: every admitted change, in one RabbitMQ stream, replayed by every reader.
 
 Writers append with publisher confirms (a retried publish may land twice: readers skip a
-request id they have applied). Readers consume the stream from the first entry, apply
-each entry in order through a synchronous callback, and remember the next offset. The
-offset lives in the very ``arguments`` mapping the robust channel re-consumes with after
-a reconnect, so a reader resumes exactly after the last entry it applied: no replay, no
-skip. AMQP 0-9-1 has no end-of-stream signal, so :meth:`Journal.catch_up` appends a
+request id they have applied). Readers consume the stream from the first entry and apply
+each entry in order through a synchronous callback; a :class:`bus.streams.StreamTail`
+resumes exactly after the last entry applied after a reconnect: no replay, no skip.
+AMQP 0-9-1 has no end-of-stream signal, so :meth:`Journal.catch_up` appends a
 marker of its own and waits to read it back: once it has, everything written before is
 applied. Entries are at most :data:`MAX_ENTRY_BYTES` (a snapshot of the whole desired
 state is the largest; a request is at most the 1 MiB any consumer takes).
@@ -18,7 +17,6 @@ import itertools
 import logging
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 
@@ -26,11 +24,16 @@ from bus import names
 from bus.codec import decode, delivery_of
 from bus.connection import Bus
 from bus.errors import InvalidMessage
+from bus.streams import StreamTail
 from bus.topology import JOURNAL
 from schemas import (
     CordonRequest,
     DeleteRequest,
     DeployRequest,
+    JobDelete,
+    JobEnded,
+    JobSeal,
+    JobSubmit,
     JournalSnapshot,
     KeyIssued,
     Message,
@@ -53,6 +56,10 @@ ENTRIES: tuple[type[Message], ...] = (
     CordonRequest,
     KeyIssued,
     TokenRevoke,
+    JobSubmit,
+    JobSeal,
+    JobDelete,
+    JobEnded,
     LeaderTookOver,
     JournalMarker,
     JournalSnapshot,
@@ -70,10 +77,9 @@ class Journal:
     def __init__(self, apply: Callable[[Entry], None], *, instance: str | None = None) -> None:
         """Call ``apply`` with every entry, in order, once each."""
         self.instance = instance or uuid.uuid4().hex[:16]
-        self.next_offset = 0
         self._apply = apply
         self._accepts = {cls.schema_name: cls for cls in ENTRIES}
-        self._arguments: dict[str, Any] = {"x-stream-offset": "first"}
+        self._tail = StreamTail(JOURNAL, self._on_entry)
         self._waiters: list[tuple[Callable[[Entry], bool], asyncio.Future[Entry]]] = []
         self._seq = itertools.count()
         self._bus: Bus | None = None
@@ -82,8 +88,12 @@ class Journal:
         """Start reading from the first entry (or from where a restart left off)."""
         self._bus = bus
         channel = await bus.channel(prefetch=_PREFETCH)
-        queue = await JOURNAL.declare(channel, passive=True)  # the platform declared it
-        await queue.consume(self._on_message, arguments=self._arguments)
+        await self._tail.start(channel)  # the platform declared the journal
+
+    @property
+    def next_offset(self) -> int:
+        """The offset of the next entry to read."""
+        return self._tail.next_offset
 
     async def append(self, message: Message, *, timeout_s: float = 30.0) -> None:
         """Append ``message`` under publisher confirms.
@@ -133,11 +143,7 @@ class Journal:
         marker = JournalMarker(instance=self.instance, seq=next(self._seq))
         return (await self.append_and_read(marker, timeout_s)).offset
 
-    async def _on_message(self, incoming: AbstractIncomingMessage) -> None:
-        offset = (incoming.headers or {}).get("x-stream-offset")
-        if not isinstance(offset, int):
-            await incoming.ack()
-            return
+    def _on_entry(self, offset: int, incoming: AbstractIncomingMessage) -> None:
         try:
             message = decode(
                 delivery_of(incoming),
@@ -147,14 +153,10 @@ class Journal:
             )
         except InvalidMessage as error:  # written by something that is not the platform
             log.error("journal entry %d skipped: %s", offset, error.reason)
-            message = None
-        if offset >= self.next_offset and message is not None:
-            entry = Entry(offset, message)
-            self._apply(entry)
-            for waiter in list(self._waiters):
-                matches, future = waiter
-                if not future.done() and matches(entry):
-                    future.set_result(entry)
-        self.next_offset = max(self.next_offset, offset + 1)
-        self._arguments["x-stream-offset"] = self.next_offset  # where a re-consume resumes
-        await incoming.ack()
+            return
+        entry = Entry(offset, message)
+        self._apply(entry)
+        for waiter in list(self._waiters):
+            matches, future = waiter
+            if not future.done() and matches(entry):
+                future.set_result(entry)

@@ -30,6 +30,13 @@ from schemas import (
     DeleteRequest,
     DeploymentStatus,
     DeployRequest,
+    JobCancel,
+    JobDelete,
+    JobEnded,
+    JobSeal,
+    JobsQuery,
+    JobsReply,
+    JobSubmit,
     JournalMarker,
     JournalSnapshot,
     KeyIssued,
@@ -80,6 +87,10 @@ __all__ = [
     "door",
     "door_binding",
     "door_target",
+    "job_cancels_stream",
+    "job_request_keys",
+    "job_stream",
+    "jobs_prefix",
     "leader_queue",
     "metrics_event_keys",
     "node_command_keys",
@@ -212,6 +223,25 @@ def result_queue(namespace: str, client_id: str) -> str:
     return _ns_key(namespace, "results", client_id)
 
 
+def job_stream(namespace: str, job_id: str) -> str:
+    """The stream a job's results are kept in: ``idlecloud.jobs.<ns>.<job id>``, bound to
+    the namespace's results exchange with the job's id as key (its calls' ``reply_to``).
+    The platform's name, so the namespace may read it (:func:`jobs_prefix`) but neither
+    delete, re-declare nor bind it."""
+    return f"{jobs_prefix(namespace)}.{job_id}"
+
+
+def job_cancels_stream(namespace: str) -> str:
+    """The stream of a namespace's cancelled job ids, which its workers read."""
+    return f"{jobs_prefix(namespace)}.cancels"
+
+
+def jobs_prefix(namespace: str) -> str:
+    """What a namespace's job streams are named under, ``idlecloud.jobs.<ns>``: the
+    platform's own names, which the namespace's users and replicas only read."""
+    return f"{_PLATFORM}.jobs.{namespace}"
+
+
 def ns_events_exchange(namespace: str) -> str:
     """A namespace's own view of ``idlecloud.events`` (bound with ``ns.<ns>.#``)."""
     return _ns_key(namespace, "events")
@@ -276,6 +306,12 @@ _NODE_EVENTS: dict[type[Message], str] = {
     ReplicaStatus: "replica",
     MetricSample: "metrics",
 }
+_JOB_VERBS: dict[type[Message], str] = {
+    JobSubmit: "submit",
+    JobSeal: "seal",
+    JobCancel: "cancel",
+    JobDelete: "delete",
+}
 RequestVerb = Literal["deploy", "scale", "delete"]
 _REQUEST_VERBS: dict[type[Message], RequestVerb] = {
     DeployRequest: "deploy",
@@ -301,6 +337,11 @@ def auth_request_keys() -> tuple[str, ...]:
         _admin_key("token", "replica"),
         _admin_key("query", "keys"),
     )
+
+
+def job_request_keys() -> tuple[str, ...]:
+    """The routing keys of the job requests and questions the jobs service answers."""
+    return (_ns_key("*", "job", "*"), _ns_key("*", "query", "jobs"))
 
 
 def query_keys() -> tuple[str, ...]:
@@ -350,6 +391,12 @@ def route(message: Message) -> Route:
         case DeployRequest() | ScaleRequest() | DeleteRequest():
             key = _ns_key(message.namespace, _REQUEST_VERBS[kind], message.app)
             return Route(door(message.owner()), key)
+        case JobSubmit() | JobSeal() | JobCancel() | JobDelete():
+            return Route(door(message.owner()), _ns_key(message.namespace, "job", _JOB_VERBS[kind]))
+        case JobsQuery():
+            return Route(door(message.owner()), _ns_key(message.namespace, "query", "jobs"))
+        case JobsReply():  # normally an RPC reply; as an event, a namespace's
+            return Route(EVENTS_EXCHANGE, _ns_key(message.namespace, "jobs"))
         case StartReplica() | PauseReplica() | ResumeReplica() | StopReplica() | RenewToken():
             return Route(COMMANDS_EXCHANGE, _node_key(message.node, _NODE_VERBS[kind]))
         case NodeHeartbeat() | NodePresence() | ReplicaStatus() | MetricSample():
@@ -386,7 +433,7 @@ def route(message: Message) -> Route:
             return Route(REQUESTS_EXCHANGE, _admin_key("token", "replica"))
         case KeyReply() | KeysReply() | ReplicaTokenReply():  # RPC replies; as events, admin's
             return Route(EVENTS_EXCHANGE, _admin_key("keys"))
-        case LeaderTookOver() | JournalMarker() | JournalSnapshot() | KeyIssued():
+        case LeaderTookOver() | JournalMarker() | JournalSnapshot() | KeyIssued() | JobEnded():
             return Route(DEFAULT_EXCHANGE, JOURNAL_STREAM)  # the control plane's own
     raise TypeError(f"no route is defined for {kind.__name__}")  # pragma: no cover
 

@@ -7,15 +7,17 @@ keys. Because every name starts with its owner's prefix (:mod:`bus.names`), each
 needs only a handful of patterns:
 
 - user ``alice``: everything named ``ns.alice.*``, and publishing ``ns.alice.*`` keys
-  through her door, the exchange ``ns.alice`` (deploy, scale, delete, questions).
+  through her door, the exchange ``ns.alice`` (deploy, scale, delete, jobs, questions);
+  reading her job streams ``idlecloud.jobs.alice.*``, which the platform declares.
 - node ``edge``: everything named ``node.edge.*``, publishing ``node.edge.*`` keys
   through its door ``node.edge`` (heartbeat, presence, replica status, metrics), and
   binding its queue to ``node.edge.*`` commands.
-- replica of ``alice``/``stereo``: reading its task queue, publishing results to
+- replica of ``alice``/``stereo``: reading its task queue and the namespace's cancelled
+  jobs, publishing results to
   ``ns.alice.results`` and failed tasks to ``ns.alice.dead``; nothing else.
 - admin: every namespace's names and doors, its own ``idlecloud.admin.*`` names,
   ``idlecloud.admin.*`` keys through the admins' door ``idlecloud.admin``, and reading
-  ``idlecloud.events``.
+  ``idlecloud.events`` and every namespace's job streams.
 
 No role may write to a platform exchange (``idlecloud.*``) or the default exchange
 (``amq.default``), so no route a role declares (a dead-letter exchange, an alternate
@@ -93,6 +95,12 @@ def _owner_scopes(vhost: str, owner: Owner) -> tuple[Scope, ...]:
     )
 
 
+def _jobs_scope(vhost: str, namespace: str) -> Scope:
+    """Reading a namespace's job streams (its results, its cancellations): never writing,
+    binding or deleting them."""
+    return Scope("read", vhost, f"{names.jobs_prefix(namespace)}.*")
+
+
 def scopes_for(role: RoleName, subject: str, vhost: str, *, app: str = "") -> tuple[Scope, ...]:
     """The broker scopes of one credential.
 
@@ -106,7 +114,7 @@ def scopes_for(role: RoleName, subject: str, vhost: str, *, app: str = "") -> tu
         ValueError: for a replica without an app.
     """
     if role == "user":
-        return _owner_scopes(vhost, Owner.namespace(subject))
+        return (*_owner_scopes(vhost, Owner.namespace(subject)), _jobs_scope(vhost, subject))
     if role == "node":
         own = f"{Owner.node(subject).prefix}.*"
         return (
@@ -119,6 +127,7 @@ def scopes_for(role: RoleName, subject: str, vhost: str, *, app: str = "") -> tu
             raise ValueError("a replica's scopes need the app it serves")
         return (
             Scope("read", vhost, names.task_queue(subject, app)),
+            Scope("read", vhost, names.job_cancels_stream(subject)),
             Scope("write", vhost, names.ns_results_exchange(subject), "*"),
             Scope("write", vhost, names.ns_dead_exchange(subject), app),
         )
@@ -132,6 +141,7 @@ def scopes_for(role: RoleName, subject: str, vhost: str, *, app: str = "") -> tu
         Scope("write", vhost, admin_own, "*"),
         Scope("write", vhost, names.ADMIN_DOOR, admin_own),
         Scope("read", vhost, names.EVENTS_EXCHANGE, "*"),
+        _jobs_scope(vhost, "*"),
     )
 
 

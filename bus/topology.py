@@ -30,16 +30,19 @@ if TYPE_CHECKING:
     from bus.connection import Bus
 
 __all__ = [
+    "CANCELS_MAX_BYTES",
     "DEAD_LETTER_MAX_LENGTH",
     "DELIVERY_LIMIT",
     "JOURNAL",
     "JOURNAL_MAX_BYTES",
     "TASK_DELIVERY_LIMIT",
     "QueueSpec",
+    "cancels_spec",
     "declare_app",
     "declare_door",
     "declare_namespace",
     "declare_platform",
+    "job_stream_spec",
     "task_queue_spec",
 ]
 
@@ -173,14 +176,47 @@ async def declare_door(channel: AbstractChannel, owner: Owner) -> None:
 
 
 async def declare_namespace(channel: AbstractChannel, namespace: str) -> None:
-    """Give a namespace its door and its own view of the platform's events:
-    ``ns.<ns>.events``, bound to ``idlecloud.events`` with ``ns.<ns>.#``. Its users may
-    bind their queues to the view, never to ``idlecloud.events`` itself."""
+    """Give a namespace its door, its stream of cancelled jobs, and its own view of the
+    platform's events: ``ns.<ns>.events``, bound to ``idlecloud.events`` with
+    ``ns.<ns>.#``. Its users may bind their queues to the view, never to
+    ``idlecloud.events`` itself."""
     await declare_door(channel, Owner.namespace(namespace))
+    await cancels_spec(namespace).declare(channel)
     own = await channel.declare_exchange(
         names.ns_events_exchange(namespace), ExchangeType.TOPIC, durable=True
     )
     await own.bind(names.EVENTS_EXCHANGE, names.ns_events_binding(namespace))
+
+
+#: A namespace's stream of cancelled job ids keeps about this many bytes (a cancellation
+#: is ~60 bytes on disk: 70,000 of them); older segments are dropped past it.
+CANCELS_MAX_BYTES = 4 * 1024**2
+
+
+def cancels_spec(namespace: str) -> QueueSpec:
+    """A namespace's stream of cancelled job ids (one id per message), which its workers
+    read from the start so that no call of a cancelled job starts."""
+    return QueueSpec(
+        names.job_cancels_stream(namespace),
+        arguments={
+            "x-queue-type": "stream",
+            "x-max-length-bytes": CANCELS_MAX_BYTES,
+            "x-stream-max-segment-size-bytes": CANCELS_MAX_BYTES // 4,
+        },
+    )
+
+
+def job_stream_spec(namespace: str, job_id: str) -> QueueSpec:
+    """A job's results: a stream fed by ``ns.<ns>.results`` with the job's id as key.
+
+    A stream, because a job's results must be read whole by any number of readers, any
+    number of times, and outlive every client; it is replicated like a quorum queue.
+    """
+    return QueueSpec(
+        names.job_stream(namespace, job_id),
+        ((names.ns_results_exchange(namespace), job_id),),
+        arguments={"x-queue-type": "stream"},
+    )
 
 
 def task_queue_spec(namespace: str, app: str) -> QueueSpec:

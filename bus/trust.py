@@ -24,6 +24,11 @@ from schemas import (
     CordonRequest,
     DeleteRequest,
     DeployRequest,
+    JobCancel,
+    JobDelete,
+    JobSeal,
+    JobsQuery,
+    JobSubmit,
     KeysQuery,
     Message,
     MetricSample,
@@ -47,7 +52,17 @@ _LABEL = re.compile(DNS_LABEL_PATTERN)
 _KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 #: What a namespace's users (and admins) send: requests and questions about their apps.
-_NAMESPACE_REQUESTS = (DeployRequest, ScaleRequest, DeleteRequest, AppsQuery)
+_NAMESPACE_REQUESTS = (
+    DeployRequest,
+    ScaleRequest,
+    DeleteRequest,
+    AppsQuery,
+    JobSubmit,
+    JobSeal,
+    JobCancel,
+    JobDelete,
+    JobsQuery,
+)
 #: What a PC's agent sends about itself.
 _NODE_EVENTS = (NodeHeartbeat, NodePresence, ReplicaStatus, MetricSample)
 #: What only an admin (or the platform) sends.

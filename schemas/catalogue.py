@@ -19,6 +19,7 @@ from schemas.auth import (
 from schemas.base import Message
 from schemas.commands import PauseReplica, RenewToken, ResumeReplica, StartReplica, StopReplica
 from schemas.events import BridgeStatus, CordonChanged, DeploymentStatus, QuotaChanged
+from schemas.jobs import JobCancel, JobDelete, JobEnded, JobSeal, JobsQuery, JobsReply, JobSubmit
 from schemas.journal import JournalMarker, JournalSnapshot, LeaderTookOver
 from schemas.node import MetricSample, NodeHeartbeat, NodePresence, ReplicaStatus
 from schemas.queries import AppsQuery, AppsReply, NodesQuery, NodesReply
@@ -78,6 +79,13 @@ MESSAGES: tuple[type[Message], ...] = (
     ReplicaTokenRequest,
     ReplicaTokenReply,
     QuotaChanged,
+    JobSubmit,
+    JobSeal,
+    JobCancel,
+    JobDelete,
+    JobEnded,
+    JobsQuery,
+    JobsReply,
     CordonChanged,
     BridgeStatus,
 )

@@ -24,6 +24,7 @@ from schemas.base import (
     RequestId,
     WireModel,
 )
+from schemas.jobs import SnapshotJob
 from schemas.requests import DeployRequest, Replicas
 from schemas.resources import Resources
 
@@ -89,5 +90,6 @@ class JournalSnapshot(PlatformMessage):
     leaders: dict[ServiceName, Count] = Field(default_factory=dict, max_length=64)
     keys: tuple[KeyView, ...] = Field(default=(), max_length=MAX_SNAPSHOT_ITEMS)
     revoked: dict[KeyId, Count] = Field(default_factory=dict, max_length=MAX_SNAPSHOT_ITEMS)
+    jobs: tuple[SnapshotJob, ...] = Field(default=(), max_length=MAX_SNAPSHOT_ITEMS)
     #: The newest request ids applied (oldest first), each with its request's digest.
     applied: dict[RequestId, Digest] = Field(default_factory=dict, max_length=MAX_SNAPSHOT_ITEMS)

@@ -70,6 +70,10 @@ class ServiceEnv(BaseSettings):
     #: and the organisation (1.8: ``-``).
     influx_token: str = INFLUX_TOKEN
     influx_org: str = INFLUX_ORG
+    #: How long an ended job's results are kept, and how many MiB of results each
+    #: namespace may keep (a new job is refused past it).
+    job_retention_s: Annotated[float, Field(ge=60, le=10 * 365 * 86_400)] = 7 * 86_400
+    job_max_stored_mib: Annotated[int, Field(ge=1, le=1024**2)] = 1024
     #: Give every replica a broker token of its own (a site with keys).
     replica_tokens: bool = False
     #: The Kubernetes namespaces whose pods the bridge may evict, comma-separated.

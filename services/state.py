@@ -1,5 +1,5 @@
 """The desired state: what the journal says should be, rebuilt by applying its entries
-(deployments, quotas, cordons, leaders' epochs, API keys and their revocations).
+(deployments, quotas, cordons, leaders' epochs, API keys and their revocations, jobs).
 
 Pure: no I/O. Every control-plane service keeps one, fed by its journal reader. An entry
 whose request id was applied before (a publish retried across a reconnect can land twice)
@@ -29,6 +29,11 @@ from schemas import (
     CordonRequest,
     DeleteRequest,
     DeployRequest,
+    JobDelete,
+    JobEnded,
+    JobSeal,
+    JobSubmit,
+    JobView,
     JournalSnapshot,
     KeyIssued,
     KeyView,
@@ -37,6 +42,7 @@ from schemas import (
     QuotaSet,
     ScaleRequest,
     SnapshotApp,
+    SnapshotJob,
     TokenRevoke,
 )
 from schemas.journal import Entry
@@ -47,6 +53,7 @@ __all__ = [
     "SNAPSHOT_EVERY",
     "AppKey",
     "DesiredState",
+    "JobKey",
     "Spec",
     "digest",
 ]
@@ -60,6 +67,7 @@ APPLIED_KEPT = 10_000
 RECENT_KEPT = 4096
 
 AppKey = tuple[str, str]  # (namespace, app)
+JobKey = tuple[str, str]  # (namespace, job id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +101,7 @@ def digest(message: Message) -> str:
 
 @dataclass
 class DesiredState:
-    """Deployments, quotas, cordons and leaders as of the last applied journal entry."""
+    """Deployments, quotas, cordons, leaders, keys and jobs as of the last applied entry."""
 
     deployments: dict[AppKey, Spec] = field(default_factory=dict)
     quotas: dict[str, Amount] = field(default_factory=dict)
@@ -101,6 +109,7 @@ class DesiredState:
     leaders: dict[str, int] = field(default_factory=dict)  # service -> its epoch
     keys: dict[str, KeyView] = field(default_factory=dict)  # API keys issued, by key id
     revoked: dict[str, int] = field(default_factory=dict)  # key id -> offset of its revocation
+    jobs: dict[JobKey, JobView] = field(default_factory=dict)
     applied: dict[str, str] = field(default_factory=dict)  # request id -> its digest
     offset: int = -1  # the last entry applied
     snapshot_offset: int = -1  # where the last snapshot read was
@@ -151,6 +160,34 @@ class DesiredState:
                 self.keys[message.key.key_id] = message.key
             case TokenRevoke():
                 self.revoked.setdefault(message.key_id, entry.offset)
+            case JobSubmit() | JobSeal() | JobDelete() | JobEnded():
+                self._apply_job(message)
+
+    def _apply_job(self, message: JobSubmit | JobSeal | JobDelete | JobEnded) -> None:
+        """A job opens, is sealed, ends (done, cancelled, expired: the counts as of then)
+        or is deleted. A job ends once: a later end changes only an expiry."""
+        key = (message.namespace, message.job_id)
+        job = self.jobs.get(key)
+        match message:
+            case JobSubmit() if job is None:
+                self.jobs[key] = JobView(
+                    job_id=message.job_id, name=message.name, app=message.app,
+                    task=message.task, total=message.total, submitted_at=message.submitted_at,
+                    state="submitting" if message.total is None else "running",
+                )  # fmt: skip
+            case JobSeal() if job is not None and job.state == "submitting":
+                self.jobs[key] = job.model_copy(update={"state": "running", "total": message.total})
+            case JobDelete():
+                self.jobs.pop(key, None)
+            case JobEnded() if job is not None and (
+                message.state == "expired" or job.ended_at is None
+            ):
+                counts = message.model_dump(
+                    include={"done", "failed", "duplicates", "stored_bytes"}
+                )
+                self.jobs[key] = job.model_copy(update={
+                    **counts, "state": message.state, "ended_at": job.ended_at or message.at,
+                })  # fmt: skip
 
     def snapshot(self) -> JournalSnapshot:
         """The whole state as of the last entry applied.
@@ -173,6 +210,7 @@ class DesiredState:
             leaders=dict(self.leaders),
             keys=tuple(self.keys.values()),
             revoked=dict(self.revoked),
+            jobs=tuple(SnapshotJob(namespace=ns, job=job) for (ns, _), job in self.jobs.items()),
             applied=dict(self.applied),
         )
 
@@ -189,6 +227,7 @@ class DesiredState:
         self.leaders = dict(snapshot.leaders)
         self.keys = {key.key_id: key for key in snapshot.keys}
         self.revoked = dict(snapshot.revoked)
+        self.jobs = {(item.namespace, item.job.job_id): item.job for item in snapshot.jobs}
         self.applied = dict(snapshot.applied)
         self.offset = snapshot.through
         self.snapshot_offset = offset

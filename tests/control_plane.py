@@ -32,6 +32,7 @@ from schemas import (
 )
 from services.auth.service import AuthService, AuthSettings
 from services.auth.tokens import SigningKey
+from services.jobs.service import JobSettings, JobsService
 from services.placement.reconciler import ReconcilerSettings
 from services.placement.registry import Registry
 from services.placement.service import Placement, PlacementSettings
@@ -65,7 +66,9 @@ class Plane:
     bus: Bus
     simulation: Simulation
     pcs: tuple[SimNode, ...]
-    services: list[QuotaManager | Placement | AuthService] = field(default_factory=list)
+    services: list[QuotaManager | Placement | AuthService | JobsService] = field(
+        default_factory=list
+    )
     _clients: dict[Owner, RpcClient] = field(default_factory=dict)
 
     async def client(self, owner: Owner) -> RpcClient:
@@ -128,9 +131,10 @@ async def control_plane(
     placement: bool = True,
     agent_args: tuple[str, ...] = AGENT_ARGS,
     token_s: int | None = None,
+    jobs: JobSettings | None = None,
 ) -> AsyncIterator[Plane]:
     """A fresh vhost, the quota manager and (unless the test brings its own) placement in
-    this process, and real agents. With ``token_s``, also the auth service (its key
+    this process, and real agents; with ``jobs``, the jobs service too. With ``token_s``, also the auth service (its key
     trusted by the broker), and replicas get broker tokens that live ``token_s``."""
     broker = create_vhost(f"plane-{uuid.uuid4().hex[:10]}")
     simulation = Simulation(work / "sim")
@@ -148,6 +152,8 @@ async def control_plane(
                 settings = replace(settings, replica_tokens=True)
             if placement:
                 plane.services.append(Placement(settings, retry_s=0.2))
+            if jobs is not None:
+                plane.services.append(JobsService(jobs, retry_s=0.2))
             for service in plane.services:
                 await service.start(bus)
             simulation.up(broker.url, pcs, extra_args=agent_args)

@@ -41,6 +41,7 @@ def test_the_defaults_and_a_full_environment_are_read(monkeypatch: pytest.Monkey
         ("metrics", "IDLECLOUD_INFLUX_DB", "no spaces", "should match pattern"),
         ("auth", "IDLECLOUD_AUTH_KEY_FILE", "", "set IDLECLOUD_AUTH_KEY_FILE"),
         ("kubebridge", "IDLECLOUD_KUBE_NAMESPACES", " , ", "set IDLECLOUD_KUBE_NAMESPACES"),
+        ("jobs", "IDLECLOUD_JOB_RETENTION_S", "5", "greater than or equal to 60"),
     ],
 )
 def test_a_service_refuses_a_bad_setting_by_its_variables_name(

@@ -2,12 +2,17 @@
 
 from bus.sdk.app import App, Executor, Task
 from bus.sdk.client import TaskClient, TaskFailed, connect_app
+from bus.sdk.jobs import Job, JobError, JobExpired, JobRefused
 from bus.sdk.sync import SyncClient, SyncResult
 from bus.sdk.worker import Worker
 
 __all__ = [
     "App",
     "Executor",
+    "Job",
+    "JobError",
+    "JobExpired",
+    "JobRefused",
     "SyncClient",
     "SyncResult",
     "Task",

@@ -5,6 +5,9 @@ results exchange. Every task it submits carries a task id; the first result for 
 completes it and any later one (the task ran twice because its first worker died after
 answering) is counted and dropped. All state stays with the client, as in the thesis.
 
+A job (:meth:`TaskClient.submit_job`) is the durable kind: its results go to a stream on
+the broker instead of this client's queue (see :mod:`bus.sdk.jobs`).
+
 Throughput comes from keeping many publishes in flight: a quorum queue's confirm costs about
 a millisecond, so :meth:`TaskClient.map` publishes up to ``window`` messages at once and
 packs ``batch_size`` calls per message when asked.
@@ -20,7 +23,7 @@ import os
 import sys
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sized
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sized
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
@@ -33,8 +36,11 @@ from bus.consumer import settle
 from bus.credentials import key_holder
 from bus.defaults import BROKER_URL
 from bus.errors import BusError, InvalidMessage
+from bus.sdk.jobs import Job, submit_calls
 from bus.sdk.protocol import Call, Outcome, decode_outcomes, encode_batch, encode_call
+from bus.sdk.tally import new_job_id
 from bus.topology import QueueSpec, declare_app
+from schemas import JobSeal, JobSubmit, utc_now
 
 __all__ = ["TaskClient", "TaskFailed", "connect_app"]
 
@@ -90,7 +96,7 @@ class _Sink:
         self.arrived.append((index, outcome))
         self.wake.set()
 
-    async def wait(self, publishing: asyncio.Task[None]) -> None:
+    async def wait(self, publishing: asyncio.Task[Any]) -> None:
         """Until an outcome arrived or publishing finished; raises what publishing raised.
 
         Returns at once when all submitted outcomes are in and publishing is done, even
@@ -176,11 +182,14 @@ class TaskClient:
         self._pending[call.task_id] = deliver
         return call
 
-    async def _publish(self, task: TaskAddress, calls: list[Call]) -> None:
+    async def _publish(
+        self, task: TaskAddress, calls: list[Call], reply_to: str | None = None
+    ) -> None:
+        reply_to = reply_to or self.client_id
         if len(calls) == 1:
-            body, properties = encode_call(task.name, calls[0], self.client_id)
+            body, properties = encode_call(task.name, calls[0], reply_to)
         else:
-            body, properties = encode_batch(task.name, calls[0].task_id, calls, self.client_id)
+            body, properties = encode_batch(task.name, calls[0].task_id, calls, reply_to)
         route = names.Route(names.ns_tasks_exchange(self.app.namespace), self.app.app)
         await self._bus.publish_raw(route, body, properties, mandatory=True)
 
@@ -244,7 +253,17 @@ class TaskClient:
             raise ValueError("batch_size and window must be at least 1")
         total = len(inputs) if isinstance(inputs, Sized) else None
         sink = _Sink()
-        publishing = asyncio.create_task(self._publish_all(task, inputs, batch_size, window, sink))
+
+        def batches() -> Iterator[list[Call]]:
+            indexed = enumerate(inputs)
+            while batch := list(itertools.islice(indexed, batch_size)):
+                sink.submitted += len(batch)
+                yield [
+                    self._new_call(_as_call_arguments(item), {}, functools.partial(sink.put, index))
+                    for index, item in batch
+                ]
+
+        publishing = asyncio.create_task(self.publish_calls(task, batches(), window=window))
         show = sys.stderr.isatty() if progress is None else progress
         with Progress(disable=not show) as bar:
             bar_task = bar.add_task(f"{self.app.app}.{task.name}", total=total)
@@ -266,17 +285,90 @@ class TaskClient:
             finally:
                 publishing.cancel()
 
-    async def _publish_all(
+    async def submit_job(
         self,
         task: TaskAddress,
         inputs: Iterable[Any],
-        batch_size: int,
+        *,
+        name: str = "",
+        batch_size: int = 1,
+        window: int = 256,
+        progress: bool | None = None,
+    ) -> Job:
+        """Submit a job: the calls are on the broker, and their results kept there, when
+        this returns; the caller may exit and anyone with the namespace's key attach.
+
+        Args:
+            task: the task.
+            inputs: each one argument, or a tuple of positional arguments.
+            name: a name to list the job by.
+            batch_size: calls packed into one message.
+            window: messages published but not yet confirmed, at most.
+            progress: show a progress bar; default when stderr is a terminal.
+
+        Raises:
+            JobRefused: the jobs service refused the job (its reason names the bound).
+            RpcTimeout: the jobs service does not answer.
+            TypeError: an argument is neither JSON nor bytes.
+        """
+        if batch_size < 1 or window < 1:
+            raise ValueError("batch_size and window must be at least 1")
+        job = Job(self._bus, self.app.namespace, new_job_id())
+        total = len(inputs) if isinstance(inputs, Sized) else None
+        namespace = self.app.namespace
+        await job.request(JobSubmit(
+            namespace=namespace, request_id=uuid.uuid4().hex[:16], job_id=job.job_id,
+            app=self.app.app, task=task.name, name=name, total=total, submitted_at=utc_now(),
+        ))  # fmt: skip
+        show = sys.stderr.isatty() if progress is None else progress
+        with Progress(disable=not show) as bar:
+            shown = bar.add_task(f"submitting {job.job_id}", total=total)
+
+            def counted() -> Iterator[tuple[int, tuple[Any, ...]]]:
+                for index, item in enumerate(inputs):
+                    bar.advance(shown)
+                    yield index, _as_call_arguments(item)
+
+            batches = submit_calls(job.job_id, counted(), batch_size)
+            published = await self.publish_calls(task, batches, window=window, reply_to=job.job_id)
+        if total is None:
+            await job.request(JobSeal(namespace=namespace, request_id=uuid.uuid4().hex[:16],
+                                      job_id=job.job_id, total=published))  # fmt: skip
+        return job
+
+    def attach_job(self, job_id: str) -> Job:
+        """A handle on a job of this app's namespace, by its id.
+
+        Raises:
+            ValueError: ``job_id`` is not a job id.
+        """
+        return Job.attach(self._bus, self.app.namespace, job_id)
+
+    async def publish_calls(
+        self,
+        task: TaskAddress,
+        batches: Iterator[list[Call]],
+        *,
         window: int,
-        sink: _Sink,
-    ) -> None:
+        reply_to: str | None = None,
+    ) -> int:
+        """Publish each batch as one message (one call: a plain message), keeping up to
+        ``window`` unconfirmed; return how many calls were published.
+
+        Args:
+            task: the task every call is of.
+            batches: the calls, batch by batch (drawn only as the window allows).
+            window: messages published but not yet confirmed, at most.
+            reply_to: where results go (this client's id by default; a job's id).
+
+        Raises:
+            TypeError: an argument is neither JSON nor bytes.
+            BusError: a publish failed (its error); the others are cancelled.
+        """
         slots = asyncio.Semaphore(window)
         in_flight: set[asyncio.Task[None]] = set()
         failures: list[BaseException] = []
+        published = 0
 
         def finished(publish: asyncio.Task[None]) -> None:
             in_flight.discard(publish)
@@ -285,24 +377,24 @@ class TaskClient:
             if error is not None:
                 failures.append(error)
 
-        indexed = enumerate(inputs)
         try:
-            while batch := list(itertools.islice(indexed, batch_size)):
-                await slots.acquire()
+            while True:
+                await slots.acquire()  # before the next batch is drawn from the inputs
                 if failures:
                     raise failures[0]
-                calls = []
-                for index, item in batch:
-                    deliver = functools.partial(sink.put, index)
-                    calls.append(self._new_call(_as_call_arguments(item), {}, deliver))
-                sink.submitted += len(batch)
-                publish = asyncio.create_task(self._publish(task, calls))
+                calls = next(batches, None)
+                if calls is None:
+                    slots.release()
+                    break
+                publish = asyncio.create_task(self._publish(task, calls, reply_to))
+                published += len(calls)
                 in_flight.add(publish)
                 publish.add_done_callback(finished)
             for _ in range(window):
                 await slots.acquire()
             if failures:
                 raise failures[0]
+            return published
         finally:
             for publish in list(in_flight):
                 publish.cancel()

@@ -10,6 +10,7 @@ its traceback, and a copy of the call goes to the app's dead-task queue
 (``ns.<ns>.dead.<app>``). A pool process that dies under a call does not use up an
 attempt (the platform kills processes on purpose), up to :data:`MAX_CHILD_DEATHS` times.
 A malformed task message is answered with an error and dead-lettered, never a crash.
+A call of a cancelled job (:mod:`bus.sdk.cancels`) is acknowledged without being run.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from bus.consumer import DEAD_BODY_LIMIT_BYTES, DEAD_REASON_HEADER, QueueConsume
 from bus.errors import InvalidMessage
 from bus.sdk.app import App, Task
 from bus.sdk.batcher import AckBatcher, ResultBatcher
+from bus.sdk.cancels import CancelledJobs
 from bus.sdk.pool import ChildDied, ProcessPool
 from bus.sdk.protocol import (
     TASK_HEADER,
@@ -79,6 +81,9 @@ class Worker(QueueConsumer):
         self._pool = ProcessPool(target, concurrency) if needs_pool and target else None
         self._threads = asyncio.Semaphore(concurrency)
         self._acks = AckBatcher()
+        self._cancelled = CancelledJobs(app.namespace)
+        #: Calls of cancelled jobs acknowledged unstarted.
+        self.skipped = 0
 
     async def start(self, bus: Bus) -> None:
         """Declare the app's queues, start the pool, and consume tasks.
@@ -95,6 +100,7 @@ class Worker(QueueConsumer):
         finally:
             if not channel.is_closed:
                 await channel.close()
+        await self._cancelled.start(bus)
         if self._pool is not None:
             self._pool.start()
         await super().start(bus)
@@ -102,11 +108,16 @@ class Worker(QueueConsumer):
     async def stop(self, grace_s: float = 30.0) -> None:
         """Finish in-flight tasks within ``grace_s``, requeue the rest, stop the pool."""
         await super().stop(grace_s)
+        await self._cancelled.stop()
         if self._pool is not None:
             self._pool.close()
 
     async def _process(self, incoming: AbstractIncomingMessage) -> None:
         self._acks.delivered(incoming)
+        if incoming.reply_to in self._cancelled:
+            self.skipped += 1
+            self._acks.ack(incoming)
+            return
         headers = incoming.headers or {}
         task_name = headers.get(TASK_HEADER)
         try:

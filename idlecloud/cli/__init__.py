@@ -11,7 +11,7 @@ import typer
 from pydantic import ValidationError
 
 from bus.service import configure_logging
-from idlecloud.cli import agent, auth, control, events, platform, report, sim, worker
+from idlecloud.cli import agent, auth, control, events, job, platform, report, sim, worker
 from idlecloud.cli._common import describe, fail
 from nodeagent.load import PLATFORM_MARKER
 
@@ -59,6 +59,7 @@ events.register(app)
 auth.register(app)
 report.register(app)
 worker.register(app)
+app.add_typer(job.job_app, name="job")
 app.add_typer(agent.agent_app, name="agent")
 app.add_typer(sim.sim_app, name="sim")
 

@@ -342,9 +342,26 @@ def up(
         str | None,
         typer.Option(help="Map a PC to the Kubernetes node whose label of this name names it."),
     ] = None,
+    job_retention_s: Annotated[
+        float,
+        typer.Option(
+            min=60,
+            envvar="IDLECLOUD_JOB_RETENTION_S",
+            help="Seconds an ended job's results are kept.",
+        ),
+    ] = 7 * 86_400,
+    job_max_stored_mib: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            envvar="IDLECLOUD_JOB_MAX_STORED_MIB",
+            help="MiB of job results a namespace may keep.",
+        ),
+    ] = 1024,
 ) -> None:
     """Run every control-plane service in one process (small sites, demos) until SIGTERM."""
     from services.auth.service import AuthService, AuthSettings
+    from services.jobs.service import JobSettings, JobsService
     from services.placement.service import Placement, PlacementSettings
     from services.quota.service import QuotaManager
 
@@ -356,6 +373,7 @@ def up(
     services: list[Service] = [
         QuotaManager(),
         Placement(PlacementSettings(replica_tokens=with_keys)),
+        JobsService(JobSettings(job_retention_s, job_max_stored_mib * 1024**2)),
     ]
     if auth_key_file is not None:
         if not auth_key_file.is_file():

@@ -59,9 +59,10 @@ _SERVICE_QUEUES = {
     "quota": names.service_queue("quota", "requests"),
     "placement": names.service_queue("placement", "queries"),
     "auth": names.service_queue("auth", "requests"),
+    "jobs": names.service_queue("jobs", "requests"),
 }
 #: What must serve unless told otherwise (the auth service runs only on a site with keys).
-CORE_SERVICES = frozenset({"quota", "placement"})
+CORE_SERVICES = frozenset({"quota", "placement", "jobs"})
 
 
 async def _exists(bus: Bus, name: str, kind: str) -> dict[str, int] | None:

@@ -1,0 +1,160 @@
+"""Jobs: a named, numbered set of calls to one app, kept on the broker after the
+submitter has gone.
+
+A user submits a job (``JobSubmit``, with an id she drew at random), publishes its calls,
+and seals it with their number if she did not know it up front (``JobSeal``). She may
+cancel or delete it; the platform records when it finished or expired. Everything here is
+journaled, so the jobs service rebuilds every record after a restart; a namespace reads
+its records through ``JobsQuery`` and never writes them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, Field, StringConstraints
+
+from schemas.base import (
+    AppId,
+    Count,
+    NamespaceMessage,
+    NamespaceName,
+    PlatformMessage,
+    Reason,
+    RequestId,
+    Timestamp,
+    WireModel,
+)
+
+__all__ = [
+    "JOB_ID_PATTERN",
+    "JobCancel",
+    "JobDelete",
+    "JobEnded",
+    "JobId",
+    "JobSeal",
+    "JobState",
+    "JobSubmit",
+    "JobView",
+    "JobsQuery",
+    "JobsReply",
+    "SnapshotJob",
+]
+
+#: ``j`` and 80 random bits in hex: a passive declare reveals a queue's counts to anyone
+#: who knows its name, so a job's name must not be guessable.
+JOB_ID_PATTERN = r"^j[0-9a-f]{20}$"
+JobId = Annotated[
+    str,
+    StringConstraints(pattern=JOB_ID_PATTERN),
+    Field(description="A job's id: j and 20 random hex digits."),
+]
+JobName = Annotated[str, StringConstraints(max_length=128)]
+TaskName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+#: submitting: not sealed yet; running: sealed, results outstanding; done: every call
+#: answered; cancelled: cut short by its owner; expired: its results are gone.
+JobState = Literal["submitting", "running", "done", "cancelled", "expired"]
+#: How many calls a job may have.
+TaskCount = Annotated[int, Field(ge=0, le=100_000_000)]
+
+
+class _JobRequest(NamespaceMessage):
+    request_id: RequestId
+    job_id: JobId
+
+
+class JobSubmit(_JobRequest):
+    """Open a job: its results are kept from now on. ``total`` when known up front."""
+
+    schema_name = "JobSubmit"
+
+    app: AppId
+    task: TaskName
+    name: JobName = ""
+    total: TaskCount | None = None
+    submitted_at: Timestamp
+
+
+class JobSeal(_JobRequest):
+    """Every call of the job is published: there are ``total`` of them."""
+
+    schema_name = "JobSeal"
+
+    total: TaskCount
+
+
+class JobCancel(_JobRequest):
+    """Cancel a job: no replica starts another of its calls; results so far are kept."""
+
+    schema_name = "JobCancel"
+
+
+class JobDelete(_JobRequest):
+    """Delete a job and its stored results."""
+
+    schema_name = "JobDelete"
+
+
+class JobEnded(PlatformMessage):
+    """The jobs service's record of a job's end: every call answered, cancelled by its
+    owner, or its results expired. The counts are as of then."""
+
+    schema_name = "JobEnded"
+
+    namespace: NamespaceName
+    job_id: JobId
+    state: Literal["done", "cancelled", "expired"]
+    done: Count
+    failed: Count
+    duplicates: Count
+    stored_bytes: Count
+    at: Timestamp
+
+
+class JobsQuery(NamespaceMessage):
+    """Which jobs the namespace has (or one of them), with their progress."""
+
+    schema_name = "JobsQuery"
+
+    job_id: JobId | None = None
+
+
+class JobView(WireModel):
+    """One job as the platform sees it."""
+
+    job_id: JobId
+    name: JobName
+    app: AppId
+    task: TaskName
+    state: JobState
+    total: TaskCount | None
+    done: Count = 0
+    failed: Count = 0
+    duplicates: Count = 0
+    stored_bytes: Count = 0
+    submitted_at: Timestamp
+    ended_at: Timestamp | None = None
+    #: When its results are deleted (a future time: not a :data:`Timestamp`).
+    expires_at: AwareDatetime | None = None
+    #: Results a second over the last minute (0 when none came).
+    rate_per_s: Annotated[float, Field(ge=0, le=1e9)] = 0.0
+
+
+class SnapshotJob(WireModel):
+    """One job in a snapshot of the desired state."""
+
+    namespace: NamespaceName
+    job: JobView
+
+
+class JobsReply(NamespaceMessage):
+    """A namespace's jobs, and what their stored results weigh against its bound."""
+
+    schema_name = "JobsReply"
+
+    jobs: tuple[JobView, ...] = Field(default=(), max_length=10_000)
+    stored_bytes: Count
+    stored_bytes_limit: Count
+    retention_s: Count
+    reason: Reason = ""
+    at: Timestamp

@@ -1,0 +1,1 @@
+"""The jobs service: durable jobs whose results outlive their submitter."""

@@ -1,0 +1,257 @@
+"""Jobs against a real broker: submitted, followed, read, cancelled, deleted, expired."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiormq
+import pytest
+
+from bus.connection import Bus
+from bus.errors import PublishRefused
+from bus.rpc import RpcClient
+from bus.sdk import App, Job, JobError, JobExpired, JobRefused, TaskClient, Worker
+from bus.sdk.protocol import Outcome
+from bus.streams import StreamTail
+from bus.topology import QueueSpec, cancels_spec, job_stream_spec
+from idlecloud.dev.services import BrokerInfo
+from schemas import JobsQuery, JobsReply, Owner
+from services.auth.tokens import SigningKey
+from services.jobs.service import JobSettings, JobsService
+
+from .helpers import open_namespace, wait_until
+from .login import Login
+
+REFUSED = (aiormq.exceptions.ChannelAccessRefused, aiormq.exceptions.ChannelClosed)
+
+
+def make_app(namespace: str, app_id: str) -> App:
+    """Two tasks, run by in-process workers: a square, and a square that takes a while."""
+    app = App(namespace, app_id, prefetch=8)
+
+    @app.task(executor="inline")
+    def square(x: int) -> int:
+        return x * x
+
+    @app.task
+    async def slow_square(x: int, seconds: float) -> int:
+        await asyncio.sleep(seconds)
+        return x * x
+
+    return app
+
+
+@asynccontextmanager
+async def jobs_service(bus: Bus, settings: JobSettings | None = None) -> AsyncIterator[JobsService]:
+    service = JobsService(settings, retry_s=0.2)
+    await service.start(bus)
+    try:
+        await wait_until(lambda: service.leadership.leading, 10, "the jobs service to lead")
+        yield service
+    finally:
+        await service.stop(1.0)
+
+
+@asynccontextmanager
+async def workers(bus: Bus, app: App, count: int = 2) -> AsyncIterator[list[Worker]]:
+    started = [Worker(app, concurrency=4) for _ in range(count)]
+    for worker in started:
+        await worker.start(bus)
+    try:
+        yield started
+    finally:
+        for worker in started:
+            await worker.stop(2.0)
+
+
+async def read_all(results: AsyncIterator[tuple[int, Outcome]]) -> dict[int, object]:
+    seen: dict[int, object] = {}
+    async for index, outcome in results:
+        assert index not in seen, f"result {index} came twice"
+        seen[index] = outcome.value if outcome.ok else outcome.error
+    return seen
+
+
+async def test_a_job_is_submitted_then_read_whole_by_a_later_client(
+    scratch: tuple[BrokerInfo, Bus], unique: str
+) -> None:
+    info, bus = scratch
+    namespace = f"ns{unique}"
+    await open_namespace(bus, namespace)
+    app = make_app(namespace, "sdk")
+    async with jobs_service(bus) as service, TaskClient(bus, app) as client:
+        job = await client.submit_job(app.tasks["square"], range(500), name="squares")
+        async with workers(bus, app):
+            view = await job.wait(poll_s=0.2)
+        assert view.state == "done" and (view.done, view.failed) == (500, 0)
+        async with Bus(info.url, connection_name="later reader") as later:
+            other = TaskClient(later, app).attach_job(job.job_id)
+            assert await read_all(other.results(order="input")) == {i: i * i for i in range(500)}
+        assert service.reply(namespace).jobs[0].name == "squares"
+
+
+async def test_cancel_drops_a_jobs_outstanding_calls_while_another_job_on_the_app_finishes(
+    scratch: tuple[BrokerInfo, Bus], unique: str
+) -> None:
+    """Jobs A and B share an app's task queue (A's 200 calls ahead of B's 100). A is
+    cancelled mid-way: within 2 s every outstanding call of A is gone from the queue (the
+    workers acknowledged them unstarted), none starts after the cancel, and B finishes
+    with every result right."""
+    _info, bus = scratch
+    namespace = f"ns{unique}"
+    await open_namespace(bus, namespace)
+    app = make_app(namespace, "sdk")
+    started: list[tuple[int, float]] = []
+    task = app.tasks["slow_square"]
+    original = task.function
+
+    async def recorded(x: int, seconds: float) -> int:
+        started.append((x, time.monotonic()))
+        return int(await original(x, seconds))
+
+    object.__setattr__(task, "function", recorded)
+    async with jobs_service(bus) as service, TaskClient(bus, app) as client:
+        first = await client.submit_job(task, [(x, 0.2) for x in range(200)], name="a")
+        second = await client.submit_job(task, [(x, 0.02) for x in range(1000, 1100)], name="b")
+        async with workers(bus, app) as running:
+            await wait_until(lambda: len(started) >= 16, 10, "A's calls to start")
+            await first.cancel()
+            cancelled_at = time.monotonic()
+            assert (await first.status()).state == "cancelled"
+
+            def a_accounted() -> bool:
+                begun = sum(1 for x, _ in started if x < 1000)
+                return begun + sum(w.skipped for w in running) == 200
+
+            await wait_until(a_accounted, 2.0, "A's outstanding calls to be dropped")
+            dropped_s = time.monotonic() - cancelled_at
+            view = await second.wait(poll_s=0.2)
+        late = [x for x, at in started if x < 1000 and at > cancelled_at + 0.05]
+        assert late == [], f"calls of the cancelled job started after the cancel: {late}"
+        assert view.state == "done" and view.done == 100
+        assert await read_all(second.results()) == {i: (1000 + i) ** 2 for i in range(100)}
+        kept = await read_all(first.results(order="input"))
+        assert 0 < len(kept) < 200 and all(kept[i] == i * i for i in kept)
+        assert service.reply(namespace, first.job_id).jobs[0].state == "cancelled"
+    print(f"A's outstanding calls dropped {dropped_s:.2f} s after the cancel")
+
+
+async def test_two_readers_on_two_connections_each_get_every_result(
+    scratch: tuple[BrokerInfo, Bus], unique: str
+) -> None:
+    info, bus = scratch
+    namespace = f"ns{unique}"
+    await open_namespace(bus, namespace)
+    app = make_app(namespace, "sdk")
+    async with jobs_service(bus), TaskClient(bus, app) as client:
+        job = await client.submit_job(app.tasks["square"], range(2000), batch_size=10)
+        async with workers(bus, app):
+            await job.wait(poll_s=0.2)
+        async with (
+            Bus(info.url, connection_name="reader one") as one,
+            Bus(info.url, connection_name="reader two") as two,
+        ):
+            got = await asyncio.gather(
+                read_all(Job.attach(one, namespace, job.job_id).results()),
+                read_all(Job.attach(two, namespace, job.job_id).results(order="input")),
+            )
+    expected = {i: i * i for i in range(2000)}
+    assert got[0] == expected and got[1] == expected
+
+
+async def test_an_expired_job_says_so_and_a_namespace_over_its_bound_is_refused(
+    scratch: tuple[BrokerInfo, Bus], unique: str
+) -> None:
+    _info, bus = scratch
+    namespace = f"ns{unique}"
+    await open_namespace(bus, namespace)
+    app = make_app(namespace, "sdk")
+    settings = JobSettings(retention_s=2.0, max_stored_bytes=2000, sweep_s=0.2)
+    async with jobs_service(bus, settings) as service, TaskClient(bus, app) as client:
+        job = await client.submit_job(app.tasks["square"], range(100))
+        async with workers(bus, app):
+            view = await job.wait(poll_s=0.2)
+        assert view.stored_bytes > 2000 and view.expires_at is not None
+        with pytest.raises(JobRefused) as refused:
+            await client.submit_job(app.tasks["square"], range(10))
+        reason = str(refused.value)
+        assert f"keeps {view.stored_bytes} bytes of job results" in reason
+        assert "its bound is 2000 bytes" in reason and "bus job delete" in reason
+        expired = service.state.jobs
+        await wait_until(lambda: expired[(namespace, job.job_id)].state == "expired", 10, "expiry")
+        assert (await job.status()).state == "expired"
+        with pytest.raises(JobExpired, match="expired"):
+            await read_all(job.results())
+        again = await client.submit_job(app.tasks["square"], range(10))  # expired: not counted
+        assert (await again.status()).state == "running"
+        await again.delete()
+        with pytest.raises(JobError, match="no job"):
+            await again.status()
+
+
+async def read_stream(bus: Bus, spec: QueueSpec) -> None:
+    """Consume a stream from its start, as a reader of a job does (for a refusal)."""
+    channel = await bus.channel(prefetch=10)
+    try:
+        tail = await StreamTail(spec, lambda _offset, _message: None).start(channel)
+        await tail.stop()
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+
+
+async def test_bobs_key_cannot_list_read_cancel_or_delete_alices_job(
+    scratch: tuple[BrokerInfo, Bus], signing_key: SigningKey, unique: str
+) -> None:
+    """With real broker tokens: Bob's key is refused (by the broker, or by the jobs service
+    for a request through his own door) every way at Alice's job, and the platform's
+    record of it and its stream are untouched. The job runs on a worker holding a
+    replica's token, which reads the namespace's cancellations and nothing else."""
+    info, bus = scratch
+    login = Login(info, signing_key)
+    alice, bob = f"alice{unique}", f"bob{unique}"
+    app = make_app(alice, "sdk")
+    async with (
+        jobs_service(bus) as service,
+        await login.connect("user", alice) as alice_bus,
+        await login.connect("user", bob) as bob_bus,
+        TaskClient(alice_bus, app) as client,
+    ):
+        job = await client.submit_job(app.tasks["square"], range(50))
+        async with await login.connect("replica", alice, "sdk") as replica_bus:
+            async with workers(replica_bus, app, count=1):
+                await job.wait(poll_s=0.2)
+            await read_stream(replica_bus, cancels_spec(alice))  # what its worker reads
+            with pytest.raises(REFUSED):  # but not the job's results
+                await read_stream(replica_bus, job_stream_spec(alice, job.job_id))
+        await read_stream(alice_bus, job_stream_spec(alice, job.job_id))  # the control
+        key = (alice, job.job_id)
+        as_bob = Job.attach(bob_bus, alice, job.job_id)
+        attempts = {
+            "status": as_bob.status,
+            "cancel": as_bob.cancel,
+            "delete": as_bob.delete,
+            "results": lambda: read_all(as_bob.results()),
+            "the stream": lambda: read_stream(bob_bus, job_stream_spec(alice, job.job_id)),
+            "the cancels": lambda: read_stream(bob_bus, cancels_spec(alice)),
+        }
+        for what, attempt in attempts.items():
+            with pytest.raises((*REFUSED, PublishRefused)):
+                await attempt()
+            assert service.state.jobs[key].state == "done", what
+        through_his_door = Job.attach(bob_bus, bob, job.job_id)
+        for what, attempt in {"cancel": through_his_door.cancel,
+                              "delete": through_his_door.delete}.items():  # fmt: skip
+            with pytest.raises(JobRefused, match=f"no job {job.job_id} in namespace {bob}"):
+                await attempt()
+            assert service.state.jobs[key].state == "done", what
+        with pytest.raises(JobError, match="no job"):
+            await through_his_door.status()
+        mine = await RpcClient(bob_bus, Owner.namespace(bob)).start()
+        listed = await mine.call(JobsQuery(namespace=bob), JobsReply)
+        await mine.stop()
+        assert listed.jobs == ()
+        assert await read_all(job.results()) == {i: i * i for i in range(50)}  # Alice reads
