@@ -15,6 +15,14 @@ from schemas import (
     DeploymentState,
     DeploymentStatus,
     DeployRequest,
+    JobCancel,
+    JobDelete,
+    JobEnded,
+    JobSeal,
+    JobsQuery,
+    JobsReply,
+    JobSubmit,
+    JobView,
     JournalMarker,
     JournalSnapshot,
     KeyIssued,
@@ -81,6 +89,8 @@ def deploy(
 
 KEY = KeyView(key_id="0123456789abcdef", role="user", subject="alice", name="Alice",
               expires_at=AT)  # fmt: skip
+
+JOB_ID = "j0123456789abcdef0123"
 
 EXAMPLES: dict[type[Message], Message] = {
     DeployRequest: deploy(),
@@ -256,4 +266,27 @@ EXAMPLES: dict[type[Message], Message] = {
         ),
         at=AT,
     ),
-}
+    JobSubmit: JobSubmit(
+        request_id="req-0010", namespace="alice", job_id=JOB_ID, app="stereo", task="match",
+        name="night run", total=2000, submitted_at=AT,
+    ),
+    JobSeal: JobSeal(request_id="req-0011", namespace="alice", job_id=JOB_ID, total=2000),
+    JobCancel: JobCancel(request_id="req-0012", namespace="alice", job_id=JOB_ID),
+    JobDelete: JobDelete(request_id="req-0013", namespace="alice", job_id=JOB_ID),
+    JobEnded: JobEnded(
+        namespace="alice", job_id=JOB_ID, state="done", done=1998, failed=2, duplicates=5,
+        stored_bytes=180_000, at=AT,
+    ),
+    JobsQuery: JobsQuery(namespace="alice", job_id=JOB_ID),
+    JobsReply: JobsReply(
+        namespace="alice",
+        jobs=(
+            JobView(
+                job_id=JOB_ID, name="night run", app="stereo", task="match", state="running",
+                total=2000, done=1500, failed=2, duplicates=5, stored_bytes=130_000,
+                submitted_at=AT, rate_per_s=41.5,
+            ),
+        ),
+        stored_bytes=130_000, stored_bytes_limit=1024**3, retention_s=604_800, at=AT,
+    ),
+}  # fmt: skip

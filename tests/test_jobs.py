@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import aiormq
 import pytest
@@ -17,13 +20,15 @@ from bus.sdk import App, Job, JobError, JobExpired, JobRefused, TaskClient, Work
 from bus.sdk.protocol import Outcome
 from bus.streams import StreamTail
 from bus.topology import QueueSpec, cancels_spec, job_stream_spec
-from idlecloud.dev.services import BrokerInfo
+from idlecloud.dev.services import BrokerInfo, restart_broker
 from schemas import JobsQuery, JobsReply, Owner
 from services.auth.tokens import SigningKey
 from services.jobs.service import JobSettings, JobsService
 
+from .control_plane import AGENT_ARGS, control_plane, thesis_pcs
 from .helpers import open_namespace, wait_until
 from .login import Login
+from .test_cli import bus_cli
 
 REFUSED = (aiormq.exceptions.ChannelAccessRefused, aiormq.exceptions.ChannelClosed)
 
@@ -255,3 +260,60 @@ async def test_bobs_key_cannot_list_read_cancel_or_delete_alices_job(
         await mine.stop()
         assert listed.jobs == ()
         assert await read_all(job.results()) == {i: i * i for i in range(50)}  # Alice reads
+
+
+async def test_a_job_outlives_its_submitter_lost_pcs_a_person_and_a_broker_restart(
+    broker: BrokerInfo, unique: str, tmp_path: Path
+) -> None:
+    """`bus job submit` sends 2,000 calls and exits. While 16 worker replicas run them, a
+    PC dies and comes back, a person logs in at another, and the broker restarts. Then
+    `bus job results`, a new process on its own connection, gets all 2,000 results,
+    once each and right."""
+    pcs = thesis_pcs(unique)
+    async with control_plane(tmp_path, pcs, jobs=JobSettings()) as plane:
+        await plane.quota("alice", 20_000)
+        worker = (sys.executable, "-m", "idlecloud", "worker", "tests.programs.job_app:app")
+        assert (await plane.deploy("alice", "jobs", 16, command=worker)).accepted
+        for _ in range(300):  # up to 60 s for the replicas to start
+            if await plane.running("alice") == 16:
+                break
+            await asyncio.sleep(0.2)
+        assert await plane.running("alice") == 16
+        inputs = tmp_path / "inputs.jsonl"
+        inputs.write_text("".join(f"[{x}, 0.1]\n" for x in range(2000)))
+        env = {"IDLECLOUD_NAMESPACE": "alice", "IDLECLOUD_APP": "jobs"}
+        submitted = await asyncio.to_thread(
+            bus_cli, "job", "submit", "tests.programs.job_app:slow_square", "--inputs",
+            str(inputs), "--name", "overnight", "--json", url=plane.url, env=env,
+        )  # fmt: skip
+        assert submitted.returncode == 0, submitted.stderr
+        job_id = json.loads(submitted.stdout)["job_id"]  # the submitter has exited
+        service = next(s for s in plane.services if isinstance(s, JobsService))
+
+        def answered() -> int:
+            view = service.reply("alice", job_id).jobs[0]
+            return view.done + view.failed
+
+        await wait_until(lambda: answered() >= 200, 60, "200 results")
+        plane.simulation.kill(pcs[0].name)  # Edge dies with its replicas
+        await wait_until(lambda: answered() >= 500, 60, "500 results")
+        plane.simulation.up(plane.url, (pcs[0],), extra_args=AGENT_ARGS)
+        plane.simulation.login(pcs[1].name)  # a person sits down at Ninja
+        await wait_until(lambda: answered() >= 800, 60, "800 results")
+        before = answered()
+        await asyncio.to_thread(restart_broker)
+        await wait_until(lambda: answered() >= before + 200, 90, "results after the restart")
+        await wait_until(lambda: service.state.jobs[("alice", job_id)].state == "done", 120,
+                         "the job to be done")  # fmt: skip
+        out = tmp_path / "results.jsonl"
+        read = await asyncio.to_thread(
+            bus_cli, "job", "results", job_id, "-n", "alice", "--out", str(out),
+            "--order", "input", url=plane.url,
+        )  # fmt: skip
+        assert read.returncode == 0, read.stderr
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [line["index"] for line in lines] == list(range(2000))
+        assert all(line["ok"] and line["value"] == line["index"] ** 2 for line in lines)
+        view = service.reply("alice", job_id).jobs[0]
+        assert (view.done, view.failed, view.name) == (2000, 0, "overnight")
+        print(f"2,000 results read back once each; {view.duplicates} calls ran twice")

@@ -30,8 +30,9 @@ REPLICA = Principal.token("replica", "alice", "r-1")
 
 #: What each kind of sender may send, by schema name (the examples speak for namespace
 #: ``alice`` and PC ``edge``).
+_JOBS = frozenset({"JobSubmit", "JobSeal", "JobCancel", "JobDelete", "JobsQuery"})
 ALLOWED: dict[Principal, frozenset[str]] = {
-    ALICE: frozenset({"DeployRequest", "ScaleRequest", "DeleteRequest", "AppsQuery"}),
+    ALICE: frozenset({"DeployRequest", "ScaleRequest", "DeleteRequest", "AppsQuery"}) | _JOBS,
     BOB: frozenset(),
     EDGE: frozenset({"NodeHeartbeat", "NodePresence", "ReplicaStatus", "MetricSample"}),
     ADMIN: frozenset(
@@ -47,7 +48,8 @@ ALLOWED: dict[Principal, frozenset[str]] = {
             "NodesQuery",
             "KeysQuery",
         }
-    ),
+    )
+    | _JOBS,
     REPLICA: frozenset(),
 }
 

@@ -55,6 +55,7 @@ __all__ = [
     "free_port",
     "management",
     "rabbitmqctl",
+    "restart_broker",
     "run_command",
     "scratch_vhost",
 ]
@@ -368,3 +369,15 @@ def rabbitmqctl(*arguments: str, timeout_s: float = 60.0) -> str:
         DevServiceError: it failed.
     """
     return run_command(["rabbitmqctl", *arguments], timeout_s)
+
+
+def restart_broker(timeout_s: float = 120.0) -> None:
+    """Stop and start the broker's RabbitMQ application (every connection drops; durable
+    queues and streams come back from disk) and wait until it has booted.
+
+    Raises:
+        DevServiceError: it did not come back within ``timeout_s``.
+    """
+    rabbitmqctl("stop_app", timeout_s=timeout_s)
+    rabbitmqctl("start_app", timeout_s=timeout_s)
+    rabbitmqctl("await_startup", "--timeout", str(int(timeout_s)), timeout_s=timeout_s + 30)
