@@ -134,8 +134,9 @@ async def control_plane(
     jobs: JobSettings | None = None,
 ) -> AsyncIterator[Plane]:
     """A fresh vhost, the quota manager and (unless the test brings its own) placement in
-    this process, and real agents; with ``jobs``, the jobs service too. With ``token_s``, also the auth service (its key
-    trusted by the broker), and replicas get broker tokens that live ``token_s``."""
+    this process, and real agents; with ``jobs``, the jobs service too. With ``token_s``,
+    also the auth service (its key trusted by the broker), and replicas get broker tokens
+    that live ``token_s``."""
     broker = create_vhost(f"plane-{uuid.uuid4().hex[:10]}")
     simulation = Simulation(work / "sim")
     try:

@@ -6,7 +6,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -235,7 +235,7 @@ async def test_bobs_key_cannot_list_read_cancel_or_delete_alices_job(
         await read_stream(alice_bus, job_stream_spec(alice, job.job_id))  # the control
         key = (alice, job.job_id)
         as_bob = Job.attach(bob_bus, alice, job.job_id)
-        attempts = {
+        attempts: dict[str, Callable[[], Awaitable[object]]] = {
             "status": as_bob.status,
             "cancel": as_bob.cancel,
             "delete": as_bob.delete,

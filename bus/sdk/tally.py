@@ -51,6 +51,7 @@ class JobTally:
     stored_bytes: int = 0
     _seen: bytearray = field(default_factory=bytearray, repr=False)
     _arrivals: deque[float] = field(default_factory=deque, repr=False)
+    _first_s: float | None = field(default=None, repr=False)
 
     @property
     def answered(self) -> int:
@@ -81,6 +82,7 @@ class JobTally:
                 else:
                     self.failed += 1
                 self._arrivals.append(now_s)
+                self._first_s = now_s if self._first_s is None else self._first_s
             else:
                 self.duplicates += 1
         self._forget_before(now_s - RATE_WINDOW_S)
@@ -90,10 +92,9 @@ class JobTally:
         """Calls answered a second, over the last :data:`RATE_WINDOW_S` (or since the
         first answer, if that is more recent)."""
         self._forget_before(now_s - RATE_WINDOW_S)
-        if not self._arrivals:
+        if not self._arrivals or self._first_s is None:
             return 0.0
-        span_s = max(now_s - self._arrivals[0], 1.0)
-        return len(self._arrivals) / min(span_s, RATE_WINDOW_S)
+        return len(self._arrivals) / min(max(now_s - self._first_s, 1.0), RATE_WINDOW_S)
 
     def _mark(self, index: int) -> bool:
         byte, bit = divmod(index, 8)
@@ -105,5 +106,5 @@ class JobTally:
         return True
 
     def _forget_before(self, moment_s: float) -> None:
-        while self._arrivals and self._arrivals[0] < moment_s:
+        while self._arrivals and self._arrivals[0] <= moment_s:
             self._arrivals.popleft()
