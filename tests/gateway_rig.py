@@ -14,6 +14,7 @@ from idlecloud.dev.services import free_port
 from services.auth.service import AuthService
 from services.auth.tokens import SigningKey, mint_api_key
 from services.gateway.service import Gateway, GatewaySettings
+from services.jobs.service import JobSettings
 
 from .control_plane import SLEEPER, Plane, control_plane, thesis_pcs
 from .helpers import wait_until
@@ -45,7 +46,8 @@ class Rig:
 async def rig(tmp_path: Path, unique: str) -> AsyncIterator[Rig]:
     """The gateway relays each caller's requests on a connection of the caller's own, so
     the control plane runs the auth service too (its key signs the callers' keys)."""
-    async with control_plane(tmp_path, thesis_pcs(unique)[1:3], token_s=600) as plane:
+    pcs = thesis_pcs(unique)[1:3]
+    async with control_plane(tmp_path, pcs, token_s=600, jobs=JobSettings()) as plane:
         auth = next(s for s in plane.services if isinstance(s, AuthService))
         await wait_until(lambda: auth.leadership.leading, what="the auth service to lead")
         public = tmp_path / "gateway" / "auth.pub.pem"

@@ -20,6 +20,7 @@ import jwt
 from aio_pika.abc import AbstractIncomingMessage
 
 from bus import names
+from bus.sdk import App, Worker
 from bus.topology import QueueSpec
 from schemas import TokenRevoke
 from services.auth.tokens import SigningKey, mint_api_key
@@ -122,7 +123,9 @@ async def test_the_openapi_document_is_served_and_names_every_route(rig: Rig) ->
         "/openapi.json", "/v1/namespaces/{namespace}/deployments",
         "/v1/namespaces/{namespace}/deployments/{app}", "/v1/namespaces/{namespace}/quota",
         "/v1/namespaces/{namespace}/events", "/v1/pcs", "/v1/pcs/events",
-        "/v1/pcs/{node}/{action}", "/v1/session",
+        "/v1/pcs/{node}/{action}", "/v1/session", "/v1/namespaces/{namespace}/jobs",
+        "/v1/namespaces/{namespace}/jobs/{job}", "/v1/namespaces/{namespace}/jobs/{job}/results",
+        "/v1/namespaces/{namespace}/jobs/{job}/cancel",
     }  # fmt: skip
     body = document["components"]["schemas"]["DeploymentBody"]
     assert "request_id" not in body["properties"] and "image" in body["required"]
@@ -195,3 +198,59 @@ async def test_the_gateway_sends_as_the_caller_not_as_itself(rig: Rig, unique: s
     await wait_until(lambda: bool(senders), what="the deploy at the platform")
     assert senders == [f"user:alice:{key_id}"]
     await channel.close()
+
+
+async def test_alice_submits_reads_and_deletes_a_job_over_http_and_bob_cannot_touch_it(
+    rig: Rig, unique: str
+) -> None:
+    """A job through the gateway: submitted (its calls published as Alice), run by a worker,
+    listed, shown, its results read as JSON lines by input index, deleted; Bob's key is
+    refused at her namespace's paths and finds nothing of hers through his own."""
+    app = App("alice", f"sq{unique}")
+
+    @app.task(executor="inline")
+    def square(x: int) -> int:
+        return x * x
+
+    async with aiohttp.ClientSession() as http:
+        alice = Api(http, rig.base, rig.mint("user", "alice"))
+        bob = Api(http, rig.base, rig.mint("user", "bob"))
+        body = {
+            "app": app.app,
+            "task": "square",
+            "name": "web",
+            "inputs": [[x] for x in range(300)],
+        }
+        status, view = await alice.call("POST", "/v1/namespaces/alice/jobs", body)
+        assert status == 201, view
+        job = f"/v1/namespaces/alice/jobs/{view['job_id']}"
+        assert (view["state"], view["total"], view["name"]) == ("running", 300, "web")
+        worker = Worker(app, concurrency=4)
+        await worker.start(rig.plane.bus)
+        try:
+            for _ in range(100):
+                status, view = await alice.call("GET", job)
+                if view["state"] == "done":
+                    break
+                await asyncio.sleep(0.2)
+        finally:
+            await worker.stop(1.0)
+        assert (view["state"], view["done"]) == ("done", 300)
+        status, listed = await alice.call("GET", "/v1/namespaces/alice/jobs")
+        assert status == 200 and view["job_id"] in [j["job_id"] for j in listed["jobs"]]
+        async with http.get(rig.base + job + "/results", headers={
+            "Authorization": f"Bearer {alice.key}"}) as answer:  # fmt: skip
+            assert answer.headers["Content-Type"].startswith("application/x-ndjson")
+            lines = [json.loads(line) for line in (await answer.text()).splitlines()]
+        assert lines == [{"index": x, "ok": True, "value": x * x} for x in range(300)]
+        for method, path in (("GET", job), ("GET", job + "/results"),
+                             ("POST", job + "/cancel"), ("DELETE", job)):  # fmt: skip
+            status, answer_body = await bob.call(method, path)
+            assert status == 403, (method, path, answer_body)
+            theirs = path.replace("/namespaces/alice/", "/namespaces/bob/")
+            status, answer_body = await bob.call(method, theirs)
+            assert status == 404, (method, theirs, answer_body)
+        status, listed = await bob.call("GET", "/v1/namespaces/bob/jobs")
+        assert status == 200 and listed["jobs"] == []
+        assert (await alice.call("DELETE", job))[0] == 200
+        assert (await alice.call("GET", job))[0] == 404

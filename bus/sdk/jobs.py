@@ -15,6 +15,7 @@ namespace's keys (and admins') can see or change its jobs; its stream only they 
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import re
 import uuid
@@ -45,7 +46,15 @@ from schemas import (
 )
 from schemas.jobs import JOB_ID_PATTERN
 
-__all__ = ["ENDED", "Job", "JobError", "JobExpired", "JobRefused", "submit_calls"]
+__all__ = [
+    "ENDED",
+    "Job",
+    "JobError",
+    "JobExpired",
+    "JobRefused",
+    "result_document",
+    "submit_calls",
+]
 
 #: States in which a job will get no more results.
 ENDED = frozenset({"done", "cancelled", "expired"})
@@ -100,7 +109,7 @@ class Job:
             await client.stop()
 
     async def request(self, request: Message) -> None:
-        """Send a job request for this namespace.
+        """Send a job request (submit, seal, cancel, delete) for this namespace.
 
         Raises:
             JobRefused: the jobs service refused it (the reason says why).
@@ -123,17 +132,18 @@ class Job:
             raise JobError(reply.reason or f"no job {self.job_id}")
         return reply.jobs[0]
 
-    async def cancel(self) -> None:
-        """Cancel: no replica starts another of its calls; results so far stay."""
-        await self.request(
-            JobCancel(namespace=self.namespace, request_id=_request_id(), job_id=self.job_id)
-        )
+    async def cancel(self) -> str:
+        """Cancel: no replica starts another of its calls; results so far stay. Returns
+        the request's id."""
+        request = JobCancel(namespace=self.namespace, request_id=_request_id(), job_id=self.job_id)
+        await self.request(request)
+        return request.request_id
 
-    async def delete(self) -> None:
-        """Delete the job and its stored results."""
-        await self.request(
-            JobDelete(namespace=self.namespace, request_id=_request_id(), job_id=self.job_id)
-        )
+    async def delete(self) -> str:
+        """Delete the job and its stored results. Returns the request's id."""
+        request = JobDelete(namespace=self.namespace, request_id=_request_id(), job_id=self.job_id)
+        await self.request(request)
+        return request.request_id
 
     async def wait(self, *, poll_s: float = 1.0, progress: bool = False) -> JobView:
         """Return the job's view once it is done, cancelled or expired.
@@ -236,6 +246,19 @@ class _InInput:
         ready = sorted(self.held.items())
         self.held.clear()
         return ready
+
+
+def result_document(index: int, outcome: Outcome) -> dict[str, Any]:
+    """One result as a JSON document (a line of ``bus job results``, of the REST API's
+    results): its index, and its value (bytes in base64) or its error."""
+    document: dict[str, Any] = {"index": index, "ok": outcome.ok}
+    if not outcome.ok:
+        document["error"] = outcome.error
+    elif isinstance(outcome.value, bytes | bytearray):
+        document["value_base64"] = base64.b64encode(outcome.value).decode()
+    else:
+        document["value"] = outcome.value
+    return document
 
 
 def _when(moment: datetime | None) -> str:

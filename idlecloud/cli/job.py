@@ -7,7 +7,6 @@ and any machine with the namespace's key attaches by the job's id.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import re
@@ -20,8 +19,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from bus.defaults import BROKER_URL
-from bus.sdk.jobs import ENDED, Job
-from bus.sdk.protocol import Outcome
+from bus.sdk.jobs import ENDED, Job, result_document
 from idlecloud.cli._common import (
     Exit,
     JsonOption,
@@ -191,18 +189,6 @@ async def _watch(url: str, namespace: str, job_id: str, *, show: bool = True) ->
                 await asyncio.sleep(1.0)
 
 
-def _line(index: int, outcome: Outcome) -> str:
-    """One result as a JSON line: its index, and its value (bytes in base64) or error."""
-    document: dict[str, Any] = {"index": index, "ok": outcome.ok}
-    if not outcome.ok:
-        document["error"] = outcome.error
-    elif isinstance(outcome.value, bytes | bytearray):
-        document["value_base64"] = base64.b64encode(outcome.value).decode()
-    else:
-        document["value"] = outcome.value
-    return json.dumps(document, separators=(",", ":"))
-
-
 async def _write_results(
     url: str, namespace: str, job_id: str, out: IO[str], order: Literal["completed", "input"],
     wait: bool,
@@ -212,7 +198,7 @@ async def _write_results(
         async for index, outcome in Job.attach(bus, namespace, job_id).results(
             order=order, wait=wait
         ):
-            out.write(_line(index, outcome) + "\n")
+            out.write(json.dumps(result_document(index, outcome), separators=(",", ":")) + "\n")
             written += 1
     return written
 

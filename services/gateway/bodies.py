@@ -7,11 +7,16 @@ import json
 from typing import Any
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from schemas.base import MAX_STRING_LENGTH
 from services.gateway.models import ApiError
 
-__all__ = ["json_error", "json_object"]
+__all__ = ["invalid_body", "json_error", "json_object"]
+
+#: How much of one invalid field an answer shows (its path and complaint), and how many.
+_FIELD_SHOWN = 200
+_FIELDS_SHOWN = 10
 
 
 def json_error(status: int, message: str, fields: dict[str, str] | None = None) -> web.Response:
@@ -31,3 +36,19 @@ async def json_object(request: web.Request) -> dict[str, Any] | web.Response:
     if not isinstance(body, dict):
         return json_error(422, "the body must be a JSON object")
     return body
+
+
+def invalid_body(error: ValidationError | TypeError) -> web.Response:
+    """422 with each field's complaint. A field's path names what the caller sent (a key
+    of its own choosing, too), so each is cut to :data:`_FIELD_SHOWN` characters and the
+    whole answer stays within the documented bounds however large the body was."""
+    if isinstance(error, TypeError):
+        return json_error(422, str(error)[:_FIELD_SHOWN])
+    fields: dict[str, str] = {}
+    for problem in error.errors(include_url=False, include_input=False)[:_FIELDS_SHOWN]:
+        where = ".".join(map(str, problem["loc"])) or "body"
+        if len(where) > _FIELD_SHOWN:
+            where = where[: _FIELD_SHOWN - 1] + "…"
+        fields[where] = problem["msg"][:_FIELD_SHOWN]
+    message = "; ".join(f"{field}: {msg}" for field, msg in fields.items())
+    return json_error(422, f"invalid: {message}", fields)

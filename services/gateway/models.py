@@ -3,12 +3,27 @@ handlers answer and read, and what its OpenAPI document describes, from one defi
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Annotated, Any
 
-from schemas import Resources
+from pydantic import Field, StringConstraints
+
+from schemas import AppId, Resources
 from schemas.base import NamespaceName, RequestId, WireModel
 
-__all__ = ["Accepted", "ApiError", "LoggedOut", "Quota", "ScaleBody", "Session", "SessionBody"]
+__all__ = [
+    "Accepted",
+    "ApiError",
+    "JobBody",
+    "JobResult",
+    "LoggedOut",
+    "Quota",
+    "ScaleBody",
+    "Session",
+    "SessionBody",
+]
+
+#: How many calls one job submitted over HTTP may have (bigger jobs: the SDK or the CLI).
+MAX_HTTP_CALLS = 10_000
 
 
 class ScaleBody(WireModel):
@@ -59,3 +74,24 @@ class ApiError(WireModel):
 
     error: str
     fields: dict[str, str] | None = None
+
+
+class JobBody(WireModel):
+    """A job submitted over HTTP: each input is one call's list of JSON arguments."""
+
+    app: AppId
+    task: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+    name: Annotated[str, StringConstraints(max_length=128)] = ""
+    inputs: tuple[tuple[Any, ...], ...] = Field(min_length=1, max_length=MAX_HTTP_CALLS)
+    batch_size: int = Field(default=1, ge=1, le=10_000)
+
+
+class JobResult(WireModel):
+    """One call's outcome, a line of a job's results: its value (bytes in base64) or its
+    error."""
+
+    index: int = Field(ge=0)
+    ok: bool
+    value: Any = None
+    value_base64: str | None = None
+    error: str | None = None

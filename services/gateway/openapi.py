@@ -12,11 +12,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from schemas import AppView, DeployRequest, NodeView
+from schemas import AppView, DeployRequest, JobsReply, JobView, NodeView
 from schemas.base import DNS_LABEL_PATTERN
+from schemas.jobs import JOB_ID_PATTERN
 from services.gateway.models import (
     Accepted,
     ApiError,
+    JobBody,
+    JobResult,
     LoggedOut,
     Quota,
     ScaleBody,
@@ -34,6 +37,7 @@ _PARAMETERS: dict[str, dict[str, Any]] = {
     "namespace": _LABEL,
     "app": _LABEL,
     "node": _LABEL,
+    "job": {"type": "string", "pattern": JOB_ID_PATTERN},
     "action": {"type": "string", "enum": ["cordon", "uncordon", "drain"]},
 }
 #: Each component: its model, and whether requests send it or answers hold it.
@@ -45,6 +49,10 @@ _MODELS: dict[str, tuple[type[BaseModel], Literal["validation", "serialization"]
     "Session": (Session, "serialization"),
     "LoggedOut": (LoggedOut, "serialization"),
     "Error": (ApiError, "serialization"),
+    "Jobs": (JobsReply, "serialization"),
+    "JobView": (JobView, "serialization"),
+    "JobResult": (JobResult, "serialization"),
+    "JobBody": (JobBody, "validation"),
     "ScaleBody": (ScaleBody, "validation"),
     "SessionBody": (SessionBody, "validation"),
 }
@@ -61,7 +69,7 @@ def _answer(answer: Answer) -> dict[str, Any]:
     if answer.schema is None:  # an event stream
         content = {"text/event-stream": {"schema": {"type": "string"}}}
     else:
-        content = {"application/json": {"schema": _ref(answer.schema)}}
+        content = {answer.media: {"schema": _ref(answer.schema)}}
     return {"description": answer.description, "content": content}
 
 
@@ -124,8 +132,8 @@ def openapi() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "idlecloud gateway", "version": "1",
-                 "description": "Deployments, quotas and PCs over HTTP, their events as "
-                                "server-sent events, and the web page's session."},
+                 "description": "Deployments, jobs, quotas and PCs over HTTP, their events "
+                                "as server-sent events, and the web page's session."},
         "paths": _paths(),
         "components": _components(),
         "security": [{"bearer": []}],

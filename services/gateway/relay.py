@@ -96,6 +96,15 @@ class Relays:
         client = await relay.client(message.owner())
         return await client.call(message, expect, timeout_s=timeout_s)
 
+    async def connection(self, key_id: str, api_key: str) -> Bus:
+        """The connection of ``api_key``: to publish and read as the caller.
+
+        Raises:
+            CredentialsRefused: the auth service refused the key (revoked meanwhile).
+            AuthUnavailable: the auth service cannot be reached.
+        """
+        return (await self._relay(key_id, api_key)).bus
+
     async def _relay(self, key_id: str, api_key: str) -> _Relay:
         evicted: list[_Relay] = []
         async with self._lock(key_id):

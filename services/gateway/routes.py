@@ -11,17 +11,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CALLER_ERRORS", "NAMED_ERRORS", "ROUTES", "Answer", "Operation", "public_operations"]
+from schemas.jobs import JOB_ID_PATTERN
+
+__all__ = [
+    "CALLER_ERRORS",
+    "NAMED_ERRORS",
+    "ROUTES",
+    "Answer",
+    "Operation",
+    "public_operations",
+    "server_path",
+]
 
 
 @dataclass(frozen=True, slots=True)
 class Answer:
     """One status an operation answers with, and the schema of its JSON body (a component's
-    name; ``[Name]`` for an array of them; ``None`` for an event stream)."""
+    name; ``[Name]`` for an array of them; ``None`` for an event stream) in ``media``."""
 
     status: int
     description: str
     schema: str | None = "Error"
+    media: str = "application/json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +60,7 @@ _AWAY = Answer(503, "the control plane did not answer in time")
 _INVALID = Answer(422, "the body is not valid: `error` says why, `fields` which")
 _ACCEPTED = Answer(200, "admitted", "Accepted")
 _NS = "/v1/namespaces/{namespace}"
+_JOB = f"{_NS}/jobs/{{job}}"
 
 ROUTES: tuple[Operation, ...] = (
     Operation("GET", "/openapi.json", "_openapi", "This document",
@@ -75,6 +87,27 @@ ROUTES: tuple[Operation, ...] = (
               "Your namespace's events, live (server-sent events)",
               (Answer(200, "`event: <schema>` and `data: <JSON>` per event, until you hang up",
                       None), *CALLER_ERRORS, *NAMED_ERRORS, _AWAY)),
+    Operation("GET", f"{_NS}/jobs", "_jobs", "Your jobs, and what their results weigh",
+              (Answer(200, "every job of the namespace, newest first", "Jobs"), *CALLER_ERRORS,
+               *NAMED_ERRORS, _AWAY)),
+    Operation("POST", f"{_NS}/jobs", "_submit_job",
+              "Submit a job of up to 10,000 calls (bigger ones: the SDK or `bus job submit`)",
+              (Answer(201, "submitted: the job", "JobView"), *CALLER_ERRORS, *NAMED_ERRORS,
+               Answer(409, "refused: the namespace keeps more results than its bound"),
+               _INVALID, _AWAY), body="JobBody"),
+    Operation("GET", _JOB, "_show_job", "One job: its state, counts and rate",
+              (Answer(200, "the job", "JobView"), *CALLER_ERRORS, *NAMED_ERRORS, _AWAY)),
+    Operation("GET", f"{_JOB}/results", "_job_results",
+              "A job's results stored now, once each, by input index (JSON lines)",
+              (Answer(200, "one JobResult a line", "JobResult", "application/x-ndjson"),
+               *CALLER_ERRORS, *NAMED_ERRORS,
+               Answer(410, "the job expired: its results are deleted"), _AWAY)),
+    Operation("POST", f"{_JOB}/cancel", "_cancel_job",
+              "Cancel a job: no replica starts another of its calls",
+              (_ACCEPTED, *CALLER_ERRORS, *NAMED_ERRORS,
+               Answer(409, "refused: the job is done or expired"), _AWAY)),
+    Operation("DELETE", _JOB, "_delete_job", "Delete a job and its stored results",
+              (_ACCEPTED, *CALLER_ERRORS, *NAMED_ERRORS, _AWAY)),
     Operation("GET", "/v1/pcs", "_nodes", "The PCs",
               (Answer(200, "every PC", "[NodeView]"), *CALLER_ERRORS, _AWAY)),
     Operation("GET", "/v1/pcs/events", "_node_events", "PCs' presence and cordons, live (SSE)",
@@ -101,3 +134,9 @@ ROUTES: tuple[Operation, ...] = (
 def public_operations() -> frozenset[tuple[str, str]]:
     """(method, path) of the operations that need no credential."""
     return frozenset((op.method, op.path) for op in ROUTES if op.public)
+
+
+def server_path(path: str) -> str:
+    """A path as the server matches it: a job's id must look like one, so ``/jobs/cancel``
+    is no job's path (404), not the cancel of a job named ``""``."""
+    return path.replace("{job}", "{job:" + JOB_ID_PATTERN.strip("^$") + "}")

@@ -52,7 +52,8 @@ from schemas import (
 from schemas.base import DNS_LABEL_PATTERN
 from schemas.journal import Entry
 from services.gateway.auth import Caller, identify
-from services.gateway.bodies import json_error, json_object
+from services.gateway.bodies import invalid_body, json_error, json_object
+from services.gateway.jobs import JobRoutes
 from services.gateway.models import Accepted, Quota
 from services.gateway.openapi import openapi
 from services.gateway.page import (
@@ -68,7 +69,7 @@ from services.gateway.page import (
     who,
 )
 from services.gateway.relay import Relays
-from services.gateway.routes import ROUTES
+from services.gateway.routes import ROUTES, server_path
 from services.gateway.stream import stream_events
 from services.http import serve
 from services.state import DesiredState
@@ -78,9 +79,6 @@ __all__ = ["Gateway", "GatewaySettings"]
 log = logging.getLogger(__name__)
 
 _LABEL = re.compile(DNS_LABEL_PATTERN)
-#: How much of one invalid field an answer shows (its path and complaint), and how many.
-_FIELD_SHOWN = 200
-_FIELDS_SHOWN = 10
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 R = TypeVar("R", bound=Message)
 #: The caller's API key, which its relay trades for the caller's own broker token.
@@ -100,7 +98,7 @@ class GatewaySettings:
     auth_url: str = AUTH_URL
 
 
-class Gateway:
+class Gateway(JobRoutes):
     """The REST API; see the module's header."""
 
     name = "gateway"
@@ -128,7 +126,7 @@ class Gateway:
         app.on_response_prepare.append(_secure)
         add_page_routes(app)
         for op in ROUTES:
-            app.router.add_route(op.method, op.path, getattr(self, op.handler))
+            app.router.add_route(op.method, server_path(op.path), getattr(self, op.handler))
         settings = self.settings
         self._http = await serve(app, settings.http_host, settings.http_port, settings.tls)
 
@@ -199,6 +197,11 @@ class Gateway:
             caller.key_id, request[CREDENTIAL], message, expect, timeout_s=15.0
         )
 
+    async def _connection(self, request: web.Request) -> Bus:
+        """The caller's own broker connection (:mod:`.relay`)."""
+        assert self._relays is not None
+        return await self._relays.connection(request[CALLER].key_id, request[CREDENTIAL])
+
     async def _submit(
         self, request: web.Request, message: Message, created: bool = False
     ) -> web.Response:
@@ -250,7 +253,7 @@ class Gateway:
             deploy = DeployRequest(request_id=uuid.uuid4().hex[:16],
                                    namespace=request.match_info["namespace"], **body)  # fmt: skip
         except (ValidationError, TypeError) as error:
-            return _invalid(error)
+            return invalid_body(error)
         return await self._submit(request, deploy, created=True)
 
     async def _scale(self, request: web.Request) -> web.Response:
@@ -262,7 +265,7 @@ class Gateway:
                                  namespace=request.match_info["namespace"],
                                  replicas=body.get("replicas", -1))  # fmt: skip
         except ValidationError as error:
-            return _invalid(error)
+            return invalid_body(error)
         return await self._submit(request, scale)
 
     async def _delete(self, request: web.Request) -> web.Response:
@@ -270,7 +273,7 @@ class Gateway:
             delete = DeleteRequest(request_id=uuid.uuid4().hex[:16], app=request.match_info["app"],
                                    namespace=request.match_info["namespace"])  # fmt: skip
         except ValidationError as error:
-            return _invalid(error)
+            return invalid_body(error)
         return await self._submit(request, delete)
 
     async def _quota(self, request: web.Request) -> web.Response:
@@ -297,7 +300,7 @@ class Gateway:
             cordon = CordonRequest(request_id=uuid.uuid4().hex[:16],
                                    node=request.match_info["node"], action=typed)  # fmt: skip
         except ValidationError as error:
-            return _invalid(error)
+            return invalid_body(error)
         return await self._submit(request, cordon)
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
@@ -335,19 +338,3 @@ async def _json_errors(handler: Handler, request: web.Request) -> web.StreamResp
         if error.status < 400:
             raise
         return json_error(error.status, f"{error.reason}: {request.method} {request.path}")
-
-
-def _invalid(error: ValidationError | TypeError) -> web.Response:
-    """422 with each field's complaint. A field's path names what the caller sent (a key
-    of its own choosing, too), so each is cut to :data:`_FIELD_SHOWN` characters and the
-    whole answer stays within the documented bounds however large the body was."""
-    if isinstance(error, TypeError):
-        return json_error(422, str(error)[:_FIELD_SHOWN])
-    fields: dict[str, str] = {}
-    for problem in error.errors(include_url=False, include_input=False)[:_FIELDS_SHOWN]:
-        where = ".".join(map(str, problem["loc"])) or "body"
-        if len(where) > _FIELD_SHOWN:
-            where = where[: _FIELD_SHOWN - 1] + "…"
-        fields[where] = problem["msg"][:_FIELD_SHOWN]
-    message = "; ".join(f"{field}: {msg}" for field, msg in fields.items())
-    return json_error(422, f"invalid: {message}", fields)
