@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from bus.sdk import App, Worker
 from idlecloud.dev.services import ensure_chromium
 
 from .control_plane import SLEEPER
@@ -174,3 +175,50 @@ async def test_an_admin_chooses_whose_apps_to_see(rig: Rig, page: Page) -> None:
     await expect(page.locator('tr[data-app="bobs-app"]')).to_be_visible(timeout=LIVE_S)
     await expect(page.locator("#quota-ns")).to_have_text("bob")
     await snapshot(page, "5-an-admin-looks-at-bob")
+
+
+async def test_the_page_shows_a_jobs_progress_and_cancels_it(
+    rig: Rig, page: Page, unique: str
+) -> None:
+    """A job submitted over HTTP shows on Alice's page with its progress, which moves while
+    a worker runs it; Cancel on another job cancels it. Bob's page shows none of hers."""
+    app = App("alice", f"pg{unique}")
+
+    @app.task
+    async def square(x: int) -> int:
+        await asyncio.sleep(0.01)
+        return x * x
+
+    key = rig.mint("user", "alice")
+    async with aiohttp.ClientSession() as http:
+        alice = Api(http, rig.base, key)
+        body = {"app": app.app, "task": "square", "name": "page-run",
+                "inputs": [[x] for x in range(200)]}  # fmt: skip
+        status, first = await alice.call("POST", "/v1/namespaces/alice/jobs", body)
+        assert status == 201, first
+        status, second = await alice.call("POST", "/v1/namespaces/alice/jobs",
+                                          {**body, "name": "to-cancel"})  # fmt: skip
+        assert status == 201, second
+    await log_in(page, rig.base, key)
+    row = page.locator(f'tr[data-job="{first["job_id"]}"]')
+    await expect(row).to_contain_text("0 of 200", timeout=LIVE_S)
+    await expect(row.locator(".state")).to_have_text("running")
+    page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    other = page.locator(f'tr[data-job="{second["job_id"]}"]')
+    await other.get_by_role("button", name="Cancel").click()
+    await expect(other.locator(".state")).to_have_text("cancelled", timeout=LIVE_S)
+    worker = Worker(app, concurrency=4)
+    await worker.start(rig.plane.bus)
+    try:
+        await expect(row.locator(".state")).to_have_text("done", timeout=LIVE_S)
+        await expect(row).to_contain_text("200 of 200")
+    finally:
+        await worker.stop(1.0)
+    await snapshot(page, "6-a-job-done-another-cancelled")
+    assert worker.skipped == 200  # every call of the cancelled job was dropped unstarted
+    context = await page.context.browser.new_context()  # type: ignore[union-attr]
+    bobs = await context.new_page()
+    await log_in(bobs, rig.base, rig.mint("user", "bob"))
+    await expect(bobs.locator("#jobs-empty")).to_be_visible(timeout=LIVE_S)
+    await expect(bobs.locator("tr[data-job]")).to_have_count(0)
+    await context.close()

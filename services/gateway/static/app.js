@@ -6,7 +6,7 @@ const PAGE_HEADER = "X-Idlecloud-Page";
 const DNS_LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 const $ = (selector) => document.querySelector(selector);
 
-const view = { me: null, namespace: null, apps: new Map(), quota: null, pcs: [], streams: [] };
+const view = { me: null, namespace: null, apps: new Map(), quota: null, pcs: [], jobs: null, streams: [] };
 
 async function api(method, path, body) {
   const init = { method, credentials: "same-origin", headers: { [PAGE_HEADER]: "1" } };
@@ -105,14 +105,23 @@ async function refresh() {
   const calls = [api("GET", "/v1/pcs")];
   if (view.namespace) {
     const base = `/v1/namespaces/${view.namespace}`;
-    calls.push(api("GET", `${base}/deployments`), api("GET", `${base}/quota`));
+    calls.push(api("GET", `${base}/deployments`), api("GET", `${base}/quota`), api("GET", `${base}/jobs`));
   }
-  const [pcs, apps, quota] = await Promise.all(calls);
+  const [pcs, apps, quota, jobs] = await Promise.all(calls);
   if (pcs.status === 401) return location.reload();
   if (pcs.status === 200) view.pcs = pcs.data;
   if (apps?.status === 200) view.apps = new Map(apps.data.map((app) => [app.app, app]));
   if (quota?.status === 200) view.quota = quota.data;
+  if (jobs?.status === 200) view.jobs = jobs.data;
   render();
+}
+
+// A job's progress has no events: while one runs, its numbers are asked every 2 s.
+async function refreshJobs() {
+  const running = view.jobs?.jobs.some((job) => job.state === "running" || job.state === "submitting");
+  if (!view.namespace || !running) return;
+  const jobs = await api("GET", `/v1/namespaces/${view.namespace}/jobs`);
+  if (jobs.status === 200) { view.jobs = jobs.data; renderJobs(); }
 }
 
 function stream(path, names, onEvent) {
@@ -146,6 +155,7 @@ function watchNamespace() {
 function watchPcs() {
   stream("/v1/pcs/events", ["NodePresence", "CordonChanged"], () => refreshSoon());
   setInterval(refresh, 10000);  // other namespaces' placements change what PCs reserve
+  setInterval(refreshJobs, 2000);
 }
 
 // ---- rendering -----------------------------------------------------------------------
@@ -153,6 +163,7 @@ function watchPcs() {
 function render() {
   renderQuota();
   renderApps();
+  renderJobs();
   renderPcs();
 }
 
@@ -194,6 +205,37 @@ function renderApps() {
         " ",
         element("button", { type: "button", onclick: () => deleteApp(app.app) }, "Delete")));
   }));
+}
+
+function renderJobs() {
+  const jobs = view.jobs?.jobs ?? [];
+  $("#jobs-empty").hidden = jobs.length > 0;
+  $("#jobs-table").hidden = jobs.length === 0;
+  $("#jobs-table tbody").replaceChildren(...jobs.map((job) => {
+    const answered = job.done + job.failed;
+    const total = job.total ?? answered;
+    const open = job.state === "running" || job.state === "submitting";
+    return element("tr", { "data-job": job.job_id },
+      element("td", {}, job.name || "—", element("div", { class: "small" }, job.job_id)),
+      element("td", {}, `${job.app}.${job.task}`),
+      element("td", {}, stateBadge(job.state)),
+      element("td", { class: "progress" }, bar(answered, total),
+        element("span", { class: "small count" }, `${answered} of ${job.total ?? "?"}`)),
+      element("td", { class: "num" }, String(job.failed)),
+      element("td", { class: "num" }, open ? `${job.rate_per_s.toFixed(1)}/s` : "—"),
+      element("td", {}, open
+        ? element("button", { type: "button", onclick: () => cancelJob(job.job_id) }, "Cancel") : ""));
+  }));
+  const stored = view.jobs;
+  $("#jobs-stored").textContent = stored
+    ? `${(stored.stored_bytes / 1048576).toFixed(1)} of ${(stored.stored_bytes_limit / 1048576).toFixed(0)} MiB of results stored; kept ${stored.retention_s / 86400} days after a job ends`
+    : "";
+}
+
+async function cancelJob(jobId) {
+  if (!confirm(`Cancel job ${jobId}? Its calls not yet started will not run.`)) return;
+  await api("POST", `/v1/namespaces/${view.namespace}/jobs/${jobId}/cancel`);
+  refresh();
 }
 
 const PC_STATE = { idle: "free", busy: "busy (a person)", lost: "lost", cordoned: "cordoned", draining: "draining" };
