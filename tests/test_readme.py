@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```console\n(.*?)```", README, flags=re.DOTALL)
 #: Subcommands: the words of a `bus` command line before its arguments.
-GROUPS = {"quota", "token", "sim", "agent", "schemas", "dev", "broker", "tls"}
+GROUPS = {"quota", "token", "sim", "agent", "schemas", "dev", "broker", "tls", "job"}
 
 
 def commands(block: str) -> list[list[str]]:

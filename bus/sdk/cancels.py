@@ -14,7 +14,7 @@ import asyncio
 import logging
 
 import aiormq
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
 
 from bus.connection import Bus
 from bus.streams import StreamTail
@@ -36,6 +36,7 @@ class CancelledJobs:
         self._ids: set[str] = set()
         self._tail = StreamTail(cancels_spec(namespace), self._add)
         self._retrying: asyncio.Task[None] | None = None
+        self._channel: AbstractRobustChannel | None = None
 
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._ids
@@ -50,13 +51,16 @@ class CancelledJobs:
         if self._retrying is not None:
             self._retrying.cancel()
         await self._tail.stop()
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.close()
 
     async def _try(self, bus: Bus) -> bool:
         channel = await bus.channel(prefetch=1000)
         try:
             await self._tail.start(channel)
-        except aiormq.exceptions.ChannelNotFoundEntity:
+        except aiormq.exceptions.ChannelNotFoundEntity:  # the broker closed the channel
             return False
+        self._channel = channel
         await self._tail.quiet(quiet_s=0.25, timeout_s=5.0)
         return True
 

@@ -138,6 +138,21 @@ def _checked(job_id: str) -> str:
     return job_id
 
 
+def _size(count: int) -> str:
+    for unit, scale in (("GiB", 1024**3), ("MiB", _MIB), ("KiB", 1024)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} bytes"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return "under a second"
+    if seconds < 120:
+        return f"about {seconds:.0f} s"
+    return f"about {seconds / 60:.0f} min" if seconds < 7200 else f"about {seconds / 3600:.1f} h"
+
+
 def _counts(view: JobView) -> str:
     pending = "?" if view.total is None else str(view.total - view.done - view.failed)
     return f"{view.done} done, {view.failed} failed, {pending} pending"
@@ -160,12 +175,19 @@ def status(
     if as_json:
         print_json(view.model_dump(mode="json"))
         return
-    eta = ""
+    console.print(
+        f"{view.job_id} ({view.name or 'no name'}): {view.state}, "
+        f"{view.app}.{view.task}, submitted {view.submitted_at:%Y-%m-%d %H:%M} UTC"
+    )
+    console.print(
+        f"  {_counts(view)} of {view.total if view.total is not None else '?'}; "
+        f"{view.duplicates} ran twice"
+    )
+    pace = f"  {view.rate_per_s:.1f} results/s"
     if view.rate_per_s > 0 and view.total is not None and view.state == "running":
-        eta = f", about {(view.total - view.done - view.failed) / view.rate_per_s:.0f} s to go"
-    console.print(f"{view.job_id} ({view.name or 'no name'}): {view.state}; {_counts(view)}; "
-                  f"{view.duplicates} ran twice; {view.rate_per_s:g}/s{eta}; "
-                  f"{view.stored_bytes / _MIB:.2f} MiB stored")  # fmt: skip
+        pace += f", {_duration((view.total - view.done - view.failed) / view.rate_per_s)} to go"
+    kept = f"kept until {view.expires_at:%Y-%m-%d %H:%M} UTC" if view.expires_at else "kept"
+    console.print(f"{pace}; {_size(view.stored_bytes)} of results {kept}")  # fmt: skip
 
 
 async def _watch(url: str, namespace: str, job_id: str, *, show: bool = True) -> JobView:
@@ -301,6 +323,7 @@ def list_jobs(
                       str(view.done), str(view.failed), str(view.total or "?"),
                       f"{view.submitted_at:%Y-%m-%d %H:%M}")  # fmt: skip
     console.print(shown)
-    console.print(f"{reply.stored_bytes / _MIB:.1f} of {reply.stored_bytes_limit / _MIB:.0f} MiB "
-                  f"of results stored; kept {reply.retention_s / 86_400:g} days after a job "
-                  "ends")  # fmt: skip
+    stored, limit = _size(reply.stored_bytes), _size(reply.stored_bytes_limit)
+    days = reply.retention_s / 86_400
+    console.print(f"{stored} of results stored ({limit} allowed); kept {days:g} days after a "
+                  "job ends")  # fmt: skip
