@@ -10,6 +10,7 @@ __all__ = [
     "DoorClosed",
     "InvalidMessage",
     "PublishRefused",
+    "RequestRefused",
     "RpcTimeout",
     "Unroutable",
 ]
@@ -31,6 +32,11 @@ class PublishRefused(BusError):
 class DoorClosed(PublishRefused):
     """The owner's door (:func:`bus.names.door`) does not exist: the namespace has no quota
     and no key yet, or the PC no key."""
+
+
+class RequestRefused(BusError):
+    """The platform refused a request, or has nothing by the name it was asked about; the
+    message says why."""
 
 
 class Unroutable(BusError):

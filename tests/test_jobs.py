@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -235,7 +236,13 @@ async def test_bobs_key_cannot_list_read_cancel_or_delete_alices_job(
         await read_stream(alice_bus, job_stream_spec(alice, job.job_id))  # the control
         key = (alice, job.job_id)
         as_bob = Job.attach(bob_bus, alice, job.job_id)
+
+        async def list_hers() -> object:
+            client = await RpcClient(bob_bus, Owner.namespace(alice)).start()
+            return await client.call(JobsQuery(namespace=alice), JobsReply)
+
         attempts: dict[str, Callable[[], Awaitable[object]]] = {
+            "list": list_hers,
             "status": as_bob.status,
             "cancel": as_bob.cancel,
             "delete": as_bob.delete,
@@ -317,3 +324,51 @@ async def test_a_job_outlives_its_submitter_lost_pcs_a_person_and_a_broker_resta
         view = service.reply("alice", job_id).jobs[0]
         assert (view.done, view.failed, view.name) == (2000, 0, "overnight")
         print(f"2,000 results read back once each; {view.duplicates} calls ran twice")
+
+
+async def test_the_job_commands_take_a_generator_and_explain_bad_input(
+    scratch: tuple[BrokerInfo, Bus], unique: str, tmp_path: Path
+) -> None:
+    """`bus job submit --inputs-from` seals a job of a generator's calls; two `bus job
+    results` processes read the finished job at once, each getting every result; a bad
+    inputs file, a bad job id and an unknown job each end with a sentence and an exit
+    code."""
+    info, bus = scratch
+    namespace = f"ns{unique}"
+    await open_namespace(bus, namespace)
+    env = {"IDLECLOUD_NAMESPACE": namespace, "IDLECLOUD_APP": "jobs"}
+
+    async def cli(*arguments: str) -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(bus_cli, *arguments, url=info.url, env=env)
+
+    async with jobs_service(bus):
+        program = "tests.programs.job_app"
+        submitted = await cli("job", "submit", f"{program}:slow_square",
+                              "--inputs-from", f"{program}:quick_inputs", "--json")  # fmt: skip
+        assert submitted.returncode == 0, submitted.stderr
+        view = json.loads(submitted.stdout)
+        assert (view["state"], view["total"]) == ("running", 2000)  # sealed with the count
+        async with workers(bus, make_app(namespace, "jobs")):
+            waited = await cli("job", "wait", view["job_id"], "-n", namespace)
+        assert waited.returncode == 0 and "done; 2000 done, 0 failed" in waited.stdout
+        outs = [tmp_path / "one.jsonl", tmp_path / "two.jsonl"]
+        reads = await asyncio.gather(*(cli("job", "results", view["job_id"], "-n", namespace,
+                                           "--out", str(out)) for out in outs))  # fmt: skip
+        for read, out in zip(reads, outs, strict=True):
+            assert read.returncode == 0, read.stderr
+            lines = [json.loads(line) for line in out.read_text().splitlines()]
+            assert sorted(line["index"] for line in lines) == list(range(2000))
+            assert all(line["value"] == line["index"] ** 2 for line in lines)
+        listed = await cli("job", "list", "-n", namespace, "--json")
+        assert [job["job_id"] for job in json.loads(listed.stdout)["jobs"]] == [view["job_id"]]
+
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text('[1, 0.0]\n{"x": 2}\n')
+        refused = await cli("job", "submit", "tests.programs.job_app:slow_square",
+                            "--inputs", str(bad))  # fmt: skip
+        assert refused.returncode == 2 and "line 2: a dict, not a JSON list" in refused.stderr
+        wrong = await cli("job", "status", "not-a-job", "-n", namespace)
+        assert wrong.returncode == 2 and "is not a job id" in wrong.stderr
+        unknown = await cli("job", "cancel", "j" + "0" * 20, "-n", namespace)
+        assert unknown.returncode == 1 and f"no job j{'0' * 20} in namespace" in unknown.stderr
+        assert "Traceback" not in refused.stderr + wrong.stderr + unknown.stderr

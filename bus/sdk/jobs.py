@@ -28,7 +28,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from rich.progress import Progress
 
 from bus.connection import Bus
-from bus.errors import BusError, InvalidMessage
+from bus.errors import InvalidMessage, RequestRefused
 from bus.rpc import RpcClient
 from bus.sdk.protocol import Call, Outcome, decode_outcomes
 from bus.sdk.tally import JobTally, task_id
@@ -62,7 +62,7 @@ ENDED = frozenset({"done", "cancelled", "expired"})
 _POLL_S = 2.0
 
 
-class JobError(BusError):
+class JobError(RequestRefused):
     """A job request was refused, or the job is not there."""
 
 

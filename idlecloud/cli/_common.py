@@ -27,6 +27,7 @@ from bus.errors import (
     BusError,
     CredentialsRefused,
     PublishRefused,
+    RequestRefused,
     RpcTimeout,
     Unroutable,
 )
@@ -132,7 +133,7 @@ def run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return asyncio.run(factory())
     except (BrokerUnavailable, AuthUnavailable, RpcTimeout, Unroutable, DevServiceError) as error:
         fail(str(error), Exit.UNREACHABLE)
-    except (CredentialsRefused, PublishRefused) as error:
+    except (CredentialsRefused, PublishRefused, RequestRefused) as error:
         fail(str(error), Exit.REFUSED)
     except BusError as error:
         fail(str(error))
