@@ -90,8 +90,8 @@ __all__ = [
     "job_cancels_stream",
     "job_request_keys",
     "job_stream",
-    "jobs_prefix",
     "leader_queue",
+    "log_stream",
     "metrics_event_keys",
     "node_command_keys",
     "node_commands_queue",
@@ -103,6 +103,7 @@ __all__ = [
     "ns_events_exchange",
     "ns_results_exchange",
     "ns_tasks_exchange",
+    "ns_view_prefix",
     "owner_of",
     "presence_keys",
     "query_keys",
@@ -224,22 +225,26 @@ def result_queue(namespace: str, client_id: str) -> str:
 
 
 def job_stream(namespace: str, job_id: str) -> str:
-    """The stream a job's results are kept in: ``idlecloud.jobs.<ns>.<job id>``, bound to
-    the namespace's results exchange with the job's id as key (its calls' ``reply_to``).
-    The platform's name, so the namespace may read it (:func:`jobs_prefix`) but neither
-    delete, re-declare nor bind it."""
-    return f"{jobs_prefix(namespace)}.{job_id}"
+    """The stream a job's results are kept in, ``idlecloud.ns.<ns>.job.<job id>``, bound to
+    the namespace's results exchange with the job's id as key (its calls' ``reply_to``)."""
+    return f"{ns_view_prefix(namespace)}.job.{job_id}"
 
 
 def job_cancels_stream(namespace: str) -> str:
     """The stream of a namespace's cancelled job ids, which its workers read."""
-    return f"{jobs_prefix(namespace)}.cancels"
+    return f"{ns_view_prefix(namespace)}.cancels"
 
 
-def jobs_prefix(namespace: str) -> str:
-    """What a namespace's job streams are named under, ``idlecloud.jobs.<ns>``: the
-    platform's own names, which the namespace's users and replicas only read."""
-    return f"{_PLATFORM}.jobs.{namespace}"
+def log_stream(namespace: str) -> str:
+    """The stream of a namespace's replicas' output lines, ``idlecloud.ns.<ns>.logs``."""
+    return f"{ns_view_prefix(namespace)}.logs"
+
+
+def ns_view_prefix(namespace: str) -> str:
+    """What the platform keeps for a namespace to read is named under
+    ``idlecloud.ns.<ns>``: the platform's own names, so the namespace may read them (its
+    one scope there) but neither delete, re-declare, purge, bind nor write them."""
+    return f"{_PLATFORM}.ns.{namespace}"
 
 
 def ns_events_exchange(namespace: str) -> str:

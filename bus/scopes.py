@@ -8,7 +8,8 @@ needs only a handful of patterns:
 
 - user ``alice``: everything named ``ns.alice.*``, and publishing ``ns.alice.*`` keys
   through her door, the exchange ``ns.alice`` (deploy, scale, delete, jobs, questions);
-  reading her job streams ``idlecloud.jobs.alice.*``, which the platform declares.
+  reading what the platform keeps for her namespace, ``idlecloud.ns.alice.*`` (her jobs'
+  results, their cancellations, her replicas' output).
 - node ``edge``: everything named ``node.edge.*``, publishing ``node.edge.*`` keys
   through its door ``node.edge`` (heartbeat, presence, replica status, metrics), and
   binding its queue to ``node.edge.*`` commands.
@@ -17,7 +18,7 @@ needs only a handful of patterns:
   ``ns.alice.results`` and failed tasks to ``ns.alice.dead``; nothing else.
 - admin: every namespace's names and doors, its own ``idlecloud.admin.*`` names,
   ``idlecloud.admin.*`` keys through the admins' door ``idlecloud.admin``, and reading
-  ``idlecloud.events`` and every namespace's job streams.
+  ``idlecloud.events`` and what the platform keeps for every namespace.
 
 No role may write to a platform exchange (``idlecloud.*``) or the default exchange
 (``amq.default``), so no route a role declares (a dead-letter exchange, an alternate
@@ -95,10 +96,10 @@ def _owner_scopes(vhost: str, owner: Owner) -> tuple[Scope, ...]:
     )
 
 
-def _jobs_scope(vhost: str, namespace: str) -> Scope:
-    """Reading a namespace's job streams (its results, its cancellations): never writing,
-    binding or deleting them."""
-    return Scope("read", vhost, f"{names.jobs_prefix(namespace)}.*")
+def _view_scope(vhost: str, namespace: str) -> Scope:
+    """Reading what the platform keeps for a namespace (its jobs' results and
+    cancellations, its replicas' output): never writing, binding or deleting it."""
+    return Scope("read", vhost, f"{names.ns_view_prefix(namespace)}.*")
 
 
 def scopes_for(role: RoleName, subject: str, vhost: str, *, app: str = "") -> tuple[Scope, ...]:
@@ -114,7 +115,7 @@ def scopes_for(role: RoleName, subject: str, vhost: str, *, app: str = "") -> tu
         ValueError: for a replica without an app.
     """
     if role == "user":
-        return (*_owner_scopes(vhost, Owner.namespace(subject)), _jobs_scope(vhost, subject))
+        return (*_owner_scopes(vhost, Owner.namespace(subject)), _view_scope(vhost, subject))
     if role == "node":
         own = f"{Owner.node(subject).prefix}.*"
         return (
@@ -141,7 +142,7 @@ def scopes_for(role: RoleName, subject: str, vhost: str, *, app: str = "") -> tu
         Scope("write", vhost, admin_own, "*"),
         Scope("write", vhost, names.ADMIN_DOOR, admin_own),
         Scope("read", vhost, names.EVENTS_EXCHANGE, "*"),
-        _jobs_scope(vhost, "*"),
+        _view_scope(vhost, "*"),
     )
 
 

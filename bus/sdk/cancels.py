@@ -1,6 +1,6 @@
 """Which of a namespace's jobs are cancelled, as a worker learns it from the platform.
 
-The jobs service writes a cancelled job's id into ``idlecloud.jobs.<ns>.cancels``, a
+The jobs service writes a cancelled job's id into ``idlecloud.ns.<ns>.cancels``, a
 stream the namespace's workers may read and nobody but the platform may write. A worker
 reads it from the first entry before it takes a task, and on as it runs; a call whose
 ``reply_to`` is a cancelled job is acknowledged unstarted. Until the platform has declared

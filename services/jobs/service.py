@@ -2,7 +2,7 @@
 
 Theory of operation. A job's calls travel like any other (``ns.<ns>.tasks``, keyed by
 app) with the job's id as ``reply_to``, so their results land in the job's stream
-``idlecloud.jobs.<ns>.<job id>`` (:func:`bus.topology.job_stream_spec`), which only the
+``idlecloud.ns.<ns>.job.<job id>`` (:func:`bus.topology.job_stream_spec`), which only the
 platform declares and the namespace only reads. The leader, one request at a time:
 
 - **submit** admits a job whose id is new while the namespace stores less than its bound
@@ -11,7 +11,7 @@ platform declares and the namespace only reads. The leader, one request at a tim
 - **follow**: a :class:`bus.sdk.tally.JobTally` per open job counts first outcomes, failures,
   duplicates, stored bytes and the rate. A sealed job with an outcome for every call is
   journaled as ended (``JobEnded``, done) and no longer followed.
-- **cancel** writes the job's id into ``idlecloud.jobs.<ns>.cancels``; every worker of
+- **cancel** writes the job's id into ``idlecloud.ns.<ns>.cancels``; every worker of
   the namespace reads that stream and drops the job's calls unstarted from then on.
 - **delete** deletes the stream; **expire** (every ``sweep_s``) deletes the streams of
   jobs that ended more than ``retention_s`` ago and journals them as expired, so an
