@@ -44,6 +44,7 @@ from schemas import (
     KeysQuery,
     KeysReply,
     LeaderTookOver,
+    LogBatch,
     Message,
     MetricSample,
     NodeHeartbeat,
@@ -91,6 +92,7 @@ __all__ = [
     "job_request_keys",
     "job_stream",
     "leader_queue",
+    "log_batch_keys",
     "log_stream",
     "metrics_event_keys",
     "node_command_keys",
@@ -310,6 +312,7 @@ _NODE_EVENTS: dict[type[Message], str] = {
     NodePresence: "presence",
     ReplicaStatus: "replica",
     MetricSample: "metrics",
+    LogBatch: "logs",
 }
 _JOB_VERBS: dict[type[Message], str] = {
     JobSubmit: "submit",
@@ -347,6 +350,11 @@ def auth_request_keys() -> tuple[str, ...]:
 def job_request_keys() -> tuple[str, ...]:
     """The routing keys of the job requests and questions the jobs service answers."""
     return (_ns_key("*", "job", "*"), _ns_key("*", "query", "jobs"))
+
+
+def log_batch_keys() -> str:
+    """Every PC's batches of its replicas' output."""
+    return _node_key("*", _NODE_EVENTS[LogBatch])
 
 
 def query_keys() -> tuple[str, ...]:
@@ -404,7 +412,7 @@ def route(message: Message) -> Route:
             return Route(EVENTS_EXCHANGE, _ns_key(message.namespace, "jobs"))
         case StartReplica() | PauseReplica() | ResumeReplica() | StopReplica() | RenewToken():
             return Route(COMMANDS_EXCHANGE, _node_key(message.node, _NODE_VERBS[kind]))
-        case NodeHeartbeat() | NodePresence() | ReplicaStatus() | MetricSample():
+        case NodeHeartbeat() | NodePresence() | ReplicaStatus() | MetricSample() | LogBatch():
             return Route(door(message.owner()), _node_key(message.node, _NODE_EVENTS[kind]))
         case QuotaSet():
             return Route(ADMIN_DOOR, _admin_key("quota", message.namespace))

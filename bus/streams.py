@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
@@ -33,9 +34,10 @@ class StreamTail:
         spec: QueueSpec,
         handle: Callable[[int, AbstractIncomingMessage], None],
         *,
-        start: int | str = "first",
+        start: int | str | datetime = "first",
     ) -> None:
-        """Read ``spec``'s stream (declared passively) from offset ``start`` on."""
+        """Read ``spec``'s stream (declared passively) from ``start`` on: an offset,
+        ``first``, ``next``, or a time (from the first chunk written then)."""
         self.spec = spec
         self.next_offset = start if isinstance(start, int) else 0
         self._handle = handle

@@ -35,6 +35,8 @@ __all__ = [
     "DELIVERY_LIMIT",
     "JOURNAL",
     "JOURNAL_MAX_BYTES",
+    "LOG_STREAM_MAX_AGE",
+    "LOG_STREAM_MAX_BYTES",
     "TASK_DELIVERY_LIMIT",
     "QueueSpec",
     "cancels_spec",
@@ -43,6 +45,7 @@ __all__ = [
     "declare_namespace",
     "declare_platform",
     "job_stream_spec",
+    "log_stream_spec",
     "task_queue_spec",
 ]
 
@@ -202,6 +205,26 @@ def cancels_spec(namespace: str) -> QueueSpec:
             "x-queue-type": "stream",
             "x-max-length-bytes": CANCELS_MAX_BYTES,
             "x-stream-max-segment-size-bytes": CANCELS_MAX_BYTES // 4,
+        },
+    )
+
+
+#: A namespace's log stream keeps at most this many bytes and this long: whole segments
+#: (a quarter of it each) are dropped past either.
+LOG_STREAM_MAX_BYTES = 256 * 1024**2
+LOG_STREAM_MAX_AGE = "7D"
+
+
+def log_stream_spec(namespace: str) -> QueueSpec:
+    """A namespace's replicas' output: a stream the platform writes, bounded in size and age,
+    which the namespace (and admins) may read."""
+    return QueueSpec(
+        names.log_stream(namespace),
+        arguments={
+            "x-queue-type": "stream",
+            "x-max-length-bytes": LOG_STREAM_MAX_BYTES,
+            "x-max-age": LOG_STREAM_MAX_AGE,
+            "x-stream-max-segment-size-bytes": LOG_STREAM_MAX_BYTES // 4,
         },
     )
 

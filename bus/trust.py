@@ -30,6 +30,7 @@ from schemas import (
     JobsQuery,
     JobSubmit,
     KeysQuery,
+    LogBatch,
     Message,
     MetricSample,
     NodeHeartbeat,
@@ -64,7 +65,7 @@ _NAMESPACE_REQUESTS = (
     JobsQuery,
 )
 #: What a PC's agent sends about itself.
-_NODE_EVENTS = (NodeHeartbeat, NodePresence, ReplicaStatus, MetricSample)
+_NODE_EVENTS = (NodeHeartbeat, NodePresence, ReplicaStatus, MetricSample, LogBatch)
 #: What only an admin (or the platform) sends.
 _ADMIN_REQUESTS = (QuotaSet, CordonRequest, TokenIssue, TokenRevoke, NodesQuery, KeysQuery)
 

@@ -21,6 +21,7 @@ routing keys.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -43,6 +44,8 @@ from bus.trust import PLATFORM, Principal
 from nodeagent.epochs import EpochGuard, Verdict
 from nodeagent.input import InputSource
 from nodeagent.load import ForeignLoadSource
+from nodeagent.loglimit import LogLimits
+from nodeagent.logship import LogShipper
 from nodeagent.policy import Action, Decision, Observation, PolicySettings, PresencePolicy
 from nodeagent.reports import heartbeat, metric_sample
 from nodeagent.runtime import Runtime
@@ -122,6 +125,8 @@ class AgentSettings:
     input_dir: Path = Path("/dev/input")
     #: The broker URL replicas are given (no credentials: they use their token).
     replica_url: str = REPLICA_BROKER_URL
+    #: How much of each replica's output is shipped to the platform, and kept here.
+    log_limits: LogLimits = field(default_factory=LogLimits)
 
     @property
     def allocatable(self) -> Amount:
@@ -168,6 +173,7 @@ class Agent:
         self._epochs = EpochGuard()
         self._seq = 0
         self._bus: Bus | None = None
+        self._logs: LogShipper | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._commands = Consumer(
@@ -199,6 +205,9 @@ class Agent:
         its PC's door itself; with a node key, the auth service did when it traded the key.
         """
         self._bus = bus
+        self._logs = LogShipper(self.settings.node, self.runtime,
+                                functools.partial(bus.publish, timeout_s=5.0),
+                                self.settings.log_limits)  # fmt: skip
         if Principal.from_user_id(bus.user_name) == PLATFORM:
             channel = await bus.channel()
             await declare_door(channel, Owner.node(self.settings.node))
@@ -220,6 +229,8 @@ class Agent:
         if self._timer is not None:
             self._timer.cancel()
         await self._commands.stop(grace_s)
+        if self._logs is not None:
+            await self._logs.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -459,4 +470,6 @@ class Agent:
                 settings.node, self._seq, settings.capacity, settings.allocatable,
                 self._presence(), replicas, settings.labels, self.runtime.name,
             ))  # fmt: skip
+            if self._logs is not None:  # after the heartbeat that tells the platform of them
+                self._logs.sync(replicas)
             await asyncio.sleep(settings.heartbeat_s)

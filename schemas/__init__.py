@@ -61,6 +61,7 @@ from schemas.jobs import (
     SnapshotJob,
 )
 from schemas.journal import JournalMarker, JournalSnapshot, LeaderTookOver, SnapshotApp
+from schemas.logs import MAX_LINE_CHARS, LogBatch, LogLine
 from schemas.node import (
     MetricSample,
     NodeHeartbeat,
@@ -102,6 +103,7 @@ from schemas.resources import (
 
 __all__ = [
     "MAX_CPU_MILLICORES",
+    "MAX_LINE_CHARS",
     "MAX_MEMORY_MIB",
     "MESSAGES",
     "SCHEMA_HEADER",
@@ -138,6 +140,8 @@ __all__ = [
     "KeysQuery",
     "KeysReply",
     "LeaderTookOver",
+    "LogBatch",
+    "LogLine",
     "Message",
     "MetricSample",
     "NamespaceName",

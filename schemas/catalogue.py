@@ -21,6 +21,7 @@ from schemas.commands import PauseReplica, RenewToken, ResumeReplica, StartRepli
 from schemas.events import BridgeStatus, CordonChanged, DeploymentStatus, QuotaChanged
 from schemas.jobs import JobCancel, JobDelete, JobEnded, JobSeal, JobsQuery, JobsReply, JobSubmit
 from schemas.journal import JournalMarker, JournalSnapshot, LeaderTookOver
+from schemas.logs import LogBatch
 from schemas.node import MetricSample, NodeHeartbeat, NodePresence, ReplicaStatus
 from schemas.queries import AppsQuery, AppsReply, NodesQuery, NodesReply
 from schemas.requests import (
@@ -86,6 +87,7 @@ MESSAGES: tuple[type[Message], ...] = (
     JobEnded,
     JobsQuery,
     JobsReply,
+    LogBatch,
     CordonChanged,
     BridgeStatus,
 )

@@ -11,7 +11,7 @@ import typer
 from pydantic import ValidationError
 
 from bus.service import configure_logging
-from idlecloud.cli import agent, auth, control, events, job, platform, report, sim, worker
+from idlecloud.cli import agent, auth, control, events, job, logs, platform, report, sim, worker
 from idlecloud.cli._common import describe, fail
 from nodeagent.load import PLATFORM_MARKER
 
@@ -56,6 +56,7 @@ def _options(
 platform.register(app)
 control.register(app)
 events.register(app)
+logs.register(app)
 auth.register(app)
 report.register(app)
 worker.register(app)

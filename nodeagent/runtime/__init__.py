@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from nodeagent.runtime.output import Output
     from nodeagent.runtime.spec import ReplicaInfo, ReplicaSpec
 
 __all__ = ["DOCKER_NETWORK", "DOCKER_USER", "Runtime"]
@@ -47,6 +48,10 @@ class Runtime(Protocol):
         ``with_usage`` also measures CPU and memory use (slower: heartbeats ask for it,
         the pause on a person's arrival does not).
         """
+
+    async def read_output(self, replica_id: str, position: int, bound_bytes: int) -> Output:
+        """What the replica printed since ``position`` (0 at first; then what the last
+        read returned), keeping its local copy within ``bound_bytes`` where it can."""
 
     async def close(self) -> None:
         """Release what the runtime holds (connections); replicas keep running."""

@@ -51,6 +51,7 @@ import psutil
 from nodeagent.load import PLATFORM_MARKER
 from nodeagent.runtime.cgroup import Cgroup, Mounts
 from nodeagent.runtime.identity import Identities, Identity, become
+from nodeagent.runtime.output import Output, read_file_output
 from nodeagent.runtime.spec import CpuMeter, ReplicaInfo, ReplicaSpec, StartCancelled, StartFailed
 from nodeagent.tokens import TOKEN_FILE_ENV, hand_over
 from schemas import ZERO, Amount, ReplicaState
@@ -496,6 +497,11 @@ class ProcessRuntime:
         for pidfd in list(self._watched):
             self._unwatch(pidfd)
         self._spawner.shutdown(wait=False)
+
+    async def read_output(self, replica_id: str, position: int, bound_bytes: int) -> Output:
+        return await asyncio.to_thread(
+            read_file_output, self._log_path(replica_id), position, bound_bytes
+        )
 
     def _log_tail(self, replica_id: str) -> tuple[str, ...]:
         try:

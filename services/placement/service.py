@@ -47,6 +47,7 @@ from schemas import (
 )
 from schemas.journal import Entry
 from services.base import ControlService
+from services.placement.logs import LogRelay
 from services.placement.reconciler import (
     AppStatus,
     Plan,
@@ -112,6 +113,7 @@ class Placement(ControlService):
             self._on_event,
             prefetch=500,
         )
+        self._logs = LogRelay(self.registry, clock=clock)
         self._queries: RpcServer[Query] = RpcServer(
             QueueSpec.quorum(
                 names.service_queue(self.name, "queries"),
@@ -129,7 +131,7 @@ class Placement(ControlService):
         await self._events.stop(grace_s)
 
     def leader_queues(self) -> tuple[QueueSpec, ...]:
-        return (self._queries.spec,)
+        return (self._queries.spec, self._logs.spec)
 
     async def lead(self, epoch: int) -> None:
         self._epoch = epoch
@@ -139,12 +141,14 @@ class Placement(ControlService):
             self._tokens = ReplicaTokens(await RpcClient(self.bus, Owner.platform()).start())
         self.while_leading("reconciler", self._reconcile_loop)
         await self._queries.start(self.bus)
+        await self._logs.start(self.bus)
 
     async def step_down(self) -> None:
         if self._tokens is not None:
             await self._tokens.stop()
             self._tokens = None
         await self._queries.stop(5.0)
+        await self._logs.stop(5.0)
 
     def applied(self, _entry: Entry) -> None:
         self._wake.set()
