@@ -28,7 +28,7 @@ from schemas import LogBatch, LogLine, utc_now
 __all__ = ["read_logs"]
 
 #: A follower whose namespace has no log stream yet looks again this often.
-_RETRY_S = 1.0
+_RETRY_S = 0.2
 
 
 async def read_logs(

@@ -21,6 +21,7 @@ routing keys.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -174,6 +175,7 @@ class Agent:
         self._seq = 0
         self._bus: Bus | None = None
         self._logs: LogShipper | None = None
+        self._beat_now = asyncio.Event()  # a replica started: heartbeat before the period ends
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._commands = Consumer(
@@ -372,6 +374,7 @@ class Agent:
                 del self._starting[command.replica_id]
                 settled.set_result(None)
         await self._publish_status(command.replica_id, command.namespace, command.app, outcome)
+        self._beat_now.set()  # the platform hears of it, and its output is followed, at once
 
     async def _run(self, command: StartReplica) -> _Outcome:
         """Start the replica; paused at once if a person arrived while it started."""
@@ -472,4 +475,6 @@ class Agent:
             ))  # fmt: skip
             if self._logs is not None:  # after the heartbeat that tells the platform of them
                 self._logs.sync(replicas)
-            await asyncio.sleep(settings.heartbeat_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._beat_now.wait(), settings.heartbeat_s)
+            self._beat_now.clear()
