@@ -125,7 +125,7 @@ async def test_the_openapi_document_is_served_and_names_every_route(rig: Rig) ->
         "/v1/namespaces/{namespace}/events", "/v1/pcs", "/v1/pcs/events",
         "/v1/pcs/{node}/{action}", "/v1/session", "/v1/namespaces/{namespace}/jobs",
         "/v1/namespaces/{namespace}/jobs/{job}", "/v1/namespaces/{namespace}/jobs/{job}/results",
-        "/v1/namespaces/{namespace}/jobs/{job}/cancel",
+        "/v1/namespaces/{namespace}/jobs/{job}/cancel", "/v1/namespaces/{namespace}/logs",
     }  # fmt: skip
     body = document["components"]["schemas"]["DeploymentBody"]
     assert "request_id" not in body["properties"] and "image" in body["required"]
@@ -254,3 +254,31 @@ async def test_alice_submits_reads_and_deletes_a_job_over_http_and_bob_cannot_to
         assert status == 200 and listed["jobs"] == []
         assert (await alice.call("DELETE", job))[0] == 200
         assert (await alice.call("GET", job))[0] == 404
+
+
+async def test_alice_reads_her_replicas_last_lines_and_bob_cannot(rig: Rig) -> None:
+    """``GET …/logs`` answers the last lines an app's replicas printed, read on the
+    caller's own connection; Bob's key is refused at Alice's path and sees nothing of hers
+    at his own."""
+    talker = (sys.executable, "-u", "-c", "import time\nfor i in range(10**6):\n"
+              "    print(f'line {i}')\n    time.sleep(0.1)")  # fmt: skip
+    assert (await rig.plane.deploy("alice", "talker", 1, command=talker)).accepted
+    async with aiohttp.ClientSession() as http:
+        alice = Api(http, rig.base, rig.mint("user", "alice"))
+        bob = Api(http, rig.base, rig.mint("user", "bob"))
+        lines: list[dict[str, Any]] = []
+        for _ in range(100):
+            status, lines = await alice.call("GET", "/v1/namespaces/alice/logs?app=talker&tail=5")
+            assert status == 200, lines
+            if len(lines) == 5:
+                break
+            await asyncio.sleep(0.3)
+        assert [line["app"] for line in lines] == ["talker"] * 5
+        numbers = [int(line["text"].split()[1]) for line in lines]
+        assert numbers == list(range(numbers[0], numbers[0] + 5))  # the last five, in order
+        status, _ = await bob.call("GET", "/v1/namespaces/alice/logs?app=talker")
+        assert status == 403
+        status, his = await bob.call("GET", "/v1/namespaces/bob/logs?since=1h")
+        assert (status, his) == (200, [])
+        status, wrong = await alice.call("GET", "/v1/namespaces/alice/logs?since=yesterday")
+        assert status == 422 and "30s, 10m, 2h or 7d" in wrong["error"]

@@ -3,6 +3,7 @@ handlers answer and read, and what its OpenAPI document describes, from one defi
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints
@@ -15,6 +16,7 @@ __all__ = [
     "ApiError",
     "JobBody",
     "JobResult",
+    "LogEntry",
     "LoggedOut",
     "Quota",
     "ScaleBody",
@@ -95,3 +97,14 @@ class JobResult(WireModel):
     value: Any = None
     value_base64: str | None = None
     error: str | None = None
+
+
+class LogEntry(WireModel):
+    """One line a replica printed (``platform``: a line its PC wrote about it)."""
+
+    at: datetime
+    app: AppId
+    replica: str
+    node: str
+    stream: str
+    text: str

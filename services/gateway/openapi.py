@@ -15,11 +15,13 @@ from pydantic import BaseModel
 from schemas import AppView, DeployRequest, JobsReply, JobView, NodeView
 from schemas.base import DNS_LABEL_PATTERN
 from schemas.jobs import JOB_ID_PATTERN
+from services.gateway.logs import MAX_LOG_LINES, SPAN_PATTERN
 from services.gateway.models import (
     Accepted,
     ApiError,
     JobBody,
     JobResult,
+    LogEntry,
     LoggedOut,
     Quota,
     ScaleBody,
@@ -40,6 +42,13 @@ _PARAMETERS: dict[str, dict[str, Any]] = {
     "job": {"type": "string", "pattern": JOB_ID_PATTERN},
     "action": {"type": "string", "enum": ["cordon", "uncordon", "drain"]},
 }
+#: Every query parameter the routes use, and what it may be.
+_QUERY: dict[str, dict[str, Any]] = {
+    "app": _LABEL,
+    "replica": _LABEL,
+    "since": {"type": "string", "pattern": SPAN_PATTERN, "default": "10m"},
+    "tail": {"type": "integer", "minimum": 0, "maximum": MAX_LOG_LINES, "default": 100},
+}
 #: Each component: its model, and whether requests send it or answers hold it.
 _MODELS: dict[str, tuple[type[BaseModel], Literal["validation", "serialization"]]] = {
     "AppView": (AppView, "serialization"),
@@ -52,6 +61,7 @@ _MODELS: dict[str, tuple[type[BaseModel], Literal["validation", "serialization"]
     "Jobs": (JobsReply, "serialization"),
     "JobView": (JobView, "serialization"),
     "JobResult": (JobResult, "serialization"),
+    "LogEntry": (LogEntry, "serialization"),
     "JobBody": (JobBody, "validation"),
     "ScaleBody": (ScaleBody, "validation"),
     "SessionBody": (SessionBody, "validation"),
@@ -80,11 +90,12 @@ def _operation(op: Operation) -> dict[str, Any]:
         "operationId": op.handler.strip("_"),
         "responses": {str(answer.status): _answer(answer) for answer in op.answers},
     }
-    if names:
-        document["parameters"] = [
-            {"name": name, "in": "path", "required": True, "schema": _PARAMETERS[name]}
-            for name in names
-        ]
+    parameters = [
+        {"name": name, "in": "path", "required": True, "schema": _PARAMETERS[name]}
+        for name in names
+    ] + [{"name": name, "in": "query", "schema": _QUERY[name]} for name in op.query]
+    if parameters:
+        document["parameters"] = parameters
     if op.body is not None:
         document["requestBody"] = {
             "required": True, "content": {"application/json": {"schema": _ref(op.body)}},

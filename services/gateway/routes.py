@@ -46,6 +46,7 @@ class Operation:
     answers: tuple[Answer, ...]
     body: str | None = None  # the request body's component, if it takes one
     public: bool = False  # needs no credential
+    query: tuple[str, ...] = ()  # the query parameters it takes (all optional)
 
 
 #: Any authenticated call: a missing, forged, expired or revoked key.
@@ -108,6 +109,11 @@ ROUTES: tuple[Operation, ...] = (
                Answer(409, "refused: the job is done or expired"), _AWAY)),
     Operation("DELETE", _JOB, "_delete_job", "Delete a job and its stored results",
               (_ACCEPTED, *CALLER_ERRORS, *NAMED_ERRORS, _AWAY)),
+    Operation("GET", f"{_NS}/logs", "_logs",
+              "What the namespace's replicas printed (the last lines kept since a time)",
+              (Answer(200, "the lines, oldest first", "[LogEntry]"), *CALLER_ERRORS,
+               *NAMED_ERRORS, Answer(422, "a query parameter is not valid"), _AWAY),
+              query=("app", "replica", "since", "tail")),
     Operation("GET", "/v1/pcs", "_nodes", "The PCs",
               (Answer(200, "every PC", "[NodeView]"), *CALLER_ERRORS, _AWAY)),
     Operation("GET", "/v1/pcs/events", "_node_events", "PCs' presence and cordons, live (SSE)",

@@ -54,6 +54,7 @@ from schemas.journal import Entry
 from services.gateway.auth import Caller, identify
 from services.gateway.bodies import invalid_body, json_error, json_object
 from services.gateway.jobs import JobRoutes
+from services.gateway.logs import LogRoutes
 from services.gateway.models import Accepted, Quota
 from services.gateway.openapi import openapi
 from services.gateway.page import (
@@ -98,7 +99,7 @@ class GatewaySettings:
     auth_url: str = AUTH_URL
 
 
-class Gateway(JobRoutes):
+class Gateway(JobRoutes, LogRoutes):
     """The REST API; see the module's header."""
 
     name = "gateway"
