@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -222,3 +223,18 @@ async def test_the_page_shows_a_jobs_progress_and_cancels_it(
     await expect(bobs.locator("#jobs-empty")).to_be_visible(timeout=LIVE_S)
     await expect(bobs.locator("tr[data-job]")).to_have_count(0)
     await context.close()
+
+
+async def test_the_page_shows_an_apps_last_lines(rig: Rig, page: Page) -> None:
+    """Logs on an app's row shows what its replicas printed last, and follows it."""
+    talker = (sys.executable, "-u", "-c", "import time\nfor i in range(10**6):\n"
+              "    print(f'hello {i}')\n    time.sleep(0.2)")  # fmt: skip
+    assert (await rig.plane.deploy("alice", "talker", 1, command=talker)).accepted
+    await log_in(page, rig.base, rig.mint("user", "alice"))
+    row = page.locator('tr[data-app="talker"]')
+    await expect(row).to_be_visible(timeout=LIVE_S)
+    await row.get_by_role("button", name="Logs").click()
+    lines = page.locator("#logs-lines")
+    await expect(lines).to_contain_text("| hello 3", timeout=LIVE_S)
+    await expect(lines).to_contain_text("| hello 20", timeout=LIVE_S)  # it follows
+    await snapshot(page, "7-an-apps-last-lines")

@@ -203,7 +203,9 @@ function renderApps() {
       element("td", {}, scale,
         element("button", { type: "button", onclick: () => scaleApp(app.app, scale.value) }, "Scale"),
         " ",
-        element("button", { type: "button", onclick: () => deleteApp(app.app) }, "Delete")));
+        element("button", { type: "button", onclick: () => deleteApp(app.app) }, "Delete"),
+        " ",
+        element("button", { type: "button", onclick: () => showLogs(app.app) }, "Logs")));
   }));
 }
 
@@ -230,6 +232,27 @@ function renderJobs() {
   $("#jobs-stored").textContent = stored
     ? `${(stored.stored_bytes / 1048576).toFixed(1)} of ${(stored.stored_bytes_limit / 1048576).toFixed(0)} MiB of results stored; kept ${stored.retention_s / 86400} days after a job ends`
     : "";
+}
+
+// The last lines an app's replicas printed, asked again every 2 s while shown.
+let logsTimer = null;
+async function showLogs(app) {
+  clearInterval(logsTimer);
+  $("#logs").hidden = false;
+  $("#logs-app").textContent = app;
+  const fetchLines = async () => {
+    const { status, data } = await api("GET", `/v1/namespaces/${view.namespace}/logs?app=${app}&since=1h&tail=20`);
+    $("#logs-lines").textContent = status === 200
+      ? (data.length ? data.map((l) => `${l.at.slice(11, 19)} ${l.replica} | ${l.text}`).join("\n") : "(nothing printed in the last hour)")
+      : data?.error ?? `error ${status}`;
+  };
+  await fetchLines();
+  logsTimer = setInterval(fetchLines, 2000);
+}
+
+function hideLogs() {
+  clearInterval(logsTimer);
+  $("#logs").hidden = true;
 }
 
 async function cancelJob(jobId) {
@@ -354,6 +377,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#login-form").addEventListener("submit", logIn);
   $("#deploy-form").addEventListener("submit", deploy);
   $("#logout").addEventListener("click", logOut);
+  $("#logs-close").addEventListener("click", hideLogs);
   $("#ns-input").addEventListener("change", (event) => {
     localStorage.setItem("idlecloud-ns", event.target.value.trim());
     choose(event.target.value.trim());
