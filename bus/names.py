@@ -33,6 +33,7 @@ from schemas import (
     JobCancel,
     JobDelete,
     JobEnded,
+    JobForgotten,
     JobSeal,
     JobsQuery,
     JobsReply,
@@ -446,7 +447,14 @@ def route(message: Message) -> Route:
             return Route(REQUESTS_EXCHANGE, _admin_key("token", "replica"))
         case KeyReply() | KeysReply() | ReplicaTokenReply():  # RPC replies; as events, admin's
             return Route(EVENTS_EXCHANGE, _admin_key("keys"))
-        case LeaderTookOver() | JournalMarker() | JournalSnapshot() | KeyIssued() | JobEnded():
+        case (
+            LeaderTookOver()
+            | JournalMarker()
+            | JournalSnapshot()
+            | KeyIssued()
+            | JobEnded()
+            | JobForgotten()
+        ):
             return Route(DEFAULT_EXCHANGE, JOURNAL_STREAM)  # the control plane's own
     raise TypeError(f"no route is defined for {kind.__name__}")  # pragma: no cover
 

@@ -37,6 +37,7 @@ __all__ = [
     "JOURNAL_MAX_BYTES",
     "LOG_STREAM_MAX_AGE",
     "LOG_STREAM_MAX_BYTES",
+    "STREAM_READY_S",
     "TASK_DELIVERY_LIMIT",
     "QueueSpec",
     "cancels_spec",
@@ -44,6 +45,7 @@ __all__ = [
     "declare_door",
     "declare_namespace",
     "declare_platform",
+    "declare_stream",
     "job_stream_spec",
     "log_stream_spec",
     "task_queue_spec",
@@ -213,6 +215,30 @@ def cancels_spec(namespace: str) -> QueueSpec:
 #: (a quarter of it each) are dropped past either.
 LOG_STREAM_MAX_BYTES = 256 * 1024**2
 LOG_STREAM_MAX_AGE = "7D"
+
+
+#: RabbitMQ 3.10 answers a stream's declaration before the stream can take a message: one
+#: routed to it in the next few milliseconds crashes the publishing channel
+#: (``osiris_writer:write(none, …)``, a ``function_clause``), and with it the whole
+#: connection (541 INTERNAL_ERROR). A new stream is given this long before use.
+STREAM_READY_S = 0.5
+
+
+async def declare_stream(bus: Bus, spec: QueueSpec) -> bool:
+    """Declare a stream unless it exists; a new one is given :data:`STREAM_READY_S` before
+    this returns. True if it was new."""
+    channel = await bus.channel()
+    try:
+        await spec.declare(channel, passive=True)
+        return False
+    except aiormq.exceptions.ChannelNotFoundEntity:  # the broker closed the channel
+        channel = await bus.channel()
+        await spec.declare(channel)
+        await asyncio.sleep(STREAM_READY_S)
+        return True
+    finally:
+        if not channel.is_closed:
+            await channel.close()
 
 
 def log_stream_spec(namespace: str) -> QueueSpec:

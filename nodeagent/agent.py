@@ -384,6 +384,7 @@ class Agent:
             "IDLECLOUD_NAMESPACE": command.namespace,
             "IDLECLOUD_APP": command.app,
             "IDLECLOUD_REPLICA": command.replica_id,
+            "IDLECLOUD_NODE": self.settings.node,
         }
         spec = ReplicaSpec(
             command.replica_id,

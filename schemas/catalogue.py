@@ -19,7 +19,16 @@ from schemas.auth import (
 from schemas.base import Message
 from schemas.commands import PauseReplica, RenewToken, ResumeReplica, StartReplica, StopReplica
 from schemas.events import BridgeStatus, CordonChanged, DeploymentStatus, QuotaChanged
-from schemas.jobs import JobCancel, JobDelete, JobEnded, JobSeal, JobsQuery, JobsReply, JobSubmit
+from schemas.jobs import (
+    JobCancel,
+    JobDelete,
+    JobEnded,
+    JobForgotten,
+    JobSeal,
+    JobsQuery,
+    JobsReply,
+    JobSubmit,
+)
 from schemas.journal import JournalMarker, JournalSnapshot, LeaderTookOver
 from schemas.logs import LogBatch
 from schemas.node import MetricSample, NodeHeartbeat, NodePresence, ReplicaStatus
@@ -85,6 +94,7 @@ MESSAGES: tuple[type[Message], ...] = (
     JobCancel,
     JobDelete,
     JobEnded,
+    JobForgotten,
     JobsQuery,
     JobsReply,
     LogBatch,

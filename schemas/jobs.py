@@ -19,6 +19,7 @@ from schemas.base import (
     Count,
     NamespaceMessage,
     NamespaceName,
+    NodeName,
     PlatformMessage,
     Reason,
     RequestId,
@@ -31,6 +32,7 @@ __all__ = [
     "JobCancel",
     "JobDelete",
     "JobEnded",
+    "JobForgotten",
     "JobId",
     "JobSeal",
     "JobState",
@@ -52,8 +54,13 @@ JobId = Annotated[
 JobName = Annotated[str, StringConstraints(max_length=128)]
 TaskName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 #: submitting: not sealed yet; running: sealed, results outstanding; done: every call
-#: answered; cancelled: cut short by its owner; expired: its results are gone.
-JobState = Literal["submitting", "running", "done", "cancelled", "expired"]
+#: answered; cancelled: cut short by its owner; expired: its results are gone after the
+#: retention period; deleted: its owner deleted it (only its history stays).
+JobState = Literal["submitting", "running", "done", "cancelled", "expired", "deleted"]
+#: Who submitted a job, as the broker named the sender (``user:alice:<key id>``).
+Submitter = Annotated[str, StringConstraints(max_length=200)]
+#: The PCs a job's results came from.
+JobNodes = tuple[NodeName, ...]
 #: How many calls a job may have.
 TaskCount = Annotated[int, Field(ge=0, le=100_000_000)]
 
@@ -73,6 +80,9 @@ class JobSubmit(_JobRequest):
     name: JobName = ""
     total: TaskCount | None = None
     submitted_at: Timestamp
+    #: The sender's broker user name: the jobs service refuses a job whose submitter is
+    #: not who the broker says sent it.
+    submitter: Submitter
 
 
 class JobSeal(_JobRequest):
@@ -90,14 +100,15 @@ class JobCancel(_JobRequest):
 
 
 class JobDelete(_JobRequest):
-    """Delete a job and its stored results."""
+    """Delete a job's stored results; its record stays in the history."""
 
     schema_name = "JobDelete"
 
 
 class JobEnded(PlatformMessage):
     """The jobs service's record of a job's end: every call answered, cancelled by its
-    owner, or its results expired. The counts are as of then."""
+    owner, or its results expired. The counts, and the PCs its results came from, are as
+    of then."""
 
     schema_name = "JobEnded"
 
@@ -108,7 +119,17 @@ class JobEnded(PlatformMessage):
     failed: Count
     duplicates: Count
     stored_bytes: Count
+    nodes: JobNodes = Field(default=(), max_length=10_000)
     at: Timestamp
+
+
+class JobForgotten(PlatformMessage):
+    """A job's record is dropped: it ended longer ago than the history is kept."""
+
+    schema_name = "JobForgotten"
+
+    namespace: NamespaceName
+    job_id: JobId
 
 
 class JobsQuery(NamespaceMessage):
@@ -117,6 +138,8 @@ class JobsQuery(NamespaceMessage):
     schema_name = "JobsQuery"
 
     job_id: JobId | None = None
+    #: Jobs that ended since then, deleted ones too (the history), instead of the jobs kept.
+    ended_since: Timestamp | None = None
 
 
 class JobView(WireModel):
@@ -133,6 +156,8 @@ class JobView(WireModel):
     duplicates: Count = 0
     stored_bytes: Count = 0
     submitted_at: Timestamp
+    submitter: Submitter = ""
+    nodes: JobNodes = Field(default=(), max_length=10_000)
     ended_at: Timestamp | None = None
     #: When its results are deleted (a future time: not a :data:`Timestamp`).
     expires_at: AwareDatetime | None = None

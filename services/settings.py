@@ -74,6 +74,8 @@ class ServiceEnv(BaseSettings):
     #: namespace may keep (a new job is refused past it).
     job_retention_s: Annotated[float, Field(ge=60, le=10 * 365 * 86_400)] = 7 * 86_400
     job_max_stored_mib: Annotated[int, Field(ge=1, le=1024**2)] = 1024
+    #: How long an ended job's record stays in the history (``bus job history``).
+    job_history_s: Annotated[float, Field(ge=60, le=20 * 365 * 86_400)] = 180 * 86_400
     #: Give every replica a broker token of its own (a site with keys).
     replica_tokens: bool = False
     #: The Kubernetes namespaces whose pods the bridge may evict, comma-separated.

@@ -31,6 +31,7 @@ from schemas import (
     DeployRequest,
     JobDelete,
     JobEnded,
+    JobForgotten,
     JobSeal,
     JobSubmit,
     JobView,
@@ -160,12 +161,15 @@ class DesiredState:
                 self.keys[message.key.key_id] = message.key
             case TokenRevoke():
                 self.revoked.setdefault(message.key_id, entry.offset)
-            case JobSubmit() | JobSeal() | JobDelete() | JobEnded():
+            case JobSubmit() | JobSeal() | JobDelete() | JobEnded() | JobForgotten():
                 self._apply_job(message)
 
-    def _apply_job(self, message: JobSubmit | JobSeal | JobDelete | JobEnded) -> None:
-        """A job opens, is sealed, ends (done, cancelled, expired: the counts as of then)
-        or is deleted. A job ends once: a later end changes only an expiry."""
+    def _apply_job(
+        self, message: JobSubmit | JobSeal | JobDelete | JobEnded | JobForgotten
+    ) -> None:
+        """A job opens, is sealed, ends (done, cancelled, expired: the counts as of then),
+        is deleted (its record stays, for the history) or forgotten. A job ends once: a
+        later end changes only an expiry."""
         key = (message.namespace, message.job_id)
         job = self.jobs.get(key)
         match message:
@@ -174,16 +178,19 @@ class DesiredState:
                     job_id=message.job_id, name=message.name, app=message.app,
                     task=message.task, total=message.total, submitted_at=message.submitted_at,
                     state="submitting" if message.total is None else "running",
+                    submitter=message.submitter,
                 )  # fmt: skip
             case JobSeal() if job is not None and job.state == "submitting":
                 self.jobs[key] = job.model_copy(update={"state": "running", "total": message.total})
-            case JobDelete():
+            case JobDelete() if job is not None:  # its history stays
+                self.jobs[key] = job.model_copy(update={"state": "deleted", "stored_bytes": 0})
+            case JobForgotten():
                 self.jobs.pop(key, None)
             case JobEnded() if job is not None and (
                 message.state == "expired" or job.ended_at is None
             ):
                 counts = message.model_dump(
-                    include={"done", "failed", "duplicates", "stored_bytes"}
+                    include={"done", "failed", "duplicates", "stored_bytes", "nodes"}
                 )
                 self.jobs[key] = job.model_copy(update={
                     **counts, "state": message.state, "ended_at": job.ended_at or message.at,

@@ -18,6 +18,7 @@ from schemas import (
     JobCancel,
     JobDelete,
     JobEnded,
+    JobForgotten,
     JobSeal,
     JobsQuery,
     JobsReply,
@@ -31,6 +32,8 @@ from schemas import (
     KeysReply,
     KeyView,
     LeaderTookOver,
+    LogBatch,
+    LogLine,
     Message,
     MetricSample,
     NodeHeartbeat,
@@ -268,16 +271,22 @@ EXAMPLES: dict[type[Message], Message] = {
     ),
     JobSubmit: JobSubmit(
         request_id="req-0010", namespace="alice", job_id=JOB_ID, app="stereo", task="match",
-        name="night run", total=2000, submitted_at=AT,
+        name="night run", total=2000, submitted_at=AT, submitter="user:alice:k1",
     ),
     JobSeal: JobSeal(request_id="req-0011", namespace="alice", job_id=JOB_ID, total=2000),
     JobCancel: JobCancel(request_id="req-0012", namespace="alice", job_id=JOB_ID),
     JobDelete: JobDelete(request_id="req-0013", namespace="alice", job_id=JOB_ID),
     JobEnded: JobEnded(
         namespace="alice", job_id=JOB_ID, state="done", done=1998, failed=2, duplicates=5,
-        stored_bytes=180_000, at=AT,
+        stored_bytes=180_000, nodes=("edge", "ninja"), at=AT,
     ),
     JobsQuery: JobsQuery(namespace="alice", job_id=JOB_ID),
+    JobForgotten: JobForgotten(namespace="alice", job_id=JOB_ID),
+    LogBatch: LogBatch(
+        node="edge", replica_id="stereo-2-0a1b2c3d", namespace="alice", app="stereo", seq=0,
+        lines=(LogLine(at=AT, text="matched pair 7"),
+               LogLine(at=AT, stream="platform", text="[idlecloud] 3+ lines dropped")),
+    ),
     JobsReply: JobsReply(
         namespace="alice",
         jobs=(

@@ -8,7 +8,7 @@ from typing import Literal
 
 from bus.sdk.protocol import Outcome
 from bus.sdk.tally import RATE_WINDOW_S, JobTally, new_job_id, task_id, task_index
-from schemas import JobDelete, JobEnded, JobSeal, JobSubmit, Message, utc_now
+from schemas import JobDelete, JobEnded, JobForgotten, JobSeal, JobSubmit, Message, utc_now
 from schemas.jobs import JOB_ID_PATTERN
 from schemas.journal import Entry
 from services.state import DesiredState
@@ -25,7 +25,8 @@ def state_after(*messages: Message) -> DesiredState:
 
 def submit(total: int | None = None, request_id: str = "submit-1") -> JobSubmit:
     return JobSubmit(request_id=request_id, namespace="alice", job_id=JOB, app="stereo",
-                     task="match", name="night", total=total, submitted_at=utc_now())  # fmt: skip
+                     task="match", name="night", total=total, submitted_at=utc_now(),
+                     submitter="user:alice:k1")  # fmt: skip
 
 
 def ended(state: Literal["done", "cancelled", "expired"], done: int = 0) -> JobEnded:
@@ -50,10 +51,16 @@ def test_a_job_opens_is_sealed_and_ends_once() -> None:
     assert job.ended_at - first_end < timedelta(seconds=1)  # the end it had, not the expiry
 
 
-def test_a_repeated_submit_changes_nothing_and_delete_forgets_the_job() -> None:
+def test_a_repeated_submit_changes_nothing_and_a_deleted_job_stays_in_the_history() -> None:
     state = state_after(submit(10), ended("done", 10), submit(10))
     assert state.jobs[("alice", JOB)].state == "done"
-    state = state_after(submit(10), JobDelete(request_id="delete-1", namespace="alice", job_id=JOB))
+    deleted = JobDelete(request_id="delete-1", namespace="alice", job_id=JOB)
+    state = state_after(submit(10), ended("done", 10), deleted)
+    job = state.jobs[("alice", JOB)]
+    assert (job.state, job.done, job.stored_bytes, job.submitter) == (
+        "deleted", 10, 0, "user:alice:k1"
+    )  # fmt: skip
+    state = state_after(submit(10), deleted, JobForgotten(namespace="alice", job_id=JOB))
     assert state.jobs == {}
 
 

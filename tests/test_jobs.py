@@ -194,8 +194,10 @@ async def test_an_expired_job_says_so_and_a_namespace_over_its_bound_is_refused(
         again = await client.submit_job(app.tasks["square"], range(10))  # expired: not counted
         assert (await again.status()).state == "running"
         await again.delete()
-        with pytest.raises(JobError, match="no job"):
-            await again.status()
+        assert (await again.status()).state == "deleted"  # its history stays
+        with pytest.raises(JobError, match="deleted"):
+            await read_all(again.results())
+        assert [view.job_id for view in service.reply(namespace).jobs] == [job.job_id]
 
 
 async def read_stream(bus: Bus, spec: QueueSpec) -> None:
@@ -323,7 +325,25 @@ async def test_a_job_outlives_its_submitter_lost_pcs_a_person_and_a_broker_resta
         assert all(line["ok"] and line["value"] == line["index"] ** 2 for line in lines)
         view = service.reply("alice", job_id).jobs[0]
         assert (view.done, view.failed, view.name) == (2000, 0, "overnight")
-        print(f"2,000 results read back once each; {view.duplicates} calls ran twice")
+        history = await asyncio.to_thread(bus_cli, "job", "history", "-n", "alice", "--json",
+                                          url=plane.url)  # fmt: skip
+        (ended,) = json.loads(history.stdout)["jobs"]
+        assert (ended["job_id"], ended["state"], ended["done"]) == (job_id, "done", 2000)
+        assert ended["submitter"] == "guest"  # the development broker's user
+        assert len(ended["nodes"]) >= 2 and set(ended["nodes"]) <= {pc.name for pc in pcs}
+        await service.stop(1.0)  # the history outlives the service too: a new one replays it
+        fresh = JobsService(JobSettings(), retry_s=0.2)
+        await fresh.start(plane.bus)
+        try:
+            await wait_until(lambda: fresh.leadership.leading, 20, "the new jobs service")
+            replayed = fresh.reply("alice", job_id).jobs[0]
+            assert replayed.model_dump(exclude={"rate_per_s"}) == view.model_dump(
+                exclude={"rate_per_s"}
+            )  # fmt: skip
+        finally:
+            await fresh.stop(1.0)
+        print(f"2,000 results read back once each; {view.duplicates} calls ran twice; "
+              f"PCs {ended['nodes']}")  # fmt: skip
 
 
 async def test_the_job_commands_take_a_generator_and_explain_bad_input(

@@ -54,8 +54,11 @@ class _Gathering:
 class ResultBatcher:
     """Sends the outcomes bound for each client together, once per loop turn."""
 
-    def __init__(self, bus: Bus, namespace: str, *, max_outcomes: int = 1000) -> None:
+    def __init__(
+        self, bus: Bus, namespace: str, *, node: str | None = None, max_outcomes: int = 1000
+    ) -> None:
         self._bus = bus
+        self._node = node
         self._exchange = names.ns_results_exchange(namespace)
         self._max_outcomes = max_outcomes
         self._gathering: dict[str, _Gathering] = {}
@@ -85,7 +88,8 @@ class ResultBatcher:
 
     async def _publish(self, reply_to: str, gathering: _Gathering) -> None:
         try:
-            body, properties = encode_outcomes(gathering.outcomes, gathering.outcomes[0].task_id)
+            first = gathering.outcomes[0].task_id
+            body, properties = encode_outcomes(gathering.outcomes, first, self._node)
             await self._bus.publish_raw(names.Route(self._exchange, reply_to), body, properties)
         except BaseException as error:
             gathering.sent.set_exception(error)

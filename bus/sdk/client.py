@@ -319,6 +319,7 @@ class TaskClient:
         await job.request(JobSubmit(
             namespace=namespace, request_id=uuid.uuid4().hex[:16], job_id=job.job_id,
             app=self.app.app, task=task.name, name=name, total=total, submitted_at=utc_now(),
+            submitter=self._bus.user_name,
         ))  # fmt: skip
         show = sys.stderr.isatty() if progress is None else progress
         with Progress(disable=not show) as bar:

@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 #: States in which a job will get no more results.
-ENDED = frozenset({"done", "cancelled", "expired"})
+ENDED = frozenset({"done", "cancelled", "expired", "deleted"})
 #: How often a waiting reader asks the jobs service whether the job moved on.
 _POLL_S = 2.0
 
@@ -177,6 +177,8 @@ class Job:
             JobError: the namespace has no such job.
         """
         view = await self.status()
+        if view.state == "deleted":
+            raise JobError(f"job {self.job_id} was deleted: only its history is kept")
         if view.state == "expired":
             raise JobExpired(
                 f"job {self.job_id} expired at {_when(view.ended_at)}: its results were "

@@ -27,6 +27,7 @@ __all__ = [
     "BYTES",
     "JSON",
     "MAX_TASK_BODY_BYTES",
+    "NODE_HEADER",
     "STATUS_HEADER",
     "TASK_HEADER",
     "Call",
@@ -46,6 +47,8 @@ BYTES = "application/octet-stream"
 BATCH = "application/vnd.idlecloud.batch+json"
 TASK_HEADER = "idlecloud-task"
 STATUS_HEADER = "idlecloud-status"
+#: The PC a result was computed on (a job's history lists them).
+NODE_HEADER = "idlecloud-node"
 #: Task bodies may carry data (image tiles), so they may be larger than control messages.
 MAX_TASK_BODY_BYTES = 64 * 1024 * 1024
 _PERSISTENT = 2
@@ -166,15 +169,16 @@ def decode_calls(body: bytes, content_type: str | None, message_id: str | None) 
 
 
 def encode_outcomes(
-    outcomes: Sequence[Outcome], correlation_id: str
+    outcomes: Sequence[Outcome], correlation_id: str, node: str | None = None
 ) -> tuple[bytes, Basic.Properties]:
     """The result message for ``outcomes``: raw bytes for one call that returned bytes.
+    ``node``: the PC the worker runs on, when the platform said (``IDLECLOUD_NODE``).
 
     A value that cannot be written as JSON (bytes among several outcomes included) turns
     into a failure of its call saying so; this never raises.
     """
     status = "ok" if all(o.ok for o in outcomes) else "error"
-    headers = {STATUS_HEADER: status}
+    headers = {STATUS_HEADER: status} | ({NODE_HEADER: node[:63]} if node else {})
     single = outcomes[0]
     if len(outcomes) == 1 and single.ok and isinstance(single.value, bytes | bytearray):
         return bytes(single.value), _properties(

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 
 from bus.sdk.protocol import Outcome
 
-__all__ = ["RATE_WINDOW_S", "JobTally", "new_job_id", "task_id", "task_index"]
+__all__ = ["MAX_NODES", "RATE_WINDOW_S", "JobTally", "new_job_id", "task_id", "task_index"]
 
+#: A tally names at most this many PCs.
+MAX_NODES = 10_000
 #: The rate of results is measured over this many most recent seconds.
 RATE_WINDOW_S = 60.0
 
@@ -49,6 +51,8 @@ class JobTally:
     #: Outcomes whose id is not one of this job's calls (a foreign or forged result).
     foreign: int = 0
     stored_bytes: int = 0
+    #: The PCs its results came from (at most :data:`MAX_NODES`).
+    nodes: set[str] = field(default_factory=set)
     _seen: bytearray = field(default_factory=bytearray, repr=False)
     _arrivals: deque[float] = field(default_factory=deque, repr=False)
     _first_s: float | None = field(default=None, repr=False)
@@ -59,7 +63,7 @@ class JobTally:
         return self.done + self.failed
 
     def add(
-        self, outcomes: list[Outcome], size_bytes: int, now_s: float
+        self, outcomes: list[Outcome], size_bytes: int, now_s: float, node: str | None = None
     ) -> list[tuple[int, Outcome]]:
         """Count one result message; return the calls it answered first, by index.
 
@@ -67,8 +71,11 @@ class JobTally:
             outcomes: what the message carried.
             size_bytes: its body's size, for the stored-bytes count.
             now_s: a monotonic time, for the rate.
+            node: the PC it was computed on, if its worker said.
         """
         self.stored_bytes += size_bytes
+        if node and len(self.nodes) < MAX_NODES:
+            self.nodes.add(node)
         first = []
         for outcome in outcomes:
             index = task_index(self.job_id, outcome.task_id)

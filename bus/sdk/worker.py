@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,7 +46,10 @@ from bus.sdk.protocol import (
 )
 from bus.topology import declare_app, task_queue_spec
 
-__all__ = ["MAX_CHILD_DEATHS", "Worker"]
+__all__ = ["MAX_CHILD_DEATHS", "NODE_ENV", "Worker"]
+
+#: The PC a replica runs on, as its agent says.
+NODE_ENV = "IDLECLOUD_NODE"
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +86,7 @@ class Worker(QueueConsumer):
         self._threads = asyncio.Semaphore(concurrency)
         self._acks = AckBatcher()
         self._cancelled = CancelledJobs(app.namespace)
+        self._node = os.environ.get(NODE_ENV)  # on a PC of the platform: which one
         #: Calls of cancelled jobs acknowledged unstarted.
         self.skipped = 0
 
@@ -91,7 +96,7 @@ class Worker(QueueConsumer):
         A replica's token may read its task queue but not declare it: then the platform
         has declared it, and the worker only checks that it exists.
         """
-        self._results = ResultBatcher(bus, self.app.namespace)
+        self._results = ResultBatcher(bus, self.app.namespace, node=self._node)
         channel = await bus.channel()
         try:
             await declare_app(channel, self.app.namespace, self.app.app)
@@ -203,7 +208,7 @@ class Worker(QueueConsumer):
         if len(outcomes) > 1 or not single.ok or not isinstance(single.value, bytes | bytearray):
             await self._results.send(incoming.reply_to, outcomes)
             return
-        body, properties = encode_outcomes(outcomes, incoming.message_id)
+        body, properties = encode_outcomes(outcomes, incoming.message_id, self._node)
         route = names.Route(names.ns_results_exchange(self.app.namespace), incoming.reply_to)
         await self.bus.publish_raw(route, body, properties)
 

@@ -358,6 +358,14 @@ def up(
             help="MiB of job results a namespace may keep.",
         ),
     ] = 1024,
+    job_history_s: Annotated[
+        float,
+        typer.Option(
+            min=60,
+            envvar="IDLECLOUD_JOB_HISTORY_S",
+            help="Seconds an ended job's record stays in the history.",
+        ),
+    ] = 180 * 86_400,
 ) -> None:
     """Run every control-plane service in one process (small sites, demos) until SIGTERM."""
     from services.auth.service import AuthService, AuthSettings
@@ -373,7 +381,9 @@ def up(
     services: list[Service] = [
         QuotaManager(),
         Placement(PlacementSettings(replica_tokens=with_keys)),
-        JobsService(JobSettings(job_retention_s, job_max_stored_mib * 1024**2)),
+        JobsService(
+            JobSettings(job_retention_s, job_max_stored_mib * 1024**2, history_s=job_history_s)
+        ),
     ]
     if auth_key_file is not None:
         if not auth_key_file.is_file():

@@ -31,8 +31,9 @@ from idlecloud.cli._common import (
     run_async,
     table,
 )
+from idlecloud.cli.logs import parse_span
 from idlecloud.cli.session import ask, connect
-from schemas import JobsQuery, JobsReply, JobView, Owner
+from schemas import JobsQuery, JobsReply, JobView, Owner, utc_now
 from schemas.jobs import JOB_ID_PATTERN
 
 __all__ = ["job_app"]
@@ -306,6 +307,33 @@ def delete(
     """Delete a job and its stored results."""
     _request("delete", url, namespace, _checked(job_id))
     console.print(f"{job_id}: deleted")
+
+
+@job_app.command("history")
+def history(
+    namespace: NamespaceOption = "default",
+    since: Annotated[str, typer.Option(help="Ended within: 30s, 10m, 2h, 30d.")] = "30d",
+    url: UrlOption = BROKER_URL,
+    as_json: JsonOption = False,
+) -> None:
+    """Jobs that ended (done, cancelled, expired or deleted): who, what, when, where."""
+    try:
+        start = utc_now() - parse_span(since)
+    except typer.BadParameter as error:
+        fail(f"--since {error}")
+    query = JobsQuery(namespace=namespace, ended_since=start)
+    reply = ask(url, Owner.namespace(namespace), query, JobsReply)
+    if as_json:
+        print_json(reply.model_dump(mode="json"))
+        return
+    shown = table("job", "name", "app", "by", "state", "ended", "done", "failed", "ran twice",
+                  "PCs")  # fmt: skip
+    for view in reply.jobs:
+        ended = f"{view.ended_at:%Y-%m-%d %H:%M}" if view.ended_at else "—"
+        shown.add_row(view.job_id, view.name, f"{view.app}.{view.task}", view.submitter,
+                      view.state, ended, str(view.done), str(view.failed),
+                      str(view.duplicates), ", ".join(view.nodes) or "—")  # fmt: skip
+    console.print(shown)
 
 
 @job_app.command("list")

@@ -6,4 +6,5 @@ from services.jobs.service import JobSettings, JobsService
 if __name__ == "__main__":
     run_services("jobs", lambda env: JobsService(JobSettings(
         retention_s=env.job_retention_s, max_stored_bytes=env.job_max_stored_mib * 1024**2,
+        history_s=env.job_history_s,
     )))  # fmt: skip

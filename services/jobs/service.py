@@ -13,9 +13,11 @@ platform declares and the namespace only reads. The leader, one request at a tim
   journaled as ended (``JobEnded``, done) and no longer followed.
 - **cancel** writes the job's id into ``idlecloud.ns.<ns>.cancels``; every worker of
   the namespace reads that stream and drops the job's calls unstarted from then on.
-- **delete** deletes the stream; **expire** (every ``sweep_s``) deletes the streams of
-  jobs that ended more than ``retention_s`` ago and journals them as expired, so an
-  expired job is reported as such, not as empty.
+- **delete** deletes the stream (the record stays: the history); **expire** (every
+  ``sweep_s``) deletes the streams of jobs that ended more than ``retention_s`` ago and
+  journals them as expired, so an expired job is reported as such, not as empty; records
+  of jobs that ended more than ``history_s`` ago are forgotten.
+- **submit** also refuses a job whose ``submitter`` is not the sender the broker names.
 - **questions** are answered from the records, with the live tallies over them.
 
 A new leader follows every open or cancelled job from its stream's first offset again,
@@ -29,8 +31,8 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Literal
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
 import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
@@ -40,14 +42,15 @@ from bus import names
 from bus.codec import Delivery
 from bus.errors import InvalidMessage
 from bus.rpc import RpcServer
-from bus.sdk.protocol import decode_outcomes
+from bus.sdk.protocol import NODE_HEADER, decode_outcomes
 from bus.sdk.tally import JobTally
 from bus.streams import StreamTail
-from bus.topology import QueueSpec, cancels_spec, job_stream_spec
+from bus.topology import QueueSpec, cancels_spec, declare_stream, job_stream_spec
 from schemas import (
     JobCancel,
     JobDelete,
     JobEnded,
+    JobForgotten,
     JobSeal,
     JobsQuery,
     JobsReply,
@@ -68,6 +71,7 @@ Request = JobSubmit | JobSeal | JobCancel | JobDelete | JobsQuery
 _REQUESTS: tuple[type[Request], ...] = (JobSubmit, JobSeal, JobCancel, JobDelete, JobsQuery)
 _MIB = 1024**2
 EndState = Literal["done", "cancelled", "expired"]
+_ENDED = frozenset({"done", "cancelled", "expired", "deleted"})
 Change = JobSubmit | JobSeal | JobCancel | JobDelete
 
 
@@ -78,6 +82,8 @@ class JobSettings:
     retention_s: float = 7 * 86_400.0
     max_stored_bytes: int = 1024 * _MIB  # per namespace
     sweep_s: float = 30.0
+    #: How long the record of an ended job stays in the history.
+    history_s: float = 180 * 86_400.0
 
 
 @dataclass
@@ -156,7 +162,10 @@ class JobsService(ControlService):
         except InvalidMessage as error:
             log.warning("job %s/%s: a malformed result: %s", *key, error.reason)
             outcomes = []
-        tally.add(outcomes, len(incoming.body), time.monotonic())
+        node = (incoming.headers or {}).get(NODE_HEADER)
+        tally.add(
+            outcomes, len(incoming.body), time.monotonic(), node if isinstance(node, str) else None
+        )
         self._end_if_answered(key)
 
     def _end_if_answered(self, key: JobKey) -> None:
@@ -185,13 +194,14 @@ class JobsService(ControlService):
         await self.journal.append_and_read(ended)
 
     @staticmethod
-    def _counts(job: JobView, tally: JobTally | None) -> dict[str, int]:
-        """A job's counts: its record's, or the live tally's where it has seen more."""
+    def _counts(job: JobView, tally: JobTally | None) -> dict[str, Any]:
+        """A job's counts and PCs: its record's, or the live tally's where it saw more."""
         fields = ("done", "failed", "duplicates", "stored_bytes")
-        recorded = {name: getattr(job, name) for name in fields}
+        counts: dict[str, Any] = {name: getattr(job, name) for name in fields}
         if tally is None:
-            return recorded
-        return {name: max(recorded[name], getattr(tally, name)) for name in fields}
+            return counts | {"nodes": job.nodes}
+        counts = {name: max(counts[name], getattr(tally, name)) for name in fields}
+        return counts | {"nodes": tuple(sorted(set(job.nodes) | tally.nodes))}
 
     # -- expiry -------------------------------------------------------------------------
 
@@ -201,12 +211,20 @@ class JobsService(ControlService):
             await asyncio.sleep(self.settings.sweep_s)
 
     async def expire(self) -> list[JobKey]:
-        """Delete the results of every job that ended more than ``retention_s`` ago."""
-        horizon = utc_now() - timedelta(seconds=self.settings.retention_s)
+        """Delete the results of every job that ended more than ``retention_s`` ago, and
+        forget the records of those that ended more than ``history_s`` ago."""
+        now = utc_now()
+        forgotten = now - timedelta(seconds=self.settings.history_s)
+        for key, job in list(self.state.jobs.items()):
+            if job.state in _ENDED and (job.ended_at or job.submitted_at) < forgotten:
+                await self.journal.append_and_read(JobForgotten(namespace=key[0], job_id=key[1]))
+        horizon = now - timedelta(seconds=self.settings.retention_s)
         expired = [
             key
             for key, job in self.state.jobs.items()
-            if job.state != "expired" and job.ended_at is not None and job.ended_at < horizon
+            if job.state not in ("expired", "deleted")
+            and job.ended_at is not None
+            and job.ended_at < horizon
         ]
         for key in expired:
             tally = self._followed[key].tally if key in self._followed else None
@@ -226,9 +244,12 @@ class JobsService(ControlService):
 
     # -- requests -----------------------------------------------------------------------
 
-    async def _handle(self, request: Request, _delivery: Delivery) -> Message:
+    async def _handle(self, request: Request, delivery: Delivery) -> Message:
         if isinstance(request, JobsQuery):
-            return self.reply(request.namespace, request.job_id)
+            return self.reply(request.namespace, request.job_id, request.ended_since)
+        if isinstance(request, JobSubmit) and request.submitter != delivery.user_id:
+            return self._result(request, False, f"submitter {request.submitter[:64]!r} is "
+                                f"not the sender, {delivery.user_id!r}")  # fmt: skip
         key = (request.namespace, request.job_id)
         known = self.state.applied.get(request.request_id)
         if known is not None:  # a redelivery, or the same id for something else
@@ -250,9 +271,9 @@ class JobsService(ControlService):
                 await channel.declare_exchange(
                     names.ns_results_exchange(request.namespace), durable=True
                 )
-                await cancels_spec(request.namespace).declare(channel)
-                await job_stream_spec(*key).declare(channel)
                 await channel.close()
+                await declare_stream(self.bus, cancels_spec(request.namespace))
+                await declare_stream(self.bus, job_stream_spec(*key))
                 await self.journal.append_and_read(request)
                 await self._follow(key)
             case _ if job is None:
@@ -263,13 +284,13 @@ class JobsService(ControlService):
                 await self.journal.append_and_read(request)
                 self._end_if_answered(key)
             case JobCancel():
-                if job.state in ("done", "expired"):
+                if job.state in ("done", "expired", "deleted"):
                     return f"job {request.job_id} is {job.state}: nothing to cancel"
                 if job.state != "cancelled":
                     await self._announce_cancel(key)
                     followed = self._followed.get(key)
                     await self._end(key, "cancelled", followed.tally if followed else None)
-            case JobDelete():
+            case JobDelete() if job.state != "deleted":
                 await self._unfollow(key)
                 await self._delete_stream(key)
                 await self.journal.append_and_read(request)
@@ -305,17 +326,24 @@ class JobsService(ControlService):
         update: dict[str, object] = dict(self._counts(job, followed.tally if followed else None))
         if followed is not None:
             update["rate_per_s"] = round(followed.tally.rate_per_s(time.monotonic()), 3)
-        if job.ended_at is not None and job.state != "expired":
+        if job.ended_at is not None and job.state not in ("expired", "deleted"):
             update["expires_at"] = job.ended_at + timedelta(seconds=self.settings.retention_s)
         return job.model_copy(update=update)
 
-    def reply(self, namespace: str, job_id: str | None = None) -> JobsReply:
-        """The namespace's jobs (or one), newest first, with live counts."""
-        views = [
-            self._view(key, job)
-            for key, job in self.state.jobs.items()
-            if key[0] == namespace and (job_id is None or key[1] == job_id)
-        ]
+    def reply(
+        self, namespace: str, job_id: str | None = None, ended_since: datetime | None = None
+    ) -> JobsReply:
+        """The namespace's jobs (or one), newest first, with live counts; with
+        ``ended_since``, its history instead: the jobs that ended since, deleted too."""
+
+        def wanted(key: JobKey, job: JobView) -> bool:
+            if key[0] != namespace or (job_id is not None and key[1] != job_id):
+                return False
+            if ended_since is None:
+                return job_id is not None or job.state != "deleted"
+            return job.state in _ENDED and (job.ended_at or job.submitted_at) >= ended_since
+
+        views = [self._view(key, job) for key, job in self.state.jobs.items() if wanted(key, job)]
         views.sort(key=lambda view: view.submitted_at, reverse=True)
         reason = f"no job {job_id} in namespace {namespace}" if job_id and not views else ""
         return JobsReply(

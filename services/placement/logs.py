@@ -18,7 +18,7 @@ from bus import names
 from bus.codec import Delivery
 from bus.consumer import Consumer
 from bus.errors import InvalidMessage
-from bus.topology import QueueSpec, log_stream_spec
+from bus.topology import QueueSpec, declare_stream, log_stream_spec
 from schemas import LogBatch
 from services.placement.registry import Registry
 
@@ -68,9 +68,7 @@ class LogRelay(Consumer[LogBatch]):
                 f"{batch.node}, but that replica is {placed}"
             )
         if batch.namespace not in self._declared:
-            channel = await self.bus.channel()
-            await log_stream_spec(batch.namespace).declare(channel)
-            await channel.close()
+            await declare_stream(self.bus, log_stream_spec(batch.namespace))
             self._declared.add(batch.namespace)
         route = names.Route(names.DEFAULT_EXCHANGE, names.log_stream(batch.namespace))
         await self.bus.publish(batch, route=route, timeout_s=10.0)
