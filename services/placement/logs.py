@@ -6,12 +6,18 @@ knows of that PC (its heartbeats: the replicas placed there, whose they are) and
 it to ``idlecloud.ns.<ns>.logs`` only for a replica placed on that PC with that namespace
 and app; anything else is dead-lettered with the reason. A replica stays known for
 :data:`GONE_GRACE_S` after it leaves a PC's heartbeats, so its last lines (a crash's
-traceback) still land.
+traceback) still land; one the registry has not heard of yet (its PC's heartbeat is on
+its way: a PC heartbeats as soon as a replica starts) is waited for up to
+:data:`UNKNOWN_WAIT_S`. Batches are handled many at a time but one replica's in order,
+under a lock of that replica's, and a namespace's stream is declared once, under a lock
+of that namespace's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+import weakref
 from collections.abc import Callable
 
 from bus import names
@@ -22,10 +28,13 @@ from bus.topology import QueueSpec, declare_stream, log_stream_spec
 from schemas import LogBatch
 from services.placement.registry import Registry
 
-__all__ = ["GONE_GRACE_S", "LogRelay"]
+__all__ = ["GONE_GRACE_S", "UNKNOWN_WAIT_S", "LogRelay"]
 
 #: How long a replica that left its PC's heartbeats may still ship its last lines.
 GONE_GRACE_S = 60.0
+#: How long a batch of a replica the registry has not heard of waits for it.
+UNKNOWN_WAIT_S = 3.0
+_POLL_S = 0.05
 _Placement = tuple[str, str, str]  # (node, namespace, app)
 
 
@@ -43,6 +52,13 @@ class LogRelay(Consumer[LogBatch]):
         self._clock = clock
         self._seen: dict[str, tuple[_Placement, float]] = {}  # replica -> where, when
         self._declared: set[str] = set()
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = asyncio.Lock()
+        return lock
 
     def placement(self, replica_id: str) -> _Placement | None:
         """Where the registry has the replica (or had it, within the grace)."""
@@ -60,15 +76,25 @@ class LogRelay(Consumer[LogBatch]):
         return None
 
     async def _relay(self, batch: LogBatch, _delivery: Delivery) -> None:
-        where = self.placement(batch.replica_id)
+        async with self._lock(f"replica {batch.replica_id}"):
+            where = self.placement(batch.replica_id)
+            for _ in range(int(UNKNOWN_WAIT_S / _POLL_S)):
+                if where is not None:
+                    break
+                await asyncio.sleep(_POLL_S)
+                where = self.placement(batch.replica_id)
+            await self._append(batch, where)
+
+    async def _append(self, batch: LogBatch, where: _Placement | None) -> None:
         if where != (batch.node, batch.namespace, batch.app):
             placed = "placed nowhere" if where is None else f"{where[1]}/{where[2]} on {where[0]}"
             raise InvalidMessage(
                 f"output of replica {batch.replica_id} ({batch.namespace}/{batch.app}) from "
                 f"{batch.node}, but that replica is {placed}"
             )
-        if batch.namespace not in self._declared:
-            await declare_stream(self.bus, log_stream_spec(batch.namespace))
-            self._declared.add(batch.namespace)
+        async with self._lock(f"namespace {batch.namespace}"):
+            if batch.namespace not in self._declared:
+                await declare_stream(self.bus, log_stream_spec(batch.namespace))
+                self._declared.add(batch.namespace)
         route = names.Route(names.DEFAULT_EXCHANGE, names.log_stream(batch.namespace))
         await self.bus.publish(batch, route=route, timeout_s=10.0)
