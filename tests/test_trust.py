@@ -34,9 +34,7 @@ _JOBS = frozenset({"JobSubmit", "JobSeal", "JobCancel", "JobDelete", "JobsQuery"
 ALLOWED: dict[Principal, frozenset[str]] = {
     ALICE: frozenset({"DeployRequest", "ScaleRequest", "DeleteRequest", "AppsQuery"}) | _JOBS,
     BOB: frozenset(),
-    EDGE: frozenset(
-        {"NodeHeartbeat", "NodePresence", "ReplicaStatus", "MetricSample", "LogBatch"}
-    ),
+    EDGE: frozenset({"NodeHeartbeat", "NodePresence", "ReplicaStatus", "MetricSample", "LogBatch"}),
     ADMIN: frozenset(
         {
             "DeployRequest",
