@@ -102,15 +102,13 @@ async def test_fifteen_replicas_on_the_thesis_pcs_survive_a_person_and_a_lost_pc
             await until(lambda: watcher.running["alice"] == 15, "15 again")
 
             plane.simulation.kill(ninja)  # Ninja's plug is pulled
-            for _ in range(100):  # its replicas are lost (and replaced faster than sampled)
-                if ninja not in (await plane.apps("alice")).apps[0].replicas_per_node:
+            for _ in range(300):  # its replicas are lost (and replaced faster than sampled)
+                per_pc = (await plane.apps("alice")).apps[0].replicas_per_node
+                if ninja not in per_pc and sum(per_pc.values()) == 15:
                     break
                 await asyncio.sleep(0.1)
             else:
-                raise AssertionError("Ninja's replicas were never given up")
-            await until(lambda: watcher.running["alice"] == 15, "15 again without Ninja")
-            per_pc = (await plane.apps("alice")).apps[0].replicas_per_node
-            assert ninja not in per_pc and sum(per_pc.values()) == 15
+                raise AssertionError(f"never 15 again without Ninja: {per_pc}")
 
 
 async def test_two_users_with_quotas_share_scarce_pcs_fairly_and_both_jobs_finish(
