@@ -48,6 +48,7 @@ __all__ = [
     "declare_stream",
     "job_stream_spec",
     "log_stream_spec",
+    "queue_exists",
     "task_queue_spec",
 ]
 
@@ -224,21 +225,30 @@ LOG_STREAM_MAX_AGE = "7D"
 STREAM_READY_S = 0.5
 
 
-async def declare_stream(bus: Bus, spec: QueueSpec) -> bool:
-    """Declare a stream unless it exists; a new one is given :data:`STREAM_READY_S` before
-    this returns. True if it was new."""
+async def queue_exists(bus: Bus, spec: QueueSpec) -> bool:
+    """Whether the queue (or stream) exists, asked on a channel of its own: the broker
+    closes the channel of a passive declare that finds nothing."""
     channel = await bus.channel()
     try:
         await spec.declare(channel, passive=True)
-        return False
-    except aiormq.exceptions.ChannelNotFoundEntity:  # the broker closed the channel
-        channel = await bus.channel()
-        await spec.declare(channel)
-        await asyncio.sleep(STREAM_READY_S)
         return True
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return False
     finally:
         if not channel.is_closed:
             await channel.close()
+
+
+async def declare_stream(bus: Bus, spec: QueueSpec) -> bool:
+    """Declare a stream unless it exists; a new one is given :data:`STREAM_READY_S` before
+    this returns. True if it was new."""
+    if await queue_exists(bus, spec):
+        return False
+    channel = await bus.channel()
+    await spec.declare(channel)
+    await channel.close()
+    await asyncio.sleep(STREAM_READY_S)
+    return True
 
 
 def log_stream_spec(namespace: str) -> QueueSpec:

@@ -4,7 +4,7 @@ Every heartbeat tells the shipper which replicas the runtime has; it follows eac
 reading its new output every ``poll_s`` (:meth:`nodeagent.runtime.Runtime.read_output`),
 cutting it to the replica's limits (:mod:`nodeagent.loglimit`) and publishing what is left
 as ``LogBatch`` messages through the PC's door. A replica that is gone gets one last read.
-A batch the broker does not take within ``publish_timeout_s`` is dropped and counted:
+A batch the broker does not take within the publish's timeout is dropped (and logged):
 output never holds up the agent.
 """
 
@@ -52,8 +52,6 @@ class LogShipper:
         self._clock = clock
         self._live: set[str] = set()
         self._followers: dict[str, asyncio.Task[None]] = {}
-        #: Batches the broker did not take.
-        self.lost_batches = 0
 
     def sync(self, replicas: list[ReplicaInfo]) -> None:
         """The runtime's replicas now: follow the new ones; the others end their following."""
@@ -119,5 +117,4 @@ class LogShipper:
         try:
             await self._publish(batch)
         except Exception as error:  # the broker is away: output is not worth waiting for
-            self.lost_batches += 1
             log.warning("a batch of %s's output was lost: %s", batch.replica_id, error)

@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
 from pamqp.commands import Basic
 
@@ -45,7 +44,7 @@ from bus.rpc import RpcServer
 from bus.sdk.protocol import NODE_HEADER, decode_outcomes
 from bus.sdk.tally import JobTally
 from bus.streams import StreamTail
-from bus.topology import QueueSpec, cancels_spec, declare_stream, job_stream_spec
+from bus.topology import QueueSpec, cancels_spec, declare_stream, job_stream_spec, queue_exists
 from schemas import (
     JobCancel,
     JobDelete,
@@ -139,14 +138,12 @@ class JobsService(ControlService):
         if key in self._followed or self._channel is None:
             return
         tally = JobTally(job_id)
-        tail = StreamTail(
-            job_stream_spec(namespace, job_id), lambda _o, m: self._count(key, tally, m)
-        )
-        try:
-            await tail.start(self._channel)
-        except aiormq.exceptions.ChannelNotFoundEntity:  # gone (an old journal's job)
+        spec = job_stream_spec(namespace, job_id)
+        if not await queue_exists(self.bus, spec):  # asked aside: a miss closes a channel
             log.warning("job %s/%s has no results stream; not followed", namespace, job_id)
             return
+        tail = StreamTail(spec, lambda _o, m: self._count(key, tally, m))
+        await tail.start(self._channel)
         self._followed[key] = _Followed(tally, tail)
 
     async def _unfollow(self, key: JobKey) -> None:
