@@ -11,9 +11,10 @@ it stops, or, when it follows, goes on until it is cancelled.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import deque
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import aiormq
 from aio_pika.abc import AbstractIncomingMessage
@@ -25,10 +26,24 @@ from bus.streams import StreamTail
 from bus.topology import log_stream_spec
 from schemas import LogBatch, LogLine, utc_now
 
-__all__ = ["read_logs"]
+__all__ = ["SPAN_PATTERN", "parse_span", "read_logs"]
 
 #: A follower whose namespace has no log stream yet looks again this often.
 _RETRY_S = 0.2
+#: How far back to read: ``30s``, ``10m``, ``2h``, ``7d``.
+SPAN_PATTERN = r"^[0-9]{1,6}[smhd]$"
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def parse_span(text: str) -> timedelta:
+    """``30s``, ``10m``, ``2h`` or ``7d`` as a duration.
+
+    Raises:
+        ValueError: anything else, saying what is expected.
+    """
+    if not re.fullmatch(SPAN_PATTERN, text):
+        raise ValueError(f"{text[:32]!r} is not a span such as 30s, 10m, 2h or 7d")
+    return timedelta(seconds=int(text[:-1]) * _UNIT_S[text[-1]])
 
 
 async def read_logs(

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiormq
@@ -50,6 +51,24 @@ def make_app(namespace: str, app_id: str) -> App:
     return app
 
 
+@dataclass(frozen=True)
+class Space:
+    """A scratch vhost with a namespace's door open, and the test app in it."""
+
+    info: BrokerInfo
+    bus: Bus
+    namespace: str
+    app: App
+
+
+@pytest.fixture
+async def space(scratch: tuple[BrokerInfo, Bus], unique: str) -> Space:
+    info, bus = scratch
+    namespace = f"ns{unique}"
+    await open_namespace(bus, namespace)
+    return Space(info, bus, namespace, make_app(namespace, "sdk"))
+
+
 @asynccontextmanager
 async def jobs_service(bus: Bus, settings: JobSettings | None = None) -> AsyncIterator[JobsService]:
     service = JobsService(settings, retry_s=0.2)
@@ -82,12 +101,9 @@ async def read_all(results: AsyncIterator[tuple[int, Outcome]]) -> dict[int, obj
 
 
 async def test_a_job_is_submitted_then_read_whole_by_a_later_client(
-    scratch: tuple[BrokerInfo, Bus], unique: str
+    space: Space,
 ) -> None:
-    info, bus = scratch
-    namespace = f"ns{unique}"
-    await open_namespace(bus, namespace)
-    app = make_app(namespace, "sdk")
+    info, bus, namespace, app = space.info, space.bus, space.namespace, space.app
     async with jobs_service(bus) as service, TaskClient(bus, app) as client:
         job = await client.submit_job(app.tasks["square"], range(500), name="squares")
         async with workers(bus, app):
@@ -100,16 +116,13 @@ async def test_a_job_is_submitted_then_read_whole_by_a_later_client(
 
 
 async def test_cancel_drops_a_jobs_outstanding_calls_while_another_job_on_the_app_finishes(
-    scratch: tuple[BrokerInfo, Bus], unique: str
+    space: Space,
 ) -> None:
     """Jobs A and B share an app's task queue (A's 200 calls ahead of B's 100). A is
     cancelled mid-way: within 2 s every outstanding call of A is gone from the queue (the
     workers acknowledged them unstarted), none starts after the cancel, and B finishes
     with every result right."""
-    _info, bus = scratch
-    namespace = f"ns{unique}"
-    await open_namespace(bus, namespace)
-    app = make_app(namespace, "sdk")
+    bus, namespace, app = space.bus, space.namespace, space.app
     started: list[tuple[int, float]] = []
     task = app.tasks["slow_square"]
     original = task.function
@@ -146,12 +159,9 @@ async def test_cancel_drops_a_jobs_outstanding_calls_while_another_job_on_the_ap
 
 
 async def test_two_readers_on_two_connections_each_get_every_result(
-    scratch: tuple[BrokerInfo, Bus], unique: str
+    space: Space,
 ) -> None:
-    info, bus = scratch
-    namespace = f"ns{unique}"
-    await open_namespace(bus, namespace)
-    app = make_app(namespace, "sdk")
+    info, bus, namespace, app = space.info, space.bus, space.namespace, space.app
     async with jobs_service(bus), TaskClient(bus, app) as client:
         job = await client.submit_job(app.tasks["square"], range(2000), batch_size=10)
         async with workers(bus, app):
@@ -169,12 +179,9 @@ async def test_two_readers_on_two_connections_each_get_every_result(
 
 
 async def test_an_expired_job_says_so_and_a_namespace_over_its_bound_is_refused(
-    scratch: tuple[BrokerInfo, Bus], unique: str
+    space: Space,
 ) -> None:
-    _info, bus = scratch
-    namespace = f"ns{unique}"
-    await open_namespace(bus, namespace)
-    app = make_app(namespace, "sdk")
+    bus, namespace, app = space.bus, space.namespace, space.app
     settings = JobSettings(retention_s=2.0, max_stored_bytes=2000, sweep_s=0.2)
     async with jobs_service(bus, settings) as service, TaskClient(bus, app) as client:
         job = await client.submit_job(app.tasks["square"], range(100))
@@ -347,15 +354,13 @@ async def test_a_job_outlives_its_submitter_lost_pcs_a_person_and_a_broker_resta
 
 
 async def test_the_job_commands_take_a_generator_and_explain_bad_input(
-    scratch: tuple[BrokerInfo, Bus], unique: str, tmp_path: Path
+    space: Space, tmp_path: Path
 ) -> None:
     """`bus job submit --inputs-from` seals a job of a generator's calls; two `bus job
     results` processes read the finished job at once, each getting every result; a bad
     inputs file, a bad job id and an unknown job each end with a sentence and an exit
     code."""
-    info, bus = scratch
-    namespace = f"ns{unique}"
-    await open_namespace(bus, namespace)
+    info, bus, namespace = space.info, space.bus, space.namespace
     env = {"IDLECLOUD_NAMESPACE": namespace, "IDLECLOUD_APP": "jobs"}
 
     async def cli(*arguments: str) -> subprocess.CompletedProcess[str]:

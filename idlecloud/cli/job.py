@@ -11,7 +11,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Annotated, Any, Literal
 
@@ -31,9 +31,9 @@ from idlecloud.cli._common import (
     run_async,
     table,
 )
-from idlecloud.cli.logs import parse_span
+from idlecloud.cli.logs import since_time
 from idlecloud.cli.session import ask, connect
-from schemas import JobsQuery, JobsReply, JobView, Owner, utc_now
+from schemas import JobsQuery, JobsReply, JobView, Owner
 from schemas.jobs import JOB_ID_PATTERN
 
 __all__ = ["job_app"]
@@ -291,22 +291,20 @@ def _request(verb: Literal["cancel", "delete"], url: str, namespace: str, job_id
     run_async(go)
 
 
-@job_app.command("cancel")
-def cancel(
-    job_id: JobArgument, namespace: NamespaceOption = "default", url: UrlOption = BROKER_URL
-) -> None:
-    """Cancel a job: no replica starts another of its calls; results so far stay."""
-    _request("cancel", url, namespace, _checked(job_id))
-    console.print(f"{job_id}: cancelled")
+def _request_command(verb: Literal["cancel", "delete"], done: str) -> Callable[..., None]:
+    def command(
+        job_id: JobArgument, namespace: NamespaceOption = "default", url: UrlOption = BROKER_URL
+    ) -> None:
+        _request(verb, url, namespace, _checked(job_id))
+        console.print(f"{job_id}: {done}")
+
+    return command
 
 
-@job_app.command("delete")
-def delete(
-    job_id: JobArgument, namespace: NamespaceOption = "default", url: UrlOption = BROKER_URL
-) -> None:
-    """Delete a job and its stored results."""
-    _request("delete", url, namespace, _checked(job_id))
-    console.print(f"{job_id}: deleted")
+job_app.command("cancel", help="Cancel a job: no replica starts another of its calls; "
+                "results so far stay.")(_request_command("cancel", "cancelled"))  # fmt: skip
+job_app.command("delete", help="Delete a job's stored results (its record stays in the "
+                "history).")(_request_command("delete", "deleted"))  # fmt: skip
 
 
 @job_app.command("history")
@@ -317,11 +315,7 @@ def history(
     as_json: JsonOption = False,
 ) -> None:
     """Jobs that ended (done, cancelled, expired or deleted): who, what, when, where."""
-    try:
-        start = utc_now() - parse_span(since)
-    except typer.BadParameter as error:
-        fail(f"--since {error}")
-    query = JobsQuery(namespace=namespace, ended_since=start)
+    query = JobsQuery(namespace=namespace, ended_since=since_time(since))
     reply = ask(url, Owner.namespace(namespace), query, JobsReply)
     if as_json:
         print_json(reply.model_dump(mode="json"))

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import re
 from collections import deque
-from datetime import timedelta
+from datetime import datetime
 from typing import Annotated
 
 import typer
 
 from bus.defaults import BROKER_URL
-from bus.logs import read_logs
+from bus.logs import parse_span, read_logs
 from idlecloud.cli._common import (
     JsonOption,
     NamespaceOption,
@@ -23,22 +22,15 @@ from idlecloud.cli._common import (
 from idlecloud.cli.session import connect
 from schemas import LogBatch, LogLine, utc_now
 
-__all__ = ["register"]
-
-_SPAN = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+__all__ = ["register", "since_time"]
 
 
-def parse_span(text: str) -> timedelta:
-    """``30s``, ``10m``, ``2h`` or ``7d`` as a duration.
-
-    Raises:
-        typer.BadParameter: anything else.
-    """
-    found = _SPAN.match(text.strip())
-    if found is None:
-        raise typer.BadParameter(f"{text!r} is not a span such as 30s, 10m, 2h or 7d")
-    return timedelta(seconds=float(found[1]) * _UNIT_S[found[2]])
+def since_time(since: str) -> datetime:
+    """The moment ``--since`` names; a usage error, saying what is expected, otherwise."""
+    try:
+        return utc_now() - parse_span(since.strip())
+    except ValueError as error:
+        fail(f"--since {error}")
 
 
 def _render(batch: LogBatch, line: LogLine, as_json: bool) -> str:
@@ -67,10 +59,7 @@ def logs(
     as_json: JsonOption = False,
 ) -> None:
     """What an app's replicas printed (stdout and stderr), kept on the broker."""
-    try:
-        start = utc_now() - parse_span(since)
-    except typer.BadParameter as error:
-        fail(f"--since {error}")
+    start = since_time(since)
 
     async def show() -> None:
         held: deque[str] | None = deque(maxlen=tail) if tail is not None else None

@@ -10,25 +10,21 @@ from __future__ import annotations
 import re
 from abc import abstractmethod
 from collections import deque
-from datetime import timedelta
 
 import aiormq
 from aiohttp import web
 
 from bus.connection import Bus
-from bus.logs import read_logs
+from bus.logs import parse_span, read_logs
 from schemas import utc_now
 from schemas.base import DNS_LABEL_PATTERN
 from services.gateway.bodies import json_error
 from services.gateway.models import LogEntry
 
-__all__ = ["MAX_LOG_LINES", "SPAN_PATTERN", "LogRoutes"]
+__all__ = ["MAX_LOG_LINES", "LogRoutes"]
 
-#: ``30s``, ``10m``, ``2h``, ``7d``.
-SPAN_PATTERN = r"^[0-9]{1,6}[smhd]$"
 #: The most lines one answer holds.
 MAX_LOG_LINES = 10_000
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 _LABEL = re.compile(DNS_LABEL_PATTERN)
 
 
@@ -43,14 +39,16 @@ class LogRoutes:
         query = request.query
         since, tail = query.get("since", "10m"), query.get("tail", "100")
         app, replica = query.get("app"), query.get("replica")
-        if not re.fullmatch(SPAN_PATTERN, since):
-            return json_error(422, f"since={since[:32]!r}: give a span such as 30s, 10m, 2h or 7d")
+        try:
+            span = parse_span(since)
+        except ValueError as error:
+            return json_error(422, f"since: {error}")
         if not tail.isdigit() or int(tail) > MAX_LOG_LINES:
             return json_error(422, f"tail={tail[:32]!r}: give a count from 0 to {MAX_LOG_LINES}")
         for name, value in (("app", app), ("replica", replica)):
             if value is not None and not _LABEL.fullmatch(value):
                 return json_error(422, f"{name}={value[:64]!r}: names are DNS labels")
-        start = utc_now() - timedelta(seconds=int(since[:-1]) * _UNIT_S[since[-1]])
+        start = utc_now() - span
         kept: deque[LogEntry] = deque(maxlen=int(tail))
         bus = await self._connection(request)
         try:

@@ -12,10 +12,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from bus.logs import SPAN_PATTERN
 from schemas import AppView, DeployRequest, JobsReply, JobView, NodeView
 from schemas.base import DNS_LABEL_PATTERN
 from schemas.jobs import JOB_ID_PATTERN
-from services.gateway.logs import MAX_LOG_LINES, SPAN_PATTERN
+from services.gateway.logs import MAX_LOG_LINES
 from services.gateway.models import (
     Accepted,
     ApiError,
