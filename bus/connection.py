@@ -173,7 +173,10 @@ class Bus:
         it fail): aio-pika does not reliably reopen a channel the broker closed."""
         async with self._renewing:
             if self._publish_channel is failed:
-                self._publish_channel = await self.channel(on_return_raises=True)
+                try:
+                    self._publish_channel = await self.channel(on_return_raises=True)
+                except RuntimeError as error:  # the connection closed; it is being reopened
+                    raise ConnectionError(f"the broker connection is reopening: {error}") from None
                 with contextlib.suppress(*TRANSIENT_ERRORS, RuntimeError):
                     await failed.close()
 
