@@ -21,7 +21,6 @@ routing keys.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -175,7 +174,6 @@ class Agent:
         self._seq = 0
         self._bus: Bus | None = None
         self._logs: LogShipper | None = None
-        self._beat_now = asyncio.Event()  # a replica started: heartbeat before the period ends
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._commands = Consumer(
@@ -374,7 +372,6 @@ class Agent:
                 del self._starting[command.replica_id]
                 settled.set_result(None)
         await self._publish_status(command.replica_id, command.namespace, command.app, outcome)
-        self._beat_now.set()  # the platform hears of it, and its output is followed, at once
 
     async def _run(self, command: StartReplica) -> _Outcome:
         """Start the replica; paused at once if a person arrived while it started."""
@@ -476,6 +473,4 @@ class Agent:
             ))  # fmt: skip
             if self._logs is not None:  # after the heartbeat that tells the platform of them
                 self._logs.sync(replicas)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._beat_now.wait(), settings.heartbeat_s)
-            self._beat_now.clear()
+            await asyncio.sleep(settings.heartbeat_s)
