@@ -36,7 +36,7 @@ from bus.consumer import settle
 from bus.credentials import key_holder
 from bus.defaults import BROKER_URL
 from bus.errors import BusError, InvalidMessage
-from bus.sdk.jobs import Job, submit_calls
+from bus.sdk.jobs import Job, new_request_id, submit_calls
 from bus.sdk.protocol import Call, Outcome, decode_outcomes, encode_batch, encode_call
 from bus.sdk.tally import new_job_id
 from bus.topology import QueueSpec, declare_app
@@ -317,7 +317,7 @@ class TaskClient:
         total = len(inputs) if isinstance(inputs, Sized) else None
         namespace = self.app.namespace
         await job.request(JobSubmit(
-            namespace=namespace, request_id=uuid.uuid4().hex[:16], job_id=job.job_id,
+            namespace=namespace, request_id=new_request_id(), job_id=job.job_id,
             app=self.app.app, task=task.name, name=name, total=total, submitted_at=utc_now(),
             submitter=self._bus.user_name,
         ))  # fmt: skip
@@ -333,7 +333,7 @@ class TaskClient:
             batches = submit_calls(job.job_id, counted(), batch_size)
             published = await self.publish_calls(task, batches, window=window, reply_to=job.job_id)
         if total is None:
-            await job.request(JobSeal(namespace=namespace, request_id=uuid.uuid4().hex[:16],
+            await job.request(JobSeal(namespace=namespace, request_id=new_request_id(),
                                       job_id=job.job_id, total=published))  # fmt: skip
         return job
 

@@ -52,6 +52,8 @@ __all__ = [
     "JobError",
     "JobExpired",
     "JobRefused",
+    "checked_job_id",
+    "new_request_id",
     "result_document",
     "submit_calls",
 ]
@@ -74,8 +76,20 @@ class JobExpired(JobError):
     """The job's results were kept for its namespace's retention period and are gone."""
 
 
-def _request_id() -> str:
+def new_request_id() -> str:
+    """A fresh request id for a job request (the jobs service applies each id once)."""
     return uuid.uuid4().hex[:16]
+
+
+def checked_job_id(job_id: str) -> str:
+    """``job_id``, if it is a job id.
+
+    Raises:
+        ValueError: it is not, saying what one looks like.
+    """
+    if not re.fullmatch(JOB_ID_PATTERN, job_id):
+        raise ValueError(f"{job_id[:64]!r} is not a job id (j and 20 hex digits, as submit gave)")
+    return job_id
 
 
 class Job:
@@ -94,9 +108,7 @@ class Job:
         Raises:
             ValueError: ``job_id`` is not a job id.
         """
-        if not re.fullmatch(JOB_ID_PATTERN, job_id):
-            raise ValueError(f"{job_id!r} is not a job id (j and 20 hex digits, from submit)")
-        return cls(bus, namespace, job_id)
+        return cls(bus, namespace, checked_job_id(job_id))
 
     def __repr__(self) -> str:
         return f"Job({self.namespace}/{self.job_id})"
@@ -135,13 +147,17 @@ class Job:
     async def cancel(self) -> str:
         """Cancel: no replica starts another of its calls; results so far stay. Returns
         the request's id."""
-        request = JobCancel(namespace=self.namespace, request_id=_request_id(), job_id=self.job_id)
+        request = JobCancel(
+            namespace=self.namespace, request_id=new_request_id(), job_id=self.job_id
+        )
         await self.request(request)
         return request.request_id
 
     async def delete(self) -> str:
         """Delete the job and its stored results. Returns the request's id."""
-        request = JobDelete(namespace=self.namespace, request_id=_request_id(), job_id=self.job_id)
+        request = JobDelete(
+            namespace=self.namespace, request_id=new_request_id(), job_id=self.job_id
+        )
         await self.request(request)
         return request.request_id
 

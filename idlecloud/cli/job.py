@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -19,7 +18,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from bus.defaults import BROKER_URL
-from bus.sdk.jobs import ENDED, Job, result_document
+from bus.sdk.jobs import ENDED, Job, checked_job_id, result_document
 from idlecloud.cli._common import (
     Exit,
     JsonOption,
@@ -34,7 +33,6 @@ from idlecloud.cli._common import (
 from idlecloud.cli.logs import since_time
 from idlecloud.cli.session import ask, connect
 from schemas import JobsQuery, JobsReply, JobView, Owner
-from schemas.jobs import JOB_ID_PATTERN
 
 __all__ = ["job_app"]
 
@@ -134,9 +132,10 @@ async def _status(url: str, namespace: str, job_id: str) -> JobView:
 
 
 def _checked(job_id: str) -> str:
-    if not re.fullmatch(JOB_ID_PATTERN, job_id):
-        fail(f"{job_id!r} is not a job id (j and 20 hex digits, as `bus job submit` printed)")
-    return job_id
+    try:
+        return checked_job_id(job_id)
+    except ValueError as error:
+        fail(str(error))
 
 
 def _size(count: int) -> str:
