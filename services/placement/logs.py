@@ -35,6 +35,8 @@ GONE_GRACE_S = 60.0
 #: How long a batch of a replica the registry has not heard of waits for it.
 UNKNOWN_WAIT_S = 3.0
 _POLL_S = 0.05
+#: Replicas remembered after they left (pruned of the stale past this many).
+_SEEN_KEPT = 10_000
 _Placement = tuple[str, str, str]  # (node, namespace, app)
 
 
@@ -60,29 +62,39 @@ class LogRelay(Consumer[LogBatch]):
             lock = self._locks[name] = asyncio.Lock()
         return lock
 
-    def placement(self, replica_id: str) -> _Placement | None:
-        """Where the registry has the replica (or had it, within the grace)."""
+    def placement(self, replica_id: str, node: str) -> _Placement | None:
+        """Where the registry has the replica (or had it, within the grace): looked up on
+        the PC that sent its output first, every PC only when it is not there."""
         now = self._clock()
-        for node in self.registry.nodes.values():
-            replica = node.replicas.get(replica_id)
-            if replica is not None:
-                where = (node.name, replica.namespace, replica.app)
-                self._seen[replica_id] = (where, now)
-                return where
+        sender = self.registry.nodes.get(node)
+        holder = sender if sender is not None and replica_id in sender.replicas else next(
+            (info for info in self.registry.nodes.values() if replica_id in info.replicas), None
+        )  # fmt: skip
+        if holder is not None:
+            replica = holder.replicas[replica_id]
+            where = (holder.name, replica.namespace, replica.app)
+            self._remember(replica_id, where, now)
+            return where
         seen = self._seen.get(replica_id)
         if seen is not None and now - seen[1] <= GONE_GRACE_S:
             return seen[0]
         self._seen.pop(replica_id, None)
         return None
 
+    def _remember(self, replica_id: str, where: _Placement, now: float) -> None:
+        """Keep where a replica was seen; past :data:`_SEEN_KEPT` entries, the stale go."""
+        self._seen[replica_id] = (where, now)
+        if len(self._seen) > _SEEN_KEPT:
+            self._seen = {r: s for r, s in self._seen.items() if now - s[1] <= GONE_GRACE_S}
+
     async def _relay(self, batch: LogBatch, _delivery: Delivery) -> None:
         async with self._lock(f"replica {batch.replica_id}"):
-            where = self.placement(batch.replica_id)
+            where = self.placement(batch.replica_id, batch.node)
             for _ in range(int(UNKNOWN_WAIT_S / _POLL_S)):
                 if where is not None:
                     break
                 await asyncio.sleep(_POLL_S)
-                where = self.placement(batch.replica_id)
+                where = self.placement(batch.replica_id, batch.node)
             await self._append(batch, where)
 
     async def _append(self, batch: LogBatch, where: _Placement | None) -> None:
