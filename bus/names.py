@@ -68,6 +68,8 @@ from schemas import (
     StopReplica,
     TokenIssue,
     TokenRevoke,
+    UsageQuery,
+    UsageReply,
 )
 
 __all__ = [
@@ -117,6 +119,7 @@ __all__ = [
     "service_queue",
     "task_dead_queue",
     "task_queue",
+    "usage_request_keys",
 ]
 
 _PLATFORM = OwnerKind.PLATFORM.value
@@ -358,6 +361,11 @@ def log_batch_keys() -> str:
     return _node_key("*", _NODE_EVENTS[LogBatch])
 
 
+def usage_request_keys() -> tuple[str, ...]:
+    """The routing keys of the usage questions: a namespace's, and the admins'."""
+    return (_ns_key("*", "query", "usage"), _admin_key("query", "usage"))
+
+
 def query_keys() -> tuple[str, ...]:
     """The routing-key patterns of every question the placement leader answers."""
     return (_ns_key("*", "query", "apps"), _admin_key("query", "nodes"))
@@ -441,6 +449,13 @@ def route(message: Message) -> Route:
             return Route(EVENTS_EXCHANGE, _ns_key(message.namespace, "apps"))
         case NodesReply():
             return Route(EVENTS_EXCHANGE, f"{_PLATFORM}.nodes")
+        case UsageQuery():
+            owner = message.owner()
+            key = (_admin_key("query", "usage") if owner.kind is OwnerKind.PLATFORM
+                   else _ns_key(owner.name, "query", "usage"))  # fmt: skip
+            return Route(door(owner), key)
+        case UsageReply():  # normally an RPC reply; as an event, its owner's
+            return Route(EVENTS_EXCHANGE, f"{message.owner().prefix}.usage")
         case KeysQuery():
             return Route(ADMIN_DOOR, _admin_key("query", "keys"))
         case ReplicaTokenRequest():

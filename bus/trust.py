@@ -42,6 +42,7 @@ from schemas import (
     ScaleRequest,
     TokenIssue,
     TokenRevoke,
+    UsageQuery,
 )
 from schemas.base import DNS_LABEL_PATTERN
 
@@ -63,6 +64,7 @@ _NAMESPACE_REQUESTS = (
     JobCancel,
     JobDelete,
     JobsQuery,
+    UsageQuery,  # as an admin's question (everyone's, or by PC), the admins' door only
 )
 #: What a PC's agent sends about itself.
 _NODE_EVENTS = (NodeHeartbeat, NodePresence, ReplicaStatus, MetricSample, LogBatch)

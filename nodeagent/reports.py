@@ -60,7 +60,9 @@ def metric_sample(
         reserved=sum((r.reservation for r in replicas), ZERO).wire(), presence=presence.state,
         replicas=tuple(
             ReplicaUsage(replica_id=r.replica_id, namespace=r.namespace, app=r.app,
-                         cpu_millicores=r.usage.cpu_millicores, memory_mib=r.usage.memory_mib)
+                         cpu_millicores=r.usage.cpu_millicores, memory_mib=r.usage.memory_mib,
+                         cpu_s=round(r.cpu_s, 3),
+                         reserved_cpu_millicores=r.reservation.wire().cpu_millicores)
             for r in replicas
         ),
         departed=tuple(sorted(departed)),

@@ -101,6 +101,7 @@ from schemas.resources import (
     Amount,
     Resources,
 )
+from schemas.usage import UsageBy, UsageQuery, UsageReply, UsageRow
 
 __all__ = [
     "MAX_CPU_MILLICORES",
@@ -184,6 +185,10 @@ __all__ = [
     "StopReplica",
     "TokenIssue",
     "TokenRevoke",
+    "UsageBy",
+    "UsageQuery",
+    "UsageReply",
+    "UsageRow",
     "WireModel",
     "export_json_schemas",
     "json_schema",

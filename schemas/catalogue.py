@@ -41,6 +41,7 @@ from schemas.requests import (
     RequestResult,
     ScaleRequest,
 )
+from schemas.usage import UsageQuery, UsageReply
 
 __all__ = [
     "MESSAGES",
@@ -98,6 +99,8 @@ MESSAGES: tuple[type[Message], ...] = (
     JobsQuery,
     JobsReply,
     LogBatch,
+    UsageQuery,
+    UsageReply,
     CordonChanged,
     BridgeStatus,
 )

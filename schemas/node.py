@@ -23,7 +23,7 @@ from schemas.base import (
     Timestamp,
     WireModel,
 )
-from schemas.resources import CpuMillicores, MemoryMib, Resources
+from schemas.resources import CpuMillicores, CpuSeconds, MemoryMib, Resources
 
 __all__ = [
     "MetricSample",
@@ -163,19 +163,26 @@ class ReplicaStatus(NodeMessage):
 
 
 class ReplicaUsage(WireModel):
-    """Resources one replica used during a metrics interval."""
+    """Resources one replica used during a metrics interval, and since it started."""
 
     replica_id: ReplicaId
     namespace: NamespaceName
     app: AppId
     cpu_millicores: CpuMillicores
     memory_mib: MemoryMib
+    #: CPU seconds it has used since it started (its control group's counter): what
+    #: ``bus usage`` sums, so a lost sample loses nothing.
+    cpu_s: CpuSeconds = 0.0
+    #: The CPU it reserves on this PC.
+    reserved_cpu_millicores: CpuMillicores = 0
 
 
 class MetricSample(NodeMessage):
     """Resource use of one PC and each of its replicas, every few seconds."""
 
     schema_name = "MetricSample"
+    schema_version = 2
+    older_versions = frozenset({1})
 
     at: Timestamp
     cpu_millicores: CpuMillicores
@@ -187,3 +194,11 @@ class MetricSample(NodeMessage):
     #: Namespaces that had replicas here at the previous sample and have none now: their
     #: use of this PC is zero from this sample on (a chart shows a drop, not a held value).
     departed: tuple[NamespaceName, ...] = Field(default=(), max_length=MAX_REPLICAS_PER_NODE)
+
+    @classmethod
+    def from_older(cls, version: int, body: bytes) -> MetricSample:
+        """Version 1 had no replica's ``cpu_s`` nor ``reserved_cpu_millicores``: they read
+        as 0 (such a replica counts for no CPU time in ``bus usage``)."""
+        if version != 1:
+            raise ValueError(f"MetricSample version {version} is not one this reads")
+        return cls.model_validate_json(body)

@@ -12,7 +12,7 @@ from pydantic import Field
 from schemas.base import WireModel
 
 __all__ = ["MAX_CPU_MILLICORES", "MAX_MEMORY_MIB", "UNLIMITED", "ZERO", "Amount",
-           "CpuMillicores", "MemoryMib", "Resources"]  # fmt: skip
+           "CpuMillicores", "CpuSeconds", "MemoryMib", "Resources"]  # fmt: skip
 
 #: One core is 1000 millicores; 1024 cores is more than any PC or lab we target.
 MAX_CPU_MILLICORES = 1_024_000
@@ -20,6 +20,8 @@ MAX_CPU_MILLICORES = 1_024_000
 MAX_MEMORY_MIB = 16 * 1024 * 1024
 CpuMillicores = Annotated[int, Field(ge=0, le=MAX_CPU_MILLICORES)]
 MemoryMib = Annotated[int, Field(ge=0, le=MAX_MEMORY_MIB)]
+#: CPU time, in seconds (up to 1e12: 30,000 core-years).
+CpuSeconds = Annotated[float, Field(ge=0, le=1e12, allow_inf_nan=False)]
 
 
 class Resources(WireModel):

@@ -64,6 +64,9 @@ from schemas import (
     StopReplica,
     TokenIssue,
     TokenRevoke,
+    UsageQuery,
+    UsageReply,
+    UsageRow,
 )
 
 AT = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -156,6 +159,8 @@ EXAMPLES: dict[type[Message], Message] = {
                 app="stereo",
                 cpu_millicores=990,
                 memory_mib=200,
+                cpu_s=1234.5,
+                reserved_cpu_millicores=1000,
             ),
         ),
     ),
@@ -282,6 +287,12 @@ EXAMPLES: dict[type[Message], Message] = {
     ),
     JobsQuery: JobsQuery(namespace="alice", job_id=JOB_ID),
     JobForgotten: JobForgotten(namespace="alice", job_id=JOB_ID),
+    UsageQuery: UsageQuery(namespace="alice", since=AT, by="day"),
+    UsageReply: UsageReply(
+        namespace="alice", by="app", since=AT, until=AT,
+        rows=(UsageRow(namespace="alice", app="stereo", reserved_cpu_s=7200.0,
+                       used_cpu_s=5400.5, replicas=2),),
+    ),
     LogBatch: LogBatch(
         node="edge", replica_id="stereo-2-0a1b2c3d", namespace="alice", app="stereo", seq=0,
         lines=(LogLine(at=AT, text="matched pair 7"),

@@ -22,8 +22,11 @@ from aio_pika.abc import AbstractIncomingMessage
 from bus import names
 from bus.sdk import App, Worker
 from bus.topology import QueueSpec
+from idlecloud.dev.influx import INFLUX_URL, scratch_database
 from schemas import TokenRevoke
 from services.auth.tokens import SigningKey, mint_api_key
+from services.metrics.influx import InfluxV1
+from services.metrics.usage_server import UsageServer, usage_query
 
 from .gateway_rig import Api, Rig, deployment
 from .helpers import wait_until
@@ -252,6 +255,13 @@ async def test_alice_submits_reads_and_deletes_a_job_over_http_and_bob_cannot_to
             assert status == 404, (method, theirs, answer_body)
         status, listed = await bob.call("GET", "/v1/namespaces/bob/jobs")
         assert status == 200 and listed["jobs"] == []
+        status, history = await alice.call("GET", "/v1/namespaces/alice/history?since=1h")
+        assert status == 200 and [(j["job_id"], j["state"], j["done"]) for j in history["jobs"]
+                                  if j["job_id"] == view["job_id"]] == [(view["job_id"], "done",
+                                                                          300)]  # fmt: skip
+        assert (await bob.call("GET", "/v1/namespaces/alice/history"))[0] == 403
+        status, his = await bob.call("GET", "/v1/namespaces/bob/history")
+        assert status == 200 and his["jobs"] == []
         assert (await alice.call("DELETE", job))[0] == 200
         status, deleted = await alice.call("GET", job)
         assert status == 200 and deleted["state"] == "deleted"  # its history stays
@@ -283,3 +293,41 @@ async def test_alice_reads_her_replicas_last_lines_and_bob_cannot(rig: Rig) -> N
         assert (status, his) == (200, [])
         status, wrong = await alice.call("GET", "/v1/namespaces/alice/logs?since=yesterday")
         assert status == 422 and "30s, 10m, 2h or 7d" in wrong["error"]
+
+
+async def test_usage_over_http_is_ones_own_namespaces_and_by_pc_an_admins(
+    rig: Rig, unique: str
+) -> None:
+    """``GET …/usage`` answers the namespace's CPU from InfluxDB (points written here, as
+    the metrics writer would); Bob's key is refused at Alice's path, Alice's when she asks
+    by PC, and an admin's gets it by PC."""
+    with scratch_database("gateway") as database:
+        at = int(time.time()) - 20
+        sink = InfluxV1(INFLUX_URL, database)
+        await sink.write([f"replica,app=web,namespace=alice,node=edge,replica=r{unique} "
+                          f"cpu_s={step}.0,reserved_cpu_millicores=500i {(at + step) * 10**9}"
+                          for step in range(11)])  # fmt: skip
+        await sink.close()
+        server = UsageServer(usage_query("v1", INFLUX_URL, database, ""))
+        await server.start(rig.plane.bus)
+        try:
+            async with aiohttp.ClientSession() as http:
+                alice = Api(http, rig.base, rig.mint("user", "alice"))
+                bob = Api(http, rig.base, rig.mint("user", "bob"))
+                admin = Api(http, rig.base, rig.mint("admin", "root"))
+                status, usage = await alice.call("GET", "/v1/namespaces/alice/usage?since=1h")
+                assert status == 200, usage
+                assert [(r["app"], r["used_cpu_s"], r["reserved_cpu_s"]) for r in usage["rows"]
+                        ] == [("web", 10.0, 5.0)]  # fmt: skip
+                for caller, path, expected in (
+                    (bob, "/v1/namespaces/alice/usage", 403),
+                    (alice, "/v1/namespaces/alice/usage?by=pc", 403),
+                    (alice, "/v1/namespaces/alice/usage?by=week", 422),
+                    (alice, "/v1/namespaces/alice/usage?since=yesterday", 422),
+                ):
+                    status, answer = await caller.call("GET", path)
+                    assert status == expected, (path, answer)
+                status, by_pc = await admin.call("GET", "/v1/namespaces/alice/usage?by=pc")
+                assert status == 200 and [r["node"] for r in by_pc["rows"]] == ["edge"]
+        finally:
+            await server.stop(1.0)

@@ -16,7 +16,7 @@ import pytest
 from bus.codec import Delivery, decode, encode
 from bus.errors import InvalidMessage
 from bus.trust import PLATFORM, Principal, may_send, sender_refusal
-from schemas import MESSAGES, Message
+from schemas import MESSAGES, Message, UsageQuery
 from services.auth.keyring import KEYS_PER_CHANGE, change_expression
 from services.auth.tokens import SigningKey
 
@@ -30,7 +30,7 @@ REPLICA = Principal.token("replica", "alice", "r-1")
 
 #: What each kind of sender may send, by schema name (the examples speak for namespace
 #: ``alice`` and PC ``edge``).
-_JOBS = frozenset({"JobSubmit", "JobSeal", "JobCancel", "JobDelete", "JobsQuery"})
+_JOBS = frozenset({"JobSubmit", "JobSeal", "JobCancel", "JobDelete", "JobsQuery", "UsageQuery"})
 ALLOWED: dict[Principal, frozenset[str]] = {
     ALICE: frozenset({"DeployRequest", "ScaleRequest", "DeleteRequest", "AppsQuery"}) | _JOBS,
     BOB: frozenset(),
@@ -52,6 +52,12 @@ ALLOWED: dict[Principal, frozenset[str]] = {
     | _JOBS,
     REPLICA: frozenset(),
 }
+
+
+def test_usage_by_pc_or_of_everyone_is_an_admins_question_even_for_her_namespace() -> None:
+    since = EXAMPLES[UsageQuery].since  # type: ignore[attr-defined]
+    for question in (UsageQuery(namespace="alice", since=since, by="pc"), UsageQuery(since=since)):
+        assert not may_send(ALICE, question) and may_send(ADMIN, question)
 
 
 def test_the_examples_speak_for_alice_and_edge() -> None:

@@ -11,7 +11,19 @@ import typer
 from pydantic import ValidationError
 
 from bus.service import configure_logging
-from idlecloud.cli import agent, auth, control, events, job, logs, platform, report, sim, worker
+from idlecloud.cli import (
+    agent,
+    auth,
+    control,
+    events,
+    job,
+    logs,
+    platform,
+    report,
+    sim,
+    usage,
+    worker,
+)
 from idlecloud.cli._common import describe, fail
 from nodeagent.load import PLATFORM_MARKER
 
@@ -59,6 +71,7 @@ events.register(app)
 logs.register(app)
 auth.register(app)
 report.register(app)
+usage.register(app)
 worker.register(app)
 app.add_typer(job.job_app, name="job")
 app.add_typer(agent.agent_app, name="agent")

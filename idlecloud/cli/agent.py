@@ -70,7 +70,12 @@ def _option(help_text: str, env: str) -> typer.models.OptionInfo:
 
 
 def _process_runtime(
-    name: str, state_dir: Path, replica_dir: Path, uids: str, insecure_same_user: bool
+    name: str,
+    state_dir: Path,
+    replica_dir: Path,
+    uids: str,
+    insecure_same_user: bool,
+    usage_interval_s: float,
 ) -> ProcessRuntime:
     """The process runtime, with replicas' own identities where the agent is root.
 
@@ -100,6 +105,7 @@ def _process_runtime(
         identities=identities,
         insecure_same_user=insecure_same_user,
         cgroup_parent=parent.path,
+        usage_interval_s=usage_interval_s,
     )
     runtime.adopt()
     return runtime
@@ -276,14 +282,16 @@ def run_agent(
         replica_url=replica_url or str(URL(url).with_user(None)),
     )
     replicas: Runtime
+    usage_interval_s = metrics_s / 2  # each sample carries a fresh reading
     try:
         if runtime == "docker":
             from nodeagent.runtime.docker import DockerRuntime  # aiohttp: only for Docker PCs
 
-            replicas = DockerRuntime(name, network_mode=docker_network, user=docker_user)
+            replicas = DockerRuntime(name, network_mode=docker_network, user=docker_user,
+                                     usage_interval_s=usage_interval_s)  # fmt: skip
         else:
             replicas = _process_runtime(
-                name, state_dir, replica_dir, replica_uids, insecure_same_user
+                name, state_dir, replica_dir, replica_uids, insecure_same_user, usage_interval_s
             )
     except ValueError as error:
         fail(str(error))

@@ -403,6 +403,7 @@ def up(
                                                 auth_url=auth_url)))  # fmt: skip
     if influx_db is not None:
         from services.metrics.influx import influx_sink
+        from services.metrics.usage_server import UsageServer, usage_query
         from services.metrics.writer import MetricsWriter
 
         try:
@@ -411,7 +412,8 @@ def up(
             )
         except ValueError as error:
             fail(str(error))
-        services.append(MetricsWriter(sink))
+        query = usage_query(influx_api, influx_url, influx_db, influx_token)
+        services += [MetricsWriter(sink), UsageServer(query)]
     if kube_namespace:
         from services.kubebridge.service import BridgeSettings, KubeBridge
 

@@ -309,6 +309,7 @@ class DockerRuntime:
                 int(labels[_label("cpu-millicores")]), int(labels[_label("memory-mib")])
             ),
             usage=seen.usage if exit_code is None else ZERO,
+            cpu_s=seen.meter.total_s,
             exit_code=exit_code,
             log_tail=log_tail,
         )

@@ -468,6 +468,7 @@ class ProcessRuntime:
             state=state,
             reservation=spec.reservation,
             usage=replica.usage if alive else ZERO,
+            cpu_s=replica.meter.total_s,
             exit_code=replica.exit_code,
             log_tail=() if alive else self._log_tail(spec.replica_id),
         )

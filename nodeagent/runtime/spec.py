@@ -39,6 +39,8 @@ class ReplicaInfo:
     state: ReplicaState
     reservation: Amount
     usage: Amount = ZERO
+    #: CPU seconds it has used since it started, as of the last measurement.
+    cpu_s: float = 0.0
     exit_code: int | None = None
     log_tail: tuple[str, ...] = ()
 
@@ -64,3 +66,8 @@ class CpuMeter:
             rate = max(0, round((cpu_s - self.seen[1]) / (now - self.seen[0]) * 1000))
         self.seen = (now, cpu_s)
         return min(rate, MAX_CPU_MILLICORES)
+
+    @property
+    def total_s(self) -> float:
+        """The counter at the last reading: CPU seconds used so far (0 before any)."""
+        return self.seen[1] if self.seen is not None else 0.0

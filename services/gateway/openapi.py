@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from bus.logs import SPAN_PATTERN
-from schemas import AppView, DeployRequest, JobsReply, JobView, NodeView
+from schemas import AppView, DeployRequest, JobsReply, JobView, NodeView, UsageReply
 from schemas.base import DNS_LABEL_PATTERN
 from schemas.jobs import JOB_ID_PATTERN
 from services.gateway.logs import MAX_LOG_LINES
@@ -47,7 +47,13 @@ _PARAMETERS: dict[str, dict[str, Any]] = {
 _QUERY: dict[str, dict[str, Any]] = {
     "app": _LABEL,
     "replica": _LABEL,
-    "since": {"type": "string", "pattern": SPAN_PATTERN, "default": "10m"},
+    "since": {
+        "type": "string",
+        "pattern": SPAN_PATTERN,
+        "description": "how far back: 30s, 10m, 2h, 30d (logs: 10m unless given; "
+        "history and usage: 30d)",
+    },
+    "by": {"type": "string", "enum": ["app", "pc", "day"], "default": "app"},
     "tail": {"type": "integer", "minimum": 0, "maximum": MAX_LOG_LINES, "default": 100},
 }
 #: Each component: its model, and whether requests send it or answers hold it.
@@ -63,6 +69,7 @@ _MODELS: dict[str, tuple[type[BaseModel], Literal["validation", "serialization"]
     "JobView": (JobView, "serialization"),
     "JobResult": (JobResult, "serialization"),
     "LogEntry": (LogEntry, "serialization"),
+    "Usage": (UsageReply, "serialization"),
     "JobBody": (JobBody, "validation"),
     "ScaleBody": (ScaleBody, "validation"),
     "SessionBody": (SessionBody, "validation"),

@@ -72,6 +72,7 @@ from services.gateway.page import (
 from services.gateway.relay import Relays
 from services.gateway.routes import ROUTES, server_path
 from services.gateway.stream import stream_events
+from services.gateway.usage import AccountRoutes
 from services.http import serve
 from services.state import DesiredState
 
@@ -99,7 +100,7 @@ class GatewaySettings:
     auth_url: str = AUTH_URL
 
 
-class Gateway(JobRoutes, LogRoutes):
+class Gateway(JobRoutes, LogRoutes, AccountRoutes):
     """The REST API; see the module's header."""
 
     name = "gateway"

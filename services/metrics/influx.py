@@ -145,14 +145,18 @@ def influx_sink(
     raise ValueError(f"InfluxDB API {api!r}: use v1 (/write) or v2 (influxdb-client)")
 
 
-def query_v1(url: str, database: str, query: str, *, change: bool = False) -> dict[str, Any]:
-    """Run InfluxQL on InfluxDB 1.x (``/query``) and return its JSON answer.
+def query_v1(
+    url: str, database: str, query: str, *, change: bool = False, token: str | None = None
+) -> dict[str, Any]:
+    """Run InfluxQL on InfluxDB's v1 query API (``/query``: every 1.x; 2.x with a database
+    mapped to the bucket) and return its JSON answer.
 
     Args:
         url: InfluxDB's base URL.
         database: the database the query reads ("" for none, as CREATE DATABASE needs).
         query: the InfluxQL.
         change: the query changes something (CREATE, DROP): 1.x takes those only by POST.
+        token: sent as ``Authorization: Token …`` (2.x; 1.8 takes ``user:password``).
 
     Raises:
         OSError: InfluxDB cannot be reached or answered with an error status
@@ -160,8 +164,11 @@ def query_v1(url: str, database: str, query: str, *, change: bool = False) -> di
     """
     parameters = urllib.parse.urlencode({"q": query, **({"db": database} if database else {})})
     endpoint = f"{url.rstrip('/')}/query"
-    request = (urllib.request.Request(endpoint, data=parameters.encode()) if change
-               else urllib.request.Request(f"{endpoint}?{parameters}"))  # fmt: skip
+    headers = {"Authorization": f"Token {token}"} if token else {}
+    if change:
+        request = urllib.request.Request(endpoint, data=parameters.encode(), headers=headers)
+    else:
+        request = urllib.request.Request(f"{endpoint}?{parameters}", headers=headers)
     with urllib.request.urlopen(request, timeout=30) as answer:
         result: dict[str, Any] = json.loads(answer.read())
     return result

@@ -8,7 +8,9 @@ event                     measurement                   tags; fields
 ``MetricSample``          ``node``                      node, presence; cpu/memory used,
                                                         capacity, reserved, replicas
 ``MetricSample``          ``replica`` (one per replica) node, namespace, app, replica;
-                                                        cpu_millicores, memory_mib
+                                                        cpu_millicores, memory_mib,
+                                                        cpu_s (since it started),
+                                                        reserved_cpu_millicores
 ``MetricSample``          ``namespace_usage`` (one per  node, namespace; replicas,
                           namespace on the PC)          cpu_millicores, memory_mib
 ``NodePresence``          ``presence``                  node, state, cause; busy (0/1)
@@ -102,7 +104,9 @@ def points(event: Message) -> list[str]:
             replicas = [
                 line("replica", {"node": event.node, "namespace": r.namespace, "app": r.app,
                                  "replica": r.replica_id},
-                     {"cpu_millicores": r.cpu_millicores, "memory_mib": r.memory_mib}, event.at)
+                     {"cpu_millicores": r.cpu_millicores, "memory_mib": r.memory_mib,
+                      "cpu_s": float(r.cpu_s),
+                      "reserved_cpu_millicores": r.reserved_cpu_millicores}, event.at)
                 for r in event.replicas
             ]  # fmt: skip
             for namespace in event.departed:  # gone from this PC: zero from now on

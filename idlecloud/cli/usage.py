@@ -1,0 +1,119 @@
+"""`bus usage`: the CPU-hours a namespace reserved and used, per app, PC or day."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, cast
+
+import typer
+
+from bus.defaults import BROKER_URL
+from idlecloud.cli._common import (
+    Exit,
+    JsonOption,
+    OptionalNamespaceOption,
+    UrlOption,
+    console,
+    fail,
+    print_json,
+    table,
+)
+from idlecloud.cli.logs import since_time
+from idlecloud.cli.session import ask
+from schemas import UsageBy, UsageQuery, UsageReply, UsageRow
+from services.metrics.usage import totals
+
+__all__ = ["register"]
+
+_HOUR_S = 3600.0
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / _HOUR_S:.3f}"
+
+
+def _share(used_s: float, reserved_s: float) -> str:
+    return f"{100 * used_s / reserved_s:.0f} %" if reserved_s else "—"
+
+
+def _part(row: UsageRow) -> str:
+    if row.day is not None:
+        return f"{row.day:%Y-%m-%d}"
+    return row.app or row.node or "—"
+
+
+def usage(
+    namespace: OptionalNamespaceOption = None,
+    since: Annotated[str, typer.Option(help="From how long ago: 30m, 2h, 30d.")] = "30d",
+    by: Annotated[
+        str, typer.Option(help="Per app, per pc (an admin's question) or per day.")
+    ] = "app",
+    plot: Annotated[
+        Path | None, typer.Option(help="Also draw the rows as a bar chart into this PNG file.")
+    ] = None,
+    url: UrlOption = BROKER_URL,
+    as_json: JsonOption = False,
+) -> None:
+    """CPU-hours reserved and used by a namespace's replicas (every namespace's, for an
+    admin without -n), from the samples the PCs' agents send: reserved is what placement
+    held for them, used what their control groups counted."""
+    if by not in ("app", "pc", "day"):
+        fail(f"--by {by!r}: use app, pc or day")
+    query = UsageQuery(namespace=namespace, since=since_time(since), by=cast(UsageBy, by))
+    reply = ask(url, query.owner(), query, UsageReply)
+    if reply.unavailable:
+        fail(f"{reply.unavailable}; is InfluxDB up, and does `bus up` run with --influx-db?",
+             Exit.UNREACHABLE)  # fmt: skip
+    reserved_s, used_s = totals(reply.rows)
+    if as_json:
+        print_json(reply.model_dump(mode="json") | {"reserved_cpu_s": reserved_s,
+                                                    "used_cpu_s": used_s})  # fmt: skip
+    else:
+        shown = table("namespace", by, "replicas", "reserved CPU-h", "used CPU-h", "used")
+        for row in reply.rows:
+            reserved, used = row.reserved_cpu_s, row.used_cpu_s
+            shown.add_row(row.namespace, _part(row), str(row.replicas), _hours(reserved),
+                          _hours(used), _share(used, reserved))  # fmt: skip
+        console.print(shown)
+        console.print(f"{_hours(reserved_s)} CPU-hours reserved, {_hours(used_s)} used "
+                      f"({_share(used_s, reserved_s)}) from {reply.since:%Y-%m-%d %H:%M} to "
+                      f"{reply.until:%Y-%m-%d %H:%M} UTC")  # fmt: skip
+    if plot is not None:
+        _draw(reply, plot)
+        if not as_json:
+            console.print(f"wrote {plot}")
+
+
+def _draw(reply: UsageReply, out: Path) -> None:
+    """Reserved and used CPU-hours as paired bars, one pair per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{row.namespace}/{_part(row)}" for row in reply.rows]
+    positions = range(len(labels))
+    figure, axes = plt.subplots(figsize=(max(6.0, 0.6 * len(labels) + 2), 4.5), dpi=100)
+    axes.bar([p - 0.2 for p in positions], [r.reserved_cpu_s / _HOUR_S for r in reply.rows],
+             width=0.4, label="reserved", color="lightgray")  # fmt: skip
+    axes.bar([p + 0.2 for p in positions], [r.used_cpu_s / _HOUR_S for r in reply.rows],
+             width=0.4, label="used", color="tab:blue")  # fmt: skip
+    axes.set_xticks(list(positions), labels, rotation=30, ha="right", fontsize="small")
+    axes.set_ylabel("CPU-hours")
+    axes.set_title(f"CPU-hours per {reply.by}, {reply.since:%Y-%m-%d %H:%M} to "
+                   f"{reply.until:%Y-%m-%d %H:%M} UTC")  # fmt: skip
+    if not labels:
+        axes.text(0.5, 0.5, "no usage in this window", ha="center", transform=axes.transAxes)
+    axes.legend()
+    figure.tight_layout()
+    try:
+        figure.savefig(out)
+    except OSError as error:
+        fail(f"cannot write {out}: {error.strerror}")
+    finally:
+        plt.close(figure)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `bus usage` to the root app."""
+    app.command("usage")(usage)
