@@ -12,7 +12,9 @@ consecutive samples, so up to one sample period is missed at each end of its lif
 day, at each midnight). By day, each UTC day's highest value is the next day's baseline; a
 counter that went down (a container restarted in place) starts again from 0.
 
-Rows add the replicas up by namespace and app, PC or day. The queries and the arithmetic
+InfluxDB 1.6 may answer the two aggregates of one replica in two series (one with the
+counter, one with the integral, each with the other's column empty): a row adds whatever
+it holds. Rows add the replicas up by namespace and app, PC or day. The queries and the arithmetic
 are here; :mod:`services.metrics.usage_server` runs them against InfluxDB.
 """
 
@@ -147,17 +149,17 @@ def usage_rows(
         at, used, reserved = (columns.index(name) for name in ("time", "used", "reserved"))
         before = baselines.get(key, 0.0)
         for row in sorted(series["values"], key=lambda values: str(values[at])):
-            highest = row[used]
-            if highest is None:
+            highest, held = row[used], row[reserved]
+            if highest is None and held is None:
                 continue
-            highest = float(highest)
-            spent = highest - before if highest >= before else highest  # restarted: from 0
-            before = max(before, highest)
             part = {"app": app, "pc": node}.get(by) or _day(row[at])
             total = sums.setdefault((namespace, part), _Sum())
-            total.used_cpu_s += spent
-            total.reserved_cpu_s += float(row[reserved] or 0.0) / 1000
             total.replicas.add(replica)
+            total.reserved_cpu_s += float(held or 0.0) / 1000
+            if highest is not None:
+                spent = highest - before if highest >= before else highest  # restarted: from 0
+                total.used_cpu_s += spent
+                before = max(before, highest)
     rows = [_row(namespace, part, by, total) for (namespace, part), total in sums.items()]
     if by == "day":
         return sorted(rows, key=lambda row: (str(row.day), row.namespace))
