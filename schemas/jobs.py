@@ -26,8 +26,10 @@ from schemas.base import (
     Timestamp,
     WireModel,
 )
+from schemas.resources import CpuSeconds
 
 __all__ = [
+    "JOB_COUNTS",
     "JOB_ID_PATTERN",
     "JobCancel",
     "JobDelete",
@@ -105,12 +107,19 @@ class JobDelete(_JobRequest):
     schema_name = "JobDelete"
 
 
+#: The counts a job's end records, as :class:`JobView` and :class:`JobEnded` name them.
+JOB_COUNTS = ("done", "failed", "duplicates", "redelivered", "cpu_s", "stored_bytes")
+
+
 class JobEnded(PlatformMessage):
     """The jobs service's record of a job's end: every call answered, cancelled by its
     owner, or its results expired. The counts, and the PCs its results came from, are as
     of then."""
 
     schema_name = "JobEnded"
+    #: Version 1 had no ``cpu_s`` nor ``redelivered`` (read as 0).
+    schema_version = 2
+    older_versions = frozenset({1})
 
     namespace: NamespaceName
     job_id: JobId
@@ -121,6 +130,8 @@ class JobEnded(PlatformMessage):
     stored_bytes: Count
     nodes: JobNodes = Field(default=(), max_length=10_000)
     at: Timestamp
+    cpu_s: CpuSeconds = 0.0
+    redelivered: Count = 0
 
 
 class JobForgotten(PlatformMessage):
@@ -154,6 +165,11 @@ class JobView(WireModel):
     done: Count = 0
     failed: Count = 0
     duplicates: Count = 0
+    #: Calls handed to a worker again because the one that held them went away before
+    #: answering (evicted by a person, a PC lost, a replica killed).
+    redelivered: Count = 0
+    #: CPU seconds its calls took, as their workers measured (each run counted).
+    cpu_s: CpuSeconds = 0.0
     stored_bytes: Count = 0
     submitted_at: Timestamp
     submitter: Submitter = ""
@@ -176,6 +192,9 @@ class JobsReply(NamespaceMessage):
     """A namespace's jobs, and what their stored results weigh against its bound."""
 
     schema_name = "JobsReply"
+    #: Version 1's jobs had no ``cpu_s`` nor ``redelivered`` (read as 0).
+    schema_version = 2
+    older_versions = frozenset({1})
 
     jobs: tuple[JobView, ...] = Field(default=(), max_length=10_000)
     stored_bytes: Count

@@ -78,6 +78,9 @@ class JournalSnapshot(PlatformMessage):
     it takes it as its state and applies again only what came after ``through``."""
 
     schema_name = "JournalSnapshot"
+    #: Version 1's jobs had no ``cpu_s`` nor ``redelivered`` (read as 0).
+    schema_version = 2
+    older_versions = frozenset({1})
 
     through: Count
     apps: tuple[SnapshotApp, ...] = Field(default=(), max_length=MAX_SNAPSHOT_ITEMS)

@@ -181,6 +181,8 @@ class MetricSample(NodeMessage):
     """Resource use of one PC and each of its replicas, every few seconds."""
 
     schema_name = "MetricSample"
+    #: Version 1 had no replica's ``cpu_s`` nor ``reserved_cpu_millicores`` (read as 0:
+    #: such a replica counts for no CPU in ``bus usage``).
     schema_version = 2
     older_versions = frozenset({1})
 
@@ -194,11 +196,3 @@ class MetricSample(NodeMessage):
     #: Namespaces that had replicas here at the previous sample and have none now: their
     #: use of this PC is zero from this sample on (a chart shows a drop, not a held value).
     departed: tuple[NamespaceName, ...] = Field(default=(), max_length=MAX_REPLICAS_PER_NODE)
-
-    @classmethod
-    def from_older(cls, version: int, body: bytes) -> MetricSample:
-        """Version 1 had no replica's ``cpu_s`` nor ``reserved_cpu_millicores``: they read
-        as 0 (such a replica counts for no CPU time in ``bus usage``)."""
-        if version != 1:
-            raise ValueError(f"MetricSample version {version} is not one this reads")
-        return cls.model_validate_json(body)

@@ -46,6 +46,7 @@ from schemas import (
     SnapshotJob,
     TokenRevoke,
 )
+from schemas.jobs import JOB_COUNTS
 from schemas.journal import Entry
 
 __all__ = [
@@ -189,9 +190,7 @@ class DesiredState:
             case JobEnded() if job is not None and (
                 message.state == "expired" or job.ended_at is None
             ):
-                counts = message.model_dump(
-                    include={"done", "failed", "duplicates", "stored_bytes", "nodes"}
-                )
+                counts = message.model_dump(include={*JOB_COUNTS, "nodes"})
                 self.jobs[key] = job.model_copy(update={
                     **counts, "state": message.state, "ended_at": job.ended_at or message.at,
                 })  # fmt: skip

@@ -6,7 +6,14 @@ import re
 from datetime import timedelta
 from typing import Literal
 
-from bus.sdk.protocol import Outcome
+from bus.sdk.protocol import (
+    AGAIN_HEADER,
+    CPU_HEADER,
+    MAX_CLAIMED_CPU_S,
+    Outcome,
+    encode_outcomes,
+    result_costs,
+)
 from bus.sdk.tally import RATE_WINDOW_S, JobTally, new_job_id, task_id, task_index
 from schemas import JobDelete, JobEnded, JobForgotten, JobSeal, JobSubmit, Message, utc_now
 from schemas.jobs import JOB_ID_PATTERN
@@ -81,6 +88,36 @@ def test_the_tally_counts_each_call_once_and_tells_failures_duplicates_and_stran
     tally.add([Outcome("j99999999999999999999.3", True, 9), Outcome("nonsense", True)], 10, 2.0)
     assert (tally.done, tally.failed, tally.duplicates, tally.foreign) == (2, 1, 1, 2)
     assert (tally.answered, tally.stored_bytes) == (3, 160)
+
+
+def test_a_results_cpu_and_redelivered_calls_travel_in_its_headers_bounded() -> None:
+    """The worker's measure of each call's CPU, and whether it came again, are summed into
+    the result message's headers; the tally adds what they claim, bounded, so a forged
+    header cannot claim more than a message's share; the history keeps the sums."""
+    outcomes = [Outcome(task_id(JOB, 0), True, 0, cpu_s=1.25, again=True),
+                Outcome(task_id(JOB, 1), False, error="x", cpu_s=0.5)]  # fmt: skip
+    _body, properties = encode_outcomes(outcomes, "batch-1", "edge")
+    headers = properties.headers or {}
+    assert (headers[CPU_HEADER], headers[AGAIN_HEADER]) == ("1.750000", 1)
+    assert result_costs(headers, 2) == (1.75, 1)
+    for forged, expected in (
+        ({CPU_HEADER: "1e300", AGAIN_HEADER: 10**9}, (MAX_CLAIMED_CPU_S, 2)),
+        ({CPU_HEADER: "nan", AGAIN_HEADER: True}, (0.0, 0)),
+        ({CPU_HEADER: "-5", AGAIN_HEADER: -3}, (0.0, 0)),
+        ({CPU_HEADER: b"12", AGAIN_HEADER: "1"}, (0.0, 0)),
+        (None, (0.0, 0)),
+    ):
+        assert result_costs(forged, 2) == expected, forged
+    tally = JobTally(JOB)
+    tally.add(outcomes, 100, 0.0, "edge", result_costs(headers, 2))
+    tally.add([Outcome(task_id(JOB, 0), True, 0)], 50, 1.0, "ninja", (0.25, 0))  # ran twice
+    assert (tally.cpu_s, tally.redelivered, tally.duplicates) == (2.0, 1, 1)
+    end = JobEnded(namespace="alice", job_id=JOB, state="done", done=1, failed=1, duplicates=1,
+                   stored_bytes=150, at=utc_now(), cpu_s=2.0, redelivered=1)  # fmt: skip
+    state = state_after(submit(2), end)
+    job = state.jobs[("alice", JOB)]
+    assert (job.cpu_s, job.redelivered) == (2.0, 1)
+    assert state_after(state.snapshot()).jobs[("alice", JOB)] == job
 
 
 def test_the_rate_is_over_the_last_minute() -> None:

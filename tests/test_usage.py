@@ -145,7 +145,8 @@ async def test_bus_usage_agrees_with_the_cpu_time_the_replicas_measured(
     its process's CPU time so far (``time.process_time()``); the highest per process,
     summed, is what the replicas really used, measured by themselves. `bus usage` (from
     the agents' samples of the replicas' control groups, through InfluxDB) agrees within
-    5 %, and reserved is at least what was used."""
+    5 %, and reserved is at least what was used. The job's history has the CPU its calls
+    took, as the workers timed them."""
     plane = recorded
     await plane.quota("alice", 4000)
     worker = (sys.executable, "-m", "idlecloud", "worker", "tests.programs.burn_app:app")
@@ -189,6 +190,11 @@ async def test_bus_usage_agrees_with_the_cpu_time_the_replicas_measured(
     assert row["replicas"] == 3
     assert abs(row["used_cpu_s"] - measured_s) <= 0.05 * measured_s, (row, measured_s)
     assert row["reserved_cpu_s"] >= row["used_cpu_s"]
+    history = await asyncio.to_thread(bus_cli, "job", "history", "-n", "alice", "--json",
+                                      url=plane.url)  # fmt: skip
+    (ended,) = json.loads(history.stdout)["jobs"]
+    # the calls' own CPU (0.6 s each, as their workers timed them), startup not included
+    assert 24 * 0.6 <= ended["cpu_s"] <= 24 * 0.6 * 1.05, ended
     plot = tmp_path / "usage.png"
     shown = await asyncio.to_thread(bus_cli, "usage", "-n", "alice", "--by", "day", "--plot",
                                     str(plot), url=plane.url)  # fmt: skip
@@ -197,7 +203,8 @@ async def test_bus_usage_agrees_with_the_cpu_time_the_replicas_measured(
     assert plot.read_bytes().startswith(b"\x89PNG")
     print(f"bus usage: {row['used_cpu_s']:.2f} CPU-s used; the replicas measured "
           f"{measured_s:.2f} s ({100 * (row['used_cpu_s'] / measured_s - 1):+.1f} %); "
-          f"{row['reserved_cpu_s']:.1f} CPU-s reserved")  # fmt: skip
+          f"{row['reserved_cpu_s']:.1f} CPU-s reserved; the job's calls took "
+          f"{ended['cpu_s']:.2f} CPU-s")  # fmt: skip
 
 
 def _point(namespace: str, node: str, cpu_s: float, at: datetime) -> str:

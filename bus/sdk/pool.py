@@ -17,6 +17,7 @@ import contextlib
 import importlib
 import multiprocessing
 import signal
+import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -59,7 +60,7 @@ def _child_main(connection: Connection, target: str) -> None:
         except (EOFError, OSError):
             return
         function = app.tasks[task_name].function
-        results = [run_sync(function, call) for call in calls]
+        results = [run_sync(function, call, time.process_time) for call in calls]
         try:
             connection.send(results)
         except OSError:  # BrokenPipeError: the worker is gone, and this process goes quietly

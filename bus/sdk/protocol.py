@@ -9,9 +9,11 @@ answers with ``correlation_id`` = the task (or batch) id.
 
 from __future__ import annotations
 
+import math
+import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pydantic_core
@@ -23,9 +25,12 @@ from bus.errors import InvalidMessage
 from schemas.tasks import BATCH_ADAPTER, CALL_ADAPTER, OUTCOMES_ADAPTER
 
 __all__ = [
+    "AGAIN_HEADER",
     "BATCH",
     "BYTES",
+    "CPU_HEADER",
     "JSON",
+    "MAX_CLAIMED_CPU_S",
     "MAX_TASK_BODY_BYTES",
     "NODE_HEADER",
     "STATUS_HEADER",
@@ -39,6 +44,7 @@ __all__ = [
     "encode_outcomes",
     "failure",
     "raised",
+    "result_costs",
     "run_sync",
 ]
 
@@ -49,6 +55,11 @@ TASK_HEADER = "idlecloud-task"
 STATUS_HEADER = "idlecloud-status"
 #: The PC a result was computed on (a job's history lists them).
 NODE_HEADER = "idlecloud-node"
+#: The CPU seconds a result message's calls took, and how many came again (redelivered).
+CPU_HEADER = "idlecloud-cpu-s"
+AGAIN_HEADER = "idlecloud-redelivered"
+#: The most CPU seconds one result message may claim (a forged header counts no more).
+MAX_CLAIMED_CPU_S = 1e6
 #: Task bodies may carry data (image tiles), so they may be larger than control messages.
 MAX_TASK_BODY_BYTES = 64 * 1024 * 1024
 _PERSISTENT = 2
@@ -72,6 +83,10 @@ class Outcome:
     value: Any = None
     error: str = ""
     traceback: str = ""
+    #: CPU seconds the call took where it ran (its result message's header carries the sum).
+    cpu_s: float = 0.0
+    #: It came to this worker again: the one that held it before went away unanswered.
+    again: bool = False
 
 
 def failure(call: Call, error: str, trace: str = "") -> Outcome:
@@ -84,12 +99,18 @@ def raised(call: Call, error: BaseException) -> Outcome:
     return failure(call, f"{type(error).__name__}: {error}", traceback.format_exc())
 
 
-def run_sync(function: Callable[..., Any], call: Call) -> Outcome:
-    """Run one call of a sync function here and now; an exception becomes its outcome."""
+def run_sync(
+    function: Callable[..., Any], call: Call, clock: Callable[[], float] = time.thread_time
+) -> Outcome:
+    """Run one call of a sync function here and now, timed by ``clock`` (this thread's
+    CPU time; a pool's child, whose calls may start threads, times its whole process); an
+    exception becomes its outcome."""
+    started = clock()
     try:
-        return Outcome(call.task_id, True, function(*call.args, **call.kwargs))
+        value = function(*call.args, **call.kwargs)
     except Exception as error:
-        return raised(call, error)
+        return replace(raised(call, error), cpu_s=clock() - started)
+    return Outcome(call.task_id, True, value, cpu_s=clock() - started)
 
 
 def _properties(
@@ -178,7 +199,14 @@ def encode_outcomes(
     into a failure of its call saying so; this never raises.
     """
     status = "ok" if all(o.ok for o in outcomes) else "error"
-    headers = {STATUS_HEADER: status} | ({NODE_HEADER: node[:63]} if node else {})
+    headers: dict[str, Any] = {STATUS_HEADER: status}
+    if node:
+        headers[NODE_HEADER] = node[:63]
+    cpu_s, again = sum(o.cpu_s for o in outcomes), sum(o.again for o in outcomes)
+    if cpu_s > 0:
+        headers[CPU_HEADER] = f"{cpu_s:.6f}"
+    if again:
+        headers[AGAIN_HEADER] = again
     single = outcomes[0]
     if len(outcomes) == 1 and single.ok and isinstance(single.value, bytes | bytearray):
         return bytes(single.value), _properties(
@@ -215,8 +243,25 @@ def _jsonable(outcome: Outcome) -> Outcome:
             if isinstance(outcome.value, bytes | bytearray)
             else f"the task returned a value that is not JSON: {error}"
         )
-        return Outcome(outcome.task_id, False, error=reason)
+        return Outcome(outcome.task_id, False, error=reason, cpu_s=outcome.cpu_s,
+                       again=outcome.again)  # fmt: skip
     return outcome
+
+
+def result_costs(headers: Mapping[str, Any] | None, outcomes: int) -> tuple[float, int]:
+    """The CPU seconds and redelivered calls a result message's headers claim, bounded
+    (at most :data:`MAX_CLAIMED_CPU_S`, and no more redelivered calls than it answers);
+    what is missing or malformed counts 0."""
+    headers = headers or {}
+    cpu, again = headers.get(CPU_HEADER), headers.get(AGAIN_HEADER)
+    try:
+        cpu_s = float(cpu) if isinstance(cpu, str | int | float) else 0.0
+    except ValueError:
+        cpu_s = 0.0
+    if not math.isfinite(cpu_s):
+        cpu_s = 0.0
+    redelivered = again if isinstance(again, int) and not isinstance(again, bool) else 0
+    return min(max(cpu_s, 0.0), MAX_CLAIMED_CPU_S), min(max(redelivered, 0), outcomes)
 
 
 def decode_outcomes(

@@ -51,6 +51,10 @@ class JobTally:
     #: Outcomes whose id is not one of this job's calls (a foreign or forged result).
     foreign: int = 0
     stored_bytes: int = 0
+    #: Calls that came to a worker again (the one holding them went away unanswered).
+    redelivered: int = 0
+    #: CPU seconds its calls took, as their workers claim (every run counted).
+    cpu_s: float = 0.0
     #: The PCs its results came from (at most :data:`MAX_NODES`).
     nodes: set[str] = field(default_factory=set)
     _seen: bytearray = field(default_factory=bytearray, repr=False)
@@ -63,7 +67,12 @@ class JobTally:
         return self.done + self.failed
 
     def add(
-        self, outcomes: list[Outcome], size_bytes: int, now_s: float, node: str | None = None
+        self,
+        outcomes: list[Outcome],
+        size_bytes: int,
+        now_s: float,
+        node: str | None = None,
+        costs: tuple[float, int] = (0.0, 0),
     ) -> list[tuple[int, Outcome]]:
         """Count one result message; return the calls it answered first, by index.
 
@@ -72,8 +81,12 @@ class JobTally:
             size_bytes: its body's size, for the stored-bytes count.
             now_s: a monotonic time, for the rate.
             node: the PC it was computed on, if its worker said.
+            costs: the CPU seconds its calls took and how many of them were redelivered
+                (:func:`bus.sdk.protocol.result_costs`).
         """
         self.stored_bytes += size_bytes
+        self.cpu_s += costs[0]
+        self.redelivered += costs[1]
         if node and len(self.nodes) < MAX_NODES:
             self.nodes.add(node)
         first = []

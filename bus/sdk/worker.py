@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import aiormq
@@ -137,6 +139,8 @@ class Worker(QueueConsumer):
             await self._refuse(incoming, error.reason)
             return
         outcomes = await self._execute(task, calls)
+        if incoming.redelivered:  # its first worker went away unanswered: the job's history
+            outcomes = [replace(outcome, again=True) for outcome in outcomes]
         try:
             for call, outcome in zip(calls, outcomes, strict=True):
                 if not outcome.ok:
@@ -186,20 +190,23 @@ class Worker(QueueConsumer):
         return [await self._run_here(task, call) for call in calls]
 
     async def _run_here(self, task: Task[Any, Any], call: Call) -> Outcome:
+        """One call in this process, within the task's timeout. A sync call's CPU time is
+        its thread's; an async call's is this thread's while it ran, which counts the
+        other coroutines that ran meanwhile too."""
         try:
             async with asyncio.timeout(task.timeout_s):
                 if task.is_async:
+                    started = time.thread_time()
                     value = await task.function(*call.args, **call.kwargs)
-                elif task.executor == "thread":
+                    return Outcome(call.task_id, True, value, cpu_s=time.thread_time() - started)
+                if task.executor == "thread":
                     async with self._threads:
-                        value = await asyncio.to_thread(task.function, *call.args, **call.kwargs)
-                else:
-                    value = task.function(*call.args, **call.kwargs)
+                        return await asyncio.to_thread(run_sync, task.function, call)
+                return run_sync(task.function, call)
         except TimeoutError:
             return failure(call, f"timed out after {task.timeout_s:g} s")
         except Exception as error:
             return raised(call, error)
-        return Outcome(call.task_id, True, value)
 
     async def _answer(self, incoming: AbstractIncomingMessage, outcomes: list[Outcome]) -> None:
         if not incoming.reply_to or not incoming.message_id:

@@ -313,19 +313,22 @@ def history(
     url: UrlOption = BROKER_URL,
     as_json: JsonOption = False,
 ) -> None:
-    """Jobs that ended (done, cancelled, expired or deleted): who, what, when, where."""
+    """Jobs that ended (done, cancelled, expired or deleted): who, what, when, where, the
+    calls that ran twice or were handed out again (their worker went away: evicted by a
+    person, a PC lost), and the CPU seconds the calls took."""
     query = JobsQuery(namespace=namespace, ended_since=since_time(since))
     reply = ask(url, Owner.namespace(namespace), query, JobsReply)
     if as_json:
         print_json(reply.model_dump(mode="json"))
         return
     shown = table("job", "name", "app", "by", "state", "ended", "done", "failed", "ran twice",
-                  "PCs")  # fmt: skip
+                  "redelivered", "CPU-s", "PCs")  # fmt: skip
     for view in reply.jobs:
         ended = f"{view.ended_at:%Y-%m-%d %H:%M}" if view.ended_at else "—"
         shown.add_row(view.job_id, view.name, f"{view.app}.{view.task}", view.submitter,
                       view.state, ended, str(view.done), str(view.failed),
-                      str(view.duplicates), ", ".join(view.nodes) or "—")  # fmt: skip
+                      str(view.duplicates), str(view.redelivered), f"{view.cpu_s:.1f}",
+                      ", ".join(view.nodes) or "—")  # fmt: skip
     console.print(shown)
 
 

@@ -41,7 +41,7 @@ from bus import names
 from bus.codec import Delivery
 from bus.errors import InvalidMessage
 from bus.rpc import RpcServer
-from bus.sdk.protocol import NODE_HEADER, decode_outcomes
+from bus.sdk.protocol import NODE_HEADER, decode_outcomes, result_costs
 from bus.sdk.tally import JobTally
 from bus.streams import StreamTail
 from bus.topology import QueueSpec, cancels_spec, declare_stream, job_stream_spec, queue_exists
@@ -59,6 +59,7 @@ from schemas import (
     RequestResult,
     utc_now,
 )
+from schemas.jobs import JOB_COUNTS
 from services.base import ControlService
 from services.state import JobKey, digest
 
@@ -159,10 +160,11 @@ class JobsService(ControlService):
         except InvalidMessage as error:
             log.warning("job %s/%s: a malformed result: %s", *key, error.reason)
             outcomes = []
-        node = (incoming.headers or {}).get(NODE_HEADER)
-        tally.add(
-            outcomes, len(incoming.body), time.monotonic(), node if isinstance(node, str) else None
-        )
+        headers = incoming.headers or {}
+        node = headers.get(NODE_HEADER)
+        tally.add(outcomes, len(incoming.body), time.monotonic(),
+                  node if isinstance(node, str) else None,
+                  result_costs(headers, len(outcomes)))  # fmt: skip
         self._end_if_answered(key)
 
     def _end_if_answered(self, key: JobKey) -> None:
@@ -193,11 +195,11 @@ class JobsService(ControlService):
     @staticmethod
     def _counts(job: JobView, tally: JobTally | None) -> dict[str, Any]:
         """A job's counts and PCs: its record's, or the live tally's where it saw more."""
-        fields = ("done", "failed", "duplicates", "stored_bytes")
-        counts: dict[str, Any] = {name: getattr(job, name) for name in fields}
+        counts: dict[str, Any] = {name: getattr(job, name) for name in JOB_COUNTS}
         if tally is None:
             return counts | {"nodes": job.nodes}
-        counts = {name: max(counts[name], getattr(tally, name)) for name in fields}
+        counts = {name: max(counts[name], getattr(tally, name)) for name in JOB_COUNTS}
+        counts["cpu_s"] = round(counts["cpu_s"], 3)
         return counts | {"nodes": tuple(sorted(set(job.nodes) | tally.nodes))}
 
     # -- expiry -------------------------------------------------------------------------
