@@ -201,6 +201,7 @@ async def test_bus_usage_agrees_with_the_cpu_time_the_replicas_measured(
     assert shown.returncode == 0, shown.stderr
     assert "CPU-hours reserved" in shown.stdout and f"wrote {plot}" in shown.stdout
     assert plot.read_bytes().startswith(b"\x89PNG")
+    print(shown.stdout)
     print(f"bus usage: {row['used_cpu_s']:.2f} CPU-s used; the replicas measured "
           f"{measured_s:.2f} s ({100 * (row['used_cpu_s'] / measured_s - 1):+.1f} %); "
           f"{row['reserved_cpu_s']:.1f} CPU-s reserved; the job's calls took "

@@ -29,7 +29,9 @@ _HOUR_S = 3600.0
 
 
 def _hours(seconds: float) -> str:
-    return f"{seconds / _HOUR_S:.3f}"
+    """CPU-hours: two decimals from 10 up, four below (a test job's share shows)."""
+    hours = seconds / _HOUR_S
+    return f"{hours:,.2f}" if hours >= 10 else f"{hours:.4f}"
 
 
 def _share(used_s: float, reserved_s: float) -> str:
@@ -93,15 +95,16 @@ def _draw(reply: UsageReply, out: Path) -> None:
 
     labels = [f"{row.namespace}/{_part(row)}" for row in reply.rows]
     positions = range(len(labels))
-    figure, axes = plt.subplots(figsize=(max(6.0, 0.6 * len(labels) + 2), 4.5), dpi=100)
+    figure, axes = plt.subplots(figsize=(max(7.0, 0.6 * len(labels) + 2), 4.5), dpi=100)
     axes.bar([p - 0.2 for p in positions], [r.reserved_cpu_s / _HOUR_S for r in reply.rows],
              width=0.4, label="reserved", color="lightgray")  # fmt: skip
     axes.bar([p + 0.2 for p in positions], [r.used_cpu_s / _HOUR_S for r in reply.rows],
              width=0.4, label="used", color="tab:blue")  # fmt: skip
     axes.set_xticks(list(positions), labels, rotation=30, ha="right", fontsize="small")
     axes.set_ylabel("CPU-hours")
-    axes.set_title(f"CPU-hours per {reply.by}, {reply.since:%Y-%m-%d %H:%M} to "
-                   f"{reply.until:%Y-%m-%d %H:%M} UTC")  # fmt: skip
+    axes.set_title(f"CPU-hours per {reply.by}\n{reply.since:%Y-%m-%d %H:%M} to "
+                   f"{reply.until:%Y-%m-%d %H:%M} UTC", fontsize="medium")  # fmt: skip
+    axes.set_xlim(-1, max(len(labels), 2))  # a bar or two stay bars, not walls
     if not labels:
         axes.text(0.5, 0.5, "no usage in this window", ha="center", transform=axes.transAxes)
     axes.legend()
