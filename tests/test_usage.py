@@ -23,7 +23,7 @@ from bus.errors import PublishRefused
 from bus.rpc import RpcClient
 from bus.sdk import App, TaskClient
 from idlecloud.dev.influx import INFLUX_URL, scratch_database
-from idlecloud.dev.services import BrokerInfo
+from idlecloud.dev.services import BrokerInfo, free_port
 from nodeagent.sim import SimNode
 from schemas import Owner, UsageQuery, UsageReply, UsageRow, utc_now
 from services.auth.tokens import SigningKey
@@ -264,3 +264,22 @@ async def test_a_user_sees_her_own_usage_only_and_by_pc_is_an_admins_question(
                 (alice, "edge", 100.0), (bob, "edge", 100.0)}  # fmt: skip
     finally:
         await server.stop(1.0)
+
+
+async def test_while_influxdb_cannot_be_reached_the_answer_says_so(
+    scratch: tuple[BrokerInfo, Bus],
+) -> None:
+    """A usage server whose InfluxDB is gone (nothing listens on its port) answers with
+    the reason and no rows (`bus usage` prints it; the gateway answers 503)."""
+    _info, bus = scratch
+    gone = f"http://127.0.0.1:{free_port()}"
+    server = UsageServer(usage_query("v1", gone, "idlecloud", ""))
+    await server.start(bus)
+    try:
+        client = await RpcClient(bus, Owner.platform()).start()
+        reply = await client.call(UsageQuery(since=utc_now() - timedelta(days=1)), UsageReply)
+        await client.stop()
+    finally:
+        await server.stop(1.0)
+    assert reply.rows == () and "the usage figures cannot be read" in reply.unavailable
+    assert "Connection refused" in reply.unavailable
