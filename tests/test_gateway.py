@@ -129,6 +129,7 @@ async def test_the_openapi_document_is_served_and_names_every_route(rig: Rig) ->
         "/v1/pcs/{node}/{action}", "/v1/session", "/v1/namespaces/{namespace}/jobs",
         "/v1/namespaces/{namespace}/jobs/{job}", "/v1/namespaces/{namespace}/jobs/{job}/results",
         "/v1/namespaces/{namespace}/jobs/{job}/cancel", "/v1/namespaces/{namespace}/logs",
+        "/v1/namespaces/{namespace}/history", "/v1/namespaces/{namespace}/usage",
     }  # fmt: skip
     body = document["components"]["schemas"]["DeploymentBody"]
     assert "request_id" not in body["properties"] and "image" in body["required"]
