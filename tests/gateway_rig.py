@@ -10,11 +10,13 @@ from typing import Any
 import aiohttp
 import pytest
 
+from idlecloud.dev.influx import INFLUX_URL, scratch_database
 from idlecloud.dev.services import free_port
 from services.auth.service import AuthService
 from services.auth.tokens import SigningKey, mint_api_key
 from services.gateway.service import Gateway, GatewaySettings
 from services.jobs.service import JobSettings
+from services.metrics.usage_server import UsageServer, usage_query
 
 from .control_plane import SLEEPER, Plane, control_plane, thesis_pcs
 from .helpers import wait_until
@@ -33,10 +35,15 @@ class Api:
 
 
 class Rig:
-    """The control plane, the gateway, and keys for alice, bob and an admin."""
+    """The control plane, the gateway (with a usage server on a fresh InfluxDB database),
+    and keys for alice, bob and an admin."""
 
-    def __init__(self, plane: Plane, gateway: Gateway, base: str, key: SigningKey) -> None:
+    def __init__(
+        self, plane: Plane, gateway: Gateway, base: str, key: SigningKey, database: str
+    ) -> None:
         self.plane, self.gateway, self.base, self.key = plane, gateway, base, key
+        #: The InfluxDB database the rig's usage server reads.
+        self.database = database
 
     def mint(self, role: str, subject: str, **options: Any) -> str:
         return mint_api_key(self.key, role, subject, **options)[1]  # type: ignore[arg-type]
@@ -58,11 +65,15 @@ async def rig(tmp_path: Path, unique: str) -> AsyncIterator[Rig]:
         port = free_port()
         auth_url = f"http://127.0.0.1:{auth.settings.http_port}"
         gateway = Gateway(GatewaySettings(public, http_port=port, auth_url=auth_url))
-        await gateway.start(plane.bus)
-        try:
-            yield Rig(plane, gateway, f"http://127.0.0.1:{port}", auth.key)
-        finally:
-            await gateway.stop(1.0)
+        with scratch_database("rig") as database:
+            usage = UsageServer(usage_query("v1", INFLUX_URL, database, ""))
+            await usage.start(plane.bus)
+            await gateway.start(plane.bus)
+            try:
+                yield Rig(plane, gateway, f"http://127.0.0.1:{port}", auth.key, database)
+            finally:
+                await gateway.stop(1.0)
+                await usage.stop(1.0)
 
 
 def deployment(app: str, replicas: int = 2) -> dict[str, Any]:

@@ -22,11 +22,10 @@ from aio_pika.abc import AbstractIncomingMessage
 from bus import names
 from bus.sdk import App, Worker
 from bus.topology import QueueSpec
-from idlecloud.dev.influx import INFLUX_URL, scratch_database
+from idlecloud.dev.influx import INFLUX_URL
 from schemas import TokenRevoke
 from services.auth.tokens import SigningKey, mint_api_key
 from services.metrics.influx import InfluxV1
-from services.metrics.usage_server import UsageServer, usage_query
 
 from .gateway_rig import Api, Rig, deployment
 from .helpers import wait_until
@@ -299,36 +298,33 @@ async def test_alice_reads_her_replicas_last_lines_and_bob_cannot(rig: Rig) -> N
 async def test_usage_over_http_is_ones_own_namespaces_and_by_pc_an_admins(
     rig: Rig, unique: str
 ) -> None:
-    """``GET …/usage`` answers the namespace's CPU from InfluxDB (points written here, as
-    the metrics writer would); Bob's key is refused at Alice's path, Alice's when she asks
-    by PC, and an admin's gets it by PC."""
-    with scratch_database("gateway") as database:
-        at = int(time.time()) - 20
-        sink = InfluxV1(INFLUX_URL, database)
-        await sink.write([f"replica,app=web,namespace=alice,node=edge,replica=r{unique} "
-                          f"cpu_s={step}.0,reserved_cpu_millicores=500i {(at + step) * 10**9}"
-                          for step in range(11)])  # fmt: skip
-        await sink.close()
-        server = UsageServer(usage_query("v1", INFLUX_URL, database, ""))
-        await server.start(rig.plane.bus)
-        try:
-            async with aiohttp.ClientSession() as http:
-                alice = Api(http, rig.base, rig.mint("user", "alice"))
-                bob = Api(http, rig.base, rig.mint("user", "bob"))
-                admin = Api(http, rig.base, rig.mint("admin", "root"))
-                status, usage = await alice.call("GET", "/v1/namespaces/alice/usage?since=1h")
-                assert status == 200, usage
-                assert [(r["app"], r["used_cpu_s"], r["reserved_cpu_s"]) for r in usage["rows"]
-                        ] == [("web", 10.0, 5.0)]  # fmt: skip
-                for caller, path, expected in (
-                    (bob, "/v1/namespaces/alice/usage", 403),
-                    (alice, "/v1/namespaces/alice/usage?by=pc", 403),
-                    (alice, "/v1/namespaces/alice/usage?by=week", 422),
-                    (alice, "/v1/namespaces/alice/usage?since=yesterday", 422),
-                ):
-                    status, answer = await caller.call("GET", path)
-                    assert status == expected, (path, answer)
-                status, by_pc = await admin.call("GET", "/v1/namespaces/alice/usage?by=pc")
-                assert status == 200 and [r["node"] for r in by_pc["rows"]] == ["edge"]
-        finally:
-            await server.stop(1.0)
+    """``GET …/usage`` answers the namespace's CPU from InfluxDB (points written into the
+    rig's database here, as the metrics writer would); Bob's key is refused at Alice's
+    path, Alice's when she asks by PC, and an admin's gets it by PC; a span past ten
+    years is a 422."""
+    at = int(time.time()) - 20
+    sink = InfluxV1(INFLUX_URL, rig.database)
+    await sink.write([f"replica,app=web,namespace=alice,node=edge,replica=r{unique} "
+                      f"cpu_s={step}.0,reserved_cpu_millicores=500i {(at + step) * 10**9}"
+                      for step in range(11)])  # fmt: skip
+    await sink.close()
+    async with aiohttp.ClientSession() as http:
+        alice = Api(http, rig.base, rig.mint("user", "alice"))
+        bob = Api(http, rig.base, rig.mint("user", "bob"))
+        admin = Api(http, rig.base, rig.mint("admin", "root"))
+        status, usage = await alice.call("GET", "/v1/namespaces/alice/usage?since=1h")
+        assert status == 200, usage
+        assert [(r["app"], r["used_cpu_s"], r["reserved_cpu_s"]) for r in usage["rows"]
+                ] == [("web", 10.0, 5.0)]  # fmt: skip
+        for caller, path, expected in (
+            (bob, "/v1/namespaces/alice/usage", 403),
+            (alice, "/v1/namespaces/alice/usage?by=pc", 403),
+            (alice, "/v1/namespaces/alice/usage?by=week", 422),
+            (alice, "/v1/namespaces/alice/usage?since=yesterday", 422),
+            (alice, "/v1/namespaces/alice/usage?since=4000d", 422),
+            (alice, "/v1/namespaces/alice/history?since=99999999d", 422),
+        ):
+            status, answer = await caller.call("GET", path)
+            assert status == expected, (path, answer)
+        status, by_pc = await admin.call("GET", "/v1/namespaces/alice/usage?by=pc")
+        assert status == 200 and [r["node"] for r in by_pc["rows"]] == ["edge"]

@@ -9,7 +9,7 @@ key cannot publish to (the gateway says so before trying).
 from __future__ import annotations
 
 from abc import abstractmethod
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from aiohttp import web
@@ -19,11 +19,12 @@ from schemas import JobsQuery, JobsReply, Message, UsageBy, UsageQuery, UsageRep
 from services.gateway.bodies import json_error
 from services.gateway.page import CALLER
 
-__all__ = ["HISTORY_SINCE", "AccountRoutes"]
+__all__ = ["HISTORY_SINCE", "MAX_SINCE", "AccountRoutes"]
 
 R = TypeVar("R", bound=Message)
-#: How far back history and usage look unless ``since`` says.
+#: How far back history and usage look unless ``since`` says, and at most.
 HISTORY_SINCE = "30d"
+MAX_SINCE = timedelta(days=3650)
 _BY: tuple[UsageBy, ...] = ("app", "pc", "day")
 
 
@@ -31,9 +32,12 @@ def _since(request: web.Request) -> datetime | web.Response:
     """The moment the ``since`` parameter names, or the 422 that says why it does not."""
     text = request.query.get("since", HISTORY_SINCE)
     try:
-        return utc_now() - parse_span(text)
+        span = parse_span(text)
     except ValueError as error:
         return json_error(422, f"since: {error}")
+    if span > MAX_SINCE:  # the platform keeps nothing older; a Timestamp cannot say it
+        return json_error(422, f"since={text[:32]!r}: at most {MAX_SINCE.days}d (ten years)")
+    return utc_now() - span
 
 
 class AccountRoutes:
