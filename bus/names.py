@@ -18,6 +18,7 @@ Nothing else in the code base spells a name inline: it calls a function here.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -86,6 +87,8 @@ __all__ = [
     "REQUESTS_EXCHANGE",
     "Route",
     "auth_request_keys",
+    "checkpoint_key",
+    "checkpoint_queue",
     "dead_letter_route",
     "dead_letter_target",
     "door",
@@ -103,6 +106,7 @@ __all__ = [
     "node_dead_letter_keys",
     "node_event_keys",
     "node_view_keys",
+    "ns_checkpoints_exchange",
     "ns_dead_exchange",
     "ns_events_binding",
     "ns_events_exchange",
@@ -261,6 +265,22 @@ def ns_events_exchange(namespace: str) -> str:
 def ns_events_binding(namespace: str) -> str:
     """The binding from ``idlecloud.events`` that feeds a namespace's own view: ``ns.<ns>.#``."""
     return _ns_key(namespace, "#")
+
+
+def ns_checkpoints_exchange(namespace: str) -> str:
+    """The direct exchange through which a namespace's workers save checkpoints (routing
+    key: :func:`checkpoint_key`)."""
+    return _ns_key(namespace, "checkpoints")
+
+
+def checkpoint_key(task_id: str) -> str:
+    """A call's checkpoint key: a digest of its id (any id, any length, one name)."""
+    return hashlib.sha256(task_id.encode()).hexdigest()[:32]
+
+
+def checkpoint_queue(namespace: str, task_id: str) -> str:
+    """The queue holding a call's last checkpoint: ``ns.<ns>.checkpoints.<key>``."""
+    return _ns_key(namespace, "checkpoints", checkpoint_key(task_id))
 
 
 def ns_results_exchange(namespace: str) -> str:

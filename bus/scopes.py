@@ -14,8 +14,9 @@ needs only a handful of patterns:
   through its door ``node.edge`` (heartbeat, presence, replica status, metrics), and
   binding its queue to ``node.edge.*`` commands.
 - replica of ``alice``/``stereo``: reading its task queue and the namespace's cancelled
-  jobs, publishing results to
-  ``ns.alice.results`` and failed tasks to ``ns.alice.dead``; nothing else.
+  jobs, publishing results to ``ns.alice.results`` and failed tasks to ``ns.alice.dead``,
+  and keeping its calls' checkpoints (``ns.alice.checkpoints.*`` queues, through the
+  exchange ``ns.alice.checkpoints``); nothing else.
 - admin: every namespace's names and doors, its own ``idlecloud.admin.*`` names,
   ``idlecloud.admin.*`` keys through the admins' door ``idlecloud.admin``, and reading
   ``idlecloud.events`` and what the platform keeps for every namespace.
@@ -126,11 +127,17 @@ def scopes_for(role: RoleName, subject: str, vhost: str, *, app: str = "") -> tu
     if role == "replica":
         if not app:
             raise ValueError("a replica's scopes need the app it serves")
+        checkpoints = names.ns_checkpoints_exchange(subject)
         return (
             Scope("read", vhost, names.task_queue(subject, app)),
             Scope("read", vhost, names.job_cancels_stream(subject)),
             Scope("write", vhost, names.ns_results_exchange(subject), "*"),
             Scope("write", vhost, names.ns_dead_exchange(subject), app),
+            # its calls' checkpoints: declare, bind, read and delete their queues, and
+            # publish to (and bind from) the exchange, which it may not configure
+            Scope("configure", vhost, f"{checkpoints}.*"),
+            Scope("read", vhost, f"{checkpoints}*"),
+            Scope("write", vhost, f"{checkpoints}*"),
         )
     admin_own = f"{names.ADMIN_PREFIX}.*"
     return (

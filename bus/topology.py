@@ -114,6 +114,27 @@ class QueueSpec:
         return queue
 
 
+#: A call's checkpoint queue nobody has used for this long is deleted by the broker (its
+#: call will not run again: its job was abandoned, or its worker died after answering).
+CHECKPOINT_EXPIRES_S = 7 * 86_400
+
+
+def checkpoint_spec(namespace: str, task_id: str) -> QueueSpec:
+    """The queue of a call's checkpoint: durable, holding only the newest (one message, the
+    older dropped from the head), bound to the namespace's checkpoints exchange by the
+    call's key, and expiring once unused (:data:`CHECKPOINT_EXPIRES_S`)."""
+    return QueueSpec(
+        names.checkpoint_queue(namespace, task_id),
+        ((names.ns_checkpoints_exchange(namespace), names.checkpoint_key(task_id)),),
+        arguments={
+            "x-queue-type": "classic",
+            "x-max-length": 1,
+            "x-overflow": "drop-head",
+            "x-expires": CHECKPOINT_EXPIRES_S * 1000,
+        },
+    )
+
+
 #: The journal stream (see bus.journal). Retention drops whole segments (RabbitMQ's
 #: default: 500 MB), so at least 512 MiB stay after a drop: more than the entries since
 #: the newest snapshot can take (``services.state.SNAPSHOT_EVERY`` entries of at most
@@ -296,9 +317,11 @@ def task_queue_spec(namespace: str, app: str) -> QueueSpec:
 
 
 async def declare_app(channel: AbstractChannel, namespace: str, app: str) -> QueueSpec:
-    """Declare an app's exchanges, task queue and dead-task queue; return the task queue."""
+    """Declare an app's exchanges (its namespace's tasks, results, checkpoints and dead
+    tasks), task queue and dead-task queue; return the task queue."""
     await channel.declare_exchange(names.ns_tasks_exchange(namespace), durable=True)
     await channel.declare_exchange(names.ns_results_exchange(namespace), durable=True)
+    await channel.declare_exchange(names.ns_checkpoints_exchange(namespace), durable=True)
     await channel.declare_exchange(
         names.ns_dead_exchange(namespace), ExchangeType.TOPIC, durable=True
     )

@@ -62,6 +62,15 @@ def _validated(adapter: TypeAdapter[str], value: str, what: str, variable: str) 
         ) from None
 
 
+def _takes_context(function: Callable[..., Any]) -> bool:
+    """Whether ``function`` takes a first positional argument (the TaskContext)."""
+    parameters = list(inspect.signature(function).parameters.values())
+    return bool(parameters) and parameters[0].kind in (
+        inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.VAR_POSITIONAL,
+    )  # fmt: skip
+
+
 class _Decorator(Protocol):
     def __call__(self, function: Callable[P, R], /) -> Task[P, R]: ...
 
@@ -76,6 +85,9 @@ class Task(Generic[P, R]):
     executor: Executor
     retries: int = 0
     timeout_s: float | None = None
+    #: Set: its function takes a :class:`bus.sdk.checkpoints.TaskContext` first, and a
+    #: checkpoint is due this often (seconds).
+    checkpoint_s: float | None = None
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.function(*args, **kwargs)
@@ -147,6 +159,7 @@ class App:
         retries: int = 0,
         timeout_s: float | None = None,
         executor: Executor | None = None,
+        checkpoint_s: float | None = None,
     ) -> _Decorator: ...
 
     def task(
@@ -158,6 +171,7 @@ class App:
         retries: int = 0,
         timeout_s: float | None = None,
         executor: Executor | None = None,
+        checkpoint_s: float | None = None,
     ) -> Task[P, R] | _Decorator:
         """Register a function as a task of this app.
 
@@ -169,6 +183,9 @@ class App:
             timeout_s: a call running longer fails (and is retried).
             executor: ``inline`` (on the event loop: async functions, and trivial sync
                 ones), ``thread``, or ``process`` (default for sync functions).
+            checkpoint_s: the call saves its progress this often: its function takes a
+                :class:`bus.sdk.checkpoints.TaskContext` as its first argument (see
+                :mod:`bus.sdk.checkpoints`), which workers pass and callers leave out.
 
         Raises:
             ValueError: a task of that name exists, or an option is out of range.
@@ -180,12 +197,19 @@ class App:
                 raise ValueError(f"app {self.app} already has a task named {task_name!r}")
             if retries < 0 or (timeout_s is not None and timeout_s <= 0):
                 raise ValueError("retries must be >= 0 and timeout_s > 0")
+            if checkpoint_s is not None and not (checkpoint_s > 0 and _takes_context(target)):
+                raise ValueError(
+                    f"task {task_name!r}: checkpoint_s must be > 0, and its function must "
+                    "take the TaskContext as its first argument"
+                )
             chosen: Executor = executor or (
                 "inline" if inspect.iscoroutinefunction(target) else "process"
             )
             if inspect.iscoroutinefunction(target) and chosen != "inline":
                 raise ValueError(f"async task {task_name!r} can only run inline")
-            created: Task[P, R] = Task(self, task_name, target, chosen, retries, timeout_s)
+            created: Task[P, R] = Task(
+                self, task_name, target, chosen, retries, timeout_s, checkpoint_s
+            )
             self.tasks[task_name] = created
             return created
 

@@ -23,11 +23,14 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from bus.sdk.checkpoints import Resume, Saved, Sink, with_context
 from bus.sdk.protocol import Call, Outcome, run_sync
 
 __all__ = ["ChildDied", "ProcessPool", "load_target"]
 
 _CONTEXT = multiprocessing.get_context("spawn")
+#: What a child sends its worker: a checkpoint one of its calls saved, or their outcomes.
+_CHECKPOINT, _DONE = "checkpoint", "done"
 
 
 class ChildDied(Exception):
@@ -54,15 +57,20 @@ def _child_main(connection: Connection, target: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     app = load_target(target)
+
+    def sink(task_id: str, saved: Saved) -> None:  # to the worker, which stores it
+        connection.send((_CHECKPOINT, task_id, saved))
+
     while True:
         try:
-            task_name, calls = connection.recv()
+            task_name, calls, resumes = connection.recv()
         except (EOFError, OSError):
             return
         function = app.tasks[task_name].function
-        results = [run_sync(function, call, time.process_time) for call in calls]
+        results = [run_sync(function, with_context(call, resume, sink), time.process_time)
+                   for call, resume in zip(calls, resumes, strict=True)]  # fmt: skip
         try:
-            connection.send(results)
+            connection.send((_DONE, results))
         except OSError:  # BrokenPipeError: the worker is gone, and this process goes quietly
             return
 
@@ -115,9 +123,21 @@ class ProcessPool:
         self._spawn()
 
     async def run(
-        self, task_name: str, calls: Sequence[Call], timeout_s: float | None
+        self,
+        task_name: str,
+        calls: Sequence[Call],
+        timeout_s: float | None,
+        resumes: Sequence[Resume | None] = (),
+        on_checkpoint: Sink | None = None,
     ) -> list[Outcome]:
         """Run calls of one task in one child; their outcomes in order.
+
+        Args:
+            task_name: the task.
+            calls: its calls.
+            timeout_s: the most the child may take.
+            resumes: for a checkpointing task, each call's :class:`Resume`.
+            on_checkpoint: where the checkpoints the calls save go, as they come.
 
         Raises:
             TimeoutError: the child took longer than ``timeout_s``; it was killed and replaced.
@@ -128,16 +148,24 @@ class ProcessPool:
         answered: asyncio.Future[list[Outcome]] = loop.create_future()
 
         def on_readable() -> None:
-            loop.remove_reader(child.connection.fileno())
             if answered.done():
+                loop.remove_reader(child.connection.fileno())
                 return
             try:
-                answered.set_result(child.connection.recv())
+                kind, *message = child.connection.recv()
             except (EOFError, OSError):
+                loop.remove_reader(child.connection.fileno())
                 answered.set_exception(ChildDied(f"worker process {child.process.pid} died"))
+                return
+            if kind == _CHECKPOINT:
+                if on_checkpoint is not None:
+                    on_checkpoint(*message)
+                return
+            loop.remove_reader(child.connection.fileno())
+            answered.set_result(message[0])
 
         try:
-            child.connection.send((task_name, list(calls)))
+            child.connection.send((task_name, list(calls), list(resumes) or [None] * len(calls)))
             loop.add_reader(child.connection.fileno(), on_readable)
             async with asyncio.timeout(timeout_s):
                 answers = await answered

@@ -16,6 +16,7 @@ A call of a cancelled job (:mod:`bus.sdk.cancels`) is acknowledged without being
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -34,6 +35,7 @@ from bus.errors import InvalidMessage
 from bus.sdk.app import App, Task
 from bus.sdk.batcher import AckBatcher, ResultBatcher
 from bus.sdk.cancels import CancelledJobs
+from bus.sdk.checkpoints import CheckpointStore, Resume, Saved, with_context
 from bus.sdk.pool import ChildDied, ProcessPool
 from bus.sdk.protocol import (
     TASK_HEADER,
@@ -88,6 +90,8 @@ class Worker(QueueConsumer):
         self._threads = asyncio.Semaphore(concurrency)
         self._acks = AckBatcher()
         self._cancelled = CancelledJobs(app.namespace)
+        #: Where its checkpointing tasks' calls keep their progress (made on start).
+        self._checkpoints: CheckpointStore | None = None
         self._node = os.environ.get(NODE_ENV)  # on a PC of the platform: which one
         #: Calls of cancelled jobs acknowledged unstarted.
         self.skipped = 0
@@ -108,6 +112,9 @@ class Worker(QueueConsumer):
             if not channel.is_closed:
                 await channel.close()
         await self._cancelled.start(bus)
+        if any(task.checkpoint_s is not None for task in self.app.tasks.values()):
+            self._checkpoints = CheckpointStore(bus, self.app.namespace)
+            await self._checkpoints.start()
         if self._pool is not None:
             self._pool.start()
         await super().start(bus)
@@ -116,6 +123,8 @@ class Worker(QueueConsumer):
         """Finish in-flight tasks within ``grace_s``, requeue the rest, stop the pool."""
         await super().stop(grace_s)
         await self._cancelled.stop()
+        if self._checkpoints is not None:
+            await self._checkpoints.stop()
         if self._pool is not None:
             self._pool.close()
 
@@ -138,7 +147,13 @@ class Worker(QueueConsumer):
         except InvalidMessage as error:
             await self._refuse(incoming, error.reason)
             return
-        outcomes = await self._execute(task, calls)
+        try:
+            resumes = await self._resumes(task, calls)
+        except PUBLISH_FAILURES as error:
+            log.warning("could not read a checkpoint (%r); the task will be redelivered", error)
+            await self._acks.nack(incoming)
+            return
+        outcomes = await self._execute(task, calls, resumes)
         if incoming.redelivered:  # its first worker went away unanswered: the job's history
             outcomes = [replace(outcome, again=True) for outcome in outcomes]
         try:
@@ -152,18 +167,46 @@ class Worker(QueueConsumer):
             await self._acks.nack(incoming)
             return
         self._acks.ack(incoming)
+        if resumes and self._checkpoints is not None:  # answered: no run needs them again
+            for call in calls:
+                await self._checkpoints.drop(call.task_id)
 
-    async def _execute(self, task: Task[Any, Any], calls: Sequence[Call]) -> list[Outcome]:
+    async def _resumes(self, task: Task[Any, Any], calls: Sequence[Call]) -> dict[str, Resume]:
+        """For a checkpointing task, where each call starts: its last saved state."""
+        if task.checkpoint_s is None or self._checkpoints is None:
+            return {}
+        return {call.task_id: Resume(call.task_id, task.checkpoint_s,
+                                     await self._checkpoints.load(call.task_id))
+                for call in calls}  # fmt: skip
+
+    def _bound(self, task: Task[Any, Any], call: Call, resumes: dict[str, Resume]) -> Call:
+        """The call with its TaskContext, whose saves reach the store from any thread."""
+        resume = resumes.get(call.task_id)
+        if resume is None or self._checkpoints is None:
+            return call
+        store, loop = self._checkpoints, asyncio.get_running_loop()
+
+        def from_a_thread(task_id: str, saved: Saved) -> None:
+            loop.call_soon_threadsafe(store.save_soon, task_id, saved)
+
+        sink = from_a_thread if task.executor == "thread" else store.save_soon
+        return with_context(call, resume, sink)
+
+    async def _execute(
+        self, task: Task[Any, Any], calls: Sequence[Call], resumes: dict[str, Resume]
+    ) -> list[Outcome]:
         final: dict[str, Outcome] = {}
         pending = list(calls)
         attempts = deaths = 0
         while pending:
             try:
-                outcomes = await self._run(task, pending)
+                outcomes = await self._run(task, pending, resumes)
             except ChildDied as error:
                 deaths += 1
                 if deaths <= MAX_CHILD_DEATHS:
                     log.warning("%s; running its calls again", error)
+                    with contextlib.suppress(*PUBLISH_FAILURES):  # else: the older states
+                        resumes = await self._resumes(task, pending)  # what the dead one saved
                     continue
                 outcomes = [failure(c, f"{error} {deaths} times") for c in pending]
             attempts += 1
@@ -177,17 +220,22 @@ class Worker(QueueConsumer):
             pending = still_failing
         return [final[call.task_id] for call in calls]
 
-    async def _run(self, task: Task[Any, Any], calls: Sequence[Call]) -> list[Outcome]:
+    async def _run(
+        self, task: Task[Any, Any], calls: Sequence[Call], resumes: dict[str, Resume]
+    ) -> list[Outcome]:
         if task.executor == "process":
             assert self._pool is not None
             timeout_s = task.timeout_s * len(calls) if task.timeout_s else None
+            saves = self._checkpoints.save_soon if self._checkpoints is not None else None
             try:
-                return await self._pool.run(task.name, calls, timeout_s)
+                starts = [resumes.get(call.task_id) for call in calls]
+                return await self._pool.run(task.name, calls, timeout_s, starts, saves)
             except TimeoutError:
                 return [failure(c, f"timed out after {task.timeout_s:g} s") for c in calls]
+        bound = [self._bound(task, call, resumes) for call in calls]
         if task.executor == "inline" and not task.is_async and task.timeout_s is None:
-            return [run_sync(task.function, call) for call in calls]
-        return [await self._run_here(task, call) for call in calls]
+            return [run_sync(task.function, call) for call in bound]
+        return [await self._run_here(task, call) for call in bound]
 
     async def _run_here(self, task: Task[Any, Any], call: Call) -> Outcome:
         """One call in this process, within the task's timeout. A sync call's CPU time is
