@@ -7,9 +7,12 @@ the isolation between namespaces against the real broker.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,10 +34,15 @@ from bus.sdk.checkpoints import (
     decode_state,
     encode_state,
 )
+from bus.sdk.protocol import Outcome
 from bus.topology import checkpoint_spec, declare_app
 from idlecloud.dev.services import BrokerInfo, management
+from nodeagent.sim import SimNode
+from schemas import JobView
 from services.auth.tokens import SigningKey
+from services.jobs.service import JobSettings
 
+from .control_plane import control_plane, thesis_pcs
 from .helpers import wait_until
 from .login import Login
 
@@ -296,3 +304,82 @@ async def test_a_replica_keeps_its_namespaces_checkpoints_and_cannot_touch_anoth
             await store.stop()
     await platform.stop()
     await channel.close()
+
+
+def ledger_by_pc(ledger: Path) -> list[tuple[str, int]]:
+    """The units of work computed, in order, with the PC each was computed on."""
+    lines = ledger.read_text().splitlines() if ledger.exists() else []
+    return [(line.split()[0], int(line.split()[1])) for line in lines]
+
+
+async def evict_three_times(
+    work: Path, pcs: tuple[SimNode, ...], ledger: Path
+) -> tuple[list[str], JobView, list[Outcome]]:
+    """Run the 30-unit call as a job on one replica and log a person in three times at the
+    PC running it; the PCs evicted, the job's end, and its results."""
+    async with control_plane(work, pcs, jobs=JobSettings()) as plane:
+        await plane.quota("alice", 4000)
+        target = "tests.programs.checkpoint_app:app"
+        worker = (sys.executable, "-m", "idlecloud", "worker", target)
+        assert (await plane.deploy("alice", "count", 1, command=worker)).accepted
+        app = App("alice", "count")
+
+        @app.task
+        def count(units: int, unit_s: float, ledger: str) -> dict[str, int]:
+            raise NotImplementedError  # the replicas run tests.programs.checkpoint_app
+
+        async with TaskClient(plane.bus, app) as client:
+            job = await client.submit_job(count, [(30, 1.0, str(ledger))], name="long")
+            evicted: list[str] = []
+            for _ in range(3):
+                await wait_until(
+                    lambda: sum(pc not in evicted for pc, _u in ledger_by_pc(ledger)) >= 5,
+                    120, "5 units on a PC no person has sat at",
+                )  # fmt: skip
+                running = ledger_by_pc(ledger)[-1][0]
+                plane.simulation.login(running)
+                evicted.append(running)
+            view = await asyncio.wait_for(job.wait(poll_s=0.5), 180)
+            return evicted, view, [outcome async for _index, outcome in job.results()]
+
+
+@pytest.fixture
+def ledger(unique: str) -> Iterator[Path]:
+    """A file every replica may append to: they have uids of their own, and cannot reach
+    into a test's tmp_path."""
+    shared = Path(tempfile.mkdtemp(prefix=f"ledger-{unique}-"))
+    shared.chmod(0o777)
+    path = shared / "ledger"
+    path.touch()
+    path.chmod(0o666)
+    yield path
+    shutil.rmtree(shared)
+
+
+@pytest.mark.timeout(400)
+async def test_a_30_cpu_second_task_evicted_three_times_redoes_at_most_a_checkpoint_each(
+    unique: str, tmp_path: Path, ledger: Path
+) -> None:
+    """One call of 30 units of 1 CPU-second, saving every 3 s, on one replica. Three times
+    a person logs in (a real utmp record) at the PC running it: its agent freezes it,
+    placement starts a replacement on an idle PC and stops the frozen one, and the call is
+    delivered again and resumes from its last checkpoint. Each time at most the checkpoint
+    interval plus one unit is computed again (counted from the units' ledger), and the
+    job gets one result, from the fourth PC."""
+    evicted, view, results = await evict_three_times(tmp_path, thesis_pcs(unique), ledger)
+    computed = ledger_by_pc(ledger)
+    assert [pc for pc, _unit in computed if pc not in evicted] and len(set(evicted)) == 3
+    assert sorted({unit for _pc, unit in computed}) == list(range(30))
+    redone = []
+    for before, after in itertools.pairwise([*evicted, computed[-1][0]]):
+        last_before = max(unit for pc, unit in computed if pc == before)
+        first_after = min(unit for pc, unit in computed if pc == after)
+        redone.append(last_before + 1 - first_after)  # units computed on both PCs
+    assert all(0 <= units <= 3 + 1 for units in redone), (redone, computed)
+    assert (view.state, view.done, view.duplicates) == ("done", 1, 0)
+    (result,) = results
+    assert result.ok and result.value["units"] == 30 and result.value["resumed_at"] > 0
+    print(
+        f"30 units, evicted at {evicted}: {len(computed)} computed, redone per eviction "
+        f"{redone} (at most 3 s of work + 1 unit each); {view.redelivered} redelivered"
+    )
