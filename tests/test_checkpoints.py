@@ -198,7 +198,8 @@ async def test_a_corrupt_checkpoint_fails_its_call_clearly_or_starts_afresh(
 ) -> None:
     """A checkpoint that is not what it claims: the task that reads it plainly fails with
     the reason (the worker serves on); the task that catches CheckpointError starts
-    afresh. Both run as threads, whose saves reach the store from their thread."""
+    afresh. A call retried after an error resumes from what its failed try saved. All run
+    as threads, whose saves reach the store from their thread."""
     bus, namespace = space
     app = App(namespace, "fragile")
 
@@ -215,6 +216,13 @@ async def test_a_corrupt_checkpoint_fails_its_call_clearly_or_starts_afresh(
         except CheckpointError:
             start = 0
         return int(start + n)
+
+    @app.task(checkpoint_s=0.01, executor="thread", retries=1)
+    def flaky(ctx: TaskContext, n: int) -> int:
+        if ctx.restored is None:
+            ctx.checkpoint({"half": n}, force=True)
+            raise RuntimeError("the first try fails after saving")
+        return int(ctx.restored["half"]) * 2
 
     channel = await bus.channel()
     await declare_app(channel, namespace, "fragile")
@@ -233,6 +241,7 @@ async def test_a_corrupt_checkpoint_fails_its_call_clearly_or_starts_afresh(
                 await client.call(strict, 5)
             assert await client.call(forgiving, 5) == 5
             assert await client.call(strict, 7) == 7  # a fresh call: nothing restored
+            assert await client.call(flaky, 21) == 42  # its retry resumed from the save
     finally:
         await worker.stop(1.0)
         await channel.close()

@@ -199,14 +199,15 @@ class Worker(QueueConsumer):
         pending = list(calls)
         attempts = deaths = 0
         while pending:
+            if attempts or deaths:  # a run again starts from what the last one saved
+                with contextlib.suppress(*PUBLISH_FAILURES):  # else: from the older states
+                    resumes = await self._resumes(task, pending)
             try:
                 outcomes = await self._run(task, pending, resumes)
             except ChildDied as error:
                 deaths += 1
                 if deaths <= MAX_CHILD_DEATHS:
                     log.warning("%s; running its calls again", error)
-                    with contextlib.suppress(*PUBLISH_FAILURES):  # else: the older states
-                        resumes = await self._resumes(task, pending)  # what the dead one saved
                     continue
                 outcomes = [failure(c, f"{error} {deaths} times") for c in pending]
             attempts += 1
