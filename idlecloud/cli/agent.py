@@ -24,6 +24,7 @@ from nodeagent.agent import DESK_RESERVE, Agent, AgentSettings
 from nodeagent.policy import PolicySettings
 from nodeagent.runtime import DOCKER_NETWORK, DOCKER_USER, Runtime
 from nodeagent.runtime.cgroup import Mounts, replica_parent
+from nodeagent.runtime.data import DATA_GIDS, DataFolders
 from nodeagent.runtime.identity import Identities, UidRange
 from nodeagent.runtime.process import ProcessRuntime
 from nodeagent.timetable import Timetable
@@ -69,6 +70,22 @@ def _option(help_text: str, env: str) -> typer.models.OptionInfo:
     return option
 
 
+def _data_folders(root: Path | None, gids: str, replica_uids: str) -> DataFolders | None:
+    """The namespaces' data folders under ``root``, if the site gives one.
+
+    Raises:
+        ValueError: the gids are malformed or overlap the replicas' ids, or ``root`` is
+            not a folder.
+    """
+    if root is None:
+        return None
+    chosen, replicas = UidRange.parse(gids), UidRange.parse(replica_uids)
+    if chosen.first <= replicas.last and replicas.first <= chosen.last:
+        raise ValueError(f"--data-gids {chosen} overlaps --replica-uids {replicas}: a replica's "
+                         "own group could then open another namespace's data folder")  # fmt: skip
+    return DataFolders(root, chosen)
+
+
 def _process_runtime(
     name: str,
     state_dir: Path,
@@ -76,6 +93,7 @@ def _process_runtime(
     uids: str,
     insecure_same_user: bool,
     usage_interval_s: float,
+    data: DataFolders | None,
 ) -> ProcessRuntime:
     """The process runtime, with replicas' own identities where the agent is root.
 
@@ -106,6 +124,7 @@ def _process_runtime(
         insecure_same_user=insecure_same_user,
         cgroup_parent=parent.path,
         usage_interval_s=usage_interval_s,
+        data=data,
     )
     runtime.adopt()
     return runtime
@@ -157,6 +176,22 @@ def run_agent(
             "REPLICA_UIDS",
         ),
     ] = "2000000000-2000099999",
+    data_root: Annotated[
+        Path | None,
+        _option(
+            "A folder every lab PC mounts alike (NFS, SMB): each replica gets its "
+            "namespace's folder under it at $IDLECLOUD_DATA, and no other.",
+            "DATA_ROOT",
+        ),
+    ] = None,
+    data_gids: Annotated[
+        str,
+        _option(
+            "The site-wide gids of namespaces' data folders, FIRST-LAST (apart from "
+            "--replica-uids; the same on every PC).",
+            "DATA_GIDS",
+        ),
+    ] = str(DATA_GIDS),
     insecure_same_user: Annotated[
         bool,
         _option(
@@ -284,16 +319,16 @@ def run_agent(
     replicas: Runtime
     usage_interval_s = metrics_s / 2  # each sample carries a fresh reading
     try:
+        data = _data_folders(data_root, data_gids, replica_uids)
         if runtime == "docker":
             from nodeagent.runtime.docker import DockerRuntime  # aiohttp: only for Docker PCs
 
             replicas = DockerRuntime(name, network_mode=docker_network, user=docker_user,
-                                     usage_interval_s=usage_interval_s)  # fmt: skip
+                                     usage_interval_s=usage_interval_s, data=data)  # fmt: skip
         else:
-            replicas = _process_runtime(
-                name, state_dir, replica_dir, replica_uids, insecure_same_user, usage_interval_s
-            )
-    except ValueError as error:
+            replicas = _process_runtime(name, state_dir, replica_dir, replica_uids,
+                                        insecure_same_user, usage_interval_s, data)  # fmt: skip
+    except (ValueError, OSError) as error:
         fail(str(error))
     _ahead_of_replicas()
     agent = Agent(settings, replicas, TokenFiles(replica_dir))

@@ -36,6 +36,7 @@ import aiodocker
 from nodeagent.load import PLATFORM_MARKER
 from nodeagent.runtime import DOCKER_NETWORK, DOCKER_USER
 from nodeagent.runtime.cgroup import CPU_PERIOD_US, Cgroup, Mounts
+from nodeagent.runtime.data import DATA_ENV, DOCKER_DATA, DataFolders
 from nodeagent.runtime.output import Output, docker_output
 from nodeagent.runtime.spec import CpuMeter, ReplicaInfo, ReplicaSpec, StartCancelled, StartFailed
 from nodeagent.tokens import MOUNT_POINT, TOKEN_FILE_ENV, hand_over
@@ -80,6 +81,7 @@ class DockerRuntime:
         pids_limit: int = 512,
         usage_interval_s: float = 5.0,
         docker_url: str | None = None,
+        data: DataFolders | None = None,
     ) -> None:
         """Run ``node``'s replicas as ``user`` on ``network_mode`` through the local dockerd.
 
@@ -97,6 +99,7 @@ class DockerRuntime:
         self._owner = (int(uid), int(gid))  # who may read a replica's token folder
         self.pids_limit = pids_limit
         self._docker_url = docker_url
+        self._data = data
         self._docker: aiodocker.Docker | None = None
         self._usage_interval_s = usage_interval_s
         self._sampled_at = -float("inf")
@@ -143,6 +146,12 @@ class DockerRuntime:
         if spec.token_dir is not None:
             binds.append(f"{spec.token_dir}:{MOUNT_POINT}:ro")
             env[TOKEN_FILE_ENV] = f"{MOUNT_POINT}/token"
+        groups = []
+        if self._data is not None:  # its namespace's folder alone, and the group to use it
+            data = self._data.folder(spec.namespace)
+            binds.append(f"{data.path}:{DOCKER_DATA}")
+            env[DATA_ENV] = DOCKER_DATA
+            groups.append(str(data.gid))
         memory_bytes = spec.reservation.memory_mib * 2**20
         return {
             "Image": spec.image,
@@ -169,6 +178,7 @@ class DockerRuntime:
                 "SecurityOpt": ["no-new-privileges"],
                 "NetworkMode": self.network_mode,
                 "Binds": binds,
+                "GroupAdd": groups,
                 "RestartPolicy": {"Name": "no"},
                 "LogConfig": {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "2"}},
             },

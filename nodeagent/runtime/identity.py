@@ -256,13 +256,15 @@ class Identities:
         return not self._owned(uid)
 
 
-def become(identity: Identity) -> None:
-    """In the child before ``exec``: drop to ``identity`` for good (see the header).
+def become(identity: Identity, data_gid: int | None = None) -> None:
+    """In the child before ``exec``: drop to ``identity`` for good (see the header); with
+    ``data_gid``, keep that one supplementary group (its namespace's data folder) and a
+    umask of 007, so the namespace's other replicas may read what it writes there.
 
     Raises:
         OSError: a step was refused; the child then never runs the replica's command.
     """
-    os.setgroups([])
+    os.setgroups([] if data_gid is None else [data_gid])
     os.setresgid(identity.gid, identity.gid, identity.gid)
     last_cap = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
     for cap in range(last_cap + 1):
@@ -271,4 +273,4 @@ def become(identity: Identity) -> None:
     os.setresuid(identity.uid, identity.uid, identity.uid)  # clears every capability
     if _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "cannot set no_new_privs")
-    os.umask(0o077)
+    os.umask(0o077 if data_gid is None else 0o007)

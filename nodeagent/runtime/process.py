@@ -50,6 +50,7 @@ import psutil
 
 from nodeagent.load import PLATFORM_MARKER
 from nodeagent.runtime.cgroup import Cgroup, Mounts
+from nodeagent.runtime.data import DATA_ENV, DataFolders
 from nodeagent.runtime.identity import Identities, Identity, become
 from nodeagent.runtime.output import Output, read_file_output
 from nodeagent.runtime.spec import CpuMeter, ReplicaInfo, ReplicaSpec, StartCancelled, StartFailed
@@ -118,7 +119,9 @@ def frozen(pid: int, mounts: Mounts) -> bool:
     return bool(psutil.Process(pid).status() == psutil.STATUS_STOPPED)
 
 
-def _confine_child(memory_mib: int, cgroup: Cgroup | None, identity: Identity | None) -> None:
+def _confine_child(
+    memory_mib: int, cgroup: Cgroup | None, identity: Identity | None, data_gid: int | None
+) -> None:
     """Runs in the child between fork and exec: into its cgroup first (that needs root, and
     a freeze must catch it from here on), lowest CPU priority, then its own identity."""
     if cgroup is not None:
@@ -128,7 +131,7 @@ def _confine_child(memory_mib: int, cgroup: Cgroup | None, identity: Identity | 
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     os.nice(19)
     if identity is not None:
-        become(identity)
+        become(identity, data_gid)
 
 
 class ProcessRuntime:
@@ -144,6 +147,7 @@ class ProcessRuntime:
         insecure_same_user: bool = False,
         usage_interval_s: float = 5.0,
         cgroup_parent: str | None = "idlecloud",
+        data: DataFolders | None = None,
     ) -> None:
         """Keep replicas' records in ``state_dir``; measure their use every ``usage_interval_s``.
 
@@ -163,6 +167,7 @@ class ProcessRuntime:
         self._usage_interval_s = usage_interval_s
         self._sampled_at = -float("inf")
         self._cgroup_parent = cgroup_parent
+        self._data = data
         self._mounts = Mounts.read()
         self._leftover: list[Cgroup] = []  # groups the kernel would not remove yet
 
@@ -203,13 +208,22 @@ class ProcessRuntime:
             env |= {"HOME": str(identity.home), "TMPDIR": str(identity.home)}
         if spec.token_dir is not None:
             env[TOKEN_FILE_ENV] = str(spec.token_dir / "token")
+        data = None
+        if self._data is not None:
+            try:
+                data = self._data.folder(spec.namespace)
+            except StartFailed:
+                self._undo(spec.replica_id, cgroup)
+                raise
+            env[DATA_ENV] = str(data.path)
         if not may_run():
             self._undo(spec.replica_id, cgroup)
             raise StartCancelled("the PC stopped taking replicas before this one began")
         try:
             process = await asyncio.get_running_loop().run_in_executor(
-                self._spawner, self._spawn, spec, env, cgroup, identity
-            )
+                self._spawner, self._spawn, spec, env, cgroup, identity,
+                None if data is None else data.gid,
+            )  # fmt: skip
         except OSError as error:
             self._undo(spec.replica_id, cgroup)
             hint = "" if identity is None else f" (as uid {identity.uid}: may every user run it?)"
@@ -257,6 +271,7 @@ class ProcessRuntime:
         env: dict[str, str],
         cgroup: Cgroup | None,
         identity: Identity | None,
+        data_gid: int | None,
     ) -> _Child:
         """In the helper thread: fork and exec the replica's command."""
         with self._log_path(spec.replica_id).open("ab") as log:
@@ -268,7 +283,9 @@ class ProcessRuntime:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=lambda: _confine_child(spec.reservation.memory_mib, cgroup, identity),
+                preexec_fn=lambda: _confine_child(
+                    spec.reservation.memory_mib, cgroup, identity, data_gid
+                ),
             )
 
     def _watch(self, replica: _Replica) -> None:
