@@ -111,7 +111,7 @@ class DataFolders:
         try:
             os.chown(staged, 0, self._free_gid(namespace))
             staged.chmod(0o2770)
-            with contextlib.suppress(FileExistsError, OSError):  # another agent was first
+            with contextlib.suppress(OSError):  # another agent was first: its folder stands
                 staged.rename(path)
         finally:
             with contextlib.suppress(OSError):
