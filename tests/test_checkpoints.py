@@ -113,7 +113,10 @@ async def test_the_store_keeps_the_newest_state_until_it_is_dropped(
         assert loaded is not None and decode_state(loaded) == {"done": 49}
         assert decode_state(await store.load("call-1") or Saved(b"", "")) == {"done": 49}
         for _ in range(100):  # the newest alone, once the loads' requeues are in
-            queue = await checkpoint_spec(namespace, "call-1").declare(channel, passive=True)
+            fresh = await bus.channel()  # a robust channel's passive declare can be stale
+            queue = await fresh.declare_queue(names.checkpoint_queue(namespace, "call-1"),
+                                              passive=True)  # fmt: skip
+            await fresh.close()
             if queue.declaration_result.message_count == 1:
                 break
             await asyncio.sleep(0.02)
