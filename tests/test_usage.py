@@ -93,12 +93,14 @@ def test_by_day_each_days_use_starts_where_the_day_before_ended() -> None:
         ["2026-12-02T00:00:00Z", 25.0, 3_600_000.0],
         ["2026-12-03T00:00:00Z", 4.0, 1_000.0],  # restarted: 4 s since
         ["2026-12-04T00:00:00Z", None, None],
+        ["2026-12-05T00:00:00Z", 10.0, 1_000.0],  # 6 s more since the restart
     ]))  # fmt: skip
     rows = usage_rows(within, answer(reserved=False), "day")
     assert [(row.day, row.used_cpu_s, row.reserved_cpu_s) for row in rows] == [
         (DAY, 10.0, 3600.0),
         (DAY + timedelta(days=1), 15.0, 3600.0),
         (DAY + timedelta(days=2), 4.0, 1.0),
+        (DAY + timedelta(days=4), 6.0, 1.0),
     ]
 
 

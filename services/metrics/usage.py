@@ -134,8 +134,7 @@ def usage_rows(
     window_answer: Mapping[str, Any], baseline_answer: Mapping[str, Any], by: UsageBy
 ) -> list[UsageRow]:
     """The window's rows (by day: in order of days; else biggest use first), from
-    InfluxDB's answers to
-    :func:`window_query` and :func:`baseline_query`.
+    InfluxDB's answers to :func:`window_query` and :func:`baseline_query`.
 
     Raises:
         ValueError: InfluxDB refused a query.
@@ -157,9 +156,8 @@ def usage_rows(
             total.replicas.add(replica)
             total.reserved_cpu_s += float(held or 0.0) / 1000
             if highest is not None:
-                spent = highest - before if highest >= before else highest  # restarted: from 0
-                total.used_cpu_s += spent
-                before = max(before, highest)
+                total.used_cpu_s += highest - before if highest >= before else highest
+                before = highest  # (a counter that went down restarted from 0)
     rows = [_row(namespace, part, by, total) for (namespace, part), total in sums.items()]
     if by == "day":
         return sorted(rows, key=lambda row: (str(row.day), row.namespace))
