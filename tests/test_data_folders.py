@@ -108,6 +108,7 @@ async def docker_runtime(
     runtime = DockerRuntime(node, usage_interval_s=0, data=DataFolders(data_root))
     yield runtime
     await runtime.close()
+    await asyncio.sleep(0.1)  # its HTTP connection's transport closes on a later loop turn
     remove_containers(node)
 
 
