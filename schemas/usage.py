@@ -8,7 +8,7 @@ so the broker itself keeps a user from asking it.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field
 
@@ -25,10 +25,12 @@ from schemas.base import (
 )
 from schemas.resources import CpuSeconds
 
-__all__ = ["UsageBy", "UsageQuery", "UsageReply", "UsageRow"]
+__all__ = ["USAGE_BY", "UsageBy", "UsageQuery", "UsageReply", "UsageRow"]
 
 #: What a usage answer is broken down by, beside the namespace.
 UsageBy = Literal["app", "pc", "day"]
+#: Each of them, for those that check a caller's choice.
+USAGE_BY: tuple[UsageBy, ...] = get_args(UsageBy)
 
 
 def _usage_owner(namespace: str | None, by: UsageBy) -> Owner:

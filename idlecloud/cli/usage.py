@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, cast
+from typing import Annotated
 
 import typer
 
@@ -20,7 +20,8 @@ from idlecloud.cli._common import (
 )
 from idlecloud.cli.logs import since_time
 from idlecloud.cli.session import ask
-from schemas import UsageBy, UsageQuery, UsageReply, UsageRow
+from schemas import UsageQuery, UsageReply, UsageRow
+from schemas.usage import USAGE_BY
 from services.metrics.usage import totals
 
 __all__ = ["register"]
@@ -59,9 +60,9 @@ def usage(
     """CPU-hours reserved and used by a namespace's replicas (every namespace's, for an
     admin without -n), from the samples the PCs' agents send: reserved is what placement
     held for them, used what their control groups counted."""
-    if by not in ("app", "pc", "day"):
-        fail(f"--by {by!r}: use app, pc or day")
-    query = UsageQuery(namespace=namespace, since=since_time(since), by=cast(UsageBy, by))
+    if by not in USAGE_BY:
+        fail(f"--by {by!r}: use {', '.join(USAGE_BY)}")
+    query = UsageQuery(namespace=namespace, since=since_time(since), by=by)
     reply = ask(url, query.owner(), query, UsageReply)
     if reply.unavailable:
         fail(f"{reply.unavailable}; is InfluxDB up, and does `bus up` run with --influx-db?",

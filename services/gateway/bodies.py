@@ -4,16 +4,22 @@ out as ``{"error": "..."}``."""
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
 
+from bus.logs import parse_span
+from schemas import utc_now
 from schemas.base import MAX_STRING_LENGTH
 from services.gateway.models import ApiError
 
-__all__ = ["invalid_body", "json_error", "json_object"]
+__all__ = ["MAX_SINCE", "invalid_body", "json_error", "json_object", "since_param"]
 
+#: The furthest back a ``since`` parameter may reach: the platform keeps nothing older,
+#: and an event time (a ``Timestamp``) cannot say it.
+MAX_SINCE = timedelta(days=3650)
 #: How much of one invalid field an answer shows (its path and complaint), and how many.
 _FIELD_SHOWN = 200
 _FIELDS_SHOWN = 10
@@ -52,3 +58,16 @@ def invalid_body(error: ValidationError | TypeError) -> web.Response:
         fields[where] = problem["msg"][:_FIELD_SHOWN]
     message = "; ".join(f"{field}: {msg}" for field, msg in fields.items())
     return json_error(422, f"invalid: {message}", fields)
+
+
+def since_param(request: web.Request, default: str) -> datetime | web.Response:
+    """The moment the ``since`` query parameter names (``default`` when absent), or the
+    422 that says why it names none."""
+    text = request.query.get("since", default)
+    try:
+        span = parse_span(text)
+    except ValueError as error:
+        return json_error(422, f"since: {error}")
+    if span > MAX_SINCE:
+        return json_error(422, f"since={text[:32]!r}: at most {MAX_SINCE.days}d (ten years)")
+    return utc_now() - span

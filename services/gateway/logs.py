@@ -15,10 +15,9 @@ import aiormq
 from aiohttp import web
 
 from bus.connection import Bus
-from bus.logs import parse_span, read_logs
-from schemas import utc_now
+from bus.logs import read_logs
 from schemas.base import DNS_LABEL_PATTERN
-from services.gateway.bodies import json_error
+from services.gateway.bodies import json_error, since_param
 from services.gateway.models import LogEntry
 
 __all__ = ["MAX_LOG_LINES", "LogRoutes"]
@@ -37,18 +36,15 @@ class LogRoutes:
 
     async def _logs(self, request: web.Request) -> web.Response:
         query = request.query
-        since, tail = query.get("since", "10m"), query.get("tail", "100")
-        app, replica = query.get("app"), query.get("replica")
-        try:
-            span = parse_span(since)
-        except ValueError as error:
-            return json_error(422, f"since: {error}")
+        start = since_param(request, "10m")
+        if isinstance(start, web.Response):
+            return start
+        tail, app, replica = query.get("tail", "100"), query.get("app"), query.get("replica")
         if not tail.isdigit() or int(tail) > MAX_LOG_LINES:
             return json_error(422, f"tail={tail[:32]!r}: give a count from 0 to {MAX_LOG_LINES}")
         for name, value in (("app", app), ("replica", replica)):
             if value is not None and not _LABEL.fullmatch(value):
                 return json_error(422, f"{name}={value[:64]!r}: names are DNS labels")
-        start = utc_now() - span
         kept: deque[LogEntry] = deque(maxlen=int(tail))
         bus = await self._connection(request)
         try:
