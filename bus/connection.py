@@ -95,6 +95,7 @@ class Bus:
         self._publish_channel: AbstractRobustChannel | None = None
         self._renewing = asyncio.Lock()
         self._reconnects = 0
+        self._restored = asyncio.Event()
 
     @property
     def reconnects(self) -> int:
@@ -134,13 +135,29 @@ class Bus:
                 "Is RabbitMQ running? (`make test` and `bus dev up` start one locally.)"
             ) from None
         connection.reconnect_callbacks.add(self._on_reconnect)
+        connection.close_callbacks.add(self._on_close)
         self._connection = connection
+        self._restored.set()
         self._publish_channel = await self.channel(on_return_raises=True)
         return self
 
     def _on_reconnect(self, _connection: AbstractRobustConnection | None) -> None:
         self._reconnects += 1
+        self._restored.set()
         log.warning("reconnected to the broker (%d reconnects so far)", self._reconnects)
+
+    def _on_close(self, *_args: object) -> None:
+        self._restored.clear()
+
+    async def restored(self) -> None:
+        """Return once the connection is up with every channel it had restored.
+
+        Between a broker's boot and its queues' recovery a reconnect can already succeed; a
+        publish then is confirmed but a stream drops it (RabbitMQ 3.10). A channel's
+        restore declares its queues again, which fails until they are back, so publishing
+        after the restore reaches queues that are up.
+        """
+        await self._restored.wait()
 
     async def channel(
         self, *, prefetch: int | None = None, on_return_raises: bool = False
@@ -254,6 +271,7 @@ class Bus:
                 if remaining_s <= 0:
                     raise TimeoutError
                 async with asyncio.timeout(remaining_s):
+                    await self._restored.wait()
                     publisher = self._publish_channel
                     channel = await publisher.get_underlay_channel()
                     if channel.is_closed:  # closed by an earlier refusal: take a new one

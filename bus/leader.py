@@ -4,10 +4,13 @@ An instance leads while its connection owns the exclusive queue
 ``idlecloud.<service>.leader``. Any other instance's declaration is refused
 (RESOURCE_LOCKED), so it stays a hot standby and tries again every ``retry_s``. The queue
 vanishes with its owner's connection (a killed process, a lost network), and a standby
-takes it at its next try. The new leader appends ``LeaderTookOver`` to the journal and
-reads it back: its offset is the leader's epoch, carried by every command it sends, so
-agents drop the commands of a deposed leader. A leader whose connection drops is deposed
-at once (``on_deposed``); after the reconnect it competes again like any standby.
+takes it at its next try. An instance competes only once its connection is restored
+(``Bus.restored``): a stream drops what is published before it has recovered. The new
+leader appends ``LeaderTookOver`` to the journal and reads it back: its offset is the
+leader's epoch, carried by every command it sends, so agents drop the commands of a deposed
+leader. A leader whose connection drops is deposed at once (``on_deposed``), or gives up
+its "took over" entry if it drops before the entry is read back; after the reconnect it
+competes again like any standby.
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ class Leadership:
 
     async def _compete(self, bus: Bus) -> None:
         while True:
+            await bus.restored()
             self._lost.clear()
             try:
                 channel = await bus.connection.channel()  # robust=False below: never restored
@@ -108,8 +112,17 @@ class Leadership:
 
     async def _lead(self) -> None:
         took_over = LeaderTookOver(service=self.service, instance=self._journal.instance)
+        appending = asyncio.ensure_future(self._journal.append_and_read(took_over))
+        lost = asyncio.ensure_future(self._lost.wait())
         try:
-            entry = await self._journal.append_and_read(took_over)
+            await asyncio.wait((appending, lost), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            appending.cancel()  # a no-op once done; else the connection dropped meanwhile
+        if appending.cancelled():
+            return  # compete again after the reconnect
+        try:
+            entry = appending.result()
         except _GIVE_UP:
             return
         try:
