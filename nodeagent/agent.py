@@ -51,6 +51,7 @@ from nodeagent.reports import heartbeat, metric_sample
 from nodeagent.runtime import Runtime
 from nodeagent.runtime.spec import ReplicaInfo, ReplicaSpec, StartCancelled, StartFailed
 from nodeagent.sessions import SessionSource
+from nodeagent.status import StatusFolders
 from nodeagent.timetable import Timetable
 from nodeagent.tokens import TokenFiles
 from schemas import (
@@ -127,6 +128,8 @@ class AgentSettings:
     replica_url: str = REPLICA_BROKER_URL
     #: How much of each replica's output is shipped to the platform, and kept here.
     log_limits: LogLimits = field(default_factory=LogLimits)
+    #: The site data root (``--data-root``), told to the platform so users can find it.
+    data_root: Path | None = None
 
     @property
     def allocatable(self) -> Amount:
@@ -154,6 +157,9 @@ class Agent:
         self.settings = settings
         self.runtime = runtime
         self.tokens = tokens
+        self.status = StatusFolders(tokens.replica_dir)
+        #: Per paused replica: the work it would lose if evicted (read as it was paused).
+        self._unsaved: dict[str, float | None] = {}
         self._ended: set[str] = set()  # replicas whose end was reported
         self._clock = clock
         self._wall_clock = wall_clock
@@ -268,12 +274,12 @@ class Agent:
             for action in decision.actions:
                 if action is Action.PAUSE_ALL:
                     running = [r for r in replicas if r.state is ReplicaState.RUNNING]
-                    await asyncio.gather(*(self.runtime.pause(r.replica_id) for r in running))
+                    await asyncio.gather(*(self._pause(r.replica_id) for r in running))
                     if settling := [done for _, done in self._starting.values()]:
                         await asyncio.wait(settling, timeout=_STARTS_SETTLE_S)
                 elif action is Action.RESUME_ALL:
                     paused = [r for r in replicas if r.state is ReplicaState.PAUSED]
-                    await asyncio.gather(*(self.runtime.resume(r.replica_id) for r in paused))
+                    await asyncio.gather(*(self._resume(r.replica_id) for r in paused))
                 else:
                     paused = [r for r in replicas if r.state is ReplicaState.PAUSED]
                     await asyncio.gather(*(self.runtime.stop(r.replica_id, 0) for r in paused))
@@ -323,13 +329,13 @@ class Agent:
             case StartReplica():
                 await self._start(command)
             case PauseReplica():
-                await self.runtime.pause(command.replica_id)
+                await self._pause(command.replica_id)
             case ResumeReplica():
                 if self.decision.accepting:
-                    await self.runtime.resume(command.replica_id)
+                    await self._resume(command.replica_id)
             case StopReplica():
                 await self.runtime.stop(command.replica_id, command.grace_s)
-                self.tokens.remove(command.replica_id)
+                self._forget(command.replica_id)
                 self._ended.discard(command.replica_id)
             case RenewToken():
                 if self.tokens.folder(command.replica_id).is_dir():
@@ -393,21 +399,39 @@ class Agent:
             Amount.of(command.reservation),
             # no token (a platform without the auth service): the URL's credentials serve
             self.tokens.write(command.replica_id, command.token) if command.token else None,
+            self.status.folder(command.replica_id),
         )
         try:
             await self.runtime.start(spec, may_run=lambda: self.decision.accepting)
         except StartCancelled:
-            self.tokens.remove(command.replica_id)
+            self._forget(command.replica_id)
             refusal, reason = self._not_accepting()
             return _Outcome(ReplicaState.FAILED, reason, refusal)
         except StartFailed as error:
-            self.tokens.remove(command.replica_id)
+            self._forget(command.replica_id)
             return _Outcome(ReplicaState.FAILED, str(error))
         if not self.decision.accepting:  # a person arrived while it started
-            await self.runtime.pause(command.replica_id)
+            await self._pause(command.replica_id)
             refusal, reason = self._not_accepting()
             return _Outcome(ReplicaState.PAUSED, reason, refusal)
         return _Outcome(ReplicaState.RUNNING)
+
+    async def _pause(self, replica_id: str) -> None:
+        """Freeze the replica, then read what it would lose if evicted (final: it is frozen)."""
+        await self.runtime.pause(replica_id)
+        self._unsaved[replica_id] = self.status.unsaved_s(
+            replica_id, self._wall_clock().timestamp()
+        )
+
+    async def _resume(self, replica_id: str) -> None:
+        await self.runtime.resume(replica_id)
+        self._unsaved.pop(replica_id, None)
+
+    def _forget(self, replica_id: str) -> None:
+        """Drop a replica's token, status folder and what it said."""
+        self.tokens.remove(replica_id)
+        self.status.remove(replica_id)
+        self._unsaved.pop(replica_id, None)
 
     async def _publish_status(
         self,
@@ -469,7 +493,8 @@ class Agent:
             settings = self.settings
             await self.bus.publish(heartbeat(
                 settings.node, self._seq, settings.capacity, settings.allocatable,
-                self._presence(), replicas, settings.labels, self.runtime.name,
+                self._presence(), replicas, settings.labels, self.runtime.name, self._unsaved,
+                settings.data_root,
             ))  # fmt: skip
             if self._logs is not None:  # after the heartbeat that tells the platform of them
                 self._logs.sync(replicas)

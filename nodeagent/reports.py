@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
+from types import MappingProxyType
 
 from nodeagent.runtime.spec import ReplicaInfo
 from schemas import (
@@ -13,6 +15,7 @@ from schemas import (
     NodeHeartbeat,
     Presence,
     ReplicaReport,
+    ReplicaState,
     ReplicaUsage,
 )
 
@@ -28,18 +31,23 @@ def heartbeat(
     replicas: Sequence[ReplicaInfo],
     labels: dict[str, str],
     runtime: str,
+    unsaved: Mapping[str, float | None] = MappingProxyType({}),
+    data_root: Path | None = None,
 ) -> NodeHeartbeat:
-    """A heartbeat: the PC, its presence, and every replica with its state and use."""
+    """A heartbeat: the PC, its presence, and every replica with its state and use (and,
+    paused, the work an eviction would lose: ``unsaved``)."""
     return NodeHeartbeat(
         node=node, seq=seq, sent_at=datetime.now(UTC), capacity=capacity.wire(),
         allocatable=allocatable.wire(), usage=sum((r.usage for r in replicas), ZERO).wire(),
         presence=presence,
         replicas=tuple(
             ReplicaReport(replica_id=r.replica_id, namespace=r.namespace, app=r.app,
-                          state=r.state, reservation=r.reservation.wire(), usage=r.usage.wire())
+                          state=r.state, reservation=r.reservation.wire(), usage=r.usage.wire(),
+                          unsaved_s=unsaved.get(r.replica_id)
+                          if r.state is ReplicaState.PAUSED else None)
             for r in replicas
         ),
-        labels=labels, runtime=runtime,
+        labels=labels, runtime=runtime, data_root=None if data_root is None else str(data_root),
     )  # fmt: skip
 
 

@@ -24,7 +24,8 @@ TOKEN_FILE_ENV = "IDLECLOUD_TOKEN_FILE"
 
 
 def hand_over(folder: Path, uid: int, gid: int) -> None:
-    """Make a token folder and its file the replica's identity's (and nobody else's)."""
+    """Make a replica's folder (its token's, its status's) and what is in it the replica's
+    identity's, and nobody else's."""
     for path in (folder, *folder.iterdir()):
         os.chown(path, uid, gid, follow_symlinks=False)
 
@@ -33,6 +34,8 @@ class TokenFiles:
     """Writes, renews and removes each replica's token file under ``replica_dir/tokens``."""
 
     def __init__(self, replica_dir: Path) -> None:
+        #: The agent's folder of per-replica state (this keeps its ``tokens``).
+        self.replica_dir = replica_dir
         self._root = replica_dir / "tokens"
         self._root.mkdir(parents=True, exist_ok=True)
         self._root.chmod(0o711)

@@ -80,6 +80,10 @@ class Presence(WireModel):
     detail: Reason = ""
 
 
+#: An absolute folder path, as a PC mounts a site's share.
+DataRoot = Annotated[str, StringConstraints(pattern=r"^/[^\x00]*$", max_length=1024)]
+
+
 class ReplicaReport(WireModel):
     """One replica as its PC sees it, carried in every heartbeat."""
 
@@ -89,12 +93,19 @@ class ReplicaReport(WireModel):
     state: ReplicaState
     reservation: Resources
     usage: Resources = Resources()
+    #: A paused replica's work that an eviction would throw away (seconds since its
+    #: running calls' last checkpoints or starts), as its worker said; None: unknown.
+    unsaved_s: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)] | None = None
 
 
 class NodeHeartbeat(NodeMessage):
     """Sent by every agent each second: capacity, what runs there, and the presence state."""
 
     schema_name = "NodeHeartbeat"
+    #: Version 1 had no replica's ``unsaved_s`` (read as unknown: evicted at once) nor
+    #: ``data_root`` (read as none).
+    schema_version = 2
+    older_versions = frozenset({1})
 
     seq: Count
     sent_at: Timestamp
@@ -105,6 +116,8 @@ class NodeHeartbeat(NodeMessage):
     replicas: tuple[ReplicaReport, ...] = Field(default=(), max_length=MAX_REPLICAS_PER_NODE)
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=16)
     runtime: Annotated[str, StringConstraints(pattern=r"^(docker|process)$")] = "process"
+    #: The site data root its replicas' namespace folders are under (``--data-root``).
+    data_root: DataRoot | None = None
 
 
 class NodePresence(NodeMessage):

@@ -21,7 +21,7 @@ from schemas.base import (
     WireModel,
 )
 from schemas.events import DeploymentState
-from schemas.node import MAX_REPLICAS_PER_NODE, PresenceState, ReplicaState
+from schemas.node import MAX_REPLICAS_PER_NODE, DataRoot, PresenceState, ReplicaState
 from schemas.requests import ReplicaCount, Replicas
 from schemas.resources import Resources
 
@@ -29,6 +29,7 @@ __all__ = [
     "AppView",
     "AppsQuery",
     "AppsReply",
+    "DataFolderView",
     "NodeView",
     "NodesQuery",
     "NodesReply",
@@ -67,12 +68,24 @@ class AppView(WireModel):
     reason: Reason = ""
 
 
+class DataFolderView(WireModel):
+    """Where a namespace's data folder is on the PCs, and on how many of them."""
+
+    path: DataRoot
+    pcs: ReplicaCount
+
+
 class AppsReply(NamespaceMessage):
-    """A namespace's apps, its quota and what it reserves and runs."""
+    """A namespace's apps, its quota and what it reserves and runs, and its data folder."""
 
     schema_name = "AppsReply"
+    #: Version 1 had no ``data_folders`` (read as none).
+    schema_version = 2
+    older_versions = frozenset({1})
 
     apps: tuple[AppView, ...] = Field(default=(), max_length=10_000)
+    #: The namespace's data folder as the live PCs mount it: one path on a uniform site.
+    data_folders: tuple[DataFolderView, ...] = Field(default=(), max_length=64)
     quota: Resources | None = None
     reserved: Resources
     running: Resources

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -39,6 +42,19 @@ async def bus(broker: BrokerInfo) -> AsyncIterator[Bus]:
 def unique() -> str:
     """A short DNS-label-safe suffix, so each test's names are its own."""
     return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def ledger(unique: str) -> Iterator[Path]:
+    """A file every replica may append to: they have uids of their own, and cannot reach
+    into a test's tmp_path."""
+    shared = Path(tempfile.mkdtemp(prefix=f"ledger-{unique}-"))
+    shared.chmod(0o777)
+    path = shared / "ledger"
+    path.touch()
+    path.chmod(0o666)
+    yield path
+    shutil.rmtree(shared)
 
 
 @pytest.fixture(scope="session")

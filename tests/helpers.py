@@ -164,3 +164,10 @@ async def open_doors(bus: Bus, *nodes: str) -> None:
     for node in nodes:
         await declare_door(channel, Owner.node(node))
     await channel.close()
+
+
+def ledger_by_pc(ledger: Path) -> list[tuple[str, int]]:
+    """The units of work computed, in order, with the PC each was computed on (a ledger
+    of ``<PC> <unit>`` lines, as ``tests.programs.checkpoint_app`` writes it)."""
+    lines = ledger.read_text().splitlines() if ledger.exists() else []
+    return [(line.split()[0], int(line.split()[1])) for line in lines]

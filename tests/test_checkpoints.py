@@ -9,10 +9,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import shutil
 import signal
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,7 +41,7 @@ from services.auth.tokens import SigningKey
 from services.jobs.service import JobSettings
 
 from .control_plane import control_plane, thesis_pcs
-from .helpers import wait_until
+from .helpers import ledger_by_pc, wait_until
 from .login import Login
 
 REFUSED = (aiormq.exceptions.ChannelAccessRefused, aiormq.exceptions.ChannelClosed)
@@ -318,12 +316,6 @@ async def test_a_replica_keeps_its_namespaces_checkpoints_and_cannot_touch_anoth
     await channel.close()
 
 
-def ledger_by_pc(ledger: Path) -> list[tuple[str, int]]:
-    """The units of work computed, in order, with the PC each was computed on."""
-    lines = ledger.read_text().splitlines() if ledger.exists() else []
-    return [(line.split()[0], int(line.split()[1])) for line in lines]
-
-
 async def evict_three_times(
     work: Path, pcs: tuple[SimNode, ...], ledger: Path
 ) -> tuple[list[str], JobView, list[Outcome]]:
@@ -353,19 +345,6 @@ async def evict_three_times(
                 evicted.append(running)
             view = await asyncio.wait_for(job.wait(poll_s=0.5), 180)
             return evicted, view, [outcome async for _index, outcome in job.results()]
-
-
-@pytest.fixture
-def ledger(unique: str) -> Iterator[Path]:
-    """A file every replica may append to: they have uids of their own, and cannot reach
-    into a test's tmp_path."""
-    shared = Path(tempfile.mkdtemp(prefix=f"ledger-{unique}-"))
-    shared.chmod(0o777)
-    path = shared / "ledger"
-    path.touch()
-    path.chmod(0o666)
-    yield path
-    shutil.rmtree(shared)
 
 
 @pytest.mark.timeout(400)

@@ -25,6 +25,7 @@ from nodeagent.sim import SimNode, remove_containers
 
 from .control_plane import AGENT_ARGS, control_plane
 from .helpers import always, wait_until
+from .test_cli import bus_cli
 
 #: What a replica does with its data folder: write its namespace there, then try the
 #: other namespace's folder (argv[1]) every way, and write down what happened.
@@ -78,7 +79,8 @@ async def test_process_replicas_use_their_namespaces_folder_and_cannot_touch_ano
 ) -> None:
     """Alice's replica writes to her folder; then Bob's, on another PC of the same site,
     tries hers: listing the root, listing, reading and writing her folder are all refused,
-    and her folder holds only what she wrote."""
+    and her folder holds only what she wrote. `bus data` and `bus apps` tell her where it
+    is."""
     pcs = (SimNode(f"da{unique}", 2000, 4096), SimNode(f"db{unique}", 2000, 4096))
     args = (*AGENT_ARGS, "--data-root", str(data_root))
     async with control_plane(tmp_path, pcs, agent_args=args) as plane:
@@ -88,6 +90,12 @@ async def test_process_replicas_use_their_namespaces_folder_and_cannot_touch_ano
             assert (await plane.deploy(namespace, "probe", 1, command=probe)).accepted
             written = data_root / namespace / "probe.json"
             await wait_until(written.exists, 60, f"{namespace}'s probe")
+        told = await asyncio.to_thread(bus_cli, "data", "-n", "alice", "--json", url=plane.url)
+        assert json.loads(told.stdout)["data_folders"] == [
+            {"path": str(data_root / "alice"), "pcs": 2}
+        ], told.stderr
+        listed = await asyncio.to_thread(bus_cli, "apps", "-n", "alice", url=plane.url)
+        assert f"data folder {data_root / 'alice'} (on 2 PCs;" in listed.stdout, listed.stdout
     alice, bob = data_root / "alice", data_root / "bob"
     assert (alice / "mine.txt").read_text() == "alice"
     assert sorted(entry.name for entry in alice.iterdir()) == ["mine.txt", "probe.json"]

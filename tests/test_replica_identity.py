@@ -3,7 +3,7 @@
 Real processes as root on this machine: each replica reports, from inside, its ids,
 ``NoNewPrivs``, capabilities, umask and folders, and what it gets when it reaches for the
 PC's node key, another replica's token, another namespace's files, or tries to signal or
-ptrace another namespace's replica on the same PC.
+ptrace another namespace's replica on the same PC, or to write another replica's status.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pytest
 from nodeagent.runtime.identity import Identities, UidRange, uid_block
 from nodeagent.runtime.process import ProcessRuntime
 from nodeagent.runtime.spec import ReplicaSpec, StartFailed
+from nodeagent.status import StatusFolders
 from nodeagent.tokens import TokenFiles
 from schemas import ReplicaState
 
@@ -51,6 +52,8 @@ print(json.dumps({
     "node_key": attempt(lambda: open(env["NODE_KEY"]).read()),
     "other_token": attempt(lambda: open(env["OTHER_TOKEN"]).read()),
     "other_home": attempt(lambda: open(env["OTHER_FILE"]).read()),
+    "own_status": attempt(lambda: open(env["IDLECLOUD_STATUS_FILE"], "w").write("{}")),
+    "other_status": attempt(lambda: open(env["OTHER_STATUS"], "w").write("{}")),
     "signal": attempt(lambda: os.kill(int(env["OTHER_PID"]), 0)),
     "ptrace": attempt(lambda: ptrace(int(env["OTHER_PID"]))),
 }), flush=True)
@@ -66,8 +69,10 @@ def _spec(
     replica_id: str, namespace: str, script: str, tokens: TokenFiles, **env: str
 ) -> ReplicaSpec:
     token_dir = tokens.write(replica_id, f"token of {replica_id}")
+    status_dir = StatusFolders(tokens.replica_dir).folder(replica_id)
     command = (sys.executable, "-c", script)
-    return ReplicaSpec(replica_id, namespace, "app", "local", command, env, token_dir=token_dir)
+    return ReplicaSpec(replica_id, namespace, "app", "local", command, env, token_dir=token_dir,
+                       status_dir=status_dir)  # fmt: skip
 
 
 async def test_a_replica_runs_as_its_own_unprivileged_user_and_reaches_nothing_else(
@@ -88,6 +93,7 @@ async def test_a_replica_runs_as_its_own_unprivileged_user_and_reaches_nothing_e
             "alice-1", "alice", PROBE, tokens,
             NODE_KEY=str(node_key), OTHER_TOKEN=str(tokens.folder("bob-1") / "token"),
             OTHER_FILE=str(bob_home / "results.csv"), OTHER_PID=str(runtime._replicas["bob-1"].pid),
+            OTHER_STATUS=str(replica_dir(node) / "status" / "bob-1" / "status"),
         )  # fmt: skip
         await runtime.start(probe, may_run=always)
         await wait_until(lambda: runtime._replicas["alice-1"].exit_code is not None, what="probe")
@@ -113,6 +119,7 @@ async def test_a_replica_runs_as_its_own_unprivileged_user_and_reaches_nothing_e
         assert seen["other_home"] == "EACCES"
         assert seen["signal"] == "EPERM"
         assert seen["ptrace"] == "EPERM"
+        assert (seen["own_status"], seen["other_status"]) == ("allowed", "EACCES")
         token = tokens.folder("alice-1") / "token"
         assert (token.stat().st_uid, token.stat().st_mode & 0o777) == (alice.uid, 0o400)
         tokens.write("alice-1", "renewed")  # a renewal keeps it the replica's alone

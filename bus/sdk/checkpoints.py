@@ -187,9 +187,13 @@ def with_context(call: Call, resume: Resume | None, sink: Sink) -> Call:
 class CheckpointStore:
     """A worker's checkpoints on the broker, for one namespace; see the module header."""
 
-    def __init__(self, bus: Bus, namespace: str) -> None:
+    def __init__(
+        self, bus: Bus, namespace: str, *, on_stored: Callable[[str], None] | None = None
+    ) -> None:
+        """Keep ``namespace``'s checkpoints; call ``on_stored(task_id)`` after each save."""
         self._bus = bus
         self.namespace = namespace
+        self._on_stored = on_stored
         self._channel: AbstractRobustChannel | None = None
         self._declared: set[str] = set()
         self._latest: dict[str, Saved] = {}
@@ -247,6 +251,8 @@ class CheckpointStore:
                 )
                 await self._bus.publish_raw(route, saved.body, properties, timeout_s=30.0)
                 self.stored += 1
+                if self._on_stored is not None:
+                    self._on_stored(task_id)
             except _STORE_FAILURES as error:
                 self.failed += 1
                 log.warning("checkpoint of %s not stored (%r); the one before stays", task_id,

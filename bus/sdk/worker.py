@@ -48,6 +48,7 @@ from bus.sdk.protocol import (
     raised,
     run_sync,
 )
+from bus.sdk.status import status_from_environment
 from bus.topology import declare_app, task_queue_spec
 
 __all__ = ["MAX_CHILD_DEATHS", "NODE_ENV", "Worker"]
@@ -93,6 +94,8 @@ class Worker(QueueConsumer):
         #: Where its checkpointing tasks' calls keep their progress (made on start).
         self._checkpoints: CheckpointStore | None = None
         self._node = os.environ.get(NODE_ENV)  # on a PC of the platform: which one
+        #: What an eviction now would throw away, for the agent (see bus.sdk.status).
+        self._unsaved = status_from_environment()
         #: Calls of cancelled jobs acknowledged unstarted.
         self.skipped = 0
 
@@ -113,7 +116,9 @@ class Worker(QueueConsumer):
                 await channel.close()
         await self._cancelled.start(bus)
         if any(task.checkpoint_s is not None for task in self.app.tasks.values()):
-            self._checkpoints = CheckpointStore(bus, self.app.namespace)
+            self._checkpoints = CheckpointStore(
+                bus, self.app.namespace, on_stored=self._unsaved.saved
+            )
             await self._checkpoints.start()
         if self._pool is not None:
             self._pool.start()
@@ -153,7 +158,13 @@ class Worker(QueueConsumer):
             log.warning("could not read a checkpoint (%r); the task will be redelivered", error)
             await self._acks.nack(incoming)
             return
-        outcomes = await self._execute(task, calls, resumes)
+        for call in calls:  # a batch's results are published together: all at stake at once
+            self._unsaved.started(call.task_id)
+        try:
+            outcomes = await self._execute(task, calls, resumes)
+        finally:
+            for call in calls:
+                self._unsaved.ended(call.task_id)
         if incoming.redelivered:  # its first worker went away unanswered: the job's history
             outcomes = [replace(outcome, again=True) for outcome in outcomes]
         try:

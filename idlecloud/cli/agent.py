@@ -315,6 +315,7 @@ def run_agent(
         foreign_load=foreign_load,
         platform_users=tuple(platform_user or ()),
         replica_url=replica_url or str(URL(url).with_user(None)),
+        data_root=data_root,
     )
     replicas: Runtime
     usage_interval_s = metrics_s / 2  # each sample carries a fresh reading

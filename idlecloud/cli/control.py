@@ -155,6 +155,31 @@ def apps(namespace: NamespaceOption = "default", url: UrlOption = BROKER_URL,
         f"quota {limit}; reserved {reserved.cpu_millicores}m / {reserved.memory_mib} MiB; "
         f"running {running.cpu_millicores}m / {running.memory_mib} MiB"
     )
+    for line in _data_lines(reply):
+        console.print(line)
+
+
+def _data_lines(reply: AppsReply) -> list[str]:
+    """Where the namespace's data folder is, in words."""
+    if not reply.data_folders:
+        return ["no data folder: this site's PCs have no data root (`bus agent run --data-root`)"]
+    return [
+        f"data folder {folder.path} (on {folder.pcs} PC{'s' if folder.pcs != 1 else ''}; "
+        "replicas find it at $IDLECLOUD_DATA: this path, or /data in Docker)"
+        for folder in reply.data_folders
+    ]
+
+
+def data(namespace: NamespaceOption = "default", url: UrlOption = BROKER_URL,
+         as_json: JsonOption = False) -> None:  # fmt: skip
+    """Where your data folder is: stage inputs there, and your workers write outputs there."""
+    reply = _apps(url, namespace, None)
+    if as_json:
+        folders = [folder.model_dump(mode="json") for folder in reply.data_folders]
+        print_json({"namespace": namespace, "data_folders": folders})
+        return
+    for line in _data_lines(reply):
+        console.print(line)
 
 
 def app_detail(
@@ -437,6 +462,7 @@ def register(app: typer.Typer) -> None:
     app.command("up")(up)
     app.command("deploy")(deploy)
     app.command("apps")(apps)
+    app.command("data")(data)
     app.command("app")(app_detail)
     app.command("scale")(scale)
     app.command("delete")(delete)

@@ -39,6 +39,7 @@ from nodeagent.runtime.cgroup import CPU_PERIOD_US, Cgroup, Mounts
 from nodeagent.runtime.data import DATA_ENV, DOCKER_DATA, DataFolders
 from nodeagent.runtime.output import Output, docker_output
 from nodeagent.runtime.spec import CpuMeter, ReplicaInfo, ReplicaSpec, StartCancelled, StartFailed
+from nodeagent.status import STATUS_FILE_ENV, STATUS_MOUNT
 from nodeagent.tokens import MOUNT_POINT, TOKEN_FILE_ENV, hand_over
 from schemas import ZERO, Amount, ReplicaState
 
@@ -146,6 +147,9 @@ class DockerRuntime:
         if spec.token_dir is not None:
             binds.append(f"{spec.token_dir}:{MOUNT_POINT}:ro")
             env[TOKEN_FILE_ENV] = f"{MOUNT_POINT}/token"
+        if spec.status_dir is not None:
+            binds.append(f"{spec.status_dir}:{STATUS_MOUNT}")
+            env[STATUS_FILE_ENV] = f"{STATUS_MOUNT}/status"
         groups = []
         if self._data is not None:  # its namespace's folder alone, and the group to use it
             data = self._data.folder(spec.namespace)
@@ -199,8 +203,9 @@ class DockerRuntime:
             await self.docker.containers.get(name)
             return  # idempotent: it exists already
         await self._ensure_image(spec.image)
-        if spec.token_dir is not None:
-            hand_over(spec.token_dir, *self._owner)
+        for folder in (spec.token_dir, spec.status_dir):
+            if folder is not None:
+                hand_over(folder, *self._owner)
         try:
             container = await self.docker.containers.create(self._config(spec), name=name)
             if not may_run():

@@ -54,6 +54,7 @@ from nodeagent.runtime.data import DATA_ENV, DataFolders
 from nodeagent.runtime.identity import Identities, Identity, become
 from nodeagent.runtime.output import Output, read_file_output
 from nodeagent.runtime.spec import CpuMeter, ReplicaInfo, ReplicaSpec, StartCancelled, StartFailed
+from nodeagent.status import STATUS_FILE_ENV
 from nodeagent.tokens import TOKEN_FILE_ENV, hand_over
 from schemas import ZERO, Amount, ReplicaState
 
@@ -208,6 +209,8 @@ class ProcessRuntime:
             env |= {"HOME": str(identity.home), "TMPDIR": str(identity.home)}
         if spec.token_dir is not None:
             env[TOKEN_FILE_ENV] = str(spec.token_dir / "token")
+        if spec.status_dir is not None:
+            env[STATUS_FILE_ENV] = str(spec.status_dir / "status")
         data = None
         if self._data is not None:
             try:
@@ -254,8 +257,9 @@ class ProcessRuntime:
             identity = self._identities.assign(spec.replica_id, spec.namespace)
         except LookupError as error:
             raise StartFailed(str(error)) from None
-        if spec.token_dir is not None:
-            hand_over(spec.token_dir, identity.uid, identity.gid)
+        for folder in (spec.token_dir, spec.status_dir):
+            if folder is not None:
+                hand_over(folder, identity.uid, identity.gid)
         return identity
 
     def _undo(self, replica_id: str, cgroup: Cgroup | None) -> None:

@@ -27,6 +27,8 @@ class ReplicaSpec:
     reservation: Amount = _DEFAULT_RESERVATION
     #: A folder holding the replica's broker token as ``token`` (the agent rewrites it).
     token_dir: Path | None = None
+    #: A folder the replica writes its ``status`` in (see :mod:`nodeagent.status`).
+    status_dir: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,9 +12,10 @@ survey puts every replica a live PC reports in one bucket:
   carries the deploy's generation): stop it;
 * **healthy**: running on an idle PC that is not being drained;
 * **displaced**: paused on a busy PC, or on a PC being drained. It does not count as
-  running. As soon as a replacement runs elsewhere, one displaced replica is stopped
-  (healthy + displaced never exceeds desired for long): a busy PC's agent evicts it at
-  once.
+  running. Once a replacement runs elsewhere, one displaced replica is stopped (a busy
+  PC's agent evicts it at once), unless the rule of :mod:`.eviction` keeps it paused a
+  while for the work it would lose (then one that may go is stopped instead); healthy
+  plus displaced exceeds desired only by replicas kept paused, which use no CPU.
 
 Replicas on lost PCs count for nothing; if their PC comes back they are healthy again,
 and the surplus is stopped. Starts already sent but not yet reported (``in flight``, up
@@ -45,6 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from schemas import ZERO, Amount, DeploymentState, PresenceState, ReplicaState, ReplicaStatus
+from services.placement.eviction import keep_paused
 from services.placement.registry import KnownReplica, NodeInfo, Registry
 from services.placement.scheduler import NodeSlot, Schedule, Snapshot, Want, preemption, schedule
 from services.state import AppKey, DesiredState, Spec
@@ -80,6 +82,10 @@ class ReconcilerSettings:
     backoff_max_s: float = 60.0
     backoff_reset_s: float = 120.0
     preempt_interval_s: float = 5.0
+    #: A paused replica with unsaved work waits at most this long (see ``eviction``).
+    keep_paused_max_s: float = 300.0
+    #: Less unsaved work than this is evicted as soon as a replacement runs.
+    evict_below_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +178,8 @@ class Reconciler:
         self._suffixes = suffixes
         self._in_flight: dict[str, _InFlight] = {}
         self._stopping: dict[str, float] = {}
+        #: Displaced replicas: since when, and the work their eviction would lose.
+        self._displaced: dict[str, tuple[float, float | None]] = {}
         self._backoff: dict[AppKey, _Backoff] = {}
         self._preempted_at = -float("inf")
 
@@ -233,6 +241,8 @@ class Reconciler:
                 tally = survey.tallies[replica.key]
                 if busy or drained or replica.state is ReplicaState.PAUSED:
                     tally.displaced.append((replica.replica_id, node.name))
+                    since = self._displaced.get(replica.replica_id, (now, None))[0]
+                    self._displaced[replica.replica_id] = (since, replica.unsaved_s)
                 else:
                     tally.healthy.append((replica.replica_id, node.name))
                     if replica.state is ReplicaState.STARTING:
@@ -243,6 +253,9 @@ class Reconciler:
                 survey.slots[node.name] = slot
         for rid in [r for r in self._stopping if r not in survey.seen]:
             del self._stopping[rid]  # gone: the stop worked
+        displaced = {rid for tally in survey.tallies.values() for rid, _ in tally.displaced}
+        for rid in [r for r in self._displaced if r not in displaced]:
+            del self._displaced[rid]  # resumed, stopped or gone
         for slot in survey.slots.values():
             for key, tally in survey.tallies.items():
                 count = sum(1 for _, where in tally.healthy if where == slot.name)
@@ -295,7 +308,9 @@ class Reconciler:
             tally = tallies[key]
             self._stop_surplus(plan, tally, spec.replicas, now)
             replaced = len(tally.healthy) + len(tally.displaced) - spec.replicas
-            for rid, node in tally.displaced[: max(0, replaced)]:  # their replacements run
+            evictable = [(rid, node) for rid, node in tally.displaced
+                         if not self._kept_paused(rid, now)]  # fmt: skip
+            for rid, node in evictable[: max(0, replaced)]:  # their replacements run
                 self._stop(plan, rid, node, "its replacement runs elsewhere", now, grace_s=0)
             missing = spec.replicas - len(tally.healthy) - tally.starting
             backoff = self._backoff.get(key)
@@ -305,6 +320,12 @@ class Reconciler:
             if missing > 0 and (backoff is None or now >= backoff.until):
                 wants.append(Want(key, missing, spec.reservation, spec.request.node_selector))
         return wants
+
+    def _kept_paused(self, replica_id: str, now: float) -> bool:
+        since, unsaved_s = self._displaced[replica_id]
+        settings = self.settings
+        return keep_paused(unsaved_s, now - since, keep_paused_max_s=settings.keep_paused_max_s,
+                           evict_below_s=settings.evict_below_s)  # fmt: skip
 
     def _stop_surplus(self, plan: Plan, tally: _Tally, desired: int, now: float) -> None:
         """More healthy and starting than desired: stop the newest on the most crowded PC."""

@@ -44,6 +44,8 @@ class KnownReplica:
     state: ReplicaState
     reservation: Amount
     usage: Amount = ZERO
+    #: Paused: the work an eviction would throw away, as its worker said (None: unknown).
+    unsaved_s: float | None = None
 
     @property
     def key(self) -> AppKey:
@@ -66,6 +68,8 @@ class NodeInfo:
     labels: dict[str, str] = field(default_factory=dict)
     replicas: dict[str, KnownReplica] = field(default_factory=dict)
     runtime: str = "process"
+    #: The site data root its replicas' namespace folders are under, if any.
+    data_root: str | None = None
 
 
 class Registry:
@@ -103,10 +107,12 @@ class Registry:
                     r.state,
                     Amount.of(r.reservation),
                     Amount.of(r.usage),
+                    r.unsaved_s,
                 )
                 for r in beat.replicas
             },
             runtime=beat.runtime,
+            data_root=beat.data_root,
         )
         return True
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from pathlib import PurePosixPath
+
 from schemas import (
     ZERO,
     AppsQuery,
     AppsReply,
     AppView,
+    DataFolderView,
     DeploymentState,
     NodesReply,
     NodeView,
@@ -67,9 +71,15 @@ def apps_reply(
             )
         )
     quota = state.quotas.get(namespace)
+    roots = Counter(node.data_root for node in registry.nodes.values()
+                    if node.data_root is not None and not registry.lost(node, now))  # fmt: skip
     return AppsReply(
         namespace=namespace,
         apps=tuple(apps),
+        data_folders=tuple(
+            DataFolderView(path=str(PurePosixPath(root) / namespace), pcs=pcs)
+            for root, pcs in sorted(roots.items())
+        )[:64],
         quota=None if quota is None else quota.wire(),
         reserved=state.reserved(namespace).wire(),
         running=running.wire(),

@@ -4,7 +4,8 @@
 saving how many are done at most every 3 s. Each unit it finishes is appended to
 ``ledger`` as ``<PC> <unit>``: the test counts from it the units computed twice (after an
 eviction, from the last checkpoint on). The ledger is the test's instrument, not the
-task's state: the state is only in the checkpoint.
+task's state: the state is only in the checkpoint. ``plain`` is the same work without
+checkpoints.
 """
 
 import os
@@ -33,3 +34,14 @@ def count(ctx: TaskContext, units: int, unit_s: float, ledger: str) -> dict[str,
             out.write(f"{node} {unit}\n")
         ctx.checkpoint(unit + 1)
     return {"units": units, "resumed_at": start, "saves": ctx.saves}
+
+
+@app.task(executor="process")
+def plain(units: int, unit_s: float, ledger: str) -> dict[str, int]:
+    """``units`` units of CPU work and no checkpoint: an eviction loses all of it."""
+    node = os.environ.get("IDLECLOUD_NODE", "here")
+    for unit in range(units):
+        _spin(unit_s)
+        with Path(ledger).open("a") as out:
+            out.write(f"{node} {unit}\n")
+    return {"units": units}
