@@ -204,7 +204,10 @@ class Bus:
             self._connection = None
 
     async def __aenter__(self) -> Self:
-        return await self.connect()
+        """Connect, unless connected already (``async with await Bus(url).connect()``
+        would otherwise open a second connection and leak the first, whose reconnecting
+        outlives a cancellation)."""
+        return self if self._connection is not None else await self.connect()
 
     async def __aexit__(
         self,

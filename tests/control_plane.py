@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bus.connection import Bus
 from bus.rpc import RpcClient
+from bus.sdk import App
 from bus.topology import declare_platform
 from idlecloud.dev.services import create_vhost, delete_vhost, free_port
 from nodeagent.sim import SimNode, Simulation
@@ -40,6 +41,8 @@ from services.quota.service import QuotaManager
 
 #: What a simulated replica runs: a process that sleeps (the process runtime).
 SLEEPER = (sys.executable, "-c", "import time; time.sleep(3600)")
+#: The units-of-work app whose calls checkpoint (``count``) or do not (``plain``).
+CHECKPOINT_APP = "tests.programs.checkpoint_app:app"
 FAST = PlacementSettings(
     tick_s=0.3, node_timeout_s=2.0, settle_s=0.8,
     reconciler=ReconcilerSettings(preempt_interval_s=2.0),
@@ -171,3 +174,19 @@ async def control_plane(
                     await service.stop(1.0)
     finally:
         await asyncio.to_thread(delete_vhost, broker.vhost)
+
+
+def _on_replicas(units: int, unit_s: float, ledger: str) -> dict[str, int]:
+    raise NotImplementedError  # the replicas run tests.programs.checkpoint_app
+
+
+async def deploy_checkpoint_app(plane: Plane, replicas: int, cpu_millicores: int = 1000) -> App:
+    """Deploy :data:`CHECKPOINT_APP` as Alice's app ``count``; the App its clients call,
+    whose tasks ``count`` and ``plain`` take ``(units, unit_s, ledger)``."""
+    worker = (sys.executable, "-m", "idlecloud", "worker", CHECKPOINT_APP)
+    deployed = await plane.deploy("alice", "count", replicas, cpu_millicores, command=worker)
+    assert deployed.accepted, deployed.reason
+    app = App("alice", "count")
+    for name in ("count", "plain"):
+        app.task(name=name)(_on_replicas)
+    return app

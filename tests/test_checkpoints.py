@@ -40,7 +40,7 @@ from schemas import JobView
 from services.auth.tokens import SigningKey
 from services.jobs.service import JobSettings
 
-from .control_plane import control_plane, thesis_pcs
+from .control_plane import control_plane, deploy_checkpoint_app, thesis_pcs
 from .helpers import ledger_by_pc, wait_until
 from .login import Login
 
@@ -323,17 +323,9 @@ async def evict_three_times(
     PC running it; the PCs evicted, the job's end, and its results."""
     async with control_plane(work, pcs, jobs=JobSettings()) as plane:
         await plane.quota("alice", 4000)
-        target = "tests.programs.checkpoint_app:app"
-        worker = (sys.executable, "-m", "idlecloud", "worker", target)
-        assert (await plane.deploy("alice", "count", 1, command=worker)).accepted
-        app = App("alice", "count")
-
-        @app.task
-        def count(units: int, unit_s: float, ledger: str) -> dict[str, int]:
-            raise NotImplementedError  # the replicas run tests.programs.checkpoint_app
-
+        app = await deploy_checkpoint_app(plane, 1)
         async with TaskClient(plane.bus, app) as client:
-            job = await client.submit_job(count, [(30, 1.0, str(ledger))], name="long")
+            job = await client.submit_job(app.tasks["count"], [(30, 1.0, str(ledger))], name="long")
             evicted: list[str] = []
             for _ in range(3):
                 await wait_until(

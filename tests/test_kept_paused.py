@@ -5,17 +5,16 @@ and replicas running ``tests.programs.checkpoint_app``."""
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 
 import pytest
 
-from bus.sdk import App, TaskClient
+from bus.sdk import TaskClient
 from schemas import ReplicaState
 from services.jobs.service import JobSettings
 from services.placement.service import Placement
 
-from .control_plane import control_plane, thesis_pcs
+from .control_plane import control_plane, deploy_checkpoint_app, thesis_pcs
 from .helpers import ledger_by_pc, wait_until
 
 
@@ -32,17 +31,10 @@ async def test_a_replica_with_long_unsaved_work_waits_paused_and_resumes_losing_
     pcs = thesis_pcs(unique)
     async with control_plane(tmp_path, pcs, jobs=JobSettings()) as plane:
         await plane.quota("alice", 4000)
-        worker = (sys.executable, "-m", "idlecloud", "worker", "tests.programs.checkpoint_app:app")
-        assert (await plane.deploy("alice", "count", 1, command=worker)).accepted
+        app = await deploy_checkpoint_app(plane, 1)
         placement = next(s for s in plane.services if isinstance(s, Placement))
-        app = App("alice", "count")
-
-        @app.task
-        def plain(units: int, unit_s: float, ledger: str) -> dict[str, int]:
-            raise NotImplementedError  # the replicas run tests.programs.checkpoint_app
-
         async with TaskClient(plane.bus, app) as client:
-            job = await client.submit_job(plain, [(16, 1.0, str(ledger))], name="plain")
+            job = await client.submit_job(app.tasks["plain"], [(16, 1.0, str(ledger))])
             await wait_until(lambda: len(ledger_by_pc(ledger)) >= 8, 120, "8 units done")
             pc = ledger_by_pc(ledger)[-1][0]
             plane.simulation.login(pc)

@@ -155,8 +155,9 @@ def apps(namespace: NamespaceOption = "default", url: UrlOption = BROKER_URL,
         f"quota {limit}; reserved {reserved.cpu_millicores}m / {reserved.memory_mib} MiB; "
         f"running {running.cpu_millicores}m / {running.memory_mib} MiB"
     )
-    for line in _data_lines(reply):
-        console.print(line)
+    if reply.data_folders:  # a site without a data root: `bus data` says how to get one
+        for line in _data_lines(reply):
+            console.print(line)
 
 
 def _data_lines(reply: AppsReply) -> list[str]:
