@@ -2,8 +2,10 @@
 
 ``IDLECLOUD_URL`` (the broker), ``IDLECLOUD_NAMESPACE``, ``IDLECLOUD_APP`` and
 ``IDLECLOUD_TOKEN_FILE`` (a file holding the replica's broker token, which the platform
-rewrites before the token expires); on a site with a data root, ``IDLECLOUD_DATA`` (its
-namespace's data folder, read-write: :mod:`nodeagent.runtime.data`). Outside the
+rewrites before the token expires); ``IDLECLOUD_STATUS_FILE`` (where the worker says since
+when its running calls hold unsaved work: :mod:`bus.sdk.status`); on a site with a data
+root, ``IDLECLOUD_DATA`` (its namespace's data folder, read-write:
+:mod:`nodeagent.runtime.data`). Outside the
 platform the same variables, or the matching flags of `bus worker`, let a researcher run a
 worker on her own machine.
 """
