@@ -2,7 +2,8 @@
 
 It feeds the presence signals into the pure :class:`~nodeagent.policy.PresencePolicy` and
 carries out its decisions: on a login the replicas are paused *before* anyone is told,
-then ``NodePresence`` is published; they resume (or are evicted) as the policy says. A
+then a heartbeat says what each paused one would lose if evicted (its worker's status
+file, read once it is frozen) and ``NodePresence`` is published; they resume (or are evicted) as the policy says. A
 start never outruns presence: the policy's verdict holds from the instant a signal
 arrives, the runtime asks it once more just before a replica's process would begin, a
 replica whose start finishes after a person arrived is paused at once, and the pause on
@@ -277,6 +278,8 @@ class Agent:
                     await asyncio.gather(*(self._pause(r.replica_id) for r in running))
                     if settling := [done for _, done in self._starting.values()]:
                         await asyncio.wait(settling, timeout=_STARTS_SETTLE_S)
+                    if running:  # what each holds unsaved, before placement moves them
+                        await self._beat()
                 elif action is Action.RESUME_ALL:
                     paused = [r for r in replicas if r.state is ReplicaState.PAUSED]
                     await asyncio.gather(*(self._resume(r.replica_id) for r in paused))
@@ -487,15 +490,21 @@ class Agent:
 
     async def _heartbeats(self) -> None:
         while True:
-            replicas = await self.runtime.replicas(with_usage=True)
-            await self._report_endings(replicas)
-            self._seq += 1
-            settings = self.settings
-            await self.bus.publish(heartbeat(
-                settings.node, self._seq, settings.capacity, settings.allocatable,
-                self._presence(), replicas, settings.labels, self.runtime.name, self._unsaved,
-                settings.data_root,
-            ))  # fmt: skip
+            replicas = await self._beat()
             if self._logs is not None:  # after the heartbeat that tells the platform of them
                 self._logs.sync(replicas)
-            await asyncio.sleep(settings.heartbeat_s)
+            await asyncio.sleep(self.settings.heartbeat_s)
+
+    async def _beat(self) -> list[ReplicaInfo]:
+        """One heartbeat: the PC, its presence, and every replica (with, paused, the work
+        it would lose); the replicas it told of."""
+        replicas = await self.runtime.replicas(with_usage=True)
+        await self._report_endings(replicas)
+        self._seq += 1
+        settings = self.settings
+        await self.bus.publish(heartbeat(
+            settings.node, self._seq, settings.capacity, settings.allocatable,
+            self._presence(), replicas, settings.labels, self.runtime.name, self._unsaved,
+            settings.data_root,
+        ))  # fmt: skip
+        return replicas

@@ -44,8 +44,8 @@ async def test_a_replica_with_long_unsaved_work_waits_paused_and_resumes_losing_
                 return [r.unsaved_s for r in node.replicas.values()
                         if r.state is ReplicaState.PAUSED]  # fmt: skip
 
-            # its PC's presence says it is paused at once; its next heartbeat, what it holds
-            await wait_until(lambda: paused_there() not in ([], [None]), 20, "what it holds")
+            # the heartbeat sent as it froze says what it holds, before its PC's presence
+            await wait_until(lambda: bool(paused_there()), 20, "the frozen replica reported")
             (unsaved_s,) = paused_there()
             assert unsaved_s is not None and 7.0 <= unsaved_s <= 30.0, unsaved_s
             await wait_until(lambda: await_running(placement, pc), 20, "the replacement")
