@@ -1,23 +1,21 @@
 """The agent on one PC: serves the person first, then runs the platform's replicas.
 
 It feeds the presence signals into the pure :class:`~nodeagent.policy.PresencePolicy` and
-carries out its decisions: on a login the replicas are paused *before* anyone is told,
-then a heartbeat says what each paused one would lose if evicted (its worker's status
-file, read once it is frozen) and ``NodePresence`` is published; they resume (or are
-evicted) as the policy says. A start never outruns presence: the policy's verdict holds
-from the instant a signal arrives, the runtime asks it once more just before a replica's
-process would begin, a replica whose start finishes after a person arrived is paused at
-once, and the pause on arrival waits for the starts in flight before the platform is told. It consumes its own
-command queue (``node.<node>.commands``), dropping commands whose leader epoch is older
-than the newest it has seen, so a deposed leader cannot undo its successor's work, and
-refusing one from further ahead than any leader's could be (:mod:`nodeagent.epochs`).
-Each replica gets the container contract in its environment (broker URL, namespace,
-app, and a token file the agent rewrites on ``RenewToken``). Every
-``heartbeat_s`` it publishes a ``NodeHeartbeat`` with capacity, allocatable resources,
-usage, replicas and presence, and a ``ReplicaStatus`` with the exit code and last log
-lines of each replica that ended since. It publishes only under its own ``node.<node>.…``
-routing keys.
-"""
+carries out its decisions: on a login the replicas are paused *before* anyone is told, then
+a heartbeat says what each paused one would lose if evicted (its worker's status file, read
+once it is frozen) and ``NodePresence`` is published; they resume (or are evicted) as the
+policy says. A start never outruns presence: the policy's verdict holds from the instant a
+signal arrives, the runtime asks it once more just before a replica's process would begin, a
+replica whose start finishes after a person arrived is paused at once, and the pause on
+arrival waits for the starts in flight before the platform is told. It consumes its own
+command queue (``node.<node>.commands``), dropping commands whose leader epoch is older than
+the newest it has seen, so a deposed leader cannot undo its successor's work, and refusing
+one from further ahead than any leader's could be (:mod:`nodeagent.epochs`). Each replica
+gets the container contract in its environment (broker URL, namespace, app, and a token file
+the agent rewrites on ``RenewToken``). Every ``heartbeat_s`` it publishes a
+``NodeHeartbeat`` with capacity, allocatable resources, usage, replicas and presence, and a
+``ReplicaStatus`` with the exit code and last log lines of each replica that ended since. It
+publishes only under its own ``node.<node>.…`` routing keys."""
 
 from __future__ import annotations
 
