@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -178,6 +179,8 @@ async def run(mode: str, seed: int, options: argparse.Namespace) -> Run:
     assert (view.state, view.done) == ("done", options.calls), view
     units = [ledger_by_pc(shared / f"call{i}") for i in range(options.calls)]
     per_call = [Counter(unit for _pc, unit in ledger) for ledger in units]
+    for folder in (shared, work):
+        shutil.rmtree(folder, ignore_errors=True)
     return Run(
         mode,
         seed,
