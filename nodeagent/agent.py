@@ -160,6 +160,9 @@ class Agent:
         #: Per paused replica: the work it would lose if evicted (read as it was paused).
         self._unsaved: dict[str, float | None] = {}
         self._ended: set[str] = set()  # replicas whose end was reported
+        #: Replicas the platform told it to stop, while they are stopped: their end is no
+        #: crash (a killed one's exit code would otherwise count against its app).
+        self._stopping: set[str] = set()
         self._clock = clock
         self._wall_clock = wall_clock
         self._policy = PresencePolicy(settings.policy, clock())
@@ -335,7 +338,11 @@ class Agent:
                 if self.decision.accepting:
                     await self._resume(command.replica_id)
             case StopReplica():
-                await self.runtime.stop(command.replica_id, command.grace_s)
+                self._stopping.add(command.replica_id)
+                try:
+                    await self.runtime.stop(command.replica_id, command.grace_s)
+                finally:
+                    self._stopping.discard(command.replica_id)
                 self._forget(command.replica_id)
                 self._ended.discard(command.replica_id)
             case RenewToken():
@@ -460,6 +467,8 @@ class Agent:
     async def _report_endings(self, replicas: list[ReplicaInfo]) -> None:
         """One ReplicaStatus per replica that ended since the last heartbeat."""
         for replica in replicas:
+            if replica.replica_id in self._stopping:
+                continue  # told to stop: it goes from the next heartbeat, not as a crash
             if replica.state in _ENDED and replica.replica_id not in self._ended:
                 self._ended.add(replica.replica_id)
                 outcome = _Outcome(replica.state, f"exited with code {replica.exit_code}")
