@@ -67,12 +67,20 @@ class UsageRow(WireModel):
     #: CPU seconds its replicas used (their control groups' counters).
     used_cpu_s: CpuSeconds
     replicas: Count
+    #: The PCs its replicas ran on.
+    nodes: tuple[NodeName, ...] = Field(default=(), max_length=10_000)
+    #: Its first and last samples in the window (per app or PC; a day spans its day).
+    first_at: Timestamp | None = None
+    last_at: Timestamp | None = None
 
 
 class UsageReply(Message):
     """The rows a :class:`UsageQuery` asked for, biggest use first."""
 
     schema_name = "UsageReply"
+    #: Version 1's rows had no ``nodes``, ``first_at`` nor ``last_at`` (read as unset).
+    schema_version = 2
+    older_versions = frozenset({1})
 
     namespace: NamespaceName | None = None
     by: UsageBy

@@ -291,7 +291,8 @@ EXAMPLES: dict[type[Message], Message] = {
     UsageReply: UsageReply(
         namespace="alice", by="app", since=AT, until=AT,
         rows=(UsageRow(namespace="alice", app="stereo", reserved_cpu_s=7200.0,
-                       used_cpu_s=5400.5, replicas=2),),
+                       used_cpu_s=5400.5, replicas=2, nodes=("edge", "ninja"), first_at=AT,
+                       last_at=AT),),
     ),
     LogBatch: LogBatch(
         node="edge", replica_id="stereo-2-0a1b2c3d", namespace="alice", app="stereo", seq=0,

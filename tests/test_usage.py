@@ -29,7 +29,14 @@ from schemas import Owner, UsageQuery, UsageReply, UsageRow, utc_now
 from services.auth.tokens import SigningKey
 from services.jobs.service import JobSettings
 from services.metrics.influx import InfluxV1
-from services.metrics.usage import Window, baseline_query, totals, usage_rows, window_query
+from services.metrics.usage import (
+    Window,
+    baseline_query,
+    edge_query,
+    totals,
+    usage_rows,
+    window_query,
+)
 from services.metrics.usage_server import UsageServer, usage_query
 from services.metrics.writer import MetricsWriter
 
@@ -76,9 +83,9 @@ def test_use_is_the_counter_past_its_baseline_and_reservation_its_integral() -> 
     rows = usage_rows(within, before, "app")
     assert rows == [
         UsageRow(namespace="alice", app="stereo", reserved_cpu_s=300.0, used_cpu_s=70.0,
-                 replicas=2),
+                 replicas=2, nodes=("edge", "ninja")),
         UsageRow(namespace="alice", app="other", reserved_cpu_s=1.0, used_cpu_s=5.0,
-                 replicas=1),
+                 replicas=1, nodes=("edge",)),
     ]  # fmt: skip
     by_pc = usage_rows(within, before, "pc")
     assert [(row.node, row.used_cpu_s) for row in by_pc] == [("ninja", 40.0), ("edge", 35.0)]
@@ -102,6 +109,29 @@ def test_by_day_each_days_use_starts_where_the_day_before_ended() -> None:
         (DAY + timedelta(days=2), 4.0, 1.0),
         (DAY + timedelta(days=4), 6.0, 1.0),
     ]
+
+
+def test_per_app_a_row_says_on_which_pcs_and_from_when_to_when_its_replicas_ran() -> None:
+    """The earliest first sample and the latest last sample of an app's replicas bound its
+    row; its PCs are every one a replica ran on. Without the edge answers, no times."""
+    within = answer(
+        (tags("r1"), [["1970-01-01T00:00:00Z", 30.0, 1000.0]]),
+        (tags("r2", node="ninja"), [["1970-01-01T00:00:00Z", 40.0, 1000.0]]),
+    )
+
+    def edge(r1: str, r2: str) -> Any:
+        return answer((tags("r1"), [[r1, 1.0]]), (tags("r2", node="ninja"), [[r2, 2.0]]),
+                      reserved=False)  # fmt: skip
+
+    firsts = edge("2026-12-01T08:00:00Z", "2026-12-01T07:30:00Z")
+    lasts = edge("2026-12-01T09:00:00Z", "2026-12-01T10:15:00Z")
+    (row,) = usage_rows(within, answer(reserved=False), "app", (firsts, lasts))
+    assert row.nodes == ("edge", "ninja") and row.replicas == 2
+    assert (row.first_at, row.last_at) == (DAY + timedelta(hours=7.5),
+                                           DAY + timedelta(hours=10.25))  # fmt: skip
+    (plain,) = usage_rows(within, answer(reserved=False), "app")
+    assert plain.first_at is None and plain.last_at is None and plain.nodes == row.nodes
+    assert 'first("cpu_s")' in edge_query(Window(DAY, DAY, "alice", "app"), "first")
 
 
 def test_the_queries_name_the_window_and_the_namespace_and_a_refusal_is_an_error() -> None:
@@ -141,7 +171,7 @@ async def recorded(database: str, tmp_path: Path, unique: str) -> AsyncIterator[
 
 
 async def test_bus_usage_agrees_with_the_cpu_time_the_replicas_measured(
-    recorded: Any, tmp_path: Path
+    recorded: Any, tmp_path: Path, unique: str
 ) -> None:
     """Three replicas run a job of 24 calls of 0.6 s of CPU each. Each call answers with
     its process's CPU time so far (``time.process_time()``); the highest per process,
@@ -150,6 +180,7 @@ async def test_bus_usage_agrees_with_the_cpu_time_the_replicas_measured(
     5 %, and reserved is at least what was used. The job's history has the CPU its calls
     took, as the workers timed them."""
     plane = recorded
+    began = utc_now()
     await plane.quota("alice", 4000)
     worker = (sys.executable, "-m", "idlecloud", "worker", "tests.programs.burn_app:app")
     assert (await plane.deploy("alice", "burn", 3, cpu_millicores=1000, command=worker)).accepted
@@ -189,7 +220,9 @@ async def test_bus_usage_agrees_with_the_cpu_time_the_replicas_measured(
         await asyncio.sleep(1.0)
     await asyncio.sleep(1.0)  # and one more sample: the replicas idle meanwhile
     (row,) = (await usage())["rows"]
-    assert row["replicas"] == 3
+    assert row["replicas"] == 3 and row["nodes"] == [f"u{unique}"]
+    first_at, last_at = (datetime.fromisoformat(row[edge]) for edge in ("first_at", "last_at"))
+    assert began < first_at < last_at <= utc_now()
     assert abs(row["used_cpu_s"] - measured_s) <= 0.05 * measured_s, (row, measured_s)
     assert row["reserved_cpu_s"] >= row["used_cpu_s"]
     history = await asyncio.to_thread(bus_cli, "job", "history", "-n", "alice", "--json",
@@ -204,6 +237,9 @@ async def test_bus_usage_agrees_with_the_cpu_time_the_replicas_measured(
     assert "CPU-hours reserved" in shown.stdout and f"wrote {plot}" in shown.stdout
     assert plot.read_bytes().startswith(b"\x89PNG")
     print(shown.stdout)
+    per_app = await asyncio.to_thread(bus_cli, "usage", "-n", "alice", url=plane.url)
+    assert f"u{unique}" in per_app.stdout and f"{first_at:%Y-%m-%d %H:%M}" in per_app.stdout
+    print(per_app.stdout)
     print(f"bus usage: {row['used_cpu_s']:.2f} CPU-s used; the replicas measured "
           f"{measured_s:.2f} s ({100 * (row['used_cpu_s'] / measured_s - 1):+.1f} %); "
           f"{row['reserved_cpu_s']:.1f} CPU-s reserved; the job's calls took "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -39,6 +40,16 @@ def _share(used_s: float, reserved_s: float) -> str:
     return f"{100 * used_s / reserved_s:.0f} %" if reserved_s else "—"
 
 
+def _pcs(row: UsageRow, shown: int = 3) -> str:
+    """The PCs an app's replicas ran on: the first few, and how many more."""
+    more = len(row.nodes) - shown
+    return ", ".join(row.nodes[:shown]) + (f" +{more}" if more > 0 else "")
+
+
+def _when(moment: datetime | None) -> str:
+    return "—" if moment is None else f"{moment:%Y-%m-%d %H:%M}"
+
+
 def _part(row: UsageRow) -> str:
     if row.day is not None:
         return f"{row.day:%Y-%m-%d}"
@@ -59,7 +70,8 @@ def usage(
 ) -> None:
     """CPU-hours reserved and used by a namespace's replicas (every namespace's, for an
     admin without -n), from the samples the PCs' agents send: reserved is what placement
-    held for them, used what their control groups counted."""
+    held for them, used what their control groups counted. Per app, deleted apps stay
+    listed, with the PCs they ran on and their first and last samples."""
     if by not in USAGE_BY:
         fail(f"--by {by!r}: use {', '.join(USAGE_BY)}")
     query = UsageQuery(namespace=namespace, since=since_time(since), by=by)
@@ -72,11 +84,16 @@ def usage(
         print_json(reply.model_dump(mode="json") | {"reserved_cpu_s": reserved_s,
                                                     "used_cpu_s": used_s})  # fmt: skip
     else:
-        shown = table("namespace", by, "replicas", "reserved CPU-h", "used CPU-h", "used")
+        spans = by != "day"  # a day's row spans its day
+        shown = table("namespace", by, "replicas", *(("PCs",) if by == "app" else ()),
+                      *(("from", "to (UTC)") if spans else ()), "reserved CPU-h",
+                      "used CPU-h", "used")  # fmt: skip
         for row in reply.rows:
             reserved, used = row.reserved_cpu_s, row.used_cpu_s
-            shown.add_row(row.namespace, _part(row), str(row.replicas), _hours(reserved),
-                          _hours(used), _share(used, reserved))  # fmt: skip
+            shown.add_row(row.namespace, _part(row), str(row.replicas),
+                          *((_pcs(row),) if by == "app" else ()),
+                          *((_when(row.first_at), _when(row.last_at)) if spans else ()),
+                          _hours(reserved), _hours(used), _share(used, reserved))  # fmt: skip
         console.print(shown)
         console.print(f"{_hours(reserved_s)} CPU-hours reserved, {_hours(used_s)} used "
                       f"({_share(used_s, reserved_s)}) from {reply.since:%Y-%m-%d %H:%M} to "

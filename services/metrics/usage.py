@@ -14,8 +14,12 @@ counter that went down (a container restarted in place) starts again from 0.
 
 InfluxDB 1.6 may answer the two aggregates of one replica in two series (one with the
 counter, one with the integral, each with the other's column empty): a row adds whatever
-it holds. Rows add the replicas up by namespace and app, PC or day. The queries and the arithmetic
-are here; :mod:`services.metrics.usage_server` runs them against InfluxDB.
+it holds. Rows add the replicas up by namespace and app, PC or day. Per app or PC, a row
+also says when its first and last samples in the window were taken and on which PCs its
+replicas ran, so an app deleted long ago stays listed with what it ran and where (two
+more queries: InfluxQL's ``first()`` and ``last()`` keep their point's time only
+without ``GROUP BY time``, and a day's row spans its day anyway). The queries and the
+arithmetic are here; :mod:`services.metrics.usage_server` runs them against InfluxDB.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from schemas import UsageBy, UsageQuery, UsageRow
 
@@ -31,6 +35,7 @@ __all__ = [
     "BASELINE_LOOKBACK",
     "Window",
     "baseline_query",
+    "edge_query",
     "totals",
     "usage_rows",
     "window_query",
@@ -86,11 +91,26 @@ def baseline_query(window: Window) -> str:
     return f'SELECT last("cpu_s") AS "used" FROM "replica" {where} GROUP BY {_REPLICA_TAGS}'
 
 
+def edge_query(window: Window, edge: Literal["first", "last"]) -> str:
+    """The time of each replica's first (or last) sample within the window."""
+    where = _where(window.since, window.until, window.namespace)
+    return f'SELECT {edge}("cpu_s") AS "used" FROM "replica" {where} GROUP BY {_REPLICA_TAGS}'
+
+
 @dataclass(slots=True)
 class _Sum:
     reserved_cpu_s: float = 0.0
     used_cpu_s: float = 0.0
     replicas: set[str] = field(default_factory=set)
+    nodes: set[str] = field(default_factory=set)
+    first_at: datetime | None = None
+    last_at: datetime | None = None
+
+    def seen(self, first_at: datetime | None, last_at: datetime | None) -> None:
+        if first_at is not None and (self.first_at is None or first_at < self.first_at):
+            self.first_at = first_at
+        if last_at is not None and (self.last_at is None or last_at > self.last_at):
+            self.last_at = last_at
 
 
 def _series(answer: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -126,20 +146,37 @@ def _baselines(answer: Mapping[str, Any]) -> dict[ReplicaKey, float]:
     return found
 
 
-def _day(timestamp: str) -> datetime:
+def _edges(answer: Mapping[str, Any] | None) -> dict[ReplicaKey, datetime]:
+    """Each replica's time in an answer to :func:`edge_query`."""
+    if answer is None:
+        return {}
+    found = {}
+    for series in _series(answer):
+        at = series["columns"].index("time")
+        for row in series["values"]:
+            found[_key(series)] = _moment(row[at])
+    return found
+
+
+def _moment(timestamp: str) -> datetime:
     return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).astimezone(UTC)
 
 
 def usage_rows(
-    window_answer: Mapping[str, Any], baseline_answer: Mapping[str, Any], by: UsageBy
+    window_answer: Mapping[str, Any],
+    baseline_answer: Mapping[str, Any],
+    by: UsageBy,
+    edges: tuple[Mapping[str, Any], Mapping[str, Any]] | None = None,
 ) -> list[UsageRow]:
     """The window's rows (by day: in order of days; else biggest use first), from
-    InfluxDB's answers to :func:`window_query` and :func:`baseline_query`.
+    InfluxDB's answers to :func:`window_query` and :func:`baseline_query`, and per app or
+    PC to :func:`edge_query`'s first and last (``edges``; none: the rows say no times).
 
     Raises:
         ValueError: InfluxDB refused a query.
     """
     baselines = _baselines(baseline_answer)
+    firsts, lasts = (_edges(answer) for answer in edges or (None, None))
     sums: dict[tuple[str, str | datetime], _Sum] = {}
     for series in _series(window_answer):
         key = _key(series)
@@ -151,9 +188,11 @@ def usage_rows(
             highest, held = row[used], row[reserved]
             if highest is None and held is None:
                 continue
-            part = {"app": app, "pc": node}.get(by) or _day(row[at])
+            part = {"app": app, "pc": node}.get(by) or _moment(row[at])
             total = sums.setdefault((namespace, part), _Sum())
             total.replicas.add(replica)
+            total.nodes.add(node)
+            total.seen(firsts.get(key), lasts.get(key))
             total.reserved_cpu_s += float(held or 0.0) / 1000
             if highest is not None:
                 total.used_cpu_s += highest - before if highest >= before else highest
@@ -172,6 +211,9 @@ def _row(namespace: str, part: str | datetime, by: UsageBy, total: _Sum) -> Usag
         reserved_cpu_s=round(total.reserved_cpu_s, 3),
         used_cpu_s=round(total.used_cpu_s, 3),
         replicas=len(total.replicas),
+        nodes=tuple(sorted(total.nodes)),
+        first_at=total.first_at,
+        last_at=total.last_at,
     )
 
 

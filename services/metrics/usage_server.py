@@ -3,7 +3,8 @@
 
 A namespace's question comes through its door, an admin's through the admins' door;
 both land on one quorum queue any number of these servers share. Each answer is two
-InfluxQL queries. While InfluxDB cannot be reached, the answer says so instead of rows.
+InfluxQL queries (four per app or PC: the samples' first and last times). While InfluxDB
+cannot be reached, the answer says so instead of rows.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ from bus.rpc import RpcServer
 from bus.topology import QueueSpec
 from schemas import UsageQuery, UsageReply, utc_now
 from services.metrics.influx import query_v1
-from services.metrics.usage import Window, baseline_query, usage_rows, window_query
+from services.metrics.usage import (
+    Window,
+    baseline_query,
+    edge_query,
+    usage_rows,
+    window_query,
+)
 
 __all__ = ["UsageServer", "usage_query"]
 
@@ -54,12 +61,14 @@ class UsageServer(RpcServer[UsageQuery]):
             return UsageReply(namespace=question.namespace, by=question.by, since=window.since,
                               until=window.until, **more)  # fmt: skip
 
+        queries = [window_query(window), baseline_query(window)]
+        if question.by != "day":
+            queries += [edge_query(window, "first"), edge_query(window, "last")]
         try:
-            within, before = await asyncio.gather(
-                asyncio.to_thread(self._query, window_query(window)),
-                asyncio.to_thread(self._query, baseline_query(window)),
+            within, before, *edges = await asyncio.gather(
+                *(asyncio.to_thread(self._query, text) for text in queries)
             )
-            rows = usage_rows(within, before, question.by)
+            rows = usage_rows(within, before, question.by, (edges[0], edges[1]) if edges else None)
         except (OSError, ValueError) as error:
             log.warning("usage: cannot read the figures: %s", error)
             return reply(unavailable=f"the usage figures cannot be read: {error}"[:1000])
