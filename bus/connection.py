@@ -10,15 +10,17 @@ and, if the connection is lost before the confirm arrives, publishes again once 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
+import json
 import logging
 import time
 from types import TracebackType
-from typing import Self, cast
+from typing import Any, Self, cast
 
 import aio_pika
 import aiormq
-import jwt
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from pamqp.commands import Basic
 from yarl import URL
@@ -34,7 +36,13 @@ from bus.errors import (
 )
 from schemas import Message
 
-__all__ = ["PUBLISH_FAILURES", "TRANSIENT_ERRORS", "Bus", "broker_user_name"]
+__all__ = [
+    "PUBLISH_FAILURES",
+    "TRANSIENT_ERRORS",
+    "Bus",
+    "broker_user_name",
+    "unverified_claims",
+]
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +65,24 @@ def broker_user_name(url: str) -> str:
     (the OAuth 2 backend's choice), else the URL's user. Publishes carry it as ``user_id``.
     """
     parsed = URL(url)
-    secret = parsed.password or ""
-    if secret.count(".") == 2:
-        with contextlib.suppress(jwt.PyJWTError):
-            subject = jwt.decode(secret, options={"verify_signature": False}).get("sub")
-            if isinstance(subject, str) and subject:
-                return subject
+    subject = (unverified_claims(parsed.password or "") or {}).get("sub")
+    if isinstance(subject, str) and subject:
+        return subject
     return parsed.user or "guest"
+
+
+def unverified_claims(token: str) -> dict[str, Any] | None:
+    """A JWT's claims, read without checking its signature (the broker checks it), or None
+    for anything that is not a JWT. Here, not PyJWT: every replica reads its token's
+    expiry as it starts, and importing PyJWT costs it 25 ms of CPU."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error):  # json's and base64's, and bad UTF-8 (a ValueError)
+        return None
+    return claims if isinstance(claims, dict) else None
 
 
 def _redact(url: str) -> str:

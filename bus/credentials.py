@@ -22,14 +22,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 from yarl import URL
 
 from bus.connection import TRANSIENT_ERRORS, Bus
 from bus.defaults import AUTH_URL
 from bus.errors import AuthUnavailable, CredentialsRefused
 from bus.service import supervised
-from bus.tls import https_context
 
 __all__ = [
     "BrokerToken",
@@ -85,6 +83,11 @@ async def fetch_broker_token(
         CredentialsRefused: the key was refused (revoked, expired, forged) or the auth
             service cannot be reached; the message says which.
     """
+    # here: a replica never trades a key, and these imports would cost it 110 ms of CPU
+    import aiohttp
+
+    from bus.tls import https_context
+
     headers = {"Authorization": f"Bearer {api_key}"}
     try:
         async with (

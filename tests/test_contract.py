@@ -8,6 +8,7 @@ reconnect presenting a stale secret would be refused.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import signal
 import sys
@@ -19,7 +20,7 @@ from urllib.parse import quote
 import jwt
 import pytest
 
-from bus.connection import Bus
+from bus.connection import Bus, broker_user_name, unverified_claims
 from bus.sdk import TaskClient
 from bus.sdk.contract import TokenFile, broker_url_with_token, token_expiry
 from idlecloud.dev.services import BrokerInfo, management, rabbitmqctl
@@ -38,6 +39,14 @@ def test_a_jwt_is_re_read_at_half_its_remaining_life(tmp_path: Path) -> None:
     path.write_text(token + "\n")
     assert token_expiry(token) == int(now) + 600
     assert token_expiry("plain-password") is None
+    assert unverified_claims(token) == {"exp": int(now) + 600, "sub": "replica"}
+    assert broker_user_name(f"amqp://idlecloud:{token}@127.0.0.1/") == "replica"
+    middles = [b"[1, 2]", b'{"exp"', b"\xff\xfe", b'{"exp": "soon"}']
+    garbage = ["a.b.c", "a..c", "a.!!!.c"]
+    garbage += [f"a.{base64.urlsafe_b64encode(m).decode()}.c" for m in middles]
+    for token_like in garbage:  # read as no expiry, never raised
+        assert token_expiry(token_like) is None, token_like
+    assert broker_user_name("amqp://someone:a.b.c@127.0.0.1/") == "someone"
     watcher = TokenFile(str(path), check_s=3600)
     assert watcher.next_check_s(now) == pytest.approx(300, abs=1)
     assert watcher.next_check_s(now + 599) == 1.0  # never busy-loops on an expiring token

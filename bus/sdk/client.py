@@ -27,7 +27,6 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sized
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
-from rich.progress import Progress
 
 from bus import names
 from bus.abc import AppAddress, TaskAddress
@@ -265,6 +264,8 @@ class TaskClient:
 
         publishing = asyncio.create_task(self.publish_calls(task, batches(), window=window))
         show = sys.stderr.isatty() if progress is None else progress
+        from rich.progress import Progress  # here: a worker never draws a bar
+
         with Progress(disable=not show) as bar:
             bar_task = bar.add_task(f"{self.app.app}.{task.name}", total=total)
             try:
@@ -322,6 +323,8 @@ class TaskClient:
             submitter=self._bus.user_name,
         ))  # fmt: skip
         show = sys.stderr.isatty() if progress is None else progress
+        from rich.progress import Progress  # here: a worker never draws a bar
+
         with Progress(disable=not show) as bar:
             shown = bar.add_task(f"submitting {job.job_id}", total=total)
 

@@ -18,10 +18,9 @@ import logging
 import time
 from pathlib import Path
 
-import jwt
 from yarl import URL
 
-from bus.connection import Bus
+from bus.connection import Bus, unverified_claims
 
 __all__ = ["TokenFile", "broker_url_with_token", "read_token", "token_expiry"]
 
@@ -57,11 +56,7 @@ def token_expiry(token: str) -> float | None:
     The signature is not checked: the broker does that. This only decides when to
     re-read the token file.
     """
-    try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
-        return None
-    expiry = claims.get("exp")
+    expiry = (unverified_claims(token) or {}).get("exp")
     return float(expiry) if isinstance(expiry, int | float) else None
 
 

@@ -25,7 +25,6 @@ from datetime import datetime
 from typing import Any, Literal
 
 from aio_pika.abc import AbstractIncomingMessage
-from rich.progress import Progress
 
 from bus.connection import Bus
 from bus.errors import InvalidMessage, RequestRefused
@@ -168,6 +167,8 @@ class Job:
             poll_s: how often to ask.
             progress: show a progress bar on stderr.
         """
+        from rich.progress import Progress  # here: a worker never draws a bar
+
         with Progress(disable=not progress) as bar:
             shown = bar.add_task(self.job_id, total=None)
             while True:

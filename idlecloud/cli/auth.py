@@ -13,7 +13,6 @@ import uuid
 from pathlib import Path
 from typing import Annotated
 
-import aiohttp
 import typer
 
 from bus.credentials import api_key_from_env
@@ -155,6 +154,7 @@ def whoami(auth_url: AuthUrlOption = AUTH_URL, as_json: JsonOption = False) -> N
     api_key = api_key_from_env()
     if api_key is None:
         fail("no API key: set IDLECLOUD_API_KEY (or IDLECLOUD_API_KEY_FILE); ask an admin")
+    import aiohttp  # here: every `bus` process (a replica's worker too) loads this module
 
     async def call() -> tuple[int, dict[str, object]]:
         headers = {"Authorization": f"Bearer {api_key}"}
