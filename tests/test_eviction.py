@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,45 @@ def test_the_worker_says_when_its_oldest_unsaved_work_began(tmp_path: Path) -> N
     work.ended("a")
     assert json.loads(path.read_text()) == {"unsaved_since": None}
     assert [p.name for p in tmp_path.iterdir()] == ["status"]  # no staged file left
+
+
+def test_new_unsaved_work_is_written_once_it_has_settled(tmp_path: Path) -> None:
+    """A call that ends within the settle time costs no write; one that runs on is written
+    when the timer fires, as it then stands; a cancelled timer never writes."""
+    timers: list[tuple[float, Callable[[], None]]] = []
+    cancelled: list[int] = []
+
+    class Timer:
+        def __init__(self, index: int) -> None:
+            self.index = index
+
+        def cancel(self) -> None:
+            cancelled.append(self.index)
+
+    def later(delay_s: float, callback: Callable[[], None]) -> Timer:
+        timers.append((delay_s, callback))
+        return Timer(len(timers) - 1)
+
+    now = [1000.0]
+    path = tmp_path / "status"
+    work = UnsavedWork(path, clock=lambda: now[0], settle_s=1.0, later=later)
+    path.unlink()  # from here on, the file exists only if it was written again
+    for index in range(100):  # short calls: started and ended before their timer fires
+        work.started(f"short{index}")
+        work.ended(f"short{index}")
+    assert not path.exists() and len(timers) == 100 and cancelled == list(range(100))
+    work.started("long")
+    now[0] = 1000.5
+    work.saved("long")  # settling still: the timer already set writes what stands then
+    assert len(timers) == 101 and not path.exists()
+    assert timers[-1][0] == 1.0
+    timers[-1][1]()
+    assert json.loads(path.read_text()) == {"unsaved_since": 1000.5}
+    now[0] = 1003.5
+    work.saved("long")  # already written: a change is written at once
+    assert json.loads(path.read_text()) == {"unsaved_since": 1003.5}
+    work.ended("long")
+    assert json.loads(path.read_text()) == {"unsaved_since": None} and len(timers) == 101
 
 
 def test_the_agent_reads_a_hostile_status_file_as_unknown(tmp_path: Path) -> None:
