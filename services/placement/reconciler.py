@@ -150,6 +150,7 @@ class _Tally:
 
     healthy: list[tuple[str, str]] = field(default_factory=list)
     displaced: list[tuple[str, str]] = field(default_factory=list)
+    unsaved_s: dict[str, float | None] = field(default_factory=dict)  # of each displaced
     starting: int = 0  # sent, not yet reported
     booting: set[str] = field(default_factory=set)  # healthy, but reported still starting
 
@@ -178,8 +179,8 @@ class Reconciler:
         self._suffixes = suffixes
         self._in_flight: dict[str, _InFlight] = {}
         self._stopping: dict[str, float] = {}
-        #: Displaced replicas: since when, and the work their eviction would lose.
-        self._displaced: dict[str, tuple[float, float | None]] = {}
+        #: Since when each displaced replica is displaced.
+        self._displaced: dict[str, float] = {}
         self._backoff: dict[AppKey, _Backoff] = {}
         self._preempted_at = -float("inf")
 
@@ -241,8 +242,8 @@ class Reconciler:
                 tally = survey.tallies[replica.key]
                 if busy or drained or replica.state is ReplicaState.PAUSED:
                     tally.displaced.append((replica.replica_id, node.name))
-                    since = self._displaced.get(replica.replica_id, (now, None))[0]
-                    self._displaced[replica.replica_id] = (since, replica.unsaved_s)
+                    tally.unsaved_s[replica.replica_id] = replica.unsaved_s
+                    self._displaced.setdefault(replica.replica_id, now)
                 else:
                     tally.healthy.append((replica.replica_id, node.name))
                     if replica.state is ReplicaState.STARTING:
@@ -309,7 +310,7 @@ class Reconciler:
             self._stop_surplus(plan, tally, spec.replicas, now)
             replaced = len(tally.healthy) + len(tally.displaced) - spec.replicas
             evictable = [(rid, node) for rid, node in tally.displaced
-                         if not self._kept_paused(rid, now)]  # fmt: skip
+                         if not self._kept_paused(rid, tally.unsaved_s[rid], now)]  # fmt: skip
             for rid, node in evictable[: max(0, replaced)]:  # their replacements run
                 self._stop(plan, rid, node, "its replacement runs elsewhere", now, grace_s=0)
             missing = spec.replicas - len(tally.healthy) - tally.starting
@@ -321,10 +322,10 @@ class Reconciler:
                 wants.append(Want(key, missing, spec.reservation, spec.request.node_selector))
         return wants
 
-    def _kept_paused(self, replica_id: str, now: float) -> bool:
-        since, unsaved_s = self._displaced[replica_id]
+    def _kept_paused(self, replica_id: str, unsaved_s: float | None, now: float) -> bool:
+        paused_for_s = now - self._displaced[replica_id]
         settings = self.settings
-        return keep_paused(unsaved_s, now - since, keep_paused_max_s=settings.keep_paused_max_s,
+        return keep_paused(unsaved_s, paused_for_s, keep_paused_max_s=settings.keep_paused_max_s,
                            evict_below_s=settings.evict_below_s)  # fmt: skip
 
     def _stop_surplus(self, plan: Plan, tally: _Tally, desired: int, now: float) -> None:
