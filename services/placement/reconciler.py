@@ -257,11 +257,11 @@ class Reconciler:
         displaced = {rid for tally in survey.tallies.values() for rid, _ in tally.displaced}
         for rid in [r for r in self._displaced if r not in displaced]:
             del self._displaced[rid]  # resumed, stopped or gone
-        for slot in survey.slots.values():
-            for key, tally in survey.tallies.items():
-                count = sum(1 for _, where in tally.healthy if where == slot.name)
-                if count:
-                    slot.apps[key] = count
+        for key, tally in survey.tallies.items():  # each PC's healthy replicas per app
+            for _, where in tally.healthy:
+                slot = survey.slots.get(where)
+                if slot is not None:
+                    slot.apps[key] = slot.apps.get(key, 0) + 1
         return survey
 
     def _count_in_flight(self, survey: _Survey, now: float) -> None:
