@@ -18,21 +18,23 @@ trace is played twice, once per mode. It prints, per run and as the mean of the 
   the makespan;
 - calls started again from nothing, and units computed twice;
 - an estimate of the goodput in the lab's own time (``lab_goodput``): the work scales
-  with the compression, while a replica's start-up (about 0.9 CPU-s here: two Python
-  processes importing the SDK) costs the same, so it is divided by the compression.
+  with the compression, while a replica's start-up (about 0.5 CPU-s,
+  ``bench/worker_start.py``: two Python processes importing the SDK) costs the same, so
+  it is divided by the compression.
 
 Counting on a 2-core machine: each PC offers ``--cpu-millicores`` (300) and runs at most
 one replica, capped there by its control group, and ``--replicas`` (4) replicas run at
 most: 1.2 cores of replica work, leaving the rest of the machine to the agents, the
 services and the broker, so a CPU-second of work is one whichever PC computes it.
 
-Defaults: 6 PCs, a 10-hour day compressed 200 times (3 minutes), 12 calls of 9 units of
-0.5 CPU-s (4.5 CPU-s, 15 s at 0.3 cores: 50 minutes of lab time, about the mean gap
-between logins), the agents' and placement's timers compressed alike (``max_suspend_s``
-600 s becomes 3 s; the kept-paused cap 300 s becomes 1.5 s). Time that does not compress
-(a replica's start, about a second) weighs 200 times more than in a real lab.
+Defaults: 6 PCs, a 10-hour day compressed 100 times (6 minutes), 8 calls of 27 units of
+0.5 CPU-s (13.5 CPU-s, 45 s at the PC's 0.3 cores: 75 minutes of lab time, a little longer
+than the mean gap between logins, 47-64 minutes), two rounds on the 4 replicas, the
+agents' and placement's timers compressed alike (``max_suspend_s`` 600 s becomes 6 s;
+the kept-paused cap 300 s becomes 3 s). Time that does not compress (a replica's start,
+about half a CPU-second) weighs 100 times more than in a real lab.
 
-Usage: python bench/goodput.py [--seeds 1 2 3] [--pcs 6] [--replicas 4] [--calls 12]
+Usage: python bench/goodput.py [--seeds 1 2 3] [--pcs 6] [--replicas 4] [--calls 8]
 """
 
 from __future__ import annotations
@@ -232,8 +234,8 @@ if __name__ == "__main__":
     parser.add_argument("--pcs", type=int, default=6)
     parser.add_argument("--replicas", type=int, default=4)
     parser.add_argument("--cpu-millicores", type=int, default=300)
-    parser.add_argument("--calls", type=int, default=12)
-    parser.add_argument("--units", type=int, default=9)
+    parser.add_argument("--calls", type=int, default=8)
+    parser.add_argument("--units", type=int, default=27)
     parser.add_argument("--unit-s", type=float, default=0.5)
-    parser.add_argument("--compress", type=float, default=200.0)
+    parser.add_argument("--compress", type=float, default=100.0)
     asyncio.run(main(parser.parse_args()))

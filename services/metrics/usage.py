@@ -152,9 +152,9 @@ def _edges(answer: Mapping[str, Any] | None) -> dict[ReplicaKey, datetime]:
         return {}
     found = {}
     for series in _series(answer):
-        at = series["columns"].index("time")
-        for row in series["values"]:
-            found[_key(series)] = _moment(row[at])
+        if series["values"]:  # one row: the replica's first (or last) sample
+            at = series["columns"].index("time")
+            found[_key(series)] = _moment(series["values"][0][at])
     return found
 
 
