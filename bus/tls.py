@@ -17,11 +17,10 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 __all__ = [
     "SiteCA",
@@ -36,7 +35,13 @@ __all__ = [
 _VALID_DAYS = 825  # the longest a server certificate may live for browsers
 
 
+# cryptography is imported where a key or certificate is made (40 ms of CPU): every `bus`
+# process imports this module, a replica's worker too, and most never make one.
+
+
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -69,6 +74,11 @@ class SiteCA:
     @classmethod
     def create(cls, name: str = "idlecloud site CA") -> SiteCA:
         """A new CA (ECDSA P-256), valid for ten years."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         now = datetime.datetime.now(datetime.UTC)
@@ -136,6 +146,11 @@ class SiteCA:
         """
         if not hosts:
             raise ValueError("a server certificate needs at least one host name or address")
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
         ca_cert = x509.load_pem_x509_certificate(self.cert_pem)
         ca_key = serialization.load_pem_private_key(self.key_pem, password=None)
         assert isinstance(ca_key, ec.EllipticCurvePrivateKey)

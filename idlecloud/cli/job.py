@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import IO, Annotated, Any, Literal
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from bus.defaults import BROKER_URL
 from bus.sdk.jobs import ENDED, Job, checked_job_id, result_document
@@ -191,6 +190,8 @@ def status(
 
 
 async def _watch(url: str, namespace: str, job_id: str, *, show: bool = True) -> JobView:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn  # a worker: none
+
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),

@@ -259,9 +259,8 @@ class Reconciler:
             del self._displaced[rid]  # resumed, stopped or gone
         for key, tally in survey.tallies.items():  # each PC's healthy replicas per app
             for _, where in tally.healthy:
-                slot = survey.slots.get(where)
-                if slot is not None:
-                    slot.apps[key] = slot.apps.get(key, 0) + 1
+                if (holder := survey.slots.get(where)) is not None:
+                    holder.apps[key] = holder.apps.get(key, 0) + 1
         return survey
 
     def _count_in_flight(self, survey: _Survey, now: float) -> None:
