@@ -25,7 +25,7 @@ from bus.connection import Bus
 from bus.rpc import RpcClient
 from bus.topology import QueueSpec, declare_app
 from idlecloud.dev.services import RESOURCE_SERVER_ID, BrokerInfo
-from schemas import NodePresence, Owner
+from schemas import CordonRequest, NodePresence, Owner, QuotaSet, RequestResult
 from services.auth.tokens import SigningKey
 from services.quota.service import QuotaManager
 
@@ -219,3 +219,45 @@ async def test_a_bad_token_is_refused_at_login(login: Login, flaw: str, tmp_path
         token = jwt.encode(claims, None, algorithm="none", headers=kid)
     with pytest.raises(aiormq.exceptions.ProbableAuthenticationError):
         await aiormq.connect(login.url(token))  # aio-pika's leaves an unawaited close behind
+
+
+async def test_a_namespace_may_deploy_the_moment_its_quota_is_accepted(
+    scratch: tuple[BrokerInfo, Bus], unique: str
+) -> None:
+    """A quota's acceptance is sent only once the namespace's door is open, so a deploy
+    sent the moment it arrives is routed. The door used to be declared beside the reply
+    and could come after it: a deploy right after the quota then found no binding ("no
+    queue is bound to ns.alice", seen once in bench/goodput.py). The test's quota manager
+    announces nothing, so only the reply's order opens the door in time."""
+    _broker, bus = scratch
+
+    class LateAnnouncer(QuotaManager):
+        """Announces each quota only after everyone was told (here: never), the worst
+        order the old code allowed."""
+
+        async def _announce(self, request: QuotaSet | CordonRequest) -> None:
+            return None
+
+    quota = LateAnnouncer()
+    await quota.start(bus)
+    admin = await RpcClient(bus, Owner.platform()).start()
+    try:
+        await wait_until(lambda: quota.leadership.leading, what="the quota manager to lead")
+        for index in range(10):  # ten new namespaces, each deploying at once
+            namespace = f"n{index}{unique}"
+            accepted = await admin.call(QuotaSet(
+                request_id=f"quota-{index}-{unique}", namespace=namespace,
+                cpu_millicores=4000, memory_mib=8192,
+            ), RequestResult, timeout_s=20)  # fmt: skip
+            assert accepted.accepted, accepted.reason
+            user = await RpcClient(bus, Owner.namespace(namespace)).start()
+            try:
+                request = deploy(namespace, "stereo", f"req-{index}-{unique}")
+                deployed = await user.call(request.model_copy(update={"replicas": 2}),
+                                           RequestResult, timeout_s=20)  # fmt: skip
+            finally:
+                await user.stop()
+            assert deployed.accepted, deployed.reason
+    finally:
+        await admin.stop()
+        await quota.stop(1.0)

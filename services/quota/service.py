@@ -117,10 +117,8 @@ class QuotaManager(ControlService):
     async def _announce(self, request: QuotaSet | CordonRequest) -> None:
         """Quotas and cordons, once journaled, are also events (for metrics, dashboards)."""
         match request:
-            case QuotaSet():
-                channel = await self.bus.channel()  # a new namespace gets its events view
-                await declare_namespace(channel, request.namespace)
-                await channel.close()
+            case QuotaSet():  # also one another service wrote: its namespace opens too
+                await self._open(request.namespace)
                 quota = Resources(cpu_millicores=request.cpu_millicores,
                                   memory_mib=request.memory_mib)  # fmt: skip
                 await self.bus.publish(QuotaChanged(namespace=request.namespace, quota=quota,
@@ -130,6 +128,14 @@ class QuotaManager(ControlService):
                                        reason=request.reason, at=utc_now())  # fmt: skip
                 await self.bus.publish(change)
 
+    async def _open(self, namespace: str) -> None:
+        """Declare the namespace's door and views (idempotent)."""
+        channel = await self.bus.channel()
+        try:
+            await declare_namespace(channel, namespace)
+        finally:
+            await channel.close()
+
     async def _handle(self, request: Request, _delivery: Delivery) -> RequestResult:
         verdict = recall(self.state, request)
         if verdict is None:  # a new request
@@ -137,6 +143,8 @@ class QuotaManager(ControlService):
             if verdict.accepted:
                 await self.journal.append_and_read(request)
         accepted, reason = verdict.accepted, verdict.reason
+        if accepted and isinstance(request, QuotaSet):  # its door opens before anyone is told
+            await self._open(request.namespace)
         namespace = request.namespace if isinstance(request, NamespaceMessage) else None
         result = RequestResult(
             request_id=request.request_id, namespace=namespace, accepted=accepted, reason=reason
