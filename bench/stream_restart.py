@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 import time
 import uuid
@@ -147,6 +148,8 @@ if __name__ == "__main__":
     parser.add_argument("--messages", type=int, default=40)
     parser.add_argument("--wait-for-stream", action="store_true")
     arguments = parser.parse_args()
+    logging.getLogger("aio_pika").setLevel(logging.CRITICAL)  # each refused connect, logged
+    logging.getLogger("aiormq").setLevel(logging.CRITICAL)
     with scratch_vhost("bench") as broker:
         asyncio.run(main(broker.url, arguments.trials, arguments.messages,
                          arguments.wait_for_stream))  # fmt: skip
