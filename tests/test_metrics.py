@@ -145,15 +145,19 @@ async def test_an_influxdb_outage_loses_no_sample(
             await asyncio.sleep(0.05)
 
     await publish(10)
+    query = f"SELECT count(cpu_millicores) FROM node WHERE node =~ /^o{unique}/"
+    # the first 80 are all stored first: one still in the writer's buffer as InfluxDB
+    # stops could be written while it shuts down, after `before` was read (seen in CI)
+    await wait_until(lambda: count(database, query) == 8 * 10, timeout_s=30, what="80 samples")
     stop_influxdb()
     try:
+        await asyncio.sleep(0.5)  # the writer counts what it wrote once its loop turns
         before = writer.written
         await publish(60)  # 8 PCs x 60 samples while InfluxDB is down
         assert writer.written == before  # nothing was taken: it all waits in the broker
     finally:
         ensure_influxdb()
     await publish(10)
-    query = f"SELECT count(cpu_millicores) FROM node WHERE node =~ /^o{unique}/"
     await wait_until(lambda: count(database, query) == 8 * 80, timeout_s=60, what="every sample")
 
 
