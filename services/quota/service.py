@@ -73,14 +73,18 @@ class QuotaManager(ControlService):
         )
         self._server: RpcServer[Request] = RpcServer(spec, _REQUESTS, self._handle, prefetch=1)
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Namespaces whose door this leader has declared (each once a tenure).
+        self._opened: set[str] = set()
 
     def leader_queues(self) -> tuple[QueueSpec, ...]:
         return (self._server.spec,)
 
     async def lead(self, epoch: int) -> None:
         channel = await self.bus.channel()
+        self._opened = set()
         for namespace in sorted(self.state.quotas):  # idempotent: after a takeover too
             await declare_namespace(channel, namespace)
+            self._opened.add(namespace)
         await channel.close()
         await self._server.start(self.bus)
 
@@ -129,12 +133,16 @@ class QuotaManager(ControlService):
                 await self.bus.publish(change)
 
     async def _open(self, namespace: str) -> None:
-        """Declare the namespace's door and views (idempotent)."""
+        """Declare the namespace's door and views, unless this leader did already (a quota
+        it admitted is opened as it is answered, then announced)."""
+        if namespace in self._opened:
+            return
         channel = await self.bus.channel()
         try:
             await declare_namespace(channel, namespace)
         finally:
             await channel.close()
+        self._opened.add(namespace)
 
     async def _handle(self, request: Request, _delivery: Delivery) -> RequestResult:
         verdict = recall(self.state, request)
