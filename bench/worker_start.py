@@ -43,11 +43,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bus.connection import Bus  # noqa: E402
-from bus.sdk import App, TaskClient  # noqa: E402
+from bus.sdk import TaskClient  # noqa: E402
 from bus.topology import declare_platform  # noqa: E402
 from idlecloud.dev.services import scratch_vhost  # noqa: E402
+from tests.control_plane import CHECKPOINT_APP, checkpoint_client  # noqa: E402
 
-TARGET = "tests.programs.checkpoint_app:app"
 IMPORTS = ("bus.sdk", "idlecloud.cli", "tests.programs.checkpoint_app")
 
 
@@ -79,7 +79,7 @@ async def _worker(url: str) -> AsyncIterator[asyncio.subprocess.Process]:
     env = {**os.environ, "IDLECLOUD_NAMESPACE": "alice", "IDLECLOUD_APP": "count",
            "PYTHONPATH": str(ROOT)}  # fmt: skip
     worker = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "idlecloud", "worker", TARGET, "--url", url, cwd=ROOT, env=env
+        sys.executable, "-m", "idlecloud", "worker", CHECKPOINT_APP, "--url", url, cwd=ROOT, env=env
     )
     try:
         yield worker
@@ -113,13 +113,7 @@ async def _call_overhead_s(url: str, client: TaskClient, task: Any, units: int) 
 async def main(url: str, trials: int, call_units: int) -> None:
     async with Bus(url, connection_name="worker start bench") as bus:
         await declare_platform(bus)
-        app = App("alice", "count")
-        for name in ("count", "plain"):
-
-            @app.task(name=name, executor="inline")
-            def served(units: int, unit_s: float, ledger: str) -> dict[str, int]:
-                raise NotImplementedError  # served by the worker under test
-
+        app = checkpoint_client()
         samples = []
         overheads = {}
         async with TaskClient(bus, app) as client:
@@ -131,7 +125,7 @@ async def main(url: str, trials: int, call_units: int) -> None:
                                                              call_units)  # fmt: skip
     walls = [wall for wall, _, _ in samples]
     totals = [own + pool for _, own, pool in samples]
-    print(f"trials: {trials} (each a fresh `bus worker {TARGET}` to its first answer)")
+    print(f"trials: {trials} (each a fresh `bus worker {CHECKPOINT_APP}` to its first answer)")
     print(f"start_cpu_s_mean: {statistics.mean(totals):.3f}")
     print(f"start_cpu_s_max: {max(totals):.3f}")
     print(f"start_cpu_s_worker_mean: {statistics.mean(own for _, own, _ in samples):.3f}")

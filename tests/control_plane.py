@@ -180,13 +180,18 @@ def _on_replicas(units: int, unit_s: float, ledger: str) -> dict[str, int]:
     raise NotImplementedError  # the replicas run tests.programs.checkpoint_app
 
 
-async def deploy_checkpoint_app(plane: Plane, replicas: int, cpu_millicores: int = 1000) -> App:
-    """Deploy :data:`CHECKPOINT_APP` as Alice's app ``count``; the App its clients call,
-    whose tasks ``count`` and ``plain`` take ``(units, unit_s, ledger)``."""
-    worker = (sys.executable, "-m", "idlecloud", "worker", CHECKPOINT_APP)
-    deployed = await plane.deploy("alice", "count", replicas, cpu_millicores, command=worker)
-    assert deployed.accepted, deployed.reason
+def checkpoint_client() -> App:
+    """The App a client of :data:`CHECKPOINT_APP` (Alice's app ``count``) calls, whose
+    tasks ``count`` and ``plain`` take ``(units, unit_s, ledger)``."""
     app = App("alice", "count")
     for name in ("count", "plain"):
         app.task(name=name)(_on_replicas)
     return app
+
+
+async def deploy_checkpoint_app(plane: Plane, replicas: int, cpu_millicores: int = 1000) -> App:
+    """Deploy :data:`CHECKPOINT_APP` as Alice's app ``count``; :func:`checkpoint_client`."""
+    worker = (sys.executable, "-m", "idlecloud", "worker", CHECKPOINT_APP)
+    deployed = await plane.deploy("alice", "count", replicas, cpu_millicores, command=worker)
+    assert deployed.accepted, deployed.reason
+    return checkpoint_client()
