@@ -133,8 +133,12 @@ class QueueConsumer:
                     grace_s,
                 )
                 await asyncio.gather(*pending, return_exceptions=True)
+        await self._settle_finished()
         await self._channel.close()
         self._channel = None
+
+    async def _settle_finished(self) -> None:
+        """Before the channel closes: send settlements a subclass has held back."""
 
     async def _on_message(self, incoming: AbstractIncomingMessage) -> None:
         if self._stopping:

@@ -124,8 +124,11 @@ def run(
     grace_s: float = 30.0,
     declare: bool = True,
     on_started: Callable[[], Coroutine[Any, Any, None]] | None = None,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
 ) -> None:
-    """Configure logging and :func:`serve` the services until a stop signal."""
+    """Configure logging and :func:`serve` the services until a stop signal, on a loop
+    ``loop_factory`` makes (asyncio's own by default)."""
     configure_logging()
-    asyncio.run(serve(url, services, name=name, grace_s=grace_s, declare=declare,
-                      on_started=on_started))  # fmt: skip
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve(url, services, name=name, grace_s=grace_s, declare=declare,
+                         on_started=on_started))  # fmt: skip

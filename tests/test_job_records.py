@@ -10,9 +10,11 @@ from bus.sdk.protocol import (
     AGAIN_HEADER,
     CPU_HEADER,
     MAX_CLAIMED_CPU_S,
+    WALL_HEADER,
     Outcome,
     encode_outcomes,
     result_costs,
+    result_wall_s,
 )
 from bus.sdk.tally import RATE_WINDOW_S, JobTally, new_job_id, task_id, task_index
 from schemas import JobDelete, JobEnded, JobForgotten, JobSeal, JobSubmit, Message, utc_now
@@ -110,6 +112,13 @@ def test_a_results_cpu_and_redelivered_calls_travel_in_its_headers_bounded() -> 
         assert result_costs(forged, 2) == expected, forged
     tally = JobTally(JOB)
     tally.add(outcomes, 100, 0.0, "edge", result_costs(headers, 2))
+    timed = [
+        Outcome(task_id(JOB, 0), True, 0, wall_s=0.25),
+        Outcome(task_id(JOB, 1), True, 0, wall_s=0.75),
+    ]
+    _body, properties = encode_outcomes(timed, "batch-2")
+    assert result_wall_s(properties.headers, 2) == 0.5  # each call's share, for a map's sizer
+    assert result_wall_s({WALL_HEADER: "inf"}, 2) == result_wall_s(None, 2) == 0.0
     tally.add([Outcome(task_id(JOB, 0), True, 0)], 50, 1.0, "ninja", (0.25, 0))  # ran twice
     assert (tally.cpu_s, tally.redelivered, tally.duplicates) == (2.0, 1, 1)
     end = JobEnded(namespace="alice", job_id=JOB, state="done", done=1, failed=1, duplicates=1,

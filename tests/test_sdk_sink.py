@@ -6,12 +6,12 @@ import asyncio
 
 import pytest
 
-from bus.sdk.client import _Sink
 from bus.sdk.protocol import Outcome
+from bus.sdk.sink import MapSink
 
 
 async def test_wait_returns_when_publishing_ends_after_the_last_result() -> None:
-    sink = _Sink()
+    sink = MapSink()
     sink.submitted = 1
     sink.put(0, Outcome("t.0", True, 1))
     sink.arrived.popleft()
@@ -29,7 +29,7 @@ async def test_wait_returns_when_publishing_ends_after_the_last_result() -> None
 
 
 async def test_wait_wakes_on_arrival_and_raises_what_publishing_raised() -> None:
-    sink = _Sink()
+    sink = MapSink()
     sink.submitted = 2
     never = asyncio.create_task(asyncio.Event().wait())
     waiting = asyncio.create_task(sink.wait(never))
@@ -46,3 +46,18 @@ async def test_wait_wakes_on_arrival_and_raises_what_publishing_raised() -> None
     failing = asyncio.create_task(broken())
     with pytest.raises(TypeError, match="must be JSON"):
         await asyncio.wait_for(sink.wait(failing), timeout=1)
+
+
+async def test_until_a_first_outcome_reports_at_most_a_window_of_calls_goes_out() -> None:
+    """A default map sends one call per message and no more than its window before a
+    worker says how long calls run; the first outcome frees it and sizes the batches."""
+    sink = MapSink()
+    sink.submitted = 3
+    await asyncio.wait_for(sink.sized(4), timeout=1)  # under the window: at once
+    sink.submitted = 4
+    waiting = asyncio.create_task(sink.sized(4))
+    await asyncio.sleep(0.01)
+    assert not waiting.done() and sink.sizer.size == 1
+    sink.put(0, Outcome("t.0", True, 0, wall_s=1e-5))
+    await asyncio.wait_for(waiting, timeout=1)
+    assert sink.sizer.size == 100

@@ -101,10 +101,11 @@ class Task(Generic[P, R]):
         """Submit one call from plain (non-async) code; ``.get()`` waits for its result."""
         return self.app.sync_client().submit(self, args, kwargs)
 
-    def map(self, inputs: Iterable[Any], *, batch_size: int = 1) -> Iterator[Any]:
+    def map(self, inputs: Iterable[Any], *, batch_size: int | None = None) -> Iterator[Any]:
         """Run over many inputs from plain code, yielding results in input order.
 
-        Each input is one argument, or a tuple of positional arguments.
+        Each input is one argument, or a tuple of positional arguments; ``batch_size``
+        as :meth:`bus.sdk.client.TaskClient.map` takes it (default: sized by run times).
         """
         return self.app.sync_client().map(self, inputs, batch_size=batch_size)
 

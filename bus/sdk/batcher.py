@@ -11,6 +11,7 @@ at-least-once holds exactly as with one message per task.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -100,13 +101,17 @@ class ResultBatcher:
 
 
 class AckBatcher:
-    """Acks finished deliveries in runs: one ``basic.ack(multiple)`` per loop turn.
+    """Acks finished deliveries in runs: one ``basic.ack(multiple)`` per ``linger_s``.
 
     Delivery tags on a channel only grow, so once every delivery up to a tag has finished,
-    a single ack with ``multiple`` settles them all. A delivery that finishes behind one
-    still running is acked alone, so a long task never holds finished ones (and the
-    prefetch window) hostage. A nack is sent at once. Deliveries of a channel that closed
-    are forgotten: the broker requeues them.
+    a single ack with ``multiple`` settles them all. Acks wait up to ``linger_s`` (none: to
+    the end of the loop turn) or until ``most`` deliveries have finished: an ack to a quorum
+    queue is a Raft command, so one ack for a run of tasks halves what the broker does per
+    task done one at a time. A finished delivery not yet acked is answered already; if its
+    worker dies first, the broker delivers it again and the client drops the second result.
+    A delivery that finishes behind one still running is acked alone, so a long task never
+    holds finished ones (and the prefetch window) hostage. A nack is sent at once.
+    Deliveries of a channel that closed are forgotten: the broker requeues them.
 
     Every ack and nack of a channel leaves in the order it was decided, one after the
     other (:meth:`_send`): the channel's write queue lets a late writer pass one that
@@ -115,11 +120,16 @@ class AckBatcher:
     the broker deliver every unacked task again.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, linger_s: float = 0.0, most: int | None = None) -> None:
+        """Ack finished deliveries after ``linger_s``, or at once when ``most`` wait (keep
+        it under the channel's prefetch, or the broker stops delivering meanwhile)."""
+        self._linger_s = linger_s
+        self._most = max(1, most) if most is not None else math.inf
+        self._waiting = 0
         self._order: dict[AbstractChannel, deque[int]] = {}
         self._finished: dict[AbstractChannel, set[int]] = {}
         self._sending: dict[AbstractChannel, asyncio.Task[None]] = {}
-        self._scheduled = False
+        self._scheduled: asyncio.Handle | None = None
         self._background = _Background()
 
     def delivered(self, message: AbstractIncomingMessage) -> None:
@@ -136,9 +146,23 @@ class AckBatcher:
         if finished is None:
             return
         finished.add(_tag(message))
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        self._waiting += 1
+        if self._waiting >= self._most:
+            self._flush()
+        elif self._scheduled is None:
+            loop = asyncio.get_running_loop()
+            self._scheduled = (
+                loop.call_later(self._linger_s, self._flush)
+                if self._linger_s > 0
+                else loop.call_soon(self._flush)
+            )
+
+    async def drain(self) -> None:
+        """Send every ack decided so far and wait until they are written."""
+        self._flush()
+        sending = [task for task in self._sending.values() if not task.done()]
+        if sending:
+            await asyncio.wait(sending)
 
     async def nack(self, message: AbstractIncomingMessage) -> None:
         """Send it back to the queue now (after the acks decided before it)."""
@@ -149,7 +173,10 @@ class AckBatcher:
         await asyncio.shield(self._send(channel, [(tag, "nack")]))
 
     def _flush(self) -> None:
-        self._scheduled = False
+        if self._scheduled is not None:
+            self._scheduled.cancel()
+            self._scheduled = None
+        self._waiting = 0
         for channel in list(self._order):
             order, finished = self._order[channel], self._finished[channel]
             if channel.is_closed:

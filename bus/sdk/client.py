@@ -22,8 +22,7 @@ import logging
 import os
 import sys
 import uuid
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sized
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sized
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
@@ -31,12 +30,22 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
 from bus import names
 from bus.abc import AppAddress, TaskAddress
 from bus.connection import Bus
-from bus.consumer import settle
 from bus.credentials import key_holder
 from bus.defaults import BROKER_URL
 from bus.errors import BusError, InvalidMessage
+from bus.sdk.batcher import AckBatcher
 from bus.sdk.jobs import Job, new_request_id, submit_calls
-from bus.sdk.protocol import Call, Outcome, decode_outcomes, encode_batch, encode_call
+from bus.sdk.protocol import (
+    NO_KWARGS,
+    Call,
+    Outcome,
+    decode_outcomes,
+    encode_batch,
+    encode_call,
+    result_wall_s,
+)
+from bus.sdk.sink import MapSink
+from bus.sdk.sizing import messages
 from bus.sdk.tally import new_job_id
 from bus.topology import QueueSpec, declare_app
 from schemas import JobSeal, JobSubmit, utc_now
@@ -47,6 +56,10 @@ log = logging.getLogger(__name__)
 
 #: An idle client's result queue is deleted by the broker after this long.
 RESULT_QUEUE_EXPIRES_MS = 10 * 60 * 1000
+#: Result messages delivered to a client and not yet acked, at most.
+RESULT_PREFETCH = 1000
+#: How long a read result's ack may wait to be sent with later ones (see AckBatcher).
+RESULT_ACK_LINGER_S = 0.05
 
 
 async def connect_app(app: AppAddress, purpose: str) -> Bus:
@@ -78,40 +91,12 @@ def _failure(outcome: Outcome) -> TaskFailed:
     return TaskFailed(outcome.task_id, outcome.error, outcome.traceback)
 
 
+#: Where a call's outcome goes: called with the call's index and its outcome.
+_Deliver = Callable[[int, Outcome], None]
+
+
 def _as_call_arguments(item: Any) -> tuple[Any, ...]:
     return item if isinstance(item, tuple) else (item,)
-
-
-class _Sink:
-    """Where one map's outcomes land, in arrival order, drained in bulk."""
-
-    def __init__(self) -> None:
-        self.arrived: deque[tuple[int, Outcome]] = deque()
-        self.wake = asyncio.Event()
-        self.submitted = 0
-        self.received = 0
-
-    def put(self, index: int, outcome: Outcome) -> None:
-        self.arrived.append((index, outcome))
-        self.wake.set()
-
-    async def wait(self, publishing: asyncio.Task[Any]) -> None:
-        """Until an outcome arrived or publishing finished; raises what publishing raised.
-
-        Returns at once when all submitted outcomes are in and publishing is done, even
-        if nothing new arrives: the last results may come before the last confirms.
-        """
-        if self.arrived:
-            return
-        if publishing.done():
-            publishing.result()
-            if self.received < self.submitted:
-                await self.wake.wait()
-        else:
-            waiter = asyncio.ensure_future(self.wake.wait())
-            await asyncio.wait({waiter, publishing}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-        self.wake.clear()
 
 
 class TaskClient:
@@ -122,13 +107,17 @@ class TaskClient:
         self.app = app
         self.client_id = uuid.uuid4().hex[:12]
         self._ids = itertools.count()
-        self._pending: dict[str, Callable[[Outcome], None]] = {}
+        #: Per task id awaiting its outcome: where it goes, ``deliver(index, outcome)``.
+        self._pending: dict[str, tuple[_Deliver, int]] = {}
         self._channel: AbstractRobustChannel | None = None
+        self._acks = AckBatcher(linger_s=RESULT_ACK_LINGER_S, most=RESULT_PREFETCH // 2)
         self.duplicates = 0
+        #: Task messages published (a batch is one).
+        self.messages_sent = 0
 
     async def start(self) -> TaskClient:
         """Declare the app's queues (so no task is dropped before a worker exists) and ours."""
-        self._channel = await self._bus.channel(prefetch=1000)
+        self._channel = await self._bus.channel(prefetch=RESULT_PREFETCH)
         await declare_app(self._channel, self.app.namespace, self.app.app)
         results = QueueSpec(
             names.result_queue(self.app.namespace, self.client_id),
@@ -143,9 +132,12 @@ class TaskClient:
     async def stop(self) -> None:
         """Stop listening; calls still pending fail with :class:`TaskFailed`."""
         pending, self._pending = self._pending, {}
-        for task_id, deliver in pending.items():
-            deliver(Outcome(task_id, False, error="the client stopped before the result came"))
+        for task_id, (deliver, index) in pending.items():
+            deliver(
+                index, Outcome(task_id, False, error="the client stopped before the result came")
+            )
         if self._channel is not None:
+            await self._acks.drain()
             await self._channel.close()
             self._channel = None
 
@@ -156,6 +148,7 @@ class TaskClient:
         await self.stop()
 
     async def _on_result(self, incoming: AbstractIncomingMessage) -> None:
+        self._acks.delivered(incoming)
         try:
             outcomes = decode_outcomes(
                 incoming.body, incoming.content_type, incoming.correlation_id
@@ -163,23 +156,34 @@ class TaskClient:
         except InvalidMessage as error:
             log.warning("dropped a malformed result message: %s", error.reason)
             outcomes = []
+        each_s = result_wall_s(incoming.headers, len(outcomes))
         for outcome in outcomes:
+            outcome.wall_s = each_s
             self._resolve(outcome)
-        await settle(incoming.ack())
+        self._acks.ack(incoming)
 
     def _resolve(self, outcome: Outcome) -> None:
-        deliver = self._pending.pop(outcome.task_id, None)
-        if deliver is None:
+        awaiting = self._pending.pop(outcome.task_id, None)
+        if awaiting is None:
             self.duplicates += 1
         else:
-            deliver(outcome)
+            deliver, index = awaiting
+            deliver(index, outcome)
 
-    def _new_call(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], deliver: Callable[[Outcome], None]
-    ) -> Call:
-        call = Call(f"{self.client_id}.{next(self._ids)}", args, kwargs)
-        self._pending[call.task_id] = deliver
-        return call
+    def _new_calls(
+        self,
+        arguments: Iterable[tuple[int, tuple[Any, ...]]],
+        deliver: _Deliver,
+        kwargs: Mapping[str, Any] = NO_KWARGS,
+    ) -> list[Call]:
+        """Calls of ``(index, args)`` with new task ids; each outcome goes to ``deliver``."""
+        prefix, ids, pending = f"{self.client_id}.", self._ids, self._pending
+        calls = []
+        for index, args in arguments:
+            call = Call(f"{prefix}{next(ids)}", args, kwargs)
+            pending[call.task_id] = (deliver, index)
+            calls.append(call)
+        return calls
 
     async def _publish(
         self, task: TaskAddress, calls: list[Call], reply_to: str | None = None
@@ -191,6 +195,7 @@ class TaskClient:
             body, properties = encode_batch(task.name, calls[0].task_id, calls, reply_to)
         route = names.Route(names.ns_tasks_exchange(self.app.namespace), self.app.app)
         await self._bus.publish_raw(route, body, properties, mandatory=True)
+        self.messages_sent += 1
 
     async def submit(self, task: TaskAddress, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
         """Publish one call; the returned future completes with its value.
@@ -200,7 +205,7 @@ class TaskClient:
         """
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
-        def deliver(outcome: Outcome) -> None:
+        def deliver(_index: int, outcome: Outcome) -> None:
             if future.done():
                 return
             if outcome.ok:
@@ -208,7 +213,7 @@ class TaskClient:
             else:
                 future.set_exception(_failure(outcome))
 
-        call = self._new_call(args, kwargs, deliver)
+        (call,) = self._new_calls([(0, args)], deliver, kwargs or NO_KWARGS)
         try:
             await self._publish(task, [call])
         except BaseException:
@@ -229,7 +234,7 @@ class TaskClient:
         task: TaskAddress,
         inputs: Iterable[Any],
         *,
-        batch_size: int = 1,
+        batch_size: int | None = None,
         window: int = 256,
         progress: bool | None = None,
         return_exceptions: bool = False,
@@ -239,7 +244,10 @@ class TaskClient:
         Args:
             task: the task.
             inputs: each one argument, or a tuple of positional arguments.
-            batch_size: calls packed into one message (for many small tasks).
+            batch_size: calls packed into one message; by default as many as make about
+                50 ms of work by the run times results report (see
+                :mod:`bus.sdk.sizing`): one per message for long tasks, up to 100 for
+                tiny ones. A call whose only argument is bytes always goes alone.
             window: messages published but not yet confirmed, at most.
             progress: show a progress bar; default when stderr is a terminal.
             return_exceptions: yield a :class:`TaskFailed` as the value instead of raising.
@@ -248,21 +256,23 @@ class TaskClient:
             TaskFailed: a task failed on every attempt (unless ``return_exceptions``).
             ValueError: ``batch_size`` or ``window`` below 1.
         """
-        if batch_size < 1 or window < 1:
+        if (batch_size is not None and batch_size < 1) or window < 1:
             raise ValueError("batch_size and window must be at least 1")
         total = len(inputs) if isinstance(inputs, Sized) else None
-        sink = _Sink()
+        sink = MapSink()
 
         def batches() -> Iterator[list[Call]]:
             indexed = enumerate(inputs)
-            while batch := list(itertools.islice(indexed, batch_size)):
+            while batch := list(itertools.islice(indexed, batch_size or sink.sizer.size)):
                 sink.submitted += len(batch)
-                yield [
-                    self._new_call(_as_call_arguments(item), {}, functools.partial(sink.put, index))
-                    for index, item in batch
-                ]
+                yield from messages(self._new_calls(
+                    [(index, _as_call_arguments(item)) for index, item in batch], sink.put
+                ))  # fmt: skip
 
-        publishing = asyncio.create_task(self.publish_calls(task, batches(), window=window))
+        ready = None if batch_size else functools.partial(sink.sized, window)
+        publishing = asyncio.create_task(
+            self.publish_calls(task, batches(), window=window, ready=ready)
+        )
         show = sys.stderr.isatty() if progress is None else progress
         from rich.progress import Progress  # here: a worker never draws a bar
 
@@ -355,6 +365,7 @@ class TaskClient:
         *,
         window: int,
         reply_to: str | None = None,
+        ready: Callable[[], Awaitable[None]] | None = None,
     ) -> int:
         """Publish each batch as one message (one call: a plain message), keeping up to
         ``window`` unconfirmed; return how many calls were published.
@@ -364,6 +375,7 @@ class TaskClient:
             batches: the calls, batch by batch (drawn only as the window allows).
             window: messages published but not yet confirmed, at most.
             reply_to: where results go (this client's id by default; a job's id).
+            ready: awaited before each batch is drawn.
 
         Raises:
             TypeError: an argument is neither JSON nor bytes.
@@ -384,6 +396,8 @@ class TaskClient:
         try:
             while True:
                 await slots.acquire()  # before the next batch is drawn from the inputs
+                if ready is not None:
+                    await ready()
                 if failures:
                     raise failures[0]
                 calls = next(batches, None)

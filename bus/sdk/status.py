@@ -83,9 +83,11 @@ class UnsavedWork:
         """The oldest unsaved work's start (Unix time), or None when nothing runs."""
         return min(self._since.values(), default=None)
 
-    def started(self, task_id: str) -> None:
-        """A call began (or began again): its work is unsaved from now."""
-        self._since[task_id] = self._clock()
+    def started(self, *task_ids: str) -> None:
+        """Calls began (or began again): their work is unsaved from now."""
+        now = self._clock()
+        for task_id in task_ids:
+            self._since[task_id] = now
         self._changed()
 
     def saved(self, task_id: str) -> None:
@@ -94,9 +96,10 @@ class UnsavedWork:
             self._since[task_id] = self._clock()
             self._changed()
 
-    def ended(self, task_id: str) -> None:
-        """A call ended (answered, or handed back): nothing of it is at stake."""
-        if self._since.pop(task_id, None) is not None:
+    def ended(self, *task_ids: str) -> None:
+        """Calls ended (answered, or handed back): nothing of them is at stake."""
+        ran = [self._since.pop(task_id, None) for task_id in task_ids]
+        if any(since is not None for since in ran):
             self._changed()
 
     def _changed(self) -> None:

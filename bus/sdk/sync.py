@@ -15,6 +15,8 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+import uvloop
+
 from bus.connection import Bus
 from bus.sdk.client import TaskClient, connect_app
 
@@ -49,7 +51,7 @@ class SyncClient:
 
     def __init__(self, app: AppAddress) -> None:
         self._app = app
-        self._loop = asyncio.new_event_loop()
+        self._loop = uvloop.new_event_loop()  # as `bus worker`'s: less CPU per message
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         self._bus: Bus | None = None
@@ -73,7 +75,9 @@ class SyncClient:
 
         return SyncResult(asyncio.run_coroutine_threadsafe(submit_and_wait(), self._loop))
 
-    def map(self, task: TaskAddress, inputs: Iterable[Any], *, batch_size: int) -> Iterator[Any]:
+    def map(
+        self, task: TaskAddress, inputs: Iterable[Any], *, batch_size: int | None
+    ) -> Iterator[Any]:
         """Yield the task's values for ``inputs``, in input order."""
         arrived: queue.Queue[tuple[int, Any] | BaseException | None] = queue.Queue()
 

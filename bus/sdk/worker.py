@@ -45,7 +45,9 @@ from bus.sdk.protocol import (
     encode_call,
     encode_outcomes,
     failure,
+    is_raw_value,
     raised,
+    run_all,
     run_sync,
 )
 from bus.sdk.status import status_from_environment
@@ -60,6 +62,8 @@ log = logging.getLogger(__name__)
 
 #: How often a call may lose its pool process before it is reported failed.
 MAX_CHILD_DEATHS = 3
+#: How long an answered task's ack may wait to be sent with later ones (see AckBatcher).
+ACK_LINGER_S = 0.05
 
 
 class Worker(QueueConsumer):
@@ -89,7 +93,7 @@ class Worker(QueueConsumer):
         self.app = app
         self._pool = ProcessPool(target, concurrency) if needs_pool and target else None
         self._threads = asyncio.Semaphore(concurrency)
-        self._acks = AckBatcher()
+        self._acks = AckBatcher(linger_s=ACK_LINGER_S, most=self._prefetch // 2)
         self._cancelled = CancelledJobs(app.namespace)
         #: Where its checkpointing tasks' calls keep their progress (made on start).
         self._checkpoints: CheckpointStore | None = None
@@ -158,13 +162,12 @@ class Worker(QueueConsumer):
             log.warning("could not read a checkpoint (%r); the task will be redelivered", error)
             await self._acks.nack(incoming)
             return
-        for call in calls:  # a batch's results are published together: all at stake at once
-            self._unsaved.started(call.task_id)
+        task_ids = [call.task_id for call in calls]
+        self._unsaved.started(*task_ids)  # a batch's results are published together
         try:
             outcomes = await self._execute(task, calls, resumes)
         finally:
-            for call in calls:
-                self._unsaved.ended(call.task_id)
+            self._unsaved.ended(*task_ids)
         if incoming.redelivered:  # its first worker went away unanswered: the job's history
             outcomes = [replace(outcome, again=True) for outcome in outcomes]
         try:
@@ -181,6 +184,9 @@ class Worker(QueueConsumer):
         if resumes and self._checkpoints is not None:  # answered: no run needs them again
             for call in calls:
                 await self._checkpoints.drop(call.task_id)
+
+    async def _settle_finished(self) -> None:
+        await self._acks.drain()
 
     async def _resumes(self, task: Task[Any, Any], calls: Sequence[Call]) -> dict[str, Resume]:
         """For a checkpointing task, where each call starts: its last saved state."""
@@ -246,7 +252,7 @@ class Worker(QueueConsumer):
                 return [failure(c, f"timed out after {task.timeout_s:g} s") for c in calls]
         bound = [self._bound(task, call, resumes) for call in calls]
         if task.executor == "inline" and not task.is_async and task.timeout_s is None:
-            return [run_sync(task.function, call) for call in bound]
+            return run_all(task.function, bound)
         return [await self._run_here(task, call) for call in bound]
 
     async def _run_here(self, task: Task[Any, Any], call: Call) -> Outcome:
@@ -256,9 +262,10 @@ class Worker(QueueConsumer):
         try:
             async with asyncio.timeout(task.timeout_s):
                 if task.is_async:
-                    started = time.thread_time()
+                    started, began = time.thread_time(), time.perf_counter()
                     value = await task.function(*call.args, **call.kwargs)
-                    return Outcome(call.task_id, True, value, cpu_s=time.thread_time() - started)
+                    return Outcome(call.task_id, True, value, cpu_s=time.thread_time() - started,
+                                   wall_s=time.perf_counter() - began)  # fmt: skip
                 if task.executor == "thread":
                     async with self._threads:
                         return await asyncio.to_thread(run_sync, task.function, call)
@@ -269,14 +276,21 @@ class Worker(QueueConsumer):
             return raised(call, error)
 
     async def _answer(self, incoming: AbstractIncomingMessage, outcomes: list[Outcome]) -> None:
+        """Send the outcomes: a bytes value in a message of its own, the rest together."""
         if not incoming.reply_to or not incoming.message_id:
             return
-        single = outcomes[0]
-        if len(outcomes) > 1 or not single.ok or not isinstance(single.value, bytes | bytearray):
-            await self._results.send(incoming.reply_to, outcomes)
-            return
-        body, properties = encode_outcomes(outcomes, incoming.message_id, self._node)
-        route = names.Route(names.ns_results_exchange(self.app.namespace), incoming.reply_to)
+        sends = [self._send_raw(incoming.reply_to, o) for o in outcomes if is_raw_value(o)]
+        if len(sends) < len(outcomes):
+            rest = [outcome for outcome in outcomes if not is_raw_value(outcome)]
+            sends.append(self._results.send(incoming.reply_to, rest))
+        if len(sends) == 1:  # the common case: no task wrapped around it
+            await sends[0]
+        else:
+            await asyncio.gather(*sends)
+
+    async def _send_raw(self, reply_to: str, outcome: Outcome) -> None:
+        body, properties = encode_outcomes([outcome], outcome.task_id, self._node)
+        route = names.Route(names.ns_results_exchange(self.app.namespace), reply_to)
         await self.bus.publish_raw(route, body, properties)
 
     async def _refuse(self, incoming: AbstractIncomingMessage, reason: str) -> None:

@@ -70,12 +70,15 @@ def worker(
             services.extend([refresher] if refresher is not None else [])
     except ValueError as error:
         fail(f"{error}; check --token-file or IDLECLOUD_TOKEN_FILE")
+    import uvloop  # a worker's event loop carries every task message: the faster one
+
     run(
         connect_to,
         [*services, served],
         name=name,
         grace_s=grace_s,
         declare=not services,  # a token's scopes do not allow it; the platform has declared it
+        loop_factory=uvloop.new_event_loop,
     )
 
 

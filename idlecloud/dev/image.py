@@ -32,7 +32,8 @@ _SOURCES = ("pyproject.toml", "bus", "idlecloud", "schemas", "services", "nodeag
 _EXTRA_WHEELS = ("numpy",)  # what the example apps import beyond the SDK
 #: What a worker needs of the project's dependencies (not the control plane's, the agent's
 #: or the report's): the image installs only these.
-_WORKER_NEEDS = ("aio-pika", "pydantic", "pyjwt[crypto]", "psutil", "typer", "rich", "aiohttp")
+_WORKER_NEEDS = ("aio-pika", "pydantic", "pyjwt[crypto]", "psutil", "typer", "rich", "aiohttp",
+                 "uvloop")  # fmt: skip
 _MIRROR = "http://deb.debian.org/debian"
 
 

@@ -25,6 +25,10 @@ def make_app(namespace: str | None = None, app_id: str | None = None) -> App:
     def reverse(data: bytes) -> bytes:
         return data[::-1]
 
+    @app.task(executor="inline")
+    def tile(n: int) -> bytes:
+        return bytes([n % 256]) * 3
+
     @app.task(retries=2)
     def poison(x: int) -> int:
         raise ValueError(f"poisoned input {x}")
