@@ -1,16 +1,23 @@
 """Our worker SDK against Celery on the same broker, in the same run, mode for mode.
 
 Starts RabbitMQ with the helper the tests use (a scratch vhost), then times the same
-trivial task (``add(x, y)``) in three modes on both sides:
+trivial task (``add(x, y)``) in each mode on both sides:
 
-- **sequential**: one call, its result, then the next (``client.call`` against
-  ``delay().get()``);
-- **pipelined**, one message per task: every call in flight at once (our default
-  ``map``, against every ``delay()`` first and every ``get()`` after);
-- **batched**, 100 calls per message (``map(batch_size=100)`` against ``chunks(100)``).
+- **sequential**: one call, its result, then the next (``await client.call`` against
+  ``delay().get()``), and ``add.delay(x, y).get()`` on both sides (``sequential_blocking``:
+  our blocking API, which runs its client on a background uvloop);
+- **pipelined**, one message per task: every call in flight at once
+  (``map(batch_size=1)``, against every ``delay()`` first and every ``get()`` after);
+- **batched**, 100 calls per message (``map(batch_size=100)`` against ``chunks(100)``);
+- **default map**, what a researcher writes untuned: ``map`` without a batch size, which
+  packs calls by the run times results report (:mod:`bus.sdk.sizing`), set against
+  Celery's untuned pipelined mode over the same 3,000 tasks, and against ``chunks(100)``
+  (the size our sizer reaches with a trivial task) over the same 100,000.
 
-Our side is one ``bus worker`` process. Celery is one solo worker with ``acks_late``,
-persistent messages into a durable classic queue and the RPC result backend, run once per
+Our side is one ``bus worker`` process (on uvloop, as it ships); our async client runs on
+uvloop too (``uvloop.run``), as a researcher's asyncio script may choose. Celery is one
+solo worker with ``acks_late``, persistent messages into a durable classic queue and the
+RPC result backend, run once per
 configuration in a process of its own (``bench/celery_side.py``): its prefetch swept
 (``--celery-prefetch``, default 4, 64 and 256) with publisher confirms off (Celery's
 default) and on (``confirm_publish``). Every configuration's figure is printed, and each
@@ -37,6 +44,7 @@ from pathlib import Path
 
 import aio_pika
 import psutil
+import uvloop
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -63,8 +71,8 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def _app() -> App:
-    app = App(NAMESPACE, APP, prefetch=200)
+def _app(url: str | None = None) -> App:
+    app = App(NAMESPACE, APP, prefetch=200, url=url)
 
     @app.task(executor="inline")
     def add(x: int, y: int) -> int:
@@ -73,21 +81,40 @@ def _app() -> App:
     return app
 
 
+def _worker(url: str) -> subprocess.Popen[bytes]:
+    """``bus worker`` serving the bench's app, as its own process."""
+    env = {"IDLECLOUD_URL": url, "IDLECLOUD_NAMESPACE": NAMESPACE, "IDLECLOUD_APP": APP}
+    return start_process([sys.executable, "-m", "idlecloud", "worker", "bench.tasks_app:app"], env)
+
+
+def _ours_blocking(url: str, calls: int) -> float:
+    """One call at a time from plain code, ``add.delay(x, y).get()``, as Celery's is called."""
+    app = _app(url)
+    add = app.tasks["add"]
+    worker = _worker(url)
+    try:
+        assert add.delay(1, 1).get(timeout=60) == 2  # warm up; the worker is ready
+        started = time.perf_counter()
+        for i in range(calls):
+            assert add.delay(i, i).get(timeout=30) == 2 * i
+        return calls / (time.perf_counter() - started)
+    finally:
+        app.sync_client().close()
+        stop_process(worker)
+
+
 async def _ours(
     url: str, sequential: int, tasks: int, chunked: int, rss_tasks: int
 ) -> dict[str, float]:
     app = _app()
     add = app.tasks["add"]
-    env = {"IDLECLOUD_URL": url, "IDLECLOUD_NAMESPACE": NAMESPACE, "IDLECLOUD_APP": APP}
-    worker = start_process(
-        [sys.executable, "-m", "idlecloud", "worker", "bench.tasks_app:app"], env
-    )
+    worker = _worker(url)
     figures: dict[str, float] = {}
     try:
         async with Bus(url, connection_name="bench client") as bus, TaskClient(bus, app) as client:
             assert await client.call(add, 1, 1) == 2  # warm up; the worker is ready
 
-            async def run(count: int, batch_size: int, watch_rss: bool = False) -> float:
+            async def run(count: int, batch_size: int | None, watch_rss: bool = False) -> float:
                 started = time.perf_counter()
                 done = 0
                 async for index, value in client.map(
@@ -106,6 +133,10 @@ async def _ours(
             figures["sequential"] = sequential / (time.perf_counter() - started)
             figures["pipelined"] = await run(tasks, 1)
             figures["batched"] = await run(chunked, 100)
+            sent = client.messages_sent
+            figures["default_map"] = await run(tasks, None)
+            figures["default_map_large"] = await run(chunked, None)
+            figures["default_calls_per_message"] = (tasks + chunked) / (client.messages_sent - sent)
             await run(rss_tasks, 1, watch_rss=True)
             rss_end = psutil.Process(worker.pid).memory_info().rss
             figures["rss_growth_mib"] = (rss_end - figures["rss_at_1000"]) / 2**20
@@ -172,9 +203,12 @@ async def _raw_aiopika(url: str, calls: int) -> float:
         await server.close()
 
 
-#: Each mode: our figure's key, Celery's mode, and the argument giving its task count.
-_MODES = (("sequential", "sequential", "sequential_calls"), ("pipelined", "pipelined", "tasks"),
-          ("batched", "chunks", "chunked_tasks"))  # fmt: skip
+#: Each comparison: our figure's key, Celery's mode, and the argument giving the task count.
+_MODES = (("sequential", "sequential", "sequential_calls"),
+          ("sequential_blocking", "sequential", "sequential_calls"),
+          ("pipelined", "pipelined", "tasks"),
+          ("batched", "chunks", "chunked_tasks"), ("default_map", "pipelined", "tasks"),
+          ("default_map_large", "chunks", "chunked_tasks"))  # fmt: skip
 
 
 def main() -> None:
@@ -192,36 +226,40 @@ def main() -> None:
         sys.exit("this benchmark needs Celery: pip install -e '.[bench]'")
     prefetches = [int(value) for value in arguments.celery_prefetch.split(",")]
     with scratch_vhost("bench") as broker:
-        ours = asyncio.run(_ours(broker.url, arguments.sequential_calls, arguments.tasks,
-                                 arguments.chunked_tasks, arguments.rss_tasks))  # fmt: skip
+        ours = uvloop.run(_ours(broker.url, arguments.sequential_calls, arguments.tasks,
+                                arguments.chunked_tasks, arguments.rss_tasks))  # fmt: skip
+        ours["sequential_blocking"] = _ours_blocking(broker.url, arguments.sequential_calls)
         theirs = {
-            (mode, prefetch, confirm): _celery(
+            (celery_mode, prefetch, confirm): _celery(
                 broker.url, celery_mode, getattr(arguments, count), prefetch, confirm
             )
-            for mode, celery_mode, count in _MODES
+            for celery_mode, count in dict.fromkeys((m, c) for _o, m, c in _MODES)
             for prefetch in prefetches
             for confirm in (False, True)
         }
-        raw = asyncio.run(_raw_aiopika(broker.url, arguments.raw_calls))
+        raw = uvloop.run(_raw_aiopika(broker.url, arguments.raw_calls))
     print("durability_idlecloud: quorum task queue, persistent messages, publisher confirms "
-          "on calls and results, a task acked only once its result is confirmed")  # fmt: skip
+          "on calls and results, a task acked only once its result is confirmed (acks of "
+          "answered tasks held up to 50 ms to go together)")  # fmt: skip
     print("durability_celery: durable classic queue, persistent messages, acks_late, RPC "
           "results; publisher confirms off (its default) and on (confirm_publish)")  # fmt: skip
     print(f"tasks: sequential {arguments.sequential_calls}, pipelined {arguments.tasks}, "
           f"batched {arguments.chunked_tasks} by 100")  # fmt: skip
-    for mode, _celery_mode, _count in _MODES:
+    print(f"default_map_calls_per_message: {ours['default_calls_per_message']:.1f}")
+    for mode, celery_mode, _count in _MODES:
         print(f"{mode}_idlecloud_tasks_per_s: {ours[mode]:.0f}")
         for (seen, prefetch, confirm), rate in theirs.items():
-            if seen == mode:
-                print(f"{mode}_celery_prefetch_{prefetch}_confirms_{'on' if confirm else 'off'}"
-                      f"_tasks_per_s: {rate:.0f}")  # fmt: skip
+            if seen == celery_mode:
+                print(f"{mode}_celery_{celery_mode}_prefetch_{prefetch}_confirms_"
+                      f"{'on' if confirm else 'off'}_tasks_per_s: {rate:.0f}")  # fmt: skip
         for label, allowed in (("best", (False, True)), ("confirmed_best", (True,))):
             (_m, prefetch, confirm), rate = max(
                 ((key, rate) for key, rate in theirs.items()
-                 if key[0] == mode and key[2] in allowed), key=lambda pair: pair[1],
+                 if key[0] == celery_mode and key[2] in allowed), key=lambda pair: pair[1],
             )  # fmt: skip
-            print(f"{mode}_ratio_vs_celery_{label}: {ours[mode] / rate:.2f} (Celery prefetch "
-                  f"{prefetch}, confirms {'on' if confirm else 'off'}: {rate:.0f}/s)")  # fmt: skip
+            print(f"{mode}_ratio_vs_celery_{label}: {ours[mode] / rate:.2f} (Celery "
+                  f"{celery_mode}, prefetch {prefetch}, confirms "
+                  f"{'on' if confirm else 'off'}: {rate:.0f}/s)")  # fmt: skip
     print(f"raw_aiopika_sequential_tasks_per_s: {raw:.0f}")
     print(f"worker_rss_growth_mib: {ours['rss_growth_mib']:.1f}")
 
