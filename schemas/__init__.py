@@ -77,6 +77,7 @@ from schemas.node import (
     ReplicaUsage,
 )
 from schemas.queries import (
+    NODES_PAGE_MAX,
     AppsQuery,
     AppsReply,
     AppView,
@@ -109,6 +110,7 @@ __all__ = [
     "MAX_LINE_CHARS",
     "MAX_MEMORY_MIB",
     "MESSAGES",
+    "NODES_PAGE_MAX",
     "SCHEMA_HEADER",
     "SCHEMA_VERSION_HEADER",
     "UNLIMITED",

@@ -26,6 +26,7 @@ from schemas.requests import ReplicaCount, Replicas
 from schemas.resources import Resources
 
 __all__ = [
+    "NODES_PAGE_MAX",
     "AppView",
     "AppsQuery",
     "AppsReply",
@@ -92,10 +93,21 @@ class AppsReply(NamespaceMessage):
     at: Timestamp
 
 
+#: The most PCs one NodesReply lists: a page stays well under the body limit (1 MiB).
+NODES_PAGE_MAX = 2000
+
+
 class NodesQuery(PlatformMessage):
-    """Every PC the platform knows (an admin's question)."""
+    """The PCs the platform knows (an admin's question), a page at a time: those named
+    after ``after``, at most ``limit`` of them (without a limit: every one)."""
 
     schema_name = "NodesQuery"
+    #: Version 1 had no ``after`` and ``limit`` (read as: every PC, in one reply).
+    schema_version = 2
+    older_versions = frozenset({1})
+
+    after: NodeName | None = None
+    limit: Annotated[int, Field(ge=1, le=NODES_PAGE_MAX)] | None = None
 
 
 class NodeView(WireModel):
@@ -115,9 +127,14 @@ class NodeView(WireModel):
 
 
 class NodesReply(PlatformMessage):
-    """Every PC, and when the answer was made."""
+    """A page of PCs, by name, and when the answer was made; ``next_after`` is where the
+    next page starts (None: this was the last)."""
 
     schema_name = "NodesReply"
+    #: Version 1 had no ``next_after`` (read as: the last page).
+    schema_version = 2
+    older_versions = frozenset({1})
 
     nodes: tuple[NodeView, ...] = Field(default=(), max_length=10_000)
     at: Timestamp
+    next_after: NodeName | None = None

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bus.connection import Bus
+from bus.pages import every_node
 from bus.rpc import RpcClient
 from bus.sdk import App
 from bus.topology import declare_platform
@@ -25,7 +26,6 @@ from schemas import (
     AppsReply,
     DeployRequest,
     Message,
-    NodesQuery,
     NodesReply,
     Owner,
     QuotaSet,
@@ -110,7 +110,7 @@ class Plane:
 
     async def nodes(self) -> NodesReply:
         client = await self.client(Owner.platform())
-        return await client.call(NodesQuery(), NodesReply, timeout_s=20)
+        return await every_node(client, timeout_s=20)
 
     async def running(self, namespace: str) -> int:
         return sum(view.running for view in (await self.apps(namespace)).apps)

@@ -255,7 +255,7 @@ EXAMPLES: dict[type[Message], Message] = {
         pending_evictions=0,
         at=AT,
     ),
-    NodesQuery: NodesQuery(),
+    NodesQuery: NodesQuery(after="edge", limit=1000),
     NodesReply: NodesReply(
         nodes=(
             NodeView(
@@ -273,6 +273,7 @@ EXAMPLES: dict[type[Message], Message] = {
             ),
         ),
         at=AT,
+        next_after="edge",
     ),
     JobSubmit: JobSubmit(
         request_id="req-0010", namespace="alice", job_id=JOB_ID, app="stereo", task="match",

@@ -25,6 +25,8 @@ from bus.defaults import (
     INFLUX_TOKEN,
     INFLUX_URL,
 )
+from bus.pages import every_node
+from bus.rpc import RpcClient
 from bus.service import run
 from bus.tls import server_files
 from idlecloud.cli._common import (
@@ -36,10 +38,11 @@ from idlecloud.cli._common import (
     describe,
     fail,
     print_json,
+    run_async,
     table,
 )
 from idlecloud.cli.platform import CORE_SERVICES, wait_until_ready
-from idlecloud.cli.session import ask
+from idlecloud.cli.session import ask, connect
 from schemas import (
     UNLIMITED,
     AppsQuery,
@@ -48,7 +51,6 @@ from schemas import (
     DeleteRequest,
     DeployRequest,
     Message,
-    NodesQuery,
     NodesReply,
     Owner,
     QuotaSet,
@@ -231,9 +233,18 @@ def delete(
     _submit(url, Owner.namespace(namespace), request, as_json, f"{app}: deleted")
 
 
+async def _every_node(url: str) -> NodesReply:
+    async with connect(url, "NodesQuery") as bus:
+        client = await RpcClient(bus, Owner.platform()).start()
+        try:
+            return await every_node(client)
+        finally:
+            await client.stop()
+
+
 def nodes(url: UrlOption = BROKER_URL, as_json: JsonOption = False) -> None:
     """Every PC: free, busy with a person, lost, cordoned; capacity, reserved, replicas."""
-    reply = ask(url, Owner.platform(), NodesQuery(), NodesReply)
+    reply = run_async(lambda: _every_node(url))
     if as_json:
         print_json(reply.model_dump(mode="json"))
         return

@@ -33,6 +33,7 @@ from bus.connection import Bus
 from bus.defaults import AUTH_URL, GATEWAY_PORT, HOST
 from bus.errors import AuthUnavailable, BusError, CredentialsRefused, DoorClosed
 from bus.journal import Journal
+from bus.pages import every_node
 from bus.rpc import RpcClient
 from bus.tls import TlsFiles
 from schemas import (
@@ -42,8 +43,6 @@ from schemas import (
     DeleteRequest,
     DeployRequest,
     Message,
-    NodesQuery,
-    NodesReply,
     Owner,
     RequestResult,
     ScaleRequest,
@@ -288,7 +287,7 @@ class Gateway(JobRoutes, LogRoutes, AccountRoutes):
         """What anyone may see of the PCs: asked on the gateway's own connection, the one
         question it asks for itself (a user's key may not ask it)."""
         assert self._nodes_client is not None
-        reply = await self._nodes_client.call(NodesQuery(), NodesReply, timeout_s=15.0)
+        reply = await every_node(self._nodes_client)
         return web.json_response([view.model_dump(mode="json") for view in reply.nodes])
 
     async def _cordon(self, request: web.Request) -> web.Response:

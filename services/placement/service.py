@@ -252,7 +252,7 @@ class Placement(ControlService):
         now = self._clock()
         if isinstance(query, AppsQuery):
             return apps_reply(query, self.state, self.registry, self._statuses, now)
-        return nodes_reply(self.state, self.registry, now)
+        return nodes_reply(self.state, self.registry, now, query)
 
 
 def _status_event(status: AppStatus) -> DeploymentStatus:

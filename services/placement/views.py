@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from pathlib import PurePosixPath
 
@@ -12,6 +13,7 @@ from schemas import (
     AppView,
     DataFolderView,
     DeploymentState,
+    NodesQuery,
     NodesReply,
     NodeView,
     PresenceState,
@@ -87,10 +89,19 @@ def apps_reply(
     )
 
 
-def nodes_reply(state: DesiredState, registry: Registry, now: float) -> NodesReply:
-    """Every PC: free, busy with a person, lost, cordoned or draining; and what it holds."""
+def nodes_reply(
+    state: DesiredState, registry: Registry, now: float, page: NodesQuery | None = None
+) -> NodesReply:
+    """The PCs ``page`` asks for (all without one), by name: free, busy with a person,
+    lost, cordoned or draining; and what each holds."""
+    names = sorted(registry.nodes)
+    first = bisect.bisect_right(names, page.after) if page and page.after else 0
+    limit = page.limit if page and page.limit else len(names)
+    chosen = names[first : first + limit]
+    more = first + limit < len(names)
     views = []
-    for name, node in sorted(registry.nodes.items()):
+    for name in chosen:
+        node = registry.nodes[name]
         if registry.lost(node, now):
             label = "lost"
         elif name in state.cordons:
@@ -117,4 +128,6 @@ def nodes_reply(state: DesiredState, registry: Registry, now: float) -> NodesRep
                 seconds_since_heartbeat=min(1e9, max(0.0, now - node.last_seen)),
             )
         )
-    return NodesReply(nodes=tuple(views), at=utc_now())
+    return NodesReply(
+        nodes=tuple(views), at=utc_now(), next_after=chosen[-1] if more and chosen else None
+    )
