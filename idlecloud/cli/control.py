@@ -26,7 +26,6 @@ from bus.defaults import (
     INFLUX_URL,
 )
 from bus.pages import every_node
-from bus.rpc import RpcClient
 from bus.service import run
 from bus.tls import server_files
 from idlecloud.cli._common import (
@@ -38,11 +37,10 @@ from idlecloud.cli._common import (
     describe,
     fail,
     print_json,
-    run_async,
     table,
 )
 from idlecloud.cli.platform import CORE_SERVICES, wait_until_ready
-from idlecloud.cli.session import ask, connect
+from idlecloud.cli.session import ask, asking
 from schemas import (
     UNLIMITED,
     AppsQuery,
@@ -51,7 +49,6 @@ from schemas import (
     DeleteRequest,
     DeployRequest,
     Message,
-    NodesReply,
     Owner,
     QuotaSet,
     RequestResult,
@@ -233,18 +230,9 @@ def delete(
     _submit(url, Owner.namespace(namespace), request, as_json, f"{app}: deleted")
 
 
-async def _every_node(url: str) -> NodesReply:
-    async with connect(url, "NodesQuery") as bus:
-        client = await RpcClient(bus, Owner.platform()).start()
-        try:
-            return await every_node(client)
-        finally:
-            await client.stop()
-
-
 def nodes(url: UrlOption = BROKER_URL, as_json: JsonOption = False) -> None:
     """Every PC: free, busy with a person, lost, cordoned; capacity, reserved, replicas."""
-    reply = run_async(lambda: _every_node(url))
+    reply = asking(url, Owner.platform(), "NodesQuery", every_node)
     if as_json:
         print_json(reply.model_dump(mode="json"))
         return

@@ -7,7 +7,7 @@ the credentials in ``--url`` (the local development broker by default).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
@@ -17,9 +17,10 @@ from bus.rpc import RpcClient
 from idlecloud.cli._common import run_async
 from schemas import Message, Owner
 
-__all__ = ["ask", "connect"]
+__all__ = ["ask", "asking", "connect"]
 
 R = TypeVar("R", bound=Message)
+T = TypeVar("T")
 
 
 @asynccontextmanager
@@ -30,15 +31,21 @@ async def connect(url: str, purpose: str) -> AsyncIterator[Bus]:
         yield bus
 
 
-async def _call(url: str, owner: Owner, request: Message, expect: type[R]) -> R:
-    async with connect(url, request.schema_name) as bus:
+async def _as(url: str, owner: Owner, purpose: str, use: Callable[[RpcClient], Awaitable[T]]) -> T:
+    async with connect(url, purpose) as bus:
         client = await RpcClient(bus, owner).start()
         try:
-            return await client.call(request, expect, timeout_s=15.0)
+            return await use(client)
         finally:
             await client.stop()
 
 
 def ask(url: str, owner: Owner, request: Message, expect: type[R]) -> R:
     """Send one RPC request as ``owner`` and return the reply (errors end the command)."""
-    return run_async(lambda: _call(url, owner, request, expect))
+    return asking(url, owner, request.schema_name,
+                  lambda client: client.call(request, expect, timeout_s=15.0))  # fmt: skip
+
+
+def asking(url: str, owner: Owner, purpose: str, use: Callable[[RpcClient], Awaitable[T]]) -> T:
+    """Run ``use`` with an RPC client speaking as ``owner`` (errors end the command)."""
+    return run_async(lambda: _as(url, owner, purpose, use))
