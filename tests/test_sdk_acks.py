@@ -97,3 +97,33 @@ async def test_a_nacked_delivery_is_never_acked_too() -> None:
     await asyncio.sleep(0.05)
     assert channel.frames == [("nack", 2, True), ("ack", 3, False), ("ack", 1, True)]
     assert broker_view(channel.frames, delivered=3) == [2, 3, 1]
+
+
+async def test_acks_wait_the_linger_go_at_once_when_half_the_window_waits_and_drain() -> None:
+    """Held acks leave together after the linger; half a prefetch window of finished
+    deliveries leaves at once (the broker would stop delivering); drain sends the rest."""
+    channel = StandInChannel(slow=0)
+    acks = AckBatcher(linger_s=0.05, most=3)
+    messages = [delivery(channel, tag) for tag in range(1, 8)]
+    for message in messages:
+        acks.delivered(message)
+    acks.ack(messages[0])
+    acks.ack(messages[1])
+    await asyncio.sleep(0.01)
+    assert channel.frames == []  # held: the linger has not passed
+    await asyncio.sleep(0.08)
+    assert channel.frames == [("ack", 2, True)]  # one ack for both
+    for message in messages[2:5]:  # three finished: half of a window of six
+        acks.ack(message)
+    await asyncio.sleep(0)
+    assert channel.frames[1:] == [("ack", 5, True)]  # at once, not after the linger
+    acks.ack(messages[5])
+    await acks.drain()
+    assert channel.frames[2:] == [("ack", 6, True)]
+    assert broker_view(channel.frames, delivered=7) == [1, 2, 3, 4, 5, 6]
+    alone = StandInChannel(slow=0)
+    one = AckBatcher.lingering(1)  # a window of one: the broker waits for each ack
+    one.delivered(delivery(alone, 1))
+    one.ack(delivery(alone, 1))
+    await asyncio.sleep(0)
+    assert alone.frames == [("ack", 1, True)]

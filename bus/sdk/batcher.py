@@ -25,7 +25,10 @@ from bus.connection import Bus
 from bus.consumer import settle
 from bus.sdk.protocol import Outcome, encode_outcomes
 
-__all__ = ["AckBatcher", "ResultBatcher"]
+__all__ = ["ACK_LINGER_S", "AckBatcher", "ResultBatcher"]
+
+#: How long a finished delivery's ack may wait to be sent with later ones.
+ACK_LINGER_S = 0.05
 
 #: A delivery tag and how to settle it.
 _Settlement = tuple[int, Literal["ack", "ack multiple", "nack"]]
@@ -131,6 +134,11 @@ class AckBatcher:
         self._sending: dict[AbstractChannel, asyncio.Task[None]] = {}
         self._scheduled: asyncio.Handle | None = None
         self._background = _Background()
+
+    @classmethod
+    def lingering(cls, prefetch: int) -> AckBatcher:
+        """Acks held :data:`ACK_LINGER_S`, or until half of a ``prefetch`` window waits."""
+        return cls(linger_s=ACK_LINGER_S, most=prefetch // 2)
 
     def delivered(self, message: AbstractIncomingMessage) -> None:
         """Note a delivery as soon as it arrives (tags are noted in delivery order)."""

@@ -58,8 +58,6 @@ log = logging.getLogger(__name__)
 RESULT_QUEUE_EXPIRES_MS = 10 * 60 * 1000
 #: Result messages delivered to a client and not yet acked, at most.
 RESULT_PREFETCH = 1000
-#: How long a read result's ack may wait to be sent with later ones (see AckBatcher).
-RESULT_ACK_LINGER_S = 0.05
 
 
 async def connect_app(app: AppAddress, purpose: str) -> Bus:
@@ -110,7 +108,7 @@ class TaskClient:
         #: Per task id awaiting its outcome: where it goes, ``deliver(index, outcome)``.
         self._pending: dict[str, tuple[_Deliver, int]] = {}
         self._channel: AbstractRobustChannel | None = None
-        self._acks = AckBatcher(linger_s=RESULT_ACK_LINGER_S, most=RESULT_PREFETCH // 2)
+        self._acks = AckBatcher.lingering(RESULT_PREFETCH)
         self.duplicates = 0
         #: Task messages published (a batch is one).
         self.messages_sent = 0

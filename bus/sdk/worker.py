@@ -62,8 +62,6 @@ log = logging.getLogger(__name__)
 
 #: How often a call may lose its pool process before it is reported failed.
 MAX_CHILD_DEATHS = 3
-#: How long an answered task's ack may wait to be sent with later ones (see AckBatcher).
-ACK_LINGER_S = 0.05
 
 
 class Worker(QueueConsumer):
@@ -93,7 +91,7 @@ class Worker(QueueConsumer):
         self.app = app
         self._pool = ProcessPool(target, concurrency) if needs_pool and target else None
         self._threads = asyncio.Semaphore(concurrency)
-        self._acks = AckBatcher(linger_s=ACK_LINGER_S, most=self._prefetch // 2)
+        self._acks = AckBatcher.lingering(self._prefetch)
         self._cancelled = CancelledJobs(app.namespace)
         #: Where its checkpointing tasks' calls keep their progress (made on start).
         self._checkpoints: CheckpointStore | None = None
