@@ -4,7 +4,12 @@
 is re-established, every channel, exchange, queue and binding declared through it is
 declared again, and consumers resume. :meth:`Bus.publish` waits for the broker's confirm
 and, if the connection is lost before the confirm arrives, publishes again once it is back
-(at-least-once: a consumer may see a message twice, never zero times).
+(at-least-once: a consumer may see a message twice, never zero times). A publish does not
+wait for its frames to reach the socket (aiormq's ``wait``), only for the confirm: the
+channel's lock is then held while the frames are queued, not until the writer has sent
+them, so concurrent publishes are not serialized on a turn of the loop each (about 3,500
+a second at most with it; 9,000 without, measured with 5,000 concurrent publishes to
+1,000 quorum queues).
 """
 
 from __future__ import annotations
@@ -299,12 +304,14 @@ class Bus:
                     if channel.is_closed:  # closed by an earlier refusal: take a new one
                         await self._renew_publish_channel(publisher)
                         continue
-                    confirm = await channel.basic_publish(
+                    # aiormq's abstract channel does not declare ``wait``; its channel has it
+                    confirm = await cast(aiormq.Channel, channel).basic_publish(
                         body,
                         exchange=route.exchange,
                         routing_key=route.routing_key,
                         properties=properties,
                         mandatory=mandatory,
+                        wait=False,  # the confirm is what counts: see the module's header
                     )
             except aiormq.exceptions.PublishError:
                 raise Unroutable(

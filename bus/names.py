@@ -66,6 +66,7 @@ from schemas import (
     ResumeReplica,
     ScaleRequest,
     StartReplica,
+    StartReplicas,
     StopReplica,
     TokenIssue,
     TokenRevoke,
@@ -326,6 +327,7 @@ def node_command_keys(node: str) -> str:
 
 _NODE_VERBS: dict[type[Message], str] = {
     StartReplica: "start",
+    StartReplicas: "starts",
     PauseReplica: "pause",
     ResumeReplica: "resume",
     StopReplica: "stop",
@@ -439,7 +441,14 @@ def route(message: Message) -> Route:
             return Route(door(message.owner()), _ns_key(message.namespace, "query", "jobs"))
         case JobsReply():  # normally an RPC reply; as an event, a namespace's
             return Route(EVENTS_EXCHANGE, _ns_key(message.namespace, "jobs"))
-        case StartReplica() | PauseReplica() | ResumeReplica() | StopReplica() | RenewToken():
+        case (
+            StartReplica()
+            | StartReplicas()
+            | PauseReplica()
+            | ResumeReplica()
+            | StopReplica()
+            | RenewToken()
+        ):
             return Route(COMMANDS_EXCHANGE, _node_key(message.node, _NODE_VERBS[kind]))
         case NodeHeartbeat() | NodePresence() | ReplicaStatus() | MetricSample() | LogBatch():
             return Route(door(message.owner()), _node_key(message.node, _NODE_EVENTS[kind]))

@@ -8,7 +8,8 @@ policy says. A start never outruns presence: the policy's verdict holds from the
 signal arrives, the runtime asks it once more just before a replica's process would begin, a
 replica whose start finishes after a person arrived is paused at once, and the pause on
 arrival waits for the starts in flight before the platform is told. It consumes its own
-command queue (``node.<node>.commands``), dropping commands whose leader epoch is older than
+command queue (``node.<node>.commands``; several starts may come in one ``StartReplicas``,
+which its heartbeats say it takes), dropping commands whose leader epoch is older than
 the newest it has seen, so a deposed leader cannot undo its successor's work, and refusing
 one from further ahead than any leader's could be (:mod:`nodeagent.epochs`). Each replica
 gets the container contract in its environment (broker URL, namespace, app, and a token file
@@ -63,10 +64,12 @@ from schemas import (
     Refusal,
     RenewToken,
     ReplicaCommand,
+    ReplicaStart,
     ReplicaState,
     ReplicaStatus,
     ResumeReplica,
     StartReplica,
+    StartReplicas,
     StopReplica,
     utc_now,
 )
@@ -84,8 +87,10 @@ _STARTS_SETTLE_S = 2.0
 
 log = logging.getLogger(__name__)
 
-_COMMANDS: tuple[type[ReplicaCommand], ...] = (
+Command = ReplicaCommand | StartReplicas
+_COMMANDS: tuple[type[Command], ...] = (
     StartReplica,
+    StartReplicas,
     PauseReplica,
     ResumeReplica,
     StopReplica,
@@ -314,7 +319,7 @@ class Agent:
         since = utc_now() - timedelta(seconds=max(0.0, self._clock() - decision.since))
         return Presence(state=decision.presence, cause=decision.cause, since=since)
 
-    async def _on_command(self, command: ReplicaCommand, _delivery: Delivery) -> None:
+    async def _on_command(self, command: Command, _delivery: Delivery) -> None:
         verdict = self._epochs.judge(command.epoch, self._clock())
         if verdict is Verdict.STALE:
             log.warning(
@@ -332,6 +337,8 @@ class Agent:
         match command:
             case StartReplica():
                 await self._start(command)
+            case StartReplicas():  # as many starts, each as if it came alone
+                await asyncio.gather(*(self._start(start) for start in command.starts))
             case PauseReplica():
                 await self._pause(command.replica_id)
             case ResumeReplica():
@@ -365,7 +372,7 @@ class Agent:
             f"{free.cpu_millicores}m/{free.memory_mib}MiB"
         )
 
-    async def _start(self, command: StartReplica) -> None:
+    async def _start(self, command: ReplicaStart) -> None:
         replicas = await self.runtime.replicas()
         if command.replica_id in self._starting or any(
             r.replica_id == command.replica_id for r in replicas
@@ -387,7 +394,7 @@ class Agent:
                 settled.set_result(None)
         await self._publish_status(command.replica_id, command.namespace, command.app, outcome)
 
-    async def _run(self, command: StartReplica) -> _Outcome:
+    async def _run(self, command: ReplicaStart) -> _Outcome:
         """Start the replica; paused at once if a person arrived while it started."""
         env = {
             **command.env,

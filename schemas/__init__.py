@@ -1,11 +1,14 @@
 """Every message that crosses the idlecloud bus, as frozen, versioned pydantic models."""
 
 from schemas.auth import (
+    REPLICA_TOKENS_MAX,
     KeyIssued,
     KeyReply,
     KeysQuery,
     KeysReply,
     KeyView,
+    ReplicaRef,
+    ReplicaToken,
     ReplicaTokenReply,
     ReplicaTokenRequest,
     Role,
@@ -33,11 +36,14 @@ from schemas.catalogue import (
     lookup,
 )
 from schemas.commands import (
+    STARTS_PER_MESSAGE_MAX,
     PauseReplica,
     RenewToken,
     ReplicaCommand,
+    ReplicaStart,
     ResumeReplica,
     StartReplica,
+    StartReplicas,
     StopReplica,
 )
 from schemas.events import (
@@ -111,8 +117,10 @@ __all__ = [
     "MAX_MEMORY_MIB",
     "MESSAGES",
     "NODES_PAGE_MAX",
+    "REPLICA_TOKENS_MAX",
     "SCHEMA_HEADER",
     "SCHEMA_VERSION_HEADER",
+    "STARTS_PER_MESSAGE_MAX",
     "UNLIMITED",
     "ZERO",
     "Amount",
@@ -170,9 +178,12 @@ __all__ = [
     "RenewToken",
     "ReplicaCommand",
     "ReplicaId",
+    "ReplicaRef",
     "ReplicaReport",
+    "ReplicaStart",
     "ReplicaState",
     "ReplicaStatus",
+    "ReplicaToken",
     "ReplicaTokenReply",
     "ReplicaTokenRequest",
     "ReplicaUsage",
@@ -186,6 +197,7 @@ __all__ = [
     "SnapshotApp",
     "SnapshotJob",
     "StartReplica",
+    "StartReplicas",
     "StopReplica",
     "TokenIssue",
     "TokenRevoke",

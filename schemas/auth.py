@@ -10,11 +10,14 @@ from schemas.base import DNS_LABEL_PATTERN, PlatformMessage, Reason, RequestId, 
 from schemas.resources import Resources
 
 __all__ = [
+    "REPLICA_TOKENS_MAX",
     "KeyIssued",
     "KeyReply",
     "KeyView",
     "KeysQuery",
     "KeysReply",
+    "ReplicaRef",
+    "ReplicaToken",
     "ReplicaTokenReply",
     "ReplicaTokenRequest",
     "Role",
@@ -102,21 +105,55 @@ class KeysReply(PlatformMessage):
     keys: tuple[KeyView, ...] = Field(default=(), max_length=100_000)
 
 
-class ReplicaTokenRequest(PlatformMessage):
-    """The placement service asks for a replica's broker token (to start or renew it)."""
+#: Replicas' tokens asked for in one request (a reply of this many stays under 400 KiB).
+REPLICA_TOKENS_MAX = 200
 
-    schema_name = "ReplicaTokenRequest"
+
+class ReplicaRef(WireModel):
+    """A replica a broker token is asked for."""
 
     namespace: Subject
     app: Subject
     replica_id: Subject
 
 
-class ReplicaTokenReply(PlatformMessage):
-    """A replica's broker token: its namespace's task and result traffic only."""
+class ReplicaTokenRequest(PlatformMessage):
+    """The placement service asks for replicas' broker tokens (to start or renew them)."""
 
-    schema_name = "ReplicaTokenReply"
+    schema_name = "ReplicaTokenRequest"
+    #: Version 1 asked for one replica's token (its body: one :class:`ReplicaRef`).
+    schema_version = 2
+    older_versions = frozenset({1})
+
+    replicas: tuple[ReplicaRef, ...] = Field(min_length=1, max_length=REPLICA_TOKENS_MAX)
+
+    @classmethod
+    def from_older(cls, version: int, body: bytes) -> ReplicaTokenRequest:
+        """Version 1 was one replica's fields."""
+        del version
+        return cls(replicas=(ReplicaRef.model_validate_json(body),))
+
+
+class ReplicaToken(WireModel):
+    """A replica's broker token: its namespace's task and result traffic only."""
 
     replica_id: Subject
     token: Annotated[str, StringConstraints(max_length=16_384), Field(repr=False)]
     expires_at: AwareDatetime
+
+
+class ReplicaTokenReply(PlatformMessage):
+    """The tokens a :class:`ReplicaTokenRequest` asked for, in its order."""
+
+    schema_name = "ReplicaTokenReply"
+    #: Version 1 carried one token (its body: one :class:`ReplicaToken`).
+    schema_version = 2
+    older_versions = frozenset({1})
+
+    tokens: tuple[ReplicaToken, ...] = Field(max_length=REPLICA_TOKENS_MAX)
+
+    @classmethod
+    def from_older(cls, version: int, body: bytes) -> ReplicaTokenReply:
+        """Version 1 was one token's fields."""
+        del version
+        return cls(tokens=(ReplicaToken.model_validate_json(body),))

@@ -17,7 +17,14 @@ from schemas.auth import (
     TokenRevoke,
 )
 from schemas.base import Message
-from schemas.commands import PauseReplica, RenewToken, ResumeReplica, StartReplica, StopReplica
+from schemas.commands import (
+    PauseReplica,
+    RenewToken,
+    ResumeReplica,
+    StartReplica,
+    StartReplicas,
+    StopReplica,
+)
 from schemas.events import BridgeStatus, CordonChanged, DeploymentStatus, QuotaChanged
 from schemas.jobs import (
     JobCancel,
@@ -69,6 +76,7 @@ MESSAGES: tuple[type[Message], ...] = (
     ReplicaStatus,
     MetricSample,
     StartReplica,
+    StartReplicas,
     PauseReplica,
     ResumeReplica,
     StopReplica,

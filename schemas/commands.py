@@ -16,11 +16,14 @@ from schemas.requests import Workload
 from schemas.resources import Resources
 
 __all__ = [
+    "STARTS_PER_MESSAGE_MAX",
     "PauseReplica",
     "RenewToken",
     "ReplicaCommand",
+    "ReplicaStart",
     "ResumeReplica",
     "StartReplica",
+    "StartReplicas",
     "StopReplica",
 ]
 
@@ -36,15 +39,35 @@ class ReplicaCommand(NodeMessage):
     replica_id: ReplicaId
 
 
-class StartReplica(Workload, ReplicaCommand):
-    """Start one replica of an application on this PC (no-op if it already runs)."""
+class ReplicaStart(Workload):
+    """One replica to start: what a :class:`StartReplica` says besides its PC and epoch."""
 
-    schema_name = "StartReplica"
-
+    replica_id: ReplicaId
     namespace: NamespaceName
     app: AppId
     reservation: Resources
     token: BrokerToken
+
+
+class StartReplica(ReplicaStart, ReplicaCommand):
+    """Start one replica of an application on this PC (no-op if it already runs)."""
+
+    schema_name = "StartReplica"
+
+
+#: The most starts one :class:`StartReplicas` carries.
+STARTS_PER_MESSAGE_MAX = 64
+
+
+class StartReplicas(NodeMessage):
+    """Start several replicas on this PC: one message (and one confirm) for them all, each
+    start as it would come alone, with its own token. Sent only to agents that say in their
+    heartbeats that they take it."""
+
+    schema_name = "StartReplicas"
+
+    epoch: Epoch
+    starts: tuple[ReplicaStart, ...] = Field(min_length=1, max_length=STARTS_PER_MESSAGE_MAX)
 
 
 class PauseReplica(ReplicaCommand):

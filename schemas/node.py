@@ -103,9 +103,9 @@ class NodeHeartbeat(NodeMessage):
 
     schema_name = "NodeHeartbeat"
     #: Version 1 had no replica's ``unsaved_s`` (read as unknown: evicted at once) nor
-    #: ``data_root`` (read as none).
-    schema_version = 2
-    older_versions = frozenset({1})
+    #: ``data_root`` (read as none); versions 1 and 2 no ``batched_starts`` (read as false).
+    schema_version = 3
+    older_versions = frozenset({1, 2})
 
     seq: Count
     sent_at: Timestamp
@@ -118,6 +118,8 @@ class NodeHeartbeat(NodeMessage):
     runtime: Annotated[str, StringConstraints(pattern=r"^(docker|process)$")] = "process"
     #: The site data root its replicas' namespace folders are under (``--data-root``).
     data_root: DataRoot | None = None
+    #: The agent takes :class:`~schemas.commands.StartReplicas` (several starts at once).
+    batched_starts: bool = False
 
 
 class NodePresence(NodeMessage):

@@ -48,9 +48,12 @@ from schemas import (
     QuotaChanged,
     QuotaSet,
     RenewToken,
+    ReplicaRef,
     ReplicaReport,
+    ReplicaStart,
     ReplicaState,
     ReplicaStatus,
+    ReplicaToken,
     ReplicaTokenReply,
     ReplicaTokenRequest,
     ReplicaUsage,
@@ -61,6 +64,7 @@ from schemas import (
     ScaleRequest,
     SnapshotApp,
     StartReplica,
+    StartReplicas,
     StopReplica,
     TokenIssue,
     TokenRevoke,
@@ -175,6 +179,20 @@ EXAMPLES: dict[type[Message], Message] = {
         reservation=ONE_CPU,
         token="eyJhbGciOiJSUzI1NiJ9.secret-token-body.signature",
     ),
+    StartReplicas: StartReplicas(
+        node="edge",
+        epoch=7,
+        starts=(
+            ReplicaStart(
+                replica_id="stereo-1a2b3c", namespace="alice", app="stereo",
+                image="idlecloud/stereo:1", reservation=ONE_CPU, token="eyJ.one.sig",
+            ),
+            ReplicaStart(
+                replica_id="stereo-4d5e6f", namespace="alice", app="stereo",
+                image="idlecloud/stereo:1", reservation=ONE_CPU, token="eyJ.two.sig",
+            ),
+        ),
+    ),
     PauseReplica: PauseReplica(node="edge", epoch=7, replica_id="stereo-1a2b3c"),
     ResumeReplica: ResumeReplica(node="edge", epoch=7, replica_id="stereo-1a2b3c"),
     StopReplica: StopReplica(
@@ -237,10 +255,10 @@ EXAMPLES: dict[type[Message], Message] = {
     KeysQuery: KeysQuery(),
     KeysReply: KeysReply(keys=(KEY,)),
     ReplicaTokenRequest: ReplicaTokenRequest(
-        namespace="alice", app="stereo", replica_id="stereo-2-0a1b2c3d"
+        replicas=(ReplicaRef(namespace="alice", app="stereo", replica_id="stereo-2-0a1b2c3d"),)
     ),
     ReplicaTokenReply: ReplicaTokenReply(
-        replica_id="stereo-2-0a1b2c3d", token="eyJ.t.s", expires_at=AT
+        tokens=(ReplicaToken(replica_id="stereo-2-0a1b2c3d", token="eyJ.t.s", expires_at=AT),)
     ),
     QuotaChanged: QuotaChanged(
         namespace="alice", quota=Resources(cpu_millicores=20_000, memory_mib=65_536), at=AT

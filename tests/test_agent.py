@@ -34,10 +34,12 @@ from schemas import (
     PresenceCause,
     PresenceState,
     RenewToken,
+    ReplicaStart,
     ReplicaState,
     ReplicaStatus,
     Resources,
     StartReplica,
+    StartReplicas,
     StopReplica,
 )
 
@@ -223,6 +225,32 @@ async def test_a_renewed_token_is_rewritten_in_place(bus: Bus, rig: tuple[Agent,
     await wait_until(lambda: token_file.read_text() == "fresh", what="the renewal")
     await bus.publish(StopReplica(node=node, epoch=5, replica_id="renewed", grace_s=0))
     await wait_until(lambda: not token_file.parent.exists(), what="the token's removal")
+
+
+async def test_starts_in_one_message_run_each_with_its_own_token_and_one_too_many_is_refused(
+    bus: Bus, rig: tuple[Agent, Events]
+) -> None:
+    """A StartReplicas is as its starts sent alone: each runs with its own token, and the
+    one that does not fit what the others leave is refused alone; heartbeats say the agent
+    takes it (placement sends it only then)."""
+    agent, events = rig
+    ones = [start(agent, f"b{index}").model_copy(update={"token": f"token-{index}"})
+            for index in range(4)]  # 3 CPUs allocatable: 4 x 1  # fmt: skip
+    batch = StartReplicas(
+        node=agent.settings.node, epoch=5,
+        starts=tuple(ReplicaStart(**one.model_dump(exclude={"node", "epoch"})) for one in ones),
+    )  # fmt: skip
+    await bus.publish(batch)
+    await wait_until(lambda: len(events.of(ReplicaStatus)) == 4, what="four statuses")
+    states = sorted(status.state.value for status in events.of(ReplicaStatus))
+    assert states == ["failed", "running", "running", "running"]
+    running = sorted(status.replica_id for status in events.of(ReplicaStatus)
+                     if status.state is ReplicaState.RUNNING)  # fmt: skip
+    assert sorted(r.replica_id for r in await agent.runtime.replicas()) == running
+    for rid in running:
+        assert (agent.tokens.folder(rid) / "token").read_text() == f"token-{rid[1:]}"
+    await wait_until(lambda: bool(events.of(NodeHeartbeat)), what="a heartbeat")
+    assert events.of(NodeHeartbeat)[-1].batched_starts
 
 
 async def test_a_malformed_command_changes_nothing_it_names_and_the_agent_goes_on(

@@ -14,8 +14,9 @@ answers admins' requests over the bus:
   ``update-secret`` under another user name, and nothing shows which did. The others
   reconnect at once with tokens of their own keys.
 * ``KeysQuery``: every key, revoked ones included.
-* ``ReplicaTokenRequest`` (from the placement service): a replica's broker token, for its
-  namespace's task and result traffic only.
+* ``ReplicaTokenRequest`` (from the placement service): replicas' broker tokens, up to
+  :data:`~schemas.REPLICA_TOKENS_MAX` at once, each for its namespace's task and result
+  traffic only.
 
 The leader also runs the token endpoint over HTTP. ``POST /v1/token`` with
 ``Authorization: Bearer <API key>`` returns a broker token with the key's scopes for at
@@ -54,6 +55,8 @@ from schemas import (
     KeyView,
     Owner,
     QuotaSet,
+    ReplicaRef,
+    ReplicaToken,
     ReplicaTokenReply,
     ReplicaTokenRequest,
     RequestResult,
@@ -181,15 +184,16 @@ class AuthService(ControlService):
                         for k in self.state.keys.values()]  # fmt: skip
                 return KeysReply(keys=tuple(keys))
             case ReplicaTokenRequest():
-                token, expires_at = broker_token(
-                    self.key, self.settings.resource_server_id, "replica", request.namespace,
-                    self.settings.vhost, key_id=request.replica_id, app=request.app,
-                    ttl_s=self.settings.broker_token_s,
-                )  # fmt: skip
-                until = datetime.fromtimestamp(expires_at, UTC)
-                return ReplicaTokenReply(
-                    replica_id=request.replica_id, token=token, expires_at=until
-                )
+                return ReplicaTokenReply(tokens=tuple(map(self._replica_token, request.replicas)))
+
+    def _replica_token(self, replica: ReplicaRef) -> ReplicaToken:
+        token, expires_at = broker_token(
+            self.key, self.settings.resource_server_id, "replica", replica.namespace,
+            self.settings.vhost, key_id=replica.replica_id, app=replica.app,
+            ttl_s=self.settings.broker_token_s,
+        )  # fmt: skip
+        until = datetime.fromtimestamp(expires_at, UTC)
+        return ReplicaToken(replica_id=replica.replica_id, token=token, expires_at=until)
 
     async def _issue(self, request: TokenIssue) -> KeyReply:
         if request.limits is not None and request.role != "user":

@@ -70,6 +70,8 @@ class NodeInfo:
     runtime: str = "process"
     #: The site data root its replicas' namespace folders are under, if any.
     data_root: str | None = None
+    #: Its agent takes several starts in one message (``StartReplicas``).
+    batched_starts: bool = False
 
 
 class Registry:
@@ -113,6 +115,7 @@ class Registry:
             },
             runtime=beat.runtime,
             data_root=beat.data_root,
+            batched_starts=beat.batched_starts,
         )
         return True
 

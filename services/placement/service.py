@@ -18,6 +18,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -25,10 +26,10 @@ from bus import names
 from bus.codec import Delivery
 from bus.connection import PUBLISH_FAILURES, Bus
 from bus.consumer import Consumer
-from bus.errors import BusError
 from bus.rpc import RpcClient, RpcServer
 from bus.topology import QueueSpec, declare_app
 from schemas import (
+    REPLICA_TOKENS_MAX,
     AppsQuery,
     AppsReply,
     DeploymentState,
@@ -40,13 +41,14 @@ from schemas import (
     NodesReply,
     Owner,
     RenewToken,
+    ReplicaRef,
     ReplicaStatus,
-    StartReplica,
     StopReplica,
     utc_now,
 )
 from schemas.journal import Entry
 from services.base import ControlService
+from services.placement.commands import start_messages
 from services.placement.logs import LogRelay
 from services.placement.reconciler import (
     AppStatus,
@@ -66,6 +68,7 @@ log = logging.getLogger(__name__)
 
 NodeEvent = NodeHeartbeat | NodePresence | ReplicaStatus
 Query = AppsQuery | NodesQuery
+_LAGS_KEPT = 100_000
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,10 @@ class Placement(ControlService):
         self._wake = asyncio.Event()
         self._statuses: dict[AppKey, AppStatus] = {}
         self._declared: set[AppKey] = set()  # apps whose queues this leader declared
+        #: Seconds between each of the last heartbeats' sending and their arrival here.
+        self.heartbeat_lags_s: deque[float] = deque(maxlen=_LAGS_KEPT)
+        #: StartReplica commands the broker confirmed, since this instance started.
+        self.starts_confirmed = 0
         self._tokens: ReplicaTokens | None = None
         self._events: Consumer[NodeEvent] = Consumer(
             QueueSpec.private(
@@ -123,6 +130,11 @@ class Placement(ControlService):
             self._answer,
             prefetch=20,
         )
+
+    @property
+    def events_queue(self) -> str:
+        """The name of this instance's queue of the PCs' events."""
+        return self._events.spec.name
 
     async def follow(self, bus: Bus) -> None:
         await self._events.start(bus)
@@ -156,6 +168,7 @@ class Placement(ControlService):
     async def _on_event(self, event: NodeEvent, _delivery: Delivery) -> None:
         match event:
             case NodeHeartbeat():
+                self.heartbeat_lags_s.append(time.time() - event.sent_at.timestamp())
                 known = event.node in self.registry.nodes
                 self.registry.heartbeat(event, self._clock())
                 if known:
@@ -192,16 +205,17 @@ class Placement(ControlService):
             await channel.close()
             self._declared |= new
 
-    async def _token(self, start: Start) -> str | None:
-        """The replica's broker token ("" without the auth service; None if it failed)."""
+    async def _start_tokens(self, starts: list[Start]) -> dict[str, str]:
+        """Each start's broker token by replica id ("" without the auth service); a start
+        left without one is not in flight, and the next tick places it again."""
         if self._tokens is None:
-            return ""
-        try:
-            return await self._tokens.fetch(*start.spec.key, start.replica_id)
-        except BusError as error:
-            log.warning("placement: no token for %s (%s); retrying", start.replica_id, error)
-            self.reconciler.not_sent(start)
-            return None
+            return {start.replica_id: "" for start in starts}
+        tokens = await self._tokens.fetch([_ref(start.spec.key, start.replica_id)
+                                           for start in starts])  # fmt: skip
+        for start in starts:
+            if start.replica_id not in tokens:
+                self.reconciler.not_sent(start)
+        return tokens
 
     async def _renewals(self) -> list[Message]:
         """RenewToken for every live replica whose token is due."""
@@ -211,29 +225,30 @@ class Placement(ControlService):
         live = [node for node in self.registry.nodes.values() if not self.registry.lost(node, now)]
         where = {rid: (node.name, replica.key) for node in live
                  for rid, replica in node.replicas.items()}  # fmt: skip
-        renewals: list[Message] = []
-        for rid in self._tokens.due(where):
-            node, key = where[rid]
-            with contextlib.suppress(BusError):
-                token = await self._tokens.fetch(*key, rid)
-                renewals.append(RenewToken(node=node, epoch=self._epoch, replica_id=rid,
-                                           token=token))  # fmt: skip
-        return renewals
+        due = self._tokens.due(where)
+        tokens = await self._tokens.fetch([_ref(where[rid][1], rid) for rid in due])
+        return [RenewToken(node=where[rid][0], epoch=self._epoch, replica_id=rid, token=token)
+                for rid, token in tokens.items()]  # fmt: skip
+
+    async def _send_starts(self, starts: list[Start]) -> None:
+        """Fetch these starts' tokens, then send them (to each PC together, where it takes
+        that), and count them once the broker confirmed them."""
+        tokens = await self._start_tokens(starts)
+        sent = [(start, tokens[start.replica_id]) for start in starts
+                if start.replica_id in tokens]  # fmt: skip
+        messages = start_messages(sent, self._epoch, self._takes_batches)
+        await asyncio.gather(*(self.bus.publish(message) for message in messages))
+        self.starts_confirmed += len(sent)
 
     async def _carry_out(self, plan: Plan) -> None:
         await self._declare_apps(plan)
-        tokens = await asyncio.gather(*(self._token(start) for start in plan.starts))
         commands: list[Message] = await self._renewals()
-        for start, token in zip(plan.starts, tokens, strict=True):
-            if token is None:
-                continue
-            request = start.spec.request
-            commands.append(StartReplica(
-                node=start.node, epoch=self._epoch, replica_id=start.replica_id,
-                namespace=request.namespace, app=request.app, image=request.image,
-                command=request.command, env=request.env, ports=request.ports,
-                reservation=start.spec.reservation.wire(), token=token,
-            ))  # fmt: skip
+        # A chunk's starts are sent while the auth service mints the next chunk's tokens;
+        # sorted by PC, so that a PC's starts share a chunk, and a message.
+        by_pc = sorted(plan.starts, key=lambda start: start.node)
+        chunks = [
+            by_pc[i : i + REPLICA_TOKENS_MAX] for i in range(0, len(by_pc), REPLICA_TOKENS_MAX)
+        ]
         for stop in plan.stops:
             commands.append(StopReplica(
                 node=stop.node, epoch=self._epoch, replica_id=stop.replica_id,
@@ -245,14 +260,25 @@ class Placement(ControlService):
         for key in set(self._statuses) - set(plan.statuses):
             gone = AppStatus(key, DeploymentState.DELETED, 0, 0, {}, "deleted")
             commands.append(_status_event(gone))
-        await asyncio.gather(*(self.bus.publish(command) for command in commands))
+        await asyncio.gather(
+            *(self.bus.publish(command) for command in commands),
+            *(self._send_starts(chunk) for chunk in chunks),
+        )
         self._statuses = dict(plan.statuses)
+
+    def _takes_batches(self, node: str) -> bool:
+        info = self.registry.nodes.get(node)
+        return info is not None and info.batched_starts
 
     async def _answer(self, query: Query, _delivery: Delivery) -> AppsReply | NodesReply:
         now = self._clock()
         if isinstance(query, AppsQuery):
             return apps_reply(query, self.state, self.registry, self._statuses, now)
         return nodes_reply(self.state, self.registry, now, query)
+
+
+def _ref(key: AppKey, replica_id: str) -> ReplicaRef:
+    return ReplicaRef(namespace=key[0], app=key[1], replica_id=replica_id)
 
 
 def _status_event(status: AppStatus) -> DeploymentStatus:

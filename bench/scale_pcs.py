@@ -1,0 +1,185 @@
+"""Synthetic PCs for ``bench/scale.py``: N of them in one process, on the real broker.
+
+Each PC has what a real agent's PC has on the broker: its door (declared on the
+platform's connection, as a site without keys does) and its quorum command queue, bound
+as an agent binds it. It heartbeats once a second (the PCs spread evenly over the
+second) on its door, takes its commands, and reports the replicas it was told to start
+as running in its next heartbeat (those it was told to stop, no more).
+
+How they differ from real agents: no processes, cgroups or presence (every PC is idle and
+stays so), a start is "running" at once, tokens are not checked, and one process speaks
+for every PC, over one connection (an agent has its own). Publishing is pipelined: each
+heartbeat waits for its confirm, as an agent's does, but the PCs do not wait for one
+another.
+
+Usage: python -m bench.scale_pcs URL --pcs N [--cpu-millicores 4000]
+Prints ``ready`` once every queue is declared; on SIGTERM or end of input prints a JSON
+line with what it sent and took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import signal
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractIncomingMessage
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bus import names
+from bus.codec import decode, delivery_of, encode
+from bus.connection import broker_user_name
+from bus.topology import QueueSpec, declare_door
+from schemas import (
+    Amount,
+    NodeHeartbeat,
+    Owner,
+    Presence,
+    PresenceCause,
+    PresenceState,
+    RenewToken,
+    ReplicaReport,
+    ReplicaStart,
+    ReplicaState,
+    StartReplica,
+    StartReplicas,
+    StopReplica,
+)
+
+_COUNTED = {"StartReplica": "starts", "StopReplica": "stops", "RenewToken": "renewals"}
+#: Heartbeats go out in slices of this long.
+_SLICE_S = 0.01
+_COMMANDS = {cls.schema_name: cls for cls in (StartReplica, StartReplicas, StopReplica, RenewToken)}
+
+
+def node_name(index: int) -> str:
+    """The name of synthetic PC ``index``."""
+    return f"syn{index:05d}"
+
+
+class SyntheticPc:
+    """One PC's heartbeat, and the replicas it was told to run."""
+
+    def __init__(self, name: str, size: Amount) -> None:
+        self.name = name
+        self.size = size
+        self.seq = 0
+        self.replicas: dict[str, ReplicaReport] = {}
+        self.presence = Presence(
+            state=PresenceState.IDLE, cause=PresenceCause.NONE, since=datetime.now(UTC)
+        )
+
+    def beat(self) -> NodeHeartbeat:
+        self.seq += 1
+        return NodeHeartbeat(
+            node=self.name, seq=self.seq, sent_at=datetime.now(UTC), capacity=self.size.wire(),
+            allocatable=self.size.wire(), usage=Amount(0, 0).wire(), presence=self.presence,
+            replicas=tuple(self.replicas.values()), batched_starts=True,
+        )  # fmt: skip
+
+    def take(self, command: ReplicaStart | StopReplica) -> None:
+        if isinstance(command, StopReplica):
+            self.replicas.pop(command.replica_id, None)
+            return
+        self.replicas[command.replica_id] = ReplicaReport(
+            replica_id=command.replica_id, namespace=command.namespace, app=command.app,
+            state=ReplicaState.RUNNING, reservation=command.reservation,
+            usage=Amount(0, 0).wire(),
+        )  # fmt: skip
+
+
+async def run(url: str, count: int, size: Amount) -> dict[str, int]:
+    pcs = [SyntheticPc(node_name(index), size) for index in range(count)]
+    figures = {
+        "pcs": count,
+        "heartbeats": 0,
+        "late_beats": 0,
+        "starts": 0,
+        "stops": 0,
+        "renewals": 0,
+        "start_messages": 0,
+    }
+    user = broker_user_name(url)
+    connection = await aio_pika.connect(url, client_properties={"connection_name": "scale pcs"})
+    setup = await connection.channel()
+    for pc in pcs:
+        await declare_door(setup, Owner.node(pc.name))
+    consume = await connection.channel()
+    await consume.set_qos(prefetch_count=1000)
+
+    async def on_command(pc: SyntheticPc, message: AbstractIncomingMessage) -> None:
+        command = decode(delivery_of(message), _COMMANDS, check_route=False)
+        if isinstance(command, StartReplicas):
+            for start in command.starts:
+                pc.take(start)
+            figures["starts"] += len(command.starts)
+            figures["start_messages"] += 1
+            return
+        if isinstance(command, StartReplica | StopReplica):
+            pc.take(command)
+        figures[_COUNTED[command.schema_name]] += 1
+
+    for pc in pcs:
+        spec = QueueSpec.quorum(
+            names.node_commands_queue(pc.name),
+            (names.COMMANDS_EXCHANGE, names.node_command_keys(pc.name)),
+        )
+        queue = await spec.declare(setup)
+        await queue.consume(functools.partial(on_command, pc), no_ack=True)
+    print("ready", flush=True)
+    publisher = await connection.channel()
+    raw = cast(aiormq.Channel, await publisher.get_underlay_channel())  # it takes ``wait``
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    confirms: set[asyncio.Future[Any]] = set()
+    started = time.monotonic()
+    sent = 0  # heartbeats sent; PC i beats at i/N of every second
+    while not stop.is_set():
+        await asyncio.sleep(_SLICE_S)
+        due = int((time.monotonic() - started) * count)
+        if due - sent > count // 2:
+            figures["late_beats"] += due - sent - count // 2
+            sent = due - count // 2  # more than half a second behind: skip, as a slow PC would
+        for _ in range(sent, due):
+            pc = pcs[sent % count]
+            sent += 1
+            heartbeat = pc.beat()
+            body, properties = encode(heartbeat)
+            properties.user_id = user  # as Bus.publish does: the broker checks it
+            target = names.route(heartbeat)
+            confirm = asyncio.ensure_future(raw.basic_publish(
+                body, exchange=target.exchange, routing_key=target.routing_key,
+                properties=properties, wait=False,
+            ))  # fmt: skip
+            confirms.add(confirm)
+            confirm.add_done_callback(confirms.discard)
+            figures["heartbeats"] += 1
+    await asyncio.gather(*confirms, return_exceptions=True)
+    await connection.close()
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("url")
+    parser.add_argument("--pcs", type=int, required=True)
+    parser.add_argument("--cpu-millicores", type=int, default=4000)
+    arguments = parser.parse_args()
+    size = Amount(arguments.cpu_millicores, 8192)
+    print(json.dumps(asyncio.run(run(arguments.url, arguments.pcs, size))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
