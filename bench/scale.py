@@ -76,11 +76,11 @@ def placement_of(plane: Plane) -> Placement:
     return next(service for service in plane.services if isinstance(service, Placement))
 
 
-async def spawn_pcs(url: str, count: int) -> asyncio.subprocess.Process:
+async def spawn_pcs(url: str, count: int, full_every: int) -> asyncio.subprocess.Process:
     """The synthetic PCs' process, once every door and queue is declared."""
     pcs = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.scale_pcs", url, "--pcs", str(count), cwd=ROOT,
-        stdout=subprocess.PIPE,
+        sys.executable, "-m", "bench.scale_pcs", url, "--pcs", str(count),
+        "--full-every", str(full_every), cwd=ROOT, stdout=subprocess.PIPE,
     )  # fmt: skip
     assert pcs.stdout is not None
     line = await asyncio.wait_for(pcs.stdout.readline(), timeout=60 + count / 50)
@@ -89,13 +89,14 @@ async def spawn_pcs(url: str, count: int) -> asyncio.subprocess.Process:
     return pcs
 
 
-async def steady(plane: Plane, vhost: str, count: int, seconds: int) -> None:
-    """Sample the control plane under N heartbeats a second; print the figures."""
+async def steady(plane: Plane, vhost: str, count: int, seconds: int) -> float:
+    """Sample the control plane under N PCs beating once a second; print the figures and
+    return its CPU share."""
     placement = placement_of(plane)
     events = placement.events_queue
     registry = placement.registry
     await wait_until(lambda: len(registry.nodes) == count, 60, f"{count} PCs heard")
-    await asyncio.sleep(3)  # warm: every PC has beaten a few times
+    await asyncio.sleep(6)  # warm: every PC has beaten a few times, once whole at least
     placement.heartbeat_lags_s.clear()
     broker = broker_pid()
     own_s, broker_s, wall_s = cpu_s(), cpu_s(broker), time.monotonic()
@@ -109,13 +110,15 @@ async def steady(plane: Plane, vhost: str, count: int, seconds: int) -> None:
     wall_s = time.monotonic() - wall_s
     share, broker_share = (cpu_s() - own_s) / wall_s, (cpu_s(broker) - broker_s) / wall_s
     lags_ms = [lag * 1000 for lag in placement.heartbeat_lags_s]
-    print(f"pcs: {count}, seconds: {seconds}, heartbeats taken: {len(lags_ms)} "
+    print(f"pcs: {count}, seconds: {seconds}, beats taken: {len(lags_ms)} "
           f"({len(lags_ms) / seconds:.0f}/s)")  # fmt: skip
     print("\n".join(summary("heartbeat_lag", lags_ms)))
     print(f"control_plane_cpu_share: {share:.2f} (of one core); broker's: {broker_share:.2f}")
     print(f"control_plane_rss_mib: {max(rss):.0f}")
     print(f"events_queue_depth: max {max(depths)}, by second {depths}")
     print(f"pcs_wrongly_lost: {lost}")
+    print(f"control_plane_us_per_pc_second: {share / count * 1e6:.0f}")
+    return share
 
 
 async def deploy(plane: Plane, app: str, replicas: int) -> float:
@@ -150,21 +153,29 @@ async def place(plane: Plane, pcs: int, replicas: int) -> None:
     print(f"placements_per_s: {replicas / elapsed_s:.0f}")
 
 
-async def one_size(count: int, seconds: int, replicas: int) -> None:
+async def one_size(count: int, seconds: int, replicas: int, full_every: list[int]) -> None:
+    """Each way of beating in turn (the same PCs, a new process each), then placement."""
     work = Path(tempfile.mkdtemp(prefix="scale-"))
     vhosts: list[str] = []
     try:
         async with control_plane(work, (), settings=PlacementSettings(), token_s=600) as plane:
             vhosts.append(plane.url.rsplit("/", 1)[1])
-            pcs = await spawn_pcs(plane.url, count)
-            try:
-                await steady(plane, vhosts[0], count, seconds)
-                if replicas:
-                    await place(plane, count, replicas)
-            finally:
-                pcs.terminate()
-                out, _ = await pcs.communicate()
-                print(f"synthetic_pcs: {out.decode().strip()}")
+            shares = {}
+            for index, every in enumerate(full_every):
+                print(f"-- {count} PCs, a whole heartbeat every {every} s, signs of life between")
+                pcs = await spawn_pcs(plane.url, count, every)
+                try:
+                    shares[every] = await steady(plane, vhosts[0], count, seconds)
+                    if replicas and index == len(full_every) - 1:
+                        await place(plane, count, replicas)
+                finally:
+                    pcs.terminate()
+                    out, _ = await pcs.communicate()
+                    print(f"synthetic_pcs: {out.decode().strip()}")
+            if 1 in shares and len(shares) > 1:
+                print("control_plane_cpu_vs_every_heartbeat_whole: " + ", ".join(
+                    f"every {every} s {share / shares[1]:.2f}" for every, share in shares.items()
+                ))  # fmt: skip
     except TimeoutError:  # deleting thousands of quorum queues outlasts the API's 30 s
         await asyncio.to_thread(wait_gone, vhosts[0])
 
@@ -186,10 +197,14 @@ def main() -> None:
     parser.add_argument("--pcs", type=int, nargs="+", default=[1000, 3000, 5000])
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--place", type=int, default=5000, help="replicas (0: no placement)")
+    parser.add_argument(
+        "--full-every", type=int, nargs="+", default=[1, 5],
+        help="whole heartbeats every N s (1: the baseline, every beat whole)",
+    )  # fmt: skip
     arguments = parser.parse_args()
     ensure_rabbitmq()
     for count in arguments.pcs:
-        asyncio.run(one_size(count, arguments.seconds, arguments.place))
+        asyncio.run(one_size(count, arguments.seconds, arguments.place, arguments.full_every))
 
 
 if __name__ == "__main__":

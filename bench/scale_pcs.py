@@ -2,9 +2,11 @@
 
 Each PC has what a real agent's PC has on the broker: its door (declared on the
 platform's connection, as a site without keys does) and its quorum command queue, bound
-as an agent binds it. It heartbeats once a second (the PCs spread evenly over the
-second) on its door, takes its commands, and reports the replicas it was told to start
-as running in its next heartbeat (those it was told to stop, no more).
+as an agent binds it. It beats once a second (the PCs spread evenly over the second) on
+its door as an agent does: a whole heartbeat when something changed and every 5 s, a
+``NodeAlive`` between (``--full-every 1``: every one whole, as agents did before). It
+takes its commands, and reports the replicas it was told to start as running in its next
+heartbeat (those it was told to stop, no more).
 
 How they differ from real agents: no processes, cgroups or presence (every PC is idle and
 stays so), a start is "running" at once, tokens are not checked, and one process speaks
@@ -12,7 +14,7 @@ for every PC, over one connection (an agent has its own). Publishing is pipeline
 heartbeat waits for its confirm, as an agent's does, but the PCs do not wait for one
 another.
 
-Usage: python -m bench.scale_pcs URL --pcs N [--cpu-millicores 4000]
+Usage: python -m bench.scale_pcs URL --pcs N [--cpu-millicores 4000] [--full-every 5]
 Prints ``ready`` once every queue is declared; on SIGTERM or end of input prints a JSON
 line with what it sent and took.
 """
@@ -42,6 +44,7 @@ from bus.connection import broker_user_name
 from bus.topology import QueueSpec, declare_door
 from schemas import (
     Amount,
+    NodeAlive,
     NodeHeartbeat,
     Owner,
     Presence,
@@ -70,24 +73,33 @@ def node_name(index: int) -> str:
 class SyntheticPc:
     """One PC's heartbeat, and the replicas it was told to run."""
 
-    def __init__(self, name: str, size: Amount) -> None:
+    def __init__(self, name: str, size: Amount, full_every: int) -> None:
         self.name = name
         self.size = size
+        self.full_every = full_every
         self.seq = 0
+        self.changed = True  # since the last whole heartbeat
         self.replicas: dict[str, ReplicaReport] = {}
         self.presence = Presence(
             state=PresenceState.IDLE, cause=PresenceCause.NONE, since=datetime.now(UTC)
         )
 
-    def beat(self) -> NodeHeartbeat:
+    def beat(self) -> NodeHeartbeat | NodeAlive:
+        """A whole heartbeat when something changed or every ``full_every`` beats, as an
+        agent sends it; a sign of life between."""
         self.seq += 1
+        now = datetime.now(UTC)
+        if not self.changed and self.seq % self.full_every:
+            return NodeAlive(node=self.name, seq=self.seq, sent_at=now)
+        self.changed = False
         return NodeHeartbeat(
-            node=self.name, seq=self.seq, sent_at=datetime.now(UTC), capacity=self.size.wire(),
+            node=self.name, seq=self.seq, sent_at=now, capacity=self.size.wire(),
             allocatable=self.size.wire(), usage=Amount(0, 0).wire(), presence=self.presence,
             replicas=tuple(self.replicas.values()), batched_starts=True,
         )  # fmt: skip
 
     def take(self, command: ReplicaStart | StopReplica) -> None:
+        self.changed = True
         if isinstance(command, StopReplica):
             self.replicas.pop(command.replica_id, None)
             return
@@ -98,8 +110,8 @@ class SyntheticPc:
         )  # fmt: skip
 
 
-async def run(url: str, count: int, size: Amount) -> dict[str, int]:
-    pcs = [SyntheticPc(node_name(index), size) for index in range(count)]
+async def run(url: str, count: int, size: Amount, full_every: int) -> dict[str, int]:
+    pcs = [SyntheticPc(node_name(index), size, full_every) for index in range(count)]
     figures = {
         "pcs": count,
         "heartbeats": 0,
@@ -176,9 +188,13 @@ def main() -> None:
     parser.add_argument("url")
     parser.add_argument("--pcs", type=int, required=True)
     parser.add_argument("--cpu-millicores", type=int, default=4000)
+    parser.add_argument(
+        "--full-every", type=int, default=5, help="a whole heartbeat every N (1: every one)"
+    )
     arguments = parser.parse_args()
     size = Amount(arguments.cpu_millicores, 8192)
-    print(json.dumps(asyncio.run(run(arguments.url, arguments.pcs, size))), flush=True)
+    figures = asyncio.run(run(arguments.url, arguments.pcs, size, arguments.full_every))
+    print(json.dumps(figures), flush=True)
 
 
 if __name__ == "__main__":

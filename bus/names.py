@@ -49,6 +49,7 @@ from schemas import (
     LogBatch,
     Message,
     MetricSample,
+    NodeAlive,
     NodeHeartbeat,
     NodePresence,
     NodesQuery,
@@ -336,6 +337,7 @@ _NODE_VERBS: dict[type[Message], str] = {
 _NODE_EVENTS: dict[type[Message], str] = {
     NodeHeartbeat: "heartbeat",
     NodePresence: "presence",
+    NodeAlive: "alive",
     ReplicaStatus: "replica",
     MetricSample: "metrics",
     LogBatch: "logs",
@@ -410,7 +412,8 @@ def metrics_event_keys() -> tuple[str, ...]:
 def node_event_keys() -> tuple[str, ...]:
     """The routing-key patterns of every PC's heartbeats, presence and replica events."""
     return tuple(
-        _node_key("*", _NODE_EVENTS[kind]) for kind in (NodeHeartbeat, NodePresence, ReplicaStatus)
+        _node_key("*", _NODE_EVENTS[kind])
+        for kind in (NodeHeartbeat, NodeAlive, NodePresence, ReplicaStatus)
     )
 
 
@@ -450,7 +453,14 @@ def route(message: Message) -> Route:
             | RenewToken()
         ):
             return Route(COMMANDS_EXCHANGE, _node_key(message.node, _NODE_VERBS[kind]))
-        case NodeHeartbeat() | NodePresence() | ReplicaStatus() | MetricSample() | LogBatch():
+        case (
+            NodeHeartbeat()
+            | NodeAlive()
+            | NodePresence()
+            | ReplicaStatus()
+            | MetricSample()
+            | LogBatch()
+        ):
             return Route(door(message.owner()), _node_key(message.node, _NODE_EVENTS[kind]))
         case QuotaSet():
             return Route(ADMIN_DOOR, _admin_key("quota", message.namespace))

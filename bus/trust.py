@@ -33,6 +33,7 @@ from schemas import (
     LogBatch,
     Message,
     MetricSample,
+    NodeAlive,
     NodeHeartbeat,
     NodePresence,
     NodesQuery,
@@ -67,7 +68,7 @@ _NAMESPACE_REQUESTS = (
     UsageQuery,  # as an admin's question (everyone's, or by PC), the admins' door only
 )
 #: What a PC's agent sends about itself.
-_NODE_EVENTS = (NodeHeartbeat, NodePresence, ReplicaStatus, MetricSample, LogBatch)
+_NODE_EVENTS = (NodeHeartbeat, NodeAlive, NodePresence, ReplicaStatus, MetricSample, LogBatch)
 #: What only an admin (or the platform) sends.
 _ADMIN_REQUESTS = (QuotaSet, CordonRequest, TokenIssue, TokenRevoke, NodesQuery, KeysQuery)
 

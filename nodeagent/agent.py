@@ -14,7 +14,9 @@ the newest it has seen, so a deposed leader cannot undo its successor's work, an
 one from further ahead than any leader's could be (:mod:`nodeagent.epochs`). Each replica
 gets the container contract in its environment (broker URL, namespace, app, and a token file
 the agent rewrites on ``RenewToken``). Every ``heartbeat_s`` it publishes a
-``NodeHeartbeat`` with capacity, allocatable resources, usage, replicas and presence, and a
+``NodeHeartbeat`` with capacity, allocatable resources, usage, replicas and presence (or,
+when none of that but usage changed and the last whole one is under ``full_heartbeat_s``
+old, a ``NodeAlive`` that says it still holds), and a
 ``ReplicaStatus`` with the exit code and last log lines of each replica that ended since. It
 publishes only under its own ``node.<node>.…`` routing keys."""
 
@@ -47,7 +49,7 @@ from nodeagent.load import ForeignLoadSource
 from nodeagent.loglimit import LogLimits
 from nodeagent.logship import LogShipper
 from nodeagent.policy import Action, Decision, Observation, PolicySettings, PresencePolicy
-from nodeagent.reports import heartbeat, metric_sample
+from nodeagent.reports import heartbeat, metric_sample, what_it_says
 from nodeagent.runtime import Runtime
 from nodeagent.runtime.spec import ReplicaInfo, ReplicaSpec, StartCancelled, StartFailed
 from nodeagent.sessions import SessionSource
@@ -57,6 +59,7 @@ from nodeagent.tokens import TokenFiles
 from schemas import (
     ZERO,
     Amount,
+    NodeAlive,
     NodePresence,
     Owner,
     PauseReplica,
@@ -118,6 +121,9 @@ class AgentSettings:
     desk_reserve: Amount = DESK_RESERVE
     policy: PolicySettings = field(default_factory=PolicySettings)
     heartbeat_s: float = 1.0
+    #: A whole heartbeat goes at least this often, and whenever what it says changed; in
+    #: the beats between, a ``NodeAlive`` (a few dozen bytes) says it still holds.
+    full_heartbeat_s: float = 5.0
     #: Seconds between metric samples (the PC's and each replica's use), for the metrics writer.
     metrics_s: float = 5.0
     labels: dict[str, str] = field(default_factory=dict)
@@ -185,6 +191,7 @@ class Agent:
         self._starting: dict[str, tuple[Amount, asyncio.Future[None]]] = {}
         self._epochs = EpochGuard()
         self._seq = 0
+        self._told: tuple[str, float] = ("", -float("inf"))  # the last heartbeat said, and when
         self._bus: Bus | None = None
         self._logs: LogShipper | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -516,9 +523,15 @@ class Agent:
         await self._report_endings(replicas)
         self._seq += 1
         settings = self.settings
-        await self.bus.publish(heartbeat(
+        beat = heartbeat(
             settings.node, self._seq, settings.capacity, settings.allocatable,
             self._presence(), replicas, settings.labels, self.runtime.name, self._unsaved,
             settings.data_root,
-        ))  # fmt: skip
+        )  # fmt: skip
+        says, now = what_it_says(beat), self._clock()
+        if says != self._told[0] or now - self._told[1] >= settings.full_heartbeat_s:
+            await self.bus.publish(beat)
+            self._told = (says, now)
+        else:
+            await self.bus.publish(NodeAlive(node=beat.node, seq=beat.seq, sent_at=beat.sent_at))
         return replicas

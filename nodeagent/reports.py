@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 from nodeagent.runtime.spec import ReplicaInfo
 from schemas import (
@@ -19,7 +20,7 @@ from schemas import (
     ReplicaUsage,
 )
 
-__all__ = ["heartbeat", "metric_sample"]
+__all__ = ["heartbeat", "metric_sample", "what_it_says"]
 
 
 def heartbeat(
@@ -50,6 +51,19 @@ def heartbeat(
         labels=labels, runtime=runtime, data_root=None if data_root is None else str(data_root),
         batched_starts=True,
     )  # fmt: skip
+
+
+def what_it_says(beat: NodeHeartbeat) -> str:
+    """A heartbeat's content but for its count, time, usage figures and presence's start
+    (computed afresh each time): when this is as in the last heartbeat sent, a
+    ``NodeAlive`` may stand in for it."""
+    return beat.model_dump_json(exclude=_CHANGING)
+
+
+_CHANGING: dict[str, Any] = {
+    "seq": True, "sent_at": True, "usage": True, "presence": {"since"},
+    "replicas": {"__all__": {"usage"}},
+}  # fmt: skip
 
 
 def metric_sample(

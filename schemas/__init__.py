@@ -71,6 +71,7 @@ from schemas.journal import JournalMarker, JournalSnapshot, LeaderTookOver, Snap
 from schemas.logs import MAX_LINE_CHARS, LogBatch, LogLine
 from schemas.node import (
     MetricSample,
+    NodeAlive,
     NodeHeartbeat,
     NodePresence,
     Presence,
@@ -160,6 +161,7 @@ __all__ = [
     "Message",
     "MetricSample",
     "NamespaceName",
+    "NodeAlive",
     "NodeHeartbeat",
     "NodeName",
     "NodePresence",

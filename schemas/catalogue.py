@@ -38,7 +38,7 @@ from schemas.jobs import (
 )
 from schemas.journal import JournalMarker, JournalSnapshot, LeaderTookOver
 from schemas.logs import LogBatch
-from schemas.node import MetricSample, NodeHeartbeat, NodePresence, ReplicaStatus
+from schemas.node import MetricSample, NodeAlive, NodeHeartbeat, NodePresence, ReplicaStatus
 from schemas.queries import AppsQuery, AppsReply, NodesQuery, NodesReply
 from schemas.requests import (
     CordonRequest,
@@ -72,6 +72,7 @@ MESSAGES: tuple[type[Message], ...] = (
     QuotaSet,
     CordonRequest,
     NodeHeartbeat,
+    NodeAlive,
     NodePresence,
     ReplicaStatus,
     MetricSample,

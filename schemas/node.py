@@ -27,6 +27,7 @@ from schemas.resources import CpuMillicores, CpuSeconds, MemoryMib, Resources
 
 __all__ = [
     "MetricSample",
+    "NodeAlive",
     "NodeHeartbeat",
     "NodePresence",
     "Presence",
@@ -120,6 +121,17 @@ class NodeHeartbeat(NodeMessage):
     data_root: DataRoot | None = None
     #: The agent takes :class:`~schemas.commands.StartReplicas` (several starts at once).
     batched_starts: bool = False
+
+
+class NodeAlive(NodeMessage):
+    """Sent by an agent each second in which it sends no heartbeat: it is there, and what
+    its last heartbeat said still holds (an agent sends a whole heartbeat when that
+    changes, and every few seconds)."""
+
+    schema_name = "NodeAlive"
+
+    seq: Count
+    sent_at: Timestamp
 
 
 class NodePresence(NodeMessage):

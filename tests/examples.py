@@ -36,6 +36,7 @@ from schemas import (
     LogLine,
     Message,
     MetricSample,
+    NodeAlive,
     NodeHeartbeat,
     NodePresence,
     NodesQuery,
@@ -136,6 +137,7 @@ EXAMPLES: dict[type[Message], Message] = {
         labels={"room": "lab3"},
         runtime="docker",
     ),
+    NodeAlive: NodeAlive(node="edge", seq=43, sent_at=AT),
     NodePresence: NodePresence(node="edge", presence=BUSY),
     ReplicaStatus: ReplicaStatus(
         node="edge",

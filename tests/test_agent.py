@@ -29,6 +29,7 @@ from nodeagent.utmp import write_login, write_logout
 from schemas import (
     Amount,
     MetricSample,
+    NodeAlive,
     NodeHeartbeat,
     NodePresence,
     PresenceCause,
@@ -251,6 +252,31 @@ async def test_starts_in_one_message_run_each_with_its_own_token_and_one_too_man
         assert (agent.tokens.folder(rid) / "token").read_text() == f"token-{rid[1:]}"
     await wait_until(lambda: bool(events.of(NodeHeartbeat)), what="a heartbeat")
     assert events.of(NodeHeartbeat)[-1].batched_starts
+
+
+async def test_between_whole_heartbeats_a_sign_of_life_and_a_change_goes_whole_at_once(
+    bus: Bus, rig: tuple[Agent, Events]
+) -> None:
+    """Heartbeats every 0.2 s, whole at least every 5 s: while nothing changes, signs of
+    life (a few dozen bytes) go between; a new replica is in the very next heartbeat."""
+    agent, events = rig
+    node = agent.settings.node
+    alive = await collect_events(
+        bus, f"node.{node}.alive", lambda m: NodeAlive.model_validate_json(m.body)
+    )
+    await wait_until(lambda: len(alive) >= 5, what="five signs of life")
+    whole = len(events.of(NodeHeartbeat))
+    assert whole <= 2  # the first, and at most one more in the 5 s since
+    await bus.publish(start(agent, "seen"))
+    await wait_until(lambda: len(events.of(ReplicaStatus)) == 1, what="the start")
+    started_seq = max(beat.seq for beat in alive)
+    await wait_until(
+        lambda: any(r.replica_id == "seen" for b in events.of(NodeHeartbeat) for r in b.replicas),
+        timeout_s=2, what="a whole heartbeat listing it",
+    )  # fmt: skip
+    listing = next(b for b in events.of(NodeHeartbeat) if b.replicas)
+    assert listing.seq <= started_seq + 3  # the first beats after the start, not seconds on
+    assert all(len(encode(a)[0]) < 120 for a in alive)
 
 
 async def test_a_malformed_command_changes_nothing_it_names_and_the_agent_goes_on(

@@ -10,6 +10,7 @@ from schemas import (
     CordonRequest,
     DeploymentState,
     Message,
+    NodeAlive,
     NodeHeartbeat,
     NodePresence,
     Presence,
@@ -285,6 +286,20 @@ def test_a_heartbeat_from_far_ahead_is_refused_and_the_pcs_next_one_is_taken() -
     assert fresh.heartbeat(heartbeat("edge", 43, replicas=1), now=1.0)
     assert not fresh.lost(fresh.nodes["edge"], now=2.0)
     assert len(fresh.nodes["edge"].replicas) == 1
+
+
+def test_a_sign_of_life_keeps_the_pc_and_what_its_last_heartbeat_said() -> None:
+    registry = Registry(node_timeout_s=3.0)
+    assert not registry.alive(NodeAlive(node="edge", seq=5, sent_at=AT), now=0.0)  # unknown
+    assert "edge" not in registry.nodes
+    assert registry.heartbeat(heartbeat("edge", 5, replicas=2), now=0.0)
+    for second in range(1, 10):  # only signs of life for nine seconds: never lost
+        assert registry.alive(NodeAlive(node="edge", seq=5 + second, sent_at=AT), now=second)
+        assert not registry.lost(registry.nodes["edge"], now=second + 2.9)
+    assert len(registry.nodes["edge"].replicas) == 2 and registry.nodes["edge"].seq == 14
+    assert not registry.alive(NodeAlive(node="edge", seq=12, sent_at=AT), now=9.5)  # late
+    assert not registry.alive(NodeAlive(node="edge", seq=2**53 - 1, sent_at=AT), now=9.5)
+    assert registry.lost(registry.nodes["edge"], now=12.1)  # silent for 3 s: lost
 
 
 def test_replicas_not_yet_reported_running_count_as_starting_not_running() -> None:

@@ -34,7 +34,9 @@ _JOBS = frozenset({"JobSubmit", "JobSeal", "JobCancel", "JobDelete", "JobsQuery"
 ALLOWED: dict[Principal, frozenset[str]] = {
     ALICE: frozenset({"DeployRequest", "ScaleRequest", "DeleteRequest", "AppsQuery"}) | _JOBS,
     BOB: frozenset(),
-    EDGE: frozenset({"NodeHeartbeat", "NodePresence", "ReplicaStatus", "MetricSample", "LogBatch"}),
+    EDGE: frozenset(
+        {"NodeHeartbeat", "NodeAlive", "NodePresence", "ReplicaStatus", "MetricSample", "LogBatch"}
+    ),
     ADMIN: frozenset(
         {
             "DeployRequest",

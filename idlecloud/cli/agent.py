@@ -227,6 +227,14 @@ def run_agent(
     heartbeat_s: Annotated[
         float, _option("Seconds between heartbeats.", "HEARTBEAT_S")
     ] = AgentSettings.heartbeat_s,
+    full_heartbeat_s: Annotated[
+        float,
+        _option(
+            "Seconds between whole heartbeats while nothing changes (a few dozen bytes go "
+            "in the beats between).",
+            "FULL_HEARTBEAT_S",
+        ),
+    ] = AgentSettings.full_heartbeat_s,
     metrics_s: Annotated[
         float, _option("Seconds between metric samples.", "METRICS_S")
     ] = AgentSettings.metrics_s,
@@ -309,6 +317,7 @@ def run_agent(
         input_dir=input_dir,
         policy=policy,
         heartbeat_s=heartbeat_s,
+        full_heartbeat_s=full_heartbeat_s,
         metrics_s=metrics_s,
         timetable=hours,
         load_sample_s=load_sample_s,

@@ -1,14 +1,15 @@
 """The PC registry: soft state rebuilt from the agents' events (pure: no I/O, no clock).
 
-Every heartbeat replaces what is known of its PC (capacity, labels, presence, replicas);
-a presence event changes the presence at once (it arrives before the next heartbeat); a
-replica status updates a known replica's state in between (a replica first appears with
-its reservation in a heartbeat). A PC is lost once no heartbeat
-came for ``node_timeout_s``. Heartbeats that arrive out of order (a ``seq`` a little
-below the last) are ignored; one far below says the agent counts afresh (it restarted,
-or the last count was not its own) and is taken. A ``seq`` further ahead of the last
-than the agent could have counted since (:data:`MAX_BEATS_PER_S`) is refused, so a
-forged or corrupted count cannot make the PC's real heartbeats look old.
+Every heartbeat replaces what is known of its PC (capacity, labels, presence, replicas),
+and a sign of life (``NodeAlive``, sent between heartbeats while nothing changed) says
+that still holds; a presence event changes the presence at once (it arrives before the
+next heartbeat); a replica status updates a known replica's state in between (a replica
+first appears with its reservation in a heartbeat). A PC is lost once neither came for
+``node_timeout_s``. Heartbeats and signs of life that arrive out of order (a ``seq`` a
+little below the last) are ignored; one far below says the agent counts afresh (it
+restarted, or the last count was not its own) and is taken. A ``seq`` further ahead of
+the last than the agent could have counted since (:data:`MAX_BEATS_PER_S`) is refused, so
+a forged or corrupted count cannot make the PC's real heartbeats look old.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from schemas import (
     ZERO,
     Amount,
+    NodeAlive,
     NodeHeartbeat,
     NodePresence,
     PresenceState,
@@ -84,13 +86,8 @@ class Registry:
     def heartbeat(self, beat: NodeHeartbeat, now: float) -> bool:
         """Take in a heartbeat; False if it was ignored (late, or an impossible leap)."""
         known = self.nodes.get(beat.node)
-        if known is not None:
-            ahead = beat.seq - known.seq
-            reachable = MAX_BEATS_PER_S * max(0.0, now - known.last_seen) + _REORDER_WINDOW
-            if ahead > reachable:
-                return False  # further ahead than the agent could have counted since
-            if beat.seq > 1 and -_REORDER_WINDOW <= ahead <= 0:
-                return False  # an older heartbeat, delivered late
+        if known is not None and not _in_order(known, beat.seq, now):
+            return False
         self.nodes[beat.node] = NodeInfo(
             name=beat.node,
             capacity=Amount.of(beat.capacity),
@@ -119,6 +116,15 @@ class Registry:
         )
         return True
 
+    def alive(self, event: NodeAlive, now: float) -> bool:
+        """A sign of life: the PC's last heartbeat still holds. False if it was ignored
+        (a PC not heard of yet, whose whole heartbeat comes within seconds; late; a leap)."""
+        known = self.nodes.get(event.node)
+        if known is None or not _in_order(known, event.seq, now):
+            return False
+        known.last_seen, known.seq = now, event.seq
+        return True
+
     def presence(self, event: NodePresence) -> None:
         """A PC's presence changed (its replicas are already paused if it is busy)."""
         node = self.nodes.get(event.node)
@@ -142,3 +148,12 @@ class Registry:
     def lost(self, node: NodeInfo, now: float) -> bool:
         """True if the PC has not been heard from for ``node_timeout_s``."""
         return now - node.last_seen > self.node_timeout_s
+
+
+def _in_order(known: NodeInfo, seq: int, now: float) -> bool:
+    """Whether a heartbeat or sign of life counted ``seq`` may follow the PC's last."""
+    ahead = seq - known.seq
+    reachable = MAX_BEATS_PER_S * max(0.0, now - known.last_seen) + _REORDER_WINDOW
+    if ahead > reachable:
+        return False  # further ahead than the agent could have counted since
+    return not (seq > 1 and -_REORDER_WINDOW <= ahead <= 0)  # not one delivered late

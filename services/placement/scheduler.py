@@ -183,6 +183,8 @@ def schedule(snapshot: Snapshot, *, candidates: int | None = None) -> Schedule:
     ``candidates`` is how many feasible nodes are scored per replica (default: the larger
     of 4 and log2 of the node count).
     """
+    if not any(want.count > 0 for want in snapshot.wants):  # nothing to place: nothing to copy
+        return Schedule(nodes=list(snapshot.nodes))
     nodes = [node.copy() for node in snapshot.nodes]
     result = Schedule(nodes=nodes)
     limit = candidates or max(4, math.ceil(math.log2(max(2, len(nodes)))))

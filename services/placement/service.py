@@ -35,6 +35,7 @@ from schemas import (
     DeploymentState,
     DeploymentStatus,
     Message,
+    NodeAlive,
     NodeHeartbeat,
     NodePresence,
     NodesQuery,
@@ -66,7 +67,7 @@ __all__ = ["Placement", "PlacementSettings"]
 
 log = logging.getLogger(__name__)
 
-NodeEvent = NodeHeartbeat | NodePresence | ReplicaStatus
+NodeEvent = NodeHeartbeat | NodeAlive | NodePresence | ReplicaStatus
 Query = AppsQuery | NodesQuery
 _LAGS_KEPT = 100_000
 
@@ -116,7 +117,7 @@ class Placement(ControlService):
                 names.service_queue(self.name, f"events.{self.journal.instance}"),
                 *((names.EVENTS_EXCHANGE, key) for key in names.node_event_keys()),
             ),
-            (NodeHeartbeat, NodePresence, ReplicaStatus),
+            (NodeHeartbeat, NodeAlive, NodePresence, ReplicaStatus),
             self._on_event,
             prefetch=500,
         )
@@ -167,6 +168,10 @@ class Placement(ControlService):
 
     async def _on_event(self, event: NodeEvent, _delivery: Delivery) -> None:
         match event:
+            case NodeAlive():
+                self.heartbeat_lags_s.append(time.time() - event.sent_at.timestamp())
+                self.registry.alive(event, self._clock())
+                return  # nothing changed
             case NodeHeartbeat():
                 self.heartbeat_lags_s.append(time.time() - event.sent_at.timestamp())
                 known = event.node in self.registry.nodes
