@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.figures import summary  # noqa: E402
+from bench.scale_pcs import spawn  # noqa: E402
 from idlecloud.dev.services import DevServiceError, ensure_rabbitmq, management  # noqa: E402
 from services.placement.service import Placement, PlacementSettings  # noqa: E402
 from tests.control_plane import Plane, control_plane  # noqa: E402
@@ -74,19 +75,6 @@ def queue_depth(vhost: str, queue: str) -> int:
 
 def placement_of(plane: Plane) -> Placement:
     return next(service for service in plane.services if isinstance(service, Placement))
-
-
-async def spawn_pcs(url: str, count: int, full_every: int) -> asyncio.subprocess.Process:
-    """The synthetic PCs' process, once every door and queue is declared."""
-    pcs = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.scale_pcs", url, "--pcs", str(count),
-        "--full-every", str(full_every), cwd=ROOT, stdout=subprocess.PIPE,
-    )  # fmt: skip
-    assert pcs.stdout is not None
-    line = await asyncio.wait_for(pcs.stdout.readline(), timeout=60 + count / 50)
-    if line.strip() != b"ready":
-        raise SystemExit(f"the synthetic PCs did not start: {line!r}")
-    return pcs
 
 
 async def steady(plane: Plane, vhost: str, count: int, seconds: int) -> float:
@@ -163,7 +151,7 @@ async def one_size(count: int, seconds: int, replicas: int, full_every: list[int
             shares = {}
             for index, every in enumerate(full_every):
                 print(f"-- {count} PCs, a whole heartbeat every {every} s, signs of life between")
-                pcs = await spawn_pcs(plane.url, count, every)
+                pcs = await spawn(plane.url, count, every)
                 try:
                     shares[every] = await steady(plane, vhosts[0], count, seconds)
                     if replicas and index == len(full_every) - 1:

@@ -26,6 +26,7 @@ import asyncio
 import functools
 import json
 import signal
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -59,6 +60,7 @@ from schemas import (
     StopReplica,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
 _COUNTED = {"StartReplica": "starts", "StopReplica": "stops", "RenewToken": "renewals"}
 #: Heartbeats go out in slices of this long.
 _SLICE_S = 0.01
@@ -181,6 +183,25 @@ async def run(url: str, count: int, size: Amount, full_every: int) -> dict[str, 
     await asyncio.gather(*confirms, return_exceptions=True)
     await connection.close()
     return figures
+
+
+async def spawn(url: str, count: int, full_every: int = 5) -> asyncio.subprocess.Process:
+    """Start ``count`` synthetic PCs in a process of their own; return once every door and
+    queue is declared (stop it with ``terminate()``: it prints its figures as it ends).
+
+    Raises:
+        RuntimeError: the process did not say it was ready.
+    """
+    pcs = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.scale_pcs", url, "--pcs", str(count),
+        "--full-every", str(full_every), cwd=ROOT, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert pcs.stdout is not None
+    line = await asyncio.wait_for(pcs.stdout.readline(), timeout=60 + count / 50)
+    if line.strip() != b"ready":
+        pcs.kill()
+        raise RuntimeError(f"the synthetic PCs did not start: {line!r}")
+    return pcs
 
 
 def main() -> None:

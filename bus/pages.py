@@ -1,19 +1,25 @@
 """Lists longer than one message may carry, asked for page by page and put back together.
 
 A reply is one message, and a message body over 1 MiB is refused (:data:`bus.codec.
-MAX_BODY_BYTES`): at about 330 bytes a PC, one reply could list 3,150 PCs. Asked
-:data:`NODES_PAGE` at a time, the list has no such bound.
+MAX_BODY_BYTES`): at about 330 bytes a PC, one reply could list 3,150 PCs, and at about
+100 bytes a replica, one app of 10,000 replicas did not fit. Asked :data:`NODES_PAGE` PCs
+or :data:`APPS_PAGE` rows (an app, or one of its replicas) at a time, lists have no such
+bound.
 """
 
 from __future__ import annotations
 
-from bus.rpc import RpcClient
-from schemas import NodesQuery, NodesReply, NodeView
+from collections.abc import Awaitable, Callable
 
-__all__ = ["NODES_PAGE", "every_node"]
+from bus.rpc import RpcClient
+from schemas import AppsQuery, AppsReply, AppView, NodesQuery, NodesReply, NodeView
+
+__all__ = ["APPS_PAGE", "NODES_PAGE", "every_app", "every_node"]
 
 #: PCs asked for per page: about a third of the body limit.
 NODES_PAGE = 1000
+#: Apps and replicas asked for per page: about a fifth of the body limit.
+APPS_PAGE = 2000
 
 
 async def every_node(client: RpcClient, *, timeout_s: float = 15.0) -> NodesReply:
@@ -34,4 +40,35 @@ async def every_node(client: RpcClient, *, timeout_s: float = 15.0) -> NodesRepl
         if page.next_after is None:
             # Put together, not validated again: a page's bound is not the whole list's.
             return page.model_copy(update={"nodes": tuple(views)})
+        after = page.next_after
+
+
+async def every_app(
+    ask: Callable[[AppsQuery], Awaitable[AppsReply]], namespace: str, app: str | None = None
+) -> AppsReply:
+    """A namespace's apps (or one), with every replica, as one reply made of its pages (the
+    namespace's figures: the last page's; an app's: the page that first listed it).
+
+    Args:
+        ask: sends a question and returns its answer (an RPC client's ``call``, or the
+            gateway's on its caller's connection).
+        namespace: whose apps.
+        app: only this one.
+
+    Raises:
+        BusError: what ``ask`` raises (no answer in time, no placement service).
+    """
+    views: list[AppView] = []
+    after: str | None = None
+    while True:
+        question = AppsQuery(namespace=namespace, app=app, after=after, limit=APPS_PAGE)
+        page = await ask(question)
+        for view in page.apps:
+            if views and views[-1].app == view.app:  # its replicas go on from the last page
+                replicas = (*views[-1].replicas, *view.replicas)
+                views[-1] = views[-1].model_copy(update={"replicas": replicas})
+            else:
+                views.append(view)
+        if page.next_after is None:
+            return page.model_copy(update={"apps": tuple(views)})
         after = page.next_after

@@ -84,7 +84,9 @@ from schemas.node import (
     ReplicaUsage,
 )
 from schemas.queries import (
+    APPS_PAGE_MAX,
     NODES_PAGE_MAX,
+    AppsCursor,
     AppsQuery,
     AppsReply,
     AppView,
@@ -113,6 +115,7 @@ from schemas.resources import (
 from schemas.usage import UsageBy, UsageQuery, UsageReply, UsageRow
 
 __all__ = [
+    "APPS_PAGE_MAX",
     "MAX_CPU_MILLICORES",
     "MAX_LINE_CHARS",
     "MAX_MEMORY_MIB",
@@ -127,6 +130,7 @@ __all__ = [
     "Amount",
     "AppId",
     "AppView",
+    "AppsCursor",
     "AppsQuery",
     "AppsReply",
     "BridgeStatus",

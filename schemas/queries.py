@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from schemas.base import (
+    DNS_LABEL_PATTERN,
     AppId,
     NamespaceMessage,
     NodeName,
@@ -26,8 +27,10 @@ from schemas.requests import ReplicaCount, Replicas
 from schemas.resources import Resources
 
 __all__ = [
+    "APPS_PAGE_MAX",
     "NODES_PAGE_MAX",
     "AppView",
+    "AppsCursor",
     "AppsQuery",
     "AppsReply",
     "DataFolderView",
@@ -38,12 +41,29 @@ __all__ = [
 ]
 
 
+#: The most rows (an app, or one of its replicas) one AppsReply page lists.
+APPS_PAGE_MAX = 2000
+#: Where a page of apps starts: after an app (``<app>``) or after one of its replicas
+#: (``<app>/<node>/<replica>``: its replicas are listed by PC, then id).
+_LABEL = DNS_LABEL_PATTERN[1:-1]
+AppsCursor = Annotated[
+    str, StringConstraints(pattern=f"^{_LABEL}(/{_LABEL}/{_LABEL})?$", max_length=191)
+]
+
+
 class AppsQuery(NamespaceMessage):
-    """How are my apps doing (all of them, or one)?"""
+    """How are my apps doing (all of them, or one)? A page at a time: the rows (an app, or
+    one of its replicas) after ``after``, at most ``limit`` of them (without a limit:
+    every one)."""
 
     schema_name = "AppsQuery"
+    #: Version 1 had no ``after`` and ``limit`` (read as: every app, in one reply).
+    schema_version = 2
+    older_versions = frozenset({1})
 
     app: AppId | None = None
+    after: AppsCursor | None = None
+    limit: Annotated[int, Field(ge=1, le=APPS_PAGE_MAX)] | None = None
 
 
 class ReplicaView(WireModel):
@@ -80,11 +100,15 @@ class AppsReply(NamespaceMessage):
     """A namespace's apps, its quota and what it reserves and runs, and its data folder."""
 
     schema_name = "AppsReply"
-    #: Version 1 had no ``data_folders`` (read as none).
-    schema_version = 2
-    older_versions = frozenset({1})
+    #: Version 1 had no ``data_folders`` (read as none); 1 and 2 no ``next_after`` (read
+    #: as: the last page).
+    schema_version = 3
+    older_versions = frozenset({1, 2})
 
     apps: tuple[AppView, ...] = Field(default=(), max_length=10_000)
+    #: Where the next page starts (None: this was the last). An app whose replicas go on
+    #: in the next page is listed again there, with the rest of them.
+    next_after: AppsCursor | None = None
     #: The namespace's data folder as the live PCs mount it: one path on a uniform site.
     data_folders: tuple[DataFolderView, ...] = Field(default=(), max_length=64)
     quota: Resources | None = None

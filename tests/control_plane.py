@@ -15,14 +15,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bus.connection import Bus
-from bus.pages import every_node
+from bus.pages import every_app, every_node
 from bus.rpc import RpcClient
 from bus.sdk import App
 from bus.topology import declare_platform
 from idlecloud.dev.services import create_vhost, delete_vhost, free_port
 from nodeagent.sim import SimNode, Simulation
 from schemas import (
-    AppsQuery,
     AppsReply,
     DeployRequest,
     Message,
@@ -106,7 +105,7 @@ class Plane:
 
     async def apps(self, namespace: str) -> AppsReply:
         client = await self.client(Owner.namespace(namespace))
-        return await client.call(AppsQuery(namespace=namespace), AppsReply, timeout_s=20)
+        return await every_app(lambda page: client.call(page, AppsReply, timeout_s=20), namespace)
 
     async def nodes(self) -> NodesReply:
         client = await self.client(Owner.platform())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tomllib
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -25,7 +26,8 @@ from bus.defaults import (
     INFLUX_TOKEN,
     INFLUX_URL,
 )
-from bus.pages import every_node
+from bus.pages import every_app, every_node
+from bus.rpc import RpcClient
 from bus.service import run
 from bus.tls import server_files
 from idlecloud.cli._common import (
@@ -43,7 +45,6 @@ from idlecloud.cli.platform import CORE_SERVICES, wait_until_ready
 from idlecloud.cli.session import ask, asking
 from schemas import (
     UNLIMITED,
-    AppsQuery,
     AppsReply,
     CordonRequest,
     DeleteRequest,
@@ -131,7 +132,10 @@ def deploy(
 
 
 def _apps(url: str, namespace: str, app: str | None) -> AppsReply:
-    return ask(url, Owner.namespace(namespace), AppsQuery(namespace=namespace, app=app), AppsReply)
+    def pages(client: RpcClient) -> Awaitable[AppsReply]:
+        return every_app(lambda page: client.call(page, AppsReply, timeout_s=15.0), namespace, app)
+
+    return asking(url, Owner.namespace(namespace), "AppsQuery", pages)
 
 
 def apps(namespace: NamespaceOption = "default", url: UrlOption = BROKER_URL,

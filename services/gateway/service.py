@@ -33,11 +33,10 @@ from bus.connection import Bus
 from bus.defaults import AUTH_URL, GATEWAY_PORT, HOST
 from bus.errors import AuthUnavailable, BusError, CredentialsRefused, DoorClosed
 from bus.journal import Journal
-from bus.pages import every_node
+from bus.pages import every_app, every_node
 from bus.rpc import RpcClient
 from bus.tls import TlsFiles
 from schemas import (
-    AppsQuery,
     AppsReply,
     CordonRequest,
     DeleteRequest,
@@ -218,7 +217,7 @@ class Gateway(JobRoutes, LogRoutes, AccountRoutes):
     async def _apps(
         self, request: web.Request, namespace: str, app: str | None = None
     ) -> AppsReply:
-        return await self._ask(request, AppsQuery(namespace=namespace, app=app), AppsReply)
+        return await every_app(lambda page: self._ask(request, page, AppsReply), namespace, app)
 
     async def _openapi(self, _request: web.Request) -> web.Response:
         return web.json_response(openapi())

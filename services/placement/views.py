@@ -72,12 +72,14 @@ def apps_reply(
                 reason=status.reason[:1024],
             )
         )
+    page, next_after = _page(apps, query)
     quota = state.quotas.get(namespace)
     roots = Counter(node.data_root for node in registry.nodes.values()
                     if node.data_root is not None and not registry.lost(node, now))  # fmt: skip
     return AppsReply(
         namespace=namespace,
-        apps=tuple(apps),
+        apps=tuple(page),
+        next_after=next_after,
         data_folders=tuple(
             DataFolderView(path=str(PurePosixPath(root) / namespace), pcs=pcs)
             for root, pcs in sorted(roots.items())
@@ -87,6 +89,36 @@ def apps_reply(
         running=running.wire(),
         at=utc_now(),
     )
+
+
+#: A row of the apps list: an app's own (no replica) or one of its replicas', under its key.
+_Row = tuple[tuple[str, ...], AppView, ReplicaView | None]
+
+
+def _page(views: list[AppView], query: AppsQuery) -> tuple[list[AppView], str | None]:
+    """The apps ``query`` asks for: the rows (each app, then each of its replicas) after
+    its ``after``, at most ``limit`` of them; and the cursor of the next page, if any."""
+    if query.limit is None and query.after is None:
+        return views, None
+    after = tuple(query.after.split("/")) if query.after else ()
+    rows: list[_Row] = []
+    for view in views:
+        rows.append(((view.app,), view, None))
+        rows += [((view.app, r.node, r.replica_id), view, r) for r in view.replicas]
+    first = bisect.bisect_right([key for key, _, _ in rows], after) if after else 0
+    chosen = rows[first : first + (query.limit or len(rows))]
+    groups: list[tuple[AppView, list[ReplicaView]]] = []
+    for _key, view, replica in chosen:
+        if not groups or groups[-1][0].app != view.app:
+            # an app going on from the last page: its counts per PC were listed there
+            going_on = replica is not None
+            groups.append((view.model_copy(update={"replicas_per_node": {}}) if going_on
+                           else view, []))  # fmt: skip
+        if replica is not None:
+            groups[-1][1].append(replica)
+    page = [view.model_copy(update={"replicas": tuple(replicas)}) for view, replicas in groups]
+    more = first + len(chosen) < len(rows)
+    return page, "/".join(chosen[-1][0]) if more and chosen else None
 
 
 def nodes_reply(
