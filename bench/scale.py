@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -38,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.figures import summary  # noqa: E402
 from bench.scale_pcs import spawn  # noqa: E402
-from idlecloud.dev.services import DevServiceError, ensure_rabbitmq, management  # noqa: E402
+from idlecloud.dev.services import DevServiceError, ensure_rabbitmq, management, rabbitmqctl  # noqa: E402
 from services.placement.service import Placement, PlacementSettings  # noqa: E402
 from tests.control_plane import Plane, control_plane  # noqa: E402
 from tests.helpers import wait_until  # noqa: E402
@@ -165,19 +166,14 @@ async def one_size(count: int, seconds: int, replicas: int, full_every: list[int
                     f"every {every} s {share / shares[1]:.2f}" for every, share in shares.items()
                 ))  # fmt: skip
     except TimeoutError:  # deleting thousands of quorum queues outlasts the API's 30 s
-        await asyncio.to_thread(wait_gone, vhosts[0])
+        await asyncio.to_thread(finish_deleting, vhosts[0])
 
 
-def wait_gone(vhost: str, timeout_s: float = 600) -> None:
-    """Wait until the broker has finished deleting ``vhost``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            management("GET", f"vhosts/{quote(vhost, safe='')}")
-        except DevServiceError:
-            return
-        time.sleep(2)
-    raise SystemExit(f"the broker did not delete {vhost} within {timeout_s:.0f} s")
+def finish_deleting(vhost: str) -> None:
+    """Delete ``vhost`` with no HTTP timeout: a deletion the management API gave up on
+    may stop half done (505 of 5,000 quorum queues left, once)."""
+    with contextlib.suppress(DevServiceError):  # gone already
+        rabbitmqctl("delete_vhost", vhost, timeout_s=900)
 
 
 def main() -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from collections.abc import Callable, Generator
 from datetime import UTC, datetime
 
+from bench.reconcile_tick import world
 from schemas import (
     CordonRequest,
     DeploymentState,
@@ -315,3 +317,48 @@ def test_replicas_not_yet_reported_running_count_as_starting_not_running() -> No
     status = booting.statuses[("alice", "stereo")]
     assert (status.running, status.starting, status.per_node) == (0, 3, {})
     assert booting.starts == []  # not started twice
+
+
+def run_in_slices(steps: Generator[None, None, Plan], between: Callable[[int], None]) -> Plan:
+    """Take a tick slice by slice, calling ``between(k)`` after slice ``k``."""
+    index = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            plan: Plan = done.value
+            return plan
+        between(index)
+        index += 1
+
+
+def test_a_tick_in_slices_plans_as_a_whole_one_and_survives_a_deletion_between_any_two() -> None:
+    """The placement leader takes a tick in slices (``Reconciler.steps``) and handles
+    events between them: sliced or whole, the same world gets the same plan; an app
+    deleted between any two slices breaks nothing, and deleted before its survey ends it
+    gets no start."""
+    desired, registry = world(pcs=1500, per_pc=2)  # 100 apps, 3,000 replicas, at their counts
+    for node in list(registry.nodes.values())[::10]:  # a class comes into one PC in ten
+        node.presence = PresenceState.BUSY  # its replicas are displaced: replacements wanted
+    whole = Reconciler(suffixes=lambda: "00000000").reconcile(desired, registry, now=1.0)
+    counted: list[int] = []
+    sliced = run_in_slices(Reconciler(suffixes=lambda: "00000000").steps(desired, registry, 1.0),
+                           counted.append)  # fmt: skip
+    assert len(counted) >= 5 and len(whole.starts) == 300
+    assert [(s.node, s.spec.key) for s in sliced.starts] == [
+        (s.node, s.spec.key) for s in whole.starts
+    ]
+    assert sliced.stops == whole.stops and sliced.statuses == whole.statuses
+    key = whole.starts[0].spec.key  # an app with replacements to start
+    for at in range(len(counted)):
+        spec = desired.deployments[key]
+
+        def delete(index: int, at: int = at) -> None:
+            if index == at:
+                del desired.deployments[key]  # its DeleteRequest applied meanwhile
+
+        plan = run_in_slices(Reconciler(suffixes=lambda: "00000000").steps(desired, registry,
+                                                                          1.0), delete)  # fmt: skip
+        if at == 0:
+            assert plan.starts and all(start.spec.key != key for start in plan.starts)
+        desired.deployments[key] = spec

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 
 from schemas import ZERO, Amount
@@ -41,6 +41,7 @@ from services.state import AppKey
 __all__ = [
     "FILTERS",
     "SCORERS",
+    "SLICE_PLACEMENTS",
     "NodeSlot",
     "Schedule",
     "Snapshot",
@@ -50,8 +51,12 @@ __all__ = [
     "matches_selector",
     "preemption",
     "schedule",
+    "scheduling",
     "spread",
 ]
+
+#: :func:`scheduling` pauses after this many placements (about 5 ms here).
+SLICE_PLACEMENTS = 250
 
 
 @dataclass(slots=True)
@@ -183,6 +188,20 @@ def schedule(snapshot: Snapshot, *, candidates: int | None = None) -> Schedule:
     ``candidates`` is how many feasible nodes are scored per replica (default: the larger
     of 4 and log2 of the node count).
     """
+    steps = scheduling(snapshot, candidates=candidates)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            result: Schedule = done.value
+            return result
+
+
+def scheduling(
+    snapshot: Snapshot, *, candidates: int | None = None
+) -> Generator[None, None, Schedule]:
+    """:func:`schedule` in slices: it pauses (yields) after every :data:`SLICE_PLACEMENTS`
+    placements (it works on its own copies, so nothing it holds changes meanwhile)."""
     if not any(want.count > 0 for want in snapshot.wants):  # nothing to place: nothing to copy
         return Schedule(nodes=list(snapshot.nodes))
     nodes = [node.copy() for node in snapshot.nodes]
@@ -212,6 +231,8 @@ def schedule(snapshot: Snapshot, *, candidates: int | None = None) -> Schedule:
             choice.apps[want.key] = choice.apps.get(want.key, 0) + 1
             usage[namespace] = used + want.size
             result.placements.append((want.key, choice.name))
+            if len(result.placements) % SLICE_PLACEMENTS == 0:
+                yield
             if left > 1:
                 turns.append((left - 1, want))  # its other apps take the next turns
         if not turns:

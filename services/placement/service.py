@@ -189,7 +189,7 @@ class Placement(ControlService):
         await asyncio.sleep(self.settings.settle_s)
         while True:
             self._wake.clear()
-            plan = self.reconciler.reconcile(self.state, self.registry, self._clock())
+            plan = await self._tick()
             try:
                 await self._carry_out(plan)
             except PUBLISH_FAILURES as error:
@@ -199,6 +199,17 @@ class Placement(ControlService):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.tick_s):
                     await self._wake.wait()
+
+    async def _tick(self) -> Plan:
+        """One tick of the reconciler, letting the loop take events between its slices."""
+        steps = self.reconciler.steps(self.state, self.registry, self._clock())
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                plan: Plan = done.value
+                return plan
+            await asyncio.sleep(0)
 
     async def _declare_apps(self, plan: Plan) -> None:
         """Declare the queues of apps about to start: a replica's token may not."""
