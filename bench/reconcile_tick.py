@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from schemas import Amount, DeployRequest, PresenceState, ReplicaState
 from services.placement.reconciler import Reconciler, replica_id
 from services.placement.registry import KnownReplica, NodeInfo, Registry
+from services.placement.scheduler import finish
 from services.state import DesiredState, Spec
 
 APPS = 100
@@ -70,17 +71,11 @@ def best_tick_s(desired: DesiredState, registry: Registry, runs: int) -> tuple[f
     for _ in range(runs):
         suffixes = (f"{n:08x}" for n in itertools.count(10**8))
         reconciler = Reconciler(suffixes=functools.partial(next, suffixes))
-        steps = reconciler.steps(desired, registry, now=1.0)
-        slices: list[float] = []
-        while True:
-            started = time.perf_counter()
-            try:
-                next(steps)
-            except StopIteration as done:
-                slices.append(time.perf_counter() - started)
-                plan = done.value
-                break
-            slices.append(time.perf_counter() - started)
+        marks = [time.perf_counter()]
+        plan = finish(reconciler.steps(desired, registry, now=1.0),
+                      lambda marks=marks: marks.append(time.perf_counter()))  # fmt: skip
+        marks.append(time.perf_counter())
+        slices = [later - earlier for earlier, later in itertools.pairwise(marks)]
         if sum(slices) < best:
             best, longest = sum(slices), max(slices)
         planned = len(plan.starts) + len(plan.stops)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Callable, Generator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from bench.reconcile_tick import world
@@ -35,6 +35,7 @@ from services.placement.reconciler import (
     generation_of,
 )
 from services.placement.registry import Registry
+from services.placement.scheduler import finish
 from services.state import DesiredState
 
 from .examples import deploy
@@ -319,19 +320,6 @@ def test_replicas_not_yet_reported_running_count_as_starting_not_running() -> No
     assert booting.starts == []  # not started twice
 
 
-def run_in_slices(steps: Generator[None, None, Plan], between: Callable[[int], None]) -> Plan:
-    """Take a tick slice by slice, calling ``between(k)`` after slice ``k``."""
-    index = 0
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            plan: Plan = done.value
-            return plan
-        between(index)
-        index += 1
-
-
 def test_a_tick_in_slices_plans_as_a_whole_one_and_survives_a_deletion_between_any_two() -> None:
     """The placement leader takes a tick in slices (``Reconciler.steps``) and handles
     events between them: sliced or whole, the same world gets the same plan; an app
@@ -341,24 +329,25 @@ def test_a_tick_in_slices_plans_as_a_whole_one_and_survives_a_deletion_between_a
     for node in list(registry.nodes.values())[::10]:  # a class comes into one PC in ten
         node.presence = PresenceState.BUSY  # its replicas are displaced: replacements wanted
     whole = Reconciler(suffixes=lambda: "00000000").reconcile(desired, registry, now=1.0)
-    counted: list[int] = []
-    sliced = run_in_slices(Reconciler(suffixes=lambda: "00000000").steps(desired, registry, 1.0),
-                           counted.append)  # fmt: skip
-    assert len(counted) >= 5 and len(whole.starts) == 300
+    pauses: list[None] = []
+    sliced = finish(Reconciler(suffixes=lambda: "00000000").steps(desired, registry, 1.0),
+                    lambda: pauses.append(None))  # fmt: skip
+    assert len(pauses) >= 5 and len(whole.starts) == 300
     assert [(s.node, s.spec.key) for s in sliced.starts] == [
         (s.node, s.spec.key) for s in whole.starts
     ]
     assert sliced.stops == whole.stops and sliced.statuses == whole.statuses
     key = whole.starts[0].spec.key  # an app with replacements to start
-    for at in range(len(counted)):
+    for at in range(len(pauses)):
         spec = desired.deployments[key]
+        pause = itertools.count()
 
-        def delete(index: int, at: int = at) -> None:
-            if index == at:
+        def delete(at: int = at, pause: Iterator[int] = pause) -> None:
+            if next(pause) == at:
                 del desired.deployments[key]  # its DeleteRequest applied meanwhile
 
-        plan = run_in_slices(Reconciler(suffixes=lambda: "00000000").steps(desired, registry,
-                                                                          1.0), delete)  # fmt: skip
+        plan = finish(Reconciler(suffixes=lambda: "00000000").steps(desired, registry, 1.0),
+                      delete)  # fmt: skip
         if at == 0:
             assert plan.starts and all(start.spec.key != key for start in plan.starts)
         desired.deployments[key] = spec

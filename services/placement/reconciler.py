@@ -56,6 +56,7 @@ from services.placement.scheduler import (
     Schedule,
     Snapshot,
     Want,
+    finish,
     preemption,
     scheduling,
 )
@@ -226,13 +227,7 @@ class Reconciler:
 
     def reconcile(self, desired: DesiredState, registry: Registry, now: float) -> Plan:
         """One tick: what to start, what to stop, and how every app is doing."""
-        steps = self.steps(desired, registry, now)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                plan: Plan = done.value
-                return plan
+        return finish(self.steps(desired, registry, now))
 
     def steps(
         self, desired: DesiredState, registry: Registry, now: float

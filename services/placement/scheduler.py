@@ -34,6 +34,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from schemas import ZERO, Amount
 from services.state import AppKey
@@ -46,6 +47,7 @@ __all__ = [
     "Schedule",
     "Snapshot",
     "Want",
+    "finish",
     "fits",
     "least_allocated",
     "matches_selector",
@@ -55,6 +57,7 @@ __all__ = [
     "spread",
 ]
 
+T = TypeVar("T")
 #: :func:`scheduling` pauses after this many placements (about 5 ms here).
 SLICE_PLACEMENTS = 250
 
@@ -188,13 +191,20 @@ def schedule(snapshot: Snapshot, *, candidates: int | None = None) -> Schedule:
     ``candidates`` is how many feasible nodes are scored per replica (default: the larger
     of 4 and log2 of the node count).
     """
-    steps = scheduling(snapshot, candidates=candidates)
+    return finish(scheduling(snapshot, candidates=candidates))
+
+
+def finish(steps: Generator[None, None, T], between: Callable[[], object] | None = None) -> T:
+    """Take a computation in slices (a generator that pauses by yielding) to its end at
+    once, calling ``between`` at each pause; its result."""
     while True:
         try:
             next(steps)
         except StopIteration as done:
-            result: Schedule = done.value
+            result: T = done.value
             return result
+        if between is not None:
+            between()
 
 
 def scheduling(
