@@ -43,7 +43,7 @@ SLEEPER = (sys.executable, "-c", "import time; time.sleep(3600)")
 #: The units-of-work app whose calls checkpoint (``count``) or do not (``plain``).
 CHECKPOINT_APP = "tests.programs.checkpoint_app:app"
 FAST = PlacementSettings(
-    tick_s=0.3, node_timeout_s=2.0, settle_s=0.8,
+    tick_s=0.3, node_timeout_s=2.0, settle_s=0.8, heard_all_s=0.8,
     reconciler=ReconcilerSettings(preempt_interval_s=2.0),
 )  # fmt: skip
 AGENT_ARGS = ("--start-idle-s", "0", "--continue-idle-s", "0.5", "--heartbeat-s", "0.3")

@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import jwt
@@ -172,6 +173,35 @@ async def test_the_standby_takes_over_when_the_leader_dies_and_nothing_runs_twic
         finally:
             await second.stop(1.0)
             await second_bus.close()
+
+
+async def test_a_cold_leader_hears_every_pc_before_it_places_anything(
+    broker: BrokerInfo, unique: str, tmp_path: Path
+) -> None:
+    """Agents send a whole heartbeat every 5 s and signs of life between, which name no
+    replica: a placement started while 10 replicas run knows a PC only from its next
+    whole heartbeat, and starts nothing before it has heard them all (``heard_all_s``)."""
+    pcs = thesis_pcs(unique)[1:]  # 12 CPUs
+    async with control_plane(tmp_path, pcs, placement=False) as plane:
+        async with Bus(plane.url, connection_name="placement a") as first_bus:
+            first = Placement(FAST, retry_s=0.2)
+            await first.start(first_bus)
+            await plane.registry_ready(first.registry)
+            await plane.quota("alice", 20_000)
+            assert (await plane.deploy("alice", "stereo", 10)).accepted
+            await until(lambda: sum(len(n.replicas) for n in first.registry.nodes.values()) == 10,
+                        "10 running")  # fmt: skip
+            await first.stop(1.0)
+        async with Bus(plane.url, connection_name="placement b") as cold_bus:
+            cold = Placement(replace(FAST, heard_all_s=6.0), retry_s=0.2)
+            await cold.start(cold_bus)
+            try:
+                await until(lambda: cold.leadership.leading, "the cold one to lead", 10)
+                await asyncio.sleep(8.0)  # past heard_all_s, and two ticks more
+                assert cold.starts_confirmed == 0
+                assert await plane.running("alice") == 10
+            finally:
+                await cold.stop(1.0)
 
 
 async def test_a_job_finishes_while_pcs_go_down_and_come_back(

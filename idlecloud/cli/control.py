@@ -45,6 +45,7 @@ from idlecloud.cli.platform import CORE_SERVICES, wait_until_ready
 from idlecloud.cli.session import ask, asking
 from schemas import (
     UNLIMITED,
+    AppsQuery,
     AppsReply,
     CordonRequest,
     DeleteRequest,
@@ -132,6 +133,8 @@ def deploy(
 
 
 def _apps(url: str, namespace: str, app: str | None) -> AppsReply:
+    AppsQuery(namespace=namespace, app=app)  # a name that cannot be asked for ends it here
+
     def pages(client: RpcClient) -> Awaitable[AppsReply]:
         return every_app(lambda page: client.call(page, AppsReply, timeout_s=15.0), namespace, app)
 

@@ -7,8 +7,10 @@ stop commands to the agents, all carrying its epoch, and a ``DeploymentStatus`` 
 whenever an app's status changes. It declares each app's queues before its first start,
 and on a site with keys gives each replica a broker token (see ``tokens.py``). A new
 leader first waits ``settle_s`` so that starts its predecessor sent just before dying show
-up in the agents' reports. The leader also answers the apps and PCs questions of the CLI
-and the gateway.
+up in the agents' reports, and an instance that began following the PCs' events less than
+``heard_all_s`` ago waits until it has heard every PC's whole heartbeat (which comes every
+5 s; a ``NodeAlive`` from a PC it does not know yet says nothing it can use). The leader
+also answers the apps and PCs questions of the CLI and the gateway.
 """
 
 from __future__ import annotations
@@ -79,6 +81,10 @@ class PlacementSettings:
     tick_s: float = 0.5
     node_timeout_s: float = 3.0
     settle_s: float = 1.5
+    #: An agent sends its whole heartbeat at least every 5 s (signs of life between): an
+    #: instance that has followed the PCs' events for less than this may not know every
+    #: PC yet, and its first tick as leader waits until it has.
+    heard_all_s: float = 6.0
     #: Give every replica a broker token from the auth service (a site with keys).
     replica_tokens: bool = False
     reconciler: ReconcilerSettings = field(default_factory=ReconcilerSettings)
@@ -103,6 +109,7 @@ class Placement(ControlService):
             self.settings.reconciler, suffixes=lambda: uuid.uuid4().hex[:8]
         )
         self._clock = clock
+        self._following_since = clock()
         self._epoch = 0
         self._wake = asyncio.Event()
         self._statuses: dict[AppKey, AppStatus] = {}
@@ -138,6 +145,7 @@ class Placement(ControlService):
         return self._events.spec.name
 
     async def follow(self, bus: Bus) -> None:
+        self._following_since = self._clock()
         await self._events.start(bus)
 
     async def unfollow(self, grace_s: float) -> None:
@@ -186,7 +194,8 @@ class Placement(ControlService):
         self._wake.set()
 
     async def _reconcile_loop(self) -> None:
-        await asyncio.sleep(self.settings.settle_s)
+        heard_all_at = self._following_since + self.settings.heard_all_s
+        await asyncio.sleep(max(self.settings.settle_s, heard_all_at - self._clock()))
         while True:
             self._wake.clear()
             plan = await self._tick()
