@@ -55,16 +55,21 @@ from schemas import (
     ReplicaReport,
     ReplicaStart,
     ReplicaState,
+    ReplicaStop,
     StartReplica,
     StartReplicas,
     StopReplica,
+    StopReplicas,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
 _COUNTED = {"StartReplica": "starts", "StopReplica": "stops", "RenewToken": "renewals"}
 #: Heartbeats go out in slices of this long.
 _SLICE_S = 0.01
-_COMMANDS = {cls.schema_name: cls for cls in (StartReplica, StartReplicas, StopReplica, RenewToken)}
+_COMMANDS = {
+    cls.schema_name: cls
+    for cls in (StartReplica, StartReplicas, StopReplica, StopReplicas, RenewToken)
+}
 
 
 def node_name(index: int) -> str:
@@ -97,12 +102,12 @@ class SyntheticPc:
         return NodeHeartbeat(
             node=self.name, seq=self.seq, sent_at=now, capacity=self.size.wire(),
             allocatable=self.size.wire(), usage=Amount(0, 0).wire(), presence=self.presence,
-            replicas=tuple(self.replicas.values()), batched_starts=True,
+            replicas=tuple(self.replicas.values()), batched_commands=True,
         )  # fmt: skip
 
-    def take(self, command: ReplicaStart | StopReplica) -> None:
+    def take(self, command: ReplicaStart | ReplicaStop) -> None:
         self.changed = True
-        if isinstance(command, StopReplica):
+        if isinstance(command, ReplicaStop):
             self.replicas.pop(command.replica_id, None)
             return
         self.replicas[command.replica_id] = ReplicaReport(
@@ -138,6 +143,11 @@ async def run(url: str, count: int, size: Amount, full_every: int) -> dict[str, 
                 pc.take(start)
             figures["starts"] += len(command.starts)
             figures["start_messages"] += 1
+            return
+        if isinstance(command, StopReplicas):
+            for stop in command.stops:
+                pc.take(stop)
+            figures["stops"] += len(command.stops)
             return
         if isinstance(command, StartReplica | StopReplica):
             pc.take(command)

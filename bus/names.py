@@ -69,6 +69,7 @@ from schemas import (
     StartReplica,
     StartReplicas,
     StopReplica,
+    StopReplicas,
     TokenIssue,
     TokenRevoke,
     UsageQuery,
@@ -332,6 +333,7 @@ _NODE_VERBS: dict[type[Message], str] = {
     PauseReplica: "pause",
     ResumeReplica: "resume",
     StopReplica: "stop",
+    StopReplicas: "stops",
     RenewToken: "renew",
 }
 _NODE_EVENTS: dict[type[Message], str] = {
@@ -450,6 +452,7 @@ def route(message: Message) -> Route:
             | PauseReplica()
             | ResumeReplica()
             | StopReplica()
+            | StopReplicas()
             | RenewToken()
         ):
             return Route(COMMANDS_EXCHANGE, _node_key(message.node, _NODE_VERBS[kind]))

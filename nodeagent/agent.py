@@ -8,10 +8,11 @@ policy says. A start never outruns presence: the policy's verdict holds from the
 signal arrives, the runtime asks it once more just before a replica's process would begin, a
 replica whose start finishes after a person arrived is paused at once, and the pause on
 arrival waits for the starts in flight before the platform is told. It consumes its own
-command queue (``node.<node>.commands``; several starts may come in one ``StartReplicas``,
-which its heartbeats say it takes), dropping commands whose leader epoch is older than
-the newest it has seen, so a deposed leader cannot undo its successor's work, and refusing
-one from further ahead than any leader's could be (:mod:`nodeagent.epochs`). Each replica
+command queue (``node.<node>.commands``; several starts or stops may come in one
+``StartReplicas`` or ``StopReplicas``, which its heartbeats say it takes), dropping
+commands whose leader epoch is older than the newest it has seen, so a deposed leader
+cannot undo its successor's work, and refusing one from further ahead than any leader's
+could be (:mod:`nodeagent.epochs`). Each replica
 gets the container contract in its environment (broker URL, namespace, app, and a token file
 the agent rewrites on ``RenewToken``). Every ``heartbeat_s`` it publishes a
 ``NodeHeartbeat`` with capacity, allocatable resources, usage, replicas and presence (or,
@@ -70,10 +71,12 @@ from schemas import (
     ReplicaStart,
     ReplicaState,
     ReplicaStatus,
+    ReplicaStop,
     ResumeReplica,
     StartReplica,
     StartReplicas,
     StopReplica,
+    StopReplicas,
     utc_now,
 )
 
@@ -90,10 +93,11 @@ _STARTS_SETTLE_S = 2.0
 
 log = logging.getLogger(__name__)
 
-Command = ReplicaCommand | StartReplicas
+Command = ReplicaCommand | StartReplicas | StopReplicas
 _COMMANDS: tuple[type[Command], ...] = (
     StartReplica,
     StartReplicas,
+    StopReplicas,
     PauseReplica,
     ResumeReplica,
     StopReplica,
@@ -352,13 +356,9 @@ class Agent:
                 if self.decision.accepting:
                     await self._resume(command.replica_id)
             case StopReplica():
-                self._stopping.add(command.replica_id)
-                try:
-                    await self.runtime.stop(command.replica_id, command.grace_s)
-                finally:
-                    self._stopping.discard(command.replica_id)
-                self._forget(command.replica_id)
-                self._ended.discard(command.replica_id)
+                await self._stop(command)
+            case StopReplicas():  # as many stops, each as if it came alone
+                await asyncio.gather(*(self._stop(stop) for stop in command.stops))
             case RenewToken():
                 if self.tokens.folder(command.replica_id).is_dir():
                     self.tokens.write(command.replica_id, command.token)
@@ -378,6 +378,15 @@ class Agent:
             f"needs {wanted.cpu_millicores}m/{wanted.memory_mib}MiB, free "
             f"{free.cpu_millicores}m/{free.memory_mib}MiB"
         )
+
+    async def _stop(self, command: ReplicaStop) -> None:
+        self._stopping.add(command.replica_id)
+        try:
+            await self.runtime.stop(command.replica_id, command.grace_s)
+        finally:
+            self._stopping.discard(command.replica_id)
+        self._forget(command.replica_id)
+        self._ended.discard(command.replica_id)
 
     async def _start(self, command: ReplicaStart) -> None:
         replicas = await self.runtime.replicas()

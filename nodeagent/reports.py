@@ -49,7 +49,7 @@ def heartbeat(
             for r in replicas
         ),
         labels=labels, runtime=runtime, data_root=None if data_root is None else str(data_root),
-        batched_starts=True,
+        batched_commands=True,
     )  # fmt: skip
 
 

@@ -41,10 +41,12 @@ from schemas.commands import (
     RenewToken,
     ReplicaCommand,
     ReplicaStart,
+    ReplicaStop,
     ResumeReplica,
     StartReplica,
     StartReplicas,
     StopReplica,
+    StopReplicas,
 )
 from schemas.events import (
     BridgeStatus,
@@ -189,6 +191,7 @@ __all__ = [
     "ReplicaStart",
     "ReplicaState",
     "ReplicaStatus",
+    "ReplicaStop",
     "ReplicaToken",
     "ReplicaTokenReply",
     "ReplicaTokenRequest",
@@ -205,6 +208,7 @@ __all__ = [
     "StartReplica",
     "StartReplicas",
     "StopReplica",
+    "StopReplicas",
     "TokenIssue",
     "TokenRevoke",
     "UsageBy",

@@ -24,6 +24,7 @@ from schemas.commands import (
     StartReplica,
     StartReplicas,
     StopReplica,
+    StopReplicas,
 )
 from schemas.events import BridgeStatus, CordonChanged, DeploymentStatus, QuotaChanged
 from schemas.jobs import (
@@ -81,6 +82,7 @@ MESSAGES: tuple[type[Message], ...] = (
     PauseReplica,
     ResumeReplica,
     StopReplica,
+    StopReplicas,
     RenewToken,
     TokenIssue,
     TokenRevoke,

@@ -11,7 +11,8 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints
 
-from schemas.base import AppId, Count, NamespaceName, NodeMessage, Reason, ReplicaId
+from schemas.base import AppId, Count, NamespaceName, NodeMessage, Reason, ReplicaId, WireModel
+from schemas.node import MAX_REPLICAS_PER_NODE
 from schemas.requests import Workload
 from schemas.resources import Resources
 
@@ -21,10 +22,12 @@ __all__ = [
     "RenewToken",
     "ReplicaCommand",
     "ReplicaStart",
+    "ReplicaStop",
     "ResumeReplica",
     "StartReplica",
     "StartReplicas",
     "StopReplica",
+    "StopReplicas",
 ]
 
 Epoch = Annotated[Count, Field(description="Journal offset at which the sender became leader.")]
@@ -62,7 +65,7 @@ STARTS_PER_MESSAGE_MAX = 64
 class StartReplicas(NodeMessage):
     """Start several replicas on this PC: one message (and one confirm) for them all, each
     start as it would come alone, with its own token. Sent only to agents that say in their
-    heartbeats that they take it."""
+    heartbeats that they take several commands in one message."""
 
     schema_name = "StartReplicas"
 
@@ -82,13 +85,28 @@ class ResumeReplica(ReplicaCommand):
     schema_name = "ResumeReplica"
 
 
-class StopReplica(ReplicaCommand):
+class ReplicaStop(WireModel):
+    """One replica to stop: what a :class:`StopReplica` says besides its PC and epoch."""
+
+    replica_id: ReplicaId
+    grace_s: Annotated[float, Field(ge=0, le=600)] = 10.0
+    reason: Reason = ""
+
+
+class StopReplica(ReplicaStop, ReplicaCommand):
     """Stop a replica: SIGTERM, then SIGKILL after ``grace_s`` (at once if it is paused)."""
 
     schema_name = "StopReplica"
 
-    grace_s: Annotated[float, Field(ge=0, le=600)] = 10.0
-    reason: Reason = ""
+
+class StopReplicas(NodeMessage):
+    """Stop several replicas on this PC: one message for them all, each stop as it would
+    come alone. Sent only to agents that say in their heartbeats that they take it."""
+
+    schema_name = "StopReplicas"
+
+    epoch: Epoch
+    stops: tuple[ReplicaStop, ...] = Field(min_length=1, max_length=MAX_REPLICAS_PER_NODE)
 
 
 class RenewToken(ReplicaCommand):

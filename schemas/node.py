@@ -104,7 +104,7 @@ class NodeHeartbeat(NodeMessage):
 
     schema_name = "NodeHeartbeat"
     #: Version 1 had no replica's ``unsaved_s`` (read as unknown: evicted at once) nor
-    #: ``data_root`` (read as none); versions 1 and 2 no ``batched_starts`` (read as false).
+    #: ``data_root`` (read as none); versions 1 and 2 no ``batched_commands`` (read as false).
     schema_version = 3
     older_versions = frozenset({1, 2})
 
@@ -119,8 +119,8 @@ class NodeHeartbeat(NodeMessage):
     runtime: Annotated[str, StringConstraints(pattern=r"^(docker|process)$")] = "process"
     #: The site data root its replicas' namespace folders are under (``--data-root``).
     data_root: DataRoot | None = None
-    #: The agent takes :class:`~schemas.commands.StartReplicas` (several starts at once).
-    batched_starts: bool = False
+    #: The agent takes several commands in one message (``StartReplicas``, ``StopReplicas``).
+    batched_commands: bool = False
 
 
 class NodeAlive(NodeMessage):

@@ -54,6 +54,7 @@ from schemas import (
     ReplicaStart,
     ReplicaState,
     ReplicaStatus,
+    ReplicaStop,
     ReplicaToken,
     ReplicaTokenReply,
     ReplicaTokenRequest,
@@ -67,6 +68,7 @@ from schemas import (
     StartReplica,
     StartReplicas,
     StopReplica,
+    StopReplicas,
     TokenIssue,
     TokenRevoke,
     UsageQuery,
@@ -199,6 +201,14 @@ EXAMPLES: dict[type[Message], Message] = {
     ResumeReplica: ResumeReplica(node="edge", epoch=7, replica_id="stereo-1a2b3c"),
     StopReplica: StopReplica(
         node="edge", epoch=7, replica_id="stereo-1a2b3c", grace_s=0, reason="replaced"
+    ),
+    StopReplicas: StopReplicas(
+        node="edge",
+        epoch=7,
+        stops=(
+            ReplicaStop(replica_id="stereo-1a2b3c", grace_s=0, reason="replaced"),
+            ReplicaStop(replica_id="stereo-4d5e6f", reason="its app was deleted"),
+        ),
     ),
     RenewToken: RenewToken(node="edge", epoch=7, replica_id="stereo-1a2b3c", token="eyJ.new.sig"),
     TokenIssue: TokenIssue(

@@ -38,10 +38,12 @@ from schemas import (
     ReplicaStart,
     ReplicaState,
     ReplicaStatus,
+    ReplicaStop,
     Resources,
     StartReplica,
     StartReplicas,
     StopReplica,
+    StopReplicas,
 )
 
 from .helpers import Events, collect_events, running_agent, wait_until
@@ -228,12 +230,12 @@ async def test_a_renewed_token_is_rewritten_in_place(bus: Bus, rig: tuple[Agent,
     await wait_until(lambda: not token_file.parent.exists(), what="the token's removal")
 
 
-async def test_starts_in_one_message_run_each_with_its_own_token_and_one_too_many_is_refused(
+async def test_starts_and_stops_in_one_message_each_as_if_it_came_alone(
     bus: Bus, rig: tuple[Agent, Events]
 ) -> None:
     """A StartReplicas is as its starts sent alone: each runs with its own token, and the
-    one that does not fit what the others leave is refused alone; heartbeats say the agent
-    takes it (placement sends it only then)."""
+    one that does not fit what the others leave is refused alone; a StopReplicas stops
+    them all. Heartbeats say the agent takes them (placement sends them only then)."""
     agent, events = rig
     ones = [start(agent, f"b{index}").model_copy(update={"token": f"token-{index}"})
             for index in range(4)]  # 3 CPUs allocatable: 4 x 1  # fmt: skip
@@ -250,8 +252,14 @@ async def test_starts_in_one_message_run_each_with_its_own_token_and_one_too_man
     assert sorted(r.replica_id for r in await agent.runtime.replicas()) == running
     for rid in running:
         assert (agent.tokens.folder(rid) / "token").read_text() == f"token-{rid[1:]}"
+    stops = tuple(ReplicaStop(replica_id=rid, grace_s=0) for rid in running)
+    await bus.publish(StopReplicas(node=agent.settings.node, epoch=5, stops=stops))
+    runtime = agent.runtime
+    assert isinstance(runtime, ProcessRuntime)
+    await wait_until(lambda: not runtime._replicas, what="every replica stopped")
+    assert not any(agent.tokens.folder(rid).exists() for rid in running)
     await wait_until(lambda: bool(events.of(NodeHeartbeat)), what="a heartbeat")
-    assert events.of(NodeHeartbeat)[-1].batched_starts
+    assert events.of(NodeHeartbeat)[-1].batched_commands
 
 
 async def test_between_whole_heartbeats_a_sign_of_life_and_a_change_goes_whole_at_once(

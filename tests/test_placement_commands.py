@@ -18,9 +18,10 @@ from schemas import (
     ReplicaTokenRequest,
     StartReplica,
     StartReplicas,
+    StopReplicas,
 )
-from services.placement.commands import START_BYTES_MAX, start_messages
-from services.placement.reconciler import Start
+from services.placement.commands import BATCH_BYTES_MAX, start_messages, stop_messages
+from services.placement.reconciler import Start, Stop
 from services.state import Spec
 
 
@@ -75,7 +76,7 @@ def test_batches_stop_at_the_count_and_byte_limits_and_stay_under_the_body_limit
     big = spec("big", env_bytes=60_000)  # a workload of ~60 KB: four to a message
     heavy = start_messages(starts_on(["pc"] * 10, big), 1, lambda _node: True)
     sizes = [len(m.starts) for m in heavy if isinstance(m, StartReplicas)]
-    assert sum(sizes) == 10 and max(sizes) * 60_000 <= START_BYTES_MAX
+    assert sum(sizes) == 10 and max(sizes) * 60_000 <= BATCH_BYTES_MAX
     assert all(len(encode(m)[0]) < MAX_BODY_BYTES / 2 for m in heavy)
 
 
@@ -91,6 +92,23 @@ def test_every_start_is_carried_once_with_its_own_token(
     for message in messages:
         if isinstance(message, StartReplicas):
             assert message.node in batched and 2 <= len(message.starts) <= STARTS_PER_MESSAGE_MAX
+
+
+def test_stops_for_one_pc_travel_together_and_a_lone_stop_alone() -> None:
+    stops = [
+        Stop(f"r{i}", node, f"reason {i}", grace_s=i % 2 * 10.0)
+        for i, node in enumerate(["pc1", "pc2", "pc1", "pc3", "pc1", "old", "old"])
+    ]
+    messages = stop_messages(stops, epoch=4, batched=lambda node: node != "old")
+    kinds = [(type(m).__name__, m.node) for m in messages]
+    assert kinds == [("StopReplicas", "pc1"), ("StopReplica", "pc2"), ("StopReplica", "pc3"),
+                     ("StopReplica", "old"), ("StopReplica", "old")]  # fmt: skip
+    carried = []
+    for message in messages:
+        assert message.epoch == 4
+        ones = message.stops if isinstance(message, StopReplicas) else (message,)
+        carried += [(message.node, one.replica_id, one.reason, one.grace_s) for one in ones]
+    assert sorted(carried) == sorted((s.node, s.replica_id, s.reason, s.grace_s) for s in stops)
 
 
 def test_a_version_1_token_request_and_reply_read_as_one_replica() -> None:

@@ -1,30 +1,45 @@
-"""A tick's starts as the messages that carry them (pure).
+"""A tick's starts and stops as the messages that carry them (pure).
 
-Each start is a ``StartReplica`` with its own broker token. To a PC whose agent takes
-``StartReplicas`` (its heartbeats say so), starts go together, up to
-:data:`~schemas.STARTS_PER_MESSAGE_MAX` and :data:`START_BYTES_MAX` of estimated body a
-message: the broker's cost is per message (a quorum queue's Raft entry, its delivery),
-about 0.25 ms of its CPU each on this machine whatever the body's size up to a few KiB, so
-five starts for one PC cost it one message's work instead of five. One start goes alone.
+Each start is a ``StartReplica`` with its own broker token, each stop a ``StopReplica``.
+To a PC whose agent takes several commands in one message (its heartbeats say so), a
+tick's starts go together in ``StartReplicas`` (up to :data:`~schemas.
+STARTS_PER_MESSAGE_MAX`) and its stops in ``StopReplicas``, each message at most
+:data:`BATCH_BYTES_MAX` of estimated body: the broker's cost is per message (a quorum
+queue's Raft entry, its delivery), about 0.25-0.5 ms of its CPU each on this machine
+whatever the body's size up to a few KiB, so five starts for one PC cost it one message's
+work instead of five. One command goes alone, as before.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
-from schemas import STARTS_PER_MESSAGE_MAX, ReplicaStart, StartReplica, StartReplicas
-from services.placement.reconciler import Start
+from schemas import (
+    STARTS_PER_MESSAGE_MAX,
+    ReplicaStart,
+    ReplicaStop,
+    StartReplica,
+    StartReplicas,
+    StopReplica,
+    StopReplicas,
+)
+from schemas.node import MAX_REPLICAS_PER_NODE
+from services.placement.reconciler import Start, Stop
 from services.state import AppKey
 
-__all__ = ["START_BYTES_MAX", "start_messages"]
+__all__ = ["BATCH_BYTES_MAX", "start_messages", "stop_messages"]
 
-#: The most body one StartReplicas may take, estimated (a body's limit is 1 MiB).
-START_BYTES_MAX = 256 * 1024
+#: The most body one StartReplicas or StopReplicas may take, estimated (the limit: 1 MiB).
+BATCH_BYTES_MAX = 256 * 1024
 _WORKLOAD = {"image", "command", "env", "ports"}
-#: What a start's JSON holds besides its workload and token, at most (ids, names, sizes).
-_START_OVERHEAD_BYTES = 512
+#: What a command's JSON holds besides its workload, token and reason, at most.
+_OVERHEAD_BYTES = 512
+
+#: A command's fields, and the bytes its JSON takes at most, by PC.
+_Packing = defaultdict[str, list[tuple[dict[str, Any], int]]]
+M = TypeVar("M")
 
 
 def start_messages(
@@ -32,15 +47,15 @@ def start_messages(
     epoch: int,
     batched: Callable[[str], bool],
 ) -> list[StartReplica | StartReplicas]:
-    """The messages that carry ``starts`` (each with its token) to their PCs, in order.
+    """The messages that carry ``starts`` (each with its token) to their PCs.
 
     Args:
         starts: each start and its replica's broker token.
         epoch: the leader's epoch, which every command carries.
-        batched: whether a PC's agent takes ``StartReplicas``.
+        batched: whether a PC's agent takes several commands in one message.
     """
     workload_bytes: dict[AppKey, int] = {}
-    by_node: defaultdict[str, list[tuple[dict[str, Any], int]]] = defaultdict(list)
+    by_node: _Packing = defaultdict(list)
     for start, token in starts:
         request = start.spec.request
         key = start.spec.key
@@ -51,29 +66,60 @@ def start_messages(
             "image": request.image, "command": request.command, "env": request.env,
             "ports": request.ports, "reservation": start.spec.reservation.wire(), "token": token,
         }  # fmt: skip
-        size = workload_bytes[key] + len(token) + _START_OVERHEAD_BYTES
-        by_node[start.node].append((fields, size))
-    messages: list[StartReplica | StartReplicas] = []
+        by_node[start.node].append((fields, workload_bytes[key] + len(token) + _OVERHEAD_BYTES))
+    return _pack(
+        by_node, batched, STARTS_PER_MESSAGE_MAX,
+        lambda node, one: StartReplica(node=node, epoch=epoch, **one),
+        lambda node, many: StartReplicas(node=node, epoch=epoch,
+                                         starts=tuple(ReplicaStart(**one) for one in many)),
+    )  # fmt: skip
+
+
+def stop_messages(
+    stops: Iterable[Stop], epoch: int, batched: Callable[[str], bool]
+) -> list[StopReplica | StopReplicas]:
+    """The messages that carry ``stops`` to their PCs.
+
+    Args:
+        stops: the tick's stops.
+        epoch: the leader's epoch, which every command carries.
+        batched: whether a PC's agent takes several commands in one message.
+    """
+    by_node: _Packing = defaultdict(list)
+    for stop in stops:
+        fields = {"replica_id": stop.replica_id, "grace_s": stop.grace_s, "reason": stop.reason}
+        by_node[stop.node].append((fields, len(stop.reason) + _OVERHEAD_BYTES))
+    return _pack(
+        by_node, batched, MAX_REPLICAS_PER_NODE,
+        lambda node, one: StopReplica(node=node, epoch=epoch, **one),
+        lambda node, many: StopReplicas(node=node, epoch=epoch,
+                                        stops=tuple(ReplicaStop(**one) for one in many)),
+    )  # fmt: skip
+
+
+def _pack(
+    by_node: _Packing,
+    batched: Callable[[str], bool],
+    most: int,
+    alone: Callable[[str, dict[str, Any]], M],
+    together: Callable[[str, list[dict[str, Any]]], M],
+) -> list[M]:
+    """Each PC's commands: one a message, or, to a PC that takes it, as many to a message
+    as ``most`` and :data:`BATCH_BYTES_MAX` allow (one left over still goes alone)."""
+    messages: list[M] = []
     for node, ones in by_node.items():
-        for group in _groups(ones) if batched(node) else [[fields] for fields, _ in ones]:
-            if len(group) == 1:
-                messages.append(StartReplica(node=node, epoch=epoch, **group[0]))
-            else:
-                batch = tuple(ReplicaStart(**fields) for fields in group)
-                messages.append(StartReplicas(node=node, epoch=epoch, starts=batch))
+        groups = _groups(ones, most) if batched(node) else [[fields] for fields, _ in ones]
+        for group in groups:
+            messages.append(alone(node, group[0]) if len(group) == 1 else together(node, group))
     return messages
 
 
-def _groups(ones: list[tuple[dict[str, Any], int]]) -> list[list[dict[str, Any]]]:
-    """Consecutive starts, as many to a group as the count and byte limits allow."""
+def _groups(ones: list[tuple[dict[str, Any], int]], most: int) -> list[list[dict[str, Any]]]:
+    """Consecutive commands, as many to a group as ``most`` and the byte limit allow."""
     groups: list[list[dict[str, Any]]] = []
     size = 0
     for fields, one_bytes in ones:
-        if (
-            not groups
-            or len(groups[-1]) == STARTS_PER_MESSAGE_MAX
-            or size + one_bytes > (START_BYTES_MAX)
-        ):
+        if not groups or len(groups[-1]) == most or size + one_bytes > BATCH_BYTES_MAX:
             groups.append([])
             size = 0
         groups[-1].append(fields)

@@ -72,8 +72,8 @@ class NodeInfo:
     runtime: str = "process"
     #: The site data root its replicas' namespace folders are under, if any.
     data_root: str | None = None
-    #: Its agent takes several starts in one message (``StartReplicas``).
-    batched_starts: bool = False
+    #: Its agent takes several commands in one message (``StartReplicas``, ``StopReplicas``).
+    batched_commands: bool = False
 
 
 class Registry:
@@ -112,7 +112,7 @@ class Registry:
             },
             runtime=beat.runtime,
             data_root=beat.data_root,
-            batched_starts=beat.batched_starts,
+            batched_commands=beat.batched_commands,
         )
         return True
 

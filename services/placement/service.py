@@ -46,12 +46,11 @@ from schemas import (
     RenewToken,
     ReplicaRef,
     ReplicaStatus,
-    StopReplica,
     utc_now,
 )
 from schemas.journal import Entry
 from services.base import ControlService
-from services.placement.commands import start_messages
+from services.placement.commands import start_messages, stop_messages
 from services.placement.logs import LogRelay
 from services.placement.reconciler import (
     AppStatus,
@@ -274,11 +273,7 @@ class Placement(ControlService):
         chunks = [
             by_pc[i : i + REPLICA_TOKENS_MAX] for i in range(0, len(by_pc), REPLICA_TOKENS_MAX)
         ]
-        for stop in plan.stops:
-            commands.append(StopReplica(
-                node=stop.node, epoch=self._epoch, replica_id=stop.replica_id,
-                grace_s=stop.grace_s, reason=stop.reason,
-            ))  # fmt: skip
+        commands += stop_messages(plan.stops, self._epoch, self._takes_batches)
         for key, status in plan.statuses.items():
             if self._statuses.get(key) != status:
                 commands.append(_status_event(status))
@@ -293,7 +288,7 @@ class Placement(ControlService):
 
     def _takes_batches(self, node: str) -> bool:
         info = self.registry.nodes.get(node)
-        return info is not None and info.batched_starts
+        return info is not None and info.batched_commands
 
     async def _answer(self, query: Query, _delivery: Delivery) -> AppsReply | NodesReply:
         now = self._clock()
