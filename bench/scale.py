@@ -133,8 +133,7 @@ async def deploy(plane: Plane, app: str, replicas: int) -> float:
 
 
 async def place(plane: Plane, pcs: int, replicas: int) -> None:
-    """A first deploy of one replica a PC (each PC's command queue takes its first message
-    ever, which costs the broker about three times a later one), then the measured one."""
+    """A first deploy of one replica a PC (one start a message), then the measured one."""
     await plane.quota("scale", (pcs + replicas) * 100, (pcs + replicas) * 128)
     await deploy(plane, "first", pcs)
     await asyncio.sleep(2)  # the PCs report their replicas

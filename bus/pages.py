@@ -9,7 +9,8 @@ bound.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol, TypeVar
 
 from bus.rpc import RpcClient
 from schemas import AppsQuery, AppsReply, AppView, NodesQuery, NodesReply, NodeView
@@ -22,6 +23,25 @@ NODES_PAGE = 1000
 APPS_PAGE = 2000
 
 
+class _Page(Protocol):
+    @property
+    def next_after(self) -> str | None: ...
+
+
+P = TypeVar("P", bound=_Page)
+
+
+async def _pages(ask: Callable[[str | None], Awaitable[P]]) -> AsyncIterator[P]:
+    """Every page, asking for each after the last one's ``next_after``."""
+    after: str | None = None
+    while True:
+        page = await ask(after)
+        yield page
+        if page.next_after is None:
+            return
+        after = page.next_after
+
+
 async def every_node(client: RpcClient, *, timeout_s: float = 15.0) -> NodesReply:
     """Every PC the platform knows, by name, as one reply made of its pages (``at``: the
     last page's).
@@ -31,16 +51,12 @@ async def every_node(client: RpcClient, *, timeout_s: float = 15.0) -> NodesRepl
         Unroutable: no placement service answers.
     """
     views: list[NodeView] = []
-    after: str | None = None
-    while True:
-        page = await client.call(
-            NodesQuery(after=after, limit=NODES_PAGE), NodesReply, timeout_s=timeout_s
-        )
+    async for page in _pages(lambda after: client.call(
+        NodesQuery(after=after, limit=NODES_PAGE), NodesReply, timeout_s=timeout_s
+    )):  # fmt: skip
         views.extend(page.nodes)
-        if page.next_after is None:
-            # Put together, not validated again: a page's bound is not the whole list's.
-            return page.model_copy(update={"nodes": tuple(views)})
-        after = page.next_after
+    # Put together, not validated again: a page's bound is not the whole list's.
+    return page.model_copy(update={"nodes": tuple(views)})
 
 
 async def every_app(
@@ -59,16 +75,13 @@ async def every_app(
         BusError: what ``ask`` raises (no answer in time, no placement service).
     """
     views: list[AppView] = []
-    after: str | None = None
-    while True:
-        question = AppsQuery(namespace=namespace, app=app, after=after, limit=APPS_PAGE)
-        page = await ask(question)
+    async for page in _pages(lambda after: ask(
+        AppsQuery(namespace=namespace, app=app, after=after, limit=APPS_PAGE)
+    )):  # fmt: skip
         for view in page.apps:
             if views and views[-1].app == view.app:  # its replicas go on from the last page
                 replicas = (*views[-1].replicas, *view.replicas)
                 views[-1] = views[-1].model_copy(update={"replicas": replicas})
             else:
                 views.append(view)
-        if page.next_after is None:
-            return page.model_copy(update={"apps": tuple(views)})
-        after = page.next_after
+    return page.model_copy(update={"apps": tuple(views)})

@@ -174,13 +174,13 @@ class Placement(ControlService):
         self._wake.set()
 
     async def _on_event(self, event: NodeEvent, _delivery: Delivery) -> None:
+        if isinstance(event, NodeAlive | NodeHeartbeat):
+            self.heartbeat_lags_s.append(time.time() - event.sent_at.timestamp())
         match event:
             case NodeAlive():
-                self.heartbeat_lags_s.append(time.time() - event.sent_at.timestamp())
                 self.registry.alive(event, self._clock())
                 return  # nothing changed
             case NodeHeartbeat():
-                self.heartbeat_lags_s.append(time.time() - event.sent_at.timestamp())
                 known = event.node in self.registry.nodes
                 self.registry.heartbeat(event, self._clock())
                 if known:
