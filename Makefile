@@ -32,7 +32,7 @@ demo: $(STAMP)
 	$(BIN)/python -m examples.stereo.demo --runtime $(RUNTIME)
 
 test: services
-	$(BIN)/bus dev up --docker --influxdb --chromium
+	$(BIN)/bus dev up --docker --influxdb --chromium --cluster 3
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

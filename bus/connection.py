@@ -20,17 +20,21 @@ import binascii
 import contextlib
 import json
 import logging
+import random
 import time
+from collections.abc import Awaitable
+from functools import partial
 from types import TracebackType
 from typing import Any, Self, cast
 
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from pamqp.commands import Basic
 from yarl import URL
 
-from bus import names
+from bus import addresses, names
 from bus.codec import encode
 from bus.errors import (
     BrokerUnavailable,
@@ -42,6 +46,7 @@ from bus.errors import (
 from schemas import Message
 
 __all__ = [
+    "CONFIRM_WAIT_S",
     "PUBLISH_FAILURES",
     "TRANSIENT_ERRORS",
     "Bus",
@@ -59,7 +64,13 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
 )
 
-_RETRYABLE: tuple[type[BaseException], ...] = (TimeoutError, *TRANSIENT_ERRORS)
+#: A nack (``DeliveryError``) too: a quorum queue or stream refuses messages while it elects
+#: a new leader (a broker node of a cluster died), and takes them again a moment later.
+_RETRYABLE: tuple[type[BaseException], ...] = (
+    TimeoutError,
+    aiormq.exceptions.DeliveryError,
+    *TRANSIENT_ERRORS,
+)
 _SECRET_DEFERRED: tuple[type[BaseException], ...] = (RuntimeError, *TRANSIENT_ERRORS)
 #: What a publish raises when the broker could not take the message (retry later).
 PUBLISH_FAILURES: tuple[type[BaseException], ...] = (BrokerUnavailable, *TRANSIENT_ERRORS)
@@ -69,7 +80,7 @@ def broker_user_name(url: str) -> str:
     """The user name the broker gives a connection to ``url``: a broker token's ``sub``
     (the OAuth 2 backend's choice), else the URL's user. Publishes carry it as ``user_id``.
     """
-    parsed = URL(url)
+    parsed = addresses.first(url)
     subject = (unverified_claims(parsed.password or "") or {}).get("sub")
     if isinstance(subject, str) and subject:
         return subject
@@ -90,12 +101,56 @@ def unverified_claims(token: str) -> dict[str, Any] | None:
     return claims if isinstance(claims, dict) else None
 
 
-def _redact(url: str) -> str:
-    head, at, tail = url.rpartition("@")
-    if not at:
-        return url
-    scheme, _, _credentials = head.partition("://")
-    return f"{scheme}://***@{tail}"
+class _NodesConnection(aio_pika.RobustConnection):
+    """A robust connection that tries a cluster's nodes in turn: each attempt to connect
+    goes to the node after the one it last reached, and fails only once every node did."""
+
+    def __init__(self, url: URL, *, nodes: tuple[URL, ...], **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self._nodes = nodes
+        #: Where the first attempt starts: a random node, so a site's clients spread out.
+        self._next = random.randrange(len(nodes))
+
+    async def _RobustConnection__connect_transport(self) -> None:  # aio-pika's one attempt
+        failure: BaseException | None = None
+        for _ in self._nodes:
+            node = self._nodes[self._next]
+            self._next = (self._next + 1) % len(self._nodes)
+            # the credentials stay the connection's own (update-secret changes them)
+            self.url = self.url.with_host(node.host or "").with_port(node.port)
+            try:
+                await super()._RobustConnection__connect_transport()  # type: ignore[misc]
+                return
+            except CONNECTION_EXCEPTIONS as error:
+                failure = error
+                log.info("broker node %s:%s unreachable (%r)", node.host, node.port, error)
+        assert failure is not None  # there is at least one node
+        raise failure
+
+
+#: A publish not confirmed within this long is published again on a new channel. A channel
+#: keeps the stream leader it first wrote to: after the leader's node hung and came back,
+#: its writes went nowhere and were never confirmed (RabbitMQ 3.10.8), while a new channel
+#: finds the new leader.
+CONFIRM_WAIT_S = 10.0
+
+
+class _NoConfirm(TimeoutError):
+    """No confirm within :data:`CONFIRM_WAIT_S` on the publish channel."""
+
+
+async def _confirmed(confirming: Awaitable[aiormq.abc.ConfirmationFrameType | None]) -> object:
+    """The broker's confirm; a connection aiormq found stuck (no frame from a hung broker
+    node for three heartbeats) fails the confirms it awaited with ``CancelledError``, which
+    is a lost connection here, not a cancellation of the caller (its task is not being
+    cancelled): raised as a ``ConnectionError``, to be published again."""
+    try:
+        return await confirming
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise
+        raise ConnectionError("the broker connection was dropped as stuck") from None
 
 
 class Bus:
@@ -141,8 +196,10 @@ class Bus:
             BrokerUnavailable: the broker did not answer within ``timeout_s``.
         """
         try:
+            nodes = addresses.nodes(self.url)
             connection = await aio_pika.connect_robust(
-                self.url,
+                nodes[0],
+                connection_class=partial(_NodesConnection, nodes=nodes),
                 timeout=timeout_s,
                 heartbeat=self._heartbeat_s,
                 reconnect_interval=self._reconnect_interval_s,
@@ -150,12 +207,12 @@ class Bus:
             )
         except aiormq.exceptions.ProbableAuthenticationError as error:
             raise CredentialsRefused(
-                f"the broker at {_redact(self.url)} refused the credentials: {error}. "
+                f"the broker at {addresses.redacted(self.url)} refused the credentials: {error}. "
                 "Check the user name, password or token in the URL."
             ) from None
         except (TimeoutError, ConnectionError, aiormq.exceptions.AMQPError) as error:
             raise BrokerUnavailable(
-                f"cannot reach the broker at {_redact(self.url)}: {error!r}. "
+                f"cannot reach the broker at {addresses.redacted(self.url)}: {error!r}. "
                 "Is RabbitMQ running? (`make test` and `bus dev up` start one locally.)"
             ) from None
         connection.reconnect_callbacks.add(self._on_reconnect)
@@ -210,8 +267,9 @@ class Bus:
             log.info("update-secret deferred to the reconnect (%r)", error)
 
     async def _renew_publish_channel(self, failed: AbstractRobustChannel) -> None:
-        """Replace the publish channel a refusal closed (once, however many publishes saw
-        it fail): aio-pika does not reliably reopen a channel the broker closed."""
+        """Replace the publish channel a refusal closed, or one that stopped confirming
+        (once, however many publishes saw it fail): aio-pika does not reliably reopen a
+        channel the broker closed."""
         async with self._renewing:
             if self._publish_channel is failed:
                 try:
@@ -305,7 +363,7 @@ class Bus:
                         await self._renew_publish_channel(publisher)
                         continue
                     # aiormq's abstract channel does not declare ``wait``; its channel has it
-                    confirm = await cast(aiormq.Channel, channel).basic_publish(
+                    confirming = cast(aiormq.Channel, channel).basic_publish(
                         body,
                         exchange=route.exchange,
                         routing_key=route.routing_key,
@@ -313,6 +371,11 @@ class Bus:
                         mandatory=mandatory,
                         wait=False,  # the confirm is what counts: see the module's header
                     )
+                    try:
+                        async with asyncio.timeout(CONFIRM_WAIT_S):
+                            confirm = await _confirmed(confirming)
+                    except TimeoutError:
+                        raise _NoConfirm from None
             except aiormq.exceptions.PublishError:
                 raise Unroutable(
                     f"no queue is bound to {route.exchange or '(default)'}/{route.routing_key}; "
@@ -330,11 +393,10 @@ class Bus:
                     "opens when an admin sets its quota or its user trades a key, a PC's when "
                     "it trades its key"
                 ) from None
-            except aiormq.exceptions.DeliveryError as error:
-                raise BrokerUnavailable(
-                    f"the broker refused the message to {route.routing_key}: {error!r}"
-                ) from None
             except _RETRYABLE as error:
+                if isinstance(error, _NoConfirm):
+                    with contextlib.suppress(ConnectionError):  # reopening: it gets new ones
+                        await self._renew_publish_channel(publisher)
                 if time.monotonic() + delay_s >= deadline:
                     raise BrokerUnavailable(
                         f"no publisher confirm from the broker within {timeout_s:g} s "

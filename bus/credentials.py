@@ -22,8 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from yarl import URL
-
+from bus import addresses
 from bus.connection import TRANSIENT_ERRORS, Bus
 from bus.defaults import AUTH_URL
 from bus.errors import AuthUnavailable, CredentialsRefused
@@ -113,8 +112,10 @@ async def fetch_broker_token(
 
 
 def url_with_token(url: str, token: BrokerToken) -> str:
-    """``url`` with the key id as user and the broker token as password."""
-    return str(URL(url).with_user(token.key_id).with_password(token.access_token))
+    """``url`` (every node of it) with the key id as user and the broker token as password."""
+    return addresses.each(
+        url, lambda node: node.with_user(token.key_id).with_password(token.access_token)
+    )
 
 
 class KeyRefresher:

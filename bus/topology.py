@@ -120,14 +120,15 @@ CHECKPOINT_EXPIRES_S = 7 * 86_400
 
 
 def checkpoint_spec(namespace: str, task_id: str) -> QueueSpec:
-    """The queue of a call's checkpoint: durable, holding only the newest (one message, the
-    older dropped from the head), bound to the namespace's checkpoints exchange by the
-    call's key, and expiring once unused (:data:`CHECKPOINT_EXPIRES_S`)."""
+    """The queue of a call's checkpoint: a quorum queue (replicated on a cluster) holding only
+    the newest (one message, the older dropped from the head), bound to the namespace's
+    checkpoints exchange by the call's key, and expiring once unused
+    (:data:`CHECKPOINT_EXPIRES_S`)."""
     return QueueSpec(
         names.checkpoint_queue(namespace, task_id),
         ((names.ns_checkpoints_exchange(namespace), names.checkpoint_key(task_id)),),
         arguments={
-            "x-queue-type": "classic",
+            "x-queue-type": "quorum",
             "x-max-length": 1,
             "x-overflow": "drop-head",
             "x-expires": CHECKPOINT_EXPIRES_S * 1000,
@@ -163,7 +164,7 @@ async def declare_platform(
     while True:
         channel = await bus.channel()
         try:
-            await _declare_platform(channel, journal)
+            await _declare_platform(bus, channel, journal)
         except aiormq.exceptions.ChannelNotFoundEntity as error:
             if "down or inaccessible" not in str(error) or time.monotonic() > deadline:
                 raise BrokerUnavailable(
@@ -176,7 +177,7 @@ async def declare_platform(
         return
 
 
-async def _declare_platform(channel: AbstractChannel, journal: QueueSpec) -> None:
+async def _declare_platform(bus: Bus, channel: AbstractChannel, journal: QueueSpec) -> None:
     for exchange in names.PLATFORM_EXCHANGES:
         await channel.declare_exchange(exchange, ExchangeType.TOPIC, durable=True)
     await declare_door(channel, Owner.platform())
@@ -185,13 +186,28 @@ async def _declare_platform(channel: AbstractChannel, journal: QueueSpec) -> Non
     dead_letters = QueueSpec(
         names.DEAD_LETTER_QUEUE,
         ((names.DEAD_LETTER_EXCHANGE, "#"),),
-        arguments={"x-max-length": DEAD_LETTER_MAX_LENGTH, "x-overflow": "drop-head"},
+        arguments={
+            "x-queue-type": "quorum",
+            "x-max-length": DEAD_LETTER_MAX_LENGTH,
+            "x-overflow": "drop-head",
+        },
     )
-    await dead_letters.declare(channel)
+    for spec in (dead_letters, journal):
+        await _declare_or_keep(bus, spec)
+
+
+async def _declare_or_keep(bus: Bus, spec: QueueSpec) -> None:
+    """Declare ``spec`` on a channel of its own (the broker closes the channel of a refused
+    declaration); one declared earlier with other arguments (another type, other limits:
+    the broker does not change them) is kept as it is."""
+    channel = await bus.channel()
     try:
-        await journal.declare(channel)
-    except aiormq.exceptions.ChannelPreconditionFailed:  # declared with other limits: kept
-        log.info("the journal keeps the limits it was declared with")
+        await spec.declare(channel)
+    except aiormq.exceptions.ChannelPreconditionFailed as error:
+        log.warning("%s keeps the arguments it was declared with (%s)", spec.name, error)
+    finally:
+        if not channel.is_closed:
+            await channel.close()
 
 
 async def declare_door(channel: AbstractChannel, owner: Owner) -> None:

@@ -19,7 +19,7 @@ from bus.pages import every_app, every_node
 from bus.rpc import RpcClient
 from bus.sdk import App
 from bus.topology import declare_platform
-from idlecloud.dev.services import create_vhost, delete_vhost, free_port
+from idlecloud.dev.services import BrokerInfo, create_vhost, delete_vhost, free_port
 from nodeagent.sim import SimNode, Simulation
 from schemas import (
     AppsReply,
@@ -134,12 +134,14 @@ async def control_plane(
     agent_args: tuple[str, ...] = AGENT_ARGS,
     token_s: int | None = None,
     jobs: JobSettings | None = None,
+    broker: BrokerInfo | None = None,
 ) -> AsyncIterator[Plane]:
     """A fresh vhost, the quota manager and (unless the test brings its own) placement in
     this process, and real agents; with ``jobs``, the jobs service too. With ``token_s``,
     also the auth service (its key trusted by the broker), and replicas get broker tokens
-    that live ``token_s``."""
-    broker = create_vhost(f"plane-{uuid.uuid4().hex[:10]}")
+    that live ``token_s``. On ``broker``, a vhost the caller made (and deletes), if given."""
+    own = broker is None
+    broker = broker or create_vhost(f"plane-{uuid.uuid4().hex[:10]}")
     simulation = Simulation(work / "sim")
     try:
         async with Bus(broker.url, connection_name="control plane") as bus:
@@ -172,7 +174,8 @@ async def control_plane(
                 for service in reversed(plane.services):
                     await service.stop(1.0)
     finally:
-        await asyncio.to_thread(delete_vhost, broker.vhost)
+        if own:
+            await asyncio.to_thread(delete_vhost, broker.vhost)
 
 
 def _on_replicas(units: int, unit_s: float, ledger: str) -> dict[str, int]:

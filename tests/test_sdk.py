@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
-import psutil
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 from pamqp.commands import Basic
@@ -22,44 +18,7 @@ from idlecloud.dev.services import BrokerInfo
 from tests.programs.sdk_tasks import make_app
 
 from .helpers import wait_until
-
-ROOT = Path(__file__).resolve().parent.parent
-TARGET = "tests.programs.sdk_app:app"
-
-
-class WorkerProcess:
-    """`bus worker` for the test app, as a real process."""
-
-    def __init__(self, broker: BrokerInfo, app: App, concurrency: int = 2) -> None:
-        self.broker, self.app, self.concurrency = broker, app, concurrency
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> WorkerProcess:
-        env = {
-            **os.environ,
-            "IDLECLOUD_NAMESPACE": self.app.namespace,
-            "IDLECLOUD_APP": self.app.app,
-            "IDLECLOUD_URL": self.broker.url,
-        }
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "idlecloud", "worker", TARGET, "-c", str(self.concurrency),
-            "--grace", "5", cwd=ROOT, env=env,
-        )  # fmt: skip
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def children(self) -> list[psutil.Process]:
-        return psutil.Process(self.pid).children()
-
-    async def stop(self, signum: int = signal.SIGTERM) -> int:
-        assert self.process is not None
-        if self.process.returncode is None:
-            self.process.send_signal(signum)
-        return await asyncio.wait_for(self.process.wait(), timeout=30)
+from .workers import WorkerProcess
 
 
 @pytest.fixture

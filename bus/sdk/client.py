@@ -1,9 +1,11 @@
 """Submitting tasks and collecting their results, exactly one per task.
 
 A client owns a result queue (``ns.<ns>.results.<client id>``) bound to its namespace's
-results exchange. Every task it submits carries a task id; the first result for an id
-completes it and any later one (the task ran twice because its first worker died after
-answering) is counted and dropped. All state stays with the client, as in the thesis.
+results exchange: a quorum queue, so results outlive a broker node of a cluster, deleted
+by the broker once unused for :data:`RESULT_QUEUE_EXPIRES_MS`. Every task it submits
+carries a task id; the first result for an id completes it and any later one (the task
+ran twice because its first worker died after answering) is counted and dropped. All
+state stays with the client, as in the thesis.
 
 A job (:meth:`TaskClient.submit_job`) is the durable kind: its results go to a stream on
 the broker instead of this client's queue (see :mod:`bus.sdk.jobs`).
@@ -120,8 +122,7 @@ class TaskClient:
         results = QueueSpec(
             names.result_queue(self.app.namespace, self.client_id),
             ((names.ns_results_exchange(self.app.namespace), self.client_id),),
-            durable=False,
-            arguments={"x-expires": RESULT_QUEUE_EXPIRES_MS},
+            arguments={"x-queue-type": "quorum", "x-expires": RESULT_QUEUE_EXPIRES_MS},
         )
         queue = await results.declare(self._channel)
         await queue.consume(self._on_result)

@@ -18,8 +18,7 @@ import logging
 import time
 from pathlib import Path
 
-from yarl import URL
-
+from bus import addresses
 from bus.connection import Bus, unverified_claims
 
 __all__ = ["TokenFile", "broker_url_with_token", "read_token", "token_expiry"]
@@ -43,11 +42,14 @@ def read_token(token_file: str) -> str:
 
 
 def broker_url_with_token(url: str, token_file: str | None) -> str:
-    """``url`` with the token from ``token_file`` as its password (unchanged without one)."""
+    """``url`` (every node of it) with the token from ``token_file`` as its password
+    (unchanged without one)."""
     if not token_file:
         return url
-    parsed = URL(url)
-    return str(parsed.with_user(parsed.user or "idlecloud").with_password(read_token(token_file)))
+    token = read_token(token_file)
+    return addresses.each(
+        url, lambda node: node.with_user(node.user or "idlecloud").with_password(token)
+    )
 
 
 def token_expiry(token: str) -> float | None:

@@ -14,6 +14,7 @@ from bus.service import configure_logging
 from idlecloud.cli import (
     agent,
     auth,
+    broker,
     control,
     events,
     job,
@@ -70,6 +71,7 @@ control.register(app)
 events.register(app)
 logs.register(app)
 auth.register(app)
+broker.register(app)
 report.register(app)
 usage.register(app)
 worker.register(app)

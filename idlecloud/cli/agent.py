@@ -13,8 +13,8 @@ from typing import Annotated
 
 import psutil
 import typer
-from yarl import URL
 
+from bus import addresses
 from bus.abc import Service
 from bus.credentials import key_holder
 from bus.defaults import AUTH_URL, BROKER_URL
@@ -323,7 +323,7 @@ def run_agent(
         load_sample_s=load_sample_s,
         foreign_load=foreign_load,
         platform_users=tuple(platform_user or ()),
-        replica_url=replica_url or str(URL(url).with_user(None)),
+        replica_url=replica_url or addresses.each(url, lambda node: node.with_user(None)),
         data_root=data_root,
     )
     replicas: Runtime

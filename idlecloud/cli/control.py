@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 from pydantic import ValidationError
-from yarl import URL
 
+from bus import addresses
 from bus.abc import Service
 from bus.defaults import (
     AUTH_PORT,
@@ -420,7 +420,7 @@ def up(
     if auth_key_file is not None:
         if not auth_key_file.is_file():
             fail(f"no signing key at {auth_key_file}; make one with `bus token init`")
-        vhost = URL(url).path.lstrip("/") or "/"
+        vhost = addresses.first(url).path.lstrip("/") or "/"
         services.append(AuthService(AuthSettings(auth_key_file, vhost=vhost, http_port=auth_port,
                                                  tls=tls)))  # fmt: skip
     if auth_key_file is not None and gateway_port:

@@ -33,6 +33,7 @@ from idlecloud.cli._common import (
     run_async,
     table,
 )
+from idlecloud.dev.cluster import ensure_cluster
 from idlecloud.dev.docker import busybox_image, ensure_docker
 from idlecloud.dev.influx import INFLUX_URL, ensure_influxdb
 from idlecloud.dev.services import ensure_chromium, ensure_rabbitmq
@@ -245,11 +246,25 @@ def dev_up(
     chromium: Annotated[
         bool, typer.Option(help="Also install Debian's Chromium (for the page's browser tests).")
     ] = False,
+    cluster: Annotated[
+        int,
+        typer.Option(
+            help="Also start a RabbitMQ cluster of this many nodes on 127.0.0.1 (AMQP ports "
+            "5681 on), besides the single broker (for failover tests and benchmarks).",
+            min=0,
+            max=9,
+        ),
+    ] = 0,
 ) -> None:
     """Install (as root) and start RabbitMQ on 127.0.0.1, and declare the platform topology."""
     with console.status("starting RabbitMQ on 127.0.0.1 ..."):
         run_async(lambda: _ensure_and_declare(url))
     console.print(f"RabbitMQ is up; platform topology declared. IDLECLOUD_URL={url}")
+    if cluster:
+        with console.status(f"starting a {cluster}-node RabbitMQ cluster ..."):
+            cluster_url = ensure_cluster(cluster).url()
+            run_async(lambda: _declare(cluster_url))
+        console.print(f"the cluster is up; platform topology declared. IDLECLOUD_URL={cluster_url}")
     if docker:
         with console.status("starting dockerd and building the test image ..."):
             ensure_docker()
@@ -266,6 +281,10 @@ def dev_up(
 
 async def _ensure_and_declare(url: str) -> None:
     ensure_rabbitmq()
+    await _declare(url)
+
+
+async def _declare(url: str) -> None:
     async with Bus(url, connection_name="bus dev up") as bus:
         await declare_platform(bus)
 

@@ -43,6 +43,7 @@ __all__ = [
     "BrokerInfo",
     "DevServiceError",
     "apt_install",
+    "broker_conf",
     "broker_tls_url",
     "broker_url",
     "create_vhost",
@@ -54,10 +55,12 @@ __all__ = [
     "ensure_rabbitmq",
     "free_port",
     "management",
+    "port_open",
     "rabbitmqctl",
     "restart_broker",
     "run_command",
     "scratch_vhost",
+    "spawn_daemon",
 ]
 
 MANAGEMENT_PORT = 15672
@@ -70,24 +73,35 @@ DEV_CA_DIR = Path("/etc/idlecloud-dev/ca")
 DEV_TLS_DIR = Path("/etc/rabbitmq/idlecloud-tls")
 DEV_TLS = TlsFiles(DEV_TLS_DIR / "ca.pem", DEV_TLS_DIR / "broker.pem", DEV_TLS_DIR / "broker.key")
 _PLUGINS = ("rabbitmq_management", "rabbitmq_auth_backend_oauth2")
-_CONF_TEXT = f"""\
-# Written by idlecloud's idlecloud.dev.services: a broker on loopback for development and tests,
-# plain and over TLS (a certificate of the development CA).
-listeners.tcp.1 = {HOST}:{AMQP_PORT}
-listeners.ssl.1 = {HOST}:{AMQPS_PORT}
-ssl_options.cacertfile = {DEV_TLS.ca_file}
-ssl_options.certfile = {DEV_TLS.cert_file}
-ssl_options.keyfile = {DEV_TLS.key_file}
-ssl_options.verify = verify_none
-ssl_options.fail_if_no_peer_cert = false
-# The internal backend comes first so the platform's own users keep working; then the
-# broker tokens of users, PCs and replicas (JWTs signed by the auth service).
-auth_backends.1 = internal
-auth_backends.2 = rabbit_auth_backend_oauth2
-auth_oauth2.resource_server_id = {RESOURCE_SERVER_ID}
-management.tcp.ip = {HOST}
-management.tcp.port = {MANAGEMENT_PORT}
-"""
+
+
+def broker_conf(amqp_port: int, management_port: int, *, tls: bool, extra: str = "") -> str:
+    """A development broker's configuration: listeners on loopback (plain, and over TLS with
+    a certificate of the development CA when ``tls``), the internal auth backend first (so
+    the platform's own users keep working), then the broker tokens of users, PCs and
+    replicas (JWTs signed by the auth service); ``extra`` lines last."""
+    secure = (
+        f"listeners.ssl.1 = {HOST}:{AMQPS_PORT}\n"
+        f"ssl_options.cacertfile = {DEV_TLS.ca_file}\n"
+        f"ssl_options.certfile = {DEV_TLS.cert_file}\n"
+        f"ssl_options.keyfile = {DEV_TLS.key_file}\n"
+        "ssl_options.verify = verify_none\n"
+        "ssl_options.fail_if_no_peer_cert = false\n"
+    ) if tls else ""  # fmt: skip
+    return (
+        "# Written by idlecloud's idlecloud.dev: a broker on loopback for development and tests.\n"
+        f"listeners.tcp.1 = {HOST}:{amqp_port}\n"
+        f"{secure}"
+        "auth_backends.1 = internal\n"
+        "auth_backends.2 = rabbit_auth_backend_oauth2\n"
+        f"auth_oauth2.resource_server_id = {RESOURCE_SERVER_ID}\n"
+        f"management.tcp.ip = {HOST}\n"
+        f"management.tcp.port = {management_port}\n"
+        f"{extra}"
+    )
+
+
+_CONF_TEXT = broker_conf(AMQP_PORT, MANAGEMENT_PORT, tls=True)
 
 
 class _Daemon(subprocess.Popen[bytes]):
@@ -110,9 +124,15 @@ class BrokerInfo:
     vhost: str
 
 
-def broker_url(vhost: str = "/", user: str = _DEV_USER, password: str = _DEV_PASSWORD) -> str:
-    """The AMQP URL of the local broker's ``vhost``."""
-    return f"amqp://{user}:{password}@{HOST}:{AMQP_PORT}/{quote(vhost, safe='')}"
+def broker_url(
+    vhost: str = "/",
+    user: str = _DEV_USER,
+    password: str = _DEV_PASSWORD,
+    *,
+    port: int = AMQP_PORT,
+) -> str:
+    """The AMQP URL of the local broker's ``vhost`` (on ``port``: a cluster node's)."""
+    return f"amqp://{user}:{password}@{HOST}:{port}/{quote(vhost, safe='')}"
 
 
 def broker_tls_url(vhost: str = "/", user: str = _DEV_USER, password: str = _DEV_PASSWORD) -> str:
@@ -141,7 +161,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _port_open(port: int) -> bool:
+def port_open(port: int) -> bool:
+    """Whether something listens on ``port`` on loopback."""
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((HOST, port)) == 0
@@ -175,6 +196,22 @@ def run_command(command: list[str], timeout_s: float = 300.0, stdin: bytes | Non
 _DAEMONS: list[subprocess.Popen[bytes]] = []
 
 
+def spawn_daemon(command: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    """Start a server in its own session (it outlives this process, like a system
+    service), its output appended to ``log_path``; returns at once."""
+    with log_path.open("ab") as log:
+        _DAEMONS.append(
+            _Daemon(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+            )
+        )
+
+
 def ensure_daemon(
     command: list[str],
     *,
@@ -195,16 +232,7 @@ def ensure_daemon(
         return
     if shutil.which(command[0]) is None:
         apt_install(package)
-    with log_path.open("ab") as log:
-        _DAEMONS.append(
-            _Daemon(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        )
+    spawn_daemon(command, log_path)
     deadline = time.monotonic() + timeout_s
     while not up():
         if time.monotonic() > deadline:
@@ -245,7 +273,7 @@ def ensure_chromium() -> str:
 
 def _wait_for(port: int, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
-    while not _port_open(port):
+    while not port_open(port):
         if time.monotonic() > deadline:
             raise DevServiceError(
                 f"{what} did not open {HOST}:{port} within {timeout_s:g} s; "
@@ -263,8 +291,8 @@ def ensure_rabbitmq(timeout_s: float = 180.0) -> None:
         DevServiceError: it could not be installed or started (the message says why).
     """
     configured = _CONF_PATH.exists() and _CONF_PATH.read_text() == _CONF_TEXT
-    running = _port_open(AMQP_PORT)
-    if running and configured and _port_open(MANAGEMENT_PORT) and _port_open(AMQPS_PORT):
+    running = port_open(AMQP_PORT)
+    if running and configured and port_open(MANAGEMENT_PORT) and port_open(AMQPS_PORT):
         return
     if shutil.which("rabbitmq-server") is None and not Path("/usr/sbin/rabbitmq-server").exists():
         apt_install("rabbitmq-server")
@@ -289,15 +317,18 @@ def ensure_rabbitmq(timeout_s: float = 180.0) -> None:
     run_command(["rabbitmqctl", "await_startup", "--timeout", str(int(timeout_s))], timeout_s + 30)
 
 
-def management(method: str, path: str, body: object | None = None) -> object:
-    """Call the local broker's management HTTP API as the development user.
+def management(
+    method: str, path: str, body: object | None = None, *, port: int = MANAGEMENT_PORT
+) -> object:
+    """Call the local broker's management HTTP API (on ``port``: a cluster node's) as the
+    development user.
 
     Raises:
         DevServiceError: the API answered with an error.
     """
     credentials = base64.b64encode(f"{_DEV_USER}:{_DEV_PASSWORD}".encode()).decode()
     request = urllib.request.Request(
-        f"http://{HOST}:{MANAGEMENT_PORT}/api/{path}",
+        f"http://{HOST}:{port}/api/{path}",
         method=method,
         data=None if body is None else json.dumps(body).encode(),
         headers={"Authorization": f"Basic {credentials}", "Content-Type": "application/json"},
@@ -318,19 +349,20 @@ _SCRATCH = "idlecloud scratch vhost, created at "
 SCRATCH_MAX_AGE_S = 6 * 3600
 
 
-def create_vhost(vhost: str) -> BrokerInfo:
-    """Create a virtual host and give the development user every permission on it."""
+def create_vhost(vhost: str, *, port: int = MANAGEMENT_PORT) -> BrokerInfo:
+    """Create a virtual host and give the development user every permission on it (through
+    the management API on ``port``)."""
     name = quote(vhost, safe="")
-    management("PUT", f"vhosts/{name}", {"description": f"{_SCRATCH}{time.time():.0f}"})
-    management(
-        "PUT", f"permissions/{name}/{_DEV_USER}", {"configure": ".*", "write": ".*", "read": ".*"}
-    )
+    description = {"description": f"{_SCRATCH}{time.time():.0f}"}
+    management("PUT", f"vhosts/{name}", description, port=port)
+    everything = {"configure": ".*", "write": ".*", "read": ".*"}
+    management("PUT", f"permissions/{name}/{_DEV_USER}", everything, port=port)
     return BrokerInfo(url=broker_url(vhost), vhost=vhost)
 
 
-def delete_vhost(vhost: str) -> None:
+def delete_vhost(vhost: str, *, port: int = MANAGEMENT_PORT) -> None:
     """Delete a virtual host and everything in it."""
-    management("DELETE", f"vhosts/{quote(vhost, safe='')}")
+    management("DELETE", f"vhosts/{quote(vhost, safe='')}", port=port)
 
 
 def delete_stale_scratch_vhosts(max_age_s: float = SCRATCH_MAX_AGE_S) -> list[str]:

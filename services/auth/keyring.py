@@ -24,7 +24,7 @@ from typing import get_args
 from bus.trust import TokenRole
 from services.auth.tokens import BrokerKey
 
-__all__ = ["KEYS_PER_CHANGE", "Keyring", "KeyringError", "change_expression"]
+__all__ = ["KEYS_PER_CHANGE", "Keyring", "KeyringError", "change_expression", "erlang_binary"]
 
 #: Keys per ``rabbitmqctl eval``: one argument stays far below Linux's 128 KiB limit.
 KEYS_PER_CHANGE = 200
@@ -34,13 +34,13 @@ class KeyringError(RuntimeError):
     """The broker's keys could not be changed; the message says why."""
 
 
-def _binary(text: str) -> str:
+def erlang_binary(text: str) -> str:
     """An Erlang binary of ``text``, spelled in base64: rabbitmqctl's eval drops ``\\"``."""
     return f'base64:decode(<<"{base64.b64encode(text.encode()).decode()}">>)'
 
 
 #: A token holder's user name starts with its role (:class:`bus.trust.Principal`).
-_TOKEN_PREFIXES = ", ".join(_binary(f"{role}:") for role in get_args(TokenRole))
+_TOKEN_PREFIXES = ", ".join(erlang_binary(f"{role}:") for role in get_args(TokenRole))
 
 
 def change_expression(
@@ -53,10 +53,12 @@ def change_expression(
     every running node of the cluster, leaving every other key as it is, then (with
     ``close_on``, a vhost) closes every token holder's connection to that vhost but those
     of the user named ``spare``; its value is how many it closed."""
-    added = ", ".join(f"{_binary(key.kid)} => {{json, {_binary(key.jwk())}}}" for key in trust)
-    removed = ", ".join(_binary(kid) for kid in forget)
+    added = ", ".join(
+        f"{erlang_binary(key.kid)} => {{json, {erlang_binary(key.jwk())}}}" for key in trust
+    )
+    removed = ", ".join(erlang_binary(kid) for kid in forget)
     closing = "" if close_on is None else (
-        f"VHost = {_binary(close_on)}, Spare = {_binary(spare)}, "
+        f"VHost = {erlang_binary(close_on)}, Spare = {erlang_binary(spare)}, "
         f"Prefixes = [{_TOKEN_PREFIXES}], "
         "Token = fun(U) -> lists:any(fun(R) -> "
         "binary:longest_common_prefix([U, R]) =:= byte_size(R) end, Prefixes) end, "
