@@ -16,6 +16,7 @@ must rejoin.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 import uuid
@@ -203,11 +204,12 @@ async def failover(
             finally:
                 if failing is not None and not failing.done():
                     failing.cancel()
-                for worker in workers:
-                    await worker.stop(signal.SIGKILL)
                 back = time.monotonic()
-                if victim.pid() is None:
+                if victim.pid() is None:  # first: whatever failed, the cluster comes back
                     victim.start()
+                for worker in workers:
+                    with contextlib.suppress(Exception):
+                        await worker.stop(signal.SIGKILL)
                 await asyncio.to_thread(cluster.wait_whole)
                 run.rejoin_s = time.monotonic() - back
         run.members_after = await asyncio.to_thread(cluster.members)

@@ -30,9 +30,12 @@ pytestmark = pytest.mark.slow
 BUS = Path(sys.executable).parent / "bus"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def cluster() -> Cluster:
-    return ensure_cluster(3)
+    """The local cluster, whole (a test that failed half way may have left a node down)."""
+    started = ensure_cluster(3)
+    started.wait_whole()
+    return started
 
 
 @pytest.mark.timeout(300)
