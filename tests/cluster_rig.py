@@ -87,7 +87,7 @@ async def _requests(plane: Plane, run: Failover) -> None:
     try:
         for index in range(APPS_PER_NAMESPACE * 2 - 1):
             for namespace in NAMESPACES:
-                app = f"app{index // 2}" if index % 2 == 0 else f"app{(index - 1) // 2}"
+                app = f"app{index // 2}"  # even: its deploy; odd: its scale
                 request: DeployRequest | ScaleRequest
                 if index % 2 == 0:
                     request = DeployRequest(
