@@ -27,7 +27,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -49,11 +49,20 @@ from nodeagent.input import InputSource
 from nodeagent.load import ForeignLoadSource
 from nodeagent.loglimit import LogLimits
 from nodeagent.logship import LogShipper
-from nodeagent.policy import Action, Decision, Observation, PolicySettings, PresencePolicy
+from nodeagent.policy import (
+    Action,
+    Decision,
+    Observation,
+    Phase,
+    PolicySettings,
+    PresencePolicy,
+)
+from nodeagent.pressure import PressureSource
 from nodeagent.reports import heartbeat, metric_sample, what_it_says
 from nodeagent.runtime import Runtime
-from nodeagent.runtime.spec import ReplicaInfo, ReplicaSpec, StartCancelled, StartFailed
+from nodeagent.runtime.spec import ENDED, ReplicaInfo, ReplicaSpec, StartCancelled, StartFailed
 from nodeagent.sessions import SessionSource
+from nodeagent.share import newest, over_share, shared_allocatable
 from nodeagent.status import StatusFolders
 from nodeagent.timetable import Timetable
 from nodeagent.tokens import TokenFiles
@@ -65,6 +74,7 @@ from schemas import (
     Owner,
     PauseReplica,
     Presence,
+    PresenceMode,
     Refusal,
     RenewToken,
     ReplicaCommand,
@@ -85,8 +95,6 @@ __all__ = ["DESK_RESERVE", "Agent", "AgentSettings"]
 #: What a PC keeps for the person at the desk unless told otherwise: a core and 2 GiB.
 DESK_RESERVE = Amount(1000, 2048)
 
-#: Replicas in these states hold no resources (they wait only for their StopReplica).
-_ENDED = frozenset({ReplicaState.EXITED, ReplicaState.FAILED})
 #: How long a person's arrival waits for starts in flight to pause before it is announced
 #: (a start still pulling an image then pauses itself, or is cancelled, when it ends).
 _STARTS_SETTLE_S = 2.0
@@ -144,12 +152,28 @@ class AgentSettings:
     log_limits: LogLimits = field(default_factory=LogLimits)
     #: The site data root (``--data-root``), told to the platform so users can find it.
     data_root: Path | None = None
+    #: ``coexist`` mode: the share of the PC's cores and memory replicas keep beside a person.
+    coexist_cpu_fraction: float = 0.5
+    coexist_memory_fraction: float = 0.25
+    #: ``coexist`` mode: how often the fast signals (CPU left idle, memory) are read.
+    pressure_sample_s: float = 0.1
 
     @property
     def allocatable(self) -> Amount:
         """Capacity less the desk's reserve."""
         left = self.capacity - self.desk_reserve
         return Amount(max(0, left.cpu_millicores), max(0, left.memory_mib))
+
+    def offered(self, decision: Decision) -> Amount:
+        """What replicas may reserve under ``decision``: the reduced share while sharing.
+
+        Raises:
+            ValueError: a coexist fraction is not between 0 and 1.
+        """
+        if decision.phase is not Phase.SHARING:
+            return self.allocatable
+        cpu, memory = self.coexist_cpu_fraction, self.coexist_memory_fraction
+        return shared_allocatable(self.capacity, self.allocatable, cpu, memory)
 
 
 class Agent:
@@ -188,6 +212,10 @@ class Agent:
             sample_s=settings.load_sample_s,
             platform_users=settings.platform_users,
         )
+        self._pressure = PressureSource(self._on_pressure, runtime.replica_cpu_ns,
+                                        sample_s=settings.pressure_sample_s)  # fmt: skip
+        #: When each replica started here (by the agent's clock): the newest go first.
+        self._started_at: dict[str, float] = {}
         self._decision: Decision | None = None
         self._announced: Presence | None = None
         self._acting = asyncio.Lock()  # decisions are carried out one at a time, in order
@@ -240,6 +268,8 @@ class Agent:
         self._input.start()
         if self.settings.foreign_load:
             self._load.start()
+        if self.settings.policy.mode is PresenceMode.COEXIST:
+            self._pressure.start()
         await self._carry_out(self._decide())
         await self._commands.start(bus)
         self._spawn(supervised("heartbeats", self._heartbeats))
@@ -250,6 +280,7 @@ class Agent:
         self._sessions.stop()
         self._input.stop()
         self._load.stop()
+        self._pressure.stop()
         if self._timer is not None:
             self._timer.cancel()
         await self._commands.stop(grace_s)
@@ -273,11 +304,19 @@ class Agent:
             last_input_at=self._input.last_input_at,
             foreign_load=self._load.cores,
             timetable_block=self.settings.timetable.blocked(self._wall_clock()),
+            idle_cores=self._pressure.idle_cores,
+            memory_available_mib=self._pressure.memory_available_mib,
         )
 
     def _on_signal(self, *_news: object) -> None:
         """A source changed (sessions, a load sample) or a timer fired: observe everything."""
         self._spawn(self._carry_out(self._decide()))
+
+    def _on_pressure(self) -> None:
+        """A fast sample (ten a second): act only if the verdict changed."""
+        before = self._decision
+        if self._decide() != before:
+            self._spawn(self._carry_out(self.decision))
 
     def _decide(self) -> Decision:
         """Observe every signal now; the verdict holds from this instant, for starts too."""
@@ -300,15 +339,29 @@ class Agent:
                 elif action is Action.RESUME_ALL:
                     paused = [r for r in replicas if r.state is ReplicaState.PAUSED]
                     await asyncio.gather(*(self._resume(r.replica_id) for r in paused))
-                else:
-                    paused = [r for r in replicas if r.state is ReplicaState.PAUSED]
-                    await asyncio.gather(*(self.runtime.stop(r.replica_id, 0) for r in paused))
+                elif action is Action.EVICT_PAUSED:
+                    await self._evict(r.replica_id for r in replicas
+                                      if r.state is ReplicaState.PAUSED)  # fmt: skip
+                elif action is Action.FIT_SHARE:
+                    share = self.settings.offered(decision)
+                    await self._evict(over_share(replicas, self._started_at, share))
+                else:  # EVICT_NEWEST
+                    last = newest(replicas, self._started_at)
+                    await self._evict([] if last is None else [last])
+                replicas = await self.runtime.replicas()
             # its own verdict: a newer one waits for the lock, and is told after its actions
             presence = self._presence(decision)
             if self._announced is None or self._announced.state is not presence.state:
                 self._announced = presence
                 await self.bus.publish(NodePresence(node=self.settings.node, presence=presence))
             self._schedule(decision.next_check_at)
+
+    async def _evict(self, replica_ids: Iterable[str]) -> None:
+        """Stop these replicas at once (SIGKILL): the platform replaces them elsewhere."""
+        evicted = list(replica_ids)
+        await asyncio.gather(*(self.runtime.stop(replica_id, 0) for replica_id in evicted))
+        for replica_id in evicted:
+            self._forget(replica_id)
 
     def _schedule(self, at: float | None) -> None:
         """Wake at the policy's next check, or when the timetable next flips if sooner."""
@@ -369,9 +422,9 @@ class Agent:
 
     def _no_room(self, replicas: list[ReplicaInfo], wanted: Amount) -> tuple[Refusal, str] | None:
         """The replica's reservation does not fit what the live and starting ones leave."""
-        held = [r.reservation for r in replicas if r.state not in _ENDED]
+        held = [r.reservation for r in replicas if r.state not in ENDED]
         held += [reservation for reservation, _ in self._starting.values()]
-        free = self.settings.allocatable - sum(held, ZERO)
+        free = self.settings.offered(self.decision) - sum(held, ZERO)
         if wanted.shortfall(free) is None:
             return None
         return Refusal.NO_ROOM, (
@@ -441,6 +494,7 @@ class Agent:
         except StartFailed as error:
             self._forget(command.replica_id)
             return _Outcome(ReplicaState.FAILED, str(error))
+        self._started_at[command.replica_id] = self._clock()
         if not self.decision.accepting:  # a person arrived while it started
             await self._pause(command.replica_id)
             refusal, reason = self._not_accepting()
@@ -463,6 +517,7 @@ class Agent:
         self.tokens.remove(replica_id)
         self.status.remove(replica_id)
         self._unsaved.pop(replica_id, None)
+        self._started_at.pop(replica_id, None)
 
     async def _publish_status(
         self,
@@ -492,7 +547,7 @@ class Agent:
         for replica in replicas:
             if replica.replica_id in self._stopping:
                 continue  # told to stop: it goes from the next heartbeat, not as a crash
-            if replica.state in _ENDED and replica.replica_id not in self._ended:
+            if replica.state in ENDED and replica.replica_id not in self._ended:
                 self._ended.add(replica.replica_id)
                 outcome = _Outcome(replica.state, f"exited with code {replica.exit_code}")
                 await self._publish_status(
@@ -510,7 +565,7 @@ class Agent:
                 round(psutil.cpu_percent() / 100 * cores * 1000),
                 psutil.virtual_memory().used // 2**20,
             )
-            live = [r for r in replicas if r.state not in _ENDED]
+            live = [r for r in replicas if r.state not in ENDED]
             settings = self.settings
             now_present = {r.namespace for r in live}
             sample = metric_sample(settings.node, used, settings.capacity, self._presence(),
@@ -533,9 +588,9 @@ class Agent:
         self._seq += 1
         settings = self.settings
         beat = heartbeat(
-            settings.node, self._seq, settings.capacity, settings.allocatable,
+            settings.node, self._seq, settings.capacity, settings.offered(self.decision),
             self._presence(), replicas, settings.labels, self.runtime.name, self._unsaved,
-            settings.data_root,
+            settings.data_root, settings.policy.mode,
         )  # fmt: skip
         says, now = what_it_says(beat), self._clock()
         if says != self._told[0] or now - self._told[1] >= settings.full_heartbeat_s:

@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable
 
 from nodeagent.loglimit import Limiter, LogLimits
 from nodeagent.runtime import Runtime
-from nodeagent.runtime.spec import ReplicaInfo
-from schemas import MAX_LINE_CHARS, LogBatch, LogLine, ReplicaState, utc_now
+from nodeagent.runtime.spec import ENDED, ReplicaInfo
+from schemas import MAX_LINE_CHARS, LogBatch, LogLine, utc_now
 
 __all__ = ["BATCH_LINES", "LogShipper"]
 
@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 #: At most this many lines go in one batch.
 BATCH_LINES = 1000
-_ENDED = frozenset({ReplicaState.EXITED, ReplicaState.FAILED})
 
 
 class LogShipper:
@@ -55,7 +54,7 @@ class LogShipper:
 
     def sync(self, replicas: list[ReplicaInfo]) -> None:
         """The runtime's replicas now: follow the new ones; the others end their following."""
-        self._live = {r.replica_id for r in replicas if r.state not in _ENDED}
+        self._live = {r.replica_id for r in replicas if r.state not in ENDED}
         for replica in replicas:
             if replica.replica_id in self._live and replica.replica_id not in self._followers:
                 task = asyncio.get_running_loop().create_task(self._follow(replica))

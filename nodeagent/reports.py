@@ -15,6 +15,7 @@ from schemas import (
     MetricSample,
     NodeHeartbeat,
     Presence,
+    PresenceMode,
     ReplicaReport,
     ReplicaState,
     ReplicaUsage,
@@ -34,6 +35,7 @@ def heartbeat(
     runtime: str,
     unsaved: Mapping[str, float | None] = MappingProxyType({}),
     data_root: Path | None = None,
+    mode: PresenceMode = PresenceMode.SUSPEND,
 ) -> NodeHeartbeat:
     """A heartbeat: the PC, its presence, and every replica with its state and use (and,
     paused, the work an eviction would lose: ``unsaved``)."""
@@ -49,7 +51,7 @@ def heartbeat(
             for r in replicas
         ),
         labels=labels, runtime=runtime, data_root=None if data_root is None else str(data_root),
-        batched_commands=True,
+        batched_commands=True, presence_mode=mode,
     )  # fmt: skip
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "NodePresence",
     "Presence",
     "PresenceCause",
+    "PresenceMode",
     "PresenceState",
     "Refusal",
     "ReplicaReport",
@@ -44,10 +45,23 @@ MAX_REPLICAS_PER_NODE = 1024
 
 
 class PresenceState(StrEnum):
-    """Whether a person is using the PC."""
+    """Whether a person is using the PC, and whether replicas run beside them."""
 
     IDLE = "idle"
     BUSY = "busy"
+    #: A person is here, and replicas share the PC with them at the lowest priority, in a
+    #: reduced allocatable (a PC in ``coexist`` mode): it takes work that fits.
+    SHARED = "shared"
+
+
+class PresenceMode(StrEnum):
+    """What a PC does with its replicas while a person uses it."""
+
+    #: Freeze them all, as soon as anyone is there.
+    SUSPEND = "suspend"
+    #: Keep running a share of them at the lowest priority, frozen while the person's own
+    #: work needs the CPU or memory runs short (class hours of its timetable suspend).
+    COEXIST = "coexist"
 
 
 class PresenceCause(StrEnum):
@@ -104,9 +118,10 @@ class NodeHeartbeat(NodeMessage):
 
     schema_name = "NodeHeartbeat"
     #: Version 1 had no replica's ``unsaved_s`` (read as unknown: evicted at once) nor
-    #: ``data_root`` (read as none); versions 1 and 2 no ``batched_commands`` (read as false).
-    schema_version = 3
-    older_versions = frozenset({1, 2})
+    #: ``data_root`` (read as none); versions 1 and 2 no ``batched_commands`` (read as
+    #: false); versions 1 to 3 no ``presence_mode`` (read as suspend) nor shared presence.
+    schema_version = 4
+    older_versions = frozenset({1, 2, 3})
 
     seq: Count
     sent_at: Timestamp
@@ -121,6 +136,9 @@ class NodeHeartbeat(NodeMessage):
     data_root: DataRoot | None = None
     #: The agent takes several commands in one message (``StartReplicas``, ``StopReplicas``).
     batched_commands: bool = False
+    #: What the PC does with replicas while a person uses it (its ``allocatable`` is the
+    #: reduced share while its presence is shared).
+    presence_mode: PresenceMode = PresenceMode.SUSPEND
 
 
 class NodeAlive(NodeMessage):
@@ -138,6 +156,9 @@ class NodePresence(NodeMessage):
     """Published the moment a PC's presence changes (after its replicas were paused)."""
 
     schema_name = "NodePresence"
+    #: Version 1 had no shared presence.
+    schema_version = 2
+    older_versions = frozenset({1})
 
     presence: Presence
 
@@ -209,9 +230,10 @@ class MetricSample(NodeMessage):
 
     schema_name = "MetricSample"
     #: Version 1 had no replica's ``cpu_s`` nor ``reserved_cpu_millicores`` (read as 0:
-    #: such a replica counts for no CPU in ``bus usage``).
-    schema_version = 2
-    older_versions = frozenset({1})
+    #: such a replica counts for no CPU in ``bus usage``); versions 1 and 2 no shared
+    #: presence.
+    schema_version = 3
+    older_versions = frozenset({1, 2})
 
     at: Timestamp
     cpu_millicores: CpuMillicores

@@ -22,7 +22,7 @@ from schemas.base import (
     WireModel,
 )
 from schemas.events import DeploymentState
-from schemas.node import MAX_REPLICAS_PER_NODE, DataRoot, PresenceState, ReplicaState
+from schemas.node import MAX_REPLICAS_PER_NODE, DataRoot, PresenceMode, PresenceState, ReplicaState
 from schemas.requests import ReplicaCount, Replicas
 from schemas.resources import Resources
 
@@ -138,8 +138,10 @@ class NodeView(WireModel):
     """A PC as placement sees it."""
 
     node: NodeName
-    state: Annotated[str, Field(pattern=r"^(idle|busy|lost|cordoned|draining)$")]
+    state: Annotated[str, Field(pattern=r"^(idle|busy|shared|lost|cordoned|draining)$")]
     presence: PresenceState
+    #: What the PC does with replicas while a person uses it.
+    mode: PresenceMode = PresenceMode.SUSPEND
     cause: str
     capacity: Resources
     allocatable: Resources
@@ -155,9 +157,10 @@ class NodesReply(PlatformMessage):
     next page starts (None: this was the last)."""
 
     schema_name = "NodesReply"
-    #: Version 1 had no ``next_after`` (read as: the last page).
-    schema_version = 2
-    older_versions = frozenset({1})
+    #: Version 1 had no ``next_after`` (read as: the last page); versions 1 and 2 no PC's
+    #: ``mode`` (read as suspend) nor shared state.
+    schema_version = 3
+    older_versions = frozenset({1, 2})
 
     nodes: tuple[NodeView, ...] = Field(default=(), max_length=10_000)
     at: Timestamp

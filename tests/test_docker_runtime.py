@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -110,6 +111,11 @@ async def test_a_container_is_confined_to_its_reservation_as_an_unprivileged_use
     pid = details["State"]["Pid"]
     group = Cgroup.of_pid(pid, MOUNTS)
     assert (group.dirs["cpu"] / "cpu.cfs_quota_us").read_text().strip() == "50000"
+    # the lowest class, in a group under the agent's own groups at the lowest weight
+    assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+    assert group.dirs["cpu"].parent == MOUNTS.v1["cpu"] / "idlecloud" / runtime.node
+    for level in (group.dirs["cpu"].parent, group.dirs["cpu"].parent.parent):
+        assert (level / "cpu.shares").read_text().strip() == "2"
     assert int((group.dirs["memory"] / "memory.limit_in_bytes").read_text()) == 64 * 2**20
     status = proc_status(pid)
     assert status["Uid"].split()[0] == "65534"

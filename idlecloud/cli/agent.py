@@ -27,9 +27,10 @@ from nodeagent.runtime.cgroup import Mounts, replica_parent
 from nodeagent.runtime.data import DATA_GIDS, DataFolders
 from nodeagent.runtime.identity import Identities, UidRange
 from nodeagent.runtime.process import ProcessRuntime
+from nodeagent.share import shared_allocatable
 from nodeagent.timetable import Timetable
 from nodeagent.tokens import TokenFiles
-from schemas import Amount
+from schemas import ZERO, Amount, PresenceMode
 from schemas.base import DNS_LABEL_PATTERN
 
 __all__ = ["agent_app"]
@@ -244,6 +245,44 @@ def run_agent(
     busy_load_for_s: Annotated[
         float, _option("Seconds that load must last to count.", "BUSY_LOAD_FOR_S")
     ] = _POLICY.busy_load_for_s,
+    presence_mode: Annotated[
+        PresenceMode,
+        _option(
+            "What replicas do while a person uses the PC: 'suspend' (freeze them all) or "
+            "'coexist' (keep a share running at the lowest priority; class hours of "
+            "--timetable still suspend).",
+            "PRESENCE_MODE",
+        ),
+    ] = _POLICY.mode,
+    coexist_cpu_fraction: Annotated[
+        float,
+        _option("coexist: the share of the PC's cores replicas keep.", "COEXIST_CPU_FRACTION"),
+    ] = AgentSettings.coexist_cpu_fraction,
+    coexist_memory_fraction: Annotated[
+        float,
+        _option("coexist: the share of the PC's memory replicas keep.", "COEXIST_MEMORY_FRACTION"),
+    ] = AgentSettings.coexist_memory_fraction,
+    coexist_min_idle_cores: Annotated[
+        float,
+        _option(
+            "coexist: replicas freeze while the person's processes leave fewer cores idle.",
+            "COEXIST_MIN_IDLE_CORES",
+        ),
+    ] = _POLICY.coexist_min_idle_cores,
+    coexist_memory_floor_mib: Annotated[
+        float,
+        _option(
+            "coexist: below this much available memory replicas freeze and the newest goes.",
+            "COEXIST_MEMORY_FLOOR_MIB",
+        ),
+    ] = _POLICY.coexist_memory_floor_mib,
+    coexist_input_burst_s: Annotated[
+        float,
+        _option(
+            "coexist: replicas freeze while input comes this long with no quarter-second gap.",
+            "COEXIST_INPUT_BURST_S",
+        ),
+    ] = _POLICY.coexist_input_burst_s,
     load_sample_s: Annotated[
         float, _option("Seconds between foreign-load samples.", "LOAD_SAMPLE_S")
     ] = AgentSettings.load_sample_s,
@@ -300,8 +339,13 @@ def run_agent(
             input_active_s=input_active_s,
             busy_load=busy_load,
             busy_load_for_s=busy_load_for_s,
+            mode=presence_mode,
+            coexist_min_idle_cores=coexist_min_idle_cores,
+            coexist_memory_floor_mib=coexist_memory_floor_mib,
+            coexist_input_burst_s=coexist_input_burst_s,
         )
         hours = Timetable.parse(timetable or [])
+        shared_allocatable(ZERO, ZERO, coexist_cpu_fraction, coexist_memory_fraction)
     except ValueError as error:
         fail(str(error))
     if runtime not in ("process", "docker"):
@@ -325,6 +369,8 @@ def run_agent(
         platform_users=tuple(platform_user or ()),
         replica_url=replica_url or addresses.each(url, lambda node: node.with_user(None)),
         data_root=data_root,
+        coexist_cpu_fraction=coexist_cpu_fraction,
+        coexist_memory_fraction=coexist_memory_fraction,
     )
     replicas: Runtime
     usage_interval_s = metrics_s / 2  # each sample carries a fresh reading

@@ -238,17 +238,20 @@ def delete(
 
 
 def nodes(url: UrlOption = BROKER_URL, as_json: JsonOption = False) -> None:
-    """Every PC: free, busy with a person, lost, cordoned; capacity, reserved, replicas."""
+    """Every PC: free, busy with a person, shared with one, lost, cordoned; its presence
+    mode (suspend or coexist), capacity, reserved, replicas."""
     reply = asking(url, Owner.platform(), "NodesQuery", every_node)
     if as_json:
         print_json(reply.model_dump(mode="json"))
         return
-    shown = table("PC", "state", "cause", "CPU reserved/allocatable", "memory MiB", "replicas")
+    shown = table("PC", "state", "cause", "mode", "CPU reserved/allocatable", "memory MiB",
+                  "replicas")  # fmt: skip
     for view in reply.nodes:
         shown.add_row(
             view.node,
             view.state,
             view.cause,
+            view.mode,
             f"{view.reserved.cpu_millicores}/{view.allocatable.cpu_millicores}m",
             f"{view.reserved.memory_mib}/{view.allocatable.memory_mib}",
             str(view.replicas),

@@ -17,11 +17,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CPU_PERIOD_US", "Cgroup", "Mounts", "ReplicaParent", "replica_groups", "replica_parent"]
+__all__ = [
+    "CPU_PERIOD_US",
+    "Cgroup",
+    "Mounts",
+    "ReplicaParent",
+    "WeightChain",
+    "own_groups",
+    "replica_groups",
+    "replica_parent",
+]
 
 #: The CFS period our CPU quotas are expressed in.
 CPU_PERIOD_US = 100_000
@@ -143,6 +152,50 @@ class Cgroup:
         (self.dirs["cpu"] / "cpu.shares").write_text("2")
         (self.dirs["memory"] / "memory.limit_in_bytes").write_text(str(memory_bytes))
 
+    def lowest_class(self) -> None:
+        """Put the whole group at the lowest CPU weight and scheduling class: ``cpu.idle``
+        on v2; on v1 (which has no such file) ``SCHED_IDLE`` for each of its threads, which
+        the threads and processes they start later inherit.
+
+        Raises:
+            OSError: the group is gone or not writable.
+        """
+        self._scheduling(idle=True)
+
+    def boost(self) -> None:
+        """Give the whole group a normal CPU weight and class, so each of its tasks runs
+        soon: a task freezes, or dies of SIGKILL, only when it next runs, and a PC busy
+        with a person's work would starve the lowest class for seconds.
+
+        Raises:
+            OSError: the group is gone or not writable.
+        """
+        self._scheduling(idle=False)
+
+    def weigh(self, *, lowest: bool) -> None:
+        """The group's own CPU weight among its siblings: the lowest (an idle group, on
+        v2), or a normal one.
+
+        Raises:
+            OSError: the group is gone or not writable.
+        """
+        folder = self.dirs["cpu"]
+        if self.unified:  # the kernel takes no weight for an idle group: idle goes last
+            writes = [("cpu.weight", "1"), ("cpu.idle", "1")]
+            for name, value in writes if lowest else [("cpu.idle", "0"), ("cpu.weight", "100")]:
+                (folder / name).write_text(value)
+            return
+        (folder / "cpu.shares").write_text("2" if lowest else "1024")
+
+    def _scheduling(self, *, idle: bool) -> None:
+        self.weigh(lowest=idle)
+        if self.unified:
+            return
+        policy = os.SCHED_IDLE if idle else os.SCHED_OTHER
+        for tid in (self.dirs["cpu"] / "tasks").read_text().split():
+            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                os.sched_setscheduler(int(tid), policy, os.sched_param(0))
+
     def join(self, pid: int) -> None:
         """Move ``pid`` into this group (children it forks later follow it).
 
@@ -173,24 +226,36 @@ class Cgroup:
             return None
 
     def freeze(self) -> None:
-        """Ask the kernel to freeze every task of the group (see :meth:`frozen`).
+        """Ask the kernel to freeze every task of the group (see :meth:`frozen`), boosted
+        first so that they freeze at once (:meth:`boost`).
 
         Raises:
             OSError: the freezer is not writable.
         """
-        self._file("freezer", "freezer.state", "cgroup.freeze").write_text(
-            "1" if self.unified else "FROZEN"
-        )
+        self.boost()
+        self._set_frozen(True)
 
     def thaw(self) -> None:
-        """Let every task of the group run again.
+        """Let every task of the group run again, at the lowest class.
 
         Raises:
             OSError: the freezer is not writable.
         """
-        self._file("freezer", "freezer.state", "cgroup.freeze").write_text(
-            "0" if self.unified else "THAWED"
-        )
+        self.lowest_class()
+        self._set_frozen(False)
+
+    def let_die(self) -> None:
+        """Thaw the group at a normal class, after SIGKILL: its tasks die once they run.
+
+        Raises:
+            OSError: the freezer is not writable.
+        """
+        self.boost()
+        self._set_frozen(False)
+
+    def _set_frozen(self, frozen: bool) -> None:
+        text = ("1" if frozen else "0") if self.unified else ("FROZEN" if frozen else "THAWED")
+        self._file("freezer", "freezer.state", "cgroup.freeze").write_text(text)
 
     def frozen(self) -> bool:
         """True once every task is frozen (FREEZING is not yet frozen)."""
@@ -221,6 +286,52 @@ class Cgroup:
             with contextlib.suppress(FileNotFoundError, OSError):
                 os.rmdir(folder)
         return not any(folder.exists() for folder in set(self.dirs.values()))
+
+
+def own_groups(relative: str) -> list[str]:
+    """``relative`` and each group above it that is the agent's own, deepest first: every
+    one below the first systemd unit, slice or scope (those are systemd's to weigh)."""
+    parts = Path(relative).parts
+    owned = []
+    for depth in range(len(parts), 0, -1):
+        if parts[depth - 1].endswith((".service", ".slice", ".scope")):
+            break
+        owned.append("/".join(parts[:depth]))
+    return owned
+
+
+class WeightChain:
+    """The agent's own groups above a PC's replicas, at the lowest CPU weight.
+
+    A group's weight counts only among its siblings: a replica's group at the lowest weight
+    inside a parent of normal weight would take its parent's whole share from the person's
+    processes. So every level the agent owns is at the lowest weight too. A replica that
+    must run once, to freeze or to die of SIGKILL, would then wait for seconds on a busy PC:
+    :meth:`raised` gives the chain a normal weight for as long as any replica must run.
+    """
+
+    def __init__(self, groups: Iterable[Cgroup]) -> None:
+        self._groups = tuple(groups)
+        self._raised = 0
+        self._weigh(lowest=True)
+
+    @contextlib.contextmanager
+    def raised(self) -> Iterator[None]:
+        """A normal weight while the block runs (and any other block raising it)."""
+        self._raised += 1
+        if self._raised == 1:
+            self._weigh(lowest=False)
+        try:
+            yield
+        finally:
+            self._raised -= 1
+            if self._raised == 0:
+                self._weigh(lowest=True)
+
+    def _weigh(self, *, lowest: bool) -> None:
+        for group in self._groups:
+            with contextlib.suppress(OSError):  # not writable: nothing to keep low
+                group.weigh(lowest=lowest)
 
 
 @dataclass(frozen=True, slots=True)

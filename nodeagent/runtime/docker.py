@@ -3,9 +3,12 @@
 Every container is created with labels naming its node, namespace, app and replica (and
 its reservation), a CPU quota and memory limit equal to the reservation (no swap), a pids
 limit, every capability dropped, ``no-new-privileges``, an unprivileged user, the lowest
-CPU weight, an OOM score that sacrifices it before the person's programs, the configured
-network mode, and the replica's token folder mounted read-only. Its name,
-``idlecloud-<node>-<replica>``, makes a second start of the same replica a no-op.
+CPU weight and, once it started, the lowest scheduling class (``SCHED_IDLE`` for every
+thread of its cgroup, set again at each use sample for any thread that was quicker than
+the first setting; ``cpu.idle`` on cgroup v2), an OOM score that sacrifices it before
+the person's programs, the configured network mode, and the replica's token folder
+mounted read-only. Its name, ``idlecloud-<node>-<replica>``, makes a second start of the
+same replica a no-op.
 
 Pausing uses the cgroup freezer through ``docker pause`` (freezing the cgroup behind
 dockerd's back would be faster, but runc then refuses to pause or unpause it, and dockerd
@@ -35,7 +38,7 @@ import aiodocker
 
 from nodeagent.load import PLATFORM_MARKER
 from nodeagent.runtime import DOCKER_NETWORK, DOCKER_USER
-from nodeagent.runtime.cgroup import CPU_PERIOD_US, Cgroup, Mounts
+from nodeagent.runtime.cgroup import CPU_PERIOD_US, Cgroup, Mounts, WeightChain, own_groups
 from nodeagent.runtime.data import DATA_ENV, DOCKER_DATA, DataFolders
 from nodeagent.runtime.output import Output, docker_output
 from nodeagent.runtime.spec import CpuMeter, ReplicaInfo, ReplicaSpec, StartCancelled, StartFailed
@@ -106,6 +109,8 @@ class DockerRuntime:
         self._sampled_at = -float("inf")
         self._seen: dict[str, _Seen] = {}  # replica id -> what we know of its container
         self._mounts = Mounts.read()
+        self._parent: str | None = None  # where containers' groups go (None: not asked yet)
+        self._chain = WeightChain(())
 
     @property
     def docker(self) -> aiodocker.Docker:
@@ -141,7 +146,27 @@ class DockerRuntime:
         except aiodocker.DockerError as error:
             raise StartFailed(f"cannot pull {image}: {error.message}") from None
 
-    def _config(self, spec: ReplicaSpec) -> dict[str, Any]:
+    async def _cgroup_parent(self) -> str:
+        """Where containers' groups go: with the ``cgroupfs`` driver, under the agent's own
+        groups at the lowest weight (:class:`WeightChain`), as the process runtime's
+        replicas; with the ``systemd`` driver, where Docker puts them ("": its slice's
+        weight is systemd's to set, e.g. ``CPUWeight=idle``)."""
+        if self._parent is None:
+            self._parent = ""
+            info = await self.docker.system.info()
+            if info.get("CgroupDriver") == "cgroupfs":
+                own = own_groups(f"idlecloud/{self.node}")
+                self._chain = WeightChain(
+                    group for path in own if (group := Cgroup.create(path, self._mounts))
+                )
+                self._parent = f"/idlecloud/{self.node}"
+            else:
+                log.warning("dockerd's %s cgroup driver: replicas' containers weigh only "
+                            "among Docker's; give its slice CPUWeight=idle",
+                            info.get("CgroupDriver"))  # fmt: skip
+        return self._parent
+
+    def _config(self, spec: ReplicaSpec, cgroup_parent: str) -> dict[str, Any]:
         env = {**spec.env, PLATFORM_MARKER: "1"}
         binds = []
         if spec.token_dir is not None:
@@ -174,6 +199,7 @@ class DockerRuntime:
                 "CpuPeriod": CPU_PERIOD_US,
                 "CpuQuota": max(1000, spec.reservation.cpu_millicores * CPU_PERIOD_US // 1000),
                 "CpuShares": 2,
+                "CgroupParent": cgroup_parent,
                 "Memory": memory_bytes,
                 "MemorySwap": memory_bytes,
                 "OomScoreAdj": 1000,
@@ -207,11 +233,13 @@ class DockerRuntime:
             if folder is not None:
                 hand_over(folder, *self._owner)
         try:
-            container = await self.docker.containers.create(self._config(spec), name=name)
+            config = self._config(spec, await self._cgroup_parent())
+            container = await self.docker.containers.create(config, name=name)
             if not may_run():
                 await container.delete(force=True)
                 raise StartCancelled("the PC stopped taking replicas before this one began")
             await container.start()
+            await self._lowest_class(container, self._seen.setdefault(spec.replica_id, _Seen()))
         except aiodocker.DockerError as error:
             if error.status == 409:
                 return  # a concurrent start of the same replica won
@@ -242,6 +270,11 @@ class DockerRuntime:
             container = await self._own(replica_id)
             if container is None or not container["State"]["Running"]:
                 return
+        self._set_class(replica_id, lowest=False)  # a task freezes when it next runs
+        with self._chain.raised():
+            await self._pause(replica_id, container)
+
+    async def _pause(self, replica_id: str, container: Any) -> None:
         for attempt in range(_PAUSE_ATTEMPTS):
             try:
                 await container.pause()
@@ -260,6 +293,7 @@ class DockerRuntime:
         """Thaw the container (idempotent)."""
         container = await self._own(replica_id)
         if container is not None and container["State"]["Paused"]:
+            self._set_class(replica_id, lowest=True)
             with contextlib.suppress(aiodocker.DockerError):
                 await container.unpause()
 
@@ -269,13 +303,17 @@ class DockerRuntime:
         if container is None:
             return
         state = container["State"]
-        with contextlib.suppress(aiodocker.DockerError):  # 409: it ended meanwhile
-            if state["Paused"] or (state["Running"] and grace_s <= 0):
-                await container.kill(signal="SIGKILL")
-            elif state["Running"]:
-                await container.stop(t=max(1, round(grace_s)))
-        with contextlib.suppress(aiodocker.DockerError):  # 404: removed meanwhile
-            await container.delete(force=True)
+        kill = state["Paused"] or (state["Running"] and grace_s <= 0)
+        if kill:  # a task dies of SIGKILL when it next runs: let it run soon
+            self._set_class(replica_id, lowest=False)
+        with self._chain.raised() if kill else contextlib.nullcontext():
+            with contextlib.suppress(aiodocker.DockerError):  # 409: it ended meanwhile
+                if kill:
+                    await container.kill(signal="SIGKILL")
+                elif state["Running"]:  # it cleans up at the lowest class, as it ran
+                    await container.stop(t=max(1, round(grace_s)))
+            with contextlib.suppress(aiodocker.DockerError):  # 404: removed meanwhile
+                await container.delete(force=True)
         self._seen.pop(replica_id, None)
 
     async def replicas(self, *, with_usage: bool = False) -> list[ReplicaInfo]:
@@ -356,9 +394,34 @@ class DockerRuntime:
         with contextlib.suppress(OSError):  # it ended already
             seen.cgroup = Cgroup.of_pid(details["State"]["Pid"], self._mounts)
 
-    async def _sample(self, container: Any, seen: _Seen) -> None:
+    async def _lowest_class(self, container: Any, seen: _Seen) -> None:
+        """Its cgroup's threads at the lowest scheduling class (again at each sample: a
+        thread started before the first call did not inherit it)."""
         if seen.cgroup is None:
             await self._find_cgroup(container, seen)
+        if seen.cgroup is not None:
+            with contextlib.suppress(OSError):  # it ended meanwhile
+                seen.cgroup.lowest_class()
+
+    def _set_class(self, replica_id: str, *, lowest: bool) -> None:
+        """The container's tasks at the lowest class, or a normal one (:meth:`Cgroup.boost`),
+        if its cgroup is known."""
+        seen = self._seen.get(replica_id)
+        if seen is not None and seen.cgroup is not None:
+            with contextlib.suppress(OSError):  # it ended meanwhile
+                (seen.cgroup.lowest_class if lowest else seen.cgroup.boost)()
+
+    def replica_cpu_ns(self) -> dict[str, int]:
+        """CPU time each container whose cgroup was found has used (one read each)."""
+        used = {}
+        for replica_id, seen in self._seen.items():
+            cpu_ns = seen.cgroup.cpu_usage_ns() if seen.cgroup is not None else None
+            if cpu_ns is not None:
+                used[replica_id] = cpu_ns
+        return used
+
+    async def _sample(self, container: Any, seen: _Seen) -> None:
+        await self._lowest_class(container, seen)
         if seen.cgroup is None:
             return
         cpu_ns = seen.cgroup.cpu_usage_ns()

@@ -1,13 +1,17 @@
 """The process runtime: replicas as local process groups, for PCs without Docker.
 
 Each replica runs in its own session (so its whole process tree is one process group),
-at nice 19 so the person's programs always come first, under an identity of its own
+at the lowest scheduling class (``SCHED_IDLE``: it runs only on a core nothing else
+wants, and a person's task that wakes takes the core at once; nice 19 too, which lowers
+its I/O priority) so the person's programs always come first, under an identity of its own
 (:mod:`nodeagent.runtime.identity`: its own uid, its namespace's gid, no capabilities,
 ``no_new_privs``, umask 077, a private home as ``HOME``, ``TMPDIR`` and working folder,
 its token readable by it alone). Where the cgroup tree is writable (root on v1 or v2)
 each replica gets its own control group, joined before privileges are dropped and before
 ``exec``, with a CPU quota and memory limit equal to its reservation at the lowest CPU
-weight; pausing freezes the group (the kernel's freezer, which no child can escape) and
+weight; pausing freezes the group (the kernel's freezer, which no child can escape; the
+group gets a normal weight and class while it freezes, since a task freezes only when it
+next runs, and a person's work would starve the lowest class for seconds) and
 waits until it is frozen, or until a concurrent stop removed it (one that will not freeze
 within a second is killed). Elsewhere its writable
 private memory is capped by ``RLIMIT_DATA`` and pausing stops its process group
@@ -49,7 +53,7 @@ from typing import Any
 import psutil
 
 from nodeagent.load import PLATFORM_MARKER
-from nodeagent.runtime.cgroup import Cgroup, Mounts
+from nodeagent.runtime.cgroup import Cgroup, Mounts, WeightChain, own_groups
 from nodeagent.runtime.data import DATA_ENV, DataFolders
 from nodeagent.runtime.identity import Identities, Identity, become
 from nodeagent.runtime.output import Output, read_file_output
@@ -131,12 +135,14 @@ def _confine_child(
         limit = memory_mib * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     os.nice(19)
+    # inherited by every thread and child; with no capabilities it cannot be undone
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     if identity is not None:
         become(identity, data_gid)
 
 
 class ProcessRuntime:
-    """Replicas as process groups at nice 19; see the module's header."""
+    """Replicas as process groups at the lowest scheduling class; see the module's header."""
 
     name = "process"
 
@@ -171,6 +177,10 @@ class ProcessRuntime:
         self._data = data
         self._mounts = Mounts.read()
         self._leftover: list[Cgroup] = []  # groups the kernel would not remove yet
+        own = [] if cgroup_parent is None else own_groups(cgroup_parent)
+        self._chain = WeightChain(
+            group for path in own if (group := Cgroup.create(path, self._mounts)) is not None
+        )
 
     def _cgroup(self, replica_id: str) -> Cgroup | None:
         """The replica's control group (made if missing), or None where cgroups are unusable."""
@@ -393,17 +403,21 @@ class ProcessRuntime:
         if replica.cgroup is None:
             self._signal(replica, signal.SIGSTOP)
             return
+        with self._chain.raised():  # each task freezes when it next runs: let it run soon
+            await self._freeze(replica_id, replica, replica.cgroup)
+
+    async def _freeze(self, replica_id: str, replica: _Replica, cgroup: Cgroup) -> None:
         with contextlib.suppress(OSError):  # a concurrent stop removed the group
-            replica.cgroup.freeze()
+            cgroup.freeze()
         deadline = time.monotonic() + _FREEZE_TIMEOUT_S
-        while not replica.cgroup.frozen():
-            if replica.stopping or not replica.cgroup.exists():
+        while not cgroup.frozen():
+            if replica.stopping or not cgroup.exists():
                 return  # being stopped: nothing left to wait for
             if time.monotonic() > deadline:
                 log.warning("replica %s would not freeze: killed instead", replica_id)
                 self._signal(replica, signal.SIGKILL)
                 with contextlib.suppress(OSError):
-                    replica.cgroup.thaw()  # frozen tasks die only once thawed
+                    cgroup.let_die()
                 return
             await asyncio.sleep(0.001)
 
@@ -425,13 +439,15 @@ class ProcessRuntime:
             return
         replica.stopping = True
         if self._process(replica) is not None:
-            first = signal.SIGKILL if replica.paused or grace_s <= 0 else signal.SIGTERM
-            self._signal(replica, first)
-            if replica.cgroup is not None and first is signal.SIGKILL:
-                replica.cgroup.thaw()  # frozen tasks die only once thawed
-            if not await self._gone_within(replica, grace_s):
-                self._signal(replica, signal.SIGKILL)
-                await self._gone_within(replica, 10.0)
+            graceful = not replica.paused and grace_s > 0
+            if graceful:  # it cleans up at the lowest class, as it ran
+                self._signal(replica, signal.SIGTERM)
+            if not (graceful and await self._gone_within(replica, grace_s)):
+                with self._chain.raised():  # a task dies when it next runs: let it run soon
+                    self._signal(replica, signal.SIGKILL)
+                    if replica.cgroup is not None:
+                        replica.cgroup.let_die()
+                    await self._gone_within(replica, 10.0)
         if replica.cgroup is not None and not replica.cgroup.remove():
             self._leftover.append(replica.cgroup)
         if self._identities is not None:
@@ -458,6 +474,15 @@ class ProcessRuntime:
         if with_usage and time.monotonic() - self._sampled_at >= self._usage_interval_s:
             self._sample_all()
         return [self._info(replica) for replica in self._replicas.values()]
+
+    def replica_cpu_ns(self) -> dict[str, int]:
+        """CPU time each live replica with a control group has used (one read each)."""
+        used = {}
+        for replica_id, replica in self._replicas.items():
+            cpu_ns = replica.cgroup.cpu_usage_ns() if replica.cgroup is not None else None
+            if cpu_ns is not None:
+                used[replica_id] = cpu_ns
+        return used
 
     def _sample_all(self) -> None:
         self._sampled_at = time.monotonic()
@@ -552,7 +577,7 @@ def kill_recorded(record: Path, *, wait_s: float = 5.0) -> None:
     _signal_all(pid, group, signal.SIGKILL)
     if group is not None and group.exists():
         with contextlib.suppress(OSError):
-            group.thaw()
+            group.let_die()
         deadline = time.monotonic() + wait_s
         while not group.remove() and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from schemas import MAX_CPU_MILLICORES, ZERO, Amount, ReplicaState
 
-__all__ = ["CpuMeter", "ReplicaInfo", "ReplicaSpec", "StartCancelled", "StartFailed"]
+__all__ = ["ENDED", "CpuMeter", "ReplicaInfo", "ReplicaSpec", "StartCancelled", "StartFailed"]
 
+#: Replicas in these states hold no resources (they wait only for their StopReplica).
+ENDED = frozenset({ReplicaState.EXITED, ReplicaState.FAILED})
 #: What a replica reserves unless told otherwise: one core and 256 MiB.
 _DEFAULT_RESERVATION = Amount(1000, 256)
 

@@ -22,6 +22,7 @@ from schemas import (
     NodeAlive,
     NodeHeartbeat,
     NodePresence,
+    PresenceMode,
     PresenceState,
     ReplicaState,
     ReplicaStatus,
@@ -74,6 +75,8 @@ class NodeInfo:
     data_root: str | None = None
     #: Its agent takes several commands in one message (``StartReplicas``, ``StopReplicas``).
     batched_commands: bool = False
+    #: What it does with replicas while a person uses it.
+    mode: PresenceMode = PresenceMode.SUSPEND
 
 
 class Registry:
@@ -113,6 +116,7 @@ class Registry:
             runtime=beat.runtime,
             data_root=beat.data_root,
             batched_commands=beat.batched_commands,
+            mode=beat.presence_mode,
         )
         return True
 

@@ -50,7 +50,7 @@ def apps_reply(
             replicas.setdefault(replica.key, []).append(
                 ReplicaView(replica_id=replica.replica_id, node=node.name, state=replica.state)
             )
-            if replica.state is ReplicaState.RUNNING and node.presence is PresenceState.IDLE:
+            if replica.state is ReplicaState.RUNNING and node.presence is not PresenceState.BUSY:
                 running += replica.reservation
     apps = []
     for key, spec in sorted(state.deployments.items()):
@@ -139,7 +139,7 @@ def nodes_reply(
         elif name in state.cordons:
             label = "draining" if state.cordons[name] == "drain" else "cordoned"
         else:
-            label = "busy" if node.presence is PresenceState.BUSY else "idle"
+            label = node.presence.value
         live = [
             r
             for r in node.replicas.values()
@@ -150,6 +150,7 @@ def nodes_reply(
                 node=name,
                 state=label,
                 presence=node.presence,
+                mode=node.mode,
                 cause=node.cause,
                 capacity=node.capacity.wire(),
                 allocatable=node.allocatable.wire(),

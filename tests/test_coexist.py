@@ -1,0 +1,228 @@
+"""A PC in ``coexist`` mode on the real broker, with real replicas in real cgroups.
+
+A person's login (a real utmp record) shares the PC instead of freezing it: replicas keep
+running at ``SCHED_IDLE`` and the lowest CPU weight, within the reduced share. Real
+foreground processes (CPU hogs, a memory hog) stand for the person's work; the agent's
+fast signals read the kernel's real counters.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+
+import psutil
+import pytest
+
+from bus.connection import Bus
+from nodeagent.agent import Agent, AgentSettings
+from nodeagent.policy import Phase, PolicySettings
+from nodeagent.runtime.cgroup import Mounts
+from nodeagent.runtime.process import ProcessRuntime, frozen
+from nodeagent.timetable import Timetable
+from nodeagent.utmp import write_login
+from schemas import (
+    Amount,
+    NodeHeartbeat,
+    NodePresence,
+    PresenceCause,
+    PresenceMode,
+    PresenceState,
+    Refusal,
+    ReplicaState,
+    ReplicaStatus,
+    Resources,
+    StartReplica,
+)
+
+from .helpers import Events, collect_events, running_agent, wait_until
+
+HALF_CPU = Resources(cpu_millicores=500, memory_mib=128)
+SPIN = (sys.executable, "-c", "while True: pass")
+MOUNTS = Mounts.read()
+
+
+def coexisting(node: str, tmp_path: Path, **policy: float) -> AgentSettings:
+    """A two-core PC in coexist mode that keeps half of itself for replicas beside a person."""
+    return AgentSettings(
+        node=node,
+        capacity=Amount(cpu_millicores=2000, memory_mib=4096),
+        desk_reserve=Amount(),
+        utmp_path=tmp_path / "utmp",
+        policy=PolicySettings(
+            start_idle_s=0, mode=PresenceMode.COEXIST, thaw_after_s=0.5, **policy
+        ),
+        heartbeat_s=0.2,
+        foreign_load=False,
+        coexist_cpu_fraction=0.5,
+        coexist_memory_fraction=0.5,
+    )
+
+
+def start(agent: Agent, replica_id: str, command: tuple[str, ...] = SPIN) -> StartReplica:
+    return StartReplica(
+        node=agent.settings.node, epoch=1, replica_id=replica_id, namespace="alice",
+        app="stereo", image="local", command=command, reservation=HALF_CPU, token="unused",
+    )  # fmt: skip
+
+
+def pid_of(agent: Agent, replica_id: str) -> int:
+    runtime = agent.runtime
+    assert isinstance(runtime, ProcessRuntime)
+    return runtime._replicas[replica_id].pid
+
+
+def all_frozen(agent: Agent, replica_ids: list[str]) -> bool:
+    return all(frozen(pid_of(agent, replica_id), MOUNTS) for replica_id in replica_ids)
+
+
+async def live_ids(agent: Agent) -> list[str]:
+    return sorted(r.replica_id for r in await agent.runtime.replicas())
+
+
+@contextmanager
+def foreground(*commands: tuple[str, ...]) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """The person's own programs, killed on the way out."""
+    processes = [subprocess.Popen(command) for command in commands]
+    try:
+        yield processes
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+async def rig(bus: Bus, unique: str, tmp_path: Path) -> AsyncIterator[tuple[Agent, Events]]:
+    node = f"co{unique}"
+    events = Events(await collect_events(bus, f"node.{node}.#"))
+    async with running_agent(bus, coexisting(node, tmp_path), tmp_path / "state") as agent:
+        yield agent, events
+
+
+async def started(bus: Bus, agent: Agent, events: Events, *replica_ids: str) -> None:
+    for replica_id in replica_ids:
+        await bus.publish(start(agent, replica_id))
+    await wait_until(
+        lambda: {s.replica_id for s in events.of(ReplicaStatus)} >= set(replica_ids),
+        what=f"{', '.join(replica_ids)} started",
+    )
+
+
+async def test_beside_a_person_replicas_run_at_sched_idle_in_the_share_and_a_hog_freezes_them(
+    bus: Bus, rig: tuple[Agent, Events]
+) -> None:
+    agent, events = rig
+    await started(bus, agent, events, "r1", "r2", "r3")
+    for replica_id in ("r1", "r2", "r3"):
+        pid = pid_of(agent, replica_id)
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+        group = agent.runtime._replicas[replica_id].cgroup  # type: ignore[attr-defined]
+        assert (group.dirs["cpu"] / "cpu.shares").read_text().strip() == "2"
+
+    write_login(agent.settings.utmp_path, "student", "tty7")
+    await wait_until(lambda: agent.decision.presence is PresenceState.SHARED, what="sharing")
+    # the share is 1000m: the two oldest fit, the newest goes, and nothing is frozen
+    await wait_until(lambda: "r3" not in agent.runtime._replicas, what="r3 stopped")  # type: ignore[attr-defined]
+    assert await live_ids(agent) == ["r1", "r2"]
+    assert not any(frozen(pid_of(agent, r), MOUNTS) for r in ("r1", "r2"))
+    await wait_until(
+        lambda: any(h.presence.state is PresenceState.SHARED for h in events.of(NodeHeartbeat)),
+        what="a shared heartbeat",
+    )
+    beat = [h for h in events.of(NodeHeartbeat) if h.presence.state is PresenceState.SHARED][-1]
+    assert (beat.presence_mode, beat.presence.cause) == (
+        PresenceMode.COEXIST,
+        PresenceCause.SESSION,
+    )
+    assert beat.allocatable == Resources(cpu_millicores=1000, memory_mib=2048)
+    await bus.publish(start(agent, "r4"))
+    await wait_until(lambda: any(s.replica_id == "r4" for s in events.of(ReplicaStatus)),
+                     what="r4 refused")  # fmt: skip
+    refused = next(s for s in events.of(ReplicaStatus) if s.replica_id == "r4")
+    assert (refused.refusal, refused.reason) == (
+        Refusal.NO_ROOM,
+        "needs 500m/128MiB, free 0m/1792MiB",
+    )
+
+    # the person's work takes both cores: the replicas freeze at once, and thaw after it
+    with foreground(SPIN, SPIN):
+        began = time.monotonic()
+        await wait_until(lambda: all_frozen(agent, ["r1", "r2"]), timeout_s=5, what="frozen",
+                         interval_s=0.005)  # fmt: skip
+        froze_s = time.monotonic() - began
+        assert not agent.decision.accepting
+        await wait_until(
+            lambda: any(p.presence.state is PresenceState.BUSY for p in events.of(NodePresence)),
+            what="busy told",
+        )
+    assert froze_s < 0.25, f"frozen {froze_s * 1000:.0f} ms after two CPU hogs began"
+    await wait_until(lambda: not all_frozen(agent, ["r1", "r2"]), what="thawed")
+    assert agent.decision.presence is PresenceState.SHARED
+
+
+async def test_a_replica_cannot_leave_the_lowest_class(bus: Bus, rig: tuple[Agent, Events]) -> None:
+    agent, events = rig
+    escape = (sys.executable, "-c",
+              "import os; os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))")  # fmt: skip
+    await bus.publish(start(agent, "r1", escape))
+    await wait_until(
+        lambda: any(s.state is ReplicaState.FAILED for s in events.of(ReplicaStatus)),
+        what="its end",
+    )
+    ended = next(s for s in events.of(ReplicaStatus) if s.state is ReplicaState.FAILED)
+    assert "PermissionError" in "\n".join(ended.log_tail)
+
+
+async def test_short_memory_freezes_replicas_and_evicts_the_newest_before_the_person_loses_any(
+    bus: Bus, unique: str, tmp_path: Path
+) -> None:
+    """The floor is set 1.5 GiB under what is available now, and the person's program takes
+    2.5 GiB: the replicas freeze and the newest goes, while the person's memory stays."""
+    node = f"co{unique}"
+    events = Events(await collect_events(bus, f"node.{node}.#"))
+    available = psutil.virtual_memory().available / 2**20  # MemAvailable, as the agent reads it
+    assert available > 4096, "this test needs 4 GiB available"
+    settings = coexisting(node, tmp_path, coexist_memory_floor_mib=available - 1536,
+                          memory_evict_every_s=60)  # fmt: skip
+    async with running_agent(bus, settings, tmp_path / "state") as agent:
+        await started(bus, agent, events, "r1", "r2")
+        write_login(agent.settings.utmp_path, "student", "tty7")
+        await wait_until(lambda: agent.decision.presence is PresenceState.SHARED, what="sharing")
+        take = "x = bytearray(2560 * 2**20); import time; time.sleep(60)"
+        with foreground((sys.executable, "-c", take)) as (person,):
+            await wait_until(lambda: "r2" not in agent.runtime._replicas, what="r2 evicted")  # type: ignore[attr-defined]
+            assert all_frozen(agent, ["r1"])
+            await wait_until(lambda: psutil.Process(person.pid).memory_info().rss > 2500 * 2**20,
+                             what="the person's memory")  # fmt: skip
+            assert person.poll() is None
+        await wait_until(lambda: not all_frozen(agent, ["r1"]), what="r1 thawed")
+        assert await live_ids(agent) == ["r1"]
+
+
+async def test_class_hours_switch_a_coexisting_pc_to_suspend(
+    bus: Bus, unique: str, tmp_path: Path
+) -> None:
+    """The agent's wall clock (injected) moves into class hours while a person shares the PC."""
+    node = f"co{unique}"
+    events = Events(await collect_events(bus, f"node.{node}.#"))
+    settings = replace(coexisting(node, tmp_path), timetable=Timetable.parse(["mon 09:00-10:00"]))
+    now = [datetime(2026, 12, 7, 8, 59)]  # a Monday, local time
+    async with running_agent(bus, settings, tmp_path / "state", wall_clock=lambda: now[0]) as agent:
+        await started(bus, agent, events, "r1")
+        write_login(agent.settings.utmp_path, "student", "tty7")
+        await wait_until(lambda: agent.decision.presence is PresenceState.SHARED, what="sharing")
+        assert not all_frozen(agent, ["r1"])
+        now[0] = datetime(2026, 12, 7, 9, 0)
+        await wait_until(lambda: all_frozen(agent, ["r1"]), what="frozen for class hours")
+        assert (agent.decision.phase, agent.decision.presence) == (
+            Phase.OCCUPIED,
+            PresenceState.BUSY,
+        )
