@@ -5,7 +5,11 @@ Starts RabbitMQ with the helper the tests use (a scratch vhost) and one real age
 presence source running: utmp sessions, input devices, foreign load) with 4 idle
 replicas, lets it settle, then measures the agent process alone over the window.
 
+With `--presence-mode coexist` the agent also reads its fast signals ten times a second
+(nodeagent/pressure.py), which is what that mode costs on top.
+
 Usage: python bench/agent_overhead.py [--seconds 60] [--runtime process|docker]
+                                      [--presence-mode suspend|coexist]
 Prints `agent_cpu_percent: X` (share of one core; goal <= 0.5) and `agent_rss_mib: Y`
 (goal <= 64).
 """
@@ -34,9 +38,9 @@ from idlecloud.dev.services import scratch_vhost  # noqa: E402
 NODE, REPLICAS = "overhead-pc", 4
 
 
-async def main(url: str, seconds: float, runtime: str) -> None:
+async def main(url: str, seconds: float, runtime: str, mode: str) -> None:
     work = Path(tempfile.mkdtemp(prefix="overhead-"))
-    agent = await start_agent(url, NODE, work, runtime)
+    agent = await start_agent(url, NODE, work, runtime, "--presence-mode", mode)
     try:
         async with Bus(url, connection_name="overhead bench") as bus:
             await declare_platform(bus)
@@ -63,7 +67,8 @@ async def main(url: str, seconds: float, runtime: str) -> None:
             for pid in replica_pids(NODE, work, runtime):
                 os.killpg(pid, signal.SIGKILL)
     cpu_s = (after.user + after.system) - (before.user + before.system)
-    print(f"window_s: {elapsed:.0f}, replicas: {REPLICAS}, heartbeat every 1 s, {runtime} runtime")
+    print(f"window_s: {elapsed:.0f}, replicas: {REPLICAS}, heartbeat every 1 s, {runtime} runtime, "
+          f"presence mode {mode}")  # fmt: skip
     print(f"agent_rss_mib: {rss_mib:.1f}")
     print(f"agent_cpu_percent: {cpu_s / elapsed * 100:.2f}")
 
@@ -72,7 +77,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="measurement window")
     parser.add_argument("--runtime", choices=RUNTIMES, default="process")
+    parser.add_argument("--presence-mode", choices=("suspend", "coexist"), default="suspend")
     arguments = parser.parse_args()
     prepare(arguments.runtime)
     with scratch_vhost("bench") as broker:
-        asyncio.run(main(broker.url, arguments.seconds, arguments.runtime))
+        asyncio.run(main(broker.url, arguments.seconds, arguments.runtime,
+                         arguments.presence_mode))  # fmt: skip

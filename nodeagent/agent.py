@@ -19,7 +19,12 @@ the agent rewrites on ``RenewToken``). Every ``heartbeat_s`` it publishes a
 when none of that but usage changed and the last whole one is under ``full_heartbeat_s``
 old, a ``NodeAlive`` that says it still holds), and a
 ``ReplicaStatus`` with the exit code and last log lines of each replica that ended since. It
-publishes only under its own ``node.<node>.…`` routing keys."""
+publishes only under its own ``node.<node>.…`` routing keys.
+
+In ``coexist`` mode a person's arrival shares the PC instead (:mod:`nodeagent.share`): the
+newest replicas over the reduced share are stopped, heartbeats offer only that share, and
+the fast signals of :mod:`nodeagent.pressure`, read ten times a second, freeze and thaw the
+rest as the policy says."""
 
 from __future__ import annotations
 
@@ -328,7 +333,9 @@ class Agent:
         carried out in the order they were made, so the last one told is the latest."""
         async with self._acting:
             replicas = await self.runtime.replicas()
-            for action in decision.actions:
+            for index, action in enumerate(decision.actions):
+                if index:  # the action before changed them
+                    replicas = await self.runtime.replicas()
                 if action is Action.PAUSE_ALL:
                     running = [r for r in replicas if r.state is ReplicaState.RUNNING]
                     await asyncio.gather(*(self._pause(r.replica_id) for r in running))
@@ -348,7 +355,6 @@ class Agent:
                 else:  # EVICT_NEWEST
                     last = newest(replicas, self._started_at)
                     await self._evict([] if last is None else [last])
-                replicas = await self.runtime.replicas()
             # its own verdict: a newer one waits for the lock, and is told after its actions
             presence = self._presence(decision)
             if self._announced is None or self._announced.state is not presence.state:

@@ -8,30 +8,36 @@ fast signals read the kernel's real counters.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 import pytest
 
 from bus.connection import Bus
+from idlecloud.dev.services import BrokerInfo
 from nodeagent.agent import Agent, AgentSettings
 from nodeagent.policy import Phase, PolicySettings
 from nodeagent.runtime.cgroup import Mounts
+from nodeagent.runtime.docker import DockerRuntime
 from nodeagent.runtime.process import ProcessRuntime, frozen
+from nodeagent.sim import remove_containers
 from nodeagent.timetable import Timetable
 from nodeagent.utmp import write_login
 from schemas import (
     Amount,
     NodeHeartbeat,
     NodePresence,
+    NodeView,
     PresenceCause,
     PresenceMode,
     PresenceState,
@@ -42,7 +48,10 @@ from schemas import (
     StartReplica,
 )
 
+from .control_plane import AGENT_ARGS, Plane, control_plane, thesis_pcs
 from .helpers import Events, collect_events, running_agent, wait_until
+
+T = TypeVar("T")
 
 HALF_CPU = Resources(cpu_millicores=500, memory_mib=128)
 SPIN = (sys.executable, "-c", "while True: pass")
@@ -168,6 +177,44 @@ async def test_beside_a_person_replicas_run_at_sched_idle_in_the_share_and_a_hog
     assert agent.decision.presence is PresenceState.SHARED
 
 
+async def test_coexisting_containers_run_at_the_lowest_class_and_a_hog_freezes_them(
+    bus: Bus, unique: str, tmp_path: Path, docker_image: str
+) -> None:
+    """The same with the Docker runtime: busybox containers spinning on the CPU."""
+    node = f"cd{unique}"
+    events = Events(await collect_events(bus, f"node.{node}.#"))
+    runtime = DockerRuntime(node, usage_interval_s=0)
+    try:
+        settings = coexisting(node, tmp_path)
+        async with running_agent(bus, settings, tmp_path / "state", runtime) as agent:
+            for replica_id in ("a", "b"):
+                await bus.publish(StartReplica(
+                    node=node, epoch=1, replica_id=replica_id, namespace="alice", app="spin",
+                    image=docker_image, command=("sh", "-c", "while :; do :; done"),
+                    reservation=HALF_CPU, token="unused",
+                ))  # fmt: skip
+            await wait_until(lambda: len(events.of(ReplicaStatus)) == 2, timeout_s=30,
+                             what="two containers")  # fmt: skip
+            pids = []
+            for replica_id in ("a", "b"):
+                container = await runtime.docker.containers.get(runtime.container_name(replica_id))
+                pids.append(container["State"]["Pid"])
+            assert [os.sched_getscheduler(pid) for pid in pids] == [os.SCHED_IDLE] * 2
+            write_login(tmp_path / "utmp", "student", "tty7")
+            await wait_until(
+                lambda: agent.decision.presence is PresenceState.SHARED, what="sharing"
+            )
+            with foreground(SPIN, SPIN):
+                began = time.monotonic()
+                await wait_until(lambda: all(frozen(pid, MOUNTS) for pid in pids), timeout_s=5,
+                                 what="frozen", interval_s=0.005)  # fmt: skip
+                froze_s = time.monotonic() - began
+            assert froze_s < 0.25, f"frozen {froze_s * 1000:.0f} ms after two CPU hogs began"
+            await wait_until(lambda: not any(frozen(pid, MOUNTS) for pid in pids), what="thawed")
+    finally:
+        remove_containers(node)
+
+
 async def test_a_replica_cannot_leave_the_lowest_class(bus: Bus, rig: tuple[Agent, Events]) -> None:
     agent, events = rig
     escape = (sys.executable, "-c",
@@ -226,3 +273,48 @@ async def test_class_hours_switch_a_coexisting_pc_to_suspend(
             Phase.OCCUPIED,
             PresenceState.BUSY,
         )
+
+
+async def test_placement_sends_a_shared_pc_only_what_fits_its_share(
+    broker: BrokerInfo, unique: str, tmp_path: Path
+) -> None:
+    """A simulated PC (4 cores, 8 GiB, nothing kept for a desk) in coexist mode, its fast
+    signals off (the machine is shared with the test): a person at it leaves 2,000m and
+    2 GiB for replicas, placement runs 2 of 4 one-core replicas there, and all 4 once
+    they leave."""
+    pc = thesis_pcs(unique)[1]
+    quiet = ("--coexist-min-idle-cores", "0", "--coexist-memory-floor-mib", "0")
+    args = (*AGENT_ARGS, "--presence-mode", "coexist", *quiet)
+    async with control_plane(tmp_path, (pc,), agent_args=args) as plane:
+        await plane.quota("alice", 8000)
+        plane.simulation.login(pc.name)
+        share = Resources(cpu_millicores=2000, memory_mib=2048)
+        view = await polled(  # presence is told at once, the share by the next heartbeat
+            lambda: first_node(plane),
+            lambda v: (v.state, v.allocatable) == ("shared", share),
+            "the share",
+        )
+        assert view.mode is PresenceMode.COEXIST
+        assert (await plane.deploy("alice", "spin", 4)).accepted
+        await polled(lambda: plane.running("alice"), lambda n: n == 2, "2 running")
+        await asyncio.sleep(2)  # and no more come
+        assert await plane.running("alice") == 2
+        plane.simulation.logout(pc.name)
+        await polled(lambda: plane.running("alice"), lambda n: n == 4, "4 running")
+
+
+async def first_node(plane: Plane) -> NodeView:
+    (view,) = (await plane.nodes()).nodes
+    return view
+
+
+async def polled(
+    read: Callable[[], Awaitable[T]], done: Callable[[T], bool], what: str, timeout_s: float = 30
+) -> T:
+    """Read until ``done`` says yes; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not done(value := await read()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}: {value}")
+        await asyncio.sleep(0.2)
+    return value

@@ -46,7 +46,7 @@ from nodeagent.status import STATUS_FILE_ENV, STATUS_MOUNT
 from nodeagent.tokens import MOUNT_POINT, TOKEN_FILE_ENV, hand_over
 from schemas import ZERO, Amount, ReplicaState
 
-__all__ = ["LABEL_PREFIX", "DockerRuntime"]
+__all__ = ["DOCKER_CGROUP_PARENT", "LABEL_PREFIX", "DockerRuntime"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,10 @@ _LOG_TAIL_LINES = 20
 #: Tries at ``docker pause`` before a replica that will not freeze is killed instead.
 _PAUSE_ATTEMPTS = 4
 _STATES = {"running": ReplicaState.RUNNING, "paused": ReplicaState.PAUSED}
+
+
+#: The group (under each hierarchy's root) replicas' containers go in, at the lowest weight.
+DOCKER_CGROUP_PARENT = "idlecloud-docker"
 
 
 def _label(key: str) -> str:
@@ -147,19 +151,20 @@ class DockerRuntime:
             raise StartFailed(f"cannot pull {image}: {error.message}") from None
 
     async def _cgroup_parent(self) -> str:
-        """Where containers' groups go: with the ``cgroupfs`` driver, under the agent's own
-        groups at the lowest weight (:class:`WeightChain`), as the process runtime's
-        replicas; with the ``systemd`` driver, where Docker puts them ("": its slice's
-        weight is systemd's to set, e.g. ``CPUWeight=idle``)."""
+        """Where containers' groups go: with the ``cgroupfs`` driver, under one group of
+        the agent's own at the lowest weight (:class:`WeightChain`; one for every node on
+        the machine, as Docker's own ``/docker``: Docker makes it in every hierarchy and
+        never removes it); with the ``systemd`` driver, where Docker puts them ("": its
+        slice's weight is systemd's to set, e.g. ``CPUWeight=idle``)."""
         if self._parent is None:
             self._parent = ""
             info = await self.docker.system.info()
             if info.get("CgroupDriver") == "cgroupfs":
-                own = own_groups(f"idlecloud/{self.node}")
+                own = own_groups(DOCKER_CGROUP_PARENT)
                 self._chain = WeightChain(
                     group for path in own if (group := Cgroup.create(path, self._mounts))
                 )
-                self._parent = f"/idlecloud/{self.node}"
+                self._parent = f"/{DOCKER_CGROUP_PARENT}"
             else:
                 log.warning("dockerd's %s cgroup driver: replicas' containers weigh only "
                             "among Docker's; give its slice CPUWeight=idle",
@@ -239,7 +244,8 @@ class DockerRuntime:
                 await container.delete(force=True)
                 raise StartCancelled("the PC stopped taking replicas before this one began")
             await container.start()
-            await self._lowest_class(container, self._seen.setdefault(spec.replica_id, _Seen()))
+            seen = self._seen.setdefault(spec.replica_id, _Seen())
+            await self._set_class(container, seen, lowest=True)
         except aiodocker.DockerError as error:
             if error.status == 409:
                 return  # a concurrent start of the same replica won
@@ -270,7 +276,8 @@ class DockerRuntime:
             container = await self._own(replica_id)
             if container is None or not container["State"]["Running"]:
                 return
-        self._set_class(replica_id, lowest=False)  # a task freezes when it next runs
+        seen = self._seen.setdefault(replica_id, _Seen())
+        await self._set_class(container, seen, lowest=False)  # a task freezes when it next runs
         with self._chain.raised():
             await self._pause(replica_id, container)
 
@@ -293,7 +300,9 @@ class DockerRuntime:
         """Thaw the container (idempotent)."""
         container = await self._own(replica_id)
         if container is not None and container["State"]["Paused"]:
-            self._set_class(replica_id, lowest=True)
+            await self._set_class(
+                container, self._seen.setdefault(replica_id, _Seen()), lowest=True
+            )
             with contextlib.suppress(aiodocker.DockerError):
                 await container.unpause()
 
@@ -305,7 +314,9 @@ class DockerRuntime:
         state = container["State"]
         kill = state["Paused"] or (state["Running"] and grace_s <= 0)
         if kill:  # a task dies of SIGKILL when it next runs: let it run soon
-            self._set_class(replica_id, lowest=False)
+            await self._set_class(
+                container, self._seen.setdefault(replica_id, _Seen()), lowest=False
+            )
         with self._chain.raised() if kill else contextlib.nullcontext():
             with contextlib.suppress(aiodocker.DockerError):  # 409: it ended meanwhile
                 if kill:
@@ -394,20 +405,13 @@ class DockerRuntime:
         with contextlib.suppress(OSError):  # it ended already
             seen.cgroup = Cgroup.of_pid(details["State"]["Pid"], self._mounts)
 
-    async def _lowest_class(self, container: Any, seen: _Seen) -> None:
-        """Its cgroup's threads at the lowest scheduling class (again at each sample: a
-        thread started before the first call did not inherit it)."""
+    async def _set_class(self, container: Any, seen: _Seen, *, lowest: bool) -> None:
+        """Its cgroup's threads at the lowest scheduling class (at its start, and again at
+        each sample: a thread quicker than the first setting did not inherit it), or at a
+        normal one (:meth:`Cgroup.boost`); the cgroup is looked up once."""
         if seen.cgroup is None:
             await self._find_cgroup(container, seen)
         if seen.cgroup is not None:
-            with contextlib.suppress(OSError):  # it ended meanwhile
-                seen.cgroup.lowest_class()
-
-    def _set_class(self, replica_id: str, *, lowest: bool) -> None:
-        """The container's tasks at the lowest class, or a normal one (:meth:`Cgroup.boost`),
-        if its cgroup is known."""
-        seen = self._seen.get(replica_id)
-        if seen is not None and seen.cgroup is not None:
             with contextlib.suppress(OSError):  # it ended meanwhile
                 (seen.cgroup.lowest_class if lowest else seen.cgroup.boost)()
 
@@ -421,7 +425,7 @@ class DockerRuntime:
         return used
 
     async def _sample(self, container: Any, seen: _Seen) -> None:
-        await self._lowest_class(container, seen)
+        await self._set_class(container, seen, lowest=True)
         if seen.cgroup is None:
             return
         cpu_ns = seen.cgroup.cpu_usage_ns()
