@@ -5,8 +5,9 @@ Starts RabbitMQ with the helper the tests use (a scratch vhost) and one real age
 presence source running: utmp sessions, input devices, foreign load) with 4 idle
 replicas, lets it settle, then measures the agent process alone over the window.
 
-With `--presence-mode coexist` the agent also reads its fast signals ten times a second
-(nodeagent/pressure.py), which is what that mode costs on top.
+With `--presence-mode coexist` a person is logged in (a utmp record), so the PC is shared
+and the agent reads its fast signals ten times a second (nodeagent/pressure.py): what a
+shared PC costs on top.
 
 Usage: python bench/agent_overhead.py [--seconds 60] [--runtime process|docker]
                                       [--presence-mode suspend|coexist]
@@ -34,12 +35,15 @@ from bench.agent_rig import RUNTIMES, prepare, remove_containers, replica_pids, 
 from bus.connection import Bus  # noqa: E402
 from bus.topology import declare_platform  # noqa: E402
 from idlecloud.dev.services import scratch_vhost  # noqa: E402
+from nodeagent.utmp import write_login  # noqa: E402
 
 NODE, REPLICAS = "overhead-pc", 4
 
 
 async def main(url: str, seconds: float, runtime: str, mode: str) -> None:
     work = Path(tempfile.mkdtemp(prefix="overhead-"))
+    if mode == "coexist":
+        write_login(work / "utmp", "student", "tty7")
     agent = await start_agent(url, NODE, work, runtime, "--presence-mode", mode)
     try:
         async with Bus(url, connection_name="overhead bench") as bus:

@@ -10,7 +10,10 @@ the other core idle (the probe aside). Each setting runs both at once:
   with a person logged in (a utmp record) and two CPU-bound replicas of 500m each, which
   it runs at ``SCHED_IDLE`` and the lowest CPU weight within their quotas;
 - ``normal``: the same two CPU-bound processes, each in a control group with the same
-  500m quota, at normal priority (nice 0, ``SCHED_OTHER``, the default CPU weight of 1024).
+  500m quota, at normal priority (nice 0, ``SCHED_OTHER``, the default CPU weight of 1024);
+- ``other-core``: one busy loop held on the last core (no quota, normal priority), the
+  job free to run on the other: the slowdown that only sharing the hardware (caches,
+  memory bandwidth, a virtual machine's host) causes, which no scheduling can remove.
 
 Printed per setting: the job's duration and how much slower than the baseline, the
 probe's wake-up delay (p50/p99/max over >= 1,000 samples) and its p99 above the
@@ -21,7 +24,12 @@ hogs; ``--freeze-trials`` times), and whether this machine's two cores are SMT s
 Goals: job <= 5 % slower, probe p99 <= 2 ms above the baseline, replicas harvest >= half
 of the idle CPU, freeze <= 250 ms.
 
-Usage: python bench/coexist.py [--job-iterations 60000000] [--freeze-trials 20]
+The settings take turns: each round runs every one once, in another order each round,
+the others' processes stopped meanwhile (this machine's job time drifts by 10 % over a
+minute, so settings run one after another would compare drift). Per setting: the median
+job time and replicas' cores of its ``--rounds`` runs, every probe sample pooled.
+
+Usage: python bench/coexist.py [--rounds 5] [--job-iterations 60000000] [--freeze-trials 20]
 """
 
 from __future__ import annotations
@@ -32,12 +40,13 @@ import contextlib
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -189,8 +198,10 @@ def smt_siblings() -> bool:
     return "," in text or "-" in text
 
 
-async def coexisting(url: str, iterations: int, trials: int) -> tuple[Run, list[float]]:
-    """The coexist setting, then the freeze latencies, with one agent."""
+@contextlib.asynccontextmanager
+async def coexisting_replicas(url: str) -> AsyncIterator[list[int]]:
+    """A real agent in coexist mode with a person logged in, running the two replicas;
+    their pids."""
     work = Path(tempfile.mkdtemp(prefix="coexist-"))
     write_login(work / "utmp", "student", "tty7")
     agent = await start_agent(url, NODE, work, "process", "--presence-mode", "coexist")
@@ -207,36 +218,91 @@ async def coexisting(url: str, iterations: int, trials: int) -> tuple[Run, list[
                     raise SystemExit("the agent did not start the replicas within 60 s")
                 await asyncio.sleep(0.2)
         await asyncio.sleep(2)  # settle
-        run = await person_works(iterations, pids,
-                                 lambda: any(frozen(pid, MOUNTS) for pid in pids))  # fmt: skip
-        latencies = freeze_latencies(pids, trials)
+        yield pids
     finally:
         agent.send_signal(signal.SIGTERM)
         await agent.wait()
         for pid in replica_pids(NODE, work, "process"):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-    return run, latencies
 
 
-async def main(url: str, iterations: int, trials: int) -> None:
-    baseline = await person_works(iterations, [], None)
-    coexist, latencies = await coexisting(url, iterations, trials)
-    processes, groups = normal_replicas()
+@dataclass
+class Setting:
+    """One setting's processes beside the person's work, and its runs."""
+
+    name: str
+    pids: list[int]
+    watch: Callable[[], bool] | None = None
+    runs: list[Run] = field(default_factory=list)
+
+    def hold(self, held: bool) -> None:
+        """Stop its processes between its runs, or let them go on (SIGSTOP, not the
+        freezer: the agent thaws what it froze, and would thaw them too)."""
+        for pid in self.pids:
+            os.kill(pid, signal.SIGSTOP if held else signal.SIGCONT)
+
+    def summed(self) -> Run:
+        """Its runs as one: the median job time and replicas' cores, every probe sample,
+        the frozen time summed."""
+        return Run(
+            statistics.median(run.job_s for run in self.runs),
+            [delay for run in self.runs for delay in run.delays_ms],
+            statistics.median(run.replica_cores for run in self.runs),
+            sum(run.frozen_s for run in self.runs),
+        )
+
+
+def other_core_loop() -> subprocess.Popen[bytes]:
+    """One busy loop held on the last core, at normal priority."""
+    other = subprocess.Popen(SPIN, env=person_env())
+    os.sched_setaffinity(other.pid, {max(os.sched_getaffinity(0))})
+    return other
+
+
+async def main(url: str, rounds: int, iterations: int, trials: int) -> None:
+    processes: list[subprocess.Popen[bytes]] = []
+    groups: list[Cgroup] = []
     try:
-        normal = await person_works(iterations, [p.pid for p in processes], None)
+        async with coexisting_replicas(url) as pids:
+            # started only now, and stopped at once: else the agent, seeing the person's
+            # cores busy, would take no replica
+            processes, groups = normal_replicas()
+            normal = [process.pid for process in processes]
+            processes.append(other := other_core_loop())
+            settings = [
+                Setting("none", []),
+                Setting("coexist", pids, lambda: any(frozen(pid, MOUNTS) for pid in pids)),
+                Setting("normal", normal),
+                Setting("other_core", [other.pid]),
+            ]
+            for setting in settings:
+                setting.hold(True)
+            for round_ in range(rounds):  # interleaved, each round in another order
+                for setting in settings[round_ % 4 :] + settings[: round_ % 4]:
+                    setting.hold(False)
+                    await asyncio.sleep(0.3)
+                    setting.runs.append(await person_works(iterations, setting.pids, setting.watch))
+                    setting.hold(True)
+            settings[1].hold(False)
+            latencies = freeze_latencies(pids, trials)
     finally:
         for process in processes:
             process.kill()
             process.wait()
         for group in groups:
             group.remove()
+    none, coexist, at_normal, pinned = (setting.summed() for setting in settings)
     print(f"cores: {os.cpu_count()}, smt_siblings: {'yes' if smt_siblings() else 'no'}, "
-          f"replicas: {REPLICAS} x {REPLICA_MILLICORES}m CPU-bound")  # fmt: skip
-    report("none", baseline, None)
-    report("coexist", coexist, baseline)
+          f"replicas: {REPLICAS} x {REPLICA_MILLICORES}m CPU-bound, rounds: {rounds}, "
+          f"interleaved")  # fmt: skip
+    report("none", none, None)
+    report("coexist", coexist, none)
     print(f"coexist_frozen_s: {coexist.frozen_s:.2f}")
-    report("normal", normal, baseline)
+    report("normal", at_normal, none)
+    print("[other-core: one busy loop held on the last core, at normal priority: what the")
+    print(" hardware the cores share (caches, memory, a host's SMT) costs the job]")
+    print(f"other_core_job_slower_percent: {(pinned.job_s / none.job_s - 1) * 100:.1f}")
     print("[freeze: two CPU hogs start beside coexisting replicas]")
     for line in summary("freeze", latencies, digits=0):
         print(line)
@@ -247,6 +313,8 @@ if __name__ == "__main__":
     parser.add_argument("--job-iterations", type=int, default=60_000_000,
                         help="the foreground job's loop count (about 3 s here)")  # fmt: skip
     parser.add_argument("--freeze-trials", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=5, help="runs of each setting")
     arguments = parser.parse_args()
     with scratch_vhost("bench") as broker:
-        asyncio.run(main(broker.url, arguments.job_iterations, arguments.freeze_trials))
+        asyncio.run(main(broker.url, arguments.rounds, arguments.job_iterations,
+                         arguments.freeze_trials))  # fmt: skip

@@ -23,8 +23,8 @@ publishes only under its own ``node.<node>.…`` routing keys.
 
 In ``coexist`` mode a person's arrival shares the PC instead (:mod:`nodeagent.share`): the
 newest replicas over the reduced share are stopped, heartbeats offer only that share, and
-the fast signals of :mod:`nodeagent.pressure`, read ten times a second, freeze and thaw the
-rest as the policy says."""
+the fast signals of :mod:`nodeagent.pressure`, read ten times a second while a person is
+there, freeze and thaw the rest as the policy says."""
 
 from __future__ import annotations
 
@@ -79,7 +79,6 @@ from schemas import (
     Owner,
     PauseReplica,
     Presence,
-    PresenceMode,
     Refusal,
     RenewToken,
     ReplicaCommand,
@@ -222,6 +221,7 @@ class Agent:
         #: When each replica started here (by the agent's clock): the newest go first.
         self._started_at: dict[str, float] = {}
         self._decision: Decision | None = None
+        self._closing = False
         self._announced: Presence | None = None
         self._acting = asyncio.Lock()  # decisions are carried out one at a time, in order
         #: Starts in flight: their reservation, and a future done once each settled.
@@ -273,8 +273,6 @@ class Agent:
         self._input.start()
         if self.settings.foreign_load:
             self._load.start()
-        if self.settings.policy.mode is PresenceMode.COEXIST:
-            self._pressure.start()
         await self._carry_out(self._decide())
         await self._commands.start(bus)
         self._spawn(supervised("heartbeats", self._heartbeats))
@@ -282,6 +280,7 @@ class Agent:
 
     async def stop(self, grace_s: float) -> None:
         """Stop watching and heartbeating; replicas keep running for the next agent to adopt."""
+        self._closing = True  # a decision carried out meanwhile starts no fast sampling
         self._sessions.stop()
         self._input.stop()
         self._load.stop()
@@ -355,6 +354,10 @@ class Agent:
                 else:  # EVICT_NEWEST
                     last = newest(replicas, self._started_at)
                     await self._evict([] if last is None else [last])
+            if decision.phase is Phase.SHARING and not self._closing:  # only beside a person
+                self._pressure.start()
+            else:
+                self._pressure.stop()
             # its own verdict: a newer one waits for the lock, and is told after its actions
             presence = self._presence(decision)
             if self._announced is None or self._announced.state is not presence.state:

@@ -3,19 +3,22 @@
 Beside a person, replicas run at the lowest scheduling class, so the kernel already gives
 the person every core they want; what the agent must notice quickly is that the person's
 work wants so much that little is left (a build on every core), or that memory runs
-short. Every ``sample_s`` (a tenth of a second) this source reads three things:
+short. Every ``sample_s`` (a tenth of a second), while the agent shares the PC with a
+person, this source reads three things:
 
 - the PC's busy CPU time, from the first line of ``/proc/stat`` (all but idle and iowait);
-- each replica's CPU time, from its control group (``Runtime.replica_cpu_ns``), and the
-  agent's own (``time.process_time``);
+- each replica's CPU time, from its control group (``Runtime.replica_cpu_ns``);
 - ``MemAvailable`` from ``/proc/meminfo``.
 
-The cores left idle by everything but the replicas and the agent are ``cores - (busy -
-replicas - agent) / elapsed``. A replica that ended between two samples is left out of
-both, so its group's removal never looks like the person's work. The system-wide CPU
-pressure (PSI) is not used: on cgroup v1 it cannot be read per group, and replicas waiting
-behind the person's work would raise it as much as the person's own tasks waiting. The
-source calls back after every sample; the policy's thresholds decide.
+The cores left idle by everything but the replicas are ``cores - (busy - replicas) /
+elapsed``. The agent's own CPU counts as load: it is small, and it competes with the
+person too (subtracting it was tried: an agent sharing its process with a busy caller,
+as in the tests, then hid half a core of the person's load). A replica that ended
+between two samples is left out of both, so its group's removal never looks like the
+person's work. The system-wide CPU pressure (PSI) is not used: on cgroup v1 it cannot be
+read per group, and replicas waiting behind the person's work would raise it as much as
+the person's own tasks waiting. The source calls back after every sample; the policy's
+thresholds decide.
 """
 
 from __future__ import annotations
@@ -65,21 +68,26 @@ class PressureSource:
         self.sample_s = sample_s
         self._proc = proc
         self._cores = os.cpu_count() or 1
-        self._seen: tuple[float, int, float, Mapping[str, int]] | None = None
+        self._seen: tuple[float, int, Mapping[str, int]] | None = None
         self._task: asyncio.Task[None] | None = None
         #: Cores left idle by all but the replicas at the last sample (None before two).
         self.idle_cores: float | None = None
         self.memory_available_mib: float | None = None
 
     def start(self) -> None:
-        """Take a first sample (the baseline) and sample every ``sample_s`` from now on."""
-        self.sample()
-        self._task = asyncio.create_task(supervised("pressure sampler", self._loop))
+        """Take a first sample (the baseline) and sample every ``sample_s`` from now on
+        (idempotent)."""
+        if self._task is None:
+            self.sample()
+            self._task = asyncio.create_task(supervised("pressure sampler", self._loop))
 
     def stop(self) -> None:
-        """Stop sampling."""
+        """Stop sampling and forget the readings: they say nothing until a new start
+        (idempotent)."""
         if self._task is not None:
             self._task.cancel()
+            self._task = None
+        self._seen, self.idle_cores, self.memory_available_mib = None, None, None
 
     async def _loop(self) -> None:
         while True:
@@ -91,16 +99,14 @@ class PressureSource:
         """Read the counters, and from the previous reading the cores left idle."""
         now = time.monotonic()
         busy = busy_ticks((self._proc / "stat").read_text())
-        own_s = time.process_time()
         replicas = dict(self._replica_cpu_ns())
         self.memory_available_mib = memory_available_mib((self._proc / "meminfo").read_text())
         if self._seen is not None and now > self._seen[0]:
-            then, busy_then, own_then, replicas_then = self._seen
+            then, busy_then, replicas_then = self._seen
             replicas_s = sum(
                 max(0, used - replicas_then[rid]) for rid, used in replicas.items()
                 if rid in replicas_then
             ) / 1e9  # fmt: skip
-            platform_s = replicas_s + own_s - own_then
-            others_s = max(0.0, (busy - busy_then) / _TICKS_PER_S - platform_s)
+            others_s = max(0.0, (busy - busy_then) / _TICKS_PER_S - replicas_s)
             self.idle_cores = max(0.0, self._cores - others_s / (now - then))
-        self._seen = (now, busy, own_s, replicas)
+        self._seen = (now, busy, replicas)

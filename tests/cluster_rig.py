@@ -69,6 +69,15 @@ class Failover:
     map_s: float = 0.0
     rejoin_s: float = 0.0
     members_after: set[str] = field(default_factory=set)
+    #: What the run is waiting for now: where it stuck, if it never ends.
+    stage: str = "declaring the leaders' queues"
+
+    def progress(self) -> str:
+        """Where the run is, for a run that did not end in time."""
+        return (f"{self.stage}: {self.results_seen} of {self.tasks} results, "
+                f"{self.requests_accepted} of {self.requests_sent} requests accepted "
+                f"({self.request_retries} retries), PCs heard again after {self.pcs_heard_s} s, "
+                f"serving after {self.serving_s} s")  # fmt: skip
 
     @property
     def expected_replicas(self) -> dict[tuple[str, str], int]:
@@ -154,11 +163,13 @@ async def failover(
     tasks: int = 10_000,
     fail_after: int = 2_000,
     hang_s: float = 60.0,
+    run: Failover | None = None,
 ) -> Failover:
-    """Run the scenario once (see the module's header) and return what it saw."""
+    """Run the scenario once (see the module's header) and return what it saw, in ``run``
+    if given (so a caller that gives up can say where it stuck)."""
     victim = cluster.nodes[0]
     app = make_app(NAMESPACES[0], "sdk")
-    run = Failover(how, victim.name, tasks)
+    run = run or Failover(how, victim.name, tasks)
     with scratch_cluster_vhost(cluster, "failover") as broker:
         async with Bus(victim.url(broker.vhost), connection_name="leaders on one node") as one:
             await declare_platform(one)  # the journal: led by the victim
@@ -168,6 +179,7 @@ async def failover(
         run.leaders = {name: str(listed[name]["leader"]) for name in
                        (names.JOURNAL_STREAM, tasks_queue.name)}  # fmt: skip
         pcs = thesis_pcs(uuid.uuid4().hex[:4])
+        run.stage = "starting the control plane"
         async with control_plane(work, pcs, broker=broker) as plane:
             placement = next(s for s in plane.services if isinstance(s, Placement))
             for namespace in NAMESPACES:
@@ -180,6 +192,7 @@ async def failover(
                     client = await TaskClient(client_bus, app).start()
                     requests = asyncio.create_task(_requests(plane, run))
                     started = time.monotonic()
+                    run.stage = "mapping"
                     failed_at = 0.0
                     watching: list[asyncio.Task[float]] = []
                     async for index, value in client.map(app.tasks["square"], range(tasks),
@@ -195,16 +208,21 @@ async def failover(
                                 asyncio.create_task(_serving(probe, failed_at)),
                             ]
                     run.map_s = time.monotonic() - started
+                    run.stage = "waiting for the requests' answers"
                     await requests
+                    run.stage = "waiting for every PC and the control plane"
                     run.pcs_heard_s, run.serving_s = [await task for task in watching]
                     await client.stop()
+                run.stage = "waiting for the failure to end"
                 if failing is not None:
                     await failing
+                run.stage = "waiting for the apps to settle"
                 await _settled(plane, run)
             finally:
                 if failing is not None and not failing.done():
                     failing.cancel()
                 back = time.monotonic()
+                run.stage = "bringing the node back"
                 if victim.pid() is None:  # first: whatever failed, the cluster comes back
                     victim.start()
                 for worker in workers:
@@ -212,7 +230,9 @@ async def failover(
                         await worker.stop(signal.SIGKILL)
                 await asyncio.to_thread(cluster.wait_whole)
                 run.rejoin_s = time.monotonic() - back
+                run.stage = "stopping the control plane"
         run.members_after = await asyncio.to_thread(cluster.members)
+    run.stage = "done"
     return run
 
 

@@ -23,7 +23,7 @@ from idlecloud.dev.cluster import Cluster, ensure_cluster, scratch_cluster_vhost
 from schemas.journal import Entry, JournalMarker
 from services.auth.keyring import erlang_binary
 
-from .cluster_rig import failover
+from .cluster_rig import Failover, failover
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,11 @@ async def test_a_node_dies_mid_map_and_mid_deploys(tmp_path: Path, cluster: Clus
 
     A node hung with SIGSTOP instead is not here: that run does not pass yet (see
     ``bench/cluster_failover.py --kinds hang`` and "A cluster of brokers" in the docs)."""
-    run = await failover(tmp_path, cluster, "kill")
+    run = Failover("kill", cluster.nodes[0].name, 10_000)
+    try:
+        await asyncio.wait_for(failover(tmp_path, cluster, "kill", run=run), 240)
+    except TimeoutError:
+        raise AssertionError(f"not done in 240 s, stuck {run.progress()}") from None
     print(
         f"\nkill: PCs heard again after {run.pcs_heard_s:.2f} s, control plane answering "
         f"after {run.serving_s:.2f} s, map {run.map_s:.1f} s, {run.request_retries} "
