@@ -5,7 +5,8 @@ Theory of operation
 A PC belongs first to the person at its keyboard. The agent's signal sources (login
 sessions from utmp, input activity, CPU load of processes that are not the platform's, a
 weekly timetable of class hours) each report an observation; this policy turns the
-stream of observations into one of four phases and the actions that go with them:
+stream of observations into one of five phases (``sharing`` only in ``coexist`` mode)
+and the actions that go with them:
 
 ``warming``
     Nobody is here, but not yet for ``start_idle_s`` (HTCondor waits 15 minutes of

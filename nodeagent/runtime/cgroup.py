@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ __all__ = [
     "Mounts",
     "ReplicaParent",
     "WeightChain",
+    "cpu_times_ns",
     "own_groups",
     "replica_groups",
     "replica_parent",
@@ -286,6 +287,16 @@ class Cgroup:
             with contextlib.suppress(FileNotFoundError, OSError):
                 os.rmdir(folder)
         return not any(folder.exists() for folder in set(self.dirs.values()))
+
+
+def cpu_times_ns(groups: Mapping[str, Cgroup | None]) -> dict[str, int]:
+    """The CPU time of each named group that has one and can be read."""
+    used = {}
+    for name, group in groups.items():
+        cpu_ns = group.cpu_usage_ns() if group is not None else None
+        if cpu_ns is not None:
+            used[name] = cpu_ns
+    return used
 
 
 def own_groups(relative: str) -> list[str]:

@@ -38,7 +38,14 @@ import aiodocker
 
 from nodeagent.load import PLATFORM_MARKER
 from nodeagent.runtime import DOCKER_NETWORK, DOCKER_USER
-from nodeagent.runtime.cgroup import CPU_PERIOD_US, Cgroup, Mounts, WeightChain, own_groups
+from nodeagent.runtime.cgroup import (
+    CPU_PERIOD_US,
+    Cgroup,
+    Mounts,
+    WeightChain,
+    cpu_times_ns,
+    own_groups,
+)
 from nodeagent.runtime.data import DATA_ENV, DOCKER_DATA, DataFolders
 from nodeagent.runtime.output import Output, docker_output
 from nodeagent.runtime.spec import CpuMeter, ReplicaInfo, ReplicaSpec, StartCancelled, StartFailed
@@ -417,12 +424,7 @@ class DockerRuntime:
 
     def replica_cpu_ns(self) -> dict[str, int]:
         """CPU time each container whose cgroup was found has used (one read each)."""
-        used = {}
-        for replica_id, seen in self._seen.items():
-            cpu_ns = seen.cgroup.cpu_usage_ns() if seen.cgroup is not None else None
-            if cpu_ns is not None:
-                used[replica_id] = cpu_ns
-        return used
+        return cpu_times_ns({rid: seen.cgroup for rid, seen in self._seen.items()})
 
     async def _sample(self, container: Any, seen: _Seen) -> None:
         await self._set_class(container, seen, lowest=True)

@@ -53,7 +53,7 @@ from typing import Any
 import psutil
 
 from nodeagent.load import PLATFORM_MARKER
-from nodeagent.runtime.cgroup import Cgroup, Mounts, WeightChain, own_groups
+from nodeagent.runtime.cgroup import Cgroup, Mounts, WeightChain, cpu_times_ns, own_groups
 from nodeagent.runtime.data import DATA_ENV, DataFolders
 from nodeagent.runtime.identity import Identities, Identity, become
 from nodeagent.runtime.output import Output, read_file_output
@@ -477,12 +477,7 @@ class ProcessRuntime:
 
     def replica_cpu_ns(self) -> dict[str, int]:
         """CPU time each live replica with a control group has used (one read each)."""
-        used = {}
-        for replica_id, replica in self._replicas.items():
-            cpu_ns = replica.cgroup.cpu_usage_ns() if replica.cgroup is not None else None
-            if cpu_ns is not None:
-                used[replica_id] = cpu_ns
-        return used
+        return cpu_times_ns({rid: replica.cgroup for rid, replica in self._replicas.items()})
 
     def _sample_all(self) -> None:
         self._sampled_at = time.monotonic()
