@@ -68,7 +68,10 @@ class DemoSettings:
     pcs: tuple[SimNode, ...] = THESIS_NODES
     person_at: str = "edge"
     login_at_share: float = 0.5  # of the tasks done
-    stay_s: float = 12.0  # at most; the person leaves at 80 % of the tasks if sooner
+    #: at most; the person leaves sooner once 80 % of the tasks are done and a paused
+    #: replica was both replaced and evicted (a replica holding seconds of unsaved work
+    #: stays paused that long first), or when the job ends
+    stay_s: float = 12.0
     continue_idle_s: float = 3.0
     live: bool | None = None  # a live view; default when stdout is a terminal
 
@@ -187,7 +190,8 @@ class Demo:
         self.step(f"a person logs in at {settings.person_at} (a utmp record)")
         try:
             await watch.until(lambda: watch.done >= 0.8 * watch.total_tasks
-                              and bool(watch.rescheduled), timeout_s=settings.stay_s)  # fmt: skip
+                              and bool(watch.rescheduled) and bool(watch.evicted),
+                              timeout_s=settings.stay_s)  # fmt: skip
         finally:  # also when the job ends first
             watch.logout_at = time.time()
             self.simulation.logout(settings.person_at)
