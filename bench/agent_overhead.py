@@ -6,7 +6,7 @@ presence source running: utmp sessions, input devices, foreign load) with 4 idle
 replicas, lets it settle, then measures the agent process alone over the window.
 
 With `--presence-mode coexist` a person is logged in (a utmp record), so the PC is shared
-and the agent reads its fast signals ten times a second (nodeagent/pressure.py): what a
+and the agent reads its fast signals every 50 ms (nodeagent/pressure.py): what a
 shared PC costs on top.
 
 Usage: python bench/agent_overhead.py [--seconds 60] [--runtime process|docker]

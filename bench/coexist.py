@@ -20,7 +20,8 @@ probe's wake-up delay (p50/p99/max over >= 1,000 samples) and its p99 above the
 baseline's, the cores the replicas used during the job as a share of the cores the job
 left idle, and (coexist) the time the replicas spent frozen. Then, in coexist mode, how
 soon the agent freezes the replicas once the person's work takes both cores (two CPU
-hogs; ``--freeze-trials`` times), and whether this machine's two cores are SMT siblings.
+hogs; ``--freeze-trials`` times), for processes and then for containers (a second agent
+with ``--runtime docker``), and whether this machine's two cores are SMT siblings.
 Goals: job <= 5 % slower, probe p99 <= 2 ms above the baseline, replicas harvest >= half
 of the idle CPU, freeze <= 250 ms.
 
@@ -30,6 +31,7 @@ minute, so settings run one after another would compare drift). Per setting: the
 job time and replicas' cores of its ``--rounds`` runs, every probe sample pooled.
 
 Usage: python bench/coexist.py [--rounds 5] [--job-iterations 60000000] [--freeze-trials 20]
+                              [--no-docker]
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.agent_rig import replica_pids, start_agent, starts  # noqa: E402
+from bench.agent_rig import prepare, remove_containers, replica_pids, start_agent, starts  # noqa: E402
 from bench.figures import percentile, summary  # noqa: E402
 from bus.connection import Bus  # noqa: E402
 from bus.topology import declare_platform  # noqa: E402
@@ -175,6 +177,9 @@ def freeze_latencies(pids: list[int], trials: int) -> list[float]:
     agent is another process: this one may block)."""
     latencies = []
     for _ in range(trials):
+        while any(frozen(pid, MOUNTS) for pid in pids):  # thaws after thaw_after_s of calm
+            time.sleep(0.05)
+        time.sleep(0.5)
         hogs = [subprocess.Popen(SPIN, env=person_env()) for _ in range(2)]
         began = time.monotonic()
         while not all(frozen(pid, MOUNTS) for pid in pids):
@@ -185,9 +190,6 @@ def freeze_latencies(pids: list[int], trials: int) -> list[float]:
         for hog in hogs:
             hog.kill()
             hog.wait()
-        while any(frozen(pid, MOUNTS) for pid in pids):  # thaws after thaw_after_s of calm
-            time.sleep(0.05)
-        time.sleep(0.5)
     return latencies
 
 
@@ -199,30 +201,34 @@ def smt_siblings() -> bool:
 
 
 @contextlib.asynccontextmanager
-async def coexisting_replicas(url: str) -> AsyncIterator[list[int]]:
+async def coexisting_replicas(url: str, runtime: str = "process") -> AsyncIterator[list[int]]:
     """A real agent in coexist mode with a person logged in, running the two replicas;
     their pids."""
     work = Path(tempfile.mkdtemp(prefix="coexist-"))
     write_login(work / "utmp", "student", "tty7")
-    agent = await start_agent(url, NODE, work, "process", "--presence-mode", "coexist")
+    agent = await start_agent(url, NODE, work, runtime, "--presence-mode", "coexist")
     try:
         async with Bus(url, connection_name="coexist bench") as bus:
             await declare_platform(bus)
             await asyncio.sleep(3)  # the agent declares its command queue
-            for command in starts(NODE, "process", REPLICAS, busy=True,
-                                  cpu_millicores=REPLICA_MILLICORES):  # fmt: skip
-                await bus.publish(command)
             deadline = time.monotonic() + 60
-            while len(pids := replica_pids(NODE, work, "process")) < REPLICAS:
+            while len(pids := replica_pids(NODE, work, runtime)) < REPLICAS:
                 if time.monotonic() > deadline:
                     raise SystemExit("the agent did not start the replicas within 60 s")
-                await asyncio.sleep(0.2)
+                # again every 5 s (a start is idempotent): a PC frozen for a moment (the
+                # person's cores busy, e.g. with dockerd) refuses starts meanwhile
+                for command in starts(NODE, runtime, REPLICAS, busy=True,
+                                      cpu_millicores=REPLICA_MILLICORES):  # fmt: skip
+                    await bus.publish(command)
+                await asyncio.sleep(5)
         await asyncio.sleep(2)  # settle
         yield pids
     finally:
         agent.send_signal(signal.SIGTERM)
         await agent.wait()
-        for pid in replica_pids(NODE, work, "process"):
+        if runtime == "docker":
+            remove_containers(NODE)
+        for pid in replica_pids(NODE, work, runtime):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
 
@@ -260,7 +266,7 @@ def other_core_loop() -> subprocess.Popen[bytes]:
     return other
 
 
-async def main(url: str, rounds: int, iterations: int, trials: int) -> None:
+async def main(url: str, rounds: int, iterations: int, trials: int, docker: bool) -> None:
     processes: list[subprocess.Popen[bytes]] = []
     groups: list[Cgroup] = []
     try:
@@ -285,7 +291,11 @@ async def main(url: str, rounds: int, iterations: int, trials: int) -> None:
                     setting.runs.append(await person_works(iterations, setting.pids, setting.watch))
                     setting.hold(True)
             settings[1].hold(False)
-            latencies = freeze_latencies(pids, trials)
+            latencies = {"freeze": freeze_latencies(pids, trials)}
+        if docker:  # the same with containers (dockerd's pause, where processes use the freezer)
+            prepare("docker")
+            async with coexisting_replicas(url, "docker") as pids:
+                latencies["freeze_docker"] = freeze_latencies(pids, trials)
     finally:
         for process in processes:
             process.kill()
@@ -303,9 +313,10 @@ async def main(url: str, rounds: int, iterations: int, trials: int) -> None:
     print("[other-core: one busy loop held on the last core, at normal priority: what the")
     print(" hardware the cores share (caches, memory, a host's SMT) costs the job]")
     print(f"other_core_job_slower_percent: {(pinned.job_s / none.job_s - 1) * 100:.1f}")
-    print("[freeze: two CPU hogs start beside coexisting replicas]")
-    for line in summary("freeze", latencies, digits=0):
-        print(line)
+    print("[freeze: two CPU hogs start beside coexisting replicas, processes then containers]")
+    for name, values in latencies.items():
+        for line in summary(name, values, digits=0):
+            print(line)
 
 
 if __name__ == "__main__":
@@ -314,7 +325,9 @@ if __name__ == "__main__":
                         help="the foreground job's loop count (about 3 s here)")  # fmt: skip
     parser.add_argument("--freeze-trials", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=5, help="runs of each setting")
+    parser.add_argument("--no-docker", action="store_true",
+                        help="time the freeze of processes only, not containers'")  # fmt: skip
     arguments = parser.parse_args()
     with scratch_vhost("bench") as broker:
         asyncio.run(main(broker.url, arguments.rounds, arguments.job_iterations,
-                         arguments.freeze_trials))  # fmt: skip
+                         arguments.freeze_trials, not arguments.no_docker))  # fmt: skip

@@ -23,7 +23,7 @@ publishes only under its own ``node.<node>.…`` routing keys.
 
 In ``coexist`` mode a person's arrival shares the PC instead (:mod:`nodeagent.share`): the
 newest replicas over the reduced share are stopped, heartbeats offer only that share, and
-the fast signals of :mod:`nodeagent.pressure`, read ten times a second while a person is
+the fast signals of :mod:`nodeagent.pressure`, read every 50 ms while a person is
 there, freeze and thaw the rest as the policy says."""
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ class AgentSettings:
     coexist_cpu_fraction: float = 0.5
     coexist_memory_fraction: float = 0.25
     #: ``coexist`` mode: how often the fast signals (CPU left idle, memory) are read.
-    pressure_sample_s: float = 0.1
+    pressure_sample_s: float = 0.05
 
     @property
     def allocatable(self) -> Amount:
@@ -317,7 +317,7 @@ class Agent:
         self._spawn(self._carry_out(self._decide()))
 
     def _on_pressure(self) -> None:
-        """A fast sample (ten a second): act only if the verdict changed."""
+        """A fast sample (twenty a second): act only if the verdict changed."""
         before = self._decision
         if self._decide() != before:
             self._spawn(self._carry_out(self.decision))

@@ -30,7 +30,7 @@ and the actions that go with them:
     suspend, as above): someone is here and replicas keep running beside them, at the
     lowest scheduling class, within a reduced share of the PC. Entering it stops the
     newest replicas until the rest fit that share (``FIT_SHARE``). Two fast signals, read
-    every tenth of a second, freeze them all at once (``PAUSE_ALL``): the person's own
+    every 50 ms, freeze them all at once (``PAUSE_ALL``): the person's own
     processes leave fewer than ``coexist_min_idle_cores`` cores idle, or less than
     ``coexist_memory_floor_mib`` of memory is available, in which case the newest
     replica is also stopped every ``memory_evict_every_s`` while it lasts (freezing

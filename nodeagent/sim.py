@@ -31,7 +31,8 @@ from pathlib import Path
 
 import psutil
 
-from nodeagent.runtime.cgroup import Cgroup, Mounts, replica_groups, replica_parent
+from nodeagent.runtime.cgroup import Cgroup, Mounts
+from nodeagent.runtime.hierarchy import remove_everywhere, replica_groups, replica_parent
 from nodeagent.runtime.identity import UidRange, uid_block
 from nodeagent.runtime.process import kill_recorded
 from nodeagent.utmp import read_sessions, write_login, write_logout
@@ -70,10 +71,25 @@ def node_containers(node: str) -> list[str]:
 
 
 def remove_containers(node: str) -> None:
-    """Kill and remove a PC's containers (the Docker runtime's replicas outlive an agent)."""
+    """Kill and remove a PC's containers (the Docker runtime's replicas outlive an agent),
+    and the groups that held them."""
+    from nodeagent.runtime.docker import DOCKER_CGROUP_PARENT
+
     if listed := node_containers(node):
+        parents = subprocess.run(
+            ["docker", "inspect", "-f", "{{.HostConfig.CgroupParent}}", *listed],
+            capture_output=True, text=True, timeout=60, check=False,
+        ).stdout.split()  # fmt: skip
+        mounts = Mounts.read()
+        holders = [parent.lstrip("/") for parent in parents  # none from before holders
+                   if parent.startswith(f"/{DOCKER_CGROUP_PARENT}/")]  # fmt: skip
+        for holder in holders:  # dockerd kills a paused container by thawing its own group
+            with contextlib.suppress(OSError):
+                Cgroup.named(holder, mounts).thaw()
         subprocess.run(["docker", "rm", "-f", *listed], capture_output=True, timeout=120,
                        check=False)  # fmt: skip
+        for holder in holders:
+            remove_everywhere(holder, mounts)
 
 
 class Simulation:

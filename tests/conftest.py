@@ -16,7 +16,8 @@ from bus.connection import Bus
 from bus.topology import declare_platform
 from idlecloud.dev.docker import busybox_image, ensure_docker
 from idlecloud.dev.services import BrokerInfo, create_vhost, delete_vhost, scratch_vhost
-from nodeagent.runtime.cgroup import Mounts, replica_groups
+from nodeagent.runtime.cgroup import Mounts
+from nodeagent.runtime.hierarchy import replica_groups
 
 from .gateway_rig import rig  # noqa: F401  (a fixture: the gateway on a control plane)
 from .login import login, signing_key  # noqa: F401  (fixtures: broker tokens of any principal)

@@ -17,7 +17,7 @@ import yaml
 
 from idlecloud.cli import app as bus_app
 from idlecloud.dev.services import apt_install
-from nodeagent.runtime.cgroup import ReplicaParent, replica_parent
+from nodeagent.runtime.hierarchy import ReplicaParent, replica_parent
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose"

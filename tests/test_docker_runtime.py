@@ -113,8 +113,9 @@ async def test_a_container_is_confined_to_its_reservation_as_an_unprivileged_use
     assert (group.dirs["cpu"] / "cpu.cfs_quota_us").read_text().strip() == "50000"
     # the lowest class, in a group under the agent's own groups at the lowest weight
     assert os.sched_getscheduler(pid) == os.SCHED_IDLE
-    assert group.dirs["cpu"].parent == MOUNTS.v1["cpu"] / DOCKER_CGROUP_PARENT
-    assert (group.dirs["cpu"].parent / "cpu.shares").read_text().strip() == "2"
+    holder = group.dirs["cpu"].parent  # a group of its own, to freeze it by, in the agent's
+    assert holder == MOUNTS.v1["cpu"] / DOCKER_CGROUP_PARENT / runtime.container_name("r1")
+    assert [(g / "cpu.shares").read_text().strip() for g in (holder, holder.parent)] == ["2"] * 2
     assert int((group.dirs["memory"] / "memory.limit_in_bytes").read_text()) == 64 * 2**20
     status = proc_status(pid)
     assert status["Uid"].split()[0] == "65534"

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nodeagent.pressure import busy_ticks, memory_available_mib
-from nodeagent.runtime.cgroup import own_groups
+from nodeagent.runtime.hierarchy import own_groups
 from nodeagent.runtime.spec import ReplicaInfo
 from nodeagent.share import newest, over_share, shared_allocatable
 from schemas import ZERO, Amount, ReplicaState

@@ -23,8 +23,9 @@ from idlecloud.cli._common import UrlOption, fail, run_async
 from nodeagent.agent import DESK_RESERVE, Agent, AgentSettings
 from nodeagent.policy import PolicySettings
 from nodeagent.runtime import DOCKER_NETWORK, DOCKER_USER, Runtime
-from nodeagent.runtime.cgroup import Mounts, replica_parent
+from nodeagent.runtime.cgroup import Mounts
 from nodeagent.runtime.data import DATA_GIDS, DataFolders
+from nodeagent.runtime.hierarchy import replica_parent
 from nodeagent.runtime.identity import Identities, UidRange
 from nodeagent.runtime.process import ProcessRuntime
 from nodeagent.share import shared_allocatable

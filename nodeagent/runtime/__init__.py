@@ -51,7 +51,7 @@ class Runtime(Protocol):
 
     def replica_cpu_ns(self) -> dict[str, int]:
         """CPU time each replica has used so far, by replica, from its control group: cheap
-        enough to read ten times a second (a replica whose group is unknown is left out)."""
+        enough to read twenty times a second (a replica whose group is unknown is left out)."""
 
     async def read_output(self, replica_id: str, position: int, bound_bytes: int) -> Output:
         """What the replica printed since ``position`` (0 at first; then what the last

@@ -5,36 +5,34 @@ One :class:`Cgroup` names a group in every hierarchy that matters here (``cpu``,
 runtime reads a container's use through it; the process runtime creates one group per
 replica with its CPU quota and memory limit, moves the replica into it before ``exec``,
 and freezes it to pause. Where the tree is not writable the process runtime falls back
-to rlimits and signals.
+to rlimits and signals. Where the groups go is :mod:`nodeagent.runtime.hierarchy`'s.
 
-Under systemd the agent's unit has ``Delegate=yes``: its own subtree is the agent's to
-manage, and :func:`replica_parent` nests replicas' groups inside it (``<unit>/replicas``)
-instead of writing outside it. On v2 a group with children may hold no process, so the
-agent first moves itself into a leaf of its own (``<unit>/agent``).
+A replica runs at the lowest scheduling class, and freezing needs each of its tasks to
+run once: a freeze wakes them at a real-time class (:meth:`Cgroup.freeze`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
     "CPU_PERIOD_US",
+    "RT_REPLICA_SHARE",
     "Cgroup",
     "Mounts",
-    "ReplicaParent",
-    "WeightChain",
     "cpu_times_ns",
-    "own_groups",
-    "replica_groups",
-    "replica_parent",
 ]
 
 #: The CFS period our CPU quotas are expressed in.
 CPU_PERIOD_US = 100_000
+#: The period of real-time budgets, and a freezing replica's share of it: freezing takes
+#: a task microseconds, and a budget bounds what a task that does not freeze could take.
+_RT_PERIOD_US = 100_000
+RT_REPLICA_SHARE = 0.01
 _V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "freezer")
 
 
@@ -44,12 +42,15 @@ class Mounts:
 
     v1: dict[str, Path]
     v2: Path | None
+    #: Every cgroup hierarchy mounted (Docker makes a container's parent in each one).
+    hierarchies: tuple[Path, ...] = ()
 
     @classmethod
     def read(cls, mounts_file: str = "/proc/self/mounts") -> Mounts:
         """The cgroup mounts of this machine."""
         v1: dict[str, Path] = {}
         v2: Path | None = None
+        hierarchies: list[Path] = []
         for line in Path(mounts_file).read_text().splitlines():
             fields = line.split()
             if len(fields) < 4:
@@ -59,7 +60,9 @@ class Mounts:
                 v2 = where
             elif kind == "cgroup":
                 v1.update({option: where for option in options if option in _V1_CONTROLLERS})
-        return cls(v1, v2)
+            if kind in ("cgroup", "cgroup2"):
+                hierarchies.append(where)
+        return cls(v1, v2, tuple(hierarchies))
 
     @property
     def unified(self) -> bool:
@@ -156,12 +159,14 @@ class Cgroup:
     def lowest_class(self) -> None:
         """Put the whole group at the lowest CPU weight and scheduling class: ``cpu.idle``
         on v2; on v1 (which has no such file) ``SCHED_IDLE`` for each of its threads, which
-        the threads and processes they start later inherit.
+        the threads and processes they start later inherit. A real-time budget a freeze
+        gave it goes back to its parent.
 
         Raises:
             OSError: the group is gone or not writable.
         """
         self._scheduling(idle=True)
+        self.budget_realtime(0)
 
     def boost(self) -> None:
         """Give the whole group a normal CPU weight and class, so each of its tasks runs
@@ -190,12 +195,47 @@ class Cgroup:
 
     def _scheduling(self, *, idle: bool) -> None:
         self.weigh(lowest=idle)
-        if self.unified:
-            return
-        policy = os.SCHED_IDLE if idle else os.SCHED_OTHER
-        for tid in (self.dirs["cpu"] / "tasks").read_text().split():
+        # v2 has cpu.idle for the group; the threads go back from a wake's real-time class
+        self._set_policy(os.SCHED_IDLE if idle and not self.unified else os.SCHED_OTHER)
+
+    def _set_policy(self, policy: int, priority: int = 0) -> None:
+        for tid in self._file("cpu", "tasks", "cgroup.threads").read_text().split():
             with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
-                os.sched_setscheduler(int(tid), policy, os.sched_param(0))
+                os.sched_setscheduler(int(tid), policy, os.sched_param(priority))
+
+    def budget_realtime(self, share: float) -> None:
+        """Let the group's tasks take ``share`` of every 100 ms at a real-time class (0:
+        none), where the kernel budgets real time per group (cgroup v1 with
+        ``RT_GROUP_SCHED``: there a group without a budget may run no real-time task).
+        Nothing where it does not, or where the parent's budget has no room (each level's
+        budgets must fit in its parent's, so a budget is held only while it is needed).
+        """
+        folder = self.dirs["cpu"]
+        runtime = folder / "cpu.rt_runtime_us"
+        if self.unified or not runtime.exists():
+            return
+        with contextlib.suppress(OSError):
+            if share > 0:
+                (folder / "cpu.rt_period_us").write_text(str(_RT_PERIOD_US))
+            runtime.write_text(str(round(share * _RT_PERIOD_US)))
+
+    def _wake(self) -> None:
+        """Run each task of a freezing group now, so that it freezes now: a task freezes
+        only when it next runs, and one that ran at the lowest class waits behind the
+        person's work for up to 0.2 s even once raised to a normal class (measured: its
+        scheduler lag stays with it). A real-time class runs it at once. Where the kernel
+        budgets real time per group, the group gets 1 % first (:meth:`budget_realtime`),
+        and a normal class if that finds no room. Call it only once the freezer was asked:
+        a real-time task that did not freeze would keep a core.
+
+        Raises:
+            OSError: the group is gone.
+        """
+        self.budget_realtime(RT_REPLICA_SHARE)
+        try:  # children forked meanwhile start at a normal class, and freeze at birth
+            self._set_policy(os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, 1)
+        except PermissionError:  # the kernel wants a budget, and there is no room
+            self._set_policy(os.SCHED_OTHER)
 
     def join(self, pid: int) -> None:
         """Move ``pid`` into this group (children it forks later follow it).
@@ -206,16 +246,32 @@ class Cgroup:
         for folder in set(self.dirs.values()):
             (folder / "cgroup.procs").write_text(str(pid))
 
-    def cpu_usage_ns(self) -> int | None:
-        """CPU time used by the whole group, or None if it cannot be read."""
+    @property
+    def cpu_usage_file(self) -> Path:
+        """The file :meth:`cpu_usage_ns` reads.
+
+        Raises:
+            KeyError: the group has no ``cpuacct`` controller.
+        """
+        return self._file("cpuacct", "cpuacct.usage", "cpu.stat")
+
+    def cpu_usage_ns(self, text: bytes | None = None) -> int | None:
+        """CPU time used by the whole group, read now (or from ``text``, what its
+        :attr:`cpu_usage_file` held), or None if it cannot be read."""
         try:
-            if self.unified:
-                for line in (self.dirs["cpuacct"] / "cpu.stat").read_text().splitlines():
-                    key, value = line.split()
-                    if key == "usage_usec":
-                        return int(value) * 1000
-                return None
-            return int((self.dirs["cpuacct"] / "cpuacct.usage").read_text())
+            if text is None:
+                fd = os.open(self.cpu_usage_file, os.O_RDONLY)  # no text decoding: 2x faster
+                try:
+                    text = os.read(fd, 4096)
+                finally:
+                    os.close(fd)
+            if not self.unified:
+                return int(text)
+            for line in text.splitlines():
+                key, value = line.split()
+                if key == b"usage_usec":
+                    return int(value) * 1000
+            return None
         except (OSError, ValueError, KeyError):
             return None
 
@@ -226,15 +282,24 @@ class Cgroup:
         except (OSError, ValueError, KeyError):
             return None
 
-    def freeze(self) -> None:
-        """Ask the kernel to freeze every task of the group (see :meth:`frozen`), boosted
-        first so that they freeze at once (:meth:`boost`).
+    def freeze(self, below: Cgroup | None = None) -> None:
+        """Ask the kernel to freeze every task of the group (see :meth:`frozen`), and wake
+        each to freeze at once (:meth:`_wake`), in a group of normal weight. Once frozen,
+        put it back at the lowest class (:meth:`lowest_class`).
+
+        Args:
+            below: the one group below whose tasks this one holds (a group lists only its
+                own tasks): those are woken, within this one's real-time budget.
 
         Raises:
             OSError: the freezer is not writable.
         """
-        self.boost()
+        woken = self if below is None else below
+        if below is not None:
+            self.budget_realtime(RT_REPLICA_SHARE)
+        woken.weigh(lowest=False)
         self._set_frozen(True)
+        woken._wake()
 
     def thaw(self) -> None:
         """Let every task of the group run again, at the lowest class.
@@ -297,90 +362,3 @@ def cpu_times_ns(groups: Mapping[str, Cgroup | None]) -> dict[str, int]:
         if cpu_ns is not None:
             used[name] = cpu_ns
     return used
-
-
-def own_groups(relative: str) -> list[str]:
-    """``relative`` and each group above it that is the agent's own, deepest first: every
-    one below the first systemd unit, slice or scope (those are systemd's to weigh)."""
-    parts = Path(relative).parts
-    owned = []
-    for depth in range(len(parts), 0, -1):
-        if parts[depth - 1].endswith((".service", ".slice", ".scope")):
-            break
-        owned.append("/".join(parts[:depth]))
-    return owned
-
-
-class WeightChain:
-    """The agent's own groups above a PC's replicas, at the lowest CPU weight.
-
-    A group's weight counts only among its siblings: a replica's group at the lowest weight
-    inside a parent of normal weight would take its parent's whole share from the person's
-    processes. So every level the agent owns is at the lowest weight too. A replica that
-    must run once, to freeze or to die of SIGKILL, would then wait for seconds on a busy PC:
-    :meth:`raised` gives the chain a normal weight for as long as any replica must run.
-    """
-
-    def __init__(self, groups: Iterable[Cgroup]) -> None:
-        self._groups = tuple(groups)
-        self._raised = 0
-        self._weigh(lowest=True)
-
-    @contextlib.contextmanager
-    def raised(self) -> Iterator[None]:
-        """A normal weight while the block runs (and any other block raising it)."""
-        self._raised += 1
-        if self._raised == 1:
-            self._weigh(lowest=False)
-        try:
-            yield
-        finally:
-            self._raised -= 1
-            if self._raised == 0:
-                self._weigh(lowest=True)
-
-    def _weigh(self, *, lowest: bool) -> None:
-        for group in self._groups:
-            with contextlib.suppress(OSError):  # not writable: nothing to keep low
-                group.weigh(lowest=lowest)
-
-
-@dataclass(frozen=True, slots=True)
-class ReplicaParent:
-    """Where replicas' groups go, and the leaf the agent must move into first (v2, when
-    it nests them inside its own delegated group), if any."""
-
-    path: str
-    agent_leaf: str | None = None
-
-
-def replica_parent(own_cgroups: str, node: str, *, unified: bool) -> ReplicaParent:
-    """Where a PC's replicas' groups go, from the agent's own ``/proc/self/cgroup``.
-
-    Inside a systemd unit (its group ends in ``.service``: the unit delegates it) they
-    nest in it; elsewhere (a shell, a simulated PC, no systemd) they go under
-    ``idlecloud/<node>``.
-    """
-    own = ""
-    for line in own_cgroups.splitlines():
-        _, controllers, path = line.split(":", 2)
-        if (unified and controllers == "") or (not unified and "cpu" in controllers.split(",")):
-            own = path.strip("/")
-    if not own.endswith(".service"):
-        return ReplicaParent(f"idlecloud/{node}")
-    return ReplicaParent(f"{own}/replicas", f"{own}/agent" if unified else None)
-
-
-def replica_groups(mounts: Mounts, parents: Iterable[str]) -> list[Path]:
-    """Every group at or below each of ``parents`` (e.g. ``idlecloud/edge``) in every
-    hierarchy we make groups in (each v1 controller's, and v2's), deepest first: what a
-    check for leftovers looks at."""
-    roots = set(mounts.v1.values()) | ({mounts.v2} if mounts.v2 is not None else set())
-    found: set[Path] = set()
-    for root in roots:
-        for parent in parents:
-            top = root / parent
-            if top.is_dir():
-                found.add(top)
-                found.update(path for path in top.rglob("*") if path.is_dir())
-    return sorted(found, key=lambda path: (len(path.parts), str(path)), reverse=True)

@@ -53,8 +53,9 @@ from typing import Any
 import psutil
 
 from nodeagent.load import PLATFORM_MARKER
-from nodeagent.runtime.cgroup import Cgroup, Mounts, WeightChain, cpu_times_ns, own_groups
+from nodeagent.runtime.cgroup import Cgroup, Mounts, cpu_times_ns
 from nodeagent.runtime.data import DATA_ENV, DataFolders
+from nodeagent.runtime.hierarchy import WeightChain, own_groups
 from nodeagent.runtime.identity import Identities, Identity, become
 from nodeagent.runtime.output import Output, read_file_output
 from nodeagent.runtime.spec import CpuMeter, ReplicaInfo, ReplicaSpec, StartCancelled, StartFailed
@@ -420,6 +421,8 @@ class ProcessRuntime:
                     cgroup.let_die()
                 return
             await asyncio.sleep(0.001)
+        with contextlib.suppress(OSError):  # frozen: back to the lowest class, no budget kept
+            cgroup.lowest_class()
 
     async def resume(self, replica_id: str) -> None:
         """Thaw a paused replica."""
