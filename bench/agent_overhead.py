@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import sys
 import tempfile
@@ -31,7 +30,14 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.agent_rig import RUNTIMES, prepare, remove_containers, replica_pids, start_agent, starts  # noqa: E402
+from bench.agent_rig import (  # noqa: E402
+    RUNTIMES,
+    end_replicas,
+    prepare,
+    replica_pids,
+    start_agent,
+    starts,
+)
 from bus.connection import Bus  # noqa: E402
 from bus.topology import declare_platform  # noqa: E402
 from idlecloud.dev.services import scratch_vhost  # noqa: E402
@@ -65,11 +71,7 @@ async def main(url: str, seconds: float, runtime: str, mode: str) -> None:
     finally:
         agent.send_signal(signal.SIGTERM)
         await agent.wait()
-        if runtime == "docker":
-            remove_containers(NODE)
-        else:
-            for pid in replica_pids(NODE, work, runtime):
-                os.killpg(pid, signal.SIGKILL)
+        end_replicas(NODE, work, runtime)
     cpu_s = (after.user + after.system) - (before.user + before.system)
     print(f"window_s: {elapsed:.0f}, replicas: {REPLICAS}, heartbeat every 1 s, {runtime} runtime, "
           f"presence mode {mode}")  # fmt: skip

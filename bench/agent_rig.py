@@ -15,11 +15,13 @@ from pathlib import Path
 
 from idlecloud.dev.docker import TEST_IMAGE, busybox_image, ensure_docker
 from nodeagent.runtime.identity import uid_block
+from nodeagent.runtime.process import kill_recorded
 from nodeagent.sim import node_containers, remove_containers
 from schemas import Resources, StartReplica
 
 __all__ = [
     "RUNTIMES",
+    "end_replicas",
     "prepare",
     "remove_containers",
     "replica_dir",
@@ -97,3 +99,12 @@ def replica_pids(node: str, work: Path, runtime: str) -> list[int]:
         capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
     return [int(pid) for pid in pids]
+
+
+def end_replicas(node: str, work: Path, runtime: str) -> None:
+    """Kill what the stopped agent of ``node`` left running (its replicas outlive it), a
+    frozen one thawed so that it dies."""
+    if runtime == "docker":
+        remove_containers(node)
+    for record in (work / "state" / "replicas").glob("*.json"):
+        kill_recorded(record)

@@ -56,7 +56,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.agent_rig import prepare, remove_containers, replica_pids, start_agent, starts  # noqa: E402
+from bench.agent_rig import end_replicas, prepare, replica_pids, start_agent, starts  # noqa: E402
 from bench.figures import percentile, summary  # noqa: E402
 from bus.connection import Bus  # noqa: E402
 from bus.topology import declare_platform  # noqa: E402
@@ -226,11 +226,7 @@ async def coexisting_replicas(url: str, runtime: str = "process") -> AsyncIterat
     finally:
         agent.send_signal(signal.SIGTERM)
         await agent.wait()
-        if runtime == "docker":
-            remove_containers(NODE)
-        for pid in replica_pids(NODE, work, runtime):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
+        end_replicas(NODE, work, runtime)
 
 
 @dataclass

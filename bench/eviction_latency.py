@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.agent_rig import (  # noqa: E402
     RUNTIMES,
+    end_replicas,
     prepare,
     remove_containers,
     replica_dir,
@@ -45,7 +46,7 @@ from bus.connection import Bus  # noqa: E402
 from bus.topology import QueueSpec, declare_platform  # noqa: E402
 from idlecloud.dev.services import scratch_vhost  # noqa: E402
 from nodeagent.runtime.cgroup import Mounts  # noqa: E402
-from nodeagent.runtime.process import frozen, kill_recorded  # noqa: E402
+from nodeagent.runtime.process import frozen  # noqa: E402
 from nodeagent.utmp import write_login, write_logout  # noqa: E402
 from schemas import NodePresence, PresenceState  # noqa: E402
 from tests.helpers import wait_until  # noqa: E402
@@ -114,8 +115,7 @@ async def main(url: str, trials: int, runtime: str) -> None:
     finally:
         agent.send_signal(signal.SIGTERM)
         await agent.wait()
-        for record in (work / "state" / "replicas").glob("*.json"):  # process runtime
-            kill_recorded(record)  # frozen by the last login: thawed so they die
+        end_replicas(NODE, work, runtime)  # frozen by the last login: thawed so they die
     print(f"trials: {trials}, replicas: {REPLICAS} CPU-bound, agent: {runtime} runtime")
     print("\n".join(summary("presence_event", event_ms) + summary("eviction", freeze_ms)))
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import psutil
 
 from nodeagent.runtime.cgroup import Cgroup, Mounts
+from nodeagent.runtime.container import DOCKER_CGROUP_PARENT, LABEL_PREFIX
 from nodeagent.runtime.hierarchy import remove_everywhere, replica_groups, replica_parent
 from nodeagent.runtime.identity import UidRange, uid_block
 from nodeagent.runtime.process import kill_recorded
@@ -62,8 +63,6 @@ THESIS_NODES = (
 
 def node_containers(node: str) -> list[str]:
     """The ids of the containers a PC's Docker runtime made (found by their node label)."""
-    from nodeagent.runtime.docker import LABEL_PREFIX  # aiodocker only where Docker is used
-
     return subprocess.run(
         ["docker", "ps", "-aq", "--filter", f"label={LABEL_PREFIX}node={node}"],
         capture_output=True, text=True, timeout=60, check=True,
@@ -73,8 +72,6 @@ def node_containers(node: str) -> list[str]:
 def remove_containers(node: str) -> None:
     """Kill and remove a PC's containers (the Docker runtime's replicas outlive an agent),
     and the groups that held them."""
-    from nodeagent.runtime.docker import DOCKER_CGROUP_PARENT
-
     if listed := node_containers(node):
         parents = subprocess.run(
             ["docker", "inspect", "-f", "{{.HostConfig.CgroupParent}}", *listed],

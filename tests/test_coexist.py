@@ -28,7 +28,8 @@ from idlecloud.dev.services import BrokerInfo
 from nodeagent.agent import Agent, AgentSettings
 from nodeagent.policy import Phase, PolicySettings
 from nodeagent.runtime.cgroup import Cgroup, Mounts
-from nodeagent.runtime.docker import DOCKER_CGROUP_PARENT, DockerRuntime
+from nodeagent.runtime.container import DOCKER_CGROUP_PARENT
+from nodeagent.runtime.docker import DockerRuntime
 from nodeagent.runtime.hierarchy import WeightChain, own_groups
 from nodeagent.runtime.process import ProcessRuntime, frozen
 from nodeagent.sim import remove_containers

@@ -1,8 +1,9 @@
 """The Docker runtime: replicas as containers, confined, labelled and adopted by node.
 
-Every container is created with labels naming its node, namespace, app and replica (and
-its reservation), a CPU quota and memory limit equal to the reservation (no swap), a pids
-limit, every capability dropped, ``no-new-privileges``, an unprivileged user, the lowest
+Every container is created (:func:`~nodeagent.runtime.container.container_config`) with
+labels naming its node, namespace, app and replica (and its reservation), a CPU quota
+and memory limit equal to the reservation (no swap), a pids limit, every capability
+dropped, ``no-new-privileges``, an unprivileged user, the lowest
 CPU weight and, once it started, the lowest scheduling class (``SCHED_IDLE`` for every
 thread of its cgroup, set again at each use sample for any thread that was quicker than
 the first setting; ``cpu.idle`` on cgroup v2), an OOM score that sacrifices it before
@@ -48,36 +49,26 @@ from typing import Any
 
 import aiodocker
 
-from nodeagent.load import PLATFORM_MARKER
 from nodeagent.runtime import DOCKER_NETWORK, DOCKER_USER
-from nodeagent.runtime.cgroup import CPU_PERIOD_US, Cgroup, Mounts, cpu_times_ns
-from nodeagent.runtime.data import DATA_ENV, DOCKER_DATA, DataFolders
+from nodeagent.runtime.cgroup import Cgroup, Mounts, cpu_times_ns
+from nodeagent.runtime.container import DOCKER_CGROUP_PARENT, container_config, label
+from nodeagent.runtime.data import DataFolders
 from nodeagent.runtime.hierarchy import WeightChain, own_groups, remove_everywhere
 from nodeagent.runtime.output import Output, docker_output
 from nodeagent.runtime.spec import CpuMeter, ReplicaInfo, ReplicaSpec, StartCancelled, StartFailed
-from nodeagent.status import STATUS_FILE_ENV, STATUS_MOUNT
-from nodeagent.tokens import MOUNT_POINT, TOKEN_FILE_ENV, hand_over
+from nodeagent.tokens import hand_over
 from schemas import ZERO, Amount, ReplicaState
 
-__all__ = ["DOCKER_CGROUP_PARENT", "LABEL_PREFIX", "DockerRuntime"]
+__all__ = ["DockerRuntime"]
 
 log = logging.getLogger(__name__)
 
-LABEL_PREFIX = "org.idlecloud."
 _LOG_TAIL_LINES = 20
 #: How long a pause waits for the holder to freeze a container before runc tries.
 _HOLD_TIMEOUT_S, _HOLD_POLL_S = 1.0, 0.001
 #: Tries at ``docker pause`` before a replica that will not freeze is killed instead.
 _PAUSE_ATTEMPTS = 4
 _STATES = {"running": ReplicaState.RUNNING, "paused": ReplicaState.PAUSED}
-
-
-#: The group (under each hierarchy's root) replicas' containers go in, at the lowest weight.
-DOCKER_CGROUP_PARENT = "idlecloud-docker"
-
-
-def _label(key: str) -> str:
-    return LABEL_PREFIX + key
 
 
 @dataclass
@@ -194,54 +185,6 @@ class DockerRuntime:
                     self._parent = ""
             return self._parent
 
-    def _config(self, spec: ReplicaSpec, cgroup_parent: str) -> dict[str, Any]:
-        env = {**spec.env, PLATFORM_MARKER: "1"}
-        binds = []
-        if spec.token_dir is not None:
-            binds.append(f"{spec.token_dir}:{MOUNT_POINT}:ro")
-            env[TOKEN_FILE_ENV] = f"{MOUNT_POINT}/token"
-        if spec.status_dir is not None:
-            binds.append(f"{spec.status_dir}:{STATUS_MOUNT}")
-            env[STATUS_FILE_ENV] = f"{STATUS_MOUNT}/status"
-        groups = []
-        if self._data is not None:  # its namespace's folder alone, and the group to use it
-            data = self._data.folder(spec.namespace)
-            binds.append(f"{data.path}:{DOCKER_DATA}")
-            env[DATA_ENV] = DOCKER_DATA
-            groups.append(str(data.gid))
-        memory_bytes = spec.reservation.memory_mib * 2**20
-        return {
-            "Image": spec.image,
-            "Cmd": list(spec.command) or None,
-            "Env": [f"{key}={value}" for key, value in env.items()],
-            "User": self.user,
-            "Labels": {
-                _label("node"): self.node,
-                _label("namespace"): spec.namespace,
-                _label("app"): spec.app,
-                _label("replica"): spec.replica_id,
-                _label("cpu-millicores"): str(spec.reservation.cpu_millicores),
-                _label("memory-mib"): str(spec.reservation.memory_mib),
-            },
-            "HostConfig": {
-                "CpuPeriod": CPU_PERIOD_US,
-                "CpuQuota": max(1000, spec.reservation.cpu_millicores * CPU_PERIOD_US // 1000),
-                "CpuShares": 2,
-                "CgroupParent": cgroup_parent,
-                "Memory": memory_bytes,
-                "MemorySwap": memory_bytes,
-                "OomScoreAdj": 1000,
-                "PidsLimit": self.pids_limit,
-                "CapDrop": ["ALL"],
-                "SecurityOpt": ["no-new-privileges"],
-                "NetworkMode": self.network_mode,
-                "Binds": binds,
-                "GroupAdd": groups,
-                "RestartPolicy": {"Name": "no"},
-                "LogConfig": {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "2"}},
-            },
-        }
-
     async def start(self, spec: ReplicaSpec, *, may_run: Callable[[], bool]) -> None:
         """Create and start the replica's container unless it exists.
 
@@ -262,7 +205,11 @@ class DockerRuntime:
                 hand_over(folder, *self._owner)
         try:
             parent = await self._cgroup_parent()  # its own group in ours, to freeze it by
-            config = self._config(spec, parent and f"{parent}/{name}")
+            config = container_config(
+                spec, node=self.node, user=self.user, network_mode=self.network_mode,
+                pids_limit=self.pids_limit, data=self._data,
+                cgroup_parent=parent and f"{parent}/{name}",
+            )  # fmt: skip
             container = await self.docker.containers.create(config, name=name)
             if not may_run():
                 await container.delete(force=True)
@@ -286,7 +233,7 @@ class DockerRuntime:
             container = await self.docker.containers.get(self.container_name(replica_id))
         except aiodocker.DockerError:
             return None
-        if container["Config"]["Labels"].get(_label("node")) != self.node:
+        if container["Config"]["Labels"].get(label("node")) != self.node:
             return None
         return container
 
@@ -377,14 +324,14 @@ class DockerRuntime:
                 container, self._seen.setdefault(replica_id, _Seen()), lowest=False
             )
         with self._chain.raised() if kill else contextlib.nullcontext():
+            if held and holder is not None:  # dockerd's kill thaws the container's own group
+                with contextlib.suppress(OSError):  # (runc's pause froze it too), then waits
+                    holder.thaw()  # up to 10 s for its end: it must not find it held
             with contextlib.suppress(aiodocker.DockerError):  # 409: it ended meanwhile
                 if kill:
                     await container.kill(signal="SIGKILL")
                 elif state["Running"]:  # it cleans up at the lowest class, as it ran
                     await container.stop(t=max(1, round(grace_s)))
-            if held and holder is not None:
-                with contextlib.suppress(OSError):
-                    holder.thaw()  # its tasks run once more, boosted, to die
             with contextlib.suppress(aiodocker.DockerError):  # 404: removed meanwhile
                 await container.delete(force=True)
         if holder is not None:
@@ -398,12 +345,12 @@ class DockerRuntime:
         latest reading is returned.
         """
         listed = await self.docker.containers.list(
-            all=True, filters={"label": [f"{_label('node')}={self.node}"]}
+            all=True, filters={"label": [f"{label('node')}={self.node}"]}
         )
         sample = with_usage and time.monotonic() - self._sampled_at >= self._usage_interval_s
         if sample:
             self._sampled_at = time.monotonic()
-        current = {container["Labels"][_label("replica")] for container in listed}
+        current = {container["Labels"][label("replica")] for container in listed}
         for gone in set(self._seen) - current:
             del self._seen[gone]
         found = [await self._info(container, sample) for container in listed]
@@ -412,7 +359,7 @@ class DockerRuntime:
     async def _info(self, container: Any, sample: bool) -> ReplicaInfo | None:
         """The replica a listed container is, or None if it is being removed meanwhile."""
         labels: dict[str, str] = container["Labels"]
-        seen = self._seen.setdefault(labels[_label("replica")], _Seen())
+        seen = self._seen.setdefault(labels[label("replica")], _Seen())
         state = _STATES.get(container["State"])
         if state is None and container["State"] in ("created", "restarting"):
             state = ReplicaState.STARTING
@@ -429,12 +376,12 @@ class DockerRuntime:
         elif sample:
             await self._sample(container, seen)
         return ReplicaInfo(
-            replica_id=labels[_label("replica")],
-            namespace=labels[_label("namespace")],
-            app=labels[_label("app")],
+            replica_id=labels[label("replica")],
+            namespace=labels[label("namespace")],
+            app=labels[label("app")],
             state=state,
             reservation=Amount(
-                int(labels[_label("cpu-millicores")]), int(labels[_label("memory-mib")])
+                int(labels[label("cpu-millicores")]), int(labels[label("memory-mib")])
             ),
             usage=seen.usage if exit_code is None else ZERO,
             cpu_s=seen.meter.total_s,
