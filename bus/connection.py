@@ -352,47 +352,49 @@ class Bus:
         delay_s = 0.05
         while True:
             remaining_s = deadline - time.monotonic()
-            try:
-                if remaining_s <= 0:
-                    raise TimeoutError
-                async with asyncio.timeout(remaining_s):
-                    await self._restored.wait()
-                    publisher = self._publish_channel
-                    channel = await publisher.get_underlay_channel()
-                    if channel.is_closed:  # closed by an earlier refusal: take a new one
-                        await self._renew_publish_channel(publisher)
-                        continue
-                    # aiormq's abstract channel does not declare ``wait``; its channel has it
-                    confirming = cast(aiormq.Channel, channel).basic_publish(
-                        body,
-                        exchange=route.exchange,
-                        routing_key=route.routing_key,
-                        properties=properties,
-                        mandatory=mandatory,
-                        wait=False,  # the confirm is what counts: see the module's header
-                    )
-                    try:
-                        async with asyncio.timeout(CONFIRM_WAIT_S):
-                            confirm = await _confirmed(confirming)
-                    except TimeoutError:
-                        raise _NoConfirm from None
-            except aiormq.exceptions.PublishError:
-                raise Unroutable(
-                    f"no queue is bound to {route.exchange or '(default)'}/{route.routing_key}; "
-                    "is the service that consumes it running?"
-                ) from None
-            except aiormq.exceptions.ChannelAccessRefused as error:
-                await self._renew_publish_channel(publisher)
-                raise PublishRefused(
-                    f"the broker refused a publish to {route.exchange}/{route.routing_key}: {error}"
-                ) from None
-            except aiormq.exceptions.ChannelNotFoundEntity:
-                await self._renew_publish_channel(publisher)
-                raise DoorClosed(
-                    f"there is no exchange {route.exchange!r} on the broker: a namespace's door "
-                    "opens when an admin sets its quota or its user trades a key, a PC's when "
-                    "it trades its key"
-                ) from None
+            try:  # a refusal's renewal that finds the connection closing is retried too
+                try:
+                    if remaining_s <= 0:
+                        raise TimeoutError
+                    async with asyncio.timeout(remaining_s):
+                        await self._restored.wait()
+                        publisher = self._publish_channel
+                        channel = await publisher.get_underlay_channel()
+                        if channel.is_closed:  # closed by an earlier refusal: take a new one
+                            await self._renew_publish_channel(publisher)
+                            continue
+                        # aiormq's abstract channel does not declare ``wait``; its channel has it
+                        confirming = cast(aiormq.Channel, channel).basic_publish(
+                            body,
+                            exchange=route.exchange,
+                            routing_key=route.routing_key,
+                            properties=properties,
+                            mandatory=mandatory,
+                            wait=False,  # the confirm is what counts: see the module's header
+                        )
+                        try:
+                            async with asyncio.timeout(CONFIRM_WAIT_S):
+                                confirm = await _confirmed(confirming)
+                        except TimeoutError:
+                            raise _NoConfirm from None
+                except aiormq.exceptions.PublishError:
+                    raise Unroutable(
+                        f"no queue is bound to {route.exchange or '(default)'}/"
+                        f"{route.routing_key}; is the service that consumes it running?"
+                    ) from None
+                except aiormq.exceptions.ChannelAccessRefused as error:
+                    await self._renew_publish_channel(publisher)
+                    raise PublishRefused(
+                        f"the broker refused a publish to {route.exchange}/"
+                        f"{route.routing_key}: {error}"
+                    ) from None
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    await self._renew_publish_channel(publisher)
+                    raise DoorClosed(
+                        f"there is no exchange {route.exchange!r} on the broker: a namespace's "
+                        "door opens when an admin sets its quota or its user trades a key, a "
+                        "PC's when it trades its key"
+                    ) from None
             except _RETRYABLE as error:
                 if isinstance(error, _NoConfirm):
                     with contextlib.suppress(ConnectionError):  # reopening: it gets new ones
