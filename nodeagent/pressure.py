@@ -4,8 +4,8 @@ Beside a person, replicas run at the lowest scheduling class, so the kernel alre
 the person every core they want; what the agent must notice quickly is that the person's
 work wants so much that little is left (a build on every core), or that memory runs
 short. Every ``sample_s`` (50 ms: work that takes every core shows in the second sample
-after it began, where 100 ms made a freeze take up to 0.3 s), while the agent shares the
-PC with a person, this source reads three things:
+after it began; at 100 ms a process freeze took up to 246 ms in bench/coexist.py), while
+the agent shares the PC with a person, this source reads three things:
 
 - the PC's busy CPU time: its root control group's, in nanoseconds (``/proc/stat``'s
   first line, all but idle and iowait, counts 10 ms ticks: in a 50 ms window that is up

@@ -32,7 +32,7 @@ from pathlib import Path
 import psutil
 
 from nodeagent.runtime.cgroup import Cgroup, Mounts
-from nodeagent.runtime.container import DOCKER_CGROUP_PARENT, LABEL_PREFIX
+from nodeagent.runtime.container import LABEL_PREFIX, holder_path
 from nodeagent.runtime.hierarchy import remove_everywhere, replica_groups, replica_parent
 from nodeagent.runtime.identity import UidRange, uid_block
 from nodeagent.runtime.process import kill_recorded
@@ -78,8 +78,7 @@ def remove_containers(node: str) -> None:
             capture_output=True, text=True, timeout=60, check=False,
         ).stdout.split()  # fmt: skip
         mounts = Mounts.read()
-        holders = [parent.lstrip("/") for parent in parents  # none from before holders
-                   if parent.startswith(f"/{DOCKER_CGROUP_PARENT}/")]  # fmt: skip
+        holders = [path for parent in parents if (path := holder_path(parent)) is not None]
         for holder in holders:  # dockerd kills a paused container by thawing its own group
             with contextlib.suppress(OSError):
                 Cgroup.named(holder, mounts).thaw()

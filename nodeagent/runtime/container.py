@@ -16,11 +16,19 @@ from nodeagent.runtime.spec import ReplicaSpec
 from nodeagent.status import STATUS_FILE_ENV, STATUS_MOUNT
 from nodeagent.tokens import MOUNT_POINT, TOKEN_FILE_ENV
 
-__all__ = ["DOCKER_CGROUP_PARENT", "LABEL_PREFIX", "container_config", "label"]
+__all__ = ["DOCKER_CGROUP_PARENT", "LABEL_PREFIX", "container_config", "holder_path", "label"]
 
 LABEL_PREFIX = "org.idlecloud."
 #: The group (under each hierarchy's root) replicas' containers go in, at the lowest weight.
 DOCKER_CGROUP_PARENT = "idlecloud-docker"
+
+
+def holder_path(cgroup_parent: str | None) -> str | None:
+    """The holder group a container's ``CgroupParent`` names, relative to each hierarchy's
+    root, or None (the ``systemd`` driver's, or a container from before holders)."""
+    if not cgroup_parent or not cgroup_parent.startswith(f"/{DOCKER_CGROUP_PARENT}/"):
+        return None
+    return cgroup_parent.lstrip("/")
 
 
 def label(key: str) -> str:

@@ -51,7 +51,12 @@ import aiodocker
 
 from nodeagent.runtime import DOCKER_NETWORK, DOCKER_USER
 from nodeagent.runtime.cgroup import Cgroup, Mounts, cpu_times_ns
-from nodeagent.runtime.container import DOCKER_CGROUP_PARENT, container_config, label
+from nodeagent.runtime.container import (
+    DOCKER_CGROUP_PARENT,
+    container_config,
+    holder_path,
+    label,
+)
 from nodeagent.runtime.data import DataFolders
 from nodeagent.runtime.hierarchy import WeightChain, own_groups, remove_everywhere
 from nodeagent.runtime.output import Output, docker_output
@@ -260,10 +265,8 @@ class DockerRuntime:
     def _holder(self, details: Any) -> Cgroup | None:
         """The group of ours that holds a container's own (``CgroupParent``), if it has one
         (not with the ``systemd`` driver, nor for a container from before holders)."""
-        parent: str = details["HostConfig"]["CgroupParent"] or ""
-        if not parent.startswith(f"/{DOCKER_CGROUP_PARENT}/"):
-            return None
-        return Cgroup.named(parent.lstrip("/"), self._mounts)
+        path = holder_path(details["HostConfig"]["CgroupParent"])
+        return None if path is None else Cgroup.named(path, self._mounts)
 
     async def _hold(self, holder: Cgroup, group: Cgroup) -> None:
         """Freeze the container's tasks through its holder, as the process runtime does,
@@ -334,8 +337,8 @@ class DockerRuntime:
                     await container.stop(t=max(1, round(grace_s)))
             with contextlib.suppress(aiodocker.DockerError):  # 404: removed meanwhile
                 await container.delete(force=True)
-        if holder is not None:
-            remove_everywhere(container["HostConfig"]["CgroupParent"].lstrip("/"), self._mounts)
+        if (path := holder_path(container["HostConfig"]["CgroupParent"])) is not None:
+            remove_everywhere(path, self._mounts)
         self._seen.pop(replica_id, None)
 
     async def replicas(self, *, with_usage: bool = False) -> list[ReplicaInfo]:
