@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable
 from functools import partial
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, Self, TypeVar, cast
 
 import aio_pika
 import aiormq
@@ -47,6 +47,7 @@ from schemas import Message
 
 __all__ = [
     "CONFIRM_WAIT_S",
+    "HEARTBEAT_S",
     "PUBLISH_FAILURES",
     "TRANSIENT_ERRORS",
     "Bus",
@@ -55,6 +56,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 #: Errors that mean "the connection or channel went away": retry once it is back.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -103,7 +106,14 @@ def unverified_claims(token: str) -> dict[str, Any] | None:
 
 class _NodesConnection(aio_pika.RobustConnection):
     """A robust connection that tries a cluster's nodes in turn: each attempt to connect
-    goes to the node after the one it last reached, and fails only once every node did."""
+    goes to the node after the one it last reached, and fails only once every node did.
+
+    A node that took the connection but refused to restore a channel on it is alive: it
+    is asked again after the reconnect interval, before any other node. The refusal is
+    passing: an exclusive queue is still owned by the lost connection until its node (hung)
+    is declared down (``net_ticktime``). Moving on instead led, past the other live nodes,
+    back to the hung one, whose handshake waits out the whole connect timeout (10 s).
+    """
 
     def __init__(self, url: URL, *, nodes: tuple[URL, ...], **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
@@ -123,10 +133,26 @@ class _NodesConnection(aio_pika.RobustConnection):
                 return
             except CONNECTION_EXCEPTIONS as error:
                 failure = error
+                if isinstance(error, aiormq.exceptions.AMQPChannelError):  # it answered
+                    log.info("broker node %s:%s refused a restore (%r)", node.host, node.port,
+                             error)  # fmt: skip
+                    self._next = (self._next - 1) % len(self._nodes)
+                    raise
                 log.info("broker node %s:%s unreachable (%r)", node.host, node.port, error)
         assert failure is not None  # there is at least one node
         raise failure
 
+
+#: The AMQP heartbeat every connection asks for, in seconds: the broker then sends a frame
+#: at least this often, even on an idle connection (its sender looks every half of it).
+HEARTBEAT_S = 2
+#: A connection that received no frame for (heartbeat + 1) x this many seconds is dropped
+#: as stuck, and reopened on the next node. aiormq's default, 3, took 18 s to notice a hung
+#: (SIGSTOPped) broker node at a 5 s heartbeat; at 2 s and 1, the silence that drops it is
+#: 3 s, which a broker that answers never reaches. Set on aiormq's class: every connection
+#: of a process that imports the bus is the bus's.
+STUCK_AFTER_HEARTBEATS = 1
+aiormq.Connection.HEARTBEAT_GRACE_MULTIPLIER = STUCK_AFTER_HEARTBEATS
 
 #: A publish not confirmed within this long is published again on a new channel. A channel
 #: keeps the stream leader it first wrote to: after the leader's node hung and came back,
@@ -139,13 +165,13 @@ class _NoConfirm(TimeoutError):
     """No confirm within :data:`CONFIRM_WAIT_S` on the publish channel."""
 
 
-async def _confirmed(confirming: Awaitable[aiormq.abc.ConfirmationFrameType | None]) -> object:
-    """The broker's confirm; a connection aiormq found stuck (no frame from a hung broker
-    node for three heartbeats) fails the confirms it awaited with ``CancelledError``, which
-    is a lost connection here, not a cancellation of the caller (its task is not being
-    cancelled): raised as a ``ConnectionError``, to be published again."""
+async def _unless_dropped(waiting: Awaitable[_T]) -> _T:
+    """What ``waiting`` (a confirm, a channel's opening) gives; a connection aiormq found
+    stuck (see :data:`STUCK_AFTER_HEARTBEATS`) fails what awaited it with
+    ``CancelledError``, which is a lost connection here, not a cancellation of the caller
+    (its task is not being cancelled): raised as a ``ConnectionError``, to be tried again."""
     try:
-        return await confirming
+        return await waiting
     except asyncio.CancelledError:
         task = asyncio.current_task()
         if task is None or task.cancelling():
@@ -161,7 +187,7 @@ class Bus:
         url: str,
         *,
         connection_name: str = "idlecloud",
-        heartbeat_s: int = 5,
+        heartbeat_s: int = HEARTBEAT_S,
         reconnect_interval_s: float = 0.5,
     ) -> None:
         self.url = url
@@ -187,6 +213,11 @@ class Bus:
         if self._connection is None:
             raise RuntimeError("Bus.connect() was not called")
         return self._connection
+
+    @property
+    def node_port(self) -> int | None:
+        """The port of the broker node the connection last reached (of a cluster's several)."""
+        return cast(aio_pika.RobustConnection, self.connection).url.port
 
     async def connect(self, timeout_s: float = 10.0) -> Self:
         """Connect and open the publish channel.
@@ -243,11 +274,15 @@ class Bus:
     async def channel(
         self, *, prefetch: int | None = None, on_return_raises: bool = False
     ) -> AbstractRobustChannel:
-        """A new robust channel with publisher confirms, restored after reconnects."""
+        """A new robust channel with publisher confirms, restored after reconnects.
+
+        Raises:
+            ConnectionError: the connection was dropped as stuck meanwhile (try again).
+        """
         channel = self.connection.channel(on_return_raises=on_return_raises)
-        await channel.initialize()
+        await _unless_dropped(channel.initialize())
         if prefetch is not None:
-            await channel.set_qos(prefetch_count=prefetch)
+            await _unless_dropped(channel.set_qos(prefetch_count=prefetch))
         return channel
 
     def use_secret_on_reconnect(self, secret: str) -> None:
@@ -308,6 +343,7 @@ class Bus:
         reply_to: str | None = None,
         correlation_id: str | None = None,
         timeout_s: float = 30.0,
+        before_restore: bool = False,
     ) -> None:
         """Publish a message on its route (or ``route``) and wait for the broker's confirm.
 
@@ -318,6 +354,10 @@ class Bus:
             reply_to: the requester's reply queue, for RPC requests.
             correlation_id: ties an RPC reply to its request.
             timeout_s: give up after this long without a confirm, across reconnects.
+            before_restore: after a reconnect, publish once the connection is up, not once
+                every channel is restored (:meth:`restored`): for a sign of life to a
+                quorum queue, never to a stream. A consumer whose queue's leader was on a
+                hung node took 8 to 9 s more to come back, and held an agent's heartbeats.
 
         Raises:
             Unroutable: ``mandatory`` and no queue is bound for the route.
@@ -326,7 +366,8 @@ class Bus:
         """
         target = route or names.route(message)
         body, properties = encode(message, correlation_id=correlation_id, reply_to=reply_to)
-        await self.publish_raw(target, body, properties, mandatory=mandatory, timeout_s=timeout_s)
+        await self.publish_raw(target, body, properties, mandatory=mandatory,
+                               timeout_s=timeout_s, before_restore=before_restore)  # fmt: skip
 
     async def publish_raw(
         self,
@@ -336,8 +377,10 @@ class Bus:
         *,
         mandatory: bool = False,
         timeout_s: float = 30.0,
+        before_restore: bool = False,
     ) -> None:
-        """Publish bytes under confirms, retrying across reconnects until ``timeout_s``.
+        """Publish bytes under confirms, retrying across reconnects until ``timeout_s``
+        (``before_restore``: see :meth:`publish`).
 
         Raises:
             Unroutable: ``mandatory`` and no queue is bound for the route.
@@ -357,7 +400,7 @@ class Bus:
                     if remaining_s <= 0:
                         raise TimeoutError
                     async with asyncio.timeout(remaining_s):
-                        await self._restored.wait()
+                        await (self.connection.ready() if before_restore else self.restored())
                         publisher = self._publish_channel
                         channel = await publisher.get_underlay_channel()
                         if channel.is_closed:  # closed by an earlier refusal: take a new one
@@ -374,7 +417,7 @@ class Bus:
                         )
                         try:
                             async with asyncio.timeout(CONFIRM_WAIT_S):
-                                confirm = await _confirmed(confirming)
+                                confirm = await _unless_dropped(confirming)
                         except TimeoutError:
                             raise _NoConfirm from None
                 except aiormq.exceptions.PublishError:
@@ -396,9 +439,10 @@ class Bus:
                         "PC's when it trades its key"
                     ) from None
             except _RETRYABLE as error:
-                if isinstance(error, _NoConfirm):
-                    with contextlib.suppress(ConnectionError):  # reopening: it gets new ones
-                        await self._renew_publish_channel(publisher)
+                if isinstance(error, _NoConfirm):  # not past the deadline, even on a stuck node
+                    with contextlib.suppress(ConnectionError, TimeoutError):  # it gets new ones
+                        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                            await self._renew_publish_channel(publisher)
                 if time.monotonic() + delay_s >= deadline:
                     raise BrokerUnavailable(
                         f"no publisher confirm from the broker within {timeout_s:g} s "

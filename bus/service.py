@@ -51,12 +51,19 @@ async def supervised(
 ) -> None:
     """Run a background duty forever: if it raises, log it and start it again after a
     backoff (doubling from ``first_backoff_s`` to ``max_backoff_s``; reset once it has run
-    for ``max_backoff_s``). Cancelling this cancels the duty."""
+    for ``max_backoff_s``). Cancelling this cancels the duty; a ``CancelledError`` that is
+    not this task's own cancellation (aiormq fails what awaited a connection it dropped as
+    stuck with one) is a failure like any other: it had ended the agent's heartbeats."""
     backoff_s = first_backoff_s
     while True:
         started = asyncio.get_running_loop().time()
         try:
             await duty()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise
+            log.exception("%s was cancelled from below; restarting in %g s", name, backoff_s)
         except Exception:
             log.exception("%s failed; restarting in %g s", name, backoff_s)
         else:

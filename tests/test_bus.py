@@ -170,3 +170,32 @@ async def test_a_supervised_duty_that_fails_is_logged_and_started_again(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_supervised_duty_cancelled_from_below_is_started_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A ``CancelledError`` that is not the supervisor's own cancellation (aiormq fails what
+    awaited a connection it dropped as stuck with one) restarts the duty: it had ended an
+    agent's heartbeats for good, and placement's reconciler. Cancelling the supervisor
+    still ends it."""
+    runs: list[int] = []
+    forever = asyncio.Event()
+
+    async def duty() -> None:
+        runs.append(len(runs))
+        if len(runs) == 1:
+            dropped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            dropped.cancel()  # as aiormq cancels a confirm's future, not the awaiting task
+            await dropped
+        await forever.wait()
+
+    task = asyncio.create_task(supervised("heartbeats", duty, first_backoff_s=0.01))
+    await wait_until(lambda: len(runs) == 2, 5, "the second start")
+    assert [r.getMessage() for r in caplog.records if r.name == "bus.service"] == [
+        "heartbeats was cancelled from below; restarting in 0.01 s"
+    ]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert task.cancelled() and len(runs) == 2
