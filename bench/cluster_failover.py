@@ -2,7 +2,7 @@
 or hangs in the middle of a 10,000-task map and 50 deploys and scales.
 
 Starts the local cluster with the helper the tests use (:mod:`idlecloud.dev.cluster`:
-three ``rabbitmq-server`` processes on this machine, ``net_ticktime`` 10 s) and runs the
+three ``rabbitmq-server`` processes on this machine, ``net_ticktime`` 4 s) and runs the
 scenario of ``tests/cluster_rig.py`` (the control plane with production settings
 but for the tests' fast ticks, four real agents, two real SDK workers) once per trial
 and kind of failure: the node leading the journal stream and the task queue is killed
@@ -55,7 +55,7 @@ async def main(trials: int, hang_s: float, kinds: list[str], trial_timeout_s: fl
                 f"{lost} tasks lost, {run.results_seen - len(run.results)} results repeated "
                 f"(dropped by the client), {run.request_retries} requests asked again, "
                 f"apps as asked: {run.replicas == run.expected_replicas}, rejoined after "
-                f"{run.rejoin_s:.1f} s",
+                f"{run.rejoin_s:.1f} s; connected to the failed node: {', '.join(run.on_victim)}",
                 flush=True,
             )
             heard.append(run.pcs_heard_s or 0.0)

@@ -136,7 +136,15 @@ class Leadership:
             await self._on_deposed()
 
 
+#: How long closing a channel may take before competing goes on without its answer.
+_CLOSE_WAIT_S = 1.0
+
+
 async def _close(channel: AbstractChannel) -> None:
-    """Close a channel for good (a robust channel closed by the broker would reopen)."""
-    with contextlib.suppress(*_RECONNECTING):
-        await channel.close()
+    """Close a channel for good (a robust channel closed by the broker would reopen). Not
+    waiting more than :data:`_CLOSE_WAIT_S`: the close of a channel the broker had just
+    closed for a refused declaration (the leader queue still owned by a connection on a
+    hung node) went unanswered for 10 s, and held a new leader back that long."""
+    with contextlib.suppress(*_RECONNECTING, TimeoutError):
+        async with asyncio.timeout(_CLOSE_WAIT_S):
+            await channel.close()

@@ -602,9 +602,12 @@ class Agent:
             settings.data_root, settings.policy.mode,
         )  # fmt: skip
         says, now = what_it_says(beat), self._clock()
+        # a sign of life goes out as soon as the connection is back (another broker node's),
+        # not once its command consumer is too: that one can wait on its queue's election
         if says != self._told[0] or now - self._told[1] >= settings.full_heartbeat_s:
-            await self.bus.publish(beat)
+            await self.bus.publish(beat, before_restore=True)
             self._told = (says, now)
         else:
-            await self.bus.publish(NodeAlive(node=beat.node, seq=beat.seq, sent_at=beat.sent_at))
+            alive = NodeAlive(node=beat.node, seq=beat.seq, sent_at=beat.sent_at)
+            await self.bus.publish(alive, before_restore=True)
         return replicas

@@ -61,6 +61,8 @@ class Failover:
     request_retries: int = 0
     #: The node that led the journal and the task queue when the failure came.
     leaders: dict[str, str] = field(default_factory=dict)
+    #: The connections (their names) to the victim when the map began.
+    on_victim: list[str] = field(default_factory=list)
     #: Replicas wanted per (namespace, app) as the control plane lists them at the end.
     replicas: dict[tuple[str, str], int] = field(default_factory=dict)
     #: Seconds from the failure until every PC was heard again / the control plane answered.
@@ -190,6 +192,8 @@ async def failover(
             try:
                 async with Bus(broker.url, connection_name="map client") as client_bus:
                     client = await TaskClient(client_bus, app).start()
+                    connected = await asyncio.to_thread(cluster.connections, broker.vhost)
+                    run.on_victim = sorted(name for node, name in connected if node == victim.name)
                     requests = asyncio.create_task(_requests(plane, run))
                     started = time.monotonic()
                     run.stage = "mapping"

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,8 +47,8 @@ async def test_a_node_dies_mid_map_and_mid_deploys(tmp_path: Path, cluster: Clus
     result reaches the caller once, every request is applied once (the apps end as asked),
     every PC is heard again, the control plane answers again, and the node rejoins.
 
-    A node hung with SIGSTOP instead is not here: that run does not pass yet (see
-    ``bench/cluster_failover.py --kinds hang`` and "A cluster of brokers" in the docs)."""
+    A node hung with SIGSTOP instead is not here: it runs in ``bench/cluster_failover.py
+    --kinds hang`` (see "A cluster of brokers" in the docs)."""
     run = Failover("kill", cluster.nodes[0].name, 10_000)
     try:
         await asyncio.wait_for(failover(tmp_path, cluster, "kill", run=run), 240)
@@ -55,7 +57,7 @@ async def test_a_node_dies_mid_map_and_mid_deploys(tmp_path: Path, cluster: Clus
     print(
         f"\nkill: PCs heard again after {run.pcs_heard_s:.2f} s, control plane answering "
         f"after {run.serving_s:.2f} s, map {run.map_s:.1f} s, {run.request_retries} "
-        f"request retries, rejoined in {run.rejoin_s:.1f} s"
+        f"request retries, rejoined in {run.rejoin_s:.1f} s; on the node: {run.on_victim}"
     )
     assert set(run.leaders.values()) == {run.victim}, run.leaders
     assert run.results == {i: i * i for i in range(run.tasks)}
@@ -63,6 +65,39 @@ async def test_a_node_dies_mid_map_and_mid_deploys(tmp_path: Path, cluster: Clus
     assert run.replicas == run.expected_replicas
     assert run.pcs_heard_s is not None and run.serving_s is not None
     assert run.members_after == {node.name for node in cluster.nodes}
+
+
+@pytest.mark.timeout(180)
+async def test_a_publisher_whose_node_hangs_publishes_through_another_within_seconds(
+    cluster: Cluster,
+) -> None:
+    """A client whose broker node hangs (SIGSTOP) hears nothing more from it: after 3 s
+    without a frame (a 2 s AMQP heartbeat, aiormq's grace cut from three heartbeats to
+    one) it drops the connection and publishes through another node, well before the
+    node resumes. With aiormq's default grace the publish waited 18 s for the drop, and a
+    channel opened meanwhile on the stuck connection raised ``CancelledError`` out of
+    ``publish``."""
+    with scratch_cluster_vhost(cluster, "hung") as broker:
+        async with Bus(broker.url, connection_name="hung publisher") as bus:
+            victim = next(node for node in cluster.nodes if node.amqp_port == bus.node_port)
+            other = next(node for node in cluster.nodes if node is not victim)
+            async with Bus(other.url(broker.vhost), connection_name="declarer") as declarer:
+                await QueueSpec.quorum("hung.q").declare(await declarer.channel())  # led there
+            route = names.Route(names.DEFAULT_EXCHANGE, "hung.q")
+            await bus.publish_raw(route, b"before", Basic.Properties(delivery_mode=2))
+            victim.signal(signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                await bus.publish_raw(route, b"during", Basic.Properties(delivery_mode=2))
+                took_s = time.monotonic() - started
+                now_on = bus.node_port
+            finally:
+                victim.signal(signal.SIGCONT)
+        await asyncio.to_thread(victim.restart)  # it stays partitioned otherwise
+        await asyncio.to_thread(cluster.wait_whole)
+    print(f"\npublished through port {now_on} {took_s:.2f} s after {victim.name} hung")
+    assert now_on != victim.amqp_port
+    assert took_s < 7.5  # 9 s at aiormq's grace of three heartbeats, 18 s at 5 s ones
 
 
 @pytest.mark.timeout(300)

@@ -10,8 +10,10 @@ package, and a test signals a process (SIGKILL, SIGSTOP) and starts it again dir
 
 The nodes are configured as a site's would be: ``cluster_partition_handling =
 pause_minority`` (a node that finds itself cut off from most of the cluster stops
-serving; the majority never restarts) and a shorter ``net_ticktime`` than RabbitMQ's 60 s,
-so that a hung node is noticed by its peers within 10 to 15 s. A node that hung (SIGSTOP,
+serving; the majority never restarts) and a much shorter ``net_ticktime`` than RabbitMQ's
+60 s, 4 s, so that a hung node is noticed by its peers within 3 to 5 s (at 10 s, 7.5 to
+12.5 s: a consumer of a queue the hung node led, and the journal's new writer, waited that
+long). A node that hung (SIGSTOP,
 a suspended VM) and resumes is not caught by either strategy in RabbitMQ 3.10.8 (seen
 here: under ``pause_minority`` it kept serving beside the others, partitioned, and under
 ``autoheal`` the winner waited for it to stop for minutes): :meth:`ClusterNode.restart`
@@ -58,8 +60,9 @@ __all__ = [
 #: Where the nodes keep their configuration, data and logs.
 CLUSTER_DIR = Path("/var/lib/idlecloud-dev/cluster")
 #: How long a peer may stay silent before the others consider it down (Erlang's
-#: ``net_ticktime``: noticed after 0.75 to 1.25 times it).
-NET_TICKTIME_S = 10
+#: ``net_ticktime``: noticed after 0.75 to 1.25 times it). Lower than a site across
+#: buildings may want: a node that stalls longer (a VM migrated live) is taken for down.
+NET_TICKTIME_S = 4
 _PLUGINS = "[rabbitmq_management,rabbitmq_auth_backend_oauth2]."
 _AMQP_BASE_PORT = 5680
 _MANAGEMENT_BASE_PORT = 15680
@@ -245,6 +248,21 @@ class Cluster:
             DevServiceError: the API answered with an error.
         """
         return management(method, path, body, port=self.any_running().management_port)
+
+    def connections(self, vhost: str) -> list[tuple[str, str]]:
+        """The node and client-given name of each connection to ``vhost`` now (by the port
+        it reached; the management API lists a connection only seconds later).
+
+        Raises:
+            DevServiceError: rabbitmqctl failed.
+        """
+        listing = ("list_connections", "-p", vhost, "port", "client_properties",
+                   "--formatter", "json")  # fmt: skip
+        by_port = {node.amqp_port: node.name for node in self.nodes}
+        return [(by_port.get(int(row["port"]), str(row["port"])),
+                 next((str(value) for key, _type, value in row["client_properties"]
+                       if key == "connection_name"), ""))
+                for row in json.loads(self.any_running().ctl(*listing))]  # fmt: skip
 
     def queues(self, vhost: str, *columns: str) -> dict[str, dict[str, Any]]:
         """Each queue of ``vhost`` by name, with ``columns`` of ``rabbitmqctl list_queues``
