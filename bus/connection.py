@@ -52,6 +52,7 @@ __all__ = [
     "TRANSIENT_ERRORS",
     "Bus",
     "broker_user_name",
+    "cancelled_from_below",
     "unverified_claims",
 ]
 
@@ -165,16 +166,21 @@ class _NoConfirm(TimeoutError):
     """No confirm within :data:`CONFIRM_WAIT_S` on the publish channel."""
 
 
+def cancelled_from_below() -> bool:
+    """Whether a ``CancelledError`` being handled is not the current task's own
+    cancellation: aiormq fails what awaited a connection it dropped as stuck (see
+    :data:`STUCK_AFTER_HEARTBEATS`) with one, a lost connection, not a caller cancelling."""
+    task = asyncio.current_task()
+    return task is not None and not task.cancelling()
+
+
 async def _unless_dropped(waiting: Awaitable[_T]) -> _T:
-    """What ``waiting`` (a confirm, a channel's opening) gives; a connection aiormq found
-    stuck (see :data:`STUCK_AFTER_HEARTBEATS`) fails what awaited it with
-    ``CancelledError``, which is a lost connection here, not a cancellation of the caller
-    (its task is not being cancelled): raised as a ``ConnectionError``, to be tried again."""
+    """What ``waiting`` (a confirm, a channel's opening) gives; a ``CancelledError`` from
+    below is raised as a ``ConnectionError``, to be tried again."""
     try:
         return await waiting
     except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is None or task.cancelling():
+        if not cancelled_from_below():
             raise
         raise ConnectionError("the broker connection was dropped as stuck") from None
 

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from bus.abc import Service
-from bus.connection import Bus
+from bus.connection import Bus, cancelled_from_below
 from bus.topology import declare_platform
 
 __all__ = ["configure_logging", "run", "serve", "supervised"]
@@ -60,8 +60,7 @@ async def supervised(
         try:
             await duty()
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is None or task.cancelling():
+            if not cancelled_from_below():
                 raise
             log.exception("%s was cancelled from below; restarting in %g s", name, backoff_s)
         except Exception:
