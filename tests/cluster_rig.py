@@ -2,15 +2,15 @@
 assert on and ``bench/cluster_failover.py`` times.
 
 On the local three-node cluster (:mod:`idlecloud.dev.cluster`), a control plane (quota
-and placement in this process, four real agents with the process runtime, every one of
-them given all three addresses) takes 50 deploys and scales from two namespaces while an
-SDK client maps 10,000 tasks through two real ``bus worker`` processes. The journal
-stream and the app's task queue are declared first through a connection to one node
-alone, so that node leads both (RabbitMQ puts a new queue's leader on the declaring
-client's node); once 2,000 results are in, that node is killed (SIGKILL) or hung
-(SIGSTOP, for ``hang_s``). The rig measures when each PC is heard again, when the
-control plane answers again, and what came back; then the node is brought back and
-must rejoin.
+and placement in this process, connected to the two nodes that do not fail; four real
+agents with the process runtime, every one of them given all three addresses) takes 50
+deploys and scales from two namespaces while an SDK client maps 10,000 tasks through two
+real ``bus worker`` processes. The journal stream and the app's task queue are declared
+first through a connection to one node alone, so that node leads both (RabbitMQ puts a
+new queue's leader on the declaring client's node); once 2,000 results are in, that node
+is killed (SIGKILL) or hung (SIGSTOP, for ``hang_s``). The rig measures when each PC is
+heard again, when the control plane answers again, and what came back; then the node is
+brought back and must rejoin.
 """
 
 from __future__ import annotations
@@ -182,7 +182,9 @@ async def failover(
                        (names.JOURNAL_STREAM, tasks_queue.name)}  # fmt: skip
         pcs = thesis_pcs(uuid.uuid4().hex[:4])
         run.stage = "starting the control plane"
-        async with control_plane(work, pcs, broker=broker) as plane:
+        others = ",".join(node.url(broker.vhost) for node in cluster.nodes if node != victim)
+        # not on the victim: a control plane whose own node was killed stalled (see the docs)
+        async with control_plane(work, pcs, broker=broker, plane_url=others) as plane:
             placement = next(s for s in plane.services if isinstance(s, Placement))
             for namespace in NAMESPACES:
                 await plane.quota(namespace, 4000)

@@ -135,16 +135,19 @@ async def control_plane(
     token_s: int | None = None,
     jobs: JobSettings | None = None,
     broker: BrokerInfo | None = None,
+    plane_url: str | None = None,
 ) -> AsyncIterator[Plane]:
     """A fresh vhost, the quota manager and (unless the test brings its own) placement in
     this process, and real agents; with ``jobs``, the jobs service too. With ``token_s``,
     also the auth service (its key trusted by the broker), and replicas get broker tokens
-    that live ``token_s``. On ``broker``, a vhost the caller made (and deletes), if given."""
+    that live ``token_s``. On ``broker``, a vhost the caller made (and deletes), if given;
+    the control plane itself connects to ``plane_url`` if given (some of a cluster's nodes),
+    the agents to the broker's URL."""
     own = broker is None
     broker = broker or create_vhost(f"plane-{uuid.uuid4().hex[:10]}")
     simulation = Simulation(work / "sim")
     try:
-        async with Bus(broker.url, connection_name="control plane") as bus:
+        async with Bus(plane_url or broker.url, connection_name="control plane") as bus:
             await declare_platform(bus)
             plane = Plane(broker.url, bus, simulation, pcs)
             plane.services = [QuotaManager(retry_s=0.2)]
