@@ -13,11 +13,10 @@ pause_minority`` (a node that finds itself cut off from most of the cluster stop
 serving; the majority never restarts) and a much shorter ``net_ticktime`` than RabbitMQ's
 60 s, 4 s, so that a hung node is noticed by its peers within 3 to 5 s (at 10 s, 7.5 to
 12.5 s: a consumer of a queue the hung node led, and the journal's new writer, waited that
-long). A node that hung (SIGSTOP,
-a suspended VM) and resumes is not caught by either strategy in RabbitMQ 3.10.8 (seen
-here: under ``pause_minority`` it kept serving beside the others, partitioned, and under
-``autoheal`` the winner waited for it to stop for minutes): :meth:`ClusterNode.restart`
-is what an admin, or a watchdog, does then.
+long). A node that hung (SIGSTOP, a suspended VM) and resumes is not caught by either
+strategy in RabbitMQ 3.10.8 (seen here: under ``pause_minority`` it kept serving beside
+the others, partitioned, and under ``autoheal`` the winner waited for it to stop for
+minutes): :meth:`ClusterNode.restart` is what an admin, or a watchdog, does then.
 """
 
 from __future__ import annotations
